@@ -1,0 +1,227 @@
+"""The one ``tether`` command: ``tether <noun> <verb>``. Exit 0 ok, 1 failure, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tether.common import __version__
+from tether.common.logsetup import setup_logging
+from tether.protocol.errors import TetherError
+
+from . import operator as op
+from .client import CliError
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TETHER_{name}", default)
+
+
+def _operator_flags(p: argparse.ArgumentParser, *, table: bool = True) -> None:
+    p.add_argument("--url", help="controller URL (env TETHER_URL; default: the local one)")
+    p.add_argument("--token", help="operator token (env TETHER_TOKEN; default: local admin)")
+    if table:
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description="Tether realtime mesh")
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        default=_env("LOG_FORMAT", "text"))
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    nouns = parser.add_subparsers(dest="noun", required=True, metavar="COMMAND")
+
+    ctl = nouns.add_parser("controller", help="run the controller").add_subparsers(
+        dest="verb", required=True)
+    serve = ctl.add_parser("serve", help="serve the edge gateway, /ws and the REST API")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "8700") or 8700))
+    serve.add_argument("--data-dir", type=Path,
+                       default=Path(_env("DATA_DIR", ".tether/controller") or ""))
+    serve.add_argument("--durability", choices=["fsync", "process"],
+                       default=_env("DURABILITY", "fsync"),
+                       help="fsync: an ack survives power loss (default); process: survives "
+                            "a crash of the process, not of the machine")
+    serve.add_argument("--tls-cert", type=Path)
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--heartbeat-s", type=float, default=15.0)
+    serve.add_argument("--stale-after-s", type=float, default=60.0)
+    serve.add_argument("--offline-after-s", type=float, default=300.0)
+    serve.add_argument("--allowed-origin", action="append", default=[],
+                       help="extra Origin allowed on /ws (repeatable)")
+
+    jt = nouns.add_parser("join-token", help="join tokens for enrolling nodes").add_subparsers(
+        dest="verb", required=True)
+    jtc = jt.add_parser("create", help="create a join token")
+    jtc.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
+    jtc.add_argument("--uses", type=int, default=1)
+    jtc.add_argument("--label", action="append", help="k=v applied to nodes it enrolls")
+    _operator_flags(jtc)
+
+    node = nouns.add_parser("node", help="run and inspect this machine's node").add_subparsers(
+        dest="verb", required=True)
+    enroll = node.add_parser("enroll", help="make this node's key and enroll it")
+    enroll.add_argument("--controller", required=True, help="controller URL")
+    enroll.add_argument("--token", required=True, help="join token")
+    enroll.add_argument("--node-id", required=True)
+    enroll.add_argument("--label", action="append")
+    enroll.add_argument("--state-dir", type=Path,
+                        default=Path(_env("STATE_DIR", ".tether/node") or ""))
+    run = node.add_parser("run", help="run the node runtime")
+    run.add_argument("--state-dir", type=Path,
+                     default=Path(_env("STATE_DIR", ".tether/node") or ""))
+    run.add_argument("--durability", choices=["fsync", "process"],
+                     default=_env("DURABILITY", "fsync"))
+    run.add_argument("--controller-url", help="dial this URL instead of the enrolled one")
+    run.add_argument("--max-concurrent", type=int, default=16)
+    status = node.add_parser("status", help="this node's state, from its state dir")
+    status.add_argument("--state-dir", type=Path,
+                        default=Path(_env("STATE_DIR", ".tether/node") or ""))
+    status.add_argument("--json", action="store_true")
+
+    nodes = nouns.add_parser("nodes", help="the fleet").add_subparsers(dest="verb",
+                                                                        required=True)
+    _operator_flags(nodes.add_parser("list", help="all nodes"))
+    show = nodes.add_parser("show", help="one node")
+    show.add_argument("node_id")
+    _operator_flags(show)
+
+    ex = nouns.add_parser("exec", help="run a command on a node and stream its output")
+    ex.add_argument("node")
+    ex.add_argument("--no-wait", action="store_true", help="print the command id and return")
+    ex.add_argument("--timeout", help="kill it after this long on the node, e.g. 30s")
+    ex.add_argument("--ttl", help="expire it if not delivered within this long")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    _operator_flags(ex, table=False)
+
+    cmds = nouns.add_parser("commands", help="inspect and cancel commands").add_subparsers(
+        dest="verb", required=True)
+    cshow = cmds.add_parser("show")
+    cshow.add_argument("command_id")
+    _operator_flags(cshow)
+    ccancel = cmds.add_parser("cancel")
+    ccancel.add_argument("command_id")
+    _operator_flags(ccancel)
+
+    bench = nouns.add_parser("bench", help="benchmarks").add_subparsers(dest="verb",
+                                                                         required=True)
+    core = bench.add_parser("core", help="class-A throughput and command round trip")
+    core.add_argument("--nodes", type=int, default=4)
+    core.add_argument("--frames", type=int, default=5000, help="evt frames per node")
+    core.add_argument("--commands", type=int, default=300)
+    core.add_argument("--durability", choices=["fsync", "process", "both"], default="both")
+    core.add_argument("--json", action="store_true")
+    core.add_argument("--out", type=Path)
+
+    demo = nouns.add_parser("demo", help="a controller and local nodes on loopback")
+    demo.add_argument("--nodes", type=int, default=1)
+    demo.add_argument("--port", type=int, default=8700)
+    demo.add_argument("--dir", type=Path, default=Path(".tether"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(fmt=args.log_format, level=args.log_level)
+    try:
+        return dispatch(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TetherError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    noun, verb = args.noun, getattr(args, "verb", None)
+    if noun == "controller":
+        from tether.controller.config import ControllerConfig
+        from tether.controller.server import serve
+        from tether.protocol.liveness import Thresholds
+
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise CliError("--tls-cert and --tls-key go together", 2)
+        try:
+            thresholds = Thresholds(args.heartbeat_s, args.stale_after_s, args.offline_after_s)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from None
+        return serve(ControllerConfig(
+            data_dir=args.data_dir, host=args.host, port=args.port,
+            durability=args.durability, thresholds=thresholds, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, log_format=args.log_format,
+            allowed_origins=tuple(args.allowed_origin)))
+    if noun == "join-token":
+        return op.join_token_create(args)
+    if noun == "node":
+        return _node(args, verb)
+    if noun == "nodes":
+        return op.nodes_list(args) if verb == "list" else op.nodes_show(args)
+    if noun == "exec":
+        return op.exec_command(args)
+    if noun == "commands":
+        return op.commands_show(args) if verb == "show" else op.commands_cancel(args)
+    if noun == "bench":
+        from tether.tools.bench import run_core
+
+        return run_core(args)
+    if noun == "demo":
+        from .demo import run_demo
+
+        return run_demo(args)
+    raise CliError(f"unknown command {noun}", 2)
+
+
+def _node(args: argparse.Namespace, verb: str) -> int:
+    if verb == "enroll":
+        from tether.node.identity import enroll
+
+        ident = enroll(controller_url=args.controller, join_token=args.token,
+                       node_id=args.node_id, state_dir=args.state_dir,
+                       labels=op.parse_labels(args.label))
+        print(f"enrolled {ident.node_id} with {ident.controller_url} "
+              f"(key in {args.state_dir / 'node.key'})")
+        return 0
+    if verb == "run":
+        from tether.node.config import NodeConfig
+        from tether.node.main import run_node
+
+        return run_node(NodeConfig(state_dir=args.state_dir, durability=args.durability,
+                                   controller_url=args.controller_url,
+                                   max_concurrent=args.max_concurrent))
+    from tether.node.status import node_status
+
+    status = node_status(args.state_dir)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0 if status.get("enrolled") else 1
+    if not status.get("enrolled"):
+        print(f"no node enrolled in {args.state_dir}")
+        return 1
+    transport = status.get("transport") or {}
+    runtime = status["runtime"]
+    print(f"node        {status['node_id']}  ->  {status['controller']}")
+    running = f"running, pid {runtime['pid']}" if runtime["running"] else "stopped"
+    print(f"runtime     {running}")
+    if runtime["running"]:
+        print(f"transport   {transport.get('state', '-')}  session {transport.get('session_id')}"
+              f"  reconnects {transport.get('reconnects')}  rtt {transport.get('rtt_ms')} ms")
+        print(f"last close  {transport.get('last_close_code')} "
+              f"{transport.get('last_close_reason') or ''}")
+    outbox = status.get("outbox") or {}
+    print(f"outbox      {outbox.get('depth', 0)} unacked (oldest {outbox.get('oldest_age_s')} s)")
+    print(f"commands    {status.get('commands') or {}}")
+    for inc in status.get("incidents") or []:
+        print(f"incident    [{inc['class']}] {inc['message']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Operator commands: join tokens, nodes, exec, commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import connect
+
+from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
+from tether.protocol.frames import TERMINAL_STATES, Frame
+
+from .client import Api, CliError, resolve_token, resolve_url
+
+DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+
+
+def parse_duration(text: str) -> float:
+    m = DURATION_RE.match(text.strip())
+    if not m:
+        raise CliError(f"bad duration {text!r}: use e.g. 90s, 15m, 1h, 7d", 2)
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"bad label {item!r}: use key=value", 2)
+        labels[key] = value
+    return labels
+
+
+def api_from(args: argparse.Namespace) -> Api:
+    return Api(url=resolve_url(args.url), token=resolve_token(args.token))
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r.get(c, "") or "")) for r in rows]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "") if r.get(c) is not None else "-").ljust(widths[c])
+                        for c in columns))
+
+
+# -- join-token ------------------------------------------------------------------------------
+
+def join_token_create(args: argparse.Namespace) -> int:
+    api = api_from(args)
+    out = api.post("/api/v1/join-tokens", json={"ttl_s": parse_duration(args.ttl),
+                                                "uses": args.uses,
+                                                "labels": parse_labels(args.label)})
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(out["token"])
+        print(f"expires {out['expires_at']}, {out['uses']} use(s)", file=sys.stderr)
+    return 0
+
+
+# -- nodes -------------------------------------------------------------------------------------
+
+def nodes_list(args: argparse.Namespace) -> int:
+    items = api_from(args).get("/api/v1/nodes")["items"]
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    rows = [{"node": n["node_id"], "liveness": n["liveness"],
+             "runtime": (n.get("runtime") or {}).get("state"),
+             "session": (n.get("session") or {}).get("session_id"),
+             "last_seen": n.get("last_seen_at"),
+             "labels": ",".join(f"{k}={v}" for k, v in n["labels"].items())} for n in items]
+    print_table(rows, ["node", "liveness", "runtime", "session", "last_seen", "labels"])
+    return 0
+
+
+def nodes_show(args: argparse.Namespace) -> int:
+    api = api_from(args)
+    node = api.get(f"/api/v1/nodes/{args.node_id}")
+    if args.json:
+        print(json.dumps(node, indent=2))
+        return 0
+    session = node.get("session") or {}
+    for key, value in [("node", node["node_id"]), ("liveness", node["liveness"]),
+                       ("runtime", node.get("runtime")), ("session", session.get("session_id")),
+                       ("opened", session.get("opened_at")), ("remote", session.get("remote")),
+                       ("resumed", session.get("resumed")),
+                       ("last seen", node.get("last_seen_at")),
+                       ("capabilities", ", ".join(node.get("capabilities") or [])),
+                       ("labels", node.get("labels"))]:
+        print(f"{key:<13} {value if value is not None else '-'}")
+    return 0
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def commands_show(args: argparse.Namespace) -> int:
+    cmd = api_from(args).get(f"/api/v1/commands/{args.command_id}")
+    if args.json:
+        print(json.dumps(cmd, indent=2))
+        return 0
+    for key in ("command_id", "node_id", "kind", "args", "state", "exit_code", "error"):
+        print(f"{key:<11} {cmd.get(key) if cmd.get(key) is not None else '-'}")
+    print("timeline:")
+    print_table([{"state": e["state"], "at": e["at"], "detail": e.get("detail")}
+                 for e in cmd["timeline"]], ["state", "at", "detail"])
+    return 0
+
+
+def commands_cancel(args: argparse.Namespace) -> int:
+    cmd = api_from(args).post(f"/api/v1/commands/{args.command_id}/cancel")
+    print(json.dumps(cmd) if args.json else f"{cmd['command_id']}: cancel requested "
+          f"(state {cmd['state']})")
+    return 0
+
+
+def exit_code_of(cmd: dict[str, Any]) -> int:
+    code = cmd.get("exit_code")
+    if cmd["state"] == "succeeded":
+        return 0
+    if isinstance(code, int):
+        return 128 - code if code < 0 else code
+    return 1
+
+
+def exec_command(args: argparse.Namespace) -> int:
+    argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise CliError("nothing to run: tether exec NODE -- ARGV...", 2)
+    api = api_from(args)
+    body: dict[str, Any] = {"kind": "exec", "args": {"argv": argv}}
+    if args.timeout is not None:
+        body["args"]["timeout_s"] = parse_duration(args.timeout)
+    if args.ttl is not None:
+        body["ttl_s"] = parse_duration(args.ttl)
+    cmd = api.post(f"/api/v1/nodes/{args.node}/commands", json=body)
+    if args.no_wait:
+        print(cmd["command_id"])
+        return 0
+    try:
+        final = asyncio.run(follow(api, cmd["command_id"]))
+    except KeyboardInterrupt:
+        print(f"\ndetached; the command goes on: tether commands show {cmd['command_id']}",
+              file=sys.stderr)
+        return 130
+    if final["state"] != "succeeded":
+        detail = final.get("error") or ""
+        print(f"tether: command {final['state']}{': ' + detail if detail else ''}",
+              file=sys.stderr)
+    return exit_code_of(final)
+
+
+async def follow(api: Api, command_id: str, *, out: Any = None,
+                 err: Any = None) -> dict[str, Any]:
+    """Stream a command's output live over /ws until it is terminal; returns the command.
+
+    Subscribes first, then reads the snapshot (command + logs so far), then applies events,
+    skipping log ids already printed; reconnects and resyncs if the stream drops."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    last_id = 0
+
+    def emit(items: list[dict[str, Any]]) -> None:
+        nonlocal last_id
+        for item in items:
+            if item["id"] <= last_id:
+                continue
+            last_id = item["id"]
+            stream = err if item["source"] == "stderr" else out
+            stream.write(item["data"])
+            stream.flush()
+
+    def snapshot() -> dict[str, Any]:
+        while True:
+            page = api.get(f"/api/v1/commands/{command_id}/logs", params={"after": last_id})
+            emit(page["items"])
+            if len(page["items"]) < 1000:
+                break
+        return api.get(f"/api/v1/commands/{command_id}")  # type: ignore[no-any-return]
+
+    attempts = 0
+    while True:
+        try:
+            async with connect(api.ws_url, subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
+                               open_timeout=10, close_timeout=2) as ws:
+                await ws.send(encode_json(Frame(t="hello", b={"token": api.token})))
+                await _expect(ws, "welcome")
+                await ws.send(encode_json(Frame(t="subscribe", id="s1", b={
+                    "topics": [f"command:{command_id}", f"logs:{command_id}"]})))
+                await _expect(ws, "subscribed")
+                cmd = await asyncio.to_thread(snapshot)
+                if cmd["state"] in TERMINAL_STATES:
+                    return cmd
+                attempts = 0
+                while True:
+                    async with asyncio.timeout(60):
+                        frame = decode_json(await ws.recv())
+                    if frame.t != "event":
+                        continue
+                    data = frame.b.get("data") or {}
+                    if frame.b.get("kind") == "log.chunk":
+                        emit([data])
+                    elif data.get("state") in TERMINAL_STATES:
+                        return await asyncio.to_thread(snapshot)
+        except (OSError, TimeoutError, websockets.ConnectionClosed,
+                websockets.InvalidHandshake) as exc:
+            attempts += 1
+            if attempts > 30:
+                raise CliError(f"lost the live stream from {api.ws_url}: {exc}") from None
+            await asyncio.sleep(min(2.0, 0.1 * attempts))
+
+
+async def _expect(ws: Any, t: str) -> Frame:
+    async with asyncio.timeout(10):
+        while True:
+            frame = decode_json(await ws.recv())
+            if frame.t == t:
+                return frame
+            if frame.t == "error":
+                raise CliError(f"controller refused: {frame.b.get('message')}")
+
+

@@ -1,0 +1,298 @@
+"""REST API under /api/v1 and the enrollment endpoint (PROTOCOL.md §8).
+
+Every error body has one shape: ``{"error": {"code": "<snake_case>", "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tether.common import __version__
+from tether.protocol.errors import AuthError, InvalidRequest, NotFound, TetherError
+from tether.protocol.frames import valid_node_id
+
+from ..views import command_view, iso, log_item
+
+if TYPE_CHECKING:
+    from ..app import Controller
+
+MAX_BODY_BYTES = 1 << 20
+MAX_TTL_S = 365 * 86400
+KIND_RE_MAX = 64
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _tether_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TetherError)
+    return error_response(exc.http_status, exc.code, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail).lower())
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal", "internal error; see the controller log")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    TetherError: _tether_error,
+    HTTPException: _http_error,
+    Exception: _internal_error,
+}
+
+
+def _ctl(request: Request) -> Controller:
+    return request.app.state.controller  # type: ignore[no-any-return]
+
+
+async def _operator(request: Request) -> str:
+    """The caller's role; raises 401 unless a valid Bearer operator token is sent."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing operator token: send 'Authorization: Bearer <token>' "
+                        "(see <data-dir>/admin.token)", code="unauthorized")
+    role = await _ctl(request).store.operator_role(token.strip())
+    if role is None:
+        raise AuthError("operator token is not valid for this controller",
+                        code="unauthorized")
+    return role
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise TetherError(f"body is over {MAX_BODY_BYTES} bytes", code="frame_too_large")
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise TetherError(f"body is over {MAX_BODY_BYTES} bytes", code="frame_too_large")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise InvalidRequest("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return body
+
+
+def _str_map(value: Any, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256
+            for k, v in value.items()) or len(value) > 64:
+        raise InvalidRequest(f"{name!r} must be an object of at most 64 string keys and "
+                             "string values")
+    return dict(value)
+
+
+def _number(value: Any, name: str, *, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise InvalidRequest(f"{name!r} must be a number from {lo:g} to {hi:g}")
+    return float(value)
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__,
+                         "controller_id": _ctl(request).controller_id})
+
+
+async def create_join_token(request: Request) -> Response:
+    role = await _operator(request)
+    body = await _json_body(request)
+    ttl_s = _number(body.get("ttl_s", 3600), "ttl_s", lo=1, hi=MAX_TTL_S)
+    uses_raw = body.get("uses", 1)
+    if isinstance(uses_raw, bool) or not isinstance(uses_raw, int) or not 1 <= uses_raw <= 10**6:
+        raise InvalidRequest("'uses' must be an integer from 1 to 1000000")
+    labels = _str_map(body.get("labels"), "labels")
+    token, expires_at = await _ctl(request).store.create_join_token(
+        ttl_s=ttl_s, uses=uses_raw, labels=labels, actor=role)
+    return JSONResponse({"token": token, "expires_at": iso(expires_at), "uses": uses_raw},
+                        status_code=201)
+
+
+async def enroll(request: Request) -> Response:
+    """POST /v1/edge/enroll (PROTOCOL.md §8)."""
+    body = await _json_body(request)
+    token, node_id, key = body.get("join_token"), body.get("node_id"), body.get("public_key")
+    if not isinstance(token, str) or not token:
+        raise InvalidRequest("'join_token' must be a non-empty string")
+    if not valid_node_id(node_id):
+        raise InvalidRequest("'node_id' must match [a-z0-9][a-z0-9-]{0,62}")
+    if not isinstance(key, str):
+        raise InvalidRequest("'public_key' must be base64url of 32 raw Ed25519 bytes")
+    try:
+        raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("'public_key' is not valid base64url") from None
+    if len(raw) != 32:
+        raise InvalidRequest("'public_key' must be 32 raw Ed25519 bytes")
+    labels = _str_map(body.get("labels"), "labels")
+    ctl = _ctl(request)
+    await ctl.store.enroll(join_token=token, node_id=str(node_id), public_key=raw,
+                           labels=labels)
+    return JSONResponse({"node_id": node_id, "controller_id": ctl.controller_id},
+                        status_code=201)
+
+
+async def list_nodes(request: Request) -> Response:
+    await _operator(request)
+    ctl = _ctl(request)
+    return JSONResponse({"items": [ctl.node_view(r) for r in await ctl.store.list_nodes()]})
+
+
+async def _node_row(request: Request) -> dict[str, Any]:
+    node_id = request.path_params["node_id"]
+    row = await _ctl(request).store.get_node(node_id)
+    if row is None:
+        raise NotFound(f"node {node_id!r} is not enrolled; see 'tether nodes list'")
+    return row
+
+
+async def get_node(request: Request) -> Response:
+    await _operator(request)
+    return JSONResponse(_ctl(request).node_view(await _node_row(request)))
+
+
+async def node_sessions(request: Request) -> Response:
+    await _operator(request)
+    row = await _node_row(request)
+    items = await _ctl(request).store.sessions(row["node_id"])
+    return JSONResponse({"items": [
+        {**s, "opened_at": iso(s["opened_at"]), "closed_at": iso(s["closed_at"]),
+         "resumed": bool(s["resumed"])} for s in items]})
+
+
+async def node_events(request: Request) -> Response:
+    await _operator(request)
+    row = await _node_row(request)
+    items = await _ctl(request).store.node_events(row["node_id"])
+    return JSONResponse({"items": [
+        {"id": e["id"], "kind": e["kind"], "data": json.loads(e["data"]), "at": iso(e["at"])}
+        for e in items]})
+
+
+async def submit_command(request: Request) -> Response:
+    role = await _operator(request)
+    node_id = request.path_params["node_id"]
+    body = await _json_body(request)
+    kind = body.get("kind")
+    if not isinstance(kind, str) or not 0 < len(kind) <= KIND_RE_MAX:
+        raise InvalidRequest(f"'kind' must be a string of 1 to {KIND_RE_MAX} characters")
+    args = body.get("args", {})
+    if not isinstance(args, dict):
+        raise InvalidRequest("'args' must be a JSON object")
+    _check_args(kind, args)
+    ttl = body.get("ttl_s")
+    ttl_s = None if ttl is None else _number(ttl, "ttl_s", lo=0.001, hi=MAX_TTL_S)
+    idem = request.headers.get("idempotency-key")
+    if idem is not None and not 0 < len(idem) <= 128:
+        raise InvalidRequest("'Idempotency-Key' must be 1 to 128 characters")
+    ctl = _ctl(request)
+    command, created = await ctl.store.submit_command(
+        node_id=node_id, kind=kind, args=args, ttl_s=ttl_s, idem_key=idem, actor=role)
+    live = ctl.registry.get(node_id)
+    if live is not None:
+        live.wake_downlink()
+    view = command_view(command)
+    return JSONResponse(view, status_code=202 if created else 200)
+
+
+def _check_args(kind: str, args: dict[str, Any]) -> None:
+    """Shape checks for the kinds this controller knows; others are the node's to judge."""
+    if kind == "exec":
+        argv = args.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidRequest("exec needs 'argv', a non-empty list of strings")
+        if "env" in args and not isinstance(args["env"], dict):
+            raise InvalidRequest("exec 'env' must be an object of strings")
+        if "cwd" in args and not isinstance(args["cwd"], str):
+            raise InvalidRequest("exec 'cwd' must be a string")
+        if "timeout_s" in args:
+            _number(args["timeout_s"], "timeout_s", lo=0.001, hi=MAX_TTL_S)
+    elif kind in ("cancel", "pause", "resume"):
+        if not isinstance(args.get("command_id"), str):
+            raise InvalidRequest(f"{kind} needs 'command_id'")
+
+
+async def get_command(request: Request) -> Response:
+    await _operator(request)
+    row = await _ctl(request).store.get_command(request.path_params["command_id"])
+    return JSONResponse(command_view(row))
+
+
+async def cancel_command(request: Request) -> Response:
+    role = await _operator(request)
+    ctl = _ctl(request)
+    row, sent = await ctl.store.cancel_command(request.path_params["command_id"], actor=role)
+    if sent:
+        live = ctl.registry.get(row["node_id"])
+        if live is not None:
+            live.wake_downlink()
+    else:
+        ctl.command_changed(row["command_id"], row["state"], row["node_id"])
+    return JSONResponse(command_view(row), status_code=202)
+
+
+async def command_logs(request: Request) -> Response:
+    await _operator(request)
+    command_id = request.path_params["command_id"]
+    ctl = _ctl(request)
+    await ctl.store.get_command(command_id)  # 404 for unknown commands
+    after_raw = request.query_params.get("after", "0")
+    limit_raw = request.query_params.get("limit", "1000")
+    if not after_raw.isdigit() or not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
+        raise InvalidRequest("'after' must be an integer >= 0 and 'limit' 1 to 10000")
+    rows = await ctl.store.command_logs(command_id, after=int(after_raw), limit=int(limit_raw))
+    items = [log_item(r) for r in rows]
+    return JSONResponse({"items": items, "next_after": items[-1]["id"] if items
+                         else int(after_raw)})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of the controller's counters and gauges."""
+    ctl = _ctl(request)
+    lines = [
+        "# TYPE tether_edge_sessions gauge", f"tether_edge_sessions {len(ctl.registry)}",
+        "# TYPE tether_ws_subscribers gauge", f"tether_ws_subscribers {ctl.hub.subscribers}",
+        "# TYPE tether_store_batches_total counter",
+        f"tether_store_batches_total {ctl.db.batches_total}",
+        "# TYPE tether_store_writes_total counter",
+        f"tether_store_writes_total {ctl.db.writes_total}",
+        "# TYPE tether_store_write_queue gauge", f"tether_store_write_queue {ctl.db.pending}",
+        "# TYPE tether_events_published_total counter",
+        f"tether_events_published_total {ctl.hub.published_total}",
+    ]
+    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+ROUTES = [
+    Route("/api/v1/health", health, methods=["GET"]),
+    Route("/api/v1/join-tokens", create_join_token, methods=["POST"]),
+    Route("/api/v1/nodes", list_nodes, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}", get_node, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}/sessions", node_sessions, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}/events", node_events, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}/commands", submit_command, methods=["POST"]),
+    Route("/api/v1/commands/{command_id}", get_command, methods=["GET"]),
+    Route("/api/v1/commands/{command_id}/cancel", cancel_command, methods=["POST"]),
+    Route("/api/v1/commands/{command_id}/logs", command_logs, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
+

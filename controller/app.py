@@ -1,0 +1,225 @@
+"""Controller wiring: the :class:`Controller` (services and their lifetimes) and the Starlette
+app that exposes it (edge gateway, /ws hub, REST API, /metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import Route, WebSocketRoute
+
+from tether.common import __version__
+from tether.common.sqlitedb import Database
+from tether.protocol.liveness import Liveness, liveness
+
+from .api import routes as api
+from .browser import browser_endpoint
+from .config import ControllerConfig
+from .gateway import EdgeConnection, edge_endpoint
+from .services.events import EventHub
+from .services.registry import SessionRegistry
+from .store.controller_store import ControllerStore
+from .store.schema import MIGRATIONS
+from .views import iso, log_item
+
+logger = logging.getLogger(__name__)
+
+
+class Controller:
+    """Owns the store, the session registry, the event hub and the sweeper task."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.db = Database(config.db_path, migrations=MIGRATIONS,
+                           durability=config.durability)
+        self.store = ControllerStore(
+            self.db, max_log_bytes_per_command=config.max_log_bytes_per_command,
+            max_node_events_per_node=config.max_node_events_per_node)
+        self.registry = SessionRegistry()
+        self.hub = EventHub()
+        self.connections: set[EdgeConnection] = set()
+        self.controller_id = ""
+        self.started_at = time.time()
+        self._sweeper: asyncio.Task[None] | None = None
+        # node_id -> (monotonic close time, closed by goodbye): nodes that are stale now and
+        # will turn offline after offline_after_s (for pushing the transition).
+        self._recently_closed: dict[str, tuple[float, bool]] = {}
+
+    async def start(self) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.db.open()
+        self.controller_id = await self.store.controller_id()
+        await self._ensure_admin_token()
+        orphans = await self.store.close_orphan_sessions()
+        if orphans:
+            logger.info("closed sessions left open by the previous run",
+                        extra={"count": orphans})
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="liveness-sweeper")
+        logger.info("controller started", extra={"controller_id": self.controller_id,
+                                                 "data_dir": str(self.config.data_dir)})
+
+    async def stop(self) -> None:
+        """Close every edge session with 1001, stop the sweeper, close the store."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for conn in list(self.connections):
+            await conn.shutdown()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while self.connections:
+                    await asyncio.sleep(0.01)
+        await self.db.close()
+
+    async def _ensure_admin_token(self) -> None:
+        path = self.config.admin_token_path
+        current = path.read_text().strip() if path.exists() else None
+        token = await self.store.ensure_admin_token(current or None)
+        if token is not None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+            os.chmod(path, 0o600)
+            logger.info("admin token written", extra={"path": str(path)})
+
+    # -- events ---------------------------------------------------------------------------
+
+    def node_changed(self, node_id: str, kind: str, data: dict[str, Any]) -> None:
+        if kind == "session.closed":
+            goodbye = data.get("reason") == "goodbye"
+            self._recently_closed[node_id] = (time.monotonic(), goodbye)
+        elif kind == "session.opened":
+            self._recently_closed.pop(node_id, None)
+        payload = {"node_id": node_id, **data, "liveness": self.live_liveness(node_id)}
+        self.hub.publish("nodes", kind, payload)
+        self.hub.publish(f"node:{node_id}", kind, payload)
+
+    def command_changed(self, command_id: str, state: str, node_id: str) -> None:
+        self.hub.publish(f"command:{command_id}", "command.updated",
+                         {"command_id": command_id, "node_id": node_id, "state": state})
+
+    def log_appended(self, command_id: str, row: dict[str, Any]) -> None:
+        self.hub.publish(f"logs:{command_id}", "log.chunk", log_item(row))
+
+    def live_liveness(self, node_id: str) -> str:
+        conn = self.registry.get(node_id)
+        th = self.config.thresholds
+        if conn is not None and isinstance(conn, EdgeConnection):
+            return liveness(session_open=True,
+                            last_frame_age_s=time.monotonic() - conn.last_frame_mono,
+                            runtime_state=conn.runtime.get("state"), closed_age_s=None,
+                            closed_by_goodbye=False, thresholds=th).value
+        closed = self._recently_closed.get(node_id)
+        if closed is None:
+            return Liveness.OFFLINE.value
+        return liveness(session_open=False, last_frame_age_s=None, runtime_state=None,
+                        closed_age_s=time.monotonic() - closed[0], closed_by_goodbye=closed[1],
+                        thresholds=th).value
+
+    # -- views ----------------------------------------------------------------------------
+
+    def node_view(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The API shape of a node: its stored row joined with its live session, if any."""
+        node_id = row["node_id"]
+        conn = self.registry.get(node_id)
+        th = self.config.thresholds
+        now = time.time()
+        session = None
+        last_seen = row["last_seen_at"]
+        runtime = {"state": row["runtime_state"], "version": row["runtime_version"]}
+        transport: dict[str, Any] | None = None
+        resources: dict[str, Any] = {}
+        if isinstance(conn, EdgeConnection) and conn.session_id is not None:
+            age = time.monotonic() - conn.last_frame_mono
+            last_seen = now - age
+            runtime = dict(conn.runtime)
+            live = liveness(session_open=True, last_frame_age_s=age,
+                            runtime_state=runtime.get("state"), closed_age_s=None,
+                            closed_by_goodbye=False, thresholds=th)
+            session = {"session_id": conn.session_id,
+                       "opened_at": iso(now - (time.monotonic() - conn.opened_mono)),
+                       "remote": conn.remote, "resumed": conn.resumed}
+            transport = {"sidecar": conn.sidecar, "outbox": conn.outbox,
+                         "logs_dropped_total": conn.logs_dropped_total}
+            resources = conn.resources
+        else:
+            closed_at = row["closed_at"]
+            live = liveness(session_open=False, last_frame_age_s=None, runtime_state=None,
+                            closed_age_s=None if closed_at is None else now - closed_at,
+                            closed_by_goodbye=bool(row["closed_by_goodbye"]), thresholds=th)
+        return {
+            "node_id": node_id,
+            "labels": json.loads(row["labels"] or "{}"),
+            "enabled": bool(row["enabled"]),
+            "liveness": live.value,
+            "session": session,
+            "runtime": runtime,
+            "transport": transport,
+            "resources": resources,
+            "last_seen_at": iso(last_seen),
+            "capabilities": json.loads(row["capabilities"] or "[]"),
+            "enrolled_at": iso(row["created_at"]),
+        }
+
+    # -- sweeper ---------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        """Expires overdue queued commands, persists last-seen times, pushes stale ->
+        offline transitions. Live sessions silent past stale_after_s are closed by their own
+        read timeout (4408)."""
+        touch_every = max(1, int(5 / self.config.sweep_interval_s))
+        tick = 0
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            tick += 1
+            try:
+                for command_id in await self.store.expire_due():
+                    self.hub.publish(f"command:{command_id}", "command.updated",
+                                     {"command_id": command_id, "state": "expired"})
+                now_mono = time.monotonic()
+                offline_after = self.config.thresholds.offline_after_s
+                for node_id, (closed_mono, _) in list(self._recently_closed.items()):
+                    if now_mono - closed_mono >= offline_after:
+                        del self._recently_closed[node_id]
+                        self.hub.publish("nodes", "liveness.changed",
+                                         {"node_id": node_id, "liveness": "offline"})
+                if tick % touch_every == 0:
+                    now = time.time()
+                    seen = {c.node_id: (now - (now_mono - c.last_frame_mono),
+                                        c.runtime.get("state"))
+                            for c in self.connections if c.session_id is not None}
+                    await self.store.touch_nodes(seen)
+            except Exception:
+                logger.exception("sweep failed; will retry")
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    controller: Controller = app.state.controller
+    await controller.start()
+    try:
+        yield
+    finally:
+        await controller.stop()
+
+
+def create_app(config: ControllerConfig) -> Starlette:
+    routes = [
+        WebSocketRoute("/v1/edge/connect", edge_endpoint),
+        WebSocketRoute("/ws", browser_endpoint),
+        Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
+        *api.ROUTES,
+    ]
+    app = Starlette(routes=routes, lifespan=_lifespan,
+                    exception_handlers=api.EXCEPTION_HANDLERS)
+    app.state.controller = Controller(config)
+    app.state.version = __version__
+    return app

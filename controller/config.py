@@ -1,0 +1,38 @@
+"""ControllerConfig: read once per process (CLI flags, then TETHER_* environment, then
+defaults) into a frozen dataclass; library code takes it, never os.environ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.protocol.codec import MAX_FRAME_BYTES
+from tether.protocol.liveness import Thresholds
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    data_dir: Path = Path(".tether/controller")
+    host: str = "127.0.0.1"
+    port: int = 8700
+    durability: str = "fsync"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    handshake_timeout_s: float = 10.0
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_log_bytes_per_command: int = 1 << 20
+    max_node_events_per_node: int = 10_000
+    max_pending_evt_frames: int = 4096  # per session, then reading pauses
+    cmd_window: int = 256  # unacked downlink frames in flight per session
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    sweep_interval_s: float = 1.0
+    log_format: str = "text"
+    allowed_origins: tuple[str, ...] = ()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "controller.db"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"

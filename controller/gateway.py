@@ -1,0 +1,500 @@
+"""The edge gateway: one :class:`EdgeConnection` per ``/v1/edge/connect`` WebSocket.
+
+Where a frame enters (``_read_loop``), where it is persisted (``_apply_loop`` ->
+``ControllerStore.apply_evt``) and where it is acked (right after that commit) are all here.
+
+Rule 1: a class A ``evt`` frame is acked only after the commit that holds its effect and the
+cursor. Rule 2: once fenced (superseded or closing), nothing this connection received is
+applied. Rule 3: every task of a connection lives in its TaskGroup and ends with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from tether.protocol.classes import EVT_STREAM, FRAME_STREAM, delivery_class
+from tether.protocol.codec import MSGPACK_SUBPROTOCOL, decode_msgpack, encode_msgpack
+from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError, TetherError
+from tether.protocol.frames import (
+    PROTOCOL_VERSION,
+    Ack,
+    Challenge,
+    ErrorBody,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    LogChunk,
+    Resume,
+    RuntimeState,
+    Welcome,
+    parse_body,
+    valid_node_id,
+)
+from tether.protocol.handshake import INITIAL, Event, Role, event_for, step
+from tether.protocol.signing import verify_hello
+from tether.protocol.streams import StreamReceiver, Verdict
+
+from .store.controller_store import Fenced
+
+if TYPE_CHECKING:
+    from .app import Controller
+
+logger = logging.getLogger(__name__)
+
+MAX_LOG_QUEUE = 1024  # class C chunks per session awaiting storage; overflow drops the newest
+# (the node numbers chunks per source, so a drop shows as a seq gap and in the counters)
+SEND_TIMEOUT_S = 10.0
+
+
+class _Close(Exception):
+    """End the connection with ``code``; raised anywhere in a connection's tasks."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def edge_endpoint(websocket: WebSocket) -> None:
+    """ASGI entry for ``/v1/edge/connect``."""
+    controller: Controller = websocket.app.state.controller
+    offered = websocket.scope.get("subprotocols") or []
+    if MSGPACK_SUBPROTOCOL not in offered:
+        await websocket.accept()
+        await websocket.close(4426, f"offer sub-protocol {MSGPACK_SUBPROTOCOL}")
+        return
+    await websocket.accept(subprotocol=MSGPACK_SUBPROTOCOL)
+    conn = EdgeConnection(websocket, controller)
+    controller.connections.add(conn)
+    try:
+        await conn.run()
+    finally:
+        controller.connections.discard(conn)
+
+
+class EdgeConnection:
+    def __init__(self, ws: WebSocket, controller: Controller) -> None:
+        self.ws = ws
+        self.ctl = controller
+        cfg = controller.config
+        self.max_frame = cfg.max_frame_bytes
+        self.node_id: str = ""
+        self.session_id: str | None = None
+        self.remote = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
+        self.state = INITIAL[Role.CONTROLLER]
+        self.fenced = False
+        self.goodbye = False
+        self.closing: _Close | None = None
+        self.opened_mono = time.monotonic()
+        self.last_frame_mono = self.opened_mono
+        self.runtime: dict[str, Any] = {"state": "attached", "version": None}
+        self.sidecar: dict[str, Any] = {}
+        self.resources: dict[str, Any] = {}
+        self.outbox: dict[str, Any] = {}
+        self.resumed = False
+        # uplink (evt) receive side
+        self.evt = StreamReceiver()
+        self.pending_evt: list[Frame] = []
+        self.evt_wake = asyncio.Event()
+        self.evt_room = asyncio.Event()
+        self.evt_room.set()
+        # downlink (cmd) send side: the outbox lives in the store
+        self.cmd_epoch = 0
+        self.cmd_acked = 0
+        self.cmd_sent = 0
+        self.cmd_ack_seen = 0
+        self.downlink_wake = asyncio.Event()
+        # class C: stored by the apply task before any evt frame that came after them
+        self.pending_logs: list[LogChunk] = []
+        self.logs_dropped_total = 0
+        self._send_lock = asyncio.Lock()
+        self._remote_code: int | None = None
+        self._flushed: asyncio.Event | None = None
+        # error frames answering bad non-sequenced frames, sent by the downlink task
+        self._pending_errors: list[Frame] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._handshake()
+        except _Close as exc:
+            await self._finish(exc)
+            return
+        except Exception:
+            logger.exception("edge handshake failed", extra={"remote": self.remote})
+            await self._finish(_Close(1011, "internal error"))
+            return
+        close: _Close | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                helpers = [tg.create_task(self._apply_loop(), name="edge-apply"),
+                           tg.create_task(self._downlink_loop(), name="edge-downlink")]
+                try:
+                    await self._read_loop()
+                finally:
+                    for task in helpers:
+                        task.cancel()
+        except* _Close as group:
+            first = group.exceptions[0]
+            close = first if isinstance(first, _Close) else None
+        except* Fenced:
+            close = _Close(4409, "superseded")
+        except* Exception as group:
+            logger.error("edge session failed", exc_info=group.exceptions[0],
+                         extra={"node_id": self.node_id, "session_id": self.session_id})
+            close = _Close(1011, "internal error")
+        await self._finish(close or self.closing)
+
+    async def _finish(self, close: _Close | None) -> None:
+        self.fenced = True
+        if close is not None:
+            await self._close_ws(close.code, close.reason)
+        if self.session_id is None:
+            return
+        self.ctl.registry.release(self.node_id, self)
+        code = close.code if close else self._remote_code
+        reason = close.reason if close else "connection closed by node"
+        if self.goodbye:
+            reason = "goodbye"
+        if not (close and close.code == 4409):
+            with contextlib.suppress(TetherError):
+                await self.ctl.store.close_session(node_id=self.node_id,
+                                                   session_id=self.session_id,
+                                                   close_code=code, reason=reason,
+                                                   goodbye=self.goodbye)
+        self.ctl.node_changed(self.node_id, "session.closed",
+                              {"session_id": self.session_id, "close_code": code,
+                               "reason": reason})
+        logger.info("edge session closed", extra={"node_id": self.node_id,
+                                                  "session_id": self.session_id,
+                                                  "code": code, "reason": reason})
+
+    async def supersede(self) -> None:
+        """A newer session took this node: fence, then close with 4409."""
+        self.fenced = True
+        self.closing = _Close(4409, "superseded by a newer session")
+        await self._close_ws(4409, "superseded by a newer session")
+
+    async def shutdown(self) -> None:
+        """The controller is stopping: close with 1001 (the node reconnects with backoff)."""
+        self.closing = _Close(1001, "controller going away")
+        await self._close_ws(1001, "controller going away")
+
+    def wake_downlink(self) -> None:
+        self.downlink_wake.set()
+
+    async def _close_ws(self, code: int, reason: str) -> None:
+        if self.ws.application_state == WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.ws.close(code, reason[:120])
+
+    # -- I/O helpers ---------------------------------------------------------------------
+
+    async def _send_bytes(self, data: bytes) -> None:
+        try:
+            async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+                await self.ws.send_bytes(data)
+        except TimeoutError:
+            raise _Close(4408, "node is not reading (send timed out)") from None
+        except (RuntimeError, OSError) as exc:
+            raise _Close(1006, f"send failed: {exc}") from None
+
+    async def _send(self, frame: Frame) -> None:
+        await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
+
+    async def _receive(self, timeout_s: float) -> Frame | None:
+        """The next frame, or None when the peer closed. Raises _Close on bad input."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                msg = await self.ws.receive()
+        except TimeoutError:
+            phase = "hello" if self.session_id is None else "frame"
+            raise _Close(4408, f"no {phase} within {timeout_s:g} s") from None
+        if msg["type"] == "websocket.disconnect":
+            self._remote_code = msg.get("code")
+            return None
+        data = msg.get("bytes")
+        if data is None:
+            raise _Close(4400, f"text frames are not allowed on {MSGPACK_SUBPROTOCOL}")
+        try:
+            frame = decode_msgpack(data, max_frame_bytes=self.max_frame)
+        except FrameTooLarge as exc:
+            raise _Close(1009, exc.message) from None
+        except BadFrame as exc:
+            raise _Close(4400, exc.message) from None
+        self.last_frame_mono = time.monotonic()
+        return frame
+
+    # -- handshake (PROTOCOL.md §4) --------------------------------------------------------
+
+    async def _handshake(self) -> None:
+        nonce = os.urandom(32)
+        cid = self.ctl.controller_id
+        await self._send(Challenge(nonce=nonce, controller_id=cid, time_ms=_now_ms()).frame())
+        frame = await self._receive(self.ctl.config.handshake_timeout_s)
+        if frame is None:
+            raise _Close(1000, "closed before hello")
+        if frame.t != Hello.TYPE:
+            raise _Close(4400, f"expected edge.hello first, got {frame.t!r}")
+        try:
+            hello = Hello.parse(frame)
+        except BadFrame as exc:
+            raise _Close(4400, exc.message) from None
+        self.state, _ = step(Role.CONTROLLER, self.state, Event.HELLO)
+        if hello.protocol != PROTOCOL_VERSION:
+            raise _Close(4426, f"protocol {hello.protocol} is not supported; this controller "
+                               f"speaks {PROTOCOL_VERSION}")
+        if not valid_node_id(hello.node_id):
+            raise _Close(4401, "unknown node id")
+        known = await self.ctl.store.node_key(hello.node_id)
+        if known is None:
+            raise _Close(4401, "unknown node id; enroll it first")
+        public_key, enabled = known
+        if not verify_hello(public_key, hello.sig, nonce, cid, hello.node_id):
+            raise _Close(4401, "hello signature does not verify with the enrolled key")
+        if not enabled:
+            raise _Close(4403, "node is disabled")
+        self.node_id = hello.node_id
+        self.runtime = {"state": str(hello.runtime.get("state") or "attached"),
+                        "version": hello.runtime.get("version")}
+        self.sidecar = dict(hello.sidecar)
+        old = self.ctl.registry.claim(self.node_id, self)
+        if old is not None:
+            await old.supersede()
+        opened = await self.ctl.store.open_session(
+            node_id=self.node_id, remote=self.remote, previous_session=hello.session_id,
+            evt_epoch=hello.epoch, cmd_acked=int(hello.acks.get("cmd", 0)),
+            runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
+            labels=dict(hello.labels))
+        if self.fenced:  # superseded while opening
+            raise _Close(4409, "superseded by a newer session")
+        self.session_id = opened.session_id
+        self.resumed = opened.resumed
+        self.evt = StreamReceiver(epoch=hello.epoch, applied=opened.evt_applied)
+        self.cmd_epoch = opened.cmd_epoch
+        acked = 0 if opened.cmd_epoch_rotated else int(hello.acks.get("cmd", 0))
+        self.cmd_acked = self.cmd_sent = self.cmd_ack_seen = acked
+        th = self.ctl.config.thresholds
+        await self._send(Welcome(
+            session_id=opened.session_id, resumed=opened.resumed, epoch=opened.cmd_epoch,
+            acks={EVT_STREAM: opened.evt_applied}, heartbeat_s=th.heartbeat_s,
+            stale_after_s=th.stale_after_s, offline_after_s=th.offline_after_s,
+            max_frame=self.max_frame).frame())
+        self.downlink_wake.set()
+        logger.info("edge session opened", extra={
+            "node_id": self.node_id, "session_id": self.session_id, "resumed": self.resumed,
+            "remote": self.remote})
+        self.ctl.node_changed(self.node_id, "session.opened",
+                              {"session_id": self.session_id, "resumed": self.resumed})
+
+    # -- steady state (PROTOCOL.md §5) ------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        idle_s = self.ctl.config.thresholds.stale_after_s
+        while True:
+            frame = await self._receive(idle_s)
+            if frame is None:
+                return
+            if self.fenced:
+                return
+            try:
+                self.state, _ = step(Role.CONTROLLER, self.state, event_for(frame.t))
+            except RemoteProtocolError as exc:
+                raise _Close(4400, exc.message) from None
+            if frame.t == "edge.goodbye":
+                self.goodbye = True
+                await self._flush_evt()
+                raise _Close(1000, "goodbye")
+            await self._handle(frame)
+
+    async def _handle(self, frame: Frame) -> None:
+        t = frame.t
+        if FRAME_STREAM.get(t) == EVT_STREAM:
+            await self._on_evt(frame)
+        elif t == "edge.heartbeat":
+            hb = self._parse_or_error(Heartbeat, frame)
+            if hb is None:
+                return
+            if hb.runtime.get("state"):
+                self._set_runtime(dict(hb.runtime))
+            self.outbox = dict(hb.outbox)
+            self._saw_cmd_ack(hb.acks.get("cmd"))
+            await self._send(HeartbeatAck(time_ms=_now_ms(),
+                                          acks={EVT_STREAM: self.evt.applied}).frame(re=frame.id))
+        elif t == "edge.ack":
+            ack = self._parse_or_error(Ack, frame)
+            if ack is not None:
+                self._saw_cmd_ack(ack.acks.get("cmd"))
+        elif t == "edge.resume":
+            resume = self._parse_or_error(Resume, frame)
+            if resume is not None:
+                self._on_resume(resume.acks.get("cmd", 0))
+        elif t == "edge.runtime":
+            rt = self._parse_or_error(RuntimeState, frame)
+            if rt is not None:
+                self._set_runtime({"state": rt.state, "version": rt.version})
+        elif t == "log.chunk":
+            chunk = self._parse_or_error(LogChunk, frame)
+            if chunk is not None:
+                if len(self.pending_logs) >= MAX_LOG_QUEUE:
+                    self.logs_dropped_total += 1
+                else:
+                    self.pending_logs.append(chunk)
+                    self.evt_wake.set()
+        elif t == "node.resources":
+            if len(frame.b) <= 64:
+                self.resources = dict(frame.b)
+        elif t == "error":
+            logger.warning("node reported an error", extra={
+                "node_id": self.node_id, "code": frame.b.get("code"),
+                "detail": str(frame.b.get("message"))[:200]})
+        elif t == "cmd.deliver" or t in ("edge.challenge", "edge.welcome",
+                                         "edge.heartbeat_ack"):
+            raise _Close(4400, f"{t!r} is a controller-to-node frame")
+        else:
+            known = delivery_class(t) is not None
+            await self._send(ErrorBody(
+                code="unsupported_type" if known else "unknown_type",
+                message=f"frame type {t!r} is not handled by this controller").frame(
+                    re=frame.id))
+
+    def _parse_or_error(self, cls: Any, frame: Frame) -> Any:
+        try:
+            return cls.parse(frame)
+        except BadFrame as exc:
+            self._pending_errors.append(ErrorBody(code="bad_frame", message=exc.message)
+                                        .frame(re=frame.id))
+            self.downlink_wake.set()
+            return None
+
+    def _set_runtime(self, runtime: dict[str, Any]) -> None:
+        state = str(runtime.get("state"))
+        if state not in RuntimeState.STATES:
+            return
+        changed = state != self.runtime.get("state")
+        self.runtime = {"state": state, "version": runtime.get("version")
+                        or self.runtime.get("version")}
+        if changed:
+            self.ctl.node_changed(self.node_id, "runtime.changed", dict(self.runtime))
+
+    async def _on_evt(self, frame: Frame) -> None:
+        if frame.s != EVT_STREAM or frame.q is None:
+            raise _Close(4400, f"{frame.t!r} must travel on stream 'evt' with a sequence")
+        try:
+            parse_body(frame)
+        except BadFrame as exc:
+            # A sequenced frame cannot be skipped without a gap: the sender must fix it.
+            raise _Close(4400, f"bad {frame.t!r} at q={frame.q}: {exc.message}") from None
+        verdict = self.evt.classify(frame.q)
+        if verdict is Verdict.APPLY:
+            self.pending_evt.append(frame)
+            self.evt_wake.set()
+            if len(self.pending_evt) >= self.ctl.config.max_pending_evt_frames:
+                self.evt_room.clear()
+                await self.evt_room.wait()  # backpressure: stop reading until applied
+        else:
+            await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
+
+    def _saw_cmd_ack(self, n: object) -> None:
+        if isinstance(n, int) and not isinstance(n, bool) and n > self.cmd_ack_seen:
+            self.cmd_ack_seen = n
+            self.downlink_wake.set()
+
+    def _on_resume(self, n: int) -> None:
+        """The node's runtime re-attached having applied up to ``n``: re-send after it."""
+        if n > self.cmd_sent:
+            raise _Close(4400, f"resume from q={n} beyond the last sent q={self.cmd_sent}")
+        self._saw_cmd_ack(n)
+        self.cmd_sent = max(n, self.cmd_acked)
+        self.downlink_wake.set()
+
+    async def _flush_evt(self) -> None:
+        """Apply what was accepted before a goodbye, so the ack can go out before closing."""
+        if not self.pending_evt:
+            return
+        done = asyncio.Event()
+        self._flushed = done
+        self.evt_wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await done.wait()
+
+    async def _apply_loop(self) -> None:
+        """Store pending log chunks, then apply pending evt frames and ack them.
+
+        Logs go first so that every chunk the node sent before a status is stored (and
+        published) before that status is."""
+        while True:
+            await self.evt_wake.wait()
+            self.evt_wake.clear()
+            if self.fenced:
+                continue
+            if self.pending_logs:
+                chunks, self.pending_logs = self.pending_logs, []
+                rows = await self.ctl.store.append_logs(
+                    self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
+                                   for c in chunks])
+                for row in rows:
+                    if row["command_id"]:
+                        self.ctl.log_appended(row["command_id"], row)
+            if not self.pending_evt:
+                continue
+            batch, self.pending_evt = self.pending_evt, []
+            self.evt_room.set()
+            try:
+                effects = await self.ctl.store.apply_evt(node_id=self.node_id,
+                                                         session_id=self.session_id or "",
+                                                         frames=batch)
+            except BaseException:
+                self.evt.rollback()
+                raise
+            self.evt.committed(batch[-1].q or 0)
+            await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
+            for effect in effects:
+                if effect.applied:
+                    self.ctl.command_changed(effect.command_id, effect.state, self.node_id)
+            if self._flushed is not None and not self.pending_evt:
+                self._flushed.set()
+
+    async def _downlink_loop(self) -> None:
+        window = self.ctl.config.cmd_window
+        while True:
+            await self.downlink_wake.wait()
+            self.downlink_wake.clear()
+            while self._pending_errors:
+                await self._send(self._pending_errors.pop(0))
+            if self.fenced:
+                continue
+            if self.cmd_ack_seen > self.cmd_acked:
+                n = self.cmd_ack_seen
+                delivered = await self.ctl.store.ack_cmd(self.node_id, self.session_id or "",
+                                                         self.cmd_epoch, n)
+                self.cmd_acked = n
+                self.cmd_sent = max(self.cmd_sent, n)
+                for command_id in delivered:
+                    self.ctl.command_changed(command_id, "delivered", self.node_id)
+            room = self.cmd_acked + window - self.cmd_sent
+            if room <= 0:
+                continue
+            rows = await self.ctl.store.downlink_after(self.node_id, self.cmd_epoch,
+                                                       self.cmd_sent, room)
+            for q, data in rows:
+                if self.fenced:
+                    break
+                await self._send_bytes(data)
+                self.cmd_sent = q

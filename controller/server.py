@@ -1,0 +1,76 @@
+"""Run the controller under uvicorn (uvloop, websockets) until SIGTERM/SIGINT.
+
+Readiness: once listening, the controller writes its URL to ``<data-dir>/controller.url``
+(so ``--port 0`` works for tests and tools) and logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .config import ControllerConfig
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, controller_config: ControllerConfig) -> None:
+        super().__init__(config)
+        self.controller_config = controller_config
+        self.url: str | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or not self.servers:
+            return
+        port = self.servers[0].sockets[0].getsockname()[1]
+        cfg = self.controller_config
+        scheme = "https" if cfg.tls_cert else "http"
+        host = cfg.host if ":" not in cfg.host else f"[{cfg.host}]"
+        self.url = f"{scheme}://{host}:{port}"
+        url_file = cfg.data_dir / "controller.url"
+        tmp = url_file.with_suffix(".tmp")
+        tmp.write_text(self.url + "\n")
+        tmp.replace(url_file)
+        logger.info("controller listening", extra={"url": self.url})
+
+
+def build_server(config: ControllerConfig) -> _Server:
+    kwargs: dict[str, Any] = {}
+    if config.tls_cert:
+        kwargs = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)}
+    uv_config = uvicorn.Config(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        ws="websockets-sansio",
+        ws_max_size=config.max_frame_bytes,
+        ws_per_message_deflate=False,  # node sessions stay small
+        ws_ping_interval=None,  # liveness is the protocol's heartbeat, not WS pings
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        **kwargs,
+    )
+    return _Server(uv_config, config)
+
+
+def serve(config: ControllerConfig) -> int:
+    """Serve until SIGTERM/SIGINT (uvicorn handles both gracefully); exit code."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    (config.data_dir / "controller.url").unlink(missing_ok=True)
+    server = build_server(config)
+    server.run()
+    if server.url is None:
+        logger.error("controller did not start; see the messages above",
+                     extra={"port": config.port})
+        return 1
+    return 0

@@ -1,0 +1,82 @@
+"""In-process event hub for live subscribers (/ws clients, `tether exec`).
+
+Each subscriber has a bounded queue (``max_queue`` events). Overflow policy: a subscriber
+that falls behind is cut off (``overflowed`` set, queue closed) rather than slowing the
+publisher or growing memory; it reconnects and resyncs from a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    topic: str
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(eq=False)
+class Subscriber:
+    max_queue: int = 1024
+    topics: set[str] = field(default_factory=set)
+    overflowed: bool = False
+    queue: asyncio.Queue[Event | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One slot more than max_queue so the closing sentinel always fits.
+        self.queue = asyncio.Queue(self.max_queue + 1)
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed:
+            return
+        if self.queue.qsize() >= self.max_queue:
+            self.overflowed = True
+            self.queue.put_nowait(None)
+            return
+        self.queue.put_nowait(event)
+
+    async def get(self) -> Event | None:
+        """The next event, or None once the subscriber was cut off."""
+        return await self.queue.get()
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._by_topic: dict[str, set[Subscriber]] = defaultdict(set)
+        self.published_total = 0
+        self.cut_off_total = 0
+
+    def subscribe(self, sub: Subscriber, topics: list[str]) -> None:
+        for topic in topics:
+            sub.topics.add(topic)
+            self._by_topic[topic].add(sub)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        for topic in sub.topics:
+            subs = self._by_topic.get(topic)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_topic[topic]
+        sub.topics.clear()
+
+    def publish(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+        subs = self._by_topic.get(topic)
+        if not subs:
+            return
+        event = Event(topic, kind, data)
+        self.published_total += 1
+        for sub in list(subs):
+            was = sub.overflowed
+            sub.offer(event)
+            if sub.overflowed and not was:
+                self.cut_off_total += 1
+
+    @property
+    def subscribers(self) -> int:
+        return len({s for subs in self._by_topic.values() for s in subs})

@@ -1,0 +1,633 @@
+"""The controller's store: every SQL statement the controller runs lives here.
+
+Methods are coroutines that hand one closure to :class:`Database` (so writes group-commit);
+a closure either applies all its effects or none (its own SAVEPOINT). Times are wall-clock
+seconds (``REAL``); ids are opaque text.
+
+Fencing rule: effects of an edge session are applied only while ``nodes.current_session``
+names that session; a superseded or closed session's frames raise :class:`Fenced`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from tether.common.sqlitedb import Database
+from tether.protocol.classes import CMD_STREAM, EVT_STREAM
+from tether.protocol.errors import AuthError, Conflict, NotFound, TetherError
+from tether.protocol.frames import TERMINAL_STATES, CmdDeliver, CmdStatus, Frame
+from tether.protocol.streams import MAX_EPOCH
+
+
+class Fenced(TetherError):
+    """The session no longer owns its node: nothing it sent may be applied."""
+
+    default_code = "superseded"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_epoch() -> int:
+    return secrets.randbelow(MAX_EPOCH) + 1
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    session_id: str
+    resumed: bool
+    cmd_epoch: int
+    evt_applied: int
+    evt_epoch_reset: bool
+    cmd_epoch_rotated: bool
+    superseded_session: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEffect:
+    """What one applied cmd.status did, for events pushed to subscribers."""
+
+    command_id: str
+    state: str
+    applied: bool
+
+
+def _timeline(conn: sqlite3.Connection, command_id: str, state: str, at: float,
+              detail: str | None = None) -> None:
+    conn.execute("INSERT INTO command_events (command_id, state, at, detail) VALUES (?,?,?,?)",
+                 (command_id, state, at, detail))
+
+
+class ControllerStore:
+    def __init__(self, db: Database, *, max_log_bytes_per_command: int = 1 << 20,
+                 max_node_events_per_node: int = 10_000) -> None:
+        self.db = db
+        self.max_log_bytes_per_command = max_log_bytes_per_command
+        self.max_node_events_per_node = max_node_events_per_node
+
+    # -- meta and tokens ------------------------------------------------------------------
+
+    async def controller_id(self) -> str:
+        def fn(conn: sqlite3.Connection) -> str:
+            row = conn.execute("SELECT value FROM meta WHERE key='controller_id'").fetchone()
+            if row:
+                return str(row[0])
+            cid = "ctl-" + uuid.uuid4().hex[:12]
+            conn.execute("INSERT INTO meta VALUES ('controller_id', ?)", (cid,))
+            return cid
+        return await self.db.write(fn)
+
+    async def ensure_admin_token(self, have_file_token: str | None) -> str | None:
+        """Make sure the admin token in the file is valid; returns a new token to write to
+        the file when there is none (first start, or the file was removed)."""
+        def fn(conn: sqlite3.Connection) -> str | None:
+            if have_file_token is not None:
+                row = conn.execute("SELECT role FROM operator_tokens WHERE token_hash=?",
+                                   (token_hash(have_file_token),)).fetchone()
+                if row:
+                    return None
+            token = "tok_" + secrets.token_urlsafe(32)
+            conn.execute("INSERT INTO operator_tokens VALUES (?, 'admin', 'admin', ?)",
+                         (token_hash(token), _now()))
+            return token
+        return await self.db.write(fn)
+
+    async def operator_role(self, token: str) -> str | None:
+        def fn(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT role FROM operator_tokens WHERE token_hash=?",
+                               (token_hash(token),)).fetchone()
+            return str(row[0]) if row else None
+        return await self.db.read(fn)
+
+    async def create_join_token(self, *, ttl_s: float, uses: int, labels: dict[str, str],
+                                actor: str) -> tuple[str, float]:
+        token = "join_" + secrets.token_urlsafe(24)
+        expires_at = _now() + ttl_s
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO join_tokens VALUES (?,?,?,?,?)",
+                         (token_hash(token), expires_at, uses, json.dumps(labels), _now()))
+            self._audit(conn, actor, "join_token.create", None, {"uses": uses, "ttl_s": ttl_s})
+        await self.db.write(fn)
+        return token, expires_at
+
+    async def enroll(self, *, join_token: str, node_id: str, public_key: bytes,
+                     labels: dict[str, str]) -> None:
+        """Consume one use of ``join_token`` and register ``node_id`` with ``public_key``.
+
+        Raises AuthError (401) for an unknown, expired or used-up token; Conflict (409) when
+        the id belongs to another key. Re-enrolling the same key updates its labels."""
+        def fn(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT expires_at, uses_left, labels FROM join_tokens "
+                               "WHERE token_hash=?", (token_hash(join_token),)).fetchone()
+            if row is None:
+                raise AuthError("join token is unknown; create one with "
+                                "'tether join-token create'", code="invalid_token")
+            if row["expires_at"] < _now():
+                raise AuthError("join token has expired; create a new one",
+                                code="invalid_token")
+            if row["uses_left"] <= 0:
+                raise AuthError("join token is used up; create a new one",
+                                code="invalid_token")
+            existing = conn.execute("SELECT public_key FROM nodes WHERE node_id=?",
+                                    (node_id,)).fetchone()
+            merged = {**json.loads(row["labels"]), **labels}
+            if existing is not None and bytes(existing[0]) != public_key:
+                raise Conflict(f"node id {node_id!r} is enrolled with another key; pick "
+                               "another id or remove the old node", code="node_id_taken")
+            conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash=?",
+                         (token_hash(join_token),))
+            if existing is None:
+                conn.execute("INSERT INTO nodes (node_id, public_key, labels, created_at) "
+                             "VALUES (?,?,?,?)", (node_id, public_key, json.dumps(merged),
+                                                  _now()))
+                for stream in (CMD_STREAM, EVT_STREAM):
+                    conn.execute("INSERT INTO stream_cursors (node_id, stream, epoch) "
+                                 "VALUES (?,?,?)",
+                                 (node_id, stream, new_epoch() if stream == CMD_STREAM
+                                  else None))
+            else:
+                conn.execute("UPDATE nodes SET labels=? WHERE node_id=?",
+                             (json.dumps(merged), node_id))
+            self._audit(conn, "node:" + node_id, "node.enroll", node_id, None)
+        await self.db.write(fn)
+
+    # -- nodes and sessions ----------------------------------------------------------------
+
+    async def node_key(self, node_id: str) -> tuple[bytes, bool] | None:
+        """(public key, enabled) or None for an unknown node."""
+        def fn(conn: sqlite3.Connection) -> tuple[bytes, bool] | None:
+            row = conn.execute("SELECT public_key, enabled FROM nodes WHERE node_id=?",
+                               (node_id,)).fetchone()
+            return (bytes(row[0]), bool(row[1])) if row else None
+        return await self.db.read(fn)
+
+    async def open_session(self, *, node_id: str, remote: str, previous_session: str | None,
+                           evt_epoch: int, cmd_acked: int, runtime: dict[str, Any],
+                           sidecar: dict[str, Any], capabilities: Sequence[str],
+                           labels: dict[str, str]) -> SessionOpened:
+        """Record a new session as the node's owner (fencing the previous one), reconcile
+        stream epochs and cursors, apply the node's downlink ack, sequence queued commands."""
+        session_id = "s_" + uuid.uuid4().hex
+
+        def fn(conn: sqlite3.Connection) -> SessionOpened:
+            now = _now()
+            node = conn.execute("SELECT current_session FROM nodes WHERE node_id=?",
+                                (node_id,)).fetchone()
+            if node is None:
+                raise NotFound(f"node {node_id!r} is not enrolled")
+            superseded = node["current_session"]
+            if superseded:
+                conn.execute("UPDATE edge_sessions SET closed_at=?, close_code=4409, "
+                             "reason='superseded' WHERE session_id=? AND closed_at IS NULL",
+                             (now, superseded))
+            resumed = previous_session is not None and conn.execute(
+                "SELECT 1 FROM edge_sessions WHERE session_id=? AND node_id=?",
+                (previous_session, node_id)).fetchone() is not None
+            evt = conn.execute("SELECT epoch, applied FROM stream_cursors WHERE node_id=? AND "
+                               "stream='evt'", (node_id,)).fetchone()
+            cmd = conn.execute("SELECT epoch, applied, last FROM stream_cursors WHERE "
+                               "node_id=? AND stream='cmd'", (node_id,)).fetchone()
+            evt_reset = evt["epoch"] is not None and evt["epoch"] != evt_epoch
+            evt_applied = 0 if evt["epoch"] != evt_epoch else evt["applied"]
+            if evt["epoch"] != evt_epoch:
+                conn.execute("UPDATE stream_cursors SET epoch=?, applied=0 WHERE node_id=? AND "
+                             "stream='evt'", (evt_epoch, node_id))
+                if evt_reset:
+                    self._node_event(conn, node_id, "stream.epoch_reset",
+                                     {"stream": "evt", "old": evt["epoch"], "new": evt_epoch})
+            cmd_epoch = cmd["epoch"]
+            rotate = evt_reset or not cmd["applied"] <= cmd_acked <= cmd["last"]
+            if rotate:
+                cmd_epoch = self._rotate_cmd_epoch(conn, node_id, cmd_epoch)
+                self._node_event(conn, node_id, "stream.epoch_reset",
+                                 {"stream": "cmd", "old": cmd["epoch"], "new": cmd_epoch,
+                                  "node_applied": cmd_acked})
+            else:
+                self._ack_cmd(conn, node_id, cmd_epoch, cmd_acked, now)
+            conn.execute(
+                "INSERT INTO edge_sessions (session_id, node_id, remote, opened_at, resumed, "
+                "previous_session, runtime_version, sidecar_version) VALUES (?,?,?,?,?,?,?,?)",
+                (session_id, node_id, remote, now, int(resumed), previous_session,
+                 str(runtime.get("version") or ""), str(sidecar.get("version") or "")))
+            conn.execute(
+                "UPDATE nodes SET current_session=?, last_seen_at=?, closed_at=NULL, "
+                "closed_by_goodbye=0, runtime_state=?, runtime_version=?, sidecar=?, "
+                "capabilities=?, labels=json_patch(labels, ?) WHERE node_id=?",
+                (session_id, now, str(runtime.get("state") or "attached"),
+                 runtime.get("version"), json.dumps(sidecar), json.dumps(list(capabilities)),
+                 json.dumps(labels), node_id))
+            self._dispatch(conn, node_id, cmd_epoch, now)
+            return SessionOpened(session_id=session_id, resumed=resumed, cmd_epoch=cmd_epoch,
+                                 evt_applied=evt_applied, evt_epoch_reset=evt_reset,
+                                 cmd_epoch_rotated=rotate, superseded_session=superseded)
+        return await self.db.write(fn)
+
+    def _rotate_cmd_epoch(self, conn: sqlite3.Connection, node_id: str, old: int) -> int:
+        """New downlink epoch: unacked frames are re-sequenced from 1, in their order."""
+        epoch = new_epoch()
+        rows = conn.execute("SELECT q, frame, command_id FROM downlink_outbox WHERE node_id=? "
+                            "AND epoch=? ORDER BY q", (node_id, old)).fetchall()
+        conn.execute("DELETE FROM downlink_outbox WHERE node_id=?", (node_id,))
+        for q, row in enumerate(rows, start=1):
+            wire = msgpack.unpackb(row["frame"], raw=False)
+            wire["q"] = q
+            conn.execute("INSERT INTO downlink_outbox VALUES (?,?,?,?,?)",
+                         (node_id, epoch, q, msgpack.packb(wire, use_bin_type=True),
+                          row["command_id"]))
+            if row["command_id"]:
+                conn.execute("UPDATE commands SET epoch=?, q=? WHERE command_id=?",
+                             (epoch, q, row["command_id"]))
+        conn.execute("UPDATE stream_cursors SET epoch=?, applied=0, last=? WHERE node_id=? "
+                     "AND stream='cmd'", (epoch, len(rows), node_id))
+        return epoch
+
+    async def close_session(self, *, node_id: str, session_id: str, close_code: int | None,
+                            reason: str, goodbye: bool) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            now = _now()
+            conn.execute("UPDATE edge_sessions SET closed_at=?, close_code=?, reason=? "
+                         "WHERE session_id=? AND closed_at IS NULL",
+                         (now, close_code, reason, session_id))
+            conn.execute("UPDATE nodes SET current_session=NULL, closed_at=?, last_seen_at=?, "
+                         "closed_by_goodbye=? WHERE node_id=? AND current_session=?",
+                         (now, now, int(goodbye), node_id, session_id))
+        await self.db.write(fn)
+
+    async def close_orphan_sessions(self) -> int:
+        """At start: sessions left open by a crashed controller are closed (reason
+        ``controller_restart``), their nodes become stale from that moment."""
+        def fn(conn: sqlite3.Connection) -> int:
+            now = _now()
+            cur = conn.execute("UPDATE edge_sessions SET closed_at=?, reason="
+                               "'controller_restart' WHERE closed_at IS NULL", (now,))
+            conn.execute("UPDATE nodes SET current_session=NULL, closed_at=? "
+                         "WHERE current_session IS NOT NULL", (now,))
+            return cur.rowcount
+        return await self.db.write(fn)
+
+    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None:
+        """Persist last-seen times and runtime states of live sessions (one batch)."""
+        if not seen:
+            return
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE nodes SET last_seen_at=?, runtime_state=COALESCE(?, "
+                             "runtime_state) WHERE node_id=?",
+                             [(at, state, node) for node, (at, state) in seen.items()])
+        await self.db.write(fn)
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [dict(r) for r in conn.execute(
+                "SELECT node_id, labels, enabled, created_at, current_session, last_seen_at, "
+                "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
+                "capabilities FROM nodes ORDER BY node_id")]
+        return await self.db.read(fn)
+
+    async def get_node(self, node_id: str) -> dict[str, Any] | None:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "SELECT node_id, labels, enabled, created_at, current_session, last_seen_at, "
+                "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
+                "capabilities FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+            return dict(row) if row else None
+        return await self.db.read(fn)
+
+    async def sessions(self, node_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [dict(r) for r in conn.execute(
+                "SELECT session_id, opened_at, closed_at, close_code, reason, resumed, remote "
+                "FROM edge_sessions WHERE node_id=? ORDER BY opened_at DESC, rowid DESC "
+                "LIMIT ?", (node_id, limit))]
+        return await self.db.read(fn)
+
+    # -- downlink (cmd stream) -------------------------------------------------------------
+
+    def _dispatch(self, conn: sqlite3.Connection, node_id: str, epoch: int,
+                  now: float) -> int:
+        """Sequence the node's queued commands onto the cmd stream, oldest first; commands
+        whose deadline passed become ``expired`` without ever reaching the node."""
+        rows = conn.execute("SELECT command_id, kind, args, created_at, deadline FROM commands "
+                            "WHERE node_id=? AND state='queued' AND q IS NULL "
+                            "ORDER BY created_at, rowid", (node_id,)).fetchall()
+        if not rows:
+            return 0
+        last = conn.execute("SELECT last FROM stream_cursors WHERE node_id=? AND stream='cmd'",
+                            (node_id,)).fetchone()[0]
+        count = 0
+        for row in rows:
+            if row["deadline"] is not None and row["deadline"] <= now:
+                conn.execute("UPDATE commands SET state='expired', updated_at=?, error=? "
+                             "WHERE command_id=?", (now, "deadline passed before delivery",
+                                                    row["command_id"]))
+                _timeline(conn, row["command_id"], "expired", now, "deadline passed")
+                continue
+            last += 1
+            body = CmdDeliver(command_id=row["command_id"], kind=row["kind"],
+                              args=json.loads(row["args"]),
+                              created_ms=int(row["created_at"] * 1000),
+                              deadline_ms=None if row["deadline"] is None
+                              else int(row["deadline"] * 1000))
+            frame = body.frame(s=CMD_STREAM, q=last, id=row["command_id"])
+            conn.execute("INSERT INTO downlink_outbox VALUES (?,?,?,?,?)",
+                         (node_id, epoch, last,
+                          msgpack.packb(frame.to_wire(), use_bin_type=True),
+                          row["command_id"]))
+            conn.execute("UPDATE commands SET epoch=?, q=? WHERE command_id=?",
+                         (epoch, last, row["command_id"]))
+            count += 1
+        conn.execute("UPDATE stream_cursors SET last=? WHERE node_id=? AND stream='cmd'",
+                     (last, node_id))
+        return count
+
+    def _ack_cmd(self, conn: sqlite3.Connection, node_id: str, epoch: int, n: int,
+                 now: float) -> list[str]:
+        applied = conn.execute("SELECT applied FROM stream_cursors WHERE node_id=? AND "
+                               "stream='cmd' AND epoch=?", (node_id, epoch)).fetchone()
+        if applied is None or n <= applied[0]:
+            return []
+        conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='cmd'",
+                     (n, node_id))
+        conn.execute("DELETE FROM downlink_outbox WHERE node_id=? AND epoch=? AND q<=?",
+                     (node_id, epoch, n))
+        delivered = [r[0] for r in conn.execute(
+            "SELECT command_id FROM commands WHERE node_id=? AND epoch=? AND q<=? AND q>? "
+            "AND state='queued'", (node_id, epoch, n, applied[0]))]
+        for command_id in delivered:
+            conn.execute("UPDATE commands SET state='delivered', updated_at=? "
+                         "WHERE command_id=?", (now, command_id))
+            _timeline(conn, command_id, "delivered", now)
+        return delivered
+
+    async def ack_cmd(self, node_id: str, session_id: str, epoch: int, n: int) -> list[str]:
+        """The node applied the downlink up to ``n``: drop those frames, mark delivered."""
+        def fn(conn: sqlite3.Connection) -> list[str]:
+            self._fence(conn, node_id, session_id)
+            return self._ack_cmd(conn, node_id, epoch, n, _now())
+        return await self.db.write(fn)
+
+    async def downlink_after(self, node_id: str, epoch: int, after: int,
+                             limit: int) -> list[tuple[int, bytes]]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+            return [(r[0], bytes(r[1])) for r in conn.execute(
+                "SELECT q, frame FROM downlink_outbox WHERE node_id=? AND epoch=? AND q>? "
+                "ORDER BY q LIMIT ?", (node_id, epoch, after, limit))]
+        return await self.db.read(fn)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def submit_command(self, *, node_id: str, kind: str, args: dict[str, Any],
+                             ttl_s: float | None, idem_key: str | None,
+                             actor: str) -> tuple[dict[str, Any], bool]:
+        """Create a queued command (and sequence it when the node has a session).
+
+        Returns (command, created); with a known ``idem_key`` the existing command is
+        returned and nothing is created."""
+        command_id = "c_" + uuid.uuid4().hex
+
+        def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
+            if idem_key is not None:
+                row = conn.execute("SELECT command_id FROM commands WHERE idem_key=?",
+                                   (idem_key,)).fetchone()
+                if row:
+                    return self._command(conn, row[0]), False
+            node = conn.execute("SELECT current_session FROM nodes WHERE node_id=?",
+                                (node_id,)).fetchone()
+            if node is None:
+                raise NotFound(f"node {node_id!r} is not enrolled; see 'tether nodes list'")
+            now = _now()
+            conn.execute("INSERT INTO commands (command_id, node_id, kind, args, state, "
+                         "created_at, deadline, idem_key, updated_at) "
+                         "VALUES (?,?,?,?, 'queued', ?,?,?,?)",
+                         (command_id, node_id, kind, json.dumps(args), now,
+                          None if ttl_s is None else now + ttl_s, idem_key, now))
+            _timeline(conn, command_id, "queued", now)
+            self._audit(conn, actor, "command.submit", command_id, {"node_id": node_id,
+                                                                     "kind": kind})
+            if node["current_session"]:
+                epoch = conn.execute("SELECT epoch FROM stream_cursors WHERE node_id=? AND "
+                                     "stream='cmd'", (node_id,)).fetchone()[0]
+                self._dispatch(conn, node_id, epoch, now)
+            return self._command(conn, command_id), True
+        return await self.db.write(fn)
+
+    async def cancel_command(self, command_id: str, *, actor: str) -> tuple[dict[str, Any],
+                                                                            bool]:
+        """Cancel: a command not yet sequenced is cancelled here; one on its way to or on the
+        node gets a ``cancel`` command behind it. Returns (command, sent_to_node)."""
+        def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
+            cmd = conn.execute("SELECT node_id, state, q FROM commands WHERE command_id=?",
+                               (command_id,)).fetchone()
+            if cmd is None:
+                raise NotFound(f"command {command_id!r} does not exist")
+            if cmd["state"] in TERMINAL_STATES:
+                raise Conflict(f"command {command_id} is already {cmd['state']}",
+                               code="command_terminal")
+            now = _now()
+            self._audit(conn, actor, "command.cancel", command_id, None)
+            if cmd["state"] == "queued" and cmd["q"] is None:
+                conn.execute("UPDATE commands SET state='cancelled', updated_at=?, "
+                             "error='cancelled before delivery' WHERE command_id=?",
+                             (now, command_id))
+                _timeline(conn, command_id, "cancelled", now, "cancelled before delivery")
+                return self._command(conn, command_id), False
+            cancel_id = "c_" + uuid.uuid4().hex
+            conn.execute("INSERT INTO commands (command_id, node_id, kind, args, state, "
+                         "created_at, updated_at) VALUES (?,?, 'cancel', ?, 'queued', ?, ?)",
+                         (cancel_id, cmd["node_id"], json.dumps({"command_id": command_id}),
+                          now, now))
+            _timeline(conn, cancel_id, "queued", now)
+            _timeline(conn, command_id, cmd["state"], now, f"cancel requested ({cancel_id})")
+            node = conn.execute("SELECT current_session FROM nodes WHERE node_id=?",
+                                (cmd["node_id"],)).fetchone()
+            if node["current_session"]:
+                epoch = conn.execute("SELECT epoch FROM stream_cursors WHERE node_id=? AND "
+                                     "stream='cmd'", (cmd["node_id"],)).fetchone()[0]
+                self._dispatch(conn, cmd["node_id"], epoch, now)
+            return self._command(conn, command_id), True
+        return await self.db.write(fn)
+
+    async def expire_due(self) -> list[str]:
+        """Queued, unsequenced commands past their deadline become ``expired``."""
+        def fn(conn: sqlite3.Connection) -> list[str]:
+            now = _now()
+            ids = [r[0] for r in conn.execute(
+                "SELECT command_id FROM commands WHERE state='queued' AND q IS NULL AND "
+                "deadline IS NOT NULL AND deadline<=?", (now,))]
+            for command_id in ids:
+                conn.execute("UPDATE commands SET state='expired', updated_at=?, error=? "
+                             "WHERE command_id=?", (now, "deadline passed before delivery",
+                                                    command_id))
+                _timeline(conn, command_id, "expired", now, "deadline passed")
+            return ids
+        return await self.db.write(fn)
+
+    def _command(self, conn: sqlite3.Connection, command_id: str) -> dict[str, Any]:
+        row = conn.execute("SELECT * FROM commands WHERE command_id=?",
+                           (command_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"command {command_id!r} does not exist")
+        out = dict(row)
+        out["timeline"] = [dict(r) for r in conn.execute(
+            "SELECT state, at, detail FROM command_events WHERE command_id=? ORDER BY id",
+            (command_id,))]
+        return out
+
+    async def get_command(self, command_id: str) -> dict[str, Any]:
+        return await self.db.read(lambda conn: self._command(conn, command_id))
+
+    async def command_states(self, command_ids: Sequence[str]) -> dict[str, str]:
+        def fn(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            ids = list(command_ids)
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                marks = ",".join("?" * len(part))
+                out.update({r[0]: r[1] for r in conn.execute(
+                    f"SELECT command_id, state FROM commands WHERE command_id IN ({marks})",
+                    part)})
+            return out
+        return await self.db.read(fn)
+
+    # -- uplink (evt stream) -----------------------------------------------------------------
+
+    def _fence(self, conn: sqlite3.Connection, node_id: str, session_id: str) -> None:
+        row = conn.execute("SELECT current_session FROM nodes WHERE node_id=?",
+                           (node_id,)).fetchone()
+        if row is None or row[0] != session_id:
+            raise Fenced(f"session {session_id} no longer owns node {node_id}")
+
+    async def apply_evt(self, *, node_id: str, session_id: str,
+                        frames: Sequence[Frame]) -> list[StatusEffect]:
+        """Apply consecutive ``evt`` frames and move the cursor, in one transaction."""
+        def fn(conn: sqlite3.Connection) -> list[StatusEffect]:
+            self._fence(conn, node_id, session_id)
+            now = _now()
+            effects: list[StatusEffect] = []
+            for frame in frames:
+                if frame.t == "cmd.status":
+                    effects.append(self._apply_status(conn, node_id, CmdStatus.parse(frame),
+                                                      now))
+                elif frame.t == "node.event":
+                    self._node_event(conn, node_id, str(frame.b.get("kind")),
+                                     frame.b.get("data") or {})
+                else:  # class A on evt that this version records but does not interpret
+                    self._node_event(conn, node_id, frame.t, dict(frame.b))
+            conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",
+                         (frames[-1].q, node_id))
+            return effects
+        return await self.db.write(fn)
+
+    def _apply_status(self, conn: sqlite3.Connection, node_id: str, st: CmdStatus,
+                      now: float) -> StatusEffect:
+        row = conn.execute("SELECT state, node_id FROM commands WHERE command_id=?",
+                           (st.command_id,)).fetchone()
+        if row is None or row["node_id"] != node_id:
+            self._node_event(conn, node_id, "status.unknown_command",
+                             {"command_id": st.command_id, "state": st.state})
+            return StatusEffect(st.command_id, st.state, applied=False)
+        if row["state"] in TERMINAL_STATES or row["state"] == st.state:
+            _timeline(conn, st.command_id, st.state, now,
+                      f"ignored: command already {row['state']}")
+            return StatusEffect(st.command_id, row["state"], applied=False)
+        if row["state"] == "queued":
+            _timeline(conn, st.command_id, "delivered", now, "implied by status")
+        conn.execute(
+            "UPDATE commands SET state=?, updated_at=?, exit_code=COALESCE(?, exit_code), "
+            "error=COALESCE(?, error), started_ms=COALESCE(?, started_ms), "
+            "finished_ms=COALESCE(?, finished_ms), result=COALESCE(?, result) "
+            "WHERE command_id=?",
+            (st.state, now, st.exit_code, st.error, st.started_ms, st.finished_ms,
+             json.dumps(dict(st.result)) if st.result else None, st.command_id))
+        _timeline(conn, st.command_id, st.state, now, st.error)
+        return StatusEffect(st.command_id, st.state, applied=True)
+
+    def _node_event(self, conn: sqlite3.Connection, node_id: str, kind: str,
+                    data: Any) -> None:
+        cur = conn.execute("INSERT INTO node_events (node_id, kind, data, at) VALUES (?,?,?,?)",
+                           (node_id, kind, json.dumps(data, default=repr), _now()))
+        if cur.lastrowid and cur.lastrowid % 1000 == 0:
+            conn.execute("DELETE FROM node_events WHERE node_id=? AND id <= (SELECT id FROM "
+                         "node_events WHERE node_id=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                         (node_id, node_id, self.max_node_events_per_node))
+
+    async def node_events(self, node_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [dict(r) for r in conn.execute(
+                "SELECT id, kind, data, at FROM node_events WHERE node_id=? ORDER BY id DESC "
+                "LIMIT ?", (node_id, limit))]
+        return await self.db.read(fn)
+
+    async def count_node_events(self, node_id: str, kind: str) -> int:
+        return await self.db.read(lambda conn: conn.execute(
+            "SELECT count(*) FROM node_events WHERE node_id=? AND kind=?",
+            (node_id, kind)).fetchone()[0])
+
+    # -- logs (class C) ----------------------------------------------------------------------
+
+    async def append_logs(self, node_id: str,
+                          chunks: Sequence[tuple[str | None, str, int, bytes, int]]
+                          ) -> list[dict[str, Any]]:
+        """Store log chunks (command_id, source, seq, data, dropped), each command's log
+        bounded to ``max_log_bytes_per_command``: past it, bytes are counted, not kept.
+        Returns the rows stored, for live subscribers."""
+        limit = self.max_log_bytes_per_command
+
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            now = _now()
+            stored: list[dict[str, Any]] = []
+            for command_id, source, seq, data, dropped in chunks:
+                if command_id is not None:
+                    row = conn.execute("SELECT log_bytes FROM commands WHERE command_id=? AND "
+                                       "node_id=?", (command_id, node_id)).fetchone()
+                    if row is None:
+                        continue
+                    if row[0] + len(data) > limit:
+                        conn.execute("UPDATE commands SET log_dropped_bytes = "
+                                     "log_dropped_bytes + ? WHERE command_id=?",
+                                     (len(data), command_id))
+                        continue
+                    conn.execute("UPDATE commands SET log_bytes = log_bytes + ? "
+                                 "WHERE command_id=?", (len(data), command_id))
+                cur = conn.execute("INSERT INTO logs (command_id, node_id, source, seq, data, "
+                                   "dropped, at) VALUES (?,?,?,?,?,?,?)",
+                                   (command_id, node_id, source, seq, data, dropped, now))
+                stored.append({"id": cur.lastrowid, "command_id": command_id,
+                               "source": source, "seq": seq, "data": data,
+                               "dropped": dropped})
+            return stored
+        return await self.db.write(fn)
+
+    async def command_logs(self, command_id: str, *, after: int = 0,
+                           limit: int = 1000) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [dict(r) for r in conn.execute(
+                "SELECT id, source, seq, data, dropped FROM logs WHERE command_id=? AND id>? "
+                "ORDER BY id LIMIT ?", (command_id, after, limit))]
+        return await self.db.read(fn)
+
+    # -- audit ------------------------------------------------------------------------------
+
+    def _audit(self, conn: sqlite3.Connection, actor: str, action: str, target: str | None,
+               detail: Any) -> None:
+        conn.execute("INSERT INTO audit_log (at, actor, action, target, detail) "
+                     "VALUES (?,?,?,?,?)",
+                     (_now(), actor, action, target, json.dumps(detail)))
+
+

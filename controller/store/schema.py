@@ -1,0 +1,58 @@
+"""Controller schema, as versioned migrations (index + 1 == PRAGMA user_version)."""
+
+MIGRATIONS = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE operator_tokens (
+        token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, label TEXT,
+        created_at REAL NOT NULL);
+    CREATE TABLE join_tokens (
+        token_hash TEXT PRIMARY KEY, expires_at REAL NOT NULL, uses_left INTEGER NOT NULL,
+        labels TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, labels TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1, created_at REAL NOT NULL,
+        current_session TEXT, last_seen_at REAL, closed_at REAL,
+        closed_by_goodbye INTEGER NOT NULL DEFAULT 0,
+        runtime_state TEXT, runtime_version TEXT, sidecar TEXT, capabilities TEXT);
+    CREATE TABLE stream_cursors (
+        node_id TEXT NOT NULL, stream TEXT NOT NULL, epoch INTEGER,
+        applied INTEGER NOT NULL DEFAULT 0, last INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (node_id, stream));
+    CREATE TABLE edge_sessions (
+        session_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, remote TEXT,
+        opened_at REAL NOT NULL, closed_at REAL, close_code INTEGER, reason TEXT,
+        resumed INTEGER NOT NULL, previous_session TEXT, runtime_version TEXT,
+        sidecar_version TEXT);
+    CREATE INDEX edge_sessions_node ON edge_sessions (node_id, opened_at);
+    CREATE TABLE commands (
+        command_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL,
+        args TEXT NOT NULL, state TEXT NOT NULL, epoch INTEGER, q INTEGER,
+        created_at REAL NOT NULL, deadline REAL, idem_key TEXT UNIQUE,
+        exit_code INTEGER, error TEXT, result TEXT, started_ms INTEGER, finished_ms INTEGER,
+        updated_at REAL NOT NULL, log_bytes INTEGER NOT NULL DEFAULT 0,
+        log_dropped_bytes INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX commands_queue ON commands (node_id, state, created_at);
+    CREATE INDEX commands_seq ON commands (node_id, epoch, q);
+    CREATE TABLE command_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL, state TEXT NOT NULL,
+        at REAL NOT NULL, detail TEXT);
+    CREATE INDEX command_events_cmd ON command_events (command_id, id);
+    CREATE TABLE downlink_outbox (
+        node_id TEXT NOT NULL, epoch INTEGER NOT NULL, q INTEGER NOT NULL,
+        frame BLOB NOT NULL, command_id TEXT,
+        PRIMARY KEY (node_id, epoch, q));
+    CREATE TABLE logs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT, node_id TEXT NOT NULL,
+        source TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, dropped INTEGER NOT NULL,
+        at REAL NOT NULL);
+    CREATE INDEX logs_cmd ON logs (command_id, id);
+    CREATE TABLE node_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, kind TEXT NOT NULL,
+        data TEXT NOT NULL, at REAL NOT NULL);
+    CREATE INDEX node_events_node ON node_events (node_id, id);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, target TEXT, detail TEXT)
+    """,
+]

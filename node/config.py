@@ -1,0 +1,31 @@
+"""NodeConfig: read once per process into a frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    state_dir: Path = Path(".tether/node")
+    durability: str = "fsync"
+    evt_window: int = 256  # unacked class A uplink frames in flight
+    max_log_chunks: int = 1024  # class C buffer, oldest dropped beyond it
+    max_concurrent: int = 16  # commands running at once
+    drain_timeout_s: float = 5.0  # on stop: how long running commands may finish
+    kill_grace_s: float = 5.0  # cancel: SIGTERM, then SIGKILL after this
+    flush_timeout_s: float = 3.0  # on stop: how long to wait for the outbox to be acked
+    controller_url: str | None = None  # override node.json (e.g. a fault proxy in tests)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "node.db"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "runtime.pid"
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / "status.json"

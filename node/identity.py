@@ -1,0 +1,106 @@
+"""Node identity on disk and enrollment (PROTOCOL.md §8).
+
+Files in the state dir: ``node.key`` (32 raw Ed25519 private-key bytes, mode 0600) and
+``node.json`` (node id, controller URL and id, labels). The key is made once and reused, so
+re-enrolling with a new join token keeps the same identity.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tether.protocol.errors import TetherError
+from tether.protocol.frames import valid_node_id
+from tether.protocol.signing import (
+    generate_private_key,
+    load_private_key,
+    private_key_raw,
+    public_key_raw,
+)
+
+
+class NotEnrolled(TetherError):
+    default_code = "not_enrolled"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    node_id: str
+    controller_url: str
+    controller_id: str
+    key: Ed25519PrivateKey
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
+    path = state_dir / "node.key"
+    if path.exists():
+        return load_private_key(path.read_bytes())
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    key = generate_private_key()
+    _write_private(path, private_key_raw(key))
+    return key
+
+
+def load_identity(state_dir: Path) -> Identity:
+    meta_path, key_path = state_dir / "node.json", state_dir / "node.key"
+    if not meta_path.exists() or not key_path.exists():
+        raise NotEnrolled(f"no enrolled node in {state_dir}; run 'tether node enroll "
+                          "--controller URL --token JOIN --node-id ID' first")
+    meta = json.loads(meta_path.read_text())
+    return Identity(node_id=meta["node_id"], controller_url=meta["controller_url"],
+                    controller_id=meta.get("controller_id", ""),
+                    key=load_private_key(key_path.read_bytes()),
+                    labels=dict(meta.get("labels") or {}))
+
+
+def enroll(*, controller_url: str, join_token: str, node_id: str, state_dir: Path,
+           labels: dict[str, str] | None = None, timeout_s: float = 10.0,
+           verify: Any = True) -> Identity:
+    """Make (or reuse) the key and enroll it; raises TetherError with the controller's
+    message on refusal."""
+    if not valid_node_id(node_id):
+        raise TetherError("node id must match [a-z0-9][a-z0-9-]{0,62}",
+                          code="invalid_request")
+    key = load_or_create_key(state_dir)
+    body = {"join_token": join_token, "node_id": node_id, "labels": labels or {},
+            "public_key": base64.urlsafe_b64encode(public_key_raw(key)).rstrip(b"=").decode()}
+    url = controller_url.rstrip("/") + "/v1/edge/enroll"
+    try:
+        resp = httpx.post(url, json=body, timeout=timeout_s, verify=verify)
+    except httpx.HTTPError as exc:
+        raise TetherError(f"cannot reach the controller at {controller_url}: {exc}",
+                          code="unavailable") from exc
+    if resp.status_code != 201:
+        try:
+            err = resp.json()["error"]
+            code, message = err["code"], err["message"]
+        except (ValueError, KeyError, TypeError):
+            code, message = "enroll_failed", f"HTTP {resp.status_code} from {url}"
+        raise TetherError(f"enrollment refused ({resp.status_code}): {message}", code=code)
+    answer = resp.json()
+    meta = {"node_id": node_id, "controller_url": controller_url.rstrip("/"),
+            "controller_id": answer.get("controller_id", ""), "labels": labels or {},
+            "enrolled_at": time.time()}
+    _write_private(state_dir / "node.json", json.dumps(meta, indent=2).encode())
+    return load_identity(state_dir)

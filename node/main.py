@@ -1,0 +1,76 @@
+"""Process entry for ``tether node run``: pid file, signals, the runtime's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from .config import NodeConfig
+from .identity import load_identity
+from .runtime import NodeRuntime
+
+logger = logging.getLogger(__name__)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(path: os.PathLike[str] | str) -> int | None:
+    try:
+        pid = int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+async def _main(config: NodeConfig) -> int:
+    identity = load_identity(config.state_dir)
+    runtime = NodeRuntime(config, identity)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("node runtime starting", extra={"node_id": identity.node_id,
+                                                "controller": identity.controller_url})
+    await runtime.run(stop)
+    if runtime.final_close is not None:
+        code, reason = runtime.final_close
+        logger.error("stopped: the controller refused this node for good",
+                     extra={"code": code, "reason": reason})
+        return 1
+    logger.info("node runtime stopped", extra={"node_id": identity.node_id})
+    return 0
+
+
+def run_node(config: NodeConfig) -> int:
+    """Run until SIGTERM/SIGINT (goodbye, clean exit 0) or a final close code (exit 1)."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    other = read_pid(config.pid_path)
+    if other is not None and other != os.getpid():
+        raise SystemExit(f"error: a node runtime (pid {other}) already runs for "
+                         f"{config.state_dir}; stop it first")
+    config.pid_path.write_text(f"{os.getpid()}\n")
+    try:
+        try:
+            import uvloop
+
+            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+            runner = asyncio.Runner()
+        with runner:
+            return runner.run(_main(config))
+    finally:
+        with contextlib.suppress(OSError):
+            if read_pid(config.pid_path) in (os.getpid(), None):
+                config.pid_path.unlink()

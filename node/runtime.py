@@ -1,0 +1,327 @@
+"""The node runtime: applies downlink commands, runs them, and keeps the uplink outbox.
+
+Where a downlink frame enters: :meth:`NodeRuntime.on_frame`; where it is persisted and acked:
+:meth:`_apply_loop`; where uplink frames leave: :meth:`_uplink_loop` (class C logs first, then
+class A from the outbox, so a command's output always precedes its final status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from tether.common import __version__
+from tether.protocol.classes import CMD_STREAM, EVT_STREAM
+from tether.protocol.errors import RemoteProtocolError
+from tether.protocol.frames import Ack, ErrorBody, Frame, Heartbeat, Welcome
+from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
+
+from .config import NodeConfig
+from .executors.exec import ExecOutcome, ExecRunner
+from .identity import Identity
+from .logbuf import LogBuffer
+from .store import NodeStore
+from .transport import ControllerLink, HelloState, LinkStatus, ReconnectNeeded
+
+logger = logging.getLogger(__name__)
+
+CAPABILITIES = ("exec", "diag.ping", "cancel")
+
+
+class NodeRuntime:
+    def __init__(self, config: NodeConfig, identity: Identity) -> None:
+        self.config = config
+        self.identity = identity
+        self.store = NodeStore(config.db_path, durability=config.durability)
+        self.logs = LogBuffer(max_chunks=config.max_log_chunks)
+        self.link = ControllerLink(controller_url=config.controller_url
+                                   or identity.controller_url, node_id=identity.node_id,
+                                   key=identity.key, handler=self, on_status=self._on_status)
+        self.evt = StreamSender(window=config.evt_window)
+        self.cmd = StreamReceiver()
+        self.evt_epoch = 0
+        self.session_id: str | None = None
+        self.started = time.monotonic()
+        self.accepting = True
+        self.pending_cmd: list[Frame] = []
+        self._cmd_wake = asyncio.Event()
+        self._uplink_wake = asyncio.Event()
+        self._evt_acked_on_disk = 0
+        self._exec_slots = asyncio.Semaphore(config.max_concurrent)
+        self.runners: dict[str, ExecRunner] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._status_dirty = asyncio.Event()
+        self.final_close: tuple[int, str] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set or the link ends for good; then drain, flush, say
+        goodbye. The store is closed on the way out whatever happens."""
+        state = await self.store.open()
+        try:
+            self.evt_epoch = state.evt_epoch
+            self.evt = StreamSender(last=state.evt_last, acked=state.evt_acked,
+                                    window=self.config.evt_window)
+            self._evt_acked_on_disk = state.evt_acked
+            self.cmd = StreamReceiver(epoch=state.cmd_epoch, applied=state.cmd_applied)
+            self.session_id = state.session_id
+            to_run = await self.store.recover()
+            self.evt.last = (await self.store.stream_state()).evt_last
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                helpers = [tg.create_task(self._apply_loop(), name="node-apply"),
+                           tg.create_task(self._uplink_loop(), name="node-uplink"),
+                           tg.create_task(self._status_loop(), name="node-status")]
+                for command in to_run:
+                    self._spawn(command)
+                link_task = tg.create_task(self._run_link(), name="node-link")
+                stopper = tg.create_task(stop.wait(), name="node-stop")
+                await asyncio.wait({link_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                await self._shutdown(link_task)
+                for task in helpers:
+                    task.cancel()
+        finally:
+            self._write_status()
+            await self.store.close()
+
+    async def _run_link(self) -> None:
+        from .transport import LinkStopped
+
+        try:
+            await self.link.run()
+        except LinkStopped as exc:
+            self.final_close = (exc.code, exc.reason)
+            logger.error("controller ended this node's session for good",
+                         extra={"node_id": self.identity.node_id, "code": exc.code,
+                                "reason": exc.reason})
+
+    async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
+        self.accepting = False
+        if self.runners:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.drain_timeout_s):
+                    while self.runners:
+                        await asyncio.sleep(0.05)
+        for runner in list(self.runners.values()):
+            runner.cancel(ExecOutcome("failed", error="interrupted: the node is stopping"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.kill_grace_s + 1):
+                while self.runners:
+                    await asyncio.sleep(0.05)
+        # Give the uplink a moment to deliver what is queued, then say goodbye.
+        if self.link.connected.is_set():
+            self._uplink_wake.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.flush_timeout_s):
+                    while self.evt.unacked and self.link.connected.is_set():
+                        await asyncio.sleep(0.02)
+            await self.link.goodbye("node stopping")
+        self.link.stop()
+        link_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await link_task
+
+    # -- LinkHandler ----------------------------------------------------------------------
+
+    async def hello_state(self) -> HelloState:
+        return HelloState(epoch=self.evt_epoch, cmd_applied=self.cmd.applied,
+                          session_id=self.session_id,
+                          runtime={"state": "attached", "version": __version__},
+                          capabilities=CAPABILITIES, labels=self.identity.labels)
+
+    def heartbeat_body(self) -> Heartbeat:
+        return Heartbeat(uptime_s=round(time.monotonic() - self.started, 3),
+                         runtime={"state": "attached", "version": __version__},
+                         outbox={"depth": self.evt.unacked}, acks={CMD_STREAM: self.cmd.applied})
+
+    async def on_welcome(self, welcome: Welcome) -> None:
+        self.session_id = welcome.session_id
+        reset = await self.store.set_session(welcome.session_id, welcome.epoch)
+        if reset or self.cmd.epoch != welcome.epoch:
+            self.cmd = StreamReceiver(epoch=welcome.epoch,
+                                      applied=0 if reset else self.cmd.applied)
+        peer = int(welcome.acks.get(EVT_STREAM, 0))
+        try:
+            self.evt.connected(peer)
+        except StreamRegressed:
+            state = await self.store.rotate_evt_epoch()
+            self.evt_epoch = state.evt_epoch
+            self.evt = StreamSender(last=state.evt_last, acked=0, window=self.config.evt_window)
+            self._evt_acked_on_disk = 0
+            raise ReconnectNeeded("controller's evt cursor did not fit: new epoch") from None
+        self._note_evt_ack(peer)
+        self._uplink_wake.set()
+        self._status_dirty.set()
+
+    async def on_frame(self, frame: Frame) -> None:
+        t = frame.t
+        if t == "cmd.deliver":
+            if frame.s != CMD_STREAM or frame.q is None:
+                await self.link.send(ErrorBody(code="bad_frame", message="cmd.deliver needs "
+                                               "stream 'cmd' and a sequence").frame(re=frame.id))
+                return
+            verdict = self.cmd.classify(frame.q)
+            if verdict is Verdict.APPLY:
+                self.pending_cmd.append(frame)
+                self._cmd_wake.set()
+            else:
+                await self.link.send(Ack(acks={CMD_STREAM: self.cmd.applied}).frame())
+        elif t in ("edge.ack", "edge.heartbeat_ack"):
+            acks = frame.b.get("acks") or {}
+            n = acks.get(EVT_STREAM) if isinstance(acks, dict) else None
+            if isinstance(n, int) and not isinstance(n, bool):
+                self._note_evt_ack(n)
+        elif t == "error":
+            logger.warning("controller reported an error", extra={
+                "code": frame.b.get("code"), "detail": str(frame.b.get("message"))[:200]})
+        else:
+            await self.link.send(ErrorBody(code="unknown_type", message=f"frame type {t!r} is "
+                                           "not handled by this node").frame(re=frame.id))
+
+    async def on_disconnected(self) -> None:
+        self.evt.disconnected()
+        self._status_dirty.set()
+
+    def _note_evt_ack(self, n: int) -> None:
+        try:
+            if self.evt.on_ack(n) is not None:
+                self._uplink_wake.set()
+        except RemoteProtocolError as exc:
+            logger.warning("ignoring an ack beyond what was sent", extra={"detail": exc.message})
+
+    def _on_status(self, status: LinkStatus) -> None:
+        self._status_dirty.set()
+
+    # -- downlink -------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._cmd_wake.wait()
+            self._cmd_wake.clear()
+            if not self.pending_cmd:
+                continue
+            batch, self.pending_cmd = self.pending_cmd, []
+            try:
+                applied = await self.store.apply_downlink(batch)
+            except BaseException:
+                self.cmd.rollback()
+                raise
+            self.cmd.committed(batch[-1].q or 0)
+            await self.link.send(Ack(acks={CMD_STREAM: self.cmd.applied}).frame())
+            self._outbox_grew(applied.outbox_last)
+            for command in applied.to_run:
+                self._spawn(command)
+            for cancel_id, args in applied.to_cancel:
+                self._spawn({"command_id": cancel_id, "kind": "cancel", "args": args})
+
+    def _outbox_grew(self, last: int | None) -> None:
+        if last is not None and last > self.evt.last:
+            self.evt.last = last
+        self._uplink_wake.set()
+
+    def _spawn(self, command: dict[str, Any]) -> None:
+        assert self._tg is not None
+        self._tg.create_task(self._execute(command), name=f"cmd:{command['command_id']}")
+
+    async def _execute(self, command: dict[str, Any]) -> None:
+        command_id, kind = command["command_id"], command["kind"]
+        if kind == "cancel":
+            await self._cancel(command_id, command["args"])
+            return
+        async with self._exec_slots:
+            if not self.accepting:
+                return  # stays 'delivered'; runs after the next start
+            started = await self.store.start_command(command_id)
+            if started is None:
+                return  # cancelled before it started
+            self._outbox_grew(started)
+            runner = ExecRunner(command_id, command["args"], logs=self.logs,
+                                on_output=self._uplink_wake.set,
+                                kill_grace_s=self.config.kill_grace_s)
+            self.runners[command_id] = runner
+            try:
+                outcome = await runner.run()
+            finally:
+                self.runners.pop(command_id, None)
+            self.logs.forget(command_id)
+            self._outbox_grew(await self.store.finish_command(
+                command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error))
+
+    async def _cancel(self, cancel_id: str, args: dict[str, Any]) -> None:
+        target = str(args.get("command_id"))
+        runner = self.runners.get(target)
+        if runner is not None:
+            runner.cancel()
+            state, error = "succeeded", None
+        else:
+            current = await self.store.command_state(target)
+            if current == "delivered":
+                await self.store.finish_command(target, "cancelled",
+                                                error="cancelled before it started")
+                state, error = "succeeded", None
+            elif current is None:
+                state, error = "failed", f"unknown command {target}"
+            else:
+                state, error = "failed", f"command {target} is already {current}"
+        self._outbox_grew(await self.store.finish_command(cancel_id, state, error=error))
+
+    # -- uplink ---------------------------------------------------------------------------
+
+    async def _uplink_loop(self) -> None:
+        while True:
+            await self._uplink_wake.wait()
+            self._uplink_wake.clear()
+            if self.evt.acked > self._evt_acked_on_disk:
+                acked = self.evt.acked
+                await self.store.ack_evt(acked)
+                self._evt_acked_on_disk = acked
+            if not self.link.connected.is_set():
+                continue
+            for chunk in self.logs.take():
+                if not await self.link.send(chunk.frame()):
+                    break
+            todo = self.evt.next_to_send()
+            if not todo:
+                continue
+            for frame in await self.store.outbox_after(self.evt.sent, len(todo)):
+                if not await self.link.send(frame):
+                    break
+                self.evt.mark_sent(frame.q or 0)
+
+    # -- status file ------------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._status_dirty.wait()
+            self._status_dirty.clear()
+            self._write_status()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.identity.node_id,
+            "pid": os.getpid(),
+            "version": __version__,
+            "updated_at": time.time(),
+            "transport": self.link.status.as_dict(),
+            "outbox": {"depth": self.evt.unacked, "last": self.evt.last,
+                       "acked": self.evt.acked},
+            "cmd": {"epoch": self.cmd.epoch, "applied": self.cmd.applied},
+            "running": sorted(self.runners),
+            "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total},
+        }
+
+    def _write_status(self) -> None:
+        path = self.config.status_path
+        tmp = path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(self.status(), indent=2))
+            tmp.replace(path)

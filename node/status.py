@@ -1,0 +1,54 @@
+"""``tether node status``: what the node's state dir says, without talking to the runtime.
+
+Reads ``node.json``, ``runtime.pid``, the runtime's ``status.json`` snapshot and the store
+(read-only), so it works whether or not the runtime is running.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from .main import read_pid
+
+
+def node_status(state_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"state_dir": str(state_dir)}
+    meta_path = state_dir / "node.json"
+    if not meta_path.exists():
+        out["enrolled"] = False
+        return out
+    meta = json.loads(meta_path.read_text())
+    out.update(enrolled=True, node_id=meta["node_id"], controller=meta["controller_url"])
+    pid = read_pid(state_dir / "runtime.pid")
+    out["runtime"] = {"running": pid is not None, "pid": pid}
+    status_path = state_dir / "status.json"
+    if pid is not None and status_path.exists():
+        try:
+            snap = json.loads(status_path.read_text())
+        except ValueError:
+            snap = {}
+        out["transport"] = snap.get("transport")
+        out["snapshot_age_s"] = round(time.time() - snap.get("updated_at", 0), 1)
+        out["logs"] = snap.get("logs")
+    db = state_dir / "node.db"
+    if db.exists():
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            depth, oldest = conn.execute("SELECT count(*), min(created_at) FROM uplink_outbox"
+                                         ).fetchone()
+            out["outbox"] = {"depth": depth, "oldest_age_s": None if oldest is None
+                             else round(time.time() - oldest, 1)}
+            out["commands"] = dict(conn.execute(
+                "SELECT state, count(*) FROM commands GROUP BY state").fetchall())
+            out["incidents"] = [{"at": r[0], "class": r[1], "message": r[2]} for r in
+                                conn.execute("SELECT at, class, message FROM incidents "
+                                             "ORDER BY id DESC LIMIT 10")]
+        except sqlite3.Error as exc:
+            out["store_error"] = str(exc)
+        finally:
+            conn.close()
+    return out

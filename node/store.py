@@ -1,0 +1,295 @@
+"""The node runtime's durable store: uplink outbox, downlink cursor, epochs, command rows.
+
+Rule 1 (at most once): a command moves delivered -> running in the same transaction that
+queues its ``running`` status, before its process starts; after a crash a ``running`` row is
+reported ``failed``/``interrupted`` and never started again.
+Rule 2 (exactly-once effect): a ``cmd.deliver`` is applied together with the cursor move, in
+one transaction, before it is acked.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from tether.common.sqlitedb import Database
+from tether.protocol.classes import EVT_STREAM
+from tether.protocol.frames import TERMINAL_STATES, CmdDeliver, CmdStatus, Frame
+from tether.protocol.streams import MAX_EPOCH
+
+MIGRATIONS = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+    CREATE TABLE uplink_outbox (
+        q INTEGER PRIMARY KEY, t TEXT NOT NULL, body BLOB NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE commands (
+        command_id TEXT PRIMARY KEY, q INTEGER, kind TEXT NOT NULL, args TEXT NOT NULL,
+        state TEXT NOT NULL, deadline_ms INTEGER, created_ms INTEGER, received_ms INTEGER,
+        started_ms INTEGER, finished_ms INTEGER, exit_code INTEGER, error TEXT);
+    CREATE INDEX commands_state ON commands (state, q);
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, class TEXT NOT NULL,
+        message TEXT NOT NULL)
+    """,
+]
+
+KNOWN_KINDS = frozenset({"exec", "cancel", "diag.ping"})
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class StreamState:
+    evt_epoch: int
+    evt_last: int
+    evt_acked: int
+    cmd_epoch: int | None
+    cmd_applied: int
+    session_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one applied downlink batch produced: commands to run, and whether any status
+    went into the outbox (so the uplink should be woken)."""
+
+    to_run: list[dict[str, Any]]
+    to_cancel: list[tuple[str, dict[str, Any]]]
+    outbox_last: int
+
+
+class NodeStore:
+    def __init__(self, path: Path, *, durability: str = "fsync") -> None:
+        self.db = Database(path, migrations=MIGRATIONS, durability=durability)
+
+    async def open(self) -> StreamState:
+        await self.db.open()
+
+        def fn(conn: sqlite3.Connection) -> StreamState:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if "evt_epoch" not in meta:
+                meta = {"evt_epoch": secrets.randbelow(MAX_EPOCH) + 1, "evt_last": 0,
+                        "evt_acked": 0, "cmd_epoch": None, "cmd_applied": 0,
+                        "session_id": None}
+                conn.executemany("INSERT INTO meta VALUES (?,?)", list(meta.items()))
+            return StreamState(int(meta["evt_epoch"]), int(meta["evt_last"]),
+                               int(meta["evt_acked"]),
+                               None if meta["cmd_epoch"] is None else int(meta["cmd_epoch"]),
+                               int(meta["cmd_applied"]), meta["session_id"])
+        return await self.db.write(fn)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # -- outbox (evt) -------------------------------------------------------------------
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, t: str, body: dict[str, Any]) -> int:
+        last = int(conn.execute("SELECT value FROM meta WHERE key='evt_last'").fetchone()[0]) + 1
+        conn.execute("INSERT INTO uplink_outbox VALUES (?,?,?,?)",
+                     (last, t, msgpack.packb(body, use_bin_type=True), time.time()))
+        conn.execute("UPDATE meta SET value=? WHERE key='evt_last'", (last,))
+        return last
+
+    @staticmethod
+    def _status(conn: sqlite3.Connection, status: CmdStatus) -> int:
+        return NodeStore._append(conn, status.TYPE, status.to_body())
+
+    async def append_event(self, t: str, body: dict[str, Any]) -> int:
+        """Queue one class A evt frame; returns its sequence number."""
+        return await self.db.write(lambda conn: self._append(conn, t, body))
+
+    async def outbox_after(self, after: int, limit: int) -> list[Frame]:
+        def fn(conn: sqlite3.Connection) -> list[Frame]:
+            return [Frame(t=r[1], b=msgpack.unpackb(r[2], raw=False), s=EVT_STREAM, q=r[0])
+                    for r in conn.execute("SELECT q, t, body FROM uplink_outbox WHERE q>? "
+                                          "ORDER BY q LIMIT ?", (after, limit))]
+        return await self.db.read(fn)
+
+    async def ack_evt(self, n: int) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM uplink_outbox WHERE q<=?", (n,))
+            conn.execute("UPDATE meta SET value=MAX(CAST(value AS INTEGER), ?) "
+                         "WHERE key='evt_acked'", (n,))
+        await self.db.write(fn)
+
+    async def rotate_evt_epoch(self) -> StreamState:
+        """The controller's cursor does not fit this epoch (it lost or restored its store):
+        start a new epoch and re-sequence every unacked frame from 1, in order."""
+        def fn(conn: sqlite3.Connection) -> None:
+            rows = conn.execute("SELECT t, body, created_at FROM uplink_outbox ORDER BY q"
+                                ).fetchall()
+            conn.execute("DELETE FROM uplink_outbox")
+            conn.executemany("INSERT INTO uplink_outbox VALUES (?,?,?,?)",
+                             [(i, r[0], r[1], r[2]) for i, r in enumerate(rows, start=1)])
+            conn.execute("UPDATE meta SET value=? WHERE key='evt_epoch'",
+                         (secrets.randbelow(MAX_EPOCH) + 1,))
+            conn.execute("UPDATE meta SET value=? WHERE key='evt_last'", (len(rows),))
+            conn.execute("UPDATE meta SET value=0 WHERE key='evt_acked'")
+            self._incident(conn, "protocol", "controller cursor did not fit: new evt epoch")
+        await self.db.write(fn)
+        return await self.stream_state()
+
+    async def stream_state(self) -> StreamState:
+        def fn(conn: sqlite3.Connection) -> StreamState:
+            m = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            return StreamState(int(m["evt_epoch"]), int(m["evt_last"]), int(m["evt_acked"]),
+                               None if m["cmd_epoch"] is None else int(m["cmd_epoch"]),
+                               int(m["cmd_applied"]), m["session_id"])
+        return await self.db.read(fn)
+
+    async def outbox_stats(self) -> dict[str, Any]:
+        def fn(conn: sqlite3.Connection) -> dict[str, Any]:
+            depth, oldest = conn.execute("SELECT count(*), min(created_at) FROM uplink_outbox"
+                                         ).fetchone()
+            return {"depth": depth,
+                    "oldest_age_s": 0.0 if oldest is None else round(time.time() - oldest, 3)}
+        return await self.db.read(fn)
+
+    # -- downlink (cmd) ---------------------------------------------------------------------
+
+    async def set_session(self, session_id: str, cmd_epoch: int) -> bool:
+        """Record the session and the controller's cmd epoch; a new epoch resets the cursor.
+        Returns True when it did."""
+        def fn(conn: sqlite3.Connection) -> bool:
+            conn.execute("UPDATE meta SET value=? WHERE key='session_id'", (session_id,))
+            old = conn.execute("SELECT value FROM meta WHERE key='cmd_epoch'").fetchone()[0]
+            if old is not None and int(old) == cmd_epoch:
+                return False
+            conn.execute("UPDATE meta SET value=? WHERE key='cmd_epoch'", (cmd_epoch,))
+            conn.execute("UPDATE meta SET value=0 WHERE key='cmd_applied'")
+            if old is not None:
+                self._incident(conn, "protocol",
+                               f"controller started a new cmd epoch ({old} -> {cmd_epoch})")
+            return old is not None
+        return await self.db.write(fn)
+
+    async def apply_downlink(self, frames: Sequence[Frame]) -> Applied:
+        """Apply consecutive ``cmd`` frames and move the cursor in one transaction.
+
+        ``exec`` becomes a ``delivered`` row to run; ``diag.ping`` is answered in the same
+        transaction; unknown kinds are ``rejected``; past-deadline commands ``expired``."""
+        received_ms = _ms()
+
+        def fn(conn: sqlite3.Connection) -> Applied:
+            to_run: list[dict[str, Any]] = []
+            to_cancel: list[tuple[str, dict[str, Any]]] = []
+            for frame in frames:
+                try:
+                    cmd = CmdDeliver.parse(frame)
+                except Exception as exc:
+                    self._incident(conn, "protocol", f"malformed cmd.deliver q={frame.q}: {exc}")
+                    continue
+                if conn.execute("SELECT 1 FROM commands WHERE command_id=?",
+                                (cmd.command_id,)).fetchone():
+                    continue  # the same command under a new epoch: applied already
+                state, error = "delivered", None
+                if cmd.kind not in KNOWN_KINDS:
+                    state, error = "rejected", f"unknown command kind {cmd.kind!r}"
+                elif cmd.deadline_ms is not None and cmd.deadline_ms <= received_ms:
+                    state, error = "expired", "deadline passed before it reached the node"
+                conn.execute(
+                    "INSERT INTO commands (command_id, q, kind, args, state, deadline_ms, "
+                    "created_ms, received_ms, error) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (cmd.command_id, frame.q, cmd.kind, json.dumps(dict(cmd.args)), state,
+                     cmd.deadline_ms, cmd.created_ms, received_ms, error))
+                if state != "delivered":
+                    self._finish(conn, cmd.command_id, state, error=error)
+                elif cmd.kind == "diag.ping":
+                    self._finish(conn, cmd.command_id, "succeeded", result={
+                        "received_ms": received_ms, "sent_ms": _ms(),
+                        "created_ms": cmd.created_ms})
+                elif cmd.kind == "cancel":
+                    to_cancel.append((cmd.command_id, dict(cmd.args)))
+                else:
+                    to_run.append({"command_id": cmd.command_id, "kind": cmd.kind,
+                                   "args": dict(cmd.args)})
+            conn.execute("UPDATE meta SET value=? WHERE key='cmd_applied'", (frames[-1].q,))
+            last = int(conn.execute("SELECT value FROM meta WHERE key='evt_last'").fetchone()[0])
+            return Applied(to_run, to_cancel, last)
+        return await self.db.write(fn)
+
+    # -- command lifecycle ------------------------------------------------------------------
+
+    def _finish(self, conn: sqlite3.Connection, command_id: str, state: str, *,
+                exit_code: int | None = None, error: str | None = None,
+                result: dict[str, Any] | None = None) -> int:
+        now = _ms()
+        conn.execute("UPDATE commands SET state=?, finished_ms=?, exit_code=?, error=? "
+                     "WHERE command_id=?", (state, now, exit_code, error, command_id))
+        started = conn.execute("SELECT started_ms FROM commands WHERE command_id=?",
+                               (command_id,)).fetchone()
+        return self._status(conn, CmdStatus(
+            command_id=command_id, state=state, exit_code=exit_code, error=error,
+            started_ms=started[0] if started else None, finished_ms=now, result=result))
+
+    async def start_command(self, command_id: str) -> int | None:
+        """delivered -> running with its status queued; None when it is no longer
+        ``delivered`` (cancelled meanwhile), so it must not start."""
+        def fn(conn: sqlite3.Connection) -> int | None:
+            now = _ms()
+            cur = conn.execute("UPDATE commands SET state='running', started_ms=? "
+                               "WHERE command_id=? AND state='delivered'", (now, command_id))
+            if cur.rowcount != 1:
+                return None
+            return self._status(conn, CmdStatus(command_id=command_id, state="running",
+                                                started_ms=now))
+        return await self.db.write(fn)
+
+    async def finish_command(self, command_id: str, state: str, *,
+                             exit_code: int | None = None, error: str | None = None,
+                             result: dict[str, Any] | None = None) -> int | None:
+        """Make a command terminal and queue its status; None if it already was."""
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"{state!r} is not a terminal state")
+
+        def fn(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT state FROM commands WHERE command_id=?",
+                               (command_id,)).fetchone()
+            if row is None or row[0] in TERMINAL_STATES:
+                return None
+            return self._finish(conn, command_id, state, exit_code=exit_code, error=error,
+                                result=result)
+        return await self.db.write(fn)
+
+    async def command_state(self, command_id: str) -> str | None:
+        def fn(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT state FROM commands WHERE command_id=?",
+                               (command_id,)).fetchone()
+            return None if row is None else str(row[0])
+        return await self.db.read(fn)
+
+    async def recover(self) -> list[dict[str, Any]]:
+        """At start: ``running`` rows become failed/interrupted (never re-run);
+        ``delivered`` rows (cancels included) are returned to run, in delivery order."""
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            for (command_id,) in conn.execute(
+                    "SELECT command_id FROM commands WHERE state='running'").fetchall():
+                self._finish(conn, command_id, "failed",
+                             error="interrupted: the runtime stopped while it ran")
+            return [{"command_id": r[0], "kind": r[1], "args": json.loads(r[2])}
+                    for r in conn.execute("SELECT command_id, kind, args FROM commands "
+                                          "WHERE state='delivered' ORDER BY q")]
+        return await self.db.write(fn)
+
+    async def command_counts(self) -> dict[str, int]:
+        return await self.db.read(lambda conn: {r[0]: r[1] for r in conn.execute(
+            "SELECT state, count(*) FROM commands GROUP BY state")})
+
+    # -- incidents ----------------------------------------------------------------------
+
+    @staticmethod
+    def _incident(conn: sqlite3.Connection, klass: str, message: str) -> None:
+        conn.execute("INSERT INTO incidents (at, class, message) VALUES (?,?,?)",
+                     (time.time(), klass, message[:500]))
+        conn.execute("DELETE FROM incidents WHERE id <= (SELECT max(id) FROM incidents) - 200")

@@ -1,0 +1,356 @@
+"""The node's transport to the controller, behind a small interface.
+
+:class:`ControllerLink` dials, runs the handshake (PROTOCOL.md §4), sends heartbeats, hands
+every steady-state frame to its :class:`LinkHandler`, and reconnects with full-jitter backoff,
+reacting to each close code as PROTOCOL.md §7 says. It holds no durable state: cursors and
+outbox belong to the handler (the runtime), so this module can move into the sidecar process
+unchanged in shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from websockets.asyncio.client import ClientConnection, connect
+
+from tether.common import __version__
+from tether.protocol.backoff import backoff_delays
+from tether.protocol.codec import (
+    MAX_FRAME_BYTES,
+    MSGPACK_SUBPROTOCOL,
+    decode_msgpack,
+    encode_msgpack,
+)
+from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError
+from tether.protocol.frames import (
+    Challenge,
+    Frame,
+    Goodbye,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Welcome,
+)
+from tether.protocol.handshake import INITIAL, Event, Role, event_for, step
+from tether.protocol.signing import sign_hello
+
+logger = logging.getLogger(__name__)
+
+# Close codes after which this process must not dial again (PROTOCOL.md §7).
+FINAL_CODES = {4403: "node disabled", 4409: "superseded by a newer session",
+               4426: "unsupported protocol version"}
+RESET_AFTER_S = 60.0  # a session that lasted this long resets the backoff
+
+
+@dataclass(frozen=True, slots=True)
+class HelloState:
+    epoch: int
+    cmd_applied: int
+    session_id: str | None
+    runtime: dict[str, Any]
+    capabilities: tuple[str, ...] = ("exec",)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class LinkHandler(Protocol):
+    """What the link needs from its owner (the runtime)."""
+
+    def hello_state(self) -> Awaitable[HelloState]: ...
+
+    def heartbeat_body(self) -> Heartbeat: ...
+
+    async def on_welcome(self, welcome: Welcome) -> None: ...
+
+    async def on_frame(self, frame: Frame) -> None: ...
+
+    async def on_disconnected(self) -> None: ...
+
+
+class ReconnectNeeded(Exception):
+    """Raised by a handler to end the current session and dial again at once."""
+
+
+class LinkStopped(Exception):
+    """The link ended for good (final close code or stop()); ``code`` says why."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+@dataclass(slots=True)
+class LinkStatus:
+    state: str = "disconnected"  # disconnected | connecting | connected | stopped
+    session_id: str | None = None
+    connected_since: float | None = None
+    reconnects: int = 0
+    last_close_code: int | None = None
+    last_close_reason: str | None = None
+    backoff_s: float = 0.0
+    rtt_ms: float | None = None
+    clock_offset_ms: float | None = None
+    last_heartbeat_ack: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def edge_url(controller_url: str) -> str:
+    """``http(s)://host:port`` (or ws(s)://) -> the edge WebSocket URL."""
+    url = controller_url.rstrip("/")
+    if url.startswith("https://"):
+        url = "wss://" + url[len("https://"):]
+    elif url.startswith("http://"):
+        url = "ws://" + url[len("http://"):]
+    if not url.endswith("/v1/edge/connect"):
+        url += "/v1/edge/connect"
+    return url
+
+
+class ControllerLink:
+    def __init__(self, *, controller_url: str, node_id: str, key: Ed25519PrivateKey,
+                 handler: LinkHandler, connect_timeout_s: float = 10.0,
+                 handshake_timeout_s: float = 10.0, max_frame_bytes: int = MAX_FRAME_BYTES,
+                 rng: random.Random | None = None,
+                 on_status: Callable[[LinkStatus], None] | None = None) -> None:
+        self.url = edge_url(controller_url)
+        self.node_id = node_id
+        self.key = key
+        self.handler = handler
+        self.connect_timeout_s = connect_timeout_s
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.rng = rng or random.Random()
+        self.status = LinkStatus()
+        self._on_status = on_status
+        self._ws: ClientConnection | None = None
+        self._send_lock = asyncio.Lock()
+        self._stopping = False
+        self._welcome: Welcome | None = None
+        self._hb_sent: dict[str, float] = {}
+        self._hb_counter = 0
+        self.connected = asyncio.Event()
+
+    # -- public API -------------------------------------------------------------------
+
+    async def send(self, frame: Frame) -> bool:
+        """Send one frame on the live session; False when there is none (the caller keeps
+        class A frames in its outbox and they are replayed after the next welcome)."""
+        ws = self._ws
+        if ws is None or not self.connected.is_set():
+            return False
+        data = encode_msgpack(frame, max_frame_bytes=self.max_frame_bytes)
+        try:
+            async with self._send_lock, asyncio.timeout(self.handshake_timeout_s):
+                await ws.send(data)
+        except (websockets.ConnectionClosed, TimeoutError, OSError):
+            return False
+        return True
+
+    async def goodbye(self, reason: str) -> None:
+        """Say goodbye (the node goes offline at once) and stop reconnecting."""
+        self._stopping = True
+        ws = self._ws
+        if ws is not None and self.connected.is_set():
+            with contextlib.suppress(Exception):
+                await self.send(Goodbye(reason=reason).frame())
+                async with asyncio.timeout(5):
+                    await ws.close(1000, "goodbye")
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Dial and serve sessions until stopped. Raises LinkStopped for final codes."""
+        delays = backoff_delays(self.rng.uniform)
+        while not self._stopping:
+            self._set(state="connecting")
+            code, reason, lasted_s = await self._one_session()
+            self._set(state="disconnected", session_id=None, connected_since=None,
+                      last_close_code=code, last_close_reason=reason)
+            await self.handler.on_disconnected()
+            if self._stopping:
+                break
+            if code in FINAL_CODES:
+                self._set(state="stopped")
+                raise LinkStopped(code, reason or FINAL_CODES[code])
+            if lasted_s >= RESET_AFTER_S:
+                delays = backoff_delays(self.rng.uniform)
+            delay = next(delays)
+            if code == 4401:  # do not hammer: back off to the maximum
+                delay = 30.0 * (0.5 + self.rng.random() / 2)
+            elif code == 4429:
+                delay = _retry_after(reason, default=delay) * (1 + self.rng.random() / 2)
+            self.status.reconnects += 1
+            self._set(backoff_s=round(delay, 3))
+            logger.info("reconnecting", extra={"node_id": self.node_id, "code": code,
+                                               "reason": reason, "delay_s": round(delay, 3)})
+            await asyncio.sleep(delay)
+        self._set(state="stopped")
+
+    async def _one_session(self) -> tuple[int | None, str | None, float]:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                ws = await connect(self.url, subprotocols=[MSGPACK_SUBPROTOCOL],  # type: ignore[list-item]
+                                   max_size=self.max_frame_bytes, compression=None,
+                                   ping_interval=None, open_timeout=self.connect_timeout_s,
+                                   close_timeout=5, user_agent_header=f"tether/{__version__}")
+        except TimeoutError:
+            return None, "connect timed out", 0.0
+        except websockets.InvalidStatus as exc:
+            return None, f"HTTP {exc.response.status_code} on upgrade", 0.0
+        except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            return None, f"connect failed: {exc}", 0.0
+        self._ws = ws
+        code: int | None = None
+        reason: str | None = None
+        try:
+            await self._handshake(ws)
+            self.connected.set()
+            self._set(state="connected", session_id=self._welcome.session_id if self._welcome
+                      else None, connected_since=time.time())
+            async with asyncio.TaskGroup() as tg:
+                hb = tg.create_task(self._heartbeat_loop(), name="link-heartbeat")
+                try:
+                    await self._read_loop(ws)
+                finally:
+                    hb.cancel()
+        except* ReconnectNeeded as group:
+            code, reason = 4400, str(group.exceptions[0])
+            with contextlib.suppress(Exception):
+                await ws.close(1000, "reconnecting")
+        except* _LocalClose as group:
+            first = group.exceptions[0]
+            if isinstance(first, _LocalClose):
+                code, reason = first.code, first.reason
+                with contextlib.suppress(Exception):
+                    await ws.close(first.code, first.reason[:120])
+        except* websockets.ConnectionClosed:
+            pass
+        except* (OSError, TimeoutError) as group:
+            reason = f"transport error: {group.exceptions[0]}"
+        finally:
+            self.connected.clear()
+            self._ws = None
+            self._welcome = None
+            self._hb_sent.clear()
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if code is None:
+            rcvd = ws.close_rcvd
+            code = rcvd.code if rcvd is not None else ws.close_code
+            reason = reason or (rcvd.reason if rcvd is not None else None)
+        return code, reason, time.monotonic() - started
+
+    async def _recv(self, ws: ClientConnection, timeout_s: float) -> Frame:
+        try:
+            async with asyncio.timeout(timeout_s):
+                data = await ws.recv()
+        except TimeoutError:
+            raise _LocalClose(4408, f"nothing from the controller for {timeout_s:g} s"
+                              ) from None
+        if isinstance(data, str):
+            raise _LocalClose(4400, "text frame on a msgpack session")
+        try:
+            return decode_msgpack(data, max_frame_bytes=self.max_frame_bytes)
+        except FrameTooLarge as exc:
+            raise _LocalClose(1009, exc.message) from None
+        except BadFrame as exc:
+            raise _LocalClose(4400, exc.message) from None
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        state = INITIAL[Role.NODE]
+        frame = await self._recv(ws, self.handshake_timeout_s)
+        if frame.t != Challenge.TYPE:
+            raise _LocalClose(4400, f"expected edge.challenge, got {frame.t!r}")
+        try:
+            challenge = Challenge.parse(frame)
+        except BadFrame as exc:
+            raise _LocalClose(4400, exc.message) from None
+        state, _ = step(Role.NODE, state, Event.CHALLENGE)
+        if 1 not in challenge.protocols:
+            raise _LocalClose(4426, "controller does not speak protocol 1")
+        hs = await self.handler.hello_state()
+        sig = sign_hello(self.key, challenge.nonce, challenge.controller_id, self.node_id)
+        hello = Hello(node_id=self.node_id, sig=sig, epoch=hs.epoch,
+                      acks={"cmd": hs.cmd_applied}, session_id=hs.session_id,
+                      runtime=hs.runtime, sidecar={"version": __version__, "pid": None},
+                      capabilities=hs.capabilities, labels=hs.labels)
+        await ws.send(encode_msgpack(hello.frame(), max_frame_bytes=self.max_frame_bytes))
+        frame = await self._recv(ws, self.handshake_timeout_s)
+        try:
+            state, _ = step(Role.NODE, state, event_for(frame.t))
+            welcome = Welcome.parse(frame)
+        except (RemoteProtocolError, BadFrame) as exc:
+            raise _LocalClose(4400, exc.message) from None
+        self._welcome = welcome
+        await self.handler.on_welcome(welcome)
+
+    async def _read_loop(self, ws: ClientConnection) -> None:
+        assert self._welcome is not None
+        # Heartbeat acks arrive at least every heartbeat_s; silence past stale_after_s
+        # means the path is dead even if TCP has not noticed.
+        idle_s = self._welcome.stale_after_s
+        while True:
+            frame = await self._recv(ws, idle_s)
+            if frame.t == HeartbeatAck.TYPE:
+                self._on_heartbeat_ack(frame)
+            if frame.t == "edge.goodbye":
+                raise _LocalClose(1000, "controller said goodbye")
+            await self.handler.on_frame(frame)
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._welcome is not None
+        period = self._welcome.heartbeat_s
+        while True:
+            self._hb_counter += 1
+            hb_id = f"hb{self._hb_counter}"
+            self._hb_sent = {hb_id: time.monotonic()}
+            await self.send(self.handler.heartbeat_body().frame(id=hb_id))
+            await asyncio.sleep(period)
+
+    def _on_heartbeat_ack(self, frame: Frame) -> None:
+        sent = self._hb_sent.pop(frame.re or "", None)
+        try:
+            ack = HeartbeatAck.parse(frame)
+        except BadFrame:
+            return
+        now = time.monotonic()
+        self.status.last_heartbeat_ack = now
+        if sent is not None:
+            rtt_s = now - sent
+            self.status.rtt_ms = round(rtt_s * 1000, 3)
+            self.status.clock_offset_ms = round(ack.time_ms - (time.time() - rtt_s / 2) * 1000,
+                                                3)
+
+    def _set(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self.status, key, value)
+        if self._on_status is not None:
+            self._on_status(self.status)
+
+
+class _LocalClose(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def _retry_after(reason: str | None, *, default: float) -> float:
+    """4429 carries ``retry_after=<seconds>`` in its close reason."""
+    if reason and "retry_after=" in reason:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(reason.split("retry_after=", 1)[1].split()[0]))
+    return default

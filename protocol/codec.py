@@ -1,0 +1,99 @@
+"""MessagePack and JSON codecs with hard limits (PROTOCOL.md §1-2).
+
+Invariants:
+* nothing larger than ``max_frame_bytes`` is decoded (:class:`FrameTooLarge`, close 1009);
+* MessagePack decoding is bounded (string/bin/array/map lengths) and ext types are refused;
+* every decode failure is a :class:`BadFrame` (close 4400), never another exception type.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import msgpack
+
+from .errors import BadFrame, FrameTooLarge, LocalProtocolError
+from .frames import Frame
+
+MAX_FRAME_BYTES = 1 << 20
+MAX_CONTAINER_LEN = 65_536  # entries in one array or map
+MSGPACK_SUBPROTOCOL = "tether.v1.msgpack"
+JSON_SUBPROTOCOL = "tether.v1.json"
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise BadFrame(f"msgpack ext type {code} is not allowed")
+
+
+def encode_msgpack(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """Encode one frame. Raises LocalProtocolError if it would exceed the frame limit."""
+    try:
+        data: bytes = msgpack.packb(frame.to_wire(), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"frame {frame.t!r} cannot be encoded: {exc}") from exc
+    if len(data) > max_frame_bytes:
+        raise LocalProtocolError(
+            f"frame {frame.t!r} is {len(data)} bytes, over the {max_frame_bytes}-byte limit")
+    return data
+
+
+def decode_msgpack(data: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Frame:
+    """Decode one frame from one WebSocket message."""
+    if len(data) > max_frame_bytes:
+        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the {max_frame_bytes}-byte limit")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_refuse_ext,
+            max_str_len=max_frame_bytes,
+            max_bin_len=max_frame_bytes,
+            max_array_len=MAX_CONTAINER_LEN,
+            max_map_len=MAX_CONTAINER_LEN,
+            max_ext_len=0,
+        )
+    except BadFrame:
+        raise
+    except Exception as exc:  # msgpack raises many types (ExtraData, ValueError, ...)
+        raise BadFrame(f"frame is not valid msgpack: {type(exc).__name__}") from exc
+    return Frame.from_wire(obj)
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, bytes):
+        return base64.urlsafe_b64encode(value).rstrip(b"=").decode("ascii")
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def to_json_value(obj: Any) -> Any:
+    """A JSON-ready copy of ``obj`` with bytes as base64url text (PROTOCOL.md §2)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def encode_json(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> str:
+    """Encode one frame as JSON text; bytes become base64url without padding."""
+    try:
+        text = json.dumps(frame.to_wire(), default=_json_default, separators=(",", ":"),
+                          ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"frame {frame.t!r} cannot be encoded: {exc}") from exc
+    if len(text.encode()) > max_frame_bytes:
+        raise LocalProtocolError(f"frame {frame.t!r} is over the {max_frame_bytes}-byte limit")
+    return text
+
+
+def decode_json(text: str | bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Frame:
+    """Decode one frame from one JSON WebSocket message."""
+    if len(text) > max_frame_bytes:
+        raise FrameTooLarge(f"frame of {len(text)} bytes exceeds the {max_frame_bytes}-byte limit")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise BadFrame("frame is not valid JSON") from exc
+    return Frame.from_wire(obj)

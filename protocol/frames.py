@@ -1,0 +1,503 @@
+"""Frames: the envelope (PROTOCOL.md §2) and one frozen class per body shape.
+
+Every class validates on construction (``from_body``) and never does I/O. ``Frame`` is the
+envelope; typed bodies convert to and from the plain maps the codec carries with
+``to_body()`` / ``from_body()``. Byte fields are ``bytes`` here; the JSON codec turns them
+into base64url text and :func:`as_bytes` turns them back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from .errors import BadFrame
+
+PROTOCOL_VERSION = 1
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MAX_ID_LEN = 128
+
+
+def _check_opt_str(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_ID_LEN:
+        raise BadFrame(f"envelope key {name!r} must be a string of at most {MAX_ID_LEN} chars")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """The envelope. Invariant: ``q`` is present iff ``s`` is, and ``q >= 1``."""
+
+    t: str
+    b: Mapping[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    re: str | None = None
+    s: str | None = None
+    q: int | None = None
+    k: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.t, str) or not self.t or len(self.t) > 64:
+            raise BadFrame("frame type 't' must be a non-empty string of at most 64 chars")
+        for name in ("id", "re", "s", "k"):
+            _check_opt_str(name, getattr(self, name))
+        if (self.s is None) != (self.q is None):
+            raise BadFrame("envelope keys 's' and 'q' must be present together")
+        if self.q is not None and (
+            not isinstance(self.q, int) or isinstance(self.q, bool) or self.q < 1
+        ):
+            raise BadFrame("sequence 'q' must be an integer >= 1")
+        if not isinstance(self.b, Mapping):
+            raise BadFrame("body 'b' must be a map")
+
+    def to_wire(self) -> dict[str, Any]:
+        """The plain map for the codec; absent optional keys are omitted."""
+        out: dict[str, Any] = {"t": self.t}
+        if self.id is not None:
+            out["id"] = self.id
+        if self.re is not None:
+            out["re"] = self.re
+        if self.s is not None:
+            out["s"] = self.s
+            out["q"] = self.q
+        if self.k is not None:
+            out["k"] = self.k
+        if self.b:
+            out["b"] = dict(self.b)
+        return out
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Frame:
+        """Validate a decoded map; unknown keys are ignored (PROTOCOL.md §2).
+
+        Raises :class:`BadFrame` for anything that is not a valid envelope.
+        """
+        if not isinstance(obj, dict):
+            raise BadFrame("a frame must be a map")
+        body = obj.get("b")
+        if body is None:
+            body = {}
+        return cls(
+            t=obj.get("t"),  # type: ignore[arg-type]  # validated in __post_init__
+            b=body,
+            id=obj.get("id"),
+            re=obj.get("re"),
+            s=obj.get("s"),
+            q=obj.get("q"),
+            k=obj.get("k"),
+        )
+
+
+# --- field helpers -------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def as_bytes(value: object, name: str) -> bytes:
+    """Bytes from msgpack ``bin`` or from JSON base64url text (padding optional)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise BadFrame(f"field {name!r} is not valid base64url") from exc
+    raise BadFrame(f"field {name!r} must be bytes")
+
+
+def _get(b: Mapping[str, Any], name: str, kind: type[_T] | tuple[type, ...],
+         *, required: bool = True, default: Any = None) -> Any:
+    if name not in b or b[name] is None:
+        if required:
+            raise BadFrame(f"body field {name!r} is required")
+        return default
+    value = b[name]
+    if kind is int or kind is float or kind == (int, float):
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise BadFrame(f"body field {name!r} must be a number")
+        return value
+    if not isinstance(value, kind):
+        want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise BadFrame(f"body field {name!r} must be of type {want}")
+    return value
+
+
+def _int_map(value: object, name: str) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadFrame(f"body field {name!r} must be a map of stream name to integer")
+    out: dict[str, int] = {}
+    for key, n in value.items():
+        if not isinstance(key, str) or isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise BadFrame(f"body field {name!r} must map stream names to integers >= 0")
+        out[key] = n
+    return out
+
+
+def _str_map(value: object, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise BadFrame(f"body field {name!r} must be a map of string to string")
+    return dict(value)
+
+
+def valid_node_id(node_id: object) -> bool:
+    """True when ``node_id`` matches ``[a-z0-9][a-z0-9-]{0,62}`` (PROTOCOL.md §8)."""
+    return isinstance(node_id, str) and NODE_ID_RE.match(node_id) is not None
+
+
+# --- bodies -------------------------------------------------------------------------------
+
+BodyT = TypeVar("BodyT", bound="Body")
+
+
+class Body:
+    """Base for typed bodies. Subclasses set ``TYPE`` and implement the two conversions."""
+
+    TYPE: ClassVar[str]
+
+    def to_body(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def from_body(cls: type[BodyT], b: Mapping[str, Any]) -> BodyT:  # pragma: no cover
+        raise NotImplementedError
+
+    def frame(self, **envelope: Any) -> Frame:
+        return Frame(t=self.TYPE, b=self.to_body(), **envelope)
+
+    @classmethod
+    def parse(cls: type[BodyT], frame: Frame) -> BodyT:
+        if frame.t != cls.TYPE:
+            raise BadFrame(f"expected a {cls.TYPE!r} frame, got {frame.t!r}")
+        return cls.from_body(frame.b)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(Body):
+    TYPE: ClassVar[str] = "edge.challenge"
+    nonce: bytes
+    controller_id: str
+    time_ms: int
+    protocols: tuple[int, ...] = (PROTOCOL_VERSION,)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"nonce": self.nonce, "controller_id": self.controller_id,
+                "protocols": list(self.protocols), "time_ms": self.time_ms}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Challenge:
+        nonce = as_bytes(_get(b, "nonce", (bytes, str)), "nonce")
+        if len(nonce) != 32:
+            raise BadFrame("challenge nonce must be 32 bytes")
+        protocols = _get(b, "protocols", list)
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in protocols):
+            raise BadFrame("challenge protocols must be a list of integers")
+        return cls(nonce=nonce, controller_id=_get(b, "controller_id", str),
+                   time_ms=_get(b, "time_ms", int), protocols=tuple(protocols))
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Body):
+    TYPE: ClassVar[str] = "edge.hello"
+    node_id: str
+    sig: bytes
+    epoch: int
+    acks: Mapping[str, int]
+    protocol: int = PROTOCOL_VERSION
+    session_id: str | None = None
+    runtime: Mapping[str, Any] = field(default_factory=dict)
+    sidecar: Mapping[str, Any] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "protocol": self.protocol, "sig": self.sig,
+                "epoch": self.epoch, "acks": dict(self.acks), "session_id": self.session_id,
+                "runtime": dict(self.runtime), "sidecar": dict(self.sidecar),
+                "capabilities": list(self.capabilities), "labels": dict(self.labels)}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Hello:
+        caps = _get(b, "capabilities", list, required=False, default=[])
+        if not all(isinstance(c, str) for c in caps):
+            raise BadFrame("hello capabilities must be a list of strings")
+        runtime = _get(b, "runtime", dict, required=False, default={})
+        sidecar = _get(b, "sidecar", dict, required=False, default={})
+        return cls(node_id=_get(b, "node_id", str),
+                   protocol=_get(b, "protocol", int),
+                   sig=as_bytes(_get(b, "sig", (bytes, str)), "sig"),
+                   epoch=_get(b, "epoch", int),
+                   acks=_int_map(b.get("acks"), "acks"),
+                   session_id=_get(b, "session_id", str, required=False),
+                   runtime=runtime, sidecar=sidecar, capabilities=tuple(caps),
+                   labels=_str_map(b.get("labels"), "labels"))
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Body):
+    TYPE: ClassVar[str] = "edge.welcome"
+    session_id: str
+    resumed: bool
+    epoch: int
+    acks: Mapping[str, int]
+    heartbeat_s: float = 15
+    stale_after_s: float = 60
+    offline_after_s: float = 300
+    max_frame: int = 1 << 20
+
+    def to_body(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "resumed": self.resumed, "epoch": self.epoch,
+                "acks": dict(self.acks), "heartbeat_s": self.heartbeat_s,
+                "stale_after_s": self.stale_after_s, "offline_after_s": self.offline_after_s,
+                "max_frame": self.max_frame}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Welcome:
+        return cls(session_id=_get(b, "session_id", str),
+                   resumed=bool(_get(b, "resumed", bool)),
+                   epoch=_get(b, "epoch", int),
+                   acks=_int_map(b.get("acks"), "acks"),
+                   heartbeat_s=_get(b, "heartbeat_s", (int, float), required=False, default=15),
+                   stale_after_s=_get(b, "stale_after_s", (int, float), required=False,
+                                      default=60),
+                   offline_after_s=_get(b, "offline_after_s", (int, float), required=False,
+                                        default=300),
+                   max_frame=_get(b, "max_frame", int, required=False, default=1 << 20))
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Body):
+    TYPE: ClassVar[str] = "edge.heartbeat"
+    uptime_s: float
+    runtime: Mapping[str, Any] = field(default_factory=dict)
+    outbox: Mapping[str, Any] = field(default_factory=dict)
+    acks: Mapping[str, int] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"uptime_s": self.uptime_s, "runtime": dict(self.runtime),
+                "outbox": dict(self.outbox), "acks": dict(self.acks)}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
+        return cls(uptime_s=_get(b, "uptime_s", (int, float), required=False, default=0),
+                   runtime=_get(b, "runtime", dict, required=False, default={}),
+                   outbox=_get(b, "outbox", dict, required=False, default={}),
+                   acks=_int_map(b.get("acks"), "acks"))
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck(Body):
+    TYPE: ClassVar[str] = "edge.heartbeat_ack"
+    time_ms: int
+    acks: Mapping[str, int] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"time_ms": self.time_ms, "acks": dict(self.acks)}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> HeartbeatAck:
+        return cls(time_ms=_get(b, "time_ms", int), acks=_int_map(b.get("acks"), "acks"))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Body):
+    TYPE: ClassVar[str] = "edge.ack"
+    acks: Mapping[str, int]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"acks": dict(self.acks)}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Ack:
+        return cls(acks=_int_map(_get(b, "acks", dict), "acks"))
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(Body):
+    TYPE: ClassVar[str] = "edge.resume"
+    acks: Mapping[str, int]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"acks": dict(self.acks)}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Resume:
+        return cls(acks=_int_map(_get(b, "acks", dict), "acks"))
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeState(Body):
+    TYPE: ClassVar[str] = "edge.runtime"
+    state: str
+    version: str | None = None
+
+    STATES: ClassVar[frozenset[str]] = frozenset({"attached", "detached", "restarting"})
+
+    def to_body(self) -> dict[str, Any]:
+        return {"state": self.state, "version": self.version}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> RuntimeState:
+        state = _get(b, "state", str)
+        if state not in cls.STATES:
+            raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, got {state!r}")
+        return cls(state=state, version=_get(b, "version", str, required=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Body):
+    TYPE: ClassVar[str] = "edge.goodbye"
+    reason: str = ""
+
+    def to_body(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Goodbye:
+        return cls(reason=_get(b, "reason", str, required=False, default=""))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody(Body):
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> ErrorBody:
+        return cls(code=_get(b, "code", str), message=_get(b, "message", str, required=False,
+                                                            default=""))
+
+
+@dataclass(frozen=True, slots=True)
+class CmdDeliver(Body):
+    TYPE: ClassVar[str] = "cmd.deliver"
+    command_id: str
+    kind: str
+    args: Mapping[str, Any]
+    created_ms: int
+    deadline_ms: int | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "kind": self.kind, "args": dict(self.args),
+                "deadline_ms": self.deadline_ms, "created_ms": self.created_ms}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> CmdDeliver:
+        return cls(command_id=_get(b, "command_id", str), kind=_get(b, "kind", str),
+                   args=_get(b, "args", dict, required=False, default={}),
+                   created_ms=_get(b, "created_ms", int, required=False, default=0),
+                   deadline_ms=_get(b, "deadline_ms", int, required=False))
+
+
+COMMAND_STATES = ("queued", "delivered", "running", "succeeded", "failed", "cancelled",
+                  "expired", "rejected")
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "expired", "rejected"})
+STATUS_STATES = frozenset({"running", *TERMINAL_STATES})
+
+
+@dataclass(frozen=True, slots=True)
+class CmdStatus(Body):
+    """A command's state change, node -> controller, class A on ``evt``.
+
+    ``result`` carries kind-specific data (``diag.ping`` puts its timestamps there)."""
+
+    TYPE: ClassVar[str] = "cmd.status"
+    command_id: str
+    state: str
+    exit_code: int | None = None
+    error: str | None = None
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    result: Mapping[str, Any] | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"command_id": self.command_id, "state": self.state}
+        for name in ("exit_code", "error", "started_ms", "finished_ms"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.result:
+            out["result"] = dict(self.result)
+        return out
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> CmdStatus:
+        state = _get(b, "state", str)
+        if state not in STATUS_STATES:
+            raise BadFrame(f"status state must be one of {sorted(STATUS_STATES)}, got {state!r}")
+        return cls(command_id=_get(b, "command_id", str), state=state,
+                   exit_code=_get(b, "exit_code", int, required=False),
+                   error=_get(b, "error", str, required=False),
+                   started_ms=_get(b, "started_ms", int, required=False),
+                   finished_ms=_get(b, "finished_ms", int, required=False),
+                   result=_get(b, "result", dict, required=False))
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk(Body):
+    TYPE: ClassVar[str] = "log.chunk"
+    source: str
+    seq: int
+    data: bytes
+    command_id: str | None = None
+    dropped: int = 0
+
+    def to_body(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "source": self.source, "seq": self.seq,
+                "data": self.data, "dropped": self.dropped}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> LogChunk:
+        data = b.get("data")
+        # JSON carries log data as UTF-8 text (PROTOCOL.md §6), msgpack as bin.
+        raw = data.encode() if isinstance(data, str) else as_bytes(data, "data")
+        return cls(command_id=_get(b, "command_id", str, required=False),
+                   source=_get(b, "source", str), seq=_get(b, "seq", int), data=raw,
+                   dropped=_get(b, "dropped", int, required=False, default=0))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent(Body):
+    """An application event a node reports, class A on ``evt`` (docs/protocol.md addition)."""
+
+    TYPE: ClassVar[str] = "node.event"
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"kind": self.kind, "data": dict(self.data)}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> NodeEvent:
+        return cls(kind=_get(b, "kind", str), data=_get(b, "data", dict, required=False,
+                                                        default={}))
+
+
+BODY_TYPES: dict[str, type[Body]] = {
+    cls.TYPE: cls
+    for cls in (Challenge, Hello, Welcome, Heartbeat, HeartbeatAck, Ack, Resume, RuntimeState,
+                Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent)
+}
+
+
+def parse_body(frame: Frame) -> Body:
+    """The typed body of ``frame``; raises BadFrame for unknown types or bad bodies."""
+    cls = BODY_TYPES.get(frame.t)
+    if cls is None:
+        raise BadFrame(f"unknown frame type {frame.t!r}", code="unknown_type")
+    return cls.from_body(frame.b)
