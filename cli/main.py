@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat-s", type=float, default=15.0)
     serve.add_argument("--stale-after-s", type=float, default=60.0)
     serve.add_argument("--offline-after-s", type=float, default=300.0)
+    serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
+                       help="close with 4408 when no hello arrives within this")
+    serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)
     serve.add_argument("--allowed-origin", action="append", default=[],
                        help="extra Origin allowed on /ws (repeatable)")
 
@@ -157,6 +160,8 @@ def dispatch(args: argparse.Namespace) -> int:
             data_dir=args.data_dir, host=args.host, port=args.port,
             durability=args.durability, thresholds=thresholds, tls_cert=args.tls_cert,
             tls_key=args.tls_key, log_format=args.log_format,
+            handshake_timeout_s=args.handshake_timeout_s,
+            max_log_bytes_per_command=args.max_log_bytes_per_command,
             allowed_origins=tuple(args.allowed_origin)))
     if noun == "join-token":
         return op.join_token_create(args)

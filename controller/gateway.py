@@ -188,6 +188,12 @@ class EdgeConnection:
         self.closing = _Close(4409, "superseded by a newer session")
         await self._close_ws(4409, "superseded by a newer session")
 
+    async def disable(self) -> None:
+        """The operator disabled this node: fence and close with 4403."""
+        self.fenced = True
+        self.closing = _Close(4403, "node disabled by operator")
+        await self._close_ws(4403, "node disabled by operator")
+
     async def shutdown(self) -> None:
         """The controller is stopping: close with 1001 (the node reconnects with backoff)."""
         self.closing = _Close(1001, "controller going away")

@@ -170,6 +170,27 @@ async def get_node(request: Request) -> Response:
     return JSONResponse(_ctl(request).node_view(await _node_row(request)))
 
 
+async def _set_enabled(request: Request, enabled: bool) -> Response:
+    role = await _operator(request)
+    ctl = _ctl(request)
+    node_id = request.path_params["node_id"]
+    await ctl.store.set_enabled(node_id, enabled, actor=role)
+    live = ctl.registry.get(node_id)
+    if not enabled and live is not None:
+        await live.disable()
+    row = await _node_row(request)
+    return JSONResponse(ctl.node_view(row))
+
+
+async def disable_node(request: Request) -> Response:
+    """Close the node's session with 4403 and refuse its hellos until enabled again."""
+    return await _set_enabled(request, False)
+
+
+async def enable_node(request: Request) -> Response:
+    return await _set_enabled(request, True)
+
+
 async def node_sessions(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
@@ -288,6 +309,8 @@ ROUTES = [
     Route("/api/v1/nodes", list_nodes, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}", get_node, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/sessions", node_sessions, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}/disable", disable_node, methods=["POST"]),
+    Route("/api/v1/nodes/{node_id}/enable", enable_node, methods=["POST"]),
     Route("/api/v1/nodes/{node_id}/events", node_events, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/commands", submit_command, methods=["POST"]),
     Route("/api/v1/commands/{command_id}", get_command, methods=["GET"]),

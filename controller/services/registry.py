@@ -17,6 +17,8 @@ class LiveSession(Protocol):
 
     async def supersede(self) -> None: ...
 
+    async def disable(self) -> None: ...
+
 
 class SessionRegistry:
     def __init__(self) -> None:

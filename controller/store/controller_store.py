@@ -169,6 +169,16 @@ class ControllerStore:
 
     # -- nodes and sessions ----------------------------------------------------------------
 
+    async def set_enabled(self, node_id: str, enabled: bool, *, actor: str) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("UPDATE nodes SET enabled=? WHERE node_id=?",
+                               (int(enabled), node_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"node {node_id!r} is not enrolled; see 'tether nodes list'")
+            self._audit(conn, actor, "node.enable" if enabled else "node.disable", node_id,
+                        None)
+        await self.db.write(fn)
+
     async def node_key(self, node_id: str) -> tuple[bytes, bool] | None:
         """(public key, enabled) or None for an unknown node."""
         def fn(conn: sqlite3.Connection) -> tuple[bytes, bool] | None:

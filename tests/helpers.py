@@ -1,0 +1,171 @@
+"""Real processes on loopback for tests: a controller, nodes, and an operator API client.
+
+Every process is started on port 0 (or a port it had before, for restarts), waited on by a
+readiness condition, and torn down by the fixture that made it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+POLL_S = 0.02  # condition polling interval inside wait_until (not a synchronisation sleep)
+FAST = ["--heartbeat-s", "0.5", "--stale-after-s", "3", "--offline-after-s", "6"]
+
+
+def wait_until(predicate: Callable[[], T], *, timeout_s: float = 20.0,
+               what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may not be checkable yet
+            last_exc = exc
+        time.sleep(POLL_S)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def tether_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tether.cli.main", *args]
+
+
+class Proc:
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(self.env or {})},
+                                     start_new_session=True)
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ControllerProc(Proc):
+    def __init__(self, data_dir: Path, *, port: int = 0, extra: list[str] | None = None):
+        self.data_dir = data_dir
+        self.port = port
+        self.extra = extra if extra is not None else list(FAST)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__([], data_dir / "controller.log")
+
+    def start(self) -> None:
+        (self.data_dir / "controller.url").unlink(missing_ok=True)
+        self.argv = tether_cmd("controller", "serve", "--data-dir", str(self.data_dir),
+                               "--port", str(self.port), *self.extra)
+        super().start()
+        url = wait_until(self._url, what=f"controller in {self.data_dir} to listen")
+        self.port = int(url.rsplit(":", 1)[1])
+
+    def _url(self) -> str | None:
+        if not self.alive():
+            raise AssertionError(f"controller exited:\n{self.log()}")
+        path = self.data_dir / "controller.url"
+        return path.read_text().strip() if path.exists() else None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def api(self) -> Api:
+        return Api(self.url, self.token)
+
+
+class NodeProc(Proc):
+    def __init__(self, state_dir: Path, node_id: str, *, extra: list[str] | None = None):
+        self.state_dir = state_dir
+        self.node_id = node_id
+        state_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(tether_cmd("node", "run", "--state-dir", str(state_dir),
+                                    *(extra or [])), state_dir / "node.log")
+
+    def enroll(self, controller: ControllerProc, *, labels: dict[str, str] | None = None
+               ) -> None:
+        token = controller.api().post("/api/v1/join-tokens", json={"uses": 1}).json()["token"]
+        args = ["node", "enroll", "--controller", controller.url, "--token", token,
+                "--node-id", self.node_id, "--state-dir", str(self.state_dir)]
+        for k, v in (labels or {}).items():
+            args += ["--label", f"{k}={v}"]
+        subprocess.run(tether_cmd(*args), check=True, capture_output=True, timeout=30)
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.client = httpx.Client(base_url=url, timeout=15,
+                                   headers={"Authorization": f"Bearer {token}"})
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.get(path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.post(path, **kw)
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        resp = self.get(f"/api/v1/nodes/{node_id}")
+        resp.raise_for_status()
+        return resp.json()  # type: ignore[no-any-return]
+
+    def liveness(self, node_id: str) -> str:
+        return str(self.node(node_id)["liveness"])
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        resp = self.get(f"/api/v1/commands/{command_id}")
+        resp.raise_for_status()
+        return resp.json()  # type: ignore[no-any-return]
+
+    def submit(self, node_id: str, kind: str, args: dict[str, Any] | None = None,
+               **body: Any) -> dict[str, Any]:
+        resp = self.post(f"/api/v1/nodes/{node_id}/commands",
+                         json={"kind": kind, "args": args or {}, **body})
+        assert resp.status_code == 202, resp.text
+        return resp.json()  # type: ignore[no-any-return]
