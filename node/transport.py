@@ -176,7 +176,14 @@ class ControllerLink:
         delays = backoff_delays(self.rng.uniform)
         while not self._stopping:
             self._set(state="connecting")
-            code, reason, lasted_s = await self._one_session()
+            try:
+                code, reason, lasted_s = await self._one_session()
+            except (LinkStopped, ReconnectNeeded):
+                raise
+            except Exception as exc:  # a bug must cost a reconnect, never the runtime
+                logger.exception("session failed unexpectedly; reconnecting",
+                                 extra={"node_id": self.node_id})
+                code, reason, lasted_s = None, f"internal error: {exc}", 0.0
             self._set(state="disconnected", session_id=None, connected_since=None,
                       last_close_code=code, last_close_reason=reason)
             await self.handler.on_disconnected()
@@ -249,9 +256,8 @@ class ControllerLink:
             with contextlib.suppress(Exception):
                 await ws.close()
         if code is None:
-            rcvd = ws.close_rcvd
-            code = rcvd.code if rcvd is not None else ws.close_code
-            reason = reason or (rcvd.reason if rcvd is not None else None)
+            code = ws.close_code
+            reason = reason or ws.close_reason
         return code, reason, time.monotonic() - started
 
     async def _recv(self, ws: ClientConnection, timeout_s: float) -> Frame:

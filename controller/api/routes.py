@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from tether.common import __version__
 from tether.protocol.errors import AuthError, InvalidRequest, NotFound, TetherError
-from tether.protocol.frames import valid_node_id
+from tether.protocol.frames import COMMAND_STATES, valid_node_id
 
 from ..views import command_view, iso, log_item
 
@@ -252,6 +252,21 @@ def _check_args(kind: str, args: dict[str, Any]) -> None:
             raise InvalidRequest(f"{kind} needs 'command_id'")
 
 
+async def list_commands(request: Request) -> Response:
+    """GET /api/v1/commands?node_id=&state=&limit= : newest first, with counts by state."""
+    await _operator(request)
+    q = request.query_params
+    limit_raw = q.get("limit", "100")
+    if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
+        raise InvalidRequest("'limit' must be an integer from 1 to 10000")
+    state = q.get("state")
+    if state is not None and state not in COMMAND_STATES:
+        raise InvalidRequest(f"'state' must be one of {', '.join(COMMAND_STATES)}")
+    rows, counts = await _ctl(request).store.list_commands(
+        node_id=q.get("node_id"), state=state, limit=int(limit_raw))
+    return JSONResponse({"items": [command_view(r) for r in rows], "counts": counts})
+
+
 async def get_command(request: Request) -> Response:
     await _operator(request)
     row = await _ctl(request).store.get_command(request.path_params["command_id"])
@@ -313,6 +328,7 @@ ROUTES = [
     Route("/api/v1/nodes/{node_id}/enable", enable_node, methods=["POST"]),
     Route("/api/v1/nodes/{node_id}/events", node_events, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/commands", submit_command, methods=["POST"]),
+    Route("/api/v1/commands", list_commands, methods=["GET"]),
     Route("/api/v1/commands/{command_id}", get_command, methods=["GET"]),
     Route("/api/v1/commands/{command_id}/cancel", cancel_command, methods=["POST"]),
     Route("/api/v1/commands/{command_id}/logs", command_logs, methods=["GET"]),

@@ -502,6 +502,26 @@ class ControllerStore:
     async def get_command(self, command_id: str) -> dict[str, Any]:
         return await self.db.read(lambda conn: self._command(conn, command_id))
 
+    async def list_commands(self, *, node_id: str | None, state: str | None,
+                            limit: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Newest first, without timelines; plus counts by state for the same filter."""
+        def fn(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, int]]:
+            where, params = [], []
+            if node_id is not None:
+                where.append("node_id=?")
+                params.append(node_id)
+            clause = (" WHERE " + " AND ".join(where)) if where else ""
+            counts = {r[0]: r[1] for r in conn.execute(
+                f"SELECT state, count(*) FROM commands{clause} GROUP BY state", params)}
+            if state is not None:
+                clause += (" AND " if where else " WHERE ") + "state=?"
+                params.append(state)
+            rows = [dict(r) for r in conn.execute(
+                f"SELECT * FROM commands{clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                [*params, limit])]
+            return rows, counts
+        return await self.db.read(fn)
+
     async def command_states(self, command_ids: Sequence[str]) -> dict[str, str]:
         def fn(conn: sqlite3.Connection) -> dict[str, str]:
             out: dict[str, str] = {}
