@@ -103,8 +103,9 @@ class Controller:
         self.hub.publish(f"node:{node_id}", kind, payload)
 
     def command_changed(self, command_id: str, state: str, node_id: str) -> None:
-        self.hub.publish(f"command:{command_id}", "command.updated",
-                         {"command_id": command_id, "node_id": node_id, "state": state})
+        data = {"command_id": command_id, "node_id": node_id, "state": state}
+        self.hub.publish(f"command:{command_id}", "command.updated", data)
+        self.hub.publish(f"commands:{node_id}", "command.updated", data)
 
     def log_appended(self, command_id: str, row: dict[str, Any]) -> None:
         self.hub.publish(f"logs:{command_id}", "log.chunk", log_item(row))

@@ -31,7 +31,7 @@ HELLO_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 300.0
 SEND_TIMEOUT_S = 10.0
 MAX_TOPICS = 256
-TOPIC_PREFIXES = ("node:", "command:", "logs:", "monitor:")
+TOPIC_PREFIXES = ("node:", "command:", "commands:", "logs:", "monitor:")
 
 
 class _Close(Exception):
@@ -136,7 +136,8 @@ async def _read(ws: WebSocket, controller: Controller, sub: Subscriber) -> None:
                 await _send(ws, Frame(t="error", re=frame.id, b={
                     "code": "bad_frame",
                     "message": "topics must be a list of 'nodes', 'node:<id>', "
-                               "'command:<id>', 'logs:<id>' or 'monitor:<id>'"}))
+                               "'command:<id>', 'commands:<node_id>', 'logs:<id>' or "
+                               "'monitor:<id>'"}))
                 continue
             controller.hub.subscribe(sub, topics)
             await _send(ws, Frame(t="subscribed", re=frame.id,

@@ -128,6 +128,13 @@ class NodeRuntime:
         with contextlib.suppress(asyncio.CancelledError):
             await link_task
 
+    async def emit_event(self, kind: str, data: dict[str, Any]) -> int:
+        """Queue an application event (``node.event``, class A on ``evt``); returns its
+        sequence number once it is persisted in the outbox."""
+        q = await self.store.append_event("node.event", {"kind": kind, "data": data})
+        self._outbox_grew(q)
+        return q
+
     # -- LinkHandler ----------------------------------------------------------------------
 
     async def hello_state(self) -> HelloState:
