@@ -1,0 +1,90 @@
+"""The exec runner on real child processes, and the class C log buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from tether.node.executors.exec import ExecRunner
+from tether.node.logbuf import LogBuffer
+
+
+def runner(args: dict[str, object], logs: LogBuffer | None = None,
+           **kw: object) -> ExecRunner:
+    return ExecRunner("c1", args, logs=logs if logs is not None else LogBuffer(),
+                      on_output=lambda: None,
+                      **kw)  # type: ignore[arg-type]
+
+
+async def test_exec_streams_stdout_and_stderr_and_reports_the_exit_code() -> None:
+    logs = LogBuffer()
+    outcome = await runner({"argv": ["sh", "-c", "echo out; echo err >&2; exit 3"]},
+                           logs).run()
+    assert (outcome.state, outcome.exit_code) == ("failed", 3)
+    chunks = {c.source: c.data for c in logs.take()}
+    assert chunks == {"stdout": b"out\n", "stderr": b"err\n"}
+
+
+async def test_exec_runs_argv_without_a_shell() -> None:
+    logs = LogBuffer()
+    outcome = await runner({"argv": ["echo", "$HOME; rm -rf /"]}, logs).run()
+    assert outcome.state == "succeeded"
+    assert logs.take()[0].data == b"$HOME; rm -rf /\n"
+
+
+async def test_a_missing_executable_fails_with_a_clear_error() -> None:
+    outcome = await runner({"argv": ["definitely-not-a-binary"]}).run()
+    assert outcome.state == "failed"
+    assert outcome.error == "not found: definitely-not-a-binary"
+
+
+async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    outcome = await runner({"argv": ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
+                            "timeout_s": 0.3}).run()
+    assert outcome.state == "failed" and "timeout" in (outcome.error or "")
+    child = int(pidfile.read_text())
+    # The grandchild got the group's SIGTERM too: it is gone (or a zombie being reaped).
+    try:
+        os.kill(child, 0)
+        status = Path(f"/proc/{child}/status").read_text()
+        assert "State:\tZ" in status
+    except ProcessLookupError:
+        pass
+
+
+async def test_cancel_stops_a_running_process() -> None:
+    r = runner({"argv": ["sleep", "60"]})
+    task = asyncio.create_task(r.run())
+    while r.pid is None:
+        await asyncio.sleep(0.01)
+    r.cancel()
+    outcome = await task
+    assert outcome.state == "cancelled"
+
+
+async def test_env_and_cwd_are_applied(tmp_path: Path) -> None:
+    logs = LogBuffer()
+    outcome = await runner({"argv": ["sh", "-c", "echo $GREETING; pwd"],
+                            "env": {"GREETING": "hello"}, "cwd": str(tmp_path)}, logs).run()
+    assert outcome.state == "succeeded"
+    assert b"".join(c.data for c in logs.take()) == f"hello\n{tmp_path}\n".encode()
+
+
+def test_the_log_buffer_drops_the_oldest_and_says_how_many() -> None:
+    logs = LogBuffer(max_chunks=3)
+    for i in range(5):
+        logs.add("c1", "stdout", f"line {i}\n".encode())
+    chunks = logs.take()
+    assert [c.seq for c in chunks] == [3, 4, 5]
+    assert chunks[0].dropped == 2 and chunks[1].dropped == 0
+    assert logs.dropped_total == 2
+    logs.add("c1", "stdout", b"more\n")
+    assert logs.take()[0].dropped == 0
+
+
+def test_large_output_is_split_into_bounded_chunks() -> None:
+    logs = LogBuffer(max_chunk_bytes=10)
+    logs.add(None, "runtime", b"x" * 25)
+    assert [len(c.data) for c in logs.take()] == [10, 10, 5]

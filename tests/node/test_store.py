@@ -1,0 +1,87 @@
+"""The node store's at-most-once and exactly-once rules, on real SQLite files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+
+from tether.node.store import NodeStore
+from tether.protocol.frames import CmdDeliver, Frame
+
+
+def deliver(q: int, command_id: str, kind: str = "exec", **extra: object) -> Frame:
+    return CmdDeliver(command_id=command_id, kind=kind, args={"argv": ["true"]},
+                      created_ms=1, **extra).frame(s="cmd", q=q)  # type: ignore[arg-type]
+
+
+async def statuses(store: NodeStore) -> list[tuple[str, str]]:
+    frames = await store.outbox_after(0, 1000)
+    return [(f.b["command_id"], f.b["state"]) for f in frames]
+
+
+async def test_a_command_running_at_a_crash_is_reported_interrupted_and_never_rerun(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    applied = await store.apply_downlink([deliver(1, "c1"), deliver(2, "c2")])
+    assert [c["command_id"] for c in applied.to_run] == ["c1", "c2"]
+    assert await store.start_command("c1") is not None
+    await store.close()  # the runtime dies here, c1 running, c2 delivered
+
+    store = NodeStore(tmp_path / "n.db")
+    state = await store.open()
+    assert state.cmd_applied == 2
+    to_run = await store.recover()
+    assert [c["command_id"] for c in to_run] == ["c2"]
+    assert await store.command_state("c1") == "failed"
+    assert ("c1", "failed") in await statuses(store)
+    assert await store.start_command("c1") is None  # never started again
+    await store.close()
+
+
+async def test_the_same_command_under_a_new_epoch_is_not_applied_twice(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    assert await store.set_session("s1", cmd_epoch=11) is False
+    await store.apply_downlink([deliver(1, "c1")])
+    assert await store.set_session("s2", cmd_epoch=22) is True  # controller re-sequenced
+    again = await store.apply_downlink([deliver(1, "c1")])
+    assert again.to_run == []
+    assert (await store.stream_state()).cmd_applied == 1
+    await store.close()
+
+
+async def test_unknown_kinds_are_rejected_and_diag_ping_is_answered_in_the_same_commit(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    applied = await store.apply_downlink([deliver(1, "c1", kind="teleport"),
+                                          deliver(2, "c2", kind="diag.ping"),
+                                          deliver(3, "c3", deadline_ms=1)])
+    assert applied.to_run == []
+    assert await statuses(store) == [("c1", "rejected"), ("c2", "succeeded"),
+                                     ("c3", "expired")]
+    await store.close()
+
+
+async def test_acked_outbox_frames_are_deleted_and_a_new_epoch_resequences_the_rest(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    first = await store.open()
+    for i in range(5):
+        await store.append_event("node.event", {"kind": "k", "data": {"i": i}})
+    await store.ack_evt(2)
+    assert [f.q for f in await store.outbox_after(0, 100)] == [3, 4, 5]
+    state = await store.rotate_evt_epoch()
+    assert state.evt_epoch != first.evt_epoch
+    frames = await store.outbox_after(0, 100)
+    assert [f.q for f in frames] == [1, 2, 3]
+    assert [f.b["data"]["i"] for f in frames] == [2, 3, 4]
+    assert (state.evt_last, state.evt_acked) == (3, 0)
+    await store.close()
+
+
+def test_outbox_bodies_are_plain_msgpack_maps() -> None:
+    body = {"kind": "k", "data": {"b": b"\x00\x01"}}
+    assert msgpack.unpackb(msgpack.packb(body, use_bin_type=True), raw=False) == body
