@@ -71,13 +71,18 @@ class Controller:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        await self.close_sessions()
+        await self.db.close()
+
+    async def close_sessions(self) -> None:
+        """Close every edge session with 1001 and wait (5 s at most) until each has
+        recorded its end."""
         for conn in list(self.connections):
             await conn.shutdown()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 while self.connections:
                     await asyncio.sleep(0.01)
-        await self.db.close()
 
     async def _ensure_admin_token(self) -> None:
         path = self.config.admin_token_path

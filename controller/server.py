@@ -6,24 +6,42 @@ Readiness: once listening, the controller writes its URL to ``<data-dir>/control
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
-from .app import create_app
+from .app import Controller, create_app
 from .config import ControllerConfig
 
 logger = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, controller_config: ControllerConfig) -> None:
+    def __init__(self, config: uvicorn.Config, controller_config: ControllerConfig,
+                 controller: Controller) -> None:
         super().__init__(config)
         self.controller_config = controller_config
+        self.controller = controller
         self.url: str | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """As uvicorn's, but a graceful stop on SIGTERM/SIGINT ends with exit status 0
+        instead of re-raising the signal after shutdown."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Close edge sessions with 1001 (PROTOCOL.md §7) before uvicorn closes the rest of
+        the connections (it would use 1012)."""
+        await self.controller.close_sessions()
+        await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -45,8 +63,9 @@ def build_server(config: ControllerConfig) -> _Server:
     kwargs: dict[str, Any] = {}
     if config.tls_cert:
         kwargs = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)}
+    app = create_app(config)
     uv_config = uvicorn.Config(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
@@ -60,7 +79,7 @@ def build_server(config: ControllerConfig) -> _Server:
         timeout_graceful_shutdown=10,
         **kwargs,
     )
-    return _Server(uv_config, config)
+    return _Server(uv_config, config, app.state.controller)
 
 
 def serve(config: ControllerConfig) -> int:
