@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
                        help="close with 4408 when no hello arrives within this")
     serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)
+    serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
+                       help="edge connections past this many handshakes get 4429")
     serve.add_argument("--allowed-origin", action="append", default=[],
                        help="extra Origin allowed on /ws (repeatable)")
 
@@ -161,6 +163,7 @@ def dispatch(args: argparse.Namespace) -> int:
             durability=args.durability, thresholds=thresholds, tls_cert=args.tls_cert,
             tls_key=args.tls_key, log_format=args.log_format,
             handshake_timeout_s=args.handshake_timeout_s,
+            max_concurrent_handshakes=args.max_concurrent_handshakes,
             max_log_bytes_per_command=args.max_log_bytes_per_command,
             allowed_origins=tuple(args.allowed_origin)))
     if noun == "join-token":

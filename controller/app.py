@@ -45,6 +45,7 @@ class Controller:
         self.registry = SessionRegistry()
         self.hub = EventHub()
         self.connections: set[EdgeConnection] = set()
+        self.handshakes_in_progress = 0
         self.controller_id = ""
         self.started_at = time.time()
         self._sweeper: asyncio.Task[None] | None = None

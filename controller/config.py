@@ -18,6 +18,7 @@ class ControllerConfig:
     durability: str = "fsync"
     thresholds: Thresholds = field(default_factory=Thresholds)
     handshake_timeout_s: float = 10.0
+    max_concurrent_handshakes: int = 512  # past it, new edge connections get 4429
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_log_bytes_per_command: int = 1 << 20
     max_node_events_per_node: int = 10_000

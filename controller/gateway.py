@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 MAX_LOG_QUEUE = 1024  # class C chunks per session awaiting storage; overflow drops the newest
 # (the node numbers chunks per source, so a drop shows as a seq gap and in the counters)
 SEND_TIMEOUT_S = 10.0
+MAX_PENDING_ERRORS = 64
 
 
 class _Close(Exception):
@@ -76,6 +78,11 @@ async def edge_endpoint(websocket: WebSocket) -> None:
         await websocket.close(4426, f"offer sub-protocol {MSGPACK_SUBPROTOCOL}")
         return
     await websocket.accept(subprotocol=MSGPACK_SUBPROTOCOL)
+    if controller.handshakes_in_progress >= controller.config.max_concurrent_handshakes:
+        # Overload: tell the node when to come back instead of queueing it (PROTOCOL.md §7).
+        retry_after = round(1 + random.random() * 4, 1)
+        await websocket.close(4429, f"overloaded; retry_after={retry_after}")
+        return
     conn = EdgeConnection(websocket, controller)
     controller.connections.add(conn)
     try:
@@ -128,6 +135,7 @@ class EdgeConnection:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
+        self.ctl.handshakes_in_progress += 1
         try:
             await self._handshake()
         except _Close as exc:
@@ -137,6 +145,8 @@ class EdgeConnection:
             logger.exception("edge handshake failed", extra={"remote": self.remote})
             await self._finish(_Close(1011, "internal error"))
             return
+        finally:
+            self.ctl.handshakes_in_progress -= 1
         close: _Close | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -383,9 +393,10 @@ class EdgeConnection:
         try:
             return cls.parse(frame)
         except BadFrame as exc:
-            self._pending_errors.append(ErrorBody(code="bad_frame", message=exc.message)
-                                        .frame(re=frame.id))
-            self.downlink_wake.set()
+            if len(self._pending_errors) < MAX_PENDING_ERRORS:  # past it, drop: the peer
+                self._pending_errors.append(  # is not reading its errors anyway
+                    ErrorBody(code="bad_frame", message=exc.message).frame(re=frame.id))
+                self.downlink_wake.set()
             return None
 
     def _set_runtime(self, runtime: dict[str, Any]) -> None:
