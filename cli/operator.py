@@ -210,8 +210,15 @@ async def follow(api: Api, command_id: str, *, out: Any = None,
                         emit([data])
                     elif data.get("state") in TERMINAL_STATES:
                         return await asyncio.to_thread(snapshot)
-        except (OSError, TimeoutError, websockets.ConnectionClosed,
-                websockets.InvalidHandshake) as exc:
+        except websockets.ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code in (4401, 4403, 4426):
+                raise CliError(f"the controller refused the live stream: {exc.rcvd.reason} "
+                               f"({exc.rcvd.code})") from None
+            attempts += 1
+            if attempts > 30:
+                raise CliError(f"lost the live stream from {api.ws_url}: {exc}") from None
+            await asyncio.sleep(min(2.0, 0.1 * attempts))
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             attempts += 1
             if attempts > 30:
                 raise CliError(f"lost the live stream from {api.ws_url}: {exc}") from None

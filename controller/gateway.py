@@ -172,9 +172,10 @@ class EdgeConnection:
         self.fenced = True
         if close is not None:
             await self._close_ws(close.code, close.reason)
+        if self.node_id:
+            self.ctl.registry.release(self.node_id, self)
         if self.session_id is None:
             return
-        self.ctl.registry.release(self.node_id, self)
         code = close.code if close else self._remote_code
         reason = close.reason if close else "connection closed by node"
         if self.goodbye:

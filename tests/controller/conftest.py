@@ -178,8 +178,9 @@ class Edge:
 
     async def open(self, *, subprotocols: list[str] | None = None,
                    read_challenge: bool = True) -> EdgeClient:
-        ws = await connect(self.url, subprotocols=(
-            [MSGPACK_SUBPROTOCOL] if subprotocols is None else subprotocols),  # type: ignore[arg-type]
+        # an empty list means "offer none" (no Sec-WebSocket-Protocol header at all)
+        offer = [MSGPACK_SUBPROTOCOL] if subprotocols is None else subprotocols
+        ws = await connect(self.url, subprotocols=offer or None,  # type: ignore[arg-type]
             compression=None, open_timeout=NET_TIMEOUT_S, close_timeout=2,
             ping_interval=None, max_size=None)
         client = EdgeClient(ws)
@@ -262,8 +263,8 @@ def ws_url(controller: ControllerProc) -> str:
 
 async def browser_connect(url: str, *, subprotocols: list[str] | None = None,
                           origin: str | None = None) -> ClientConnection:
-    return await connect(url, subprotocols=(
-        [JSON_SUBPROTOCOL] if subprotocols is None else subprotocols),  # type: ignore[arg-type]
+    offer = [JSON_SUBPROTOCOL] if subprotocols is None else subprotocols
+    return await connect(url, subprotocols=offer or None,  # type: ignore[arg-type]
         origin=origin, compression=None, open_timeout=NET_TIMEOUT_S, close_timeout=2,  # type: ignore[arg-type]
         ping_interval=None)
 
