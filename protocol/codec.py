@@ -77,21 +77,29 @@ def to_json_value(obj: Any) -> Any:
 
 
 def encode_json(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> str:
-    """Encode one frame as JSON text; bytes become base64url without padding."""
+    """Encode one frame as JSON text; bytes become base64url without padding, except
+    ``log.chunk`` data, which JSON carries as UTF-8 text (PROTOCOL.md §6). Non-finite
+    floats and text that is not valid Unicode are refused (LocalProtocolError)."""
+    wire = frame.to_wire()
+    body = wire.get("b")
+    if frame.t == "log.chunk" and body and isinstance(body.get("data"), bytes):
+        wire["b"] = {**body, "data": body["data"].decode("utf-8", errors="replace")}
     try:
-        text = json.dumps(frame.to_wire(), default=_json_default, separators=(",", ":"),
-                          ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(wire, default=_json_default, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False)
+        size = len(text.encode())
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise LocalProtocolError(f"frame {frame.t!r} cannot be encoded: {exc}") from exc
-    if len(text.encode()) > max_frame_bytes:
+    if size > max_frame_bytes:
         raise LocalProtocolError(f"frame {frame.t!r} is over the {max_frame_bytes}-byte limit")
     return text
 
 
 def decode_json(text: str | bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Frame:
     """Decode one frame from one JSON WebSocket message."""
-    if len(text) > max_frame_bytes:
-        raise FrameTooLarge(f"frame of {len(text)} bytes exceeds the {max_frame_bytes}-byte limit")
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_frame_bytes:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the {max_frame_bytes}-byte limit")
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:

@@ -24,6 +24,9 @@ class ErrorSpec:
 ERROR_TABLE: dict[str, ErrorSpec] = {
     "bad_frame": ErrorSpec(4400, 400),
     "protocol_error": ErrorSpec(4400, 400),
+    "unknown_type": ErrorSpec(4400, 400),
+    "unsupported_type": ErrorSpec(4400, 400),
+    "stream_regressed": ErrorSpec(4400, 409),
     "frame_too_large": ErrorSpec(1009, 413),
     "auth_failed": ErrorSpec(4401, 401),
     "unauthorized": ErrorSpec(4401, 401),

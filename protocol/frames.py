@@ -20,6 +20,7 @@ from .errors import BadFrame
 PROTOCOL_VERSION = 1
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_ID_LEN = 128
+B64URL_RE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 def _check_opt_str(name: str, value: object) -> str | None:
@@ -104,8 +105,11 @@ def as_bytes(value: object, name: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
+        if not B64URL_RE.fullmatch(value):
+            raise BadFrame(f"field {name!r} is not valid base64url")
         try:
-            return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+            return base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_",
+                                    validate=True)
         except (binascii.Error, ValueError) as exc:
             raise BadFrame(f"field {name!r} is not valid base64url") from exc
     raise BadFrame(f"field {name!r} must be bytes")
@@ -153,7 +157,7 @@ def _str_map(value: object, name: str) -> dict[str, str]:
 
 def valid_node_id(node_id: object) -> bool:
     """True when ``node_id`` matches ``[a-z0-9][a-z0-9-]{0,62}`` (PROTOCOL.md §8)."""
-    return isinstance(node_id, str) and NODE_ID_RE.match(node_id) is not None
+    return isinstance(node_id, str) and NODE_ID_RE.fullmatch(node_id) is not None
 
 
 # --- bodies -------------------------------------------------------------------------------
@@ -264,16 +268,24 @@ class Welcome(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Welcome:
-        return cls(session_id=_get(b, "session_id", str),
-                   resumed=bool(_get(b, "resumed", bool)),
-                   epoch=_get(b, "epoch", int),
-                   acks=_int_map(b.get("acks"), "acks"),
-                   heartbeat_s=_get(b, "heartbeat_s", (int, float), required=False, default=15),
-                   stale_after_s=_get(b, "stale_after_s", (int, float), required=False,
-                                      default=60),
-                   offline_after_s=_get(b, "offline_after_s", (int, float), required=False,
-                                        default=300),
-                   max_frame=_get(b, "max_frame", int, required=False, default=1 << 20))
+        welcome = cls(session_id=_get(b, "session_id", str),
+                      resumed=bool(_get(b, "resumed", bool)),
+                      epoch=_get(b, "epoch", int),
+                      acks=_int_map(b.get("acks"), "acks"),
+                      heartbeat_s=_get(b, "heartbeat_s", (int, float), required=False,
+                                       default=15),
+                      stale_after_s=_get(b, "stale_after_s", (int, float), required=False,
+                                         default=60),
+                      offline_after_s=_get(b, "offline_after_s", (int, float), required=False,
+                                           default=300),
+                      max_frame=_get(b, "max_frame", int, required=False, default=1 << 20))
+        if not (0 < welcome.heartbeat_s < welcome.stale_after_s < welcome.offline_after_s
+                and welcome.offline_after_s < float("inf")):
+            raise BadFrame("welcome timings must satisfy 0 < heartbeat_s < stale_after_s < "
+                           "offline_after_s (finite)")
+        if welcome.max_frame < 1024:
+            raise BadFrame("welcome max_frame must be at least 1024 bytes")
+        return welcome
 
 
 @dataclass(frozen=True, slots=True)

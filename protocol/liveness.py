@@ -34,7 +34,8 @@ def liveness(*, session_open: bool, last_frame_age_s: float | None, runtime_stat
     """The liveness of one node.
 
     * open session: ``stale`` after ``stale_after_s`` with no frame, else ``degraded`` when the
-      runtime is not attached, else ``online``;
+      runtime is reported ``detached`` or ``restarting``, else ``online`` (a session that
+      never reported a runtime state, ``None``, counts as attached);
     * no session: ``stale`` for ``offline_after_s`` after a close that was not a goodbye,
       otherwise ``offline`` (never connected, goodbye, or long gone).
     """
@@ -63,8 +64,8 @@ def authority_freshness(last_ack_age_s: float | None, *, heartbeat_s: float,
     """How fresh the controller's authority is, from the age of the last heartbeat_ack."""
     if last_ack_age_s is None:
         return Freshness.MISSING
+    if last_ack_age_s >= stale_after_s:
+        return Freshness.STALE
     if last_ack_age_s < 2 * heartbeat_s:
         return Freshness.FRESH
-    if last_ack_age_s < stale_after_s:
-        return Freshness.AGING
-    return Freshness.STALE
+    return Freshness.AGING
