@@ -198,6 +198,8 @@ class Controller:
                         del self._recently_closed[node_id]
                         self.hub.publish("nodes", "liveness.changed",
                                          {"node_id": node_id, "liveness": "offline"})
+                if tick % (touch_every * 720) == 0:  # about hourly
+                    await self.store.prune_idempotency_keys()
                 if tick % touch_every == 0:
                     now = time.time()
                     seen = {c.node_id: (now - (now_mono - c.last_frame_mono),

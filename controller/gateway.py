@@ -128,7 +128,9 @@ class EdgeConnection:
         self.logs_dropped_total = 0
         self._send_lock = asyncio.Lock()
         self._remote_code: int | None = None
-        self._flushed: asyncio.Event | None = None
+        # Set while nothing accepted is waiting to be applied or being applied.
+        self._apply_idle = asyncio.Event()
+        self._apply_idle.set()
         # error frames answering bad non-sequenced frames, sent by the downlink task
         self._pending_errors: list[Frame] = []
 
@@ -372,6 +374,7 @@ class EdgeConnection:
                     self.logs_dropped_total += 1
                 else:
                     self.pending_logs.append(chunk)
+                    self._apply_idle.clear()
                     self.evt_wake.set()
         elif t == "node.resources":
             if len(frame.b) <= 64:
@@ -421,6 +424,7 @@ class EdgeConnection:
         verdict = self.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
             self.pending_evt.append(frame)
+            self._apply_idle.clear()
             self.evt_wake.set()
             if len(self.pending_evt) >= self.ctl.config.max_pending_evt_frames:
                 self.evt_room.clear()
@@ -442,52 +446,52 @@ class EdgeConnection:
         self.downlink_wake.set()
 
     async def _flush_evt(self) -> None:
-        """Apply what was accepted before a goodbye, so the ack can go out before closing."""
-        if not self.pending_evt:
-            return
-        done = asyncio.Event()
-        self._flushed = done
+        """Before closing on goodbye: let the apply task commit and ack everything that was
+        accepted, including a batch already in flight (5 s at most)."""
         self.evt_wake.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                await done.wait()
+                await self._apply_idle.wait()
 
     async def _apply_loop(self) -> None:
-        """Store pending log chunks, then apply pending evt frames and ack them.
-
-        Logs go first so that every chunk the node sent before a status is stored (and
-        published) before that status is."""
         while True:
             await self.evt_wake.wait()
             self.evt_wake.clear()
             if self.fenced:
                 continue
-            if self.pending_logs:
-                chunks, self.pending_logs = self.pending_logs, []
-                rows = await self.ctl.store.append_logs(
-                    self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
-                                   for c in chunks])
-                for row in rows:
-                    if row["command_id"]:
-                        self.ctl.log_appended(row["command_id"], row)
-            if not self.pending_evt:
-                continue
-            batch, self.pending_evt = self.pending_evt, []
-            self.evt_room.set()
             try:
-                effects = await self.ctl.store.apply_evt(node_id=self.node_id,
-                                                         session_id=self.session_id or "",
-                                                         frames=batch)
-            except BaseException:
-                self.evt.rollback()
-                raise
-            self.evt.committed(batch[-1].q or 0)
-            await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
-            for effect in effects:
-                if effect.applied:
-                    self.ctl.command_changed(effect.command_id, effect.state, self.node_id)
-            if self._flushed is not None and not self.pending_evt:
-                self._flushed.set()
+                await self._apply_pending()
+            finally:
+                if not self.pending_evt and not self.pending_logs:
+                    self._apply_idle.set()
+
+    async def _apply_pending(self) -> None:
+        """Store pending log chunks, then apply pending evt frames and ack them (logs
+        first, so every chunk sent before a status is stored and pushed before it)."""
+        if self.pending_logs:
+            chunks, self.pending_logs = self.pending_logs, []
+            rows = await self.ctl.store.append_logs(
+                self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
+                               for c in chunks])
+            for row in rows:
+                if row["command_id"]:
+                    self.ctl.log_appended(row["command_id"], row)
+        if not self.pending_evt:
+            return
+        batch, self.pending_evt = self.pending_evt, []
+        self.evt_room.set()
+        try:
+            effects = await self.ctl.store.apply_evt(node_id=self.node_id,
+                                                     session_id=self.session_id or "",
+                                                     frames=batch)
+        except BaseException:
+            self.evt.rollback()
+            raise
+        self.evt.committed(batch[-1].q or 0)
+        await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
+        for effect in effects:
+            if effect.applied:
+                self.ctl.command_changed(effect.command_id, effect.state, self.node_id)
 
     async def _downlink_loop(self) -> None:
         window = self.ctl.config.cmd_window

@@ -35,6 +35,7 @@ MIGRATIONS = [
         state TEXT NOT NULL, deadline_ms INTEGER, created_ms INTEGER, received_ms INTEGER,
         started_ms INTEGER, finished_ms INTEGER, exit_code INTEGER, error TEXT);
     CREATE INDEX commands_state ON commands (state, q);
+    CREATE TABLE idempotency_keys (k TEXT PRIMARY KEY, at REAL NOT NULL);
     CREATE TABLE incidents (
         id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, class TEXT NOT NULL,
         message TEXT NOT NULL)
@@ -184,7 +185,12 @@ class NodeStore:
         def fn(conn: sqlite3.Connection) -> Applied:
             to_run: list[dict[str, Any]] = []
             to_cancel: list[tuple[str, dict[str, Any]]] = []
+            now = time.time()
             for frame in frames:
+                if frame.k is not None:  # PROTOCOL.md §2: a key is applied at most once
+                    if conn.execute("INSERT OR IGNORE INTO idempotency_keys VALUES (?,?)",
+                                    (frame.k, now)).rowcount == 0:
+                        continue
                 try:
                     cmd = CmdDeliver.parse(frame)
                 except Exception as exc:
@@ -215,6 +221,7 @@ class NodeStore:
                     to_run.append({"command_id": cmd.command_id, "kind": cmd.kind,
                                    "args": dict(cmd.args)})
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_applied'", (frames[-1].q,))
+            conn.execute("DELETE FROM idempotency_keys WHERE at < ?", (now - 2 * 86400,))
             last = int(conn.execute("SELECT value FROM meta WHERE key='evt_last'").fetchone()[0])
             return Applied(to_run, to_cancel, last)
         return await self.db.write(fn)

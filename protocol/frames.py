@@ -238,10 +238,13 @@ class Hello(Body):
             raise BadFrame("hello capabilities must be a list of strings")
         runtime = _get(b, "runtime", dict, required=False, default={})
         sidecar = _get(b, "sidecar", dict, required=False, default={})
+        epoch = _get(b, "epoch", int)
+        if not 0 <= epoch < 1 << 64:
+            raise BadFrame("hello epoch must be an unsigned 64-bit integer")
         return cls(node_id=_get(b, "node_id", str),
                    protocol=_get(b, "protocol", int),
                    sig=as_bytes(_get(b, "sig", (bytes, str)), "sig"),
-                   epoch=_get(b, "epoch", int),
+                   epoch=epoch,
                    acks=_int_map(b.get("acks"), "acks"),
                    session_id=_get(b, "session_id", str, required=False),
                    runtime=runtime, sidecar=sidecar, capabilities=tuple(caps),

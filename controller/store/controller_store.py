@@ -213,14 +213,18 @@ class ControllerStore:
                                "stream='evt'", (node_id,)).fetchone()
             cmd = conn.execute("SELECT epoch, applied, last FROM stream_cursors WHERE "
                                "node_id=? AND stream='cmd'", (node_id,)).fetchone()
-            evt_reset = evt["epoch"] is not None and evt["epoch"] != evt_epoch
-            evt_applied = 0 if evt["epoch"] != evt_epoch else evt["applied"]
-            if evt["epoch"] != evt_epoch:
+            # The node's epoch is any 64-bit value; SQLite integers are signed 64-bit, so it
+            # is kept as text (compared for equality only).
+            known = evt["epoch"]
+            evt_reset = known is not None and str(known) != str(evt_epoch)
+            evt_applied = evt["applied"] if known is not None and not evt_reset else 0
+            if known is None or evt_reset:
                 conn.execute("UPDATE stream_cursors SET epoch=?, applied=0 WHERE node_id=? AND "
-                             "stream='evt'", (evt_epoch, node_id))
+                             "stream='evt'", (str(evt_epoch), node_id))
                 if evt_reset:
                     self._node_event(conn, node_id, "stream.epoch_reset",
-                                     {"stream": "evt", "old": evt["epoch"], "new": evt_epoch})
+                                     {"stream": "evt", "old": int(known),
+                                      "new": evt_epoch})
             cmd_epoch = cmd["epoch"]
             rotate = evt_reset or not cmd["applied"] <= cmd_acked <= cmd["last"]
             if rotate:
@@ -413,8 +417,8 @@ class ControllerStore:
 
         def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
             if idem_key is not None:
-                row = conn.execute("SELECT command_id FROM commands WHERE idem_key=?",
-                                   (idem_key,)).fetchone()
+                row = conn.execute("SELECT command_id FROM commands WHERE node_id=? AND "
+                                   "idem_key=?", (node_id, idem_key)).fetchone()
                 if row:
                     return self._command(conn, row[0]), False
             node = conn.execute("SELECT current_session FROM nodes WHERE node_id=?",
@@ -551,6 +555,9 @@ class ControllerStore:
             now = _now()
             effects: list[StatusEffect] = []
             for frame in frames:
+                if frame.k is not None and not self._first_use_of_key(conn, node_id, frame.k,
+                                                                      now):
+                    continue  # the key was applied before: cursor moves, effect does not
                 if frame.t == "cmd.status":
                     effects.append(self._apply_status(conn, node_id, CmdStatus.parse(frame),
                                                       now))
@@ -562,6 +569,21 @@ class ControllerStore:
             conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",
                          (frames[-1].q, node_id))
             return effects
+        return await self.db.write(fn)
+
+    @staticmethod
+    def _first_use_of_key(conn: sqlite3.Connection, node_id: str, key: str,
+                          now: float) -> bool:
+        """Record ``key`` for ``node_id``; False when it was seen within the window
+        (PROTOCOL.md §2: a key is applied at most once per node)."""
+        cur = conn.execute("INSERT OR IGNORE INTO idempotency_keys VALUES (?,?,?)",
+                           (node_id, key, now))
+        return cur.rowcount == 1
+
+    async def prune_idempotency_keys(self, *, older_than_s: float = 2 * 86400) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM idempotency_keys WHERE at < ?",
+                                (_now() - older_than_s,)).rowcount
         return await self.db.write(fn)
 
     def _apply_status(self, conn: sqlite3.Connection, node_id: str, st: CmdStatus,

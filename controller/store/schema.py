@@ -16,7 +16,7 @@ MIGRATIONS = [
         closed_by_goodbye INTEGER NOT NULL DEFAULT 0,
         runtime_state TEXT, runtime_version TEXT, sidecar TEXT, capabilities TEXT);
     CREATE TABLE stream_cursors (
-        node_id TEXT NOT NULL, stream TEXT NOT NULL, epoch INTEGER,
+        node_id TEXT NOT NULL, stream TEXT NOT NULL, epoch,
         applied INTEGER NOT NULL DEFAULT 0, last INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (node_id, stream));
     CREATE TABLE edge_sessions (
@@ -28,12 +28,16 @@ MIGRATIONS = [
     CREATE TABLE commands (
         command_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL,
         args TEXT NOT NULL, state TEXT NOT NULL, epoch INTEGER, q INTEGER,
-        created_at REAL NOT NULL, deadline REAL, idem_key TEXT UNIQUE,
+        created_at REAL NOT NULL, deadline REAL, idem_key TEXT,
         exit_code INTEGER, error TEXT, result TEXT, started_ms INTEGER, finished_ms INTEGER,
         updated_at REAL NOT NULL, log_bytes INTEGER NOT NULL DEFAULT 0,
         log_dropped_bytes INTEGER NOT NULL DEFAULT 0);
     CREATE INDEX commands_queue ON commands (node_id, state, created_at);
     CREATE INDEX commands_seq ON commands (node_id, epoch, q);
+    CREATE UNIQUE INDEX commands_idem ON commands (node_id, idem_key);
+    CREATE TABLE idempotency_keys (
+        node_id TEXT NOT NULL, k TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (node_id, k));
+    CREATE INDEX idempotency_keys_at ON idempotency_keys (at);
     CREATE TABLE command_events (
         id INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL, state TEXT NOT NULL,
         at REAL NOT NULL, detail TEXT);

@@ -143,9 +143,9 @@ class EdgeClient:
         raise AssertionError("unreachable")
 
     def hello(self, ident: Identity, *, sign_nonce: bytes | None = None,
-              **overrides: Any) -> Frame:
+              sign_controller_id: str | None = None, **overrides: Any) -> Frame:
         sig = sign_hello(ident.key, self.nonce if sign_nonce is None else sign_nonce,
-                         self.controller_id, ident.node_id)
+                         sign_controller_id or self.controller_id, ident.node_id)
         body: dict[str, Any] = {
             "node_id": ident.node_id, "protocol": 1, "sig": sig, "epoch": self.epoch or 7,
             "acks": {"cmd": 0}, "session_id": None,

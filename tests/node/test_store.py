@@ -85,3 +85,17 @@ async def test_acked_outbox_frames_are_deleted_and_a_new_epoch_resequences_the_r
 def test_outbox_bodies_are_plain_msgpack_maps() -> None:
     body = {"kind": "k", "data": {"b": b"\x00\x01"}}
     assert msgpack.unpackb(msgpack.packb(body, use_bin_type=True), raw=False) == body
+
+
+async def test_a_repeated_idempotency_key_is_applied_once_but_the_cursor_moves(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    first = CmdDeliver(command_id="c1", kind="exec", args={}, created_ms=1).frame(
+        s="cmd", q=1, k="key-1")
+    second = CmdDeliver(command_id="c2", kind="exec", args={}, created_ms=1).frame(
+        s="cmd", q=2, k="key-1")
+    applied = await store.apply_downlink([first, second])
+    assert [c["command_id"] for c in applied.to_run] == ["c1"]
+    assert (await store.stream_state()).cmd_applied == 2
+    await store.close()

@@ -60,7 +60,8 @@ BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
     Challenge: st.builds(Challenge, nonce=st.binary(min_size=32, max_size=32),
                          controller_id=text, time_ms=ints,
                          protocols=st.lists(st.integers(0, 9), max_size=3).map(tuple)),
-    Hello: st.builds(Hello, node_id=text, sig=st.binary(max_size=64), epoch=ints, acks=acks,
+    Hello: st.builds(Hello, node_id=text, sig=st.binary(max_size=64),
+                     epoch=st.integers(0, 2**64 - 1), acks=acks,
                      protocol=ints, session_id=st.none() | text, runtime=free_maps,
                      sidecar=free_maps, capabilities=st.lists(text, max_size=4).map(tuple),
                      labels=st.dictionaries(text, text, max_size=3)),
@@ -359,3 +360,10 @@ def test_byte_fields_accept_only_the_base64url_alphabet(text: str) -> None:
     with pytest.raises(BadFrame, match="base64url"):
         Challenge.from_body({"nonce": text, "controller_id": "c", "protocols": [1],
                              "time_ms": 1})
+
+
+@pytest.mark.parametrize("epoch", [-1, 2**64])
+def test_a_hello_epoch_outside_unsigned_64_bits_is_a_bad_frame(epoch: int) -> None:
+    body = {"node_id": "n", "protocol": 1, "sig": b"s", "epoch": epoch, "acks": {}}
+    with pytest.raises(BadFrame, match="epoch"):
+        Hello.from_body(body)
