@@ -56,6 +56,16 @@ def assert_exactly_once(api: Api, node_id: str, marker: Path, tags: list[str]) -
             assert cmd["state"] == "failed" and "interrupted" in str(cmd["error"]), cmd
 
 
+def start_marked_stream(api: Api, node_id: str, marker: Path, prefix: str,
+                        count: int = 200) -> list[str]:
+    """Submit ``count`` marker commands and return once 20 of them are terminal."""
+    tags = [f"{prefix}{i}" for i in range(count)]
+    for tag in tags:
+        api.submit(node_id, "exec", marker_command(marker, tag))
+    wait_until(lambda: terminal_count(api, node_id) >= 20, what="20 commands done")
+    return tags
+
+
 def test_a_command_queued_while_the_node_is_offline_runs_when_it_connects(
         controller: ControllerProc, make_node: Callable[..., NodeProc], tmp_path: Path) -> None:
     node = make_node("n-late", start=False)
@@ -78,10 +88,7 @@ def test_kill_9_of_the_node_runtime_mid_stream_loses_no_status_and_runs_nothing_
     node = make_node("n-crash", extra=["--max-concurrent", "4"])
     api = controller.api()
     marker = tmp_path / "marker"
-    tags = [f"k{i}" for i in range(200)]
-    for tag in tags:
-        api.submit("n-crash", "exec", marker_command(marker, tag))
-    wait_until(lambda: terminal_count(api, "n-crash") >= 20, what="20 commands done")
+    tags = start_marked_stream(api, "n-crash", marker, "k")
     node.kill9()
     assert terminal_count(api, "n-crash") < 200, "the kill came too late to prove anything"
     node.start()
@@ -95,11 +102,10 @@ def test_kill_9_of_the_controller_mid_stream_loses_no_status_and_runs_nothing_tw
     make_node("n-ctl", extra=["--max-concurrent", "4"])
     api = controller.api()
     marker = tmp_path / "marker"
-    tags = [f"c{i}" for i in range(200)]
-    for tag in tags:
-        api.submit("n-ctl", "exec", marker_command(marker, tag))
-    wait_until(lambda: terminal_count(api, "n-ctl") >= 20, what="20 commands done")
+    tags = start_marked_stream(api, "n-ctl", marker, "c")
+    done_before_kill = terminal_count(api, "n-ctl")
     controller.kill9()
+    assert done_before_kill < 200, "the kill came too late to prove anything"
     controller.start()  # same port and data dir
     api = controller.api()
     wait_until(lambda: terminal_count(api, "n-ctl") == 200, timeout_s=90,
