@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
                      default=_env("DURABILITY", "fsync"))
     run.add_argument("--controller-url", help="dial this URL instead of the enrolled one")
     run.add_argument("--max-concurrent", type=int, default=16)
+    for verb, help_text in (("stop", "stop the runtime and the sidecar (goodbye)"),
+                            ("restart", "restart only the runtime; the session stays")):
+        p = node.add_parser(verb, help=help_text)
+        p.add_argument("--state-dir", type=Path,
+                       default=Path(_env("STATE_DIR", ".tether/node") or ""))
+    sidecar = nouns.add_parser("sidecar", help="the transport sidecar").add_subparsers(
+        dest="verb", required=True)
+    srun = sidecar.add_parser("run", help="run the sidecar (normally started by node run)")
+    srun.add_argument("--state-dir", type=Path,
+                      default=Path(_env("STATE_DIR", ".tether/node") or ""))
+    srun.add_argument("--controller-url", help="dial this URL instead of the enrolled one")
     status = node.add_parser("status", help="this node's state, from its state dir")
     status.add_argument("--state-dir", type=Path,
                         default=Path(_env("STATE_DIR", ".tether/node") or ""))
@@ -170,6 +181,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return op.join_token_create(args)
     if noun == "node":
         return _node(args, verb)
+    if noun == "sidecar":
+        from tether.sidecar.config import SidecarConfig
+        from tether.sidecar.main import run_sidecar
+
+        return run_sidecar(SidecarConfig(state_dir=args.state_dir,
+                                         controller_url=args.controller_url))
     if noun == "nodes":
         return op.nodes_list(args) if verb == "list" else op.nodes_show(args)
     if noun == "exec":
@@ -204,6 +221,12 @@ def _node(args: argparse.Namespace, verb: str) -> int:
         return run_node(NodeConfig(state_dir=args.state_dir, durability=args.durability,
                                    controller_url=args.controller_url,
                                    max_concurrent=args.max_concurrent))
+    if verb in ("stop", "restart"):
+        from tether.node.control import restart_node, stop_node
+
+        message = (stop_node if verb == "stop" else restart_node)(args.state_dir)
+        print(message)
+        return 0
     from tether.node.status import node_status
 
     status = node_status(args.state_dir)

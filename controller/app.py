@@ -155,6 +155,9 @@ class Controller:
                        "opened_at": iso(now - (time.monotonic() - conn.opened_mono)),
                        "remote": conn.remote, "resumed": conn.resumed}
             transport = {"sidecar": conn.sidecar, "outbox": conn.outbox,
+                         "rtt_ms": conn.transport.get("rtt_ms"),
+                         "reconnects": conn.transport.get("reconnects"),
+                         "clock_offset_ms": conn.transport.get("clock_offset_ms"),
                          "logs_dropped_total": conn.logs_dropped_total}
             resources = conn.resources
         else:

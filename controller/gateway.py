@@ -110,6 +110,7 @@ class EdgeConnection:
         self.sidecar: dict[str, Any] = {}
         self.resources: dict[str, Any] = {}
         self.outbox: dict[str, Any] = {}
+        self.transport: dict[str, Any] = {}
         self.resumed = False
         # uplink (evt) receive side
         self.evt = StreamReceiver()
@@ -352,6 +353,9 @@ class EdgeConnection:
             if hb.runtime.get("state"):
                 self._set_runtime(dict(hb.runtime))
             self.outbox = dict(hb.outbox)
+            if hb.transport:
+                self.transport = {k: hb.transport.get(k) for k in
+                                  ("rtt_ms", "reconnects", "clock_offset_ms")}
             self._saw_cmd_ack(hb.acks.get("cmd"))
             await self._send(HeartbeatAck(time_ms=_now_ms(),
                                           acks={EVT_STREAM: self.evt.applied}).frame(re=frame.id))
@@ -412,6 +416,8 @@ class EdgeConnection:
                         or self.runtime.get("version")}
         if changed:
             self.ctl.node_changed(self.node_id, "runtime.changed", dict(self.runtime))
+            if state == "attached":
+                self.downlink_wake.set()
 
     async def _on_evt(self, frame: Frame) -> None:
         if frame.s != EVT_STREAM or frame.q is None:
@@ -510,6 +516,8 @@ class EdgeConnection:
                 self.cmd_sent = max(self.cmd_sent, n)
                 for command_id in delivered:
                     self.ctl.command_changed(command_id, "delivered", self.node_id)
+            if self.runtime.get("state") != "attached":
+                continue  # nobody to deliver to; edge.resume names the cursor on re-attach
             room = self.cmd_acked + window - self.cmd_sent
             if room <= 0:
                 continue

@@ -29,3 +29,11 @@ class NodeConfig:
     @property
     def status_path(self) -> Path:
         return self.state_dir / "status.json"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "sidecar.sock"
+
+    @property
+    def sidecar_pid_path(self) -> Path:
+        return self.state_dir / "sidecar.pid"

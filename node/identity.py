@@ -1,4 +1,5 @@
-"""Node identity on disk and enrollment (PROTOCOL.md §8).
+"""Enrollment (PROTOCOL.md §8): makes the key and writes the identity files that
+:mod:`tether.common.identity` reads.
 
 Files in the state dir: ``node.key`` (32 raw Ed25519 private-key bytes, mode 0600) and
 ``node.json`` (node id, controller URL and id, labels). The key is made once and reused, so
@@ -11,13 +12,13 @@ import base64
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tether.common.identity import Identity, load_identity
 from tether.protocol.errors import TetherError
 from tether.protocol.frames import valid_node_id
 from tether.protocol.signing import (
@@ -26,19 +27,6 @@ from tether.protocol.signing import (
     private_key_raw,
     public_key_raw,
 )
-
-
-class NotEnrolled(TetherError):
-    default_code = "not_enrolled"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    node_id: str
-    controller_url: str
-    controller_id: str
-    key: Ed25519PrivateKey
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -60,18 +48,6 @@ def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
     key = generate_private_key()
     _write_private(path, private_key_raw(key))
     return key
-
-
-def load_identity(state_dir: Path) -> Identity:
-    meta_path, key_path = state_dir / "node.json", state_dir / "node.key"
-    if not meta_path.exists() or not key_path.exists():
-        raise NotEnrolled(f"no enrolled node in {state_dir}; run 'tether node enroll "
-                          "--controller URL --token JOIN --node-id ID' first")
-    meta = json.loads(meta_path.read_text())
-    return Identity(node_id=meta["node_id"], controller_url=meta["controller_url"],
-                    controller_id=meta.get("controller_id", ""),
-                    key=load_private_key(key_path.read_bytes()),
-                    labels=dict(meta.get("labels") or {}))
 
 
 def enroll(*, controller_url: str, join_token: str, node_id: str, state_dir: Path,
@@ -104,3 +80,6 @@ def enroll(*, controller_url: str, join_token: str, node_id: str, state_dir: Pat
             "enrolled_at": time.time()}
     _write_private(state_dir / "node.json", json.dumps(meta, indent=2).encode())
     return load_identity(state_dir)
+
+
+__all__ = ["Identity", "enroll", "load_identity", "load_or_create_key"]

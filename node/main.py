@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from .config import NodeConfig
@@ -41,20 +42,35 @@ async def _main(config: NodeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def restart() -> None:
+        runtime.restart_requested = True
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGHUP, restart)
     logger.info("node runtime starting", extra={"node_id": identity.node_id,
                                                 "controller": identity.controller_url})
     await runtime.run(stop)
+    if runtime.refused is not None:
+        print(f"error: {runtime.refused}", file=sys.stderr)
+        return 1
     if runtime.final_close is not None:
         code, reason = runtime.final_close
         logger.error("stopped: the controller refused this node for good",
                      extra={"code": code, "reason": reason})
         return 1
+    if runtime.restart_requested:
+        return RESTART
     logger.info("node runtime stopped", extra={"node_id": identity.node_id})
     return 0
 
 
+RESTART = -1  # run_node re-executes itself: the new code and a fresh runtime, same pid
+
+
 def run_node(config: NodeConfig) -> int:
-    """Run until SIGTERM/SIGINT (goodbye, clean exit 0) or a final close code (exit 1)."""
+    """Run until SIGTERM/SIGINT (goodbye, clean exit 0) or a final close code (exit 1).
+    SIGHUP restarts only the runtime (re-exec, same pid): the sidecar keeps the session."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
     other = read_pid(config.pid_path)
     if other is not None and other != os.getpid():
@@ -69,7 +85,11 @@ def run_node(config: NodeConfig) -> int:
         except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
             runner = asyncio.Runner()
         with runner:
-            return runner.run(_main(config))
+            code = runner.run(_main(config))
+        if code == RESTART:
+            logger.info("runtime restarting", extra={"pid": os.getpid()})
+            os.execv(sys.executable, [sys.executable, "-m", "tether.cli.main", *sys.argv[1:]])
+        return code
     finally:
         with contextlib.suppress(OSError):
             if read_pid(config.pid_path) in (os.getpid(), None):

@@ -18,15 +18,16 @@ from typing import Any
 from tether.common import __version__
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import RemoteProtocolError
-from tether.protocol.frames import Ack, ErrorBody, Frame, Heartbeat, Welcome
+from tether.protocol.frames import Ack, ErrorBody, Frame, Welcome
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
 
 from .config import NodeConfig
 from .executors.exec import ExecOutcome, ExecRunner
 from .identity import Identity
+from .link import LinkStopped, ReconnectNeeded, SidecarLink, SidecarRefused
 from .logbuf import LogBuffer
+from .sidecar_proc import ensure_sidecar
 from .store import NodeStore
-from .transport import ControllerLink, HelloState, LinkStatus, ReconnectNeeded
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ class NodeRuntime:
         self.identity = identity
         self.store = NodeStore(config.db_path, durability=config.durability)
         self.logs = LogBuffer(max_chunks=config.max_log_chunks)
-        self.link = ControllerLink(controller_url=config.controller_url
-                                   or identity.controller_url, node_id=identity.node_id,
-                                   key=identity.key, handler=self, on_status=self._on_status)
+        self.link = SidecarLink(socket_path=config.socket_path, handler=self,
+                                ensure_sidecar=self._ensure_sidecar)
         self.evt = StreamSender(window=config.evt_window)
         self.cmd = StreamReceiver()
         self.evt_epoch = 0
@@ -57,6 +57,9 @@ class NodeRuntime:
         self._tg: asyncio.TaskGroup | None = None
         self._status_dirty = asyncio.Event()
         self.final_close: tuple[int, str] | None = None
+        self.refused: str | None = None
+        self.restart_requested = False
+        self._sidecar_spawned_at = -1e9
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -92,8 +95,6 @@ class NodeRuntime:
             await self.store.close()
 
     async def _run_link(self) -> None:
-        from .transport import LinkStopped
-
         try:
             await self.link.run()
         except LinkStopped as exc:
@@ -101,6 +102,17 @@ class NodeRuntime:
             logger.error("controller ended this node's session for good",
                          extra={"node_id": self.identity.node_id, "code": exc.code,
                                 "reason": exc.reason})
+        except SidecarRefused as exc:
+            self.refused = exc.message
+            logger.error("sidecar refused this runtime", extra={"detail": exc.message})
+
+    async def _ensure_sidecar(self) -> None:
+        """Start a sidecar when none runs; a sidecar just started gets 5 s to listen."""
+        now = time.monotonic()
+        if now - self._sidecar_spawned_at < 5.0:
+            return
+        if await asyncio.to_thread(ensure_sidecar, self.config):
+            self._sidecar_spawned_at = now
 
     async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
         self.accepting = False
@@ -115,13 +127,18 @@ class NodeRuntime:
             async with asyncio.timeout(self.config.kill_grace_s + 1):
                 while self.runners:
                     await asyncio.sleep(0.05)
-        # Give the uplink a moment to deliver what is queued, then say goodbye.
-        if self.link.connected.is_set():
-            self._uplink_wake.set()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.flush_timeout_s):
-                    while self.evt.unacked and self.link.connected.is_set():
-                        await asyncio.sleep(0.02)
+        if self.restart_requested:
+            # The session stays with the sidecar; what is unacked stays in the outbox.
+            await self.link.detach("restarting")
+        elif self.final_close is None and self.refused is None:
+            # Full stop: let the uplink deliver what is queued, then the sidecar says
+            # goodbye and exits (the node shows offline at once).
+            if self.link.connected.is_set():
+                self._uplink_wake.set()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.flush_timeout_s):
+                        while self.evt.unacked and self.link.connected.is_set():
+                            await asyncio.sleep(0.02)
             await self.link.goodbye("node stopping")
         self.link.stop()
         link_task.cancel()
@@ -137,16 +154,12 @@ class NodeRuntime:
 
     # -- LinkHandler ----------------------------------------------------------------------
 
-    async def hello_state(self) -> HelloState:
-        return HelloState(epoch=self.evt_epoch, cmd_applied=self.cmd.applied,
-                          session_id=self.session_id,
-                          runtime={"state": "attached", "version": __version__},
-                          capabilities=CAPABILITIES, labels=self.identity.labels)
-
-    def heartbeat_body(self) -> Heartbeat:
-        return Heartbeat(uptime_s=round(time.monotonic() - self.started, 3),
-                         runtime={"state": "attached", "version": __version__},
-                         outbox={"depth": self.evt.unacked}, acks={CMD_STREAM: self.cmd.applied})
+    def attach_info(self) -> dict[str, Any]:
+        return {"node_id": self.identity.node_id, "epoch": self.evt_epoch,
+                "cmd_applied": self.cmd.applied, "session_id": self.session_id,
+                "runtime": {"state": "attached", "version": __version__},
+                "capabilities": list(CAPABILITIES), "labels": self.identity.labels,
+                "pid": os.getpid()}
 
     async def on_welcome(self, welcome: Welcome) -> None:
         self.session_id = welcome.session_id
@@ -202,9 +215,6 @@ class NodeRuntime:
                 self._uplink_wake.set()
         except RemoteProtocolError as exc:
             logger.warning("ignoring an ack beyond what was sent", extra={"detail": exc.message})
-
-    def _on_status(self, status: LinkStatus) -> None:
-        self._status_dirty.set()
 
     # -- downlink -------------------------------------------------------------------------
 
@@ -305,12 +315,15 @@ class NodeRuntime:
     # -- status file ------------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
+        """Keeps status.json fresh and tells the sidecar the outbox depth (for heartbeats)."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self._status_dirty.wait()
             self._status_dirty.clear()
             self._write_status()
+            await self.link.send_local(Frame(t="local.state", b={"outbox": {
+                "depth": self.evt.unacked, "last": self.evt.last, "acked": self.evt.acked}}))
 
     def status(self) -> dict[str, Any]:
         return {

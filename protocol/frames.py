@@ -298,17 +298,23 @@ class Heartbeat(Body):
     runtime: Mapping[str, Any] = field(default_factory=dict)
     outbox: Mapping[str, Any] = field(default_factory=dict)
     acks: Mapping[str, int] = field(default_factory=dict)
+    # Addition (docs/protocol.md): the sidecar's view of the link (rtt_ms, reconnects, ...).
+    transport: Mapping[str, Any] = field(default_factory=dict)
 
     def to_body(self) -> dict[str, Any]:
-        return {"uptime_s": self.uptime_s, "runtime": dict(self.runtime),
-                "outbox": dict(self.outbox), "acks": dict(self.acks)}
+        out = {"uptime_s": self.uptime_s, "runtime": dict(self.runtime),
+               "outbox": dict(self.outbox), "acks": dict(self.acks)}
+        if self.transport:
+            out["transport"] = dict(self.transport)
+        return out
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
         return cls(uptime_s=_get(b, "uptime_s", (int, float), required=False, default=0),
                    runtime=_get(b, "runtime", dict, required=False, default={}),
                    outbox=_get(b, "outbox", dict, required=False, default={}),
-                   acks=_int_map(b.get("acks"), "acks"))
+                   acks=_int_map(b.get("acks"), "acks"),
+                   transport=_get(b, "transport", dict, required=False, default={}))
 
 
 @dataclass(frozen=True, slots=True)

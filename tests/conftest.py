@@ -41,5 +41,4 @@ def make_node(tmp_path: Path, controller: ControllerProc
         yield make
     finally:
         for node in nodes:
-            if node.alive():
-                node.terminate()
+            node.cleanup()

@@ -40,6 +40,17 @@ def wait_until(predicate: Callable[[], T], *, timeout_s: float = 20.0,
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 def tether_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tether.cli.main", *args]
 
@@ -127,6 +138,42 @@ class NodeProc(Proc):
         state_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(tether_cmd("node", "run", "--state-dir", str(state_dir),
                                     *(extra or [])), state_dir / "node.log")
+
+    def sidecar_pid(self) -> int | None:
+        try:
+            pid = int((self.state_dir / "sidecar.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def kill_sidecar9(self) -> int:
+        pid = self.sidecar_pid()
+        assert pid is not None, "no sidecar runs"
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not _pid_alive(pid), what=f"sidecar {pid} to die")
+        return pid
+
+    def kill_all9(self) -> None:
+        """kill -9 of the runtime and its sidecar: the node vanishes without a goodbye."""
+        pid = self.sidecar_pid()
+        if self.alive():
+            self.kill9()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not _pid_alive(pid), what=f"sidecar {pid} to die")
+
+    def cleanup(self) -> None:
+        """Stop the runtime (goodbye) and make sure no sidecar outlives the test."""
+        if self.alive():
+            self.terminate()
+        pid = self.sidecar_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            try:
+                wait_until(lambda: not _pid_alive(pid), timeout_s=10, what="sidecar stop")
+            except AssertionError:
+                os.kill(pid, signal.SIGKILL)
 
     def enroll(self, controller: ControllerProc, *, labels: dict[str, str] | None = None
                ) -> None:

@@ -142,7 +142,7 @@ def test_a_second_session_for_the_same_node_supersedes_the_first_with_4409(
         assert old["reason"] == "superseded"
         assert api.liveness("n-twin") == "online"
     finally:
-        twin.terminate()
+        twin.cleanup()
 
 
 def test_goodbye_on_sigterm_makes_the_node_offline_at_once(
@@ -164,7 +164,7 @@ def test_a_node_that_vanishes_without_goodbye_is_stale_then_offline(
         controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
     node = make_node("n-vanish")
     api = controller.api()
-    node.kill9()
+    node.kill_all9()
     wait_until(lambda: api.liveness("n-vanish") == "stale", what="stale after kill -9")
     wait_until(lambda: api.liveness("n-vanish") == "offline", timeout_s=30,
                what="offline after offline_after_s")

@@ -39,10 +39,11 @@ def test_a_node_told_4429_waits_at_least_retry_after_before_dialling_again(
     node.enroll(overloaded)
     node.start()
     try:
-        lines = wait_until(lambda: [ln for ln in node.log().splitlines()
+        sidecar_log = node.state_dir / "sidecar.log"
+        lines = wait_until(lambda: [ln for ln in sidecar_log.read_text().splitlines()
                                     if "code=4429" in ln] or None, what="a 4429 reconnect")
         delay = float(re.search(r"delay_s=([\d.]+)", lines[0]).group(1))  # type: ignore[union-attr]
         assert delay >= 1.0  # the controller's retry_after is 1..5 s
-        assert node.alive()
+        assert node.alive() and node.sidecar_pid() is not None
     finally:
-        node.terminate()
+        node.cleanup()

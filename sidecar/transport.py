@@ -1,10 +1,9 @@
-"""The node's transport to the controller, behind a small interface.
+"""The sidecar's transport to the controller.
 
 :class:`ControllerLink` dials, runs the handshake (PROTOCOL.md §4), sends heartbeats, hands
-every steady-state frame to its :class:`LinkHandler`, and reconnects with full-jitter backoff,
-reacting to each close code as PROTOCOL.md §7 says. It holds no durable state: cursors and
-outbox belong to the handler (the runtime), so this module can move into the sidecar process
-unchanged in shape.
+every steady-state frame to its :class:`LinkHandler` (the relay), and reconnects with
+full-jitter backoff, reacting to each close code as PROTOCOL.md §7 says. It holds no durable
+state: cursors and the outbox belong to the node runtime.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -135,6 +135,7 @@ class ControllerLink:
         self._ws: ClientConnection | None = None
         self._send_lock = asyncio.Lock()
         self._stopping = False
+        self._reconnect_now = False
         self._welcome: Welcome | None = None
         self._hb_sent: dict[str, float] = {}
         self._hb_counter = 0
@@ -169,6 +170,14 @@ class ControllerLink:
     def stop(self) -> None:
         self._stopping = True
 
+    async def reconnect_now(self, reason: str) -> None:
+        """End the current session (if any) and dial again at once, with a fresh hello."""
+        self._reconnect_now = True
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close(1000, reason[:120])
+
     # -- the loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -195,6 +204,9 @@ class ControllerLink:
             if lasted_s >= RESET_AFTER_S:
                 delays = backoff_delays(self.rng.uniform)
             delay = next(delays)
+            if self._reconnect_now:
+                self._reconnect_now = False
+                delay = 0.0
             if code == 4401:  # do not hammer: back off to the maximum
                 delay = 30.0 * (0.5 + self.rng.random() / 2)
             elif code == 4429:
@@ -292,7 +304,7 @@ class ControllerLink:
         sig = sign_hello(self.key, challenge.nonce, challenge.controller_id, self.node_id)
         hello = Hello(node_id=self.node_id, sig=sig, epoch=hs.epoch,
                       acks={"cmd": hs.cmd_applied}, session_id=hs.session_id,
-                      runtime=hs.runtime, sidecar={"version": __version__, "pid": None},
+                      runtime=hs.runtime, sidecar={"version": __version__, "pid": os.getpid()},
                       capabilities=hs.capabilities, labels=hs.labels)
         await ws.send(encode_msgpack(hello.frame(), max_frame_bytes=self.max_frame_bytes))
         frame = await self._recv(ws, self.handshake_timeout_s)

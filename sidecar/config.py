@@ -1,0 +1,25 @@
+"""SidecarConfig: read once per process into a frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    state_dir: Path = Path(".tether/node")
+    controller_url: str | None = None  # override node.json (e.g. a fault proxy in tests)
+    attach_timeout_s: float = 5.0  # a runtime must send local.attach within this
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "sidecar.sock"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "sidecar.pid"
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / "sidecar.status.json"

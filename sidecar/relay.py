@@ -1,0 +1,315 @@
+"""The sidecar's relay: one controller session (:class:`ControllerLink`) and at most one
+attached runtime (over the Unix socket), with frames relayed both ways.
+
+Rule 1: the sidecar holds no durable message state. Class A frames live in the runtime's
+outbox; while no runtime is attached the sidecar tells the controller (``edge.runtime``),
+which stops sending downlink frames until ``edge.resume`` names the runtime's cursor again.
+Rule 2: only one runtime is attached at a time; a second one gets ``local.refused``.
+Rule 3: the hello the sidecar sends is built from what the runtime last said at attach
+(epoch, cursor, session id), updated by the acks the runtime sends through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tether.common import __version__
+from tether.common.identity import Identity
+from tether.protocol.classes import CMD_STREAM, EVT_STREAM
+from tether.protocol.errors import TetherError
+from tether.protocol.frames import Frame, Heartbeat, Resume, RuntimeState, Welcome
+from tether.protocol.local import LocalDecoder, encode_local
+
+from .config import SidecarConfig
+from .transport import ControllerLink, HelloState, LinkStatus, LinkStopped
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK = 256 * 1024
+
+
+class RuntimeConn:
+    """One attached runtime: the socket's writer, serialised by a lock."""
+
+    def __init__(self, writer: asyncio.StreamWriter, pid: int | None,
+                 decoder: LocalDecoder) -> None:
+        self.writer = writer
+        self.pid = pid
+        self.decoder = decoder
+        self._lock = asyncio.Lock()
+
+    async def send(self, frame: Frame) -> bool:
+        try:
+            async with self._lock, asyncio.timeout(10):
+                self.writer.write(encode_local(frame))
+                await self.writer.drain()
+        except (OSError, TimeoutError, RuntimeError):
+            return False
+        return True
+
+
+class Sidecar:
+    def __init__(self, config: SidecarConfig, identity: Identity, *,
+                 on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.config = config
+        self.identity = identity
+        self.link = ControllerLink(controller_url=config.controller_url
+                                   or identity.controller_url, node_id=identity.node_id,
+                                   key=identity.key, handler=self,
+                                   on_status=self._link_status_changed)
+        self.started = time.monotonic()
+        self.runtime: RuntimeConn | None = None
+        self.runtime_state = "detached"
+        self.runtime_version: str | None = None
+        self.hello: dict[str, Any] | None = None
+        self.first_attach = asyncio.Event()
+        self.cmd_applied = 0
+        self.evt_acked = 0
+        self.session_id: str | None = None
+        self.welcome: Welcome | None = None
+        self.outbox: dict[str, Any] = {}
+        self.stop = asyncio.Event()
+        self.goodbye_reason: str | None = None
+        self.final_close: tuple[int, str] | None = None
+        self._clients: set[asyncio.Task[Any]] = set()
+        self._on_status = on_status
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket and the controller session until :attr:`stop` is set (SIGTERM,
+        a runtime's ``local.goodbye``) or the controller ends the node for good."""
+        path = self.config.socket_path
+        path.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # the socket is created 0600
+        try:
+            server = await asyncio.start_unix_server(self._client, path=str(path))
+        finally:
+            os.umask(old_umask)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                link_task = tg.create_task(self._run_link(), name="sidecar-link")
+                stopper = tg.create_task(self.stop.wait(), name="sidecar-stop")
+                await asyncio.wait({link_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if self.link.connected.is_set():
+                    await self.link.goodbye(self.goodbye_reason or "sidecar stopping")
+                self.link.stop()
+                link_task.cancel()
+        finally:
+            server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await asyncio.gather(*self._clients, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
+            path.unlink(missing_ok=True)
+            self._publish()
+
+    async def _run_link(self) -> None:
+        await self.first_attach.wait()  # the hello needs the runtime's epoch and cursor
+        try:
+            await self.link.run()
+        except LinkStopped as exc:
+            self.final_close = (exc.code, exc.reason)
+            logger.error("controller ended this node's session for good",
+                         extra={"node_id": self.identity.node_id, "code": exc.code,
+                                "reason": exc.reason})
+            if self.runtime is not None:
+                await self.runtime.send(Frame(t="local.stopped",
+                                              b={"code": exc.code, "reason": exc.reason}))
+
+    # -- the runtime side -----------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        conn: RuntimeConn | None = None
+        try:
+            conn = await self._attach(reader, writer)
+            if conn is not None:
+                await self._serve_runtime(conn, reader)
+        except (OSError, TetherError, TimeoutError) as exc:
+            logger.warning("runtime connection failed", extra={"detail": str(exc)})
+        finally:
+            self._clients.discard(task)
+            if conn is not None and self.runtime is conn:
+                await self._runtime_gone()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _attach(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> RuntimeConn | None:
+        decoder = LocalDecoder()
+        frames: list[Frame] = []
+        async with asyncio.timeout(self.config.attach_timeout_s):
+            while not frames:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    return None
+                frames = decoder.feed(data)
+        first = frames[0]
+        conn = RuntimeConn(writer, first.b.get("pid"), decoder)
+        if first.t != "local.attach":
+            await conn.send(Frame(t="local.refused", b={"reason": "send local.attach first"}))
+            return None
+        if self.runtime is not None:
+            await conn.send(Frame(t="local.refused", b={
+                "reason": f"another runtime (pid {self.runtime.pid}) is attached"}))
+            return None
+        if first.b.get("node_id") != self.identity.node_id:
+            await conn.send(Frame(t="local.refused", b={
+                "reason": f"this sidecar serves node {self.identity.node_id}"}))
+            return None
+        self.runtime = conn
+        self.hello = dict(first.b)
+        self.cmd_applied = int(first.b.get("cmd_applied") or 0)
+        self.session_id = self.session_id or first.b.get("session_id")
+        self.runtime_state = "attached"
+        self.runtime_version = (first.b.get("runtime") or {}).get("version")
+        await conn.send(Frame(t="local.attached", b={"sidecar": {
+            "pid": os.getpid(), "version": __version__}}))
+        logger.info("runtime attached", extra={"pid": conn.pid})
+        if self.link.connected.is_set() and self.welcome is not None:
+            await conn.send(self._session_frame())
+            await self.link.send(RuntimeState(state="attached",
+                                              version=self.runtime_version).frame())
+            await self.link.send(Resume(acks={CMD_STREAM: self.cmd_applied}).frame())
+        self.first_attach.set()
+        self._publish()
+        for frame in frames[1:]:
+            await self._from_runtime(frame)
+        return conn
+
+    async def _serve_runtime(self, conn: RuntimeConn, reader: asyncio.StreamReader) -> None:
+        decoder = conn.decoder
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                await self._from_runtime(frame)
+
+    async def _from_runtime(self, frame: Frame) -> None:
+        t = frame.t
+        if t == "local.state":
+            self.outbox = dict(frame.b.get("outbox") or {})
+        elif t == "local.detach":
+            state = str(frame.b.get("state") or "detached")
+            self.runtime_state = state if state in RuntimeState.STATES else "detached"
+            await self.link.send(RuntimeState(state=self.runtime_state,
+                                              version=self.runtime_version).frame())
+        elif t == "local.goodbye":
+            self.goodbye_reason = str(frame.b.get("reason") or "node stopping")
+            self.stop.set()
+        elif t == "local.reconnect":
+            if self.hello is not None and isinstance(frame.b.get("epoch"), int):
+                self.hello["epoch"] = frame.b["epoch"]
+            await self.link.reconnect_now("runtime started a new stream epoch")
+        else:
+            if t == "edge.ack":
+                acks = frame.b.get("acks") or {}
+                n = acks.get(CMD_STREAM) if isinstance(acks, dict) else None
+                if isinstance(n, int) and n > self.cmd_applied:
+                    self.cmd_applied = n
+            await self.link.send(frame)  # dropped while there is no session: the runtime
+            # re-sends class A frames from the controller's cursor on the next session
+
+    async def _runtime_gone(self) -> None:
+        """The runtime's socket closed: a crash unless it said it was detaching."""
+        self.runtime = None
+        if self.runtime_state == "attached":
+            self.runtime_state = "detached"
+        logger.info("runtime detached", extra={"state": self.runtime_state})
+        await self.link.send(RuntimeState(state=self.runtime_state,
+                                          version=self.runtime_version).frame())
+        self._publish()
+
+    def _session_frame(self) -> Frame:
+        body: dict[str, Any] = {"connected": self.welcome is not None}
+        if self.welcome is not None:
+            body["welcome"] = self.welcome.to_body()
+            body["acks"] = {EVT_STREAM: self.evt_acked}
+        return Frame(t="local.session", b=body)
+
+    # -- LinkHandler (the controller side) --------------------------------------------------
+
+    async def hello_state(self) -> HelloState:
+        hello = self.hello or {}
+        return HelloState(epoch=int(hello.get("epoch") or 0), cmd_applied=self.cmd_applied,
+                          session_id=self.session_id,
+                          runtime={"state": self.runtime_state,
+                                   "version": self.runtime_version},
+                          capabilities=tuple(hello.get("capabilities") or ()),
+                          labels=dict(hello.get("labels") or {}))
+
+    def heartbeat_body(self) -> Heartbeat:
+        st = self.link.status
+        return Heartbeat(uptime_s=round(time.monotonic() - self.started, 3),
+                         runtime={"state": self.runtime_state,
+                                  "version": self.runtime_version},
+                         outbox=self.outbox, acks={CMD_STREAM: self.cmd_applied},
+                         transport={"rtt_ms": st.rtt_ms, "reconnects": st.reconnects,
+                                    "clock_offset_ms": st.clock_offset_ms})
+
+    async def on_welcome(self, welcome: Welcome) -> None:
+        self.welcome = welcome
+        self.session_id = welcome.session_id
+        self.evt_acked = int(welcome.acks.get(EVT_STREAM, 0))
+        if self.runtime is not None:
+            await self.runtime.send(self._session_frame())
+        self._publish()
+
+    async def on_frame(self, frame: Frame) -> None:
+        if frame.t in ("edge.ack", "edge.heartbeat_ack"):
+            acks = frame.b.get("acks") or {}
+            n = acks.get(EVT_STREAM) if isinstance(acks, dict) else None
+            if isinstance(n, int) and n > self.evt_acked:
+                self.evt_acked = n
+        if self.runtime is not None:
+            await self.runtime.send(frame)
+
+    async def on_disconnected(self) -> None:
+        self.welcome = None
+        if self.runtime is not None:
+            await self.runtime.send(self._session_frame())
+        self._publish()
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"node_id": self.identity.node_id, "pid": os.getpid(), "version": __version__,
+                "updated_at": time.time(), "transport": self.link.status.as_dict(),
+                "runtime": {"state": self.runtime_state,
+                            "pid": self.runtime.pid if self.runtime else None},
+                "cursors": {"cmd_applied": self.cmd_applied, "evt_acked": self.evt_acked}}
+
+    def _link_status_changed(self, status: LinkStatus) -> None:
+        self._publish()
+
+    def _publish(self) -> None:
+        if self._on_status is not None:
+            self._on_status(self.status())
+
+
+def write_status_file(path: os.PathLike[str] | str) -> Callable[[dict[str, Any]], None]:
+    """A status sink that keeps ``path`` as an atomically replaced JSON snapshot."""
+    def sink(status: dict[str, Any]) -> None:
+        tmp = f"{os.fspath(path)}.tmp"
+        with contextlib.suppress(OSError):
+            with open(tmp, "w") as fh:
+                json.dump(status, fh, indent=2)
+            os.replace(tmp, path)
+    return sink
+
+
