@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                      default=_env("DURABILITY", "fsync"))
     run.add_argument("--controller-url", help="dial this URL instead of the enrolled one")
     run.add_argument("--max-concurrent", type=int, default=16)
+    run.add_argument("--status-host", default="127.0.0.1",
+                     help="loopback address for /healthz, /readyz, /status")
+    run.add_argument("--status-port", type=int, default=0,
+                     help="0 picks a free port (written to <state-dir>/runtime.status.url)")
     for verb, help_text in (("stop", "stop the runtime and the sidecar (goodbye)"),
                             ("restart", "restart only the runtime; the session stays")):
         p = node.add_parser(verb, help=help_text)
@@ -94,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     srun.add_argument("--state-dir", type=Path,
                       default=Path(_env("STATE_DIR", ".tether/node") or ""))
     srun.add_argument("--controller-url", help="dial this URL instead of the enrolled one")
+    srun.add_argument("--status-host", default="127.0.0.1")
+    srun.add_argument("--status-port", type=int, default=0)
     status = node.add_parser("status", help="this node's state, from its state dir")
     status.add_argument("--state-dir", type=Path,
                         default=Path(_env("STATE_DIR", ".tether/node") or ""))
@@ -182,11 +188,15 @@ def dispatch(args: argparse.Namespace) -> int:
     if noun == "node":
         return _node(args, verb)
     if noun == "sidecar":
+        from tether.common.loopback_http import check_loopback
         from tether.sidecar.config import SidecarConfig
         from tether.sidecar.main import run_sidecar
 
+        check_loopback(args.status_host)
         return run_sidecar(SidecarConfig(state_dir=args.state_dir,
-                                         controller_url=args.controller_url))
+                                         controller_url=args.controller_url,
+                                         status_host=args.status_host,
+                                         status_port=args.status_port))
     if noun == "nodes":
         return op.nodes_list(args) if verb == "list" else op.nodes_show(args)
     if noun == "exec":
@@ -215,12 +225,16 @@ def _node(args: argparse.Namespace, verb: str) -> int:
               f"(key in {args.state_dir / 'node.key'})")
         return 0
     if verb == "run":
+        from tether.common.loopback_http import check_loopback
         from tether.node.config import NodeConfig
         from tether.node.main import run_node
 
+        check_loopback(args.status_host)
         return run_node(NodeConfig(state_dir=args.state_dir, durability=args.durability,
                                    controller_url=args.controller_url,
-                                   max_concurrent=args.max_concurrent))
+                                   max_concurrent=args.max_concurrent,
+                                   status_host=args.status_host,
+                                   status_port=args.status_port))
     if verb in ("stop", "restart"):
         from tether.node.control import restart_node, stop_node
 

@@ -17,6 +17,9 @@ class NodeConfig:
     kill_grace_s: float = 5.0  # cancel: SIGTERM, then SIGKILL after this
     flush_timeout_s: float = 3.0  # on stop: how long to wait for the outbox to be acked
     controller_url: str | None = None  # override node.json (e.g. a fault proxy in tests)
+    status_host: str = "127.0.0.1"  # loopback only
+    status_port: int = 0  # 0: ephemeral; the URL is written to runtime.status.url
+    max_outbox: int = 100_000  # past it, new class A work is refused (queue_class_a)
 
     @property
     def db_path(self) -> Path:

@@ -54,6 +54,10 @@ class LinkHandler(Protocol):
 
     async def on_disconnected(self) -> None: ...
 
+    def on_transport_status(self, status: dict[str, Any]) -> None: ...
+
+    def on_sidecar_lost(self) -> None: ...
+
 
 @dataclass(slots=True)
 class LocalStatus:
@@ -115,6 +119,8 @@ class SidecarLink:
                 if self.connected.is_set():
                     self.connected.clear()
                     await self.handler.on_disconnected()
+                if not self._stopping:
+                    self.handler.on_sidecar_lost()
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
         await self._write(Frame(t="local.attach", b=self.handler.attach_info()))
@@ -140,6 +146,8 @@ class SidecarLink:
             raise SidecarRefused(f"the sidecar refused this runtime: {frame.b.get('reason')}")
         elif t == "local.session":
             await self._on_session(frame.b)
+        elif t == "local.status":
+            self.handler.on_transport_status(dict(frame.b))
         elif t == "local.stopped":
             raise LinkStopped(int(frame.b.get("code") or 0), str(frame.b.get("reason") or ""))
         else:

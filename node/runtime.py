@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from tether.common import __version__
+from tether.common.loopback_http import serve_loopback
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import RemoteProtocolError
 from tether.protocol.frames import Ack, ErrorBody, Frame, Welcome
@@ -23,9 +24,11 @@ from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSende
 
 from .config import NodeConfig
 from .executors.exec import ExecOutcome, ExecRunner
+from .health import health_app
 from .identity import Identity
 from .link import LinkStopped, ReconnectNeeded, SidecarLink, SidecarRefused
 from .logbuf import LogBuffer
+from .readiness import Incidents, Signals, degraded_matrix, incident_class, readiness
 from .sidecar_proc import ensure_sidecar
 from .store import NodeStore
 
@@ -60,6 +63,13 @@ class NodeRuntime:
         self.refused: str | None = None
         self.restart_requested = False
         self._sidecar_spawned_at = -1e9
+        self.incidents = Incidents()
+        self.transport_view: dict[str, Any] = {}
+        self._transport_seen = time.monotonic()
+        self.heartbeat_s = 15.0
+        self.stale_after_s = 60.0
+        self._outbox_stats: dict[str, Any] = {"depth": 0, "oldest_age_s": 0.0}
+        self.store_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -80,7 +90,12 @@ class NodeRuntime:
                 self._tg = tg
                 helpers = [tg.create_task(self._apply_loop(), name="node-apply"),
                            tg.create_task(self._uplink_loop(), name="node-uplink"),
-                           tg.create_task(self._status_loop(), name="node-status")]
+                           tg.create_task(self._status_loop(), name="node-status"),
+                           tg.create_task(serve_loopback(
+                               health_app(self), host=self.config.status_host,
+                               port=self.config.status_port,
+                               url_file=self.config.state_dir / "runtime.status.url"),
+                               name="node-http")]
                 for command in to_run:
                     self._spawn(command)
                 link_task = tg.create_task(self._run_link(), name="node-link")
@@ -163,6 +178,7 @@ class NodeRuntime:
 
     async def on_welcome(self, welcome: Welcome) -> None:
         self.session_id = welcome.session_id
+        self.heartbeat_s, self.stale_after_s = welcome.heartbeat_s, welcome.stale_after_s
         reset = await self.store.set_session(welcome.session_id, welcome.epoch)
         if reset or self.cmd.epoch != welcome.epoch:
             self.cmd = StreamReceiver(epoch=welcome.epoch,
@@ -207,6 +223,19 @@ class NodeRuntime:
 
     async def on_disconnected(self) -> None:
         self.evt.disconnected()
+        code = self.transport_view.get("last_close_code")
+        reason = self.transport_view.get("last_close_reason") or "connection lost"
+        self.incidents.record(time.time(), incident_class(code),
+                              f"controller session ended: {reason}", close_code=code)
+        self._status_dirty.set()
+
+    def on_transport_status(self, status: dict[str, Any]) -> None:
+        self.transport_view = status
+        self._transport_seen = time.monotonic()
+
+    def on_sidecar_lost(self) -> None:
+        self.transport_view = {}
+        self.incidents.record(time.time(), "transport", "sidecar went away")
         self._status_dirty.set()
 
     def _note_evt_ack(self, n: int) -> None:
@@ -321,17 +350,45 @@ class NodeRuntime:
                 async with asyncio.timeout(2.0):
                     await self._status_dirty.wait()
             self._status_dirty.clear()
+            try:
+                self._outbox_stats = await self.store.outbox_stats()
+                self.store_error = None
+            except Exception as exc:  # a store that cannot answer is a readiness fact
+                if self.store_error is None:
+                    self.incidents.record(time.time(), "store", f"store read failed: {exc}")
+                self.store_error = str(exc)
             self._write_status()
             await self.link.send_local(Frame(t="local.state", b={"outbox": {
                 "depth": self.evt.unacked, "last": self.evt.last, "acked": self.evt.acked}}))
 
+    def readiness(self) -> dict[str, Any]:
+        view = self.transport_view
+        ack_age = view.get("last_ack_age_s")
+        if isinstance(ack_age, int | float):  # it aged since the sidecar measured it
+            ack_age += time.monotonic() - self._transport_seen
+        return readiness(Signals(
+            now=time.time(), sidecar_attached=self.link.attached.is_set(),
+            session_connected=self.link.connected.is_set(),
+            last_ack_age_s=ack_age if self.link.attached.is_set() else None,
+            heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s,
+            outbox_depth=self.evt.unacked,
+            outbox_oldest_age_s=float(self._outbox_stats.get("oldest_age_s") or 0.0),
+            max_outbox=self.config.max_outbox, store_ok=self.store_error is None,
+            store_error=self.store_error, running=len(self.runners),
+            max_concurrent=self.config.max_concurrent), self.incidents)
+
     def status(self) -> dict[str, Any]:
+        tree = self.readiness()
         return {
             "node_id": self.identity.node_id,
             "pid": os.getpid(),
             "version": __version__,
             "updated_at": time.time(),
-            "transport": self.link.status.as_dict(),
+            "readiness": tree,
+            "matrix": degraded_matrix(tree),
+            "incidents": list(self.incidents.items)[-20:],
+            "sidecar": self.link.status.as_dict(),
+            "transport": self.transport_view,
             "outbox": {"depth": self.evt.unacked, "last": self.evt.last,
                        "acked": self.evt.acked},
             "cmd": {"epoch": self.cmd.epoch, "applied": self.cmd.applied},

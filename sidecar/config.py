@@ -11,6 +11,8 @@ class SidecarConfig:
     state_dir: Path = Path(".tether/node")
     controller_url: str | None = None  # override node.json (e.g. a fault proxy in tests)
     attach_timeout_s: float = 5.0  # a runtime must send local.attach within this
+    status_host: str = "127.0.0.1"  # loopback only
+    status_port: int = 0  # 0: ephemeral; the URL is written to sidecar.status.url
 
     @property
     def socket_path(self) -> Path:

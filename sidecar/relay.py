@@ -22,12 +22,14 @@ from typing import Any
 
 from tether.common import __version__
 from tether.common.identity import Identity
+from tether.common.loopback_http import serve_loopback
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import TetherError
 from tether.protocol.frames import Frame, Heartbeat, Resume, RuntimeState, Welcome
 from tether.protocol.local import LocalDecoder, encode_local
 
 from .config import SidecarConfig
+from .status import status_app
 from .transport import ControllerLink, HelloState, LinkStatus, LinkStopped
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class Sidecar:
         self.final_close: tuple[int, str] | None = None
         self._clients: set[asyncio.Task[Any]] = set()
         self._on_status = on_status
+        self._status_wake = asyncio.Event()
+        self._forward_status = False
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -95,6 +99,12 @@ class Sidecar:
             os.umask(old_umask)
         try:
             async with asyncio.TaskGroup() as tg:
+                helpers = [tg.create_task(self._status_forwarder(), name="sidecar-status"),
+                           tg.create_task(serve_loopback(
+                               status_app(self), host=self.config.status_host,
+                               port=self.config.status_port,
+                               url_file=self.config.state_dir / "sidecar.status.url"),
+                               name="sidecar-http")]
                 link_task = tg.create_task(self._run_link(), name="sidecar-link")
                 stopper = tg.create_task(self.stop.wait(), name="sidecar-stop")
                 await asyncio.wait({link_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -103,6 +113,8 @@ class Sidecar:
                     await self.link.goodbye(self.goodbye_reason or "sidecar stopping")
                 self.link.stop()
                 link_task.cancel()
+                for task in helpers:
+                    task.cancel()
         finally:
             server.close()
             for task in list(self._clients):
@@ -179,6 +191,7 @@ class Sidecar:
         self.runtime_version = (first.b.get("runtime") or {}).get("version")
         await conn.send(Frame(t="local.attached", b={"sidecar": {
             "pid": os.getpid(), "version": __version__}}))
+        await conn.send(Frame(t="local.status", b=self.transport_view()))
         logger.info("runtime attached", extra={"pid": conn.pid})
         if self.link.connected.is_set() and self.welcome is not None:
             await conn.send(self._session_frame())
@@ -289,13 +302,39 @@ class Sidecar:
 
     def status(self) -> dict[str, Any]:
         return {"node_id": self.identity.node_id, "pid": os.getpid(), "version": __version__,
-                "updated_at": time.time(), "transport": self.link.status.as_dict(),
+                "updated_at": time.time(), "transport": self.transport_view(),
                 "runtime": {"state": self.runtime_state,
                             "pid": self.runtime.pid if self.runtime else None},
                 "cursors": {"cmd_applied": self.cmd_applied, "evt_acked": self.evt_acked}}
 
     def _link_status_changed(self, status: LinkStatus) -> None:
         self._publish()
+        if self.runtime is not None:
+            self._forward_status = True
+            self._status_wake.set()
+
+    def transport_view(self) -> dict[str, Any]:
+        """The link as the runtime's readiness tree needs it; ages, not timestamps, since
+        the two processes' monotonic clocks are not comparable."""
+        st = self.link.status
+        now = time.monotonic()
+        return {"state": st.state, "session_id": st.session_id,
+                "connected_since": st.connected_since, "reconnects": st.reconnects,
+                "last_close_code": st.last_close_code,
+                "last_close_reason": st.last_close_reason, "backoff_s": st.backoff_s,
+                "rtt_ms": st.rtt_ms, "clock_offset_ms": st.clock_offset_ms,
+                "last_ack_age_s": None if st.last_heartbeat_ack is None
+                else round(now - st.last_heartbeat_ack, 3)}
+
+    async def _status_forwarder(self) -> None:
+        """Sends ``local.status`` to the attached runtime when the link changes (coalesced)."""
+        while True:
+            await self._status_wake.wait()
+            self._status_wake.clear()
+            runtime = self.runtime
+            if runtime is not None and self._forward_status:
+                self._forward_status = False
+                await runtime.send(Frame(t="local.status", b=self.transport_view()))
 
     def _publish(self) -> None:
         if self._on_status is not None:

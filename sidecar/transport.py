@@ -352,6 +352,8 @@ class ControllerLink:
             self.status.rtt_ms = round(rtt_s * 1000, 3)
             self.status.clock_offset_ms = round(ack.time_ms - (time.time() - rtt_s / 2) * 1000,
                                                 3)
+        if self._on_status is not None:
+            self._on_status(self.status)
 
     def _set(self, **changes: Any) -> None:
         for key, value in changes.items():
