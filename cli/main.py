@@ -255,16 +255,31 @@ def _node(args: argparse.Namespace, verb: str) -> int:
     print(f"node        {status['node_id']}  ->  {status['controller']}")
     running = f"running, pid {runtime['pid']}" if runtime["running"] else "stopped"
     print(f"runtime     {running}")
-    if runtime["running"]:
+    side = status.get("sidecar_process")
+    print(f"sidecar     {'running, pid ' + str(side['pid']) if side else 'not running'}")
+    if transport:
         print(f"transport   {transport.get('state', '-')}  session {transport.get('session_id')}"
-              f"  reconnects {transport.get('reconnects')}  rtt {transport.get('rtt_ms')} ms")
+              f"  reconnects {transport.get('reconnects')}  rtt {transport.get('rtt_ms')} ms"
+              f"  clock offset {transport.get('clock_offset_ms')} ms")
         print(f"last close  {transport.get('last_close_code')} "
-              f"{transport.get('last_close_reason') or ''}")
+              f"{transport.get('last_close_reason') or ''}  backoff {transport.get('backoff_s')} s")
+    tree = status.get("readiness")
+    if tree:
+        print(f"ready       {'yes' if tree['ready'] else 'no: ' + '; '.join(tree['reasons'])}")
+        for part in ("transport", "control_authority", "store", "executors"):
+            node = tree[part]
+            print(f"  {part:<18} {'ok ' if node['ok'] else 'BAD'} {node['state']}")
+        print("allowed now:")
+        for op_name, rule in status["matrix"].items():
+            verdict = "yes" if rule["allowed"] else f"no ({rule['reason']})"
+            print(f"  {op_name:<18} {verdict}")
     outbox = status.get("outbox") or {}
     print(f"outbox      {outbox.get('depth', 0)} unacked (oldest {outbox.get('oldest_age_s')} s)")
     print(f"commands    {status.get('commands') or {}}")
-    for inc in status.get("incidents") or []:
+    for inc in (status.get("live_incidents") or [])[-5:]:
         print(f"incident    [{inc['class']}] {inc['message']}")
+    for inc in (status.get("incidents") or [])[:5]:
+        print(f"stored      [{inc['class']}] {inc['message']}")
     return 0
 
 

@@ -12,7 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from .main import read_pid
+
+
+def _get_json(url_file: Path, path: str) -> dict[str, Any] | None:
+    """GET a loopback status endpoint whose URL a process wrote; None if it is not there."""
+    try:
+        url = url_file.read_text().strip()
+        resp = httpx.get(url + path, timeout=2)
+        return resp.json()  # type: ignore[no-any-return]
+    except (OSError, httpx.HTTPError, ValueError):
+        return None
 
 
 def node_status(state_dir: Path) -> dict[str, Any]:
@@ -25,8 +37,18 @@ def node_status(state_dir: Path) -> dict[str, Any]:
     out.update(enrolled=True, node_id=meta["node_id"], controller=meta["controller_url"])
     pid = read_pid(state_dir / "runtime.pid")
     out["runtime"] = {"running": pid is not None, "pid": pid}
+    live = _get_json(state_dir / "runtime.status.url", "/status") if pid else None
+    if live is not None:
+        out.update(live=True, readiness=live["readiness"], matrix=live["matrix"],
+                   transport=live["transport"], sidecar=live["sidecar"],
+                   live_incidents=live["incidents"], logs=live.get("logs"))
+    sidecar = _get_json(state_dir / "sidecar.status.url", "/status")
+    if sidecar is not None:
+        out["sidecar_process"] = {"pid": sidecar["pid"], "version": sidecar["version"],
+                                  "runtime": sidecar["runtime"]}
+        out.setdefault("transport", sidecar["transport"])
     status_path = state_dir / "status.json"
-    if pid is not None and status_path.exists():
+    if live is None and pid is not None and status_path.exists():
         try:
             snap = json.loads(status_path.read_text())
         except ValueError:
