@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--token", required=True, help="join token")
     enroll.add_argument("--node-id", required=True)
     enroll.add_argument("--label", action="append")
+    enroll.add_argument("--fallback-url", action="append", default=[],
+                        help="another controller URL to fail over to (repeatable)")
+    enroll.add_argument("--ca-file", help="CA bundle to trust for the controller's TLS")
+    enroll.add_argument("--pin-sha256", action="append", default=[],
+                        help="accept only a controller certificate with this SHA-256 (hex)")
+    enroll.add_argument("--proxy", help="HTTP CONNECT proxy URL (default: HTTPS_PROXY)")
     enroll.add_argument("--state-dir", type=Path,
                         default=Path(_env("STATE_DIR", ".tether/node") or ""))
     run = node.add_parser("run", help="run the node runtime")
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     srun.add_argument("--state-dir", type=Path,
                       default=Path(_env("STATE_DIR", ".tether/node") or ""))
     srun.add_argument("--controller-url", help="dial this URL instead of the enrolled one")
+    srun.add_argument("--proxy", help="HTTP CONNECT proxy URL (default: HTTPS_PROXY)")
+    srun.add_argument("--ca-file")
+    srun.add_argument("--pin-sha256", action="append", default=[])
     srun.add_argument("--status-host", default="127.0.0.1")
     srun.add_argument("--status-port", type=int, default=0)
     status = node.add_parser("status", help="this node's state, from its state dir")
@@ -196,7 +205,9 @@ def dispatch(args: argparse.Namespace) -> int:
         return run_sidecar(SidecarConfig(state_dir=args.state_dir,
                                          controller_url=args.controller_url,
                                          status_host=args.status_host,
-                                         status_port=args.status_port))
+                                         status_port=args.status_port, proxy=args.proxy,
+                                         ca_file=args.ca_file,
+                                         pins=tuple(args.pin_sha256)))
     if noun == "nodes":
         return op.nodes_list(args) if verb == "list" else op.nodes_show(args)
     if noun == "exec":
@@ -220,7 +231,9 @@ def _node(args: argparse.Namespace, verb: str) -> int:
 
         ident = enroll(controller_url=args.controller, join_token=args.token,
                        node_id=args.node_id, state_dir=args.state_dir,
-                       labels=op.parse_labels(args.label))
+                       labels=op.parse_labels(args.label),
+                       transport={"fallback_urls": args.fallback_url, "ca_file": args.ca_file,
+                                  "pins": args.pin_sha256, "proxy": args.proxy})
         print(f"enrolled {ident.node_id} with {ident.controller_url} "
               f"(key in {args.state_dir / 'node.key'})")
         return 0

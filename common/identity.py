@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -25,6 +26,10 @@ class Identity:
     controller_id: str
     key: Ed25519PrivateKey
     labels: dict[str, str] = field(default_factory=dict)
+    # How the sidecar reaches the controller: fallback_urls, ca_file, pins (sha256 hex of
+    # the controller certificate), proxy (an http:// CONNECT proxy URL, or none for the
+    # HTTPS_PROXY/NO_PROXY environment).
+    transport: dict[str, Any] = field(default_factory=dict)
 
 
 def load_identity(state_dir: Path) -> Identity:
@@ -36,4 +41,5 @@ def load_identity(state_dir: Path) -> Identity:
     return Identity(node_id=meta["node_id"], controller_url=meta["controller_url"],
                     controller_id=meta.get("controller_id", ""),
                     key=load_private_key(key_path.read_bytes()),
-                    labels=dict(meta.get("labels") or {}))
+                    labels=dict(meta.get("labels") or {}),
+                    transport=dict(meta.get("transport") or {}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,13 @@ def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
 
 def enroll(*, controller_url: str, join_token: str, node_id: str, state_dir: Path,
            labels: dict[str, str] | None = None, timeout_s: float = 10.0,
-           verify: Any = True) -> Identity:
+           transport: dict[str, Any] | None = None) -> Identity:
     """Make (or reuse) the key and enroll it; raises TetherError with the controller's
-    message on refusal."""
+    message on refusal. ``transport`` (fallback_urls, ca_file, pins, proxy) is kept in
+    node.json for the sidecar; ``ca_file`` and ``proxy`` apply to this request too."""
+    transport = {k: v for k, v in (transport or {}).items() if v}
+    ca_file = transport.get("ca_file")
+    verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
     if not valid_node_id(node_id):
         raise TetherError("node id must match [a-z0-9][a-z0-9-]{0,62}",
                           code="invalid_request")
@@ -63,7 +68,8 @@ def enroll(*, controller_url: str, join_token: str, node_id: str, state_dir: Pat
             "public_key": base64.urlsafe_b64encode(public_key_raw(key)).rstrip(b"=").decode()}
     url = controller_url.rstrip("/") + "/v1/edge/enroll"
     try:
-        resp = httpx.post(url, json=body, timeout=timeout_s, verify=verify)
+        resp = httpx.post(url, json=body, timeout=timeout_s, verify=verify,
+                          proxy=transport.get("proxy"))
     except httpx.HTTPError as exc:
         raise TetherError(f"cannot reach the controller at {controller_url}: {exc}",
                           code="unavailable") from exc
@@ -77,7 +83,7 @@ def enroll(*, controller_url: str, join_token: str, node_id: str, state_dir: Pat
     answer = resp.json()
     meta = {"node_id": node_id, "controller_url": controller_url.rstrip("/"),
             "controller_id": answer.get("controller_id", ""), "labels": labels or {},
-            "enrolled_at": time.time()}
+            "transport": transport, "enrolled_at": time.time()}
     _write_private(state_dir / "node.json", json.dumps(meta, indent=2).encode())
     return load_identity(state_dir)
 

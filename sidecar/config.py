@@ -13,6 +13,10 @@ class SidecarConfig:
     attach_timeout_s: float = 5.0  # a runtime must send local.attach within this
     status_host: str = "127.0.0.1"  # loopback only
     status_port: int = 0  # 0: ephemeral; the URL is written to sidecar.status.url
+    # Overrides of node.json's transport settings:
+    proxy: str | None = None  # http://host:port CONNECT proxy (else HTTPS_PROXY/NO_PROXY)
+    ca_file: str | None = None
+    pins: tuple[str, ...] = ()
 
     @property
     def socket_path(self) -> Path:

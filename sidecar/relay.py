@@ -30,7 +30,7 @@ from tether.protocol.local import LocalDecoder, encode_local
 
 from .config import SidecarConfig
 from .status import status_app
-from .transport import ControllerLink, HelloState, LinkStatus, LinkStopped
+from .transport import ControllerLink, HelloState, LinkStatus, LinkStopped, TlsOptions
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,16 @@ class Sidecar:
                  on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
         self.identity = identity
-        self.link = ControllerLink(controller_url=config.controller_url
-                                   or identity.controller_url, node_id=identity.node_id,
-                                   key=identity.key, handler=self,
-                                   on_status=self._link_status_changed)
+        tr = identity.transport
+        self.link = ControllerLink(
+            controller_url=config.controller_url or identity.controller_url,
+            fallback_urls=tuple(tr.get("fallback_urls") or ()),
+            tls=TlsOptions(ca_file=config.ca_file or tr.get("ca_file"),
+                           pins=frozenset(p.lower().replace(":", "") for p in
+                                          (config.pins or tr.get("pins") or ()))),
+            proxy=config.proxy or tr.get("proxy") or True,
+            node_id=identity.node_id, key=identity.key, handler=self,
+            on_status=self._link_status_changed)
         self.started = time.monotonic()
         self.runtime: RuntimeConn | None = None
         self.runtime_state = "detached"
@@ -318,7 +324,7 @@ class Sidecar:
         the two processes' monotonic clocks are not comparable."""
         st = self.link.status
         now = time.monotonic()
-        return {"state": st.state, "session_id": st.session_id,
+        return {"state": st.state, "url": st.url, "session_id": st.session_id,
                 "connected_since": st.connected_since, "reconnects": st.reconnects,
                 "last_close_code": st.last_close_code,
                 "last_close_reason": st.last_close_reason, "backoff_s": st.backoff_s,

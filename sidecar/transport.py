@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -87,9 +89,41 @@ class LinkStopped(Exception):
         self.code, self.reason = code, reason
 
 
+PIN_MISMATCH = 4995  # local only: the controller's certificate matched no pin
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """How the sidecar trusts the controller: the system CA store, or ``ca_file``; and,
+    optionally, SHA-256 pins (hex) of the controller's certificate (DER)."""
+
+    ca_file: str | None = None
+    pins: frozenset[str] = frozenset()
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+
+def cert_sha256(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def _pin_mismatch(ws: ClientConnection, pins: frozenset[str]) -> str | None:
+    """None when the peer certificate matches a pin, else the reason."""
+    ssl_object = ws.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return "certificate pinning needs a wss:// controller URL"
+    der = ssl_object.getpeercert(binary_form=True)
+    got = cert_sha256(der) if der else "none"
+    if got in pins:
+        return None
+    return f"controller certificate sha256 {got} matches no configured pin"
+
+
 @dataclass(slots=True)
 class LinkStatus:
     state: str = "disconnected"  # disconnected | connecting | connected | stopped
+    url: str | None = None
     session_id: str | None = None
     connected_since: float | None = None
     reconnects: int = 0
@@ -118,11 +152,17 @@ def edge_url(controller_url: str) -> str:
 
 class ControllerLink:
     def __init__(self, *, controller_url: str, node_id: str, key: Ed25519PrivateKey,
-                 handler: LinkHandler, connect_timeout_s: float = 10.0,
+                 handler: LinkHandler, fallback_urls: tuple[str, ...] = (),
+                 tls: TlsOptions | None = None, proxy: str | bool | None = True,
+                 connect_timeout_s: float = 10.0,
                  handshake_timeout_s: float = 10.0, max_frame_bytes: int = MAX_FRAME_BYTES,
                  rng: random.Random | None = None,
                  on_status: Callable[[LinkStatus], None] | None = None) -> None:
-        self.url = edge_url(controller_url)
+        self.urls = [edge_url(u) for u in (controller_url, *fallback_urls)]
+        self._url_index = 0
+        self.tls = tls or TlsOptions()
+        self._ssl = self.tls.context()
+        self.proxy: str | Literal[True] | None = True if proxy is True else (proxy or None)
         self.node_id = node_id
         self.key = key
         self.handler = handler
@@ -207,7 +247,7 @@ class ControllerLink:
             if self._reconnect_now:
                 self._reconnect_now = False
                 delay = 0.0
-            if code == 4401:  # do not hammer: back off to the maximum
+            if code in (4401, PIN_MISMATCH):  # do not hammer: back off to the maximum
                 delay = 30.0 * (0.5 + self.rng.random() / 2)
             elif code == 4429:
                 delay = _retry_after(reason, default=delay) * (1 + self.rng.random() / 2)
@@ -218,20 +258,47 @@ class ControllerLink:
             await asyncio.sleep(delay)
         self._set(state="stopped")
 
+    @property
+    def url(self) -> str:
+        return self.urls[self._url_index]
+
+    def _fail_over(self) -> None:
+        """Dialling failed: the next attempt tries the next controller URL."""
+        if len(self.urls) > 1:
+            self._url_index = (self._url_index + 1) % len(self.urls)
+
     async def _one_session(self) -> tuple[int | None, str | None, float]:
         started = time.monotonic()
+        url = self.url
+        self._set(url=url)
+        kwargs: dict[str, Any] = {}
+        if url.startswith("wss://"):
+            kwargs["ssl"] = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                ws = await connect(self.url, subprotocols=[MSGPACK_SUBPROTOCOL],  # type: ignore[list-item]
+                ws = await connect(url, subprotocols=[MSGPACK_SUBPROTOCOL],  # type: ignore[list-item]
                                    max_size=self.max_frame_bytes, compression=None,
                                    ping_interval=None, open_timeout=self.connect_timeout_s,
-                                   close_timeout=5, user_agent_header=f"tether/{__version__}")
+                                   close_timeout=5, user_agent_header=f"tether/{__version__}",
+                                   proxy=self.proxy, **kwargs)
         except TimeoutError:
-            return None, "connect timed out", 0.0
+            self._fail_over()
+            return None, f"connect to {url} timed out", 0.0
         except websockets.InvalidStatus as exc:
-            return None, f"HTTP {exc.response.status_code} on upgrade", 0.0
+            self._fail_over()
+            return None, f"HTTP {exc.response.status_code} on upgrade from {url}", 0.0
+        except websockets.InvalidProxy as exc:
+            return None, f"proxy misconfigured: {exc}", 0.0
         except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            return None, f"connect failed: {exc}", 0.0
+            self._fail_over()
+            return None, f"connect to {url} failed: {exc}", 0.0
+        if self.tls.pins:
+            mismatch = _pin_mismatch(ws, self.tls.pins)
+            if mismatch is not None:
+                with contextlib.suppress(Exception):
+                    await ws.close(1000, "certificate pin mismatch")
+                self._fail_over()
+                return PIN_MISMATCH, mismatch, 0.0
         self._ws = ws
         code: int | None = None
         reason: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -98,10 +99,14 @@ class Proc:
 
 
 class ControllerProc(Proc):
-    def __init__(self, data_dir: Path, *, port: int = 0, extra: list[str] | None = None):
+    def __init__(self, data_dir: Path, *, port: int = 0, extra: list[str] | None = None,
+                 tls: tuple[Path, Path] | None = None):
         self.data_dir = data_dir
         self.port = port
         self.extra = extra if extra is not None else list(FAST)
+        self.tls = tls
+        if tls is not None:
+            self.extra += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__([], data_dir / "controller.log")
 
@@ -121,14 +126,14 @@ class ControllerProc(Proc):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
 
     def api(self) -> Api:
-        return Api(self.url, self.token)
+        return Api(self.url, self.token, verify=str(self.tls[0]) if self.tls else True)
 
 
 class NodeProc(Proc):
@@ -175,20 +180,22 @@ class NodeProc(Proc):
             except AssertionError:
                 os.kill(pid, signal.SIGKILL)
 
-    def enroll(self, controller: ControllerProc, *, labels: dict[str, str] | None = None
-               ) -> None:
+    def enroll(self, controller: ControllerProc, *, labels: dict[str, str] | None = None,
+               flags: list[str] | None = None) -> None:
         token = controller.api().post("/api/v1/join-tokens", json={"uses": 1}).json()["token"]
         args = ["node", "enroll", "--controller", controller.url, "--token", token,
-                "--node-id", self.node_id, "--state-dir", str(self.state_dir)]
+                "--node-id", self.node_id, "--state-dir", str(self.state_dir),
+                *(flags or [])]
         for k, v in (labels or {}).items():
             args += ["--label", f"{k}={v}"]
         subprocess.run(tether_cmd(*args), check=True, capture_output=True, timeout=30)
 
 
 class Api:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, verify: str | bool = True) -> None:
         self.url = url
-        self.client = httpx.Client(base_url=url, timeout=15,
+        ctx = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+        self.client = httpx.Client(base_url=url, timeout=15, verify=ctx,
                                    headers={"Authorization": f"Bearer {token}"})
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
