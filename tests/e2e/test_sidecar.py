@@ -129,3 +129,31 @@ def test_node_stop_stops_the_runtime_and_the_sidecar_and_the_node_is_offline_at_
     assert not node.alive() and node.sidecar_pid() is None and sidecar is not None
     assert api.liveness("n-side") == "offline"
     assert api.get("/api/v1/nodes/n-side/sessions").json()["items"][0]["reason"] == "goodbye"
+
+
+async def test_the_sidecar_socket_is_private_and_a_second_runtime_is_refused_clearly(
+        node: NodeProc) -> None:
+    import asyncio
+    import os
+    import stat
+
+    from tether.protocol.frames import Frame
+    from tether.protocol.local import LocalDecoder, encode_local
+
+    sock = node.state_dir / "sidecar.sock"
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    async with asyncio.timeout(10):
+        reader, writer = await asyncio.open_unix_connection(str(sock))
+        writer.write(encode_local(Frame(t="local.attach", b={
+            "node_id": "n-side", "epoch": 1, "cmd_applied": 0, "pid": 1})))
+        await writer.drain()
+        decoder = LocalDecoder()
+        frames: list[Frame] = []
+        while not frames:
+            data = await reader.read(65536)
+            assert data, "the sidecar closed without an answer"
+            frames = decoder.feed(data)
+        writer.close()
+    assert frames[0].t == "local.refused"
+    assert f"another runtime (pid {node.pid}) is attached" in frames[0].b["reason"]
+    assert node.alive()  # the attached runtime is untouched
