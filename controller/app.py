@@ -46,6 +46,7 @@ class Controller:
         self.hub = EventHub()
         self.connections: set[EdgeConnection] = set()
         self.handshakes_in_progress = 0
+        self.stopping = False  # set first thing on shutdown: new edge sessions get 1001
         self.controller_id = ""
         self.started_at = time.time()
         self._sweeper: asyncio.Task[None] | None = None
@@ -68,6 +69,7 @@ class Controller:
 
     async def stop(self) -> None:
         """Close every edge session with 1001, stop the sweeper, close the store."""
+        self.stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -78,6 +78,9 @@ async def edge_endpoint(websocket: WebSocket) -> None:
         await websocket.close(4426, f"offer sub-protocol {MSGPACK_SUBPROTOCOL}")
         return
     await websocket.accept(subprotocol=MSGPACK_SUBPROTOCOL)
+    if controller.stopping:
+        await websocket.close(1001, "controller going away")
+        return
     if controller.handshakes_in_progress >= controller.config.max_concurrent_handshakes:
         # Overload: tell the node when to come back instead of queueing it (PROTOCOL.md §7).
         retry_after = round(1 + random.random() * 4, 1)
@@ -296,6 +299,8 @@ class EdgeConnection:
         old = self.ctl.registry.claim(self.node_id, self)
         if old is not None:
             await old.supersede()
+        if self.ctl.stopping:
+            raise _Close(1001, "controller going away")
         opened = await self.ctl.store.open_session(
             node_id=self.node_id, remote=self.remote, previous_session=hello.session_id,
             evt_epoch=hello.epoch, cmd_acked=int(hello.acks.get("cmd", 0)),

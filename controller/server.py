@@ -38,8 +38,12 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Close edge sessions with 1001 (PROTOCOL.md §7) before uvicorn closes the rest of
-        the connections (it would use 1012)."""
+        """Stop accepting, then close edge sessions with 1001 (PROTOCOL.md §7) before
+        uvicorn closes the rest of the connections (it would use 1012). In that order, a
+        node that reconnects at once cannot be welcomed by a controller that is going."""
+        self.controller.stopping = True
+        for server in self.servers:
+            server.close()
         await self.controller.close_sessions()
         await super().shutdown(sockets)
 
