@@ -12,32 +12,19 @@ import signal
 import time
 from pathlib import Path
 
+from tether.common.procfile import pid_running, read_pid
 from tether.protocol.errors import TetherError
 
 from .config import NodeConfig
-from .main import read_pid
 from .sidecar_proc import sidecar_pid
 
 STOP_TIMEOUT_S = 30.0
 
 
-def _running(pid: int) -> bool:
-    """True while ``pid`` runs; an exited process its parent has not reaped yet (a zombie)
-    has stopped."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:  # no /proc (macOS): signal 0 is all we have
-        return True
-
-
 def _wait_gone(pids: list[int], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not any(_running(pid) for pid in pids):
+        if not any(pid_running(pid) for pid in pids):
             return True
         time.sleep(0.05)
     return False

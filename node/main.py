@@ -8,31 +8,14 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
+
+from tether.common.procfile import new_runner, read_pid
 
 from .config import NodeConfig
 from .identity import load_identity
 from .runtime import NodeRuntime
 
 logger = logging.getLogger(__name__)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_pid(path: os.PathLike[str] | str) -> int | None:
-    try:
-        pid = int(Path(path).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _pid_alive(pid) else None
 
 
 async def _main(config: NodeConfig) -> int:
@@ -78,13 +61,7 @@ def run_node(config: NodeConfig) -> int:
                          f"{config.state_dir}; stop it first")
     config.pid_path.write_text(f"{os.getpid()}\n")
     try:
-        try:
-            import uvloop
-
-            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-            runner = asyncio.Runner()
-        with runner:
+        with new_runner() as runner:
             code = runner.run(_main(config))
         if code == RESTART:
             logger.info("runtime restarting", extra={"pid": os.getpid()})

@@ -7,9 +7,10 @@ behind when it exits before the runtime does).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+
+from tether.common.procfile import read_pid
 
 from .config import NodeConfig
 
@@ -22,12 +23,7 @@ _SPAWN = (
 
 
 def sidecar_pid(config: NodeConfig) -> int | None:
-    try:
-        pid = int(config.sidecar_pid_path.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+    return read_pid(config.sidecar_pid_path)
 
 
 def ensure_sidecar(config: NodeConfig) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from .main import read_pid
+from tether.common.procfile import read_pid
 
 
 def _get_json(url_file: Path, path: str) -> dict[str, Any] | None:

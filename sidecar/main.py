@@ -12,32 +12,14 @@ import fcntl
 import logging
 import os
 import signal
-from pathlib import Path
 
 from tether.common.identity import load_identity
+from tether.common.procfile import new_runner, read_pid
 
 from .config import SidecarConfig
 from .relay import Sidecar, write_status_file
 
 logger = logging.getLogger(__name__)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _alive(pid) else None
 
 
 async def _main(config: SidecarConfig) -> int:
@@ -67,13 +49,7 @@ def run_sidecar(config: SidecarConfig) -> int:
                          f"{config.state_dir}; stop it first ('tether node stop')") from None
     config.pid_path.write_text(f"{os.getpid()}\n")
     try:
-        try:
-            import uvloop
-
-            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-            runner = asyncio.Runner()
-        with runner:
+        with new_runner() as runner:
             return runner.run(_main(config))
     finally:
         with contextlib.suppress(OSError):
