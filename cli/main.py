@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-wait", action="store_true", help="print the command id and return")
     ex.add_argument("--timeout", help="kill it after this long on the node, e.g. 30s")
     ex.add_argument("--ttl", help="expire it if not delivered within this long")
+    ex.add_argument("--offline", choices=["queue", "fail"], default="queue",
+                    help="queue (default): wait for an offline node; fail: refuse at once")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     _operator_flags(ex, table=False)
 
@@ -134,9 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     cshow = cmds.add_parser("show")
     cshow.add_argument("command_id")
     _operator_flags(cshow)
-    ccancel = cmds.add_parser("cancel")
-    ccancel.add_argument("command_id")
-    _operator_flags(ccancel)
+    for verb in ("cancel", "pause", "resume"):
+        control = cmds.add_parser(verb, help=f"{verb} a command on its node, at once")
+        control.add_argument("command_id")
+        _operator_flags(control)
+
+    logs = nouns.add_parser("logs", help="a command's output")
+    logs.add_argument("command_id")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="stream live until the command ends")
+    _operator_flags(logs, table=False)
 
     bench = nouns.add_parser("bench", help="benchmarks").add_subparsers(dest="verb",
                                                                          required=True)
@@ -213,7 +222,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if noun == "exec":
         return op.exec_command(args)
     if noun == "commands":
-        return op.commands_show(args) if verb == "show" else op.commands_cancel(args)
+        return op.commands_show(args) if verb == "show" else op.commands_control(args)
+    if noun == "logs":
+        return op.logs_command(args)
     if noun == "bench":
         from tether.tools.bench import run_core
 

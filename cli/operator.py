@@ -93,9 +93,19 @@ def nodes_show(args: argparse.Namespace) -> int:
                        ("resumed", session.get("resumed")),
                        ("last seen", node.get("last_seen_at")),
                        ("capabilities", ", ".join(node.get("capabilities") or [])),
-                       ("labels", node.get("labels"))]:
+                       ("labels", node.get("labels")),
+                       ("resources", _resources_line(node.get("resources") or {}))]:
         print(f"{key:<13} {value if value is not None else '-'}")
     return 0
+
+
+def _resources_line(res: dict[str, Any]) -> str | None:
+    if not res:
+        return None
+    mem, disk = res.get("memory") or {}, res.get("disk") or {}
+    return (f"cpu {res.get('cpu_percent')}% of {res.get('cpus')}, load {res.get('load')}, "
+            f"mem {mem.get('percent')}%, disk {disk.get('percent')}% "
+            f"({disk.get('free', 0) // 2**20} MiB free), {res.get('processes')} processes")
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -113,11 +123,33 @@ def commands_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def commands_cancel(args: argparse.Namespace) -> int:
-    cmd = api_from(args).post(f"/api/v1/commands/{args.command_id}/cancel")
-    print(json.dumps(cmd) if args.json else f"{cmd['command_id']}: cancel requested "
+def commands_control(args: argparse.Namespace) -> int:
+    """cancel / pause / resume: the controller pushes it to the node at once."""
+    cmd = api_from(args).post(f"/api/v1/commands/{args.command_id}/{args.verb}")
+    print(json.dumps(cmd) if args.json else f"{cmd['command_id']}: {args.verb} requested "
           f"(state {cmd['state']})")
     return 0
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    """Print a command's output; with --follow, stream it live and exit with its code."""
+    api = api_from(args)
+    if not args.follow:
+        after = 0
+        while True:
+            page = api.get(f"/api/v1/commands/{args.command_id}/logs",
+                           params={"after": after})
+            for item in page["items"]:
+                stream = sys.stderr if item["source"] == "stderr" else sys.stdout
+                stream.write(item["data"])
+            if len(page["items"]) < 1000:
+                return 0
+            after = page["next_after"]
+    try:
+        final = asyncio.run(follow(api, args.command_id))
+    except KeyboardInterrupt:
+        return 130
+    return exit_code_of(final)
 
 
 def exit_code_of(cmd: dict[str, Any]) -> int:
@@ -141,6 +173,7 @@ def exec_command(args: argparse.Namespace) -> int:
         body["args"]["timeout_s"] = parse_duration(args.timeout)
     if args.ttl is not None:
         body["ttl_s"] = parse_duration(args.ttl)
+    body["offline"] = args.offline
     cmd = api.post(f"/api/v1/nodes/{args.node}/commands", json=body)
     if args.no_wait:
         print(cmd["command_id"])

@@ -385,9 +385,11 @@ class EdgeConnection:
                     self.pending_logs.append(chunk)
                     self._apply_idle.clear()
                     self.evt_wake.set()
-        elif t == "node.resources":
+        elif t == "node.resources":  # class B: latest wins, pushed to node:<id>
             if len(frame.b) <= 64:
                 self.resources = dict(frame.b)
+                self.ctl.hub.publish(f"node:{self.node_id}", "resources.updated",
+                                     {"node_id": self.node_id, "resources": self.resources})
         elif t == "error":
             logger.warning("node reported an error", extra={
                 "node_id": self.node_id, "code": frame.b.get("code"),

@@ -19,7 +19,7 @@ from tether.common import __version__
 from tether.common.loopback_http import serve_loopback
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import RemoteProtocolError
-from tether.protocol.frames import Ack, ErrorBody, Frame, Welcome
+from tether.protocol.frames import CONTROL_KINDS, Ack, ErrorBody, Frame, Welcome
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
 
 from .config import NodeConfig
@@ -29,12 +29,13 @@ from .identity import Identity
 from .link import LinkStopped, ReconnectNeeded, SidecarLink, SidecarRefused
 from .logbuf import LogBuffer
 from .readiness import Incidents, Signals, degraded_matrix, incident_class, readiness
+from .resources import sample as sample_resources
 from .sidecar_proc import ensure_sidecar
 from .store import NodeStore
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES = ("exec", "diag.ping", "cancel")
+CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume")
 
 
 class NodeRuntime:
@@ -91,6 +92,7 @@ class NodeRuntime:
                 helpers = [tg.create_task(self._apply_loop(), name="node-apply"),
                            tg.create_task(self._uplink_loop(), name="node-uplink"),
                            tg.create_task(self._status_loop(), name="node-status"),
+                           tg.create_task(self._resources_loop(), name="node-resources"),
                            tg.create_task(serve_loopback(
                                health_app(self), host=self.config.status_host,
                                port=self.config.status_port,
@@ -264,8 +266,8 @@ class NodeRuntime:
             self._outbox_grew(applied.outbox_last)
             for command in applied.to_run:
                 self._spawn(command)
-            for cancel_id, args in applied.to_cancel:
-                self._spawn({"command_id": cancel_id, "kind": "cancel", "args": args})
+            for control_id, kind, args in applied.to_control:
+                self._spawn({"command_id": control_id, "kind": kind, "args": args})
 
     def _outbox_grew(self, last: int | None) -> None:
         if last is not None and last > self.evt.last:
@@ -278,8 +280,8 @@ class NodeRuntime:
 
     async def _execute(self, command: dict[str, Any]) -> None:
         command_id, kind = command["command_id"], command["kind"]
-        if kind == "cancel":
-            await self._cancel(command_id, command["args"])
+        if kind in CONTROL_KINDS:
+            await self._control(command_id, kind, command["args"])
             return
         async with self._exec_slots:
             if not self.accepting:
@@ -300,23 +302,35 @@ class NodeRuntime:
             self._outbox_grew(await self.store.finish_command(
                 command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error))
 
-    async def _cancel(self, cancel_id: str, args: dict[str, Any]) -> None:
+    async def _control(self, control_id: str, kind: str, args: dict[str, Any]) -> None:
+        """cancel / pause / resume ``args.command_id``; the control command itself succeeds
+        or fails with the reason."""
         target = str(args.get("command_id"))
         runner = self.runners.get(target)
-        if runner is not None:
-            runner.cancel()
-            state, error = "succeeded", None
-        else:
-            current = await self.store.command_state(target)
-            if current == "delivered":
+        current = await self.store.command_state(target)
+        error: str | None = None
+        if current is None:
+            error = f"unknown command {target}"
+        elif kind == "cancel":
+            if runner is not None:
+                runner.cancel()
+            elif current == "delivered":
                 await self.store.finish_command(target, "cancelled",
                                                 error="cancelled before it started")
-                state, error = "succeeded", None
-            elif current is None:
-                state, error = "failed", f"unknown command {target}"
             else:
-                state, error = "failed", f"command {target} is already {current}"
-        self._outbox_grew(await self.store.finish_command(cancel_id, state, error=error))
+                error = f"command {target} is already {current}"
+        elif kind == "pause":
+            if runner is None or current != "running" or not runner.pause():
+                error = f"command {target} is {current}, not running"
+            else:
+                self._outbox_grew(await self.store.set_paused(target, True))
+        else:  # resume
+            if runner is None or current != "paused" or not runner.resume():
+                error = f"command {target} is {current}, not paused"
+            else:
+                self._outbox_grew(await self.store.set_paused(target, False))
+        state = "failed" if error else "succeeded"
+        self._outbox_grew(await self.store.finish_command(control_id, state, error=error))
 
     # -- uplink ---------------------------------------------------------------------------
 
@@ -340,6 +354,19 @@ class NodeRuntime:
                 if not await self.link.send(frame):
                     break
                 self.evt.mark_sent(frame.q or 0)
+
+    async def _resources_loop(self) -> None:
+        """One ``node.resources`` per heartbeat period while a session is up (class B: not
+        persisted, not replayed; a sample that cannot be sent is simply superseded)."""
+        while True:
+            await self.link.connected.wait()
+            try:
+                body = await asyncio.to_thread(sample_resources, self.config.state_dir)
+            except (OSError, RuntimeError) as exc:
+                logger.warning("resource sample failed", extra={"detail": str(exc)})
+            else:
+                await self.link.send(Frame(t="node.resources", b=body))
+            await asyncio.sleep(self.heartbeat_s)
 
     # -- status file ------------------------------------------------------------------------
 

@@ -22,7 +22,13 @@ import msgpack
 
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import EVT_STREAM
-from tether.protocol.frames import TERMINAL_STATES, CmdDeliver, CmdStatus, Frame
+from tether.protocol.frames import (
+    CONTROL_KINDS,
+    TERMINAL_STATES,
+    CmdDeliver,
+    CmdStatus,
+    Frame,
+)
 from tether.protocol.streams import MAX_EPOCH
 
 MIGRATIONS = [
@@ -42,7 +48,7 @@ MIGRATIONS = [
     """,
 ]
 
-KNOWN_KINDS = frozenset({"exec", "cancel", "diag.ping"})
+KNOWN_KINDS = frozenset({"exec", "diag.ping", *CONTROL_KINDS})
 
 
 def _ms() -> int:
@@ -65,7 +71,7 @@ class Applied:
     went into the outbox (so the uplink should be woken)."""
 
     to_run: list[dict[str, Any]]
-    to_cancel: list[tuple[str, dict[str, Any]]]
+    to_control: list[tuple[str, str, dict[str, Any]]]  # (id, cancel|pause|resume, args)
     outbox_last: int
 
 
@@ -184,7 +190,7 @@ class NodeStore:
 
         def fn(conn: sqlite3.Connection) -> Applied:
             to_run: list[dict[str, Any]] = []
-            to_cancel: list[tuple[str, dict[str, Any]]] = []
+            to_control: list[tuple[str, str, dict[str, Any]]] = []
             now = time.time()
             for frame in frames:
                 if frame.k is not None:  # PROTOCOL.md §2: a key is applied at most once
@@ -215,15 +221,15 @@ class NodeStore:
                     self._finish(conn, cmd.command_id, "succeeded", result={
                         "received_ms": received_ms, "sent_ms": _ms(),
                         "created_ms": cmd.created_ms})
-                elif cmd.kind == "cancel":
-                    to_cancel.append((cmd.command_id, dict(cmd.args)))
+                elif cmd.kind in CONTROL_KINDS:
+                    to_control.append((cmd.command_id, cmd.kind, dict(cmd.args)))
                 else:
                     to_run.append({"command_id": cmd.command_id, "kind": cmd.kind,
                                    "args": dict(cmd.args)})
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_applied'", (frames[-1].q,))
             conn.execute("DELETE FROM idempotency_keys WHERE at < ?", (now - 2 * 86400,))
             last = int(conn.execute("SELECT value FROM meta WHERE key='evt_last'").fetchone()[0])
-            return Applied(to_run, to_cancel, last)
+            return Applied(to_run, to_control, last)
         return await self.db.write(fn)
 
     # -- command lifecycle ------------------------------------------------------------------
@@ -269,6 +275,19 @@ class NodeStore:
                                 result=result)
         return await self.db.write(fn)
 
+    async def set_paused(self, command_id: str, paused: bool) -> int | None:
+        """running -> paused (or back) with its status queued; None if it was not in the
+        state to leave."""
+        src, dst = ("running", "paused") if paused else ("paused", "running")
+
+        def fn(conn: sqlite3.Connection) -> int | None:
+            cur = conn.execute("UPDATE commands SET state=? WHERE command_id=? AND state=?",
+                               (dst, command_id, src))
+            if cur.rowcount != 1:
+                return None
+            return self._status(conn, CmdStatus(command_id=command_id, state=dst))
+        return await self.db.write(fn)
+
     async def command_state(self, command_id: str) -> str | None:
         def fn(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT state FROM commands WHERE command_id=?",
@@ -281,7 +300,8 @@ class NodeStore:
         ``delivered`` rows (cancels included) are returned to run, in delivery order."""
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             for (command_id,) in conn.execute(
-                    "SELECT command_id FROM commands WHERE state='running'").fetchall():
+                    "SELECT command_id FROM commands WHERE state IN ('running', 'paused')"
+                    ).fetchall():
                 self._finish(conn, command_id, "failed",
                              error="interrupted: the runtime stopped while it ran")
             return [{"command_id": r[0], "kind": r[1], "args": json.loads(r[2])}

@@ -425,10 +425,11 @@ class CmdDeliver(Body):
                    deadline_ms=_get(b, "deadline_ms", int, required=False))
 
 
-COMMAND_STATES = ("queued", "delivered", "running", "succeeded", "failed", "cancelled",
-                  "expired", "rejected")
+COMMAND_STATES = ("queued", "delivered", "running", "paused", "succeeded", "failed",
+                  "cancelled", "expired", "rejected")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "expired", "rejected"})
-STATUS_STATES = frozenset({"running", *TERMINAL_STATES})
+STATUS_STATES = frozenset({"running", "paused", *TERMINAL_STATES})
+CONTROL_KINDS = frozenset({"cancel", "pause", "resume"})  # args: {"command_id": target}
 
 
 @dataclass(frozen=True, slots=True)

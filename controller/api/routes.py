@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.common import __version__
-from tether.protocol.errors import AuthError, InvalidRequest, NotFound, TetherError
+from tether.protocol.errors import AuthError, Conflict, InvalidRequest, NotFound, TetherError
 from tether.protocol.frames import COMMAND_STATES, valid_node_id
 
 from ..views import command_view, iso, log_item
@@ -225,7 +225,17 @@ async def submit_command(request: Request) -> Response:
     idem = request.headers.get("idempotency-key")
     if idem is not None and not 0 < len(idem) <= 128:
         raise InvalidRequest("'Idempotency-Key' must be 1 to 128 characters")
+    offline = body.get("offline", "queue")
+    if offline not in ("queue", "fail"):
+        raise InvalidRequest("'offline' must be 'queue' (hold until the node returns or "
+                             "ttl_s runs out) or 'fail' (refuse unless the node is online)")
     ctl = _ctl(request)
+    if offline == "fail":
+        liveness = ctl.live_liveness(node_id)
+        if liveness != "online":
+            await _node_row(request)  # an unknown node is still a 404
+            raise Conflict(f"node {node_id!r} is {liveness}; not queued because offline "
+                           "is 'fail'", code="node_offline")
     command, created = await ctl.store.submit_command(
         node_id=node_id, kind=kind, args=args, ttl_s=ttl_s, idem_key=idem, actor=role)
     live = ctl.registry.get(node_id)
@@ -273,10 +283,13 @@ async def get_command(request: Request) -> Response:
     return JSONResponse(command_view(row))
 
 
-async def cancel_command(request: Request) -> Response:
+async def control_command(request: Request) -> Response:
+    """POST /api/v1/commands/{id}/cancel|pause|resume: pushed to the node at once."""
     role = await _operator(request)
     ctl = _ctl(request)
-    row, sent = await ctl.store.cancel_command(request.path_params["command_id"], actor=role)
+    action = request.url.path.rsplit("/", 1)[1]
+    row, sent = await ctl.store.control_command(request.path_params["command_id"], action,
+                                                actor=role)
     if sent:
         live = ctl.registry.get(row["node_id"])
         if live is not None:
@@ -330,7 +343,9 @@ ROUTES = [
     Route("/api/v1/nodes/{node_id}/commands", submit_command, methods=["POST"]),
     Route("/api/v1/commands", list_commands, methods=["GET"]),
     Route("/api/v1/commands/{command_id}", get_command, methods=["GET"]),
-    Route("/api/v1/commands/{command_id}/cancel", cancel_command, methods=["POST"]),
+    Route("/api/v1/commands/{command_id}/cancel", control_command, methods=["POST"]),
+    Route("/api/v1/commands/{command_id}/pause", control_command, methods=["POST"]),
+    Route("/api/v1/commands/{command_id}/resume", control_command, methods=["POST"]),
     Route("/api/v1/commands/{command_id}/logs", command_logs, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]

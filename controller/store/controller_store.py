@@ -25,7 +25,13 @@ import msgpack
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import AuthError, Conflict, NotFound, TetherError
-from tether.protocol.frames import TERMINAL_STATES, CmdDeliver, CmdStatus, Frame
+from tether.protocol.frames import (
+    CONTROL_KINDS,
+    TERMINAL_STATES,
+    CmdDeliver,
+    CmdStatus,
+    Frame,
+)
 from tether.protocol.streams import MAX_EPOCH
 
 
@@ -441,10 +447,18 @@ class ControllerStore:
             return self._command(conn, command_id), True
         return await self.db.write(fn)
 
-    async def cancel_command(self, command_id: str, *, actor: str) -> tuple[dict[str, Any],
-                                                                            bool]:
-        """Cancel: a command not yet sequenced is cancelled here; one on its way to or on the
-        node gets a ``cancel`` command behind it. Returns (command, sent_to_node)."""
+    async def control_command(self, command_id: str, action: str, *,
+                              actor: str) -> tuple[dict[str, Any], bool]:
+        """cancel / pause / resume a command. A command not yet sequenced is cancelled here;
+        otherwise a control command (kind = ``action``, args ``{command_id}``) follows it
+        on the node's stream. Returns (command, sent_to_node).
+
+        Raises Conflict: ``command_terminal`` for a finished command,
+        ``command_not_running`` to pause one that is not running, ``command_not_paused``
+        to resume one that is not paused."""
+        if action not in CONTROL_KINDS:
+            raise ValueError(f"unknown control action {action!r}")
+
         def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
             cmd = conn.execute("SELECT node_id, state, q FROM commands WHERE command_id=?",
                                (command_id,)).fetchone()
@@ -453,21 +467,28 @@ class ControllerStore:
             if cmd["state"] in TERMINAL_STATES:
                 raise Conflict(f"command {command_id} is already {cmd['state']}",
                                code="command_terminal")
+            if action == "pause" and cmd["state"] != "running":
+                raise Conflict(f"command {command_id} is {cmd['state']}; only a running "
+                               "command can be paused", code="command_not_running")
+            if action == "resume" and cmd["state"] != "paused":
+                raise Conflict(f"command {command_id} is {cmd['state']}; only a paused "
+                               "command can be resumed", code="command_not_paused")
             now = _now()
-            self._audit(conn, actor, "command.cancel", command_id, None)
-            if cmd["state"] == "queued" and cmd["q"] is None:
+            self._audit(conn, actor, f"command.{action}", command_id, None)
+            if action == "cancel" and cmd["state"] == "queued" and cmd["q"] is None:
                 conn.execute("UPDATE commands SET state='cancelled', updated_at=?, "
                              "error='cancelled before delivery' WHERE command_id=?",
                              (now, command_id))
                 _timeline(conn, command_id, "cancelled", now, "cancelled before delivery")
                 return self._command(conn, command_id), False
-            cancel_id = "c_" + uuid.uuid4().hex
+            control_id = "c_" + uuid.uuid4().hex
             conn.execute("INSERT INTO commands (command_id, node_id, kind, args, state, "
-                         "created_at, updated_at) VALUES (?,?, 'cancel', ?, 'queued', ?, ?)",
-                         (cancel_id, cmd["node_id"], json.dumps({"command_id": command_id}),
-                          now, now))
-            _timeline(conn, cancel_id, "queued", now)
-            _timeline(conn, command_id, cmd["state"], now, f"cancel requested ({cancel_id})")
+                         "created_at, updated_at) VALUES (?,?,?,?, 'queued', ?, ?)",
+                         (control_id, cmd["node_id"], action,
+                          json.dumps({"command_id": command_id}), now, now))
+            _timeline(conn, control_id, "queued", now)
+            _timeline(conn, command_id, cmd["state"], now,
+                      f"{action} requested ({control_id})")
             node = conn.execute("SELECT current_session FROM nodes WHERE node_id=?",
                                 (cmd["node_id"],)).fetchone()
             if node["current_session"]:

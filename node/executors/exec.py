@@ -38,11 +38,28 @@ class ExecRunner:
         self._stop = asyncio.Event()
         self._stop_as: ExecOutcome | None = None
         self.pid: int | None = None
+        self.paused = False
 
     def cancel(self, outcome: ExecOutcome | None = None) -> None:
         """Stop the process (SIGTERM to its group, SIGKILL after the grace period)."""
         self._stop_as = outcome or ExecOutcome("cancelled", error="cancelled by operator")
         self._stop.set()
+
+    def pause(self) -> bool:
+        """SIGSTOP to the process group; False when there is no process (yet/anymore)."""
+        if self.pid is None or self._stop.is_set():
+            return False
+        _killpg(self.pid, signal.SIGSTOP)
+        self.paused = True
+        return True
+
+    def resume(self) -> bool:
+        """SIGCONT to the process group."""
+        if self.pid is None:
+            return False
+        _killpg(self.pid, signal.SIGCONT)
+        self.paused = False
+        return True
 
     async def run(self) -> ExecOutcome:
         argv = self.args.get("argv")
@@ -102,6 +119,7 @@ class ExecRunner:
     async def _terminate(self, proc: asyncio.subprocess.Process,
                          waiter: asyncio.Task[int]) -> None:
         _killpg(proc.pid, signal.SIGTERM)
+        _killpg(proc.pid, signal.SIGCONT)  # a paused group must wake to act on SIGTERM
         try:
             async with asyncio.timeout(self.kill_grace_s):
                 await asyncio.shield(waiter)

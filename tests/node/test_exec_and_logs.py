@@ -88,3 +88,20 @@ def test_large_output_is_split_into_bounded_chunks() -> None:
     logs = LogBuffer(max_chunk_bytes=10)
     logs.add(None, "runtime", b"x" * 25)
     assert [len(c.data) for c in logs.take()] == [10, 10, 5]
+
+
+async def test_pause_stops_the_group_and_cancel_still_ends_a_paused_process(
+        tmp_path: Path) -> None:
+    r = runner({"argv": ["sleep", "60"]}, kill_grace_s=5.0)
+    task = asyncio.create_task(r.run())
+    while r.pid is None:
+        await asyncio.sleep(0.01)
+    assert r.pause() and r.paused
+    status = Path(f"/proc/{r.pid}/status")
+    while "State:\tT" not in status.read_text():
+        await asyncio.sleep(0.01)
+    assert r.resume() and not r.paused
+    assert r.pause()
+    r.cancel()  # SIGTERM is paired with SIGCONT, so a stopped process still ends at once
+    outcome = await asyncio.wait_for(task, timeout=4)
+    assert outcome.state == "cancelled"

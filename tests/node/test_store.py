@@ -99,3 +99,23 @@ async def test_a_repeated_idempotency_key_is_applied_once_but_the_cursor_moves(
     assert [c["command_id"] for c in applied.to_run] == ["c1"]
     assert (await store.stream_state()).cmd_applied == 2
     await store.close()
+
+
+async def test_pausing_and_resuming_queue_their_statuses_and_a_paused_crash_is_interrupted(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    await store.apply_downlink([deliver(1, "c1")])
+    await store.start_command("c1")
+    assert await store.set_paused("c1", True) is not None
+    assert await store.set_paused("c1", True) is None  # already paused
+    assert await store.set_paused("c1", False) is not None
+    assert await store.set_paused("c1", True) is not None
+    await store.close()
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    assert await store.recover() == []
+    assert await store.command_state("c1") == "failed"
+    assert [s for c, s in await statuses(store) if c == "c1"] == [
+        "running", "paused", "running", "paused", "failed"]
+    await store.close()

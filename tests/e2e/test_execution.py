@@ -1,0 +1,175 @@
+"""The execution plane end to end: live output, pause/resume/cancel pushed to a running
+process group, the offline policy, resources, and an output flood that stays bounded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from tether.protocol.frames import TERMINAL_STATES
+
+from ..helpers import Api, ControllerProc, NodeProc, tether_cmd, wait_until
+
+
+def logs(api: Api, command_id: str) -> list[dict[str, object]]:
+    return api.get(f"/api/v1/commands/{command_id}/logs").json()["items"]  # type: ignore[no-any-return]
+
+
+def proc_state(pid: int) -> str | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.split()[1]
+    except OSError:
+        return None
+    return None
+
+
+def finished(api: Api, command_id: str) -> dict[str, object]:
+    return wait_until(lambda: (c := api.command(command_id))["state"] in TERMINAL_STATES
+                      and c, timeout_s=60, what=f"{command_id} to finish")
+
+
+def test_output_reaches_the_controller_while_the_command_still_runs(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    make_node("n-live")
+    api = controller.api()
+    cmd = api.submit("n-live", "exec", {"argv": [
+        "sh", "-c", "for i in $(seq 1 20); do echo line $i; sleep 0.2; done"]})
+    first = wait_until(lambda: [i for i in logs(api, cmd["command_id"])
+                                if "line 1\n" in str(i["data"])], what="the first line")
+    assert first
+    assert api.command(cmd["command_id"])["state"] == "running"  # 3.8 s of output remain
+    done = finished(api, cmd["command_id"])
+    assert done["state"] == "succeeded"
+    text = "".join(str(i["data"]) for i in logs(api, cmd["command_id"]))
+    assert text == "".join(f"line {i}\n" for i in range(1, 21))
+
+
+def test_pause_stops_the_process_group_and_resume_continues_it(
+        controller: ControllerProc, make_node: Callable[..., NodeProc], tmp_path: Path) -> None:
+    make_node("n-pause")
+    api = controller.api()
+    pidfile = tmp_path / "pid"
+    cmd = api.submit("n-pause", "exec", {"argv": [
+        "sh", "-c", f"echo $$ > {pidfile}; i=0; while true; do echo $i; i=$((i+1)); "
+                    "sleep 0.05; done"], "timeout_s": 120})
+    cid = cmd["command_id"]
+    wait_until(lambda: len(logs(api, cid)) >= 3, what="some output")
+    pid = int(pidfile.read_text())
+    assert api.post(f"/api/v1/commands/{cid}/pause").status_code == 202
+    wait_until(lambda: api.command(cid)["state"] == "paused", what="paused")
+    assert proc_state(pid) == "T"  # stopped by SIGSTOP: it cannot print
+    resumed = api.post(f"/api/v1/commands/{cid}/resume")
+    assert resumed.status_code == 202
+    wait_until(lambda: api.command(cid)["state"] == "running", what="running again")
+    seen = len(logs(api, cid))
+    wait_until(lambda: len(logs(api, cid)) > seen, what="output after resume")
+    assert proc_state(pid) in ("S", "R")
+    assert api.post(f"/api/v1/commands/{cid}/cancel").status_code == 202
+    assert finished(api, cid)["state"] == "cancelled"
+    states: list[str] = []
+    for event in api.command(cid)["timeline"]:  # "... requested" entries repeat a state
+        if not states or states[-1] != event["state"]:
+            states.append(event["state"])
+    assert states == ["queued", "delivered", "running", "paused", "running", "cancelled"]
+
+
+def test_cancel_ends_the_whole_process_group_and_leaves_no_orphan(
+        controller: ControllerProc, make_node: Callable[..., NodeProc], tmp_path: Path) -> None:
+    make_node("n-cancel")
+    api = controller.api()
+    pidfile = tmp_path / "pids"
+    cmd = api.submit("n-cancel", "exec", {"argv": [
+        "sh", "-c", f"sleep 60 & echo $! >> {pidfile}; sleep 60 & echo $! >> {pidfile}; "
+                    f"echo $$ >> {pidfile}; wait"]})
+    cid = cmd["command_id"]
+    wait_until(lambda: pidfile.exists() and len(pidfile.read_text().split()) == 3,
+               what="the process tree")
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert api.post(f"/api/v1/commands/{cid}/cancel").status_code == 202
+    assert finished(api, cid)["state"] == "cancelled"
+    wait_until(lambda: all(proc_state(p) in (None, "Z") for p in pids),
+               what="every process of the group gone")
+    leaders = {os.getpgid(p) for p in pids if proc_state(p) not in (None, "Z")}
+    assert not leaders
+
+
+def test_pause_and_resume_are_refused_in_the_wrong_state(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    make_node("n-ctl-state", start=False)
+    api = controller.api()
+    queued = api.submit("n-ctl-state", "exec", {"argv": ["true"]})
+    cid = queued["command_id"]
+    pause = api.post(f"/api/v1/commands/{cid}/pause")
+    assert pause.status_code == 409
+    assert pause.json()["error"]["code"] == "command_not_running"
+    resume = api.post(f"/api/v1/commands/{cid}/resume")
+    assert resume.status_code == 409
+    assert resume.json()["error"]["code"] == "command_not_paused"
+
+
+def test_offline_fail_refuses_at_once_and_queue_holds_the_command(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    node = make_node("n-policy", start=False)
+    api = controller.api()
+    refused = api.post("/api/v1/nodes/n-policy/commands",
+                       json={"kind": "exec", "args": {"argv": ["true"]}, "offline": "fail"})
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "node_offline"
+    assert api.get("/api/v1/commands", params={"node_id": "n-policy"}).json()["items"] == []
+    bad = api.post("/api/v1/nodes/n-policy/commands",
+                   json={"kind": "exec", "args": {"argv": ["true"]}, "offline": "maybe"})
+    assert bad.status_code == 400
+    held = api.submit("n-policy", "exec", {"argv": ["true"]}, offline="queue")
+    node.start()
+    assert finished(api, held["command_id"])["state"] == "succeeded"
+    ok = api.post("/api/v1/nodes/n-policy/commands",
+                  json={"kind": "diag.ping", "offline": "fail"})
+    assert ok.status_code == 202
+
+
+def test_the_node_reports_its_resources(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    make_node("n-res")
+    api = controller.api()
+    res = wait_until(lambda: api.node("n-res")["resources"], what="resources")
+    assert res["memory"]["total"] > 0 and 0 <= res["memory"]["percent"] <= 100
+    assert res["disk"]["total"] >= res["disk"]["free"] > 0
+    assert res["processes"] > 0 and res["cpus"] >= 1
+    show = subprocess.run(tether_cmd("nodes", "show", "--url", controller.url, "--token",
+                                     controller.token, "n-res"),
+                          capture_output=True, text=True, timeout=30)
+    assert "resources     cpu" in show.stdout
+
+
+def test_an_output_flood_neither_blocks_the_node_nor_grows_controller_storage(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    make_node("n-flood")
+    api = controller.api()
+    flood = api.submit("n-flood", "exec", {"argv": ["sh", "-c", "yes | head -c 100M"]})
+    ping = api.submit("n-flood", "diag.ping")  # the runtime stays responsive meanwhile
+    assert finished(api, ping["command_id"])["state"] == "succeeded"
+    done = finished(api, flood["command_id"])
+    assert done["state"] == "succeeded"
+    limit = 1 << 20  # the controller's default --max-log-bytes-per-command
+    assert done["log_bytes"] <= limit
+    assert done["log_dropped_bytes"] > 0
+    assert done["log_bytes"] + done["log_dropped_bytes"] <= 100 * 2**20
+
+
+def test_tether_logs_prints_and_follows(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    make_node("n-logs")
+    api = controller.api()
+    cmd = api.submit("n-logs", "exec", {"argv": ["sh", "-c",
+                                                 "echo one; sleep 0.3; echo two; exit 4"]})
+    flags = ["--url", controller.url, "--token", controller.token]
+    followed = subprocess.run(tether_cmd("logs", *flags, "--follow", cmd["command_id"]),
+                              capture_output=True, text=True, timeout=60)
+    assert (followed.returncode, followed.stdout) == (4, "one\ntwo\n")
+    printed = subprocess.run(tether_cmd("logs", *flags, cmd["command_id"]),
+                             capture_output=True, text=True, timeout=60)
+    assert (printed.returncode, printed.stdout) == (0, "one\ntwo\n")
