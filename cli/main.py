@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                      default=_env("DURABILITY", "fsync"))
     run.add_argument("--controller-url", help="dial this URL instead of the enrolled one")
     run.add_argument("--max-concurrent", type=int, default=16)
+    run.add_argument("--policy", type=Path,
+                     help="policy file (default: <state-dir>/policy.json when present)")
     run.add_argument("--status-host", default="127.0.0.1",
                      help="loopback address for /healthz, /readyz, /status")
     run.add_argument("--status-port", type=int, default=0,
@@ -257,6 +259,7 @@ def _node(args: argparse.Namespace, verb: str) -> int:
         return run_node(NodeConfig(state_dir=args.state_dir, durability=args.durability,
                                    controller_url=args.controller_url,
                                    max_concurrent=args.max_concurrent,
+                                   policy_path=args.policy,
                                    status_host=args.status_host,
                                    status_port=args.status_port))
     if verb in ("stop", "restart"):

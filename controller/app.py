@@ -178,6 +178,7 @@ class Controller:
             "resources": resources,
             "last_seen_at": iso(last_seen),
             "capabilities": json.loads(row["capabilities"] or "[]"),
+            "policy": json.loads(row["policy"]) if row.get("policy") else None,
             "enrolled_at": iso(row["created_at"]),
         }
 

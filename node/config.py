@@ -20,6 +20,7 @@ class NodeConfig:
     status_host: str = "127.0.0.1"  # loopback only
     status_port: int = 0  # 0: ephemeral; the URL is written to runtime.status.url
     max_outbox: int = 100_000  # past it, new class A work is refused (queue_class_a)
+    policy_path: Path | None = None  # default: <state-dir>/policy.json if it exists
 
     @property
     def db_path(self) -> Path:
@@ -32,6 +33,10 @@ class NodeConfig:
     @property
     def status_path(self) -> Path:
         return self.state_dir / "status.json"
+
+    @property
+    def effective_policy_path(self) -> Path:
+        return self.policy_path or self.state_dir / "policy.json"
 
     @property
     def socket_path(self) -> Path:

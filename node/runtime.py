@@ -28,6 +28,7 @@ from .health import health_app
 from .identity import Identity
 from .link import LinkStopped, ReconnectNeeded, SidecarLink, SidecarRefused
 from .logbuf import LogBuffer
+from .policy import Policy
 from .readiness import Incidents, Signals, degraded_matrix, incident_class, readiness
 from .resources import sample as sample_resources
 from .sidecar_proc import ensure_sidecar
@@ -56,7 +57,9 @@ class NodeRuntime:
         self._cmd_wake = asyncio.Event()
         self._uplink_wake = asyncio.Event()
         self._evt_acked_on_disk = 0
-        self._exec_slots = asyncio.Semaphore(config.max_concurrent)
+        self.policy = Policy.load(config.effective_policy_path)
+        self.max_concurrent = self.policy.max_concurrent or config.max_concurrent
+        self._exec_slots = asyncio.Semaphore(self.max_concurrent)
         self.runners: dict[str, ExecRunner] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._status_dirty = asyncio.Event()
@@ -86,6 +89,8 @@ class NodeRuntime:
             self.cmd = StreamReceiver(epoch=state.cmd_epoch, applied=state.cmd_applied)
             self.session_id = state.session_id
             to_run = await self.store.recover()
+            self._outbox_grew(await self.store.append_event(
+                "node.event", {"kind": "policy", "data": self.policy.summary()}))
             self.evt.last = (await self.store.stream_state()).evt_last
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -175,7 +180,8 @@ class NodeRuntime:
         return {"node_id": self.identity.node_id, "epoch": self.evt_epoch,
                 "cmd_applied": self.cmd.applied, "session_id": self.session_id,
                 "runtime": {"state": "attached", "version": __version__},
-                "capabilities": list(CAPABILITIES), "labels": self.identity.labels,
+                "capabilities": [*CAPABILITIES, f"policy:{self.policy.summary()['digest']}"],
+                "labels": self.identity.labels,
                 "pid": os.getpid()}
 
     async def on_welcome(self, welcome: Welcome) -> None:
@@ -257,7 +263,7 @@ class NodeRuntime:
                 continue
             batch, self.pending_cmd = self.pending_cmd, []
             try:
-                applied = await self.store.apply_downlink(batch)
+                applied = await self.store.apply_downlink(batch, self.policy.check)
             except BaseException:
                 self.cmd.rollback()
                 raise
@@ -292,7 +298,9 @@ class NodeRuntime:
             self._outbox_grew(started)
             runner = ExecRunner(command_id, command["args"], logs=self.logs,
                                 on_output=self._uplink_wake.set,
-                                kill_grace_s=self.config.kill_grace_s)
+                                kill_grace_s=self.config.kill_grace_s,
+                                default_timeout_s=self.policy.default_timeout_s,
+                                max_output_bytes=self.policy.max_output_bytes)
             self.runners[command_id] = runner
             try:
                 outcome = await runner.run()
@@ -402,7 +410,7 @@ class NodeRuntime:
             outbox_oldest_age_s=float(self._outbox_stats.get("oldest_age_s") or 0.0),
             max_outbox=self.config.max_outbox, store_ok=self.store_error is None,
             store_error=self.store_error, running=len(self.runners),
-            max_concurrent=self.config.max_concurrent), self.incidents)
+            max_concurrent=self.max_concurrent), self.incidents)
 
     def status(self) -> dict[str, Any]:
         tree = self.readiness()

@@ -13,7 +13,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,11 +181,14 @@ class NodeStore:
             return old is not None
         return await self.db.write(fn)
 
-    async def apply_downlink(self, frames: Sequence[Frame]) -> Applied:
+    async def apply_downlink(self, frames: Sequence[Frame],
+                             check: Callable[[str, Mapping[str, Any]], str | None]
+                             = lambda kind, args: None) -> Applied:
         """Apply consecutive ``cmd`` frames and move the cursor in one transaction.
 
         ``exec`` becomes a ``delivered`` row to run; ``diag.ping`` is answered in the same
-        transaction; unknown kinds are ``rejected``; past-deadline commands ``expired``."""
+        transaction; unknown kinds, and commands ``check`` (the policy) refuses, are
+        ``rejected`` with the reason; past-deadline commands ``expired``."""
         received_ms = _ms()
 
         def fn(conn: sqlite3.Connection) -> Applied:
@@ -206,7 +209,10 @@ class NodeStore:
                                 (cmd.command_id,)).fetchone():
                     continue  # the same command under a new epoch: applied already
                 state, error = "delivered", None
-                if cmd.kind not in KNOWN_KINDS:
+                rule = check(cmd.kind, cmd.args)
+                if rule is not None:  # the operator's rule is the more useful reason
+                    state, error = "rejected", f"rejected by policy: {rule}"
+                elif cmd.kind not in KNOWN_KINDS:
                     state, error = "rejected", f"unknown command kind {cmd.kind!r}"
                 elif cmd.deadline_ms is not None and cmd.deadline_ms <= received_ms:
                     state, error = "expired", "deadline passed before it reached the node"

@@ -317,7 +317,7 @@ class ControllerStore:
             return [dict(r) for r in conn.execute(
                 "SELECT node_id, labels, enabled, created_at, current_session, last_seen_at, "
                 "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
-                "capabilities FROM nodes ORDER BY node_id")]
+                "capabilities, policy FROM nodes ORDER BY node_id")]
         return await self.db.read(fn)
 
     async def get_node(self, node_id: str) -> dict[str, Any] | None:
@@ -325,7 +325,7 @@ class ControllerStore:
             row = conn.execute(
                 "SELECT node_id, labels, enabled, created_at, current_session, last_seen_at, "
                 "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
-                "capabilities FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+                "capabilities, policy FROM nodes WHERE node_id=?", (node_id,)).fetchone()
             return dict(row) if row else None
         return await self.db.read(fn)
 
@@ -583,8 +583,11 @@ class ControllerStore:
                     effects.append(self._apply_status(conn, node_id, CmdStatus.parse(frame),
                                                       now))
                 elif frame.t == "node.event":
-                    self._node_event(conn, node_id, str(frame.b.get("kind")),
-                                     frame.b.get("data") or {})
+                    kind, data = str(frame.b.get("kind")), frame.b.get("data") or {}
+                    self._node_event(conn, node_id, kind, data)
+                    if kind == "policy":
+                        conn.execute("UPDATE nodes SET policy=? WHERE node_id=?",
+                                     (json.dumps(data, default=repr), node_id))
                 else:  # class A on evt that this version records but does not interpret
                     self._node_event(conn, node_id, frame.t, dict(frame.b))
             conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",

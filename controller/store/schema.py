@@ -59,4 +59,8 @@ MIGRATIONS = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
         action TEXT NOT NULL, target TEXT, detail TEXT)
     """,
+    # 2: the policy a node reports in force (node.event kind "policy")
+    """
+    ALTER TABLE nodes ADD COLUMN policy TEXT
+    """,
 ]

@@ -28,13 +28,17 @@ class ExecOutcome:
 class ExecRunner:
     def __init__(self, command_id: str, args: Mapping[str, Any], *, logs: LogBuffer,
                  on_output: Callable[[], None], kill_grace_s: float = 5.0,
-                 default_timeout_s: float | None = None) -> None:
+                 default_timeout_s: float | None = None,
+                 max_output_bytes: int | None = None) -> None:
         self.command_id = command_id
         self.args = args
         self.logs = logs
         self.on_output = on_output
         self.kill_grace_s = kill_grace_s
         self.default_timeout_s = default_timeout_s
+        self.max_output_bytes = max_output_bytes
+        self.output_bytes = 0
+        self.output_dropped_bytes = 0
         self._stop = asyncio.Event()
         self._stop_as: ExecOutcome | None = None
         self.pid: int | None = None
@@ -106,6 +110,11 @@ class ExecRunner:
             await asyncio.gather(*pumps, waiter, stopper, return_exceptions=True)
             if proc.returncode is None:  # we are being cancelled ourselves
                 _killpg(proc.pid, signal.SIGKILL)
+        if self.output_dropped_bytes:
+            self.logs.add(self.command_id, "runtime", (
+                f"[tether] {self.output_dropped_bytes} bytes of output dropped: over the "
+                f"policy's max_output_bytes ({self.max_output_bytes})\n").encode())
+            self.on_output()
         code = proc.returncode
         if outcome is not None:
             return ExecOutcome(outcome.state, exit_code=code, error=outcome.error)
@@ -135,6 +144,14 @@ class ExecRunner:
             data = await stream.read(READ_CHUNK)
             if not data:
                 return
+            if self.max_output_bytes is not None:
+                room = max(0, self.max_output_bytes - self.output_bytes)
+                if len(data) > room:  # keep reading (the process must not block on a
+                    self.output_dropped_bytes += len(data) - room  # full pipe), drop
+                    data = data[:room]
+                if not data:
+                    continue
+            self.output_bytes += len(data)
             self.logs.add(self.command_id, source, data)
             self.on_output()
 

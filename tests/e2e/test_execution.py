@@ -173,3 +173,54 @@ def test_tether_logs_prints_and_follows(
     printed = subprocess.run(tether_cmd("logs", *flags, cmd["command_id"]),
                              capture_output=True, text=True, timeout=60)
     assert (printed.returncode, printed.stdout) == (0, "one\ntwo\n")
+
+
+def test_a_node_policy_rejects_with_the_rule_named_and_is_visible_on_the_controller(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    import json
+
+    node = NodeProc(tmp_path / "n-pol", "n-pol")
+    node.enroll(controller)
+    (node.state_dir / "policy.json").write_text(json.dumps({
+        "exec_allow": ["echo", "head"], "deny_kinds": ["update.now"],
+        "max_output_bytes": 1000, "max_timeout_s": 60}))
+    node.start()
+    try:
+        api = controller.api()
+        wait_until(lambda: api.liveness("n-pol") == "online", what="online")
+        view = wait_until(lambda: (v := api.node("n-pol"))["policy"] and v,
+                          what="the policy in the node object")
+        assert view["policy"]["exec_allow"] == ["echo", "head"]
+        assert f"policy:{view['policy']['digest']}" in view["capabilities"]
+
+        shell = api.submit("n-pol", "exec", {"argv": ["sh", "-c", "id"]})
+        rejected = finished(api, shell["command_id"])
+        assert rejected["state"] == "rejected"
+        assert rejected["error"] == "rejected by policy: executable 'sh' is not in exec_allow"
+        denied = api.submit("n-pol", "update.now")
+        assert finished(api, denied["command_id"])["error"] == \
+            "rejected by policy: kind 'update.now' is in deny_kinds"
+        too_long = api.submit("n-pol", "exec", {"argv": ["echo"], "timeout_s": 600})
+        assert "max_timeout_s" in str(finished(api, too_long["command_id"])["error"])
+
+        capped = api.submit("n-pol", "exec", {"argv": ["head", "-c", "5000", "/dev/zero"]})
+        done = finished(api, capped["command_id"])
+        assert done["state"] == "succeeded"
+        items = logs(api, capped["command_id"])
+        out = sum(len(str(i["data"])) for i in items if i["source"] == "stdout")
+        assert out == 1000
+        notice = [i for i in items if i["source"] == "runtime"]
+        assert notice and "4000 bytes of output dropped" in str(notice[0]["data"])
+    finally:
+        node.cleanup()
+
+
+def test_a_policy_file_that_does_not_validate_stops_the_runtime_with_its_reason(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    node = NodeProc(tmp_path / "n-badpol", "n-badpol")
+    node.enroll(controller)
+    (node.state_dir / "policy.json").write_text('{"allow": ["exec"]}')
+    out = subprocess.run(tether_cmd("node", "run", "--state-dir", str(node.state_dir)),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "unknown field(s) ['allow']" in out.stderr
