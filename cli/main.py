@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     srun.add_argument("--pin-sha256", action="append", default=[])
     srun.add_argument("--status-host", default="127.0.0.1")
     srun.add_argument("--status-port", type=int, default=0)
+    pub = node.add_parser("publish", help="publish a monitor packet from this machine")
+    pub.add_argument("--topic", required=True)
+    pub.add_argument("--json", dest="data", required=True, help="the packet, a JSON object")
+    pub.add_argument("--state-dir", type=Path,
+                     default=Path(_env("STATE_DIR", ".tether/node") or ""))
     status = node.add_parser("status", help="this node's state, from its state dir")
     status.add_argument("--state-dir", type=Path,
                         default=Path(_env("STATE_DIR", ".tether/node") or ""))
@@ -262,6 +267,8 @@ def _node(args: argparse.Namespace, verb: str) -> int:
                                    policy_path=args.policy,
                                    status_host=args.status_host,
                                    status_port=args.status_port))
+    if verb == "publish":
+        return op.node_publish(args)
     if verb in ("stop", "restart"):
         from tether.node.control import restart_node, stop_node
 

@@ -108,6 +108,28 @@ def _resources_line(res: dict[str, Any]) -> str | None:
             f"({disk.get('free', 0) // 2**20} MiB free), {res.get('processes')} processes")
 
 
+def node_publish(args: argparse.Namespace) -> int:
+    """POST a monitor packet to the local runtime's loopback /publish."""
+    import httpx
+
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        raise CliError(f"--json is not valid JSON: {exc}", 2) from None
+    url_file = args.state_dir / "runtime.status.url"
+    if not url_file.exists():
+        raise CliError(f"no runtime runs for {args.state_dir}; start it with 'tether node run'")
+    try:
+        resp = httpx.post(url_file.read_text().strip() + "/publish", timeout=5,
+                          json={"topic": args.topic, "data": data})
+    except httpx.HTTPError as exc:
+        raise CliError(f"the runtime did not answer: {exc}") from None
+    if resp.status_code != 202:
+        raise CliError(resp.json()["error"]["message"])
+    print(resp.json()["seq"])
+    return 0
+
+
 # -- commands ---------------------------------------------------------------------------------
 
 def commands_show(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from .browser import browser_endpoint
 from .config import ControllerConfig
 from .gateway import EdgeConnection, edge_endpoint
 from .services.events import EventHub
+from .services.monitor import MonitorStore
 from .services.registry import SessionRegistry
 from .store.controller_store import ControllerStore
 from .store.schema import MIGRATIONS
@@ -44,6 +45,7 @@ class Controller:
             max_node_events_per_node=config.max_node_events_per_node)
         self.registry = SessionRegistry()
         self.hub = EventHub()
+        self.monitor = MonitorStore()
         self.connections: set[EdgeConnection] = set()
         self.handshakes_in_progress = 0
         self.stopping = False  # set first thing on shutdown: new edge sessions get 1001

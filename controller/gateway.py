@@ -33,6 +33,7 @@ from tether.protocol.frames import (
     HeartbeatAck,
     Hello,
     LogChunk,
+    MonitorPacket,
     Resume,
     RuntimeState,
     Welcome,
@@ -390,6 +391,12 @@ class EdgeConnection:
                 self.resources = dict(frame.b)
                 self.ctl.hub.publish(f"node:{self.node_id}", "resources.updated",
                                      {"node_id": self.node_id, "resources": self.resources})
+        elif t == "monitor.packet":  # class C: last N in memory, pushed to monitor:<id>
+            packet = self._parse_or_error(MonitorPacket, frame)
+            if packet is not None:
+                item = {"node_id": self.node_id, **packet.to_body()}
+                self.ctl.monitor.add(self.node_id, item)
+                self.ctl.hub.publish(f"monitor:{self.node_id}", "monitor.packet", item)
         elif t == "error":
             logger.warning("node reported an error", extra={
                 "node_id": self.node_id, "code": frame.b.get("code"),

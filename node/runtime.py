@@ -28,6 +28,7 @@ from .health import health_app
 from .identity import Identity
 from .link import LinkStopped, ReconnectNeeded, SidecarLink, SidecarRefused
 from .logbuf import LogBuffer
+from .monitor import MonitorBuffer
 from .policy import Policy
 from .readiness import Incidents, Signals, degraded_matrix, incident_class, readiness
 from .resources import sample as sample_resources
@@ -45,6 +46,7 @@ class NodeRuntime:
         self.identity = identity
         self.store = NodeStore(config.db_path, durability=config.durability)
         self.logs = LogBuffer(max_chunks=config.max_log_chunks)
+        self.monitor = MonitorBuffer()
         self.link = SidecarLink(socket_path=config.socket_path, handler=self,
                                 ensure_sidecar=self._ensure_sidecar)
         self.evt = StreamSender(window=config.evt_window)
@@ -166,6 +168,12 @@ class NodeRuntime:
         link_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await link_task
+
+    def publish_monitor(self, topic: str, data: dict[str, Any]) -> int:
+        """Queue a monitor packet (class C: bounded, oldest dropped and counted)."""
+        seq = self.monitor.add(topic, data)
+        self._uplink_wake.set()
+        return seq
 
     async def emit_event(self, kind: str, data: dict[str, Any]) -> int:
         """Queue an application event (``node.event``, class A on ``evt``); returns its
@@ -355,6 +363,9 @@ class NodeRuntime:
             for chunk in self.logs.take():
                 if not await self.link.send(chunk.frame()):
                     break
+            for packet in self.monitor.take():
+                if not await self.link.send(packet.frame()):
+                    break
             todo = self.evt.next_to_send()
             if not todo:
                 continue
@@ -429,6 +440,8 @@ class NodeRuntime:
             "cmd": {"epoch": self.cmd.epoch, "applied": self.cmd.applied},
             "running": sorted(self.runners),
             "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total},
+            "monitor": {"buffered": len(self.monitor),
+                        "dropped_total": self.monitor.dropped_total},
         }
 
     def _write_status(self) -> None:

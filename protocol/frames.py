@@ -510,10 +510,36 @@ class NodeEvent(Body):
                                                         default={}))
 
 
+@dataclass(frozen=True, slots=True)
+class MonitorPacket(Body):
+    """A small structured packet an app on the node publishes (class C): ``seq`` runs per
+    node, ``dropped`` counts packets lost to overflow before this one."""
+
+    TYPE: ClassVar[str] = "monitor.packet"
+    topic: str
+    data: Mapping[str, Any]
+    seq: int
+    at_ms: int
+    dropped: int = 0
+
+    def to_body(self) -> dict[str, Any]:
+        return {"topic": self.topic, "data": dict(self.data), "seq": self.seq,
+                "at_ms": self.at_ms, "dropped": self.dropped}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> MonitorPacket:
+        topic = _get(b, "topic", str)
+        if not 0 < len(topic) <= 128:
+            raise BadFrame("monitor topic must be 1 to 128 characters")
+        return cls(topic=topic, data=_get(b, "data", dict), seq=_get(b, "seq", int),
+                   at_ms=_get(b, "at_ms", int, required=False, default=0),
+                   dropped=_get(b, "dropped", int, required=False, default=0))
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (Challenge, Hello, Welcome, Heartbeat, HeartbeatAck, Ack, Resume, RuntimeState,
-                Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent)
+                Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent, MonitorPacket)
 }
 
 

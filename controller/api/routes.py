@@ -209,6 +209,14 @@ async def node_events(request: Request) -> Response:
         for e in items]})
 
 
+async def node_monitor(request: Request) -> Response:
+    """GET /api/v1/nodes/{id}/monitor[?topic=T]: the last packets per topic."""
+    await _operator(request)
+    row = await _node_row(request)
+    topic = request.query_params.get("topic")
+    return JSONResponse({"topics": _ctl(request).monitor.get(row["node_id"], topic)})
+
+
 async def submit_command(request: Request) -> Response:
     role = await _operator(request)
     node_id = request.path_params["node_id"]
@@ -340,6 +348,7 @@ ROUTES = [
     Route("/api/v1/nodes/{node_id}/disable", disable_node, methods=["POST"]),
     Route("/api/v1/nodes/{node_id}/enable", enable_node, methods=["POST"]),
     Route("/api/v1/nodes/{node_id}/events", node_events, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}/monitor", node_monitor, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/commands", submit_command, methods=["POST"]),
     Route("/api/v1/commands", list_commands, methods=["GET"]),
     Route("/api/v1/commands/{command_id}", get_command, methods=["GET"]),

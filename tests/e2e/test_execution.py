@@ -224,3 +224,43 @@ def test_a_policy_file_that_does_not_validate_stops_the_runtime_with_its_reason(
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert "unknown field(s) ['allow']" in out.stderr
+
+
+async def test_a_published_monitor_packet_reaches_ws_subscribers_and_the_api(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    import httpx
+    from websockets.asyncio.client import connect
+
+    node = NodeProc(tmp_path / "n-mon", "n-mon")
+    node.enroll(controller)
+    node.start()
+    try:
+        api = controller.api()
+        await asyncio.to_thread(wait_until, lambda: api.liveness("n-mon") == "online")
+        url = controller.url.replace("http", "ws", 1) + "/ws"
+        async with asyncio.timeout(30), connect(url, subprotocols=["tether.v1.json"]) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"t": "hello", "b": {"token": controller.token}}))
+            assert json.loads(await ws.recv())["t"] == "welcome"
+            await ws.send(json.dumps({"t": "subscribe", "b": {"topics": ["monitor:n-mon"]}}))
+            assert json.loads(await ws.recv())["t"] == "subscribed"
+            out = await asyncio.to_thread(subprocess.run, tether_cmd(
+                "node", "publish", "--state-dir", str(node.state_dir), "--topic", "temp",
+                "--json", '{"celsius": 21.5}'), capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame["t"] == "event" and frame["b"]["kind"] == "monitor.packet":
+                    break
+        packet = frame["b"]["data"]
+        assert (packet["topic"], packet["data"], packet["node_id"]) == (
+            "temp", {"celsius": 21.5}, "n-mon")
+        kept = api.get("/api/v1/nodes/n-mon/monitor", params={"topic": "temp"}).json()
+        assert kept["topics"]["temp"][-1]["data"] == {"celsius": 21.5}
+        status_url = (node.state_dir / "runtime.status.url").read_text().strip()
+        bad = httpx.post(status_url + "/publish", json={"topic": "", "data": {}}, timeout=5)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+    finally:
+        node.cleanup()
