@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="edge connections past this many handshakes get 4429")
     serve.add_argument("--allowed-origin", action="append", default=[],
                        help="extra Origin allowed on /ws (repeatable)")
+    serve.add_argument("--ws-max-queue", type=int, default=1024,
+                       help="events queued per /ws client before a slow one is cut off")
+    serve.add_argument("--ws-max-queue-bytes", type=int, default=16 << 20)
 
     jt = nouns.add_parser("join-token", help="join tokens for enrolling nodes").add_subparsers(
         dest="verb", required=True)
@@ -207,7 +210,8 @@ def dispatch(args: argparse.Namespace) -> int:
             handshake_timeout_s=args.handshake_timeout_s,
             max_concurrent_handshakes=args.max_concurrent_handshakes,
             max_log_bytes_per_command=args.max_log_bytes_per_command,
-            allowed_origins=tuple(args.allowed_origin)))
+            allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
+            ws_max_queue_bytes=args.ws_max_queue_bytes))
     if noun == "join-token":
         return op.join_token_create(args)
     if noun == "node":

@@ -118,7 +118,8 @@ class Controller:
         self.hub.publish(f"commands:{node_id}", "command.updated", data)
 
     def log_appended(self, command_id: str, row: dict[str, Any]) -> None:
-        self.hub.publish(f"logs:{command_id}", "log.chunk", log_item(row))
+        item = log_item(row)
+        self.hub.publish(f"logs:{command_id}", "log.chunk", item, size=256 + len(item["data"]))
 
     def live_liveness(self, node_id: str) -> str:
         conn = self.registry.get(node_id)

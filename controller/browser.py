@@ -1,9 +1,13 @@
 """The browser and operator stream on ``/ws`` (PROTOCOL.md §9, JSON sub-protocol).
 
-Client: ``hello`` {token} -> ``welcome`` {role}; then ``subscribe`` {topics} -> ``subscribed``;
-the server pushes ``event`` frames {topic, kind, data}. A client whose bounded event queue
-overflows is closed with 4429 (it reconnects and resubscribes) so it never slows the
-controller. Origin: browsers (which send ``Origin``) must be same-origin or allow-listed.
+Client: ``hello`` {token} -> ``welcome`` {role}; then ``subscribe`` {topics} -> one
+``snapshot`` {topic, data} per topic, then ``subscribed``; then the server pushes ``event``
+frames {topic, kind, data}. Rule: a topic's snapshot is sent before any of its events, and
+events that happened while it was built follow it (a client may see a change twice, never
+miss one), so a client that reconnects resyncs by subscribing again. A client whose
+bounded event queue overflows is closed with 4429 (it reconnects and resubscribes) so it
+never slows the controller. Origin: browsers (which send ``Origin``) must be same-origin
+or allow-listed.
 """
 
 from __future__ import annotations
@@ -11,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
-from tether.protocol.errors import BadFrame, FrameTooLarge
+from tether.protocol.errors import BadFrame, FrameTooLarge, NotFound
 from tether.protocol.frames import Frame
 
 from .services.events import Subscriber
+from .views import command_view, log_item
 
 if TYPE_CHECKING:
     from .app import Controller
@@ -60,14 +65,16 @@ async def browser_endpoint(ws: WebSocket) -> None:
     if not _origin_allowed(ws, controller.config.allowed_origins):
         await ws.close(4403, "origin not allowed")
         return
-    sub = Subscriber()
+    sub = Subscriber(max_queue=controller.config.ws_max_queue,
+                     max_bytes=controller.config.ws_max_queue_bytes)
+    sending = asyncio.Lock()  # held by the pusher per event and by a snapshot while sent
     try:
         role = await _hello(ws, controller)
         await _send(ws, Frame(t="welcome", b={"role": role}))
         async with asyncio.TaskGroup() as tg:
-            pusher = tg.create_task(_push(ws, sub), name="ws-push")
+            pusher = tg.create_task(_push(ws, sub, sending), name="ws-push")
             try:
-                await _read(ws, controller, sub)
+                await _read(ws, controller, sub, sending)
             finally:
                 pusher.cancel()
         code, reason = 1000, "bye"
@@ -123,7 +130,8 @@ async def _hello(ws: WebSocket, controller: Controller) -> str:
     return role
 
 
-async def _read(ws: WebSocket, controller: Controller, sub: Subscriber) -> None:
+async def _read(ws: WebSocket, controller: Controller, sub: Subscriber,
+                sending: asyncio.Lock) -> None:
     while True:
         frame = await _receive(ws, IDLE_TIMEOUT_S, controller.config.max_frame_bytes)
         if frame is None:
@@ -139,9 +147,13 @@ async def _read(ws: WebSocket, controller: Controller, sub: Subscriber) -> None:
                                "'command:<id>', 'commands:<node_id>', 'logs:<id>' or "
                                "'monitor:<id>'"}))
                 continue
-            controller.hub.subscribe(sub, topics)
-            await _send(ws, Frame(t="subscribed", re=frame.id,
-                                  b={"topics": sorted(sub.topics)}))
+            async with sending:  # events queue up meanwhile and follow the snapshots
+                controller.hub.subscribe(sub, topics)
+                for topic in topics:
+                    await _send(ws, Frame(t="snapshot", re=frame.id, b={
+                        "topic": topic, "data": await _snapshot(controller, topic)}))
+                await _send(ws, Frame(t="subscribed", re=frame.id,
+                                      b={"topics": sorted(sub.topics)}))
         elif frame.t == "ping":
             await _send(ws, Frame(t="pong", re=frame.id))
         else:
@@ -149,11 +161,36 @@ async def _read(ws: WebSocket, controller: Controller, sub: Subscriber) -> None:
                 "code": "unknown_type", "message": f"frame type {frame.t!r} is not handled"}))
 
 
-async def _push(ws: WebSocket, sub: Subscriber) -> None:
+async def _push(ws: WebSocket, sub: Subscriber, sending: asyncio.Lock) -> None:
     while True:
         event = await sub.get()
         if event is None:
             raise _Close(4429, "event queue overflowed: client too slow; reconnect and "
                                "resubscribe")
-        await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
-                                            "data": event.data}))
+        async with sending:
+            await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
+                                                "data": event.data}))
+
+
+async def _snapshot(controller: Controller, topic: str) -> Any:
+    """The current state behind ``topic``; None for something that does not exist."""
+    store = controller.store
+    kind, _, key = topic.partition(":")
+    try:
+        if topic == "nodes":
+            return [controller.node_view(r) for r in await store.list_nodes()]
+        if kind == "node":
+            row = await store.get_node(key)
+            return None if row is None else controller.node_view(row)
+        if kind == "command":
+            return command_view(await store.get_command(key))
+        if kind == "commands":
+            rows, counts = await store.list_commands(node_id=key, state=None, limit=100)
+            return {"items": [command_view(r) for r in rows], "counts": counts}
+        if kind == "logs":
+            return {"items": [log_item(r) for r in await store.command_logs(key)]}
+        if kind == "monitor":
+            return {"topics": controller.monitor.get(key)}
+    except NotFound:
+        return None
+    return None

@@ -29,6 +29,8 @@ class ControllerConfig:
     sweep_interval_s: float = 1.0
     log_format: str = "text"
     allowed_origins: tuple[str, ...] = ()
+    ws_max_queue: int = 1024  # events queued per /ws client before it is cut off (4429)
+    ws_max_queue_bytes: int = 16 << 20  # and bytes
 
     @property
     def db_path(self) -> Path:

@@ -139,7 +139,8 @@ async def _command_rtt(ctl: _Controller, node_id: str, count: int,
         await ws.send(encode_json(Frame(t="hello", b={"token": ctl.token})))
         await ws.recv()
         await ws.send(encode_json(Frame(t="subscribe", b={"topics": [f"commands:{node_id}"]})))
-        await ws.recv()
+        while decode_json(await ws.recv()).t != "subscribed":  # skip the snapshot
+            pass
 
         async def reader() -> None:
             while True:

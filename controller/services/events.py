@@ -1,8 +1,9 @@
 """In-process event hub for live subscribers (/ws clients, `tether exec`).
 
-Each subscriber has a bounded queue (``max_queue`` events). Overflow policy: a subscriber
-that falls behind is cut off (``overflowed`` set, queue closed) rather than slowing the
-publisher or growing memory; it reconnects and resyncs from a snapshot.
+Each subscriber has a queue bounded in events (``max_queue``) and in bytes
+(``max_bytes``, from each event's size hint). Overflow policy: a subscriber that falls
+behind is cut off (``overflowed`` set, queue closed) rather than slowing the publisher or
+growing memory; it reconnects and resyncs from a snapshot.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ class Event:
     topic: str
     kind: str
     data: dict[str, Any]
+    size: int = 256  # approximate bytes, for the subscribers' byte bounds
 
 
 @dataclass(eq=False)
 class Subscriber:
     max_queue: int = 1024
+    max_bytes: int = 16 << 20
     topics: set[str] = field(default_factory=set)
     overflowed: bool = False
+    queued_bytes: int = 0
     queue: asyncio.Queue[Event | None] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -34,15 +38,20 @@ class Subscriber:
     def offer(self, event: Event) -> None:
         if self.overflowed:
             return
-        if self.queue.qsize() >= self.max_queue:
+        if self.queue.qsize() >= self.max_queue or \
+                self.queued_bytes + event.size > self.max_bytes:
             self.overflowed = True
             self.queue.put_nowait(None)
             return
+        self.queued_bytes += event.size
         self.queue.put_nowait(event)
 
     async def get(self) -> Event | None:
         """The next event, or None once the subscriber was cut off."""
-        return await self.queue.get()
+        event = await self.queue.get()
+        if event is not None:
+            self.queued_bytes -= event.size
+        return event
 
 
 class EventHub:
@@ -65,11 +74,11 @@ class EventHub:
                     del self._by_topic[topic]
         sub.topics.clear()
 
-    def publish(self, topic: str, kind: str, data: dict[str, Any]) -> None:
+    def publish(self, topic: str, kind: str, data: dict[str, Any], *, size: int = 256) -> None:
         subs = self._by_topic.get(topic)
         if not subs:
             return
-        event = Event(topic, kind, data)
+        event = Event(topic, kind, data, size)
         self.published_total += 1
         for sub in list(subs):
             was = sub.overflowed

@@ -115,6 +115,11 @@ async def test_subscribing_to_nodes_pushes_session_opened_when_a_node_connects(
     ws = await logged_in(ws_url, controller.token)
     try:
         await send(ws, {"t": "subscribe", "id": "sub1", "b": {"topics": ["nodes"]}})
+        snapshot = await json_recv(ws)  # the current state first, then events
+        assert snapshot["t"] == "snapshot" and snapshot["re"] == "sub1"
+        assert snapshot["b"]["topic"] == "nodes"
+        assert [n["node_id"] for n in snapshot["b"]["data"]] == [ident.node_id]
+        assert snapshot["b"]["data"][0]["liveness"] == "offline"
         subscribed = await json_recv(ws)
         assert subscribed["t"] == "subscribed" and subscribed["re"] == "sub1"
         assert subscribed["b"]["topics"] == ["nodes"]
@@ -148,6 +153,9 @@ async def test_a_command_topic_pushes_the_delivered_state(
     ws = await logged_in(ws_url, controller.token)
     try:
         await send(ws, {"t": "subscribe", "id": "s", "b": {"topics": [f"command:{command_id}"]}})
+        snapshot = await json_recv(ws)
+        assert snapshot["t"] == "snapshot"
+        assert snapshot["b"]["data"]["command_id"] == command_id
         assert (await json_recv(ws))["t"] == "subscribed"
         deliver = await client.recv_type("cmd.deliver")
         await client.send(Frame(t="edge.ack", b={"acks": {"cmd": deliver.q}}))
@@ -171,6 +179,7 @@ async def test_subscribing_to_a_bad_topic_gets_an_error_frame_and_stays_open(
             assert isinstance(err["b"]["code"], str) and err["b"]["code"]
             assert isinstance(err["b"]["message"], str) and err["b"]["message"]
         await send(ws, {"t": "subscribe", "id": "good", "b": {"topics": ["nodes"]}})
+        assert (await json_recv(ws))["t"] == "snapshot"
         ok = await json_recv(ws)
         assert ok["t"] == "subscribed" and ok["re"] == "good"
     finally:

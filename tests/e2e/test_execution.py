@@ -245,6 +245,8 @@ async def test_a_published_monitor_packet_reaches_ws_subscribers_and_the_api(
             await ws.send(json.dumps({"t": "hello", "b": {"token": controller.token}}))
             assert json.loads(await ws.recv())["t"] == "welcome"
             await ws.send(json.dumps({"t": "subscribe", "b": {"topics": ["monitor:n-mon"]}}))
+            snapshot = json.loads(await ws.recv())
+            assert snapshot["t"] == "snapshot" and snapshot["b"]["data"] == {"topics": {}}
             assert json.loads(await ws.recv())["t"] == "subscribed"
             out = await asyncio.to_thread(subprocess.run, tether_cmd(
                 "node", "publish", "--state-dir", str(node.state_dir), "--topic", "temp",
