@@ -94,7 +94,10 @@ def nodes_show(args: argparse.Namespace) -> int:
                        ("last seen", node.get("last_seen_at")),
                        ("capabilities", ", ".join(node.get("capabilities") or [])),
                        ("labels", node.get("labels")),
-                       ("resources", _resources_line(node.get("resources") or {}))]:
+                       ("resources", _resources_line(node.get("resources") or {})),
+                       ("apps", ", ".join(f"{n} {a['state']} (restarts {a['restarts']})"
+                                          for n, a in (node.get("apps") or {}).items())
+                        or None)]:
         print(f"{key:<13} {value if value is not None else '-'}")
     return 0
 

@@ -182,6 +182,7 @@ class Controller:
             "last_seen_at": iso(last_seen),
             "capabilities": json.loads(row["capabilities"] or "[]"),
             "policy": json.loads(row["policy"]) if row.get("policy") else None,
+            "apps": json.loads(row["apps"]) if row.get("apps") else {},
             "enrolled_at": iso(row["created_at"]),
         }
 

@@ -39,6 +39,10 @@ class NodeConfig:
         return self.policy_path or self.state_dir / "policy.json"
 
     @property
+    def apps_path(self) -> Path:
+        return self.state_dir / "apps.json"
+
+    @property
     def socket_path(self) -> Path:
         return self.state_dir / "sidecar.sock"
 

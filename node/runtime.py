@@ -22,6 +22,7 @@ from tether.protocol.errors import RemoteProtocolError
 from tether.protocol.frames import CONTROL_KINDS, Ack, ErrorBody, Frame, Welcome
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
 
+from .apps import AppError, AppSupervisor, load_apps
 from .config import NodeConfig
 from .executors.exec import ExecOutcome, ExecRunner
 from .health import health_app
@@ -37,7 +38,7 @@ from .store import NodeStore
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume")
+CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps")
 
 
 class NodeRuntime:
@@ -60,6 +61,11 @@ class NodeRuntime:
         self._uplink_wake = asyncio.Event()
         self._evt_acked_on_disk = 0
         self.policy = Policy.load(config.effective_policy_path)
+        self.apps = AppSupervisor(load_apps(config.apps_path), logs=self.logs,
+                                  pids_path=config.state_dir / "apps.pids.json",
+                                  on_output=self._uplink_wake.set,
+                                  on_change=lambda table: self._apps_dirty.set())
+        self._apps_dirty = asyncio.Event()
         self.max_concurrent = self.policy.max_concurrent or config.max_concurrent
         self._exec_slots = asyncio.Semaphore(self.max_concurrent)
         self.runners: dict[str, ExecRunner] = {}
@@ -100,6 +106,7 @@ class NodeRuntime:
                            tg.create_task(self._uplink_loop(), name="node-uplink"),
                            tg.create_task(self._status_loop(), name="node-status"),
                            tg.create_task(self._resources_loop(), name="node-resources"),
+                           tg.create_task(self._apps_report_loop(), name="node-apps"),
                            tg.create_task(serve_loopback(
                                health_app(self), host=self.config.status_host,
                                port=self.config.status_port,
@@ -107,6 +114,11 @@ class NodeRuntime:
                                name="node-http")]
                 for command in to_run:
                     self._spawn(command)
+                reaped = self.apps.reap_previous()
+                if reaped:
+                    logger.info("stopped apps the previous runtime left running",
+                                extra={"count": reaped})
+                self.apps.start_all(tg)
                 link_task = tg.create_task(self._run_link(), name="node-link")
                 stopper = tg.create_task(stop.wait(), name="node-stop")
                 await asyncio.wait({link_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -140,6 +152,8 @@ class NodeRuntime:
 
     async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
         self.accepting = False
+        await self.apps.stop_all()  # a new runtime starts them again (never adopts)
+        await self._report_apps()
         if self.runners:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.drain_timeout_s):
@@ -297,6 +311,9 @@ class NodeRuntime:
         if kind in CONTROL_KINDS:
             await self._control(command_id, kind, command["args"])
             return
+        if kind.startswith("app."):
+            await self._app_command(command_id, kind, command["args"])
+            return
         async with self._exec_slots:
             if not self.accepting:
                 return  # stays 'delivered'; runs after the next start
@@ -317,6 +334,49 @@ class NodeRuntime:
             self.logs.forget(command_id)
             self._outbox_grew(await self.store.finish_command(
                 command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error))
+
+    async def _app_command(self, command_id: str, kind: str, args: dict[str, Any]) -> None:
+        started = await self.store.start_command(command_id)
+        if started is None:
+            return
+        self._outbox_grew(started)
+        name = args.get("name")
+        try:
+            if kind == "app.status":
+                table = self.apps.table()
+                if isinstance(name, str):
+                    self.apps.check(name)
+                    table = {name: table[name]}
+                result: dict[str, Any] = {"apps": table}
+            elif not isinstance(name, str):
+                raise AppError(f"{kind} needs 'name'")
+            elif kind == "app.start":
+                result = {"started": self.apps.start(name)}
+            elif kind == "app.stop":
+                result = {"stopped": await self.apps.stop(name)}
+            else:
+                await self.apps.restart(name)
+                result = {"restarted": True}
+        except AppError as exc:
+            self._outbox_grew(await self.store.finish_command(command_id, "failed",
+                                                              error=exc.message))
+            return
+        self._outbox_grew(await self.store.finish_command(command_id, "succeeded",
+                                                          result=result))
+
+    async def _apps_report_loop(self) -> None:
+        """App state changes reach the controller as class A ``node.event`` kind ``apps``
+        (coalesced: each report carries the whole table, restart counters included)."""
+        while True:
+            await self._apps_dirty.wait()
+            await self._report_apps()
+
+    async def _report_apps(self) -> None:
+        if not self._apps_dirty.is_set():
+            return
+        self._apps_dirty.clear()
+        self._outbox_grew(await self.store.append_event(
+            "node.event", {"kind": "apps", "data": self.apps.table()}))
 
     async def _control(self, control_id: str, kind: str, args: dict[str, Any]) -> None:
         """cancel / pause / resume ``args.command_id``; the control command itself succeeds
@@ -439,6 +499,7 @@ class NodeRuntime:
                        "acked": self.evt.acked},
             "cmd": {"epoch": self.cmd.epoch, "applied": self.cmd.applied},
             "running": sorted(self.runners),
+            "apps": self.apps.table(),
             "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total},
             "monitor": {"buffered": len(self.monitor),
                         "dropped_total": self.monitor.dropped_total},

@@ -48,7 +48,8 @@ MIGRATIONS = [
     """,
 ]
 
-KNOWN_KINDS = frozenset({"exec", "diag.ping", *CONTROL_KINDS})
+APP_KINDS = frozenset({"app.start", "app.stop", "app.restart", "app.status"})
+KNOWN_KINDS = frozenset({"exec", "diag.ping", *CONTROL_KINDS, *APP_KINDS})
 
 
 def _ms() -> int:

@@ -209,6 +209,21 @@ async def node_events(request: Request) -> Response:
         for e in items]})
 
 
+async def node_logs(request: Request) -> Response:
+    """GET /api/v1/nodes/{id}/logs[?source=APP&after=ID]: app and runtime output."""
+    await _operator(request)
+    row = await _node_row(request)
+    after_raw = request.query_params.get("after", "0")
+    if not after_raw.isdigit():
+        raise InvalidRequest("'after' must be an integer >= 0")
+    rows = await _ctl(request).store.node_logs(row["node_id"],
+                                               source=request.query_params.get("source"),
+                                               after=int(after_raw))
+    items = [log_item(r) for r in rows]
+    return JSONResponse({"items": items,
+                         "next_after": items[-1]["id"] if items else int(after_raw)})
+
+
 async def node_monitor(request: Request) -> Response:
     """GET /api/v1/nodes/{id}/monitor[?topic=T]: the last packets per topic."""
     await _operator(request)
@@ -349,6 +364,7 @@ ROUTES = [
     Route("/api/v1/nodes/{node_id}/enable", enable_node, methods=["POST"]),
     Route("/api/v1/nodes/{node_id}/events", node_events, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/monitor", node_monitor, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}/logs", node_logs, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/commands", submit_command, methods=["POST"]),
     Route("/api/v1/commands", list_commands, methods=["GET"]),
     Route("/api/v1/commands/{command_id}", get_command, methods=["GET"]),

@@ -85,6 +85,7 @@ class ControllerStore:
         self.db = db
         self.max_log_bytes_per_command = max_log_bytes_per_command
         self.max_node_events_per_node = max_node_events_per_node
+        self.max_node_log_chunks = 10_000
 
     # -- meta and tokens ------------------------------------------------------------------
 
@@ -317,7 +318,7 @@ class ControllerStore:
             return [dict(r) for r in conn.execute(
                 "SELECT node_id, labels, enabled, created_at, current_session, last_seen_at, "
                 "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
-                "capabilities, policy FROM nodes ORDER BY node_id")]
+                "capabilities, policy, apps FROM nodes ORDER BY node_id")]
         return await self.db.read(fn)
 
     async def get_node(self, node_id: str) -> dict[str, Any] | None:
@@ -325,7 +326,7 @@ class ControllerStore:
             row = conn.execute(
                 "SELECT node_id, labels, enabled, created_at, current_session, last_seen_at, "
                 "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
-                "capabilities, policy FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+                "capabilities, policy, apps FROM nodes WHERE node_id=?", (node_id,)).fetchone()
             return dict(row) if row else None
         return await self.db.read(fn)
 
@@ -585,8 +586,8 @@ class ControllerStore:
                 elif frame.t == "node.event":
                     kind, data = str(frame.b.get("kind")), frame.b.get("data") or {}
                     self._node_event(conn, node_id, kind, data)
-                    if kind == "policy":
-                        conn.execute("UPDATE nodes SET policy=? WHERE node_id=?",
+                    if kind in ("policy", "apps"):  # the latest report is the node's view
+                        conn.execute(f"UPDATE nodes SET {kind}=? WHERE node_id=?",
                                      (json.dumps(data, default=repr), node_id))
                 else:  # class A on evt that this version records but does not interpret
                     self._node_event(conn, node_id, frame.t, dict(frame.b))
@@ -684,11 +685,32 @@ class ControllerStore:
                 cur = conn.execute("INSERT INTO logs (command_id, node_id, source, seq, data, "
                                    "dropped, at) VALUES (?,?,?,?,?,?,?)",
                                    (command_id, node_id, source, seq, data, dropped, now))
+                if command_id is None and cur.lastrowid and cur.lastrowid % 500 == 0:
+                    # node-level logs (apps, runtime) keep the newest chunks per node
+                    conn.execute(
+                        "DELETE FROM logs WHERE node_id=? AND command_id IS NULL AND id <= "
+                        "(SELECT id FROM logs WHERE node_id=? AND command_id IS NULL "
+                        "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                        (node_id, node_id, self.max_node_log_chunks))
                 stored.append({"id": cur.lastrowid, "command_id": command_id,
                                "source": source, "seq": seq, "data": data,
                                "dropped": dropped})
             return stored
         return await self.db.write(fn)
+
+    async def node_logs(self, node_id: str, *, source: str | None, after: int = 0,
+                        limit: int = 1000) -> list[dict[str, Any]]:
+        """Node-level log chunks (apps, runtime): those not tied to a command."""
+        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            sql = ("SELECT id, source, seq, data, dropped FROM logs WHERE node_id=? AND "
+                   "command_id IS NULL AND id>?")
+            params: list[Any] = [node_id, after]
+            if source is not None:
+                sql += " AND source=?"
+                params.append(source)
+            return [dict(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?",
+                                                  [*params, limit])]
+        return await self.db.read(fn)
 
     async def command_logs(self, command_id: str, *, after: int = 0,
                            limit: int = 1000) -> list[dict[str, Any]]:

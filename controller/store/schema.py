@@ -63,4 +63,8 @@ MIGRATIONS = [
     """
     ALTER TABLE nodes ADD COLUMN policy TEXT
     """,
+    # 3: the node's managed apps as it last reported them (node.event kind "apps")
+    """
+    ALTER TABLE nodes ADD COLUMN apps TEXT
+    """,
 ]

@@ -26,12 +26,14 @@ class ExecOutcome:
 
 
 class ExecRunner:
-    def __init__(self, command_id: str, args: Mapping[str, Any], *, logs: LogBuffer,
+    def __init__(self, command_id: str | None, args: Mapping[str, Any], *, logs: LogBuffer,
                  on_output: Callable[[], None], kill_grace_s: float = 5.0,
+                 source: str | None = None,
                  default_timeout_s: float | None = None,
                  max_output_bytes: int | None = None) -> None:
         self.command_id = command_id
         self.args = args
+        self.source = source  # log source for both streams (apps); None: stdout/stderr
         self.logs = logs
         self.on_output = on_output
         self.kill_grace_s = kill_grace_s
@@ -152,7 +154,7 @@ class ExecRunner:
                 if not data:
                     continue
             self.output_bytes += len(data)
-            self.logs.add(self.command_id, source, data)
+            self.logs.add(self.command_id, self.source or source, data)
             self.on_output()
 
 
