@@ -1,20 +1,22 @@
 """The ``exec`` command kind: run ``argv`` without a shell, stream its output, report how it
-ended. The process runs in its own process group so cancel and timeout reach its children.
+ended. The process runs in its own process group (through a :class:`RuntimeBackend`, native
+by default) so cancel, pause and timeout reach its children.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..backends import NativeBackend, ProcessHandle, ProcessSpec, RuntimeBackend, SpawnError
 from ..logbuf import LogBuffer
 
 READ_CHUNK = 64 * 1024
+LINE_FLUSH_S = 0.05  # how long a partial line may wait for its newline
 PIPE_DRAIN_S = 2.0  # after exit, how long to wait for pipes held open by grandchildren
 
 
@@ -28,7 +30,7 @@ class ExecOutcome:
 class ExecRunner:
     def __init__(self, command_id: str | None, args: Mapping[str, Any], *, logs: LogBuffer,
                  on_output: Callable[[], None], kill_grace_s: float = 5.0,
-                 source: str | None = None,
+                 source: str | None = None, backend: RuntimeBackend | None = None,
                  default_timeout_s: float | None = None,
                  max_output_bytes: int | None = None) -> None:
         self.command_id = command_id
@@ -45,6 +47,8 @@ class ExecRunner:
         self._stop_as: ExecOutcome | None = None
         self.pid: int | None = None
         self.paused = False
+        self.backend: RuntimeBackend = backend or NativeBackend()
+        self._proc: ProcessHandle | None = None
 
     def cancel(self, outcome: ExecOutcome | None = None) -> None:
         """Stop the process (SIGTERM to its group, SIGKILL after the grace period)."""
@@ -53,17 +57,17 @@ class ExecRunner:
 
     def pause(self) -> bool:
         """SIGSTOP to the process group; False when there is no process (yet/anymore)."""
-        if self.pid is None or self._stop.is_set():
+        if self._proc is None or self._stop.is_set():
             return False
-        _killpg(self.pid, signal.SIGSTOP)
+        self._proc.signal_group(signal.SIGSTOP)
         self.paused = True
         return True
 
     def resume(self) -> bool:
         """SIGCONT to the process group."""
-        if self.pid is None:
+        if self._proc is None:
             return False
-        _killpg(self.pid, signal.SIGCONT)
+        self._proc.signal_group(signal.SIGCONT)
         self.paused = False
         return True
 
@@ -74,21 +78,15 @@ class ExecRunner:
         env_extra = self.args.get("env") or {}
         if not isinstance(env_extra, dict):
             return ExecOutcome("failed", error="exec 'env' must be a map of strings")
-        env = {**os.environ, **{str(k): str(v) for k, v in env_extra.items()}}
         cwd = self.args.get("cwd")
         timeout_s = self.args.get("timeout_s", self.default_timeout_s)
+        spec = ProcessSpec(argv=tuple(argv), env={str(k): str(v) for k, v in env_extra.items()},
+                           cwd=cwd if isinstance(cwd, str) else None)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=cwd if isinstance(cwd, str) else None,
-                env=env, start_new_session=True)
-        except FileNotFoundError as exc:
-            missing = argv[0] if exc.filename in (None, argv[0]) else exc.filename
-            return ExecOutcome("failed", error=f"not found: {missing}")
-        except PermissionError:
-            return ExecOutcome("failed", error=f"permission denied: {argv[0]}")
-        except OSError as exc:
-            return ExecOutcome("failed", error=f"cannot start {argv[0]}: {exc.strerror}")
+            proc = await self.backend.spawn(spec)
+        except SpawnError as exc:
+            return ExecOutcome("failed", error=exc.message)
+        self._proc = proc
         self.pid = proc.pid
         pumps = [asyncio.create_task(self._pump(proc.stdout, "stdout")),
                  asyncio.create_task(self._pump(proc.stderr, "stderr"))]
@@ -111,7 +109,7 @@ class ExecRunner:
                 task.cancel()
             await asyncio.gather(*pumps, waiter, stopper, return_exceptions=True)
             if proc.returncode is None:  # we are being cancelled ourselves
-                _killpg(proc.pid, signal.SIGKILL)
+                proc.signal_group(signal.SIGKILL)
         if self.output_dropped_bytes:
             self.logs.add(self.command_id, "runtime", (
                 f"[tether] {self.output_dropped_bytes} bytes of output dropped: over the "
@@ -127,37 +125,50 @@ class ExecRunner:
                                error=f"killed by signal {signal.Signals(-code).name}")
         return ExecOutcome("failed", exit_code=code, error=f"exit code {code}")
 
-    async def _terminate(self, proc: asyncio.subprocess.Process,
-                         waiter: asyncio.Task[int]) -> None:
-        _killpg(proc.pid, signal.SIGTERM)
-        _killpg(proc.pid, signal.SIGCONT)  # a paused group must wake to act on SIGTERM
+    async def _terminate(self, proc: ProcessHandle, waiter: asyncio.Task[int]) -> None:
+        proc.signal_group(signal.SIGTERM)
+        proc.signal_group(signal.SIGCONT)  # a paused group must wake to act on SIGTERM
         try:
             async with asyncio.timeout(self.kill_grace_s):
                 await asyncio.shield(waiter)
         except TimeoutError:
-            _killpg(proc.pid, signal.SIGKILL)
+            proc.signal_group(signal.SIGKILL)
             await asyncio.shield(waiter)
-        _killpg(proc.pid, signal.SIGKILL)  # stragglers left in the group
+        proc.signal_group(signal.SIGKILL)  # stragglers left in the group
 
-    async def _pump(self, stream: asyncio.StreamReader | None, source: str) -> None:
-        if stream is None:
-            return
+    async def _pump(self, stream: asyncio.StreamReader, source: str) -> None:
+        """Forward output line-buffered: complete lines go at once; a partial line waits at
+        most LINE_FLUSH_S for its end (or READ_CHUNK bytes), then goes as it is. Bytes are
+        forwarded untouched (binary-safe)."""
+        pending = bytearray()
         while True:
-            data = await stream.read(READ_CHUNK)
+            try:
+                async with asyncio.timeout(LINE_FLUSH_S if pending else None):
+                    data = await stream.read(READ_CHUNK)
+            except TimeoutError:
+                self._emit(source, bytes(pending))
+                pending.clear()
+                continue
+            if not data:
+                if pending:
+                    self._emit(source, bytes(pending))
+                return
+            pending += data
+            cut = pending.rfind(b"\n") + 1
+            if len(pending) >= READ_CHUNK:
+                cut = len(pending)
+            if cut:
+                self._emit(source, bytes(pending[:cut]))
+                del pending[:cut]
+
+    def _emit(self, source: str, data: bytes) -> None:
+        if self.max_output_bytes is not None:
+            room = max(0, self.max_output_bytes - self.output_bytes)
+            if len(data) > room:  # keep reading (the process must not block on a full
+                self.output_dropped_bytes += len(data) - room  # pipe), drop what is over
+                data = data[:room]
             if not data:
                 return
-            if self.max_output_bytes is not None:
-                room = max(0, self.max_output_bytes - self.output_bytes)
-                if len(data) > room:  # keep reading (the process must not block on a
-                    self.output_dropped_bytes += len(data) - room  # full pipe), drop
-                    data = data[:room]
-                if not data:
-                    continue
-            self.output_bytes += len(data)
-            self.logs.add(self.command_id, self.source or source, data)
-            self.on_output()
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        self.output_bytes += len(data)
+        self.logs.add(self.command_id, self.source or source, data)
+        self.on_output()

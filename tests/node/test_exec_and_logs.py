@@ -105,3 +105,35 @@ async def test_pause_stops_the_group_and_cancel_still_ends_a_paused_process(
     r.cancel()  # SIGTERM is paired with SIGCONT, so a stopped process still ends at once
     outcome = await asyncio.wait_for(task, timeout=4)
     assert outcome.state == "cancelled"
+
+
+async def test_complete_lines_are_forwarded_together_and_a_trailing_partial_line_at_exit(
+        ) -> None:
+    logs = LogBuffer()
+    outcome = await runner({"argv": ["printf", "a\\nb\\nc"]}, logs).run()
+    assert outcome.state == "succeeded"
+    assert [c.data for c in logs.take()] == [b"a\nb\n", b"c"]
+
+
+async def test_the_runner_works_through_any_runtime_backend() -> None:
+    """The seam a docker backend plugs into: the runner only sees spawn/handle."""
+    from tether.node.backends import NativeBackend, ProcessHandle, ProcessSpec
+
+    spawned: list[ProcessSpec] = []
+
+    class Wrapping:  # e.g. what a container backend does: run argv inside something else
+        name = "wrapping"
+
+        async def spawn(self, spec: ProcessSpec) -> ProcessHandle:
+            spawned.append(spec)
+            wrapped = ProcessSpec(argv=("env", "WRAPPED=1", *spec.argv), env=spec.env,
+                                  cwd=spec.cwd)
+            return await NativeBackend().spawn(wrapped)
+
+    logs = LogBuffer()
+    r = ExecRunner("c1", {"argv": ["sh", "-c", "echo $WRAPPED"]}, logs=logs,
+                   on_output=lambda: None, backend=Wrapping())
+    outcome = await r.run()
+    assert outcome.state == "succeeded"
+    assert [c.data for c in logs.take()] == [b"1\n"]
+    assert spawned[0].argv == ("sh", "-c", "echo $WRAPPED")

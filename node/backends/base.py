@@ -1,0 +1,56 @@
+"""The backend interface. Callers (the exec runner, the app supervisor) only see this:
+a backend turns a :class:`ProcessSpec` into a :class:`ProcessHandle` whose output can be
+read and whose whole group can be signalled. A ``docker`` backend implements the same two
+classes (``docker run`` / ``docker kill --signal``) without any change to callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tether.protocol.errors import TetherError
+
+
+class SpawnError(TetherError):
+    """The process could not start; ``message`` says why in one line."""
+
+    default_code = "spawn_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the node's environment
+    cwd: str | None = None
+
+
+class ProcessHandle(Protocol):
+    """A started process group."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def stdout(self) -> asyncio.StreamReader: ...
+
+    @property
+    def stderr(self) -> asyncio.StreamReader: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to every process of the group; a group already gone is no error."""
+
+
+class RuntimeBackend(Protocol):
+    name: str
+
+    async def spawn(self, spec: ProcessSpec) -> ProcessHandle:
+        """Start ``spec`` in a new process group. Raises SpawnError."""
