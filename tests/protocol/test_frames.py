@@ -27,6 +27,7 @@ from tether.protocol.frames import (
     HeartbeatAck,
     Hello,
     LogChunk,
+    MonitorPacket,
     NodeEvent,
     Resume,
     RuntimeState,
@@ -93,6 +94,8 @@ BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
     LogChunk: st.builds(LogChunk, source=text, seq=ints, data=st.binary(max_size=64),
                         command_id=st.none() | text, dropped=non_negative),
     NodeEvent: st.builds(NodeEvent, kind=text, data=free_maps),
+    MonitorPacket: st.builds(MonitorPacket, topic=st.text(min_size=1, max_size=128),
+                             data=free_maps, seq=ints, at_ms=ints, dropped=ints),
 }
 any_body = st.one_of(*BODY_STRATEGIES.values())
 
@@ -216,6 +219,8 @@ VALID: dict[type[Body], dict[str, Any]] = {
     LogChunk: {"command_id": "c-1", "source": "stdout", "seq": 1, "data": b"out",
                "dropped": 0},
     NodeEvent: {"kind": "boot", "data": {"why": "power"}},
+    MonitorPacket: {"topic": "temp", "data": {"celsius": 21.5}, "seq": 3, "at_ms": 9,
+                    "dropped": 0},
 }
 
 REQUIRED: dict[type[Body], list[str]] = {
@@ -233,6 +238,7 @@ REQUIRED: dict[type[Body], list[str]] = {
     CmdStatus: ["command_id", "state"],
     LogChunk: ["source", "seq", "data"],
     NodeEvent: ["kind"],
+    MonitorPacket: ["topic", "data", "seq"],
 }
 
 BAD_ACKS = [["evt"], {"evt": -1}, {"evt": "1"}, {"evt": True}, {"evt": 1.0}, {1: 1}, "evt"]
@@ -270,6 +276,7 @@ WRONG: list[tuple[type[Body], str, Any]] = [
     (LogChunk, "source", 1), (LogChunk, "seq", "1"), (LogChunk, "data", 5),
     (LogChunk, "command_id", 1), (LogChunk, "dropped", "0"),
     (NodeEvent, "kind", 1), (NodeEvent, "data", "x"),
+    (MonitorPacket, "topic", 1), (MonitorPacket, "data", [1]), (MonitorPacket, "seq", "1"),
 ]
 
 
