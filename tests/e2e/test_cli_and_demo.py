@@ -106,3 +106,13 @@ def test_enrolling_with_a_used_token_fails_with_the_controllers_reason(
                             timeout=30)
     assert second.returncode == 1
     assert "used up" in second.stderr and "401" in second.stderr
+
+
+def test_a_closed_pipe_is_not_an_error(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    node = make_node("n-pipe")
+    cmd = " ".join(tether_cmd("node", "status", "--state-dir", str(node.state_dir)))
+    out = subprocess.run(f"{cmd} | head -1", shell=True, capture_output=True, text=True,
+                         timeout=30)
+    assert out.stdout.startswith("node        n-pipe")
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr
