@@ -167,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--json", action="store_true")
     core.add_argument("--out", type=Path)
 
+    diag = nouns.add_parser("diag", help="probes that say why something is off").add_subparsers(
+        dest="verb", required=True)
+    dws = diag.add_parser("ws", help="every step from DNS to a heartbeat, timed")
+    dws.add_argument("url", help="the controller URL, e.g. https://ctl:8700")
+    dws.add_argument("--node-id")
+    dws.add_argument("--node-key", type=Path, help="say hello as this node (supersedes a "
+                                                   "live session of it)")
+    dws.add_argument("--state-dir", type=Path, help="a node's state dir: its key, id, epoch")
+    dws.add_argument("--ca-file")
+    dws.add_argument("--pin-sha256", action="append", default=[])
+    dws.add_argument("--proxy")
+    dws.add_argument("--timeout", type=float, default=5.0, help="seconds per step")
+    dws.add_argument("--json", action="store_true")
+
     demo = nouns.add_parser("demo", help="a controller and local nodes on loopback")
     demo.add_argument("--nodes", type=int, default=1)
     demo.add_argument("--port", type=int, default=8700)
@@ -244,11 +258,35 @@ def dispatch(args: argparse.Namespace) -> int:
         from tether.tools.bench import run_core
 
         return run_core(args)
+    if noun == "diag":
+        return _diag(args, verb)
     if noun == "demo":
         from .demo import run_demo
 
         return run_demo(args)
     raise CliError(f"unknown command {noun}", 2)
+
+
+def _diag(args: argparse.Namespace, verb: str) -> int:
+    import asyncio
+
+    from tether.tools.diag.ws import probe
+
+    if verb == "ws":
+        node_key, node_id = args.node_key, args.node_id
+        if args.state_dir is not None:
+            meta = json.loads((args.state_dir / "node.json").read_text())
+            node_key = node_key or args.state_dir / "node.key"
+            node_id = node_id or meta["node_id"]
+        if (node_key is None) != (node_id is None):
+            raise CliError("--node-key and --node-id go together (or use --state-dir)", 2)
+        report = asyncio.run(probe(args.url, node_id=node_id, node_key=node_key,
+                                   state_dir=args.state_dir, ca_file=args.ca_file,
+                                   pins=tuple(args.pin_sha256), proxy=args.proxy,
+                                   timeout_s=args.timeout))
+        print(report.as_json() if args.json else report.as_table())
+        return report.exit_code
+    raise CliError(f"unknown diag probe {verb}", 2)
 
 
 def _node(args: argparse.Namespace, verb: str) -> int:
