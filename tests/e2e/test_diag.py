@@ -1,0 +1,116 @@
+"""`tether diag ws` against a live controller, and failing helpfully against a dead port, a
+non-tether HTTP server, a wrong node key and a blackholed route."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.protocol.signing import generate_private_key, private_key_raw
+
+from ..helpers import ControllerProc, NodeProc, Proc, tether_cmd, wait_until
+from .test_transport_options import free_port
+
+
+def diag(*args: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run(tether_cmd("diag", "ws", "--json", "--timeout", "3", *args),
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode, json.loads(out.stdout)
+
+
+def failed_step(report: dict[str, Any]) -> dict[str, Any]:
+    return next(s for s in report["steps"] if not s["ok"])
+
+
+def test_diag_ws_walks_every_step_to_a_heartbeat_with_a_node_key(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    node = NodeProc(tmp_path / "n-diag", "n-diag")
+    node.enroll(controller)
+    code, report = diag(controller.url, "--state-dir", str(node.state_dir))
+    assert code == 0, report
+    assert [s["name"] for s in report["steps"]] == ["dns", "tcp", "upgrade", "challenge",
+                                                    "hello", "heartbeat"]
+    hello = report["steps"][4]["detail"]
+    assert hello["session_id"].startswith("s_") and hello["heartbeat_s"] > 0
+    assert report["steps"][5]["detail"]["rtt_ms"] > 0
+    sessions = controller.api().get("/api/v1/nodes/n-diag/sessions").json()["items"]
+    assert sessions[0]["reason"] == "goodbye"  # the probe left cleanly
+
+
+def test_diag_ws_against_a_dead_port_fails_at_tcp(tmp_path: Path) -> None:
+    code, report = diag(f"http://127.0.0.1:{free_port()}")
+    assert code == 11
+    step = failed_step(report)
+    assert step["name"] == "tcp" and "refused" in step["error"]
+    assert "is the controller running" in step["hint"]
+
+
+@pytest.fixture
+def plain_http(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                 "--directory", str(tmp_path)], tmp_path / "http.log")
+    proc.start()
+    from .test_transport_options import _listening
+
+    wait_until(lambda: _listening(port), what="the http server")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+
+
+def test_diag_ws_against_a_non_tether_http_server_fails_at_the_upgrade(plain_http: str) -> None:
+    code, report = diag(plain_http)
+    assert code == 14
+    step = failed_step(report)
+    assert step["name"] == "upgrade"
+    assert "not a Tether controller" in step["hint"] or "not look like" in step["hint"]
+
+
+def test_diag_ws_with_a_key_the_controller_does_not_know_fails_at_hello(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    node = NodeProc(tmp_path / "n-wrongkey", "n-wrongkey")
+    node.enroll(controller)
+    stranger = tmp_path / "stranger.key"
+    stranger.write_bytes(private_key_raw(generate_private_key()))
+    code, report = diag(controller.url, "--node-id", "n-wrongkey", "--node-key",
+                        str(stranger))
+    assert code == 16
+    step = failed_step(report)
+    assert step["name"] == "hello" and "4401" in step["error"]
+    assert "not enrolled on this controller" in step["hint"]
+
+
+def test_diag_ws_through_a_blackholed_route_says_traffic_is_swallowed(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    port_file = tmp_path / "proxy.port"
+    proxy = Proc([sys.executable, "-m", "tether.tools.faultproxy", "--upstream",
+                  f"127.0.0.1:{controller.port}", "--port-file", str(port_file)],
+                 tmp_path / "proxy.log")
+    proxy.start()
+    try:
+        port = wait_until(lambda: port_file.exists() and port_file.read_text().strip(),
+                          what="the fault proxy")
+        assert proxy.proc is not None
+        proxy.proc.send_signal(signal.SIGUSR1)
+        code, report = diag(f"http://127.0.0.1:{port}")
+        assert code == 14
+        step = failed_step(report)
+        assert step["name"] == "upgrade" and "swallows traffic" in step["hint"]
+        assert next(s for s in report["steps"] if s["name"] == "tcp")["ok"]
+    finally:
+        proxy.terminate()
+
+
+def test_diag_ws_prints_a_table_by_default(controller: ControllerProc) -> None:
+    out = subprocess.run(tether_cmd("diag", "ws", controller.url), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    assert [ln.split()[:2] for ln in out.stdout.splitlines()] == [
+        ["ok", "dns"], ["ok", "tcp"], ["ok", "upgrade"], ["ok", "challenge"]]
