@@ -181,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     dws.add_argument("--timeout", type=float, default=5.0, help="seconds per step")
     dws.add_argument("--json", action="store_true")
 
+    droute = diag.add_parser("route", help="diag.ping through the controller, hop by hop")
+    droute.add_argument("node")
+    droute.add_argument("--count", type=int, default=20)
+    droute.add_argument("--interval", type=float, default=0.2)
+    droute.add_argument("--timeout", type=float, default=3.0, help="seconds per ping")
+    _operator_flags(droute)
+    dnode = diag.add_parser("node", help="this node's readiness, transport and outbox")
+    dnode.add_argument("--state-dir", type=Path,
+                       default=Path(_env("STATE_DIR", ".tether/node") or ""))
+    dnode.add_argument("--json", action="store_true")
+
     demo = nouns.add_parser("demo", help="a controller and local nodes on loopback")
     demo.add_argument("--nodes", type=int, default=1)
     demo.add_argument("--port", type=int, default=8700)
@@ -286,6 +297,28 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
                                    timeout_s=args.timeout))
         print(report.as_json() if args.json else report.as_table())
         return report.exit_code
+    if verb == "route":
+        from tether.tools.diag.route import route
+
+        api = op.api_from(args)
+        result = asyncio.run(route(api.url, api.token, args.node, count=args.count,
+                                   interval_s=args.interval, timeout_s=args.timeout))
+        if "error" in result:
+            raise CliError(result["error"])
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            for p in result["pings"]:
+                print(f"ping {p['seq']:>3}  lost" if p["lost"] else
+                      f"ping {p['seq']:>3}  rtt {p['rtt_ms']:>8.3f} ms  op->ctl "
+                      f"{p['operator_to_controller_ms']:>7.3f}  ctl->node "
+                      f"{p['controller_to_node_ms']:>7.3f}  node->ctl "
+                      f"{p['node_to_controller_ms']:>7.3f}")
+            for key, value in result["summary"].items():
+                print(f"{key:<26} {value}")
+        return 0 if result["ok"] else 1
+    if verb == "node":
+        return _node(argparse.Namespace(state_dir=args.state_dir, json=args.json), "status")
     raise CliError(f"unknown diag probe {verb}", 2)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
@@ -110,7 +111,8 @@ def _number(value: Any, name: str, *, lo: float, hi: float) -> float:
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__,
-                         "controller_id": _ctl(request).controller_id})
+                         "controller_id": _ctl(request).controller_id,
+                         "time_ms": int(time.time() * 1000)})
 
 
 async def create_join_token(request: Request) -> Response:

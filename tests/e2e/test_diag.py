@@ -114,3 +114,61 @@ def test_diag_ws_prints_a_table_by_default(controller: ControllerProc) -> None:
     assert out.returncode == 0
     assert [ln.split()[:2] for ln in out.stdout.splitlines()] == [
         ["ok", "dns"], ["ok", "tcp"], ["ok", "upgrade"], ["ok", "challenge"]]
+
+
+def route_json(controller: ControllerProc, node_id: str, *extra: str) -> tuple[int, Any]:
+    out = subprocess.run(tether_cmd("diag", "route", "--url", controller.url, "--token",
+                                    controller.token, "--json", node_id, *extra),
+                         capture_output=True, text=True, timeout=120)
+    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr
+
+
+def test_diag_route_pings_through_the_controller_and_reports_each_hop(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    node = NodeProc(tmp_path / "n-route", "n-route")
+    node.enroll(controller)
+    node.start()
+    try:
+        api = controller.api()
+        wait_until(lambda: api.liveness("n-route") == "online", what="online")
+        code, result = route_json(controller, "n-route", "--count", "5", "--interval", "0.05")
+        assert code == 0, result
+        summary = result["summary"]
+        assert (summary["sent"], summary["answered"], summary["loss_percent"]) == (5, 5, 0.0)
+        assert summary["answered_by"] == "the node's runtime"
+        assert 0 < summary["rtt_p50_ms"] <= summary["rtt_p99_ms"]
+        for ping in result["pings"]:
+            assert ping["rtt_ms"] > 0
+            assert set(ping) >= {"operator_to_controller_ms", "controller_to_node_ms",
+                                 "node_to_controller_ms"}
+        # Only the sidecar left: the runtime is killed, pings are lost and it says why.
+        node.kill9()
+        wait_until(lambda: api.liveness("n-route") == "degraded", what="degraded")
+        code, result = route_json(controller, "n-route", "--count", "2", "--timeout", "0.5")
+        assert code == 1
+        assert result["summary"]["loss_percent"] == 100.0
+        assert "only the sidecar holds the session" in result["summary"]["answered_by"]
+    finally:
+        node.cleanup()
+
+
+def test_diag_route_to_an_unknown_node_says_so(controller: ControllerProc) -> None:
+    out = subprocess.run(tether_cmd("diag", "route", "--url", controller.url, "--token",
+                                    controller.token, "ghost"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "'ghost' is not enrolled" in out.stderr
+
+
+def test_diag_node_shows_the_node_screen(controller: ControllerProc, tmp_path: Path) -> None:
+    node = NodeProc(tmp_path / "n-dn", "n-dn")
+    node.enroll(controller)
+    node.start()
+    try:
+        wait_until(lambda: controller.api().liveness("n-dn") == "online", what="online")
+        out = subprocess.run(tether_cmd("diag", "node", "--state-dir", str(node.state_dir)),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        for part in ("transport", "control_authority", "store", "executors", "outbox"):
+            assert part in out.stdout
+    finally:
+        node.cleanup()
