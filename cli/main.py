@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     droute.add_argument("--interval", type=float, default=0.2)
     droute.add_argument("--timeout", type=float, default=3.0, help="seconds per ping")
     _operator_flags(droute)
+    dctl = diag.add_parser("controller", help="sessions, store latency, /ws, loop lag")
+    _operator_flags(dctl)
     dnode = diag.add_parser("node", help="this node's readiness, transport and outbox")
     dnode.add_argument("--state-dir", type=Path,
                        default=Path(_env("STATE_DIR", ".tether/node") or ""))
@@ -319,6 +321,22 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
         return 0 if result["ok"] else 1
     if verb == "node":
         return _node(argparse.Namespace(state_dir=args.state_dir, json=args.json), "status")
+    if verb == "controller":
+        info = op.api_from(args).get("/api/v1/diag")
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        s, st, w, lp = info["sessions"], info["store"], info["ws"], info["event_loop"]
+        print(f"controller  {info['controller_id']}  v{info['version']}  up {info['uptime_s']} s")
+        print(f"sessions    {s['open']} open, {s['handshaking']} handshaking; nodes "
+              + ", ".join(f"{k} {v}" for k, v in sorted(s["nodes_by_liveness"].items())))
+        print(f"store       read {st['read_ms']} ms, commit {st['commit_ms']} ms "
+              f"({st['durability']}), write queue {st['write_queue']}, "
+              f"{st['writes_total']} writes in {st['batches_total']} batches")
+        print(f"/ws         {w['subscribers']} subscribers, {w['cut_off_total']} cut off, "
+              f"{w['events_published_total']} events")
+        print(f"event loop  lag {lp['lag_ms']} ms (max {lp['lag_max_ms']} ms)")
+        return 0
     raise CliError(f"unknown diag probe {verb}", 2)
 
 

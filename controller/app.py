@@ -49,6 +49,8 @@ class Controller:
         self.connections: set[EdgeConnection] = set()
         self.handshakes_in_progress = 0
         self.stopping = False  # set first thing on shutdown: new edge sessions get 1001
+        self.loop_lag_ms = 0.0
+        self.loop_lag_max_ms = 0.0
         self.controller_id = ""
         self.started_at = time.time()
         self._sweeper: asyncio.Task[None] | None = None
@@ -195,7 +197,13 @@ class Controller:
         touch_every = max(1, int(5 / self.config.sweep_interval_s))
         tick = 0
         while True:
+            slept_from = time.monotonic()
             await asyncio.sleep(self.config.sweep_interval_s)
+            # How late the loop woke us: the event loop's lag, as the sweeper sees it.
+            lag_ms = max(0.0, (time.monotonic() - slept_from
+                               - self.config.sweep_interval_s) * 1000)
+            self.loop_lag_ms = round(lag_ms, 3)
+            self.loop_lag_max_ms = max(self.loop_lag_max_ms, self.loop_lag_ms)
             tick += 1
             try:
                 for command_id in await self.store.expire_due():

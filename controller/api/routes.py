@@ -339,6 +339,35 @@ async def command_logs(request: Request) -> Response:
                          else int(after_raw)})
 
 
+async def diag(request: Request) -> Response:
+    """GET /api/v1/diag: what `tether diag controller` shows."""
+    await _operator(request)
+    ctl = _ctl(request)
+    by_liveness: dict[str, int] = {}
+    for row in await ctl.store.list_nodes():
+        state = ctl.node_view(row)["liveness"]
+        by_liveness[state] = by_liveness.get(state, 0) + 1
+    start = time.perf_counter()
+    await ctl.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+    read_ms = (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    await ctl.db.write(lambda conn: None)  # one group commit, fsync included
+    write_ms = (time.perf_counter() - start) * 1000
+    return JSONResponse({
+        "controller_id": ctl.controller_id, "version": __version__,
+        "uptime_s": round(time.time() - ctl.started_at, 1),
+        "sessions": {"open": len(ctl.registry), "handshaking": ctl.handshakes_in_progress,
+                     "nodes_by_liveness": by_liveness},
+        "store": {"read_ms": round(read_ms, 3), "commit_ms": round(write_ms, 3),
+                  "write_queue": ctl.db.pending, "batches_total": ctl.db.batches_total,
+                  "writes_total": ctl.db.writes_total,
+                  "durability": ctl.config.durability},
+        "ws": {"subscribers": ctl.hub.subscribers, "cut_off_total": ctl.hub.cut_off_total,
+               "events_published_total": ctl.hub.published_total},
+        "event_loop": {"lag_ms": ctl.loop_lag_ms, "lag_max_ms": ctl.loop_lag_max_ms},
+    })
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the controller's counters and gauges."""
     ctl = _ctl(request)
@@ -374,6 +403,7 @@ ROUTES = [
     Route("/api/v1/commands/{command_id}/pause", control_command, methods=["POST"]),
     Route("/api/v1/commands/{command_id}/resume", control_command, methods=["POST"]),
     Route("/api/v1/commands/{command_id}/logs", command_logs, methods=["GET"]),
+    Route("/api/v1/diag", diag, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]
 

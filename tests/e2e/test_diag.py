@@ -172,3 +172,32 @@ def test_diag_node_shows_the_node_screen(controller: ControllerProc, tmp_path: P
             assert part in out.stdout
     finally:
         node.cleanup()
+
+
+def test_diag_controller_reports_sessions_store_ws_and_loop_lag(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    node = NodeProc(tmp_path / "n-dc", "n-dc")
+    node.enroll(controller)
+    node.start()
+    offline = NodeProc(tmp_path / "n-dc2", "n-dc2")
+    offline.enroll(controller)
+    try:
+        wait_until(lambda: controller.api().liveness("n-dc") == "online", what="online")
+        flags = ["--url", controller.url, "--token", controller.token]
+        out = subprocess.run(tether_cmd("diag", "controller", *flags, "--json"),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)
+        assert info["sessions"]["open"] == 1
+        assert info["sessions"]["nodes_by_liveness"] == {"online": 1, "offline": 1}
+        assert info["store"]["commit_ms"] > 0 and info["store"]["durability"] == "fsync"
+        assert info["event_loop"]["lag_ms"] >= 0
+        table = subprocess.run(tether_cmd("diag", "controller", *flags),
+                               capture_output=True, text=True, timeout=60)
+        assert "sessions    1 open" in table.stdout and "event loop  lag" in table.stdout
+        dead = subprocess.run(tether_cmd("diag", "controller", "--url",
+                                         f"http://127.0.0.1:{free_port()}", "--token", "x"),
+                              capture_output=True, text=True, timeout=60)
+        assert dead.returncode == 1 and "cannot reach the controller" in dead.stderr
+    finally:
+        node.cleanup()
