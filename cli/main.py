@@ -194,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
                        default=Path(_env("STATE_DIR", ".tether/node") or ""))
     dnode.add_argument("--json", action="store_true")
 
+    sim = nouns.add_parser("sim", help="a fleet of simulated nodes on the real protocol")
+    sim.add_argument("--nodes", type=int, default=100)
+    sim.add_argument("--events", type=int, default=10, help="class A events per node")
+    sim.add_argument("--duration", type=float, default=5.0, help="seconds to spread them")
+    sim.add_argument("--storm", action="store_true",
+                     help="then drop every session at once and time the way back")
+    sim.add_argument("--prefix", default="sim", help="node id prefix")
+    _operator_flags(sim)
+
     demo = nouns.add_parser("demo", help="a controller and local nodes on loopback")
     demo.add_argument("--nodes", type=int, default=1)
     demo.add_argument("--port", type=int, default=8700)
@@ -271,6 +280,23 @@ def dispatch(args: argparse.Namespace) -> int:
         from tether.tools.bench import run_core
 
         return run_core(args)
+    if noun == "sim":
+        import asyncio
+        import logging
+
+        from tether.tools.fleet import simulate
+
+        logging.getLogger("tether.sidecar").setLevel(logging.WARNING)  # one line per node
+        api = op.api_from(args)
+        report = asyncio.run(simulate(api.url, api.token, nodes=args.nodes,
+                                      events_per_node=args.events, duration_s=args.duration,
+                                      storm=args.storm, prefix=args.prefix))
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            for key, value in report.items():
+                print(f"{key:<28} {value}")
+        return 0 if report["zero_loss"]["ok"] else 1
     if noun == "diag":
         return _diag(args, verb)
     if noun == "demo":

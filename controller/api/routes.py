@@ -205,7 +205,10 @@ async def node_sessions(request: Request) -> Response:
 async def node_events(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
-    items = await _ctl(request).store.node_events(row["node_id"])
+    limit_raw = request.query_params.get("limit", "100")
+    if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
+        raise InvalidRequest("'limit' must be an integer from 1 to 10000")
+    items = await _ctl(request).store.node_events(row["node_id"], limit=int(limit_raw))
     return JSONResponse({"items": [
         {"id": e["id"], "kind": e["kind"], "data": json.loads(e["data"]), "at": iso(e["at"])}
         for e in items]})
