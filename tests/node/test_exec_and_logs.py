@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from tether.node.executors.exec import ExecRunner
 from tether.node.logbuf import LogBuffer
+
+
+async def until(predicate: Callable[[], object], timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` on the loop until it holds; fail after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)
 
 
 def runner(args: dict[str, object], logs: LogBuffer | None = None,
@@ -57,8 +65,7 @@ async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 async def test_cancel_stops_a_running_process() -> None:
     r = runner({"argv": ["sleep", "60"]})
     task = asyncio.create_task(r.run())
-    while r.pid is None:
-        await asyncio.sleep(0.01)
+    await until(lambda: r.pid is not None)
     r.cancel()
     outcome = await task
     assert outcome.state == "cancelled"
@@ -94,12 +101,10 @@ async def test_pause_stops_the_group_and_cancel_still_ends_a_paused_process(
         tmp_path: Path) -> None:
     r = runner({"argv": ["sleep", "60"]}, kill_grace_s=5.0)
     task = asyncio.create_task(r.run())
-    while r.pid is None:
-        await asyncio.sleep(0.01)
+    await until(lambda: r.pid is not None)
     assert r.pause() and r.paused
     status = Path(f"/proc/{r.pid}/status")
-    while "State:\tT" not in status.read_text():
-        await asyncio.sleep(0.01)
+    await until(lambda: "State:\tT" in status.read_text())
     assert r.resume() and not r.paused
     assert r.pause()
     r.cancel()  # SIGTERM is paired with SIGCONT, so a stopped process still ends at once
