@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 from websockets.asyncio.client import connect
 
 from tether.common import __version__
@@ -207,6 +208,52 @@ async def _run_mode(root: Path, durability: str, nodes: int, frames: int,
     return results
 
 
+def _spawn_peer(peer: str, port_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "tether.tools.bench_peers", peer,
+                             "--port-file", str(port_file)])
+
+
+async def _ws_raw(root: Path, frames: int, *, window: int = 64) -> float:
+    """Raw websockets, no persistence: 100-byte msgpack frames, ``window`` in flight, one
+    ack per message — the same shape as Tether's class A flow, minus durability."""
+    port_file = root / "ws-echo.port"
+    proc = _spawn_peer("ws-echo", port_file)
+    try:
+        async with asyncio.timeout(30):
+            while not port_file.exists():
+                await asyncio.sleep(0.02)
+        port = int(port_file.read_text())
+        body = {"kind": "bench", "data": {"v": "x" * 48}}
+        async with connect(f"ws://127.0.0.1:{port}", compression=None,
+                           max_size=1 << 20) as ws:
+            credit = asyncio.Semaphore(window)
+            acked = 0
+            done = asyncio.Event()
+
+            async def reader() -> None:
+                nonlocal acked
+                async for _ in ws:
+                    acked += 1
+                    credit.release()
+                    if acked == frames:
+                        done.set()
+                        return
+
+            start = time.perf_counter()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(reader())
+                for q in range(1, frames + 1):
+                    await credit.acquire()
+                    await ws.send(msgpack.packb({"t": "node.event", "s": "evt", "q": q,
+                                                 "b": body}))
+                async with asyncio.timeout(120):
+                    await done.wait()
+            return frames / (time.perf_counter() - start)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
+
+
 def _machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "tether": __version__,
@@ -227,6 +274,18 @@ def run_core(args: argparse.Namespace) -> int:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 results += runner.run(_run_mode(root, mode, args.nodes, args.frames,
                                                 args.commands))
+        print("bench core: raw websockets echo, same frames, window 64 ...", file=sys.stderr)
+        total = args.nodes * args.frames
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            raw = runner.run(_ws_raw(root, total))
+        results.append({"benchmark": "acked_throughput", "system": "websockets-raw",
+                        "metric": "msgs_per_s", "value": round(raw, 1), "unit": "msgs/s",
+                        "frames": total, "window": 64, "durability": "none"})
+        for row in [r for r in results if r["benchmark"] == "acked_throughput"
+                    and r["system"].startswith("tether")]:
+            results.append({"benchmark": "acked_throughput", "system": row["system"],
+                            "metric": "ratio_to_websockets_raw",
+                            "value": round(row["value"] / raw, 3), "unit": "x"})
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(root)
