@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 # System packages the test suite drives for real (a CONNECT proxy); installed with apt-get
 # when root and missing, otherwise the tests that need them say why they cannot run.
-SYSDEPS := tinyproxy
+SYSDEPS := tinyproxy mosquitto
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tether needs Python >= 3.11")'
