@@ -26,6 +26,7 @@ from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError,
 from tether.protocol.frames import (
     PROTOCOL_VERSION,
     Ack,
+    Body,
     Challenge,
     ErrorBody,
     Frame,
@@ -118,7 +119,7 @@ class EdgeConnection:
         self.resumed = False
         # uplink (evt) receive side
         self.evt = StreamReceiver()
-        self.pending_evt: list[Frame] = []
+        self.pending_evt: list[tuple[Frame, Body]] = []  # parsed once, on arrival
         self.evt_wake = asyncio.Event()
         self.evt_room = asyncio.Event()
         self.evt_room.set()
@@ -437,13 +438,13 @@ class EdgeConnection:
         if frame.s != EVT_STREAM or frame.q is None:
             raise _Close(4400, f"{frame.t!r} must travel on stream 'evt' with a sequence")
         try:
-            parse_body(frame)
+            body = parse_body(frame)
         except BadFrame as exc:
             # A sequenced frame cannot be skipped without a gap: the sender must fix it.
             raise _Close(4400, f"bad {frame.t!r} at q={frame.q}: {exc.message}") from None
         verdict = self.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
-            self.pending_evt.append(frame)
+            self.pending_evt.append((frame, body))
             self._apply_idle.clear()
             self.evt_wake.set()
             if len(self.pending_evt) >= self.ctl.config.max_pending_evt_frames:
@@ -507,7 +508,7 @@ class EdgeConnection:
         except BaseException:
             self.evt.rollback()
             raise
-        self.evt.committed(batch[-1].q or 0)
+        self.evt.committed(batch[-1][0].q or 0)
         await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
         for effect in effects:
             if effect.applied:

@@ -28,9 +28,11 @@ from tether.protocol.errors import AuthError, Conflict, NotFound, TetherError
 from tether.protocol.frames import (
     CONTROL_KINDS,
     TERMINAL_STATES,
+    Body,
     CmdDeliver,
     CmdStatus,
     Frame,
+    NodeEvent,
 )
 from tether.protocol.streams import MAX_EPOCH
 
@@ -570,21 +572,21 @@ class ControllerStore:
             raise Fenced(f"session {session_id} no longer owns node {node_id}")
 
     async def apply_evt(self, *, node_id: str, session_id: str,
-                        frames: Sequence[Frame]) -> list[StatusEffect]:
-        """Apply consecutive ``evt`` frames and move the cursor, in one transaction."""
+                        frames: Sequence[tuple[Frame, Body]]) -> list[StatusEffect]:
+        """Apply consecutive ``evt`` frames (each with its body, parsed and validated by the
+        gateway on arrival) and move the cursor, in one transaction."""
         def fn(conn: sqlite3.Connection) -> list[StatusEffect]:
             self._fence(conn, node_id, session_id)
             now = _now()
             effects: list[StatusEffect] = []
-            for frame in frames:
+            for frame, body in frames:
                 if frame.k is not None and not self._first_use_of_key(conn, node_id, frame.k,
                                                                       now):
                     continue  # the key was applied before: cursor moves, effect does not
-                if frame.t == "cmd.status":
-                    effects.append(self._apply_status(conn, node_id, CmdStatus.parse(frame),
-                                                      now))
-                elif frame.t == "node.event":
-                    kind, data = str(frame.b.get("kind")), frame.b.get("data") or {}
+                if isinstance(body, CmdStatus):
+                    effects.append(self._apply_status(conn, node_id, body, now))
+                elif isinstance(body, NodeEvent):
+                    kind, data = body.kind, dict(body.data)
                     self._node_event(conn, node_id, kind, data)
                     if kind in ("policy", "apps"):  # the latest report is the node's view
                         conn.execute(f"UPDATE nodes SET {kind}=? WHERE node_id=?",
@@ -592,7 +594,7 @@ class ControllerStore:
                 else:  # class A on evt that this version records but does not interpret
                     self._node_event(conn, node_id, frame.t, dict(frame.b))
             conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",
-                         (frames[-1].q, node_id))
+                         (frames[-1][0].q, node_id))
             return effects
         return await self.db.write(fn)
 
