@@ -199,8 +199,7 @@ class AppSupervisor:
             self._runners[name] = runner
             run = asyncio.ensure_future(runner.run())
             try:
-                while runner.pid is None and not run.done():
-                    await asyncio.sleep(0.01)
+                await runner.spawned.wait()
                 self._set(name, state="running", pid=runner.pid)
                 self._record_pids()
                 outcome = await asyncio.shield(run)

@@ -48,6 +48,7 @@ class ExecRunner:
         self.pid: int | None = None
         self.paused = False
         self.backend: RuntimeBackend = backend or NativeBackend()
+        self.spawned = asyncio.Event()
         self._proc: ProcessHandle | None = None
 
     def cancel(self, outcome: ExecOutcome | None = None) -> None:
@@ -72,6 +73,14 @@ class ExecRunner:
         return True
 
     async def run(self) -> ExecOutcome:
+        """Run to the end. :attr:`spawned` is set once the spawn attempt is over (with
+        :attr:`pid` set when it succeeded), whichever way ``run`` goes on."""
+        try:
+            return await self._run()
+        finally:
+            self.spawned.set()
+
+    async def _run(self) -> ExecOutcome:
         argv = self.args.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             return ExecOutcome("failed", error="exec needs 'argv', a non-empty list of strings")
@@ -88,6 +97,7 @@ class ExecRunner:
             return ExecOutcome("failed", error=exc.message)
         self._proc = proc
         self.pid = proc.pid
+        self.spawned.set()
         pumps = [asyncio.create_task(self._pump(proc.stdout, "stdout")),
                  asyncio.create_task(self._pump(proc.stderr, "stderr"))]
         waiter = asyncio.create_task(proc.wait())
