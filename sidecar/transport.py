@@ -161,7 +161,7 @@ class ControllerLink:
         self.urls = [edge_url(u) for u in (controller_url, *fallback_urls)]
         self._url_index = 0
         self.tls = tls or TlsOptions()
-        self._ssl = self.tls.context()
+        self._ssl: ssl.SSLContext | None = None  # built on the first wss:// dial
         self.proxy: str | Literal[True] | None = True if proxy is True else (proxy or None)
         self.node_id = node_id
         self.key = key
@@ -273,6 +273,8 @@ class ControllerLink:
         self._set(url=url)
         kwargs: dict[str, Any] = {}
         if url.startswith("wss://"):
+            if self._ssl is None:  # loading the trust store costs ~17 ms: only for TLS
+                self._ssl = self.tls.context()
             kwargs["ssl"] = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout_s):

@@ -2,16 +2,19 @@
 
 Each node has a real Ed25519 key (enrolled through the API) and a real
 :class:`~tether.sidecar.transport.ControllerLink`; its stream state is in memory. Nodes emit
-class A ``node.event`` frames at a rate, answer commands (``diag.ping`` and anything else:
-``succeeded``), and can churn or storm (all drop and come back at once). The report always
-carries the zero-loss check: every frame a node produced was acked by the controller (acks
-follow the commit), and for sampled nodes the controller holds each event exactly once.
+class A ``node.event`` frames, answer commands (``diag.ping`` and anything else:
+``succeeded``), and can storm (all drop and come back at once). :class:`Fleet` is the
+building block (the benchmark grows one to 10,000 sessions); :func:`simulate` is the
+``tether sim`` run. The report always carries the zero-loss check: every frame a node
+produced was acked by the controller (acks follow the commit), and for sampled nodes the
+controller holds each event exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import random
 import statistics
 import time
@@ -26,9 +29,16 @@ from tether.protocol.signing import generate_private_key, public_key_raw
 from tether.protocol.streams import StreamReceiver, StreamSender, Verdict
 from tether.sidecar.transport import ControllerLink, HelloState
 
+ENROLL_CONCURRENCY = 32
+GOODBYE_CONCURRENCY = 256
+
 
 @dataclass
 class SimNode:
+    """One simulated node: in-memory streams behind a real ControllerLink.
+
+    Invariant: ``outbox`` holds exactly the produced frames with ``q > evt.acked``."""
+
     node_id: str
     epoch: int
     evt: StreamSender = field(default_factory=lambda: StreamSender(window=256))
@@ -36,11 +46,14 @@ class SimNode:
     outbox: dict[int, Frame] = field(default_factory=dict)
     session_id: str | None = None
     welcomes: int = 0
+    resumed_welcomes: int = 0
+    welcome_times: list[float] = field(default_factory=list)  # monotonic
     welcomed: asyncio.Event = field(default_factory=asyncio.Event)
     link: ControllerLink | None = None
     produced: int = 0
     applied_commands: set[str] = field(default_factory=set)
     duplicate_commands: int = 0
+    heartbeat_rtts: list[tuple[float, float]] = field(default_factory=list)  # (mono, ms)
 
     # -- LinkHandler --
     async def hello_state(self) -> HelloState:
@@ -60,10 +73,16 @@ class SimNode:
         self.evt.connected(int(welcome.acks.get(EVT_STREAM, 0)))
         self._trim()
         self.welcomes += 1
+        self.resumed_welcomes += welcome.resumed
+        self.welcome_times.append(time.monotonic())
         self.welcomed.set()
         await self.pump()
 
     async def on_frame(self, frame: Frame) -> None:
+        if frame.t == "edge.heartbeat_ack" and self.link is not None:
+            rtt = self.link.status.rtt_ms
+            if rtt is not None and len(self.heartbeat_rtts) < 1000:
+                self.heartbeat_rtts.append((time.monotonic(), rtt))
         if frame.t in ("edge.ack", "edge.heartbeat_ack"):
             n = (frame.b.get("acks") or {}).get(EVT_STREAM)
             if isinstance(n, int) and self.evt.on_ack(n) is not None:
@@ -108,24 +127,6 @@ class SimNode:
             self.evt.mark_sent(q)
 
 
-async def _enroll(http: httpx.AsyncClient, url: str, count: int, prefix: str
-                  ) -> list[tuple[str, Any]]:
-    token = (await http.post("/api/v1/join-tokens", json={"uses": count})).json()["token"]
-    sem = asyncio.Semaphore(32)
-
-    async def one(i: int) -> tuple[str, Any]:
-        key = generate_private_key()
-        node_id = f"{prefix}-{i}"
-        async with sem:
-            resp = await http.post(f"{url}/v1/edge/enroll", json={
-                "join_token": token, "node_id": node_id, "public_key":
-                base64.urlsafe_b64encode(public_key_raw(key)).rstrip(b"=").decode()})
-        resp.raise_for_status()
-        return node_id, key
-
-    return list(await asyncio.gather(*(one(i) for i in range(count))))
-
-
 def _pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -133,78 +134,173 @@ def _pct(values: list[float], p: float) -> float | None:
     return round(s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))], 3)
 
 
+class Fleet:
+    """Simulated nodes against one controller. Use as ``async with Fleet(...) as fleet``.
+
+    Invariant: every link task belongs to the fleet's TaskGroup; leaving the context says
+    goodbye on every live session (so the controller marks them offline at once) and then
+    cancels and awaits every task."""
+
+    def __init__(self, url: str, token: str, *, prefix: str = "sim",
+                 seed: int | None = None, connect_timeout_s: float = 30.0) -> None:
+        self.url = url
+        self.rng = random.Random(seed)
+        self.prefix = prefix
+        self.connect_timeout_s = connect_timeout_s
+        self.nodes: list[SimNode] = []
+        self.http = httpx.AsyncClient(base_url=url, timeout=30,
+                                      headers={"Authorization": f"Bearer {token}"})
+        self._stack = contextlib.AsyncExitStack()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Fleet:
+        await self._stack.enter_async_context(self.http)
+        self._tg = await self._stack.enter_async_context(asyncio.TaskGroup())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.goodbye_all()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await self._stack.aclose()
+
+    async def goodbye_all(self) -> None:
+        sem = asyncio.Semaphore(GOODBYE_CONCURRENCY)
+
+        async def one(sim: SimNode) -> None:
+            if sim.link is not None:
+                async with sem:
+                    await sim.link.goodbye("sim done")
+
+        await asyncio.gather(*(one(s) for s in self.nodes))
+
+    async def _enroll(self, count: int) -> list[tuple[str, Any]]:
+        resp = await self.http.post("/api/v1/join-tokens", json={"uses": count})
+        resp.raise_for_status()
+        token = resp.json()["token"]
+        sem = asyncio.Semaphore(ENROLL_CONCURRENCY)
+        first = len(self.nodes)
+
+        async def one(i: int) -> tuple[str, Any]:
+            key = generate_private_key()
+            node_id = f"{self.prefix}-{i}"
+            async with sem:
+                resp = await self.http.post("/v1/edge/enroll", json={
+                    "join_token": token, "node_id": node_id, "public_key":
+                    base64.urlsafe_b64encode(public_key_raw(key)).rstrip(b"=").decode()})
+            resp.raise_for_status()
+            return node_id, key
+
+        return list(await asyncio.gather(*(one(i) for i in range(first, first + count))))
+
+    async def add(self, count: int) -> list[SimNode]:
+        """Enroll ``count`` more nodes through the API and start dialling; returns them."""
+        assert self._tg is not None, "use the fleet as an async context manager"
+        added = []
+        for node_id, key in await self._enroll(count):
+            sim = SimNode(node_id=node_id, epoch=self.rng.randrange(1, 1 << 62))
+            sim.link = ControllerLink(controller_url=self.url, node_id=node_id, key=key,
+                                      handler=sim, rng=random.Random(self.rng.random()),
+                                      connect_timeout_s=self.connect_timeout_s)
+            self._tasks.append(self._tg.create_task(sim.link.run(), name=f"sim-{node_id}"))
+            added.append(sim)
+        self.nodes += added
+        return added
+
+    async def wait_online(self, sims: list[SimNode] | None = None, *,
+                          min_welcomes: int = 1, timeout_s: float = 300) -> None:
+        sims = self.nodes if sims is None else sims
+        async with asyncio.timeout(timeout_s):
+            while not all(s.welcomed.is_set() and s.welcomes >= min_welcomes for s in sims):
+                await asyncio.sleep(0.02)
+
+    async def emit_all(self, i: int) -> None:
+        for sim in self.nodes:
+            sim.emit(i)
+            await sim.pump()
+
+    async def storm(self, *, timeout_s: float = 300) -> dict[str, Any]:
+        """Every session drops at once and dials straight back: seconds until all are
+        welcomed again (resumed), the peak welcome rate per second, and retries seen."""
+        targets = {id(s): s.welcomes + 1 for s in self.nodes}
+        resumed_before = sum(s.resumed_welcomes for s in self.nodes)
+        reconnects_before = sum(s.link.status.reconnects for s in self.nodes if s.link)
+        t0 = time.monotonic()
+        await asyncio.gather(*(s.link.reconnect_now("storm") for s in self.nodes
+                               if s.link is not None))
+        async with asyncio.timeout(timeout_s):
+            while not all(s.welcomed.is_set() and s.welcomes >= targets[id(s)]
+                          for s in self.nodes):
+                await asyncio.sleep(0.02)
+        seconds = time.monotonic() - t0
+        buckets: dict[int, int] = {}
+        for sim in self.nodes:
+            for t in sim.welcome_times:
+                if t >= t0:
+                    buckets[int(t - t0)] = buckets.get(int(t - t0), 0) + 1
+        return {"nodes": len(self.nodes), "seconds_to_all_online": round(seconds, 3),
+                "peak_accepts_per_s": max(buckets.values(), default=0),
+                "resumed": sum(s.resumed_welcomes for s in self.nodes) - resumed_before,
+                "dials": sum(s.link.status.reconnects for s in self.nodes if s.link)
+                - reconnects_before}
+
+    async def drain(self, *, timeout_s: float = 120) -> None:
+        async with asyncio.timeout(timeout_s):
+            while any(s.evt.acked < s.evt.last for s in self.nodes):
+                await asyncio.sleep(0.02)
+
+    def heartbeat_rtts(self, since: float) -> list[float]:
+        return [ms for s in self.nodes for t, ms in s.heartbeat_rtts if t >= since]
+
+    async def zero_loss(self, sample: int = 5) -> dict[str, Any]:
+        """All produced frames acked (acks follow the controller's commit) and, for a
+        sample, each event held exactly once by the controller; no command applied twice."""
+        lost = sum(s.evt.last - s.evt.acked for s in self.nodes)
+        sampled = self.rng.sample(self.nodes, min(sample, len(self.nodes)))
+        mismatches = {}
+        for sim in sampled:
+            resp = await self.http.get(f"/api/v1/nodes/{sim.node_id}/events",
+                                       params={"limit": 10_000})
+            resp.raise_for_status()
+            held = [e["data"]["i"] for e in resp.json()["items"] if e["kind"] == "sim"]
+            if sorted(held) != list(range(sim.produced)):
+                mismatches[sim.node_id] = {"produced": sim.produced, "held": len(held)}
+        return {"ok": lost == 0 and not mismatches, "unacked": lost,
+                "sampled_nodes": len(sampled), "sample_mismatches": mismatches,
+                "duplicate_commands": sum(s.duplicate_commands for s in self.nodes)}
+
+
 async def simulate(url: str, token: str, *, nodes: int, events_per_node: int = 10,
                    duration_s: float = 5.0, storm: bool = False, prefix: str = "sim",
-                   sample: int = 5,
-                   seed: int | None = None) -> dict[str, Any]:
-    rng = random.Random(seed)
-    async with httpx.AsyncClient(base_url=url, timeout=30,
-                                 headers={"Authorization": f"Bearer {token}"}) as http:
-        identities = await _enroll(http, url, nodes, prefix)
-        sims = [SimNode(node_id=nid, epoch=rng.randrange(1, 1 << 62)) for nid, _ in identities]
-        for sim, (_, key) in zip(sims, identities, strict=True):
-            sim.link = ControllerLink(controller_url=url, node_id=sim.node_id, key=key,
-                                      handler=sim, rng=random.Random(rng.random()))
-        report: dict[str, Any] = {"nodes": nodes}
-        async def run_link(sim: SimNode) -> None:
-            assert sim.link is not None
-            await sim.link.run()
-
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(run_link(s)) for s in sims]
-            try:
-                t0 = time.monotonic()
-                async with asyncio.timeout(120):
-                    await asyncio.gather(*(s.welcomed.wait() for s in sims))
-                report["seconds_to_all_online"] = round(time.monotonic() - t0, 3)
-                t1 = time.monotonic()
-                for i in range(events_per_node):
-                    for sim in sims:
-                        sim.emit(i)
-                        await sim.pump()
-                    await asyncio.sleep(duration_s / max(events_per_node, 1))
-                if storm:
-                    t2 = time.monotonic()
-                    await asyncio.gather(*(s.link.reconnect_now("storm")
-                                           for s in sims if s.link is not None))
-                    async with asyncio.timeout(120):
-                        while not all(s.welcomed.is_set() and s.welcomes >= 2 for s in sims):
-                            await asyncio.sleep(0.02)
-                    report["storm_seconds_to_all_online"] = round(time.monotonic() - t2, 3)
-                async with asyncio.timeout(120):
-                    while any(s.evt.acked < s.evt.last for s in sims):
-                        await asyncio.sleep(0.02)
-                elapsed = time.monotonic() - t1
-                produced = sum(s.produced for s in sims)
-                report.update(frames=produced, frames_per_s=round(produced / elapsed, 1),
-                              sessions_held=sum(1 for s in sims if s.welcomed.is_set()))
-                rtts = [s.link.status.rtt_ms for s in sims
-                        if s.link is not None and s.link.status.rtt_ms is not None]
-                report["heartbeat_rtt_p50_ms"] = _pct(rtts, 50)
-                report["heartbeat_rtt_p99_ms"] = _pct(rtts, 99)
-                # Zero loss: all acked (acks follow the controller's commit) and, sampled,
-                # each event held exactly once by the controller.
-                lost = sum(s.evt.last - s.evt.acked for s in sims)
-                sampled = rng.sample(sims, min(sample, len(sims)))
-                mismatches = {}
-                for sim in sampled:
-                    items = (await http.get(f"/api/v1/nodes/{sim.node_id}/events",
-                                            params={"limit": 10_000})).json()
-                    held = [e["data"]["i"] for e in items["items"] if e["kind"] == "sim"]
-                    if sorted(held) != list(range(sim.produced)):
-                        mismatches[sim.node_id] = {"produced": sim.produced,
-                                                   "held": len(held)}
-                report["zero_loss"] = {"ok": lost == 0 and not mismatches, "unacked": lost,
-                                       "sampled_nodes": len(sampled),
-                                       "sample_mismatches": mismatches,
-                                       "duplicate_commands": sum(s.duplicate_commands
-                                                                 for s in sims)}
-                report["reconnects"] = statistics.fmean(
-                    s.link.status.reconnects for s in sims if s.link is not None)
-            finally:
-                for sim in sims:
-                    if sim.link is not None:
-                        await sim.link.goodbye("sim done")
-                for task in tasks:
-                    task.cancel()
+                   sample: int = 5, seed: int | None = None) -> dict[str, Any]:
+    report: dict[str, Any] = {"nodes": nodes}
+    async with Fleet(url, token, prefix=prefix, seed=seed) as fleet:
+        t0 = time.monotonic()
+        await fleet.add(nodes)
+        report["seconds_to_enroll"] = round(time.monotonic() - t0, 3)
+        t0 = time.monotonic()
+        await fleet.wait_online(timeout_s=120)
+        report["seconds_to_all_online"] = round(time.monotonic() - t0, 3)
+        t1 = time.monotonic()
+        for i in range(events_per_node):
+            await fleet.emit_all(i)
+            await asyncio.sleep(duration_s / max(events_per_node, 1))
+        if storm:
+            result = await fleet.storm(timeout_s=120)
+            report["storm_seconds_to_all_online"] = result["seconds_to_all_online"]
+            report["storm_peak_accepts_per_s"] = result["peak_accepts_per_s"]
+        await fleet.drain()
+        elapsed = time.monotonic() - t1
+        produced = sum(s.produced for s in fleet.nodes)
+        report.update(frames=produced, frames_per_s=round(produced / elapsed, 1),
+                      sessions_held=sum(1 for s in fleet.nodes if s.welcomed.is_set()))
+        rtts = fleet.heartbeat_rtts(0.0)
+        report["heartbeat_rtt_p50_ms"] = _pct(rtts, 50)
+        report["heartbeat_rtt_p99_ms"] = _pct(rtts, 99)
+        report["zero_loss"] = await fleet.zero_loss(sample)
+        report["reconnects"] = statistics.fmean(
+            s.link.status.reconnects for s in fleet.nodes if s.link is not None)
     return report
