@@ -185,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     droute.add_argument("node")
     droute.add_argument("--count", type=int, default=20)
     droute.add_argument("--interval", type=float, default=0.2)
-    droute.add_argument("--timeout", type=float, default=3.0, help="seconds per ping")
+    droute.add_argument("--timeout", type=float, default=3.0,
+                        help="seconds to wait for each ping and each request (default 3)")
     _operator_flags(droute)
     dctl = diag.add_parser("controller", help="sessions, store latency, /ws, loop lag")
+    dctl.add_argument("--timeout", type=float, default=5.0,
+                      help="seconds to wait for the controller (default 5)")
     _operator_flags(dctl)
     dnode = diag.add_parser("node", help="this node's readiness, transport and outbox")
     dnode.add_argument("--state-dir", type=Path,
@@ -307,8 +310,15 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _diag(args: argparse.Namespace, verb: str) -> int:
+    """Run one diag probe. ``ws`` prints its step report and exits with the failed step's
+    code; ``route`` and ``controller`` exit 1 with one stderr line (what failed; what to
+    check next) when the controller cannot be asked at all, and wait at most ``--timeout``
+    per request, so a blackholed route fails instead of hanging."""
     import asyncio
+    from typing import Any
 
+    from tether.tools.diag.report import StepFailed
+    from tether.tools.diag.route import ControllerApi, route, route_table
     from tether.tools.diag.ws import probe
 
     if verb == "ws":
@@ -325,45 +335,51 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
                                    timeout_s=args.timeout))
         print(report.as_json() if args.json else report.as_table())
         return report.exit_code
-    if verb == "route":
-        from tether.tools.diag.route import route
-
-        api = op.api_from(args)
-        result = asyncio.run(route(api.url, api.token, args.node, count=args.count,
-                                   interval_s=args.interval, timeout_s=args.timeout))
-        if "error" in result:
-            raise CliError(result["error"])
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            for p in result["pings"]:
-                print(f"ping {p['seq']:>3}  lost" if p["lost"] else
-                      f"ping {p['seq']:>3}  rtt {p['rtt_ms']:>8.3f} ms  op->ctl "
-                      f"{p['operator_to_controller_ms']:>7.3f}  ctl->node "
-                      f"{p['controller_to_node_ms']:>7.3f}  node->ctl "
-                      f"{p['node_to_controller_ms']:>7.3f}")
-            for key, value in result["summary"].items():
-                print(f"{key:<26} {value}")
-        return 0 if result["ok"] else 1
     if verb == "node":
         return _node(argparse.Namespace(state_dir=args.state_dir, json=args.json), "status")
-    if verb == "controller":
-        info = op.api_from(args).get("/api/v1/diag")
-        if args.json:
-            print(json.dumps(info, indent=2))
-            return 0
-        s, st, w, lp = info["sessions"], info["store"], info["ws"], info["event_loop"]
-        print(f"controller  {info['controller_id']}  v{info['version']}  up {info['uptime_s']} s")
-        print(f"sessions    {s['open']} open, {s['handshaking']} handshaking; nodes "
-              + ", ".join(f"{k} {v}" for k, v in sorted(s["nodes_by_liveness"].items())))
-        print(f"store       read {st['read_ms']} ms, commit {st['commit_ms']} ms "
-              f"({st['durability']}), write queue {st['write_queue']}, "
-              f"{st['writes_total']} writes in {st['batches_total']} batches")
-        print(f"/ws         {w['subscribers']} subscribers, {w['cut_off_total']} cut off, "
-              f"{w['events_published_total']} events")
-        print(f"event loop  lag {lp['lag_ms']} ms (max {lp['lag_max_ms']} ms)")
+    if verb not in ("route", "controller"):
+        raise CliError(f"unknown diag probe {verb}", 2)
+    if not args.timeout > 0:
+        raise CliError(f"--timeout must be a positive number of seconds, got {args.timeout}",
+                       2)
+    api = op.api_from(args)
+
+    async def diag_info() -> dict[str, Any]:
+        async with ControllerApi.open(api.url, api.token, timeout_s=args.timeout) as ctl:
+            return await ctl.get("/api/v1/diag")
+
+    try:
+        if verb == "route":
+            result = asyncio.run(route(api.url, api.token, args.node, count=args.count,
+                                       interval_s=args.interval, timeout_s=args.timeout))
+        else:
+            info = asyncio.run(diag_info())
+    except StepFailed as exc:
+        raise CliError(f"{exc.message}; {exc.hint}") from None
+    if verb == "route":
+        print(json.dumps(result, indent=2) if args.json else route_table(result))
+        return 0 if result["ok"] else 1
+    if args.json:
+        print(json.dumps(info, indent=2))
         return 0
-    raise CliError(f"unknown diag probe {verb}", 2)
+    try:
+        s, st, w, lp = info["sessions"], info["store"], info["ws"], info["event_loop"]
+        lines = [
+            f"controller  {info['controller_id']}  v{info['version']}  up {info['uptime_s']} s",
+            f"sessions    {s['open']} open, {s['handshaking']} handshaking; nodes "
+            + ", ".join(f"{k} {v}" for k, v in sorted(s["nodes_by_liveness"].items())),
+            f"store       read {st['read_ms']} ms, commit {st['commit_ms']} ms "
+            f"({st['durability']}), write queue {st['write_queue']}, "
+            f"{st['writes_total']} writes in {st['batches_total']} batches",
+            f"/ws         {w['subscribers']} subscribers, {w['cut_off_total']} cut off, "
+            f"{w['events_published_total']} events",
+            f"event loop  lag {lp['lag_ms']} ms (max {lp['lag_max_ms']} ms)"]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CliError(f"{api.url}/api/v1/diag answered in a shape this CLI does not know "
+                       f"({exc!r}): is the controller another version? --json shows what it "
+                       "sent") from None
+    print("\n".join(lines))
+    return 0
 
 
 def _node(args: argparse.Namespace, verb: str) -> int:

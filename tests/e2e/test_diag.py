@@ -1,13 +1,15 @@
-"""`tether diag ws` against a live controller, and failing helpfully against a dead port, a
-non-tether HTTP server, a wrong node key and a blackholed route."""
+"""`tether diag ws`, `diag route` and `diag controller` against a live controller and node,
+and failing helpfully against a dead port, a non-tether HTTP server, a wrong node key (or
+operator token) and a blackholed route."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +89,10 @@ def test_diag_ws_with_a_key_the_controller_does_not_know_fails_at_hello(
     assert "not enrolled on this controller" in step["hint"]
 
 
-def test_diag_ws_through_a_blackholed_route_says_traffic_is_swallowed(
-        controller: ControllerProc, tmp_path: Path) -> None:
+@pytest.fixture
+def blackholed(controller: ControllerProc, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fault proxy in front of ``controller`` that accepts connections and
+    swallows every byte (SIGUSR1 sent before it is yielded)."""
     port_file = tmp_path / "proxy.port"
     proxy = Proc([sys.executable, "-m", "tether.tools.faultproxy", "--upstream",
                   f"127.0.0.1:{controller.port}", "--port-file", str(port_file)],
@@ -99,13 +103,17 @@ def test_diag_ws_through_a_blackholed_route_says_traffic_is_swallowed(
                           what="the fault proxy")
         assert proxy.proc is not None
         proxy.proc.send_signal(signal.SIGUSR1)
-        code, report = diag(f"http://127.0.0.1:{port}")
-        assert code == 14
-        step = failed_step(report)
-        assert step["name"] == "upgrade" and "swallows traffic" in step["hint"]
-        assert next(s for s in report["steps"] if s["name"] == "tcp")["ok"]
+        yield f"http://127.0.0.1:{port}"
     finally:
         proxy.terminate()
+
+
+def test_diag_ws_through_a_blackholed_route_says_traffic_is_swallowed(blackholed: str) -> None:
+    code, report = diag(blackholed)
+    assert code == 14
+    step = failed_step(report)
+    assert step["name"] == "upgrade" and "swallows traffic" in step["hint"]
+    assert next(s for s in report["steps"] if s["name"] == "tcp")["ok"]
 
 
 def test_diag_ws_prints_a_table_by_default(controller: ControllerProc) -> None:
@@ -201,3 +209,82 @@ def test_diag_controller_reports_sessions_store_ws_and_loop_lag(
         assert dead.returncode == 1 and "cannot reach the controller" in dead.stderr
     finally:
         node.cleanup()
+
+
+# -- diag route and diag controller failing helpfully -----------------------------------------
+
+def operator_diag(verb: str, url: str, token: str, *extra: str
+                  ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tether_cmd("diag", verb, *extra, "--url", url, "--token", token,
+                                     "--timeout", "2"),
+                          capture_output=True, text=True, timeout=60)
+
+
+def one_line_error(out: subprocess.CompletedProcess[str]) -> str:
+    """The failure's stderr, checked to be exit 1 and a single ``error:`` line."""
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    return out.stderr
+
+
+PROBES = [pytest.param(("route", "n-any"), id="route"),
+          pytest.param(("controller",), id="controller")]
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_diag_route_and_controller_against_a_dead_port_ask_whether_it_runs(
+        probe: tuple[str, ...]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    err = one_line_error(operator_diag(probe[0], url, "x", *probe[1:]))
+    assert f"cannot reach the controller at {url} (connection refused)" in err
+    assert f"is the controller running at {url}?" in err
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_diag_route_and_controller_against_a_non_tether_http_server_say_so(
+        probe: tuple[str, ...], plain_http: str) -> None:
+    err = one_line_error(operator_diag(probe[0], plain_http, "x", *probe[1:]))
+    assert f"this does not look like a Tether controller (HTTP 404 from {plain_http}/" in err
+    assert "check --url" in err
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_diag_route_and_controller_with_a_token_the_controller_refuses_say_check_the_token(
+        probe: tuple[str, ...], controller: ControllerProc) -> None:
+    err = one_line_error(operator_diag(probe[0], controller.url, "not-a-token", *probe[1:]))
+    assert "the token is not accepted by this controller" in err and "HTTP 401" in err
+    assert "check --token / TETHER_TOKEN" in err
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_diag_route_and_controller_through_a_blackholed_route_say_traffic_is_swallowed(
+        probe: tuple[str, ...], controller: ControllerProc, blackholed: str) -> None:
+    err = one_line_error(operator_diag(probe[0], blackholed, controller.token, *probe[1:]))
+    assert f"no answer from {blackholed} within 2 s" in err
+    assert "a proxy or firewall swallows traffic" in err
+
+
+def test_diag_route_to_a_node_whose_sidecar_is_frozen_names_the_hop_that_did_not_answer(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    node = make_node("n-frozen")
+    sidecar = node.sidecar_pid()
+    assert sidecar is not None
+    os.kill(sidecar, signal.SIGSTOP)  # the session stays open; nothing comes back over it
+    try:
+        out = operator_diag("route", controller.url, controller.token, "n-frozen", "--json",
+                            "--count", "2", "--interval", "0")
+        assert out.returncode == 1, out.stderr
+        result = json.loads(out.stdout)
+        summary = result["summary"]
+        assert (summary["sent"], summary["answered"], summary["loss_percent"]) == (2, 0, 100.0)
+        assert summary["lost_at"] == {"controller -> node": 2}
+        assert summary["answered_by"].startswith("nobody: the pings stalled at controller -> "
+                                                 "node")
+        assert all(p["lost"] and p["state"] in ("queued", "expired") for p in result["pings"])
+        table = operator_diag("route", controller.url, controller.token, "n-frozen",
+                              "--count", "1")
+        assert table.returncode == 1, table.stderr
+        assert "lost at controller -> node" in table.stdout
+    finally:
+        os.kill(sidecar, signal.SIGCONT)
