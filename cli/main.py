@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="close with 4408 when no hello arrives within this")
     serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)
     serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
-                       help="edge connections past this many handshakes get 4429")
+                       help="edge handshakes running at once; more wait for a slot")
+    serve.add_argument("--max-waiting-handshakes", type=int, default=8192,
+                       help="edge connections waiting for a handshake slot; past this (or "
+                            "after 8 s of waiting) they get 4429 with a retry_after")
     serve.add_argument("--allowed-origin", action="append", default=[],
                        help="extra Origin allowed on /ws (repeatable)")
     serve.add_argument("--ws-max-queue", type=int, default=1024,
@@ -157,15 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stream live until the command ends")
     _operator_flags(logs, table=False)
 
-    bench = nouns.add_parser("bench", help="benchmarks").add_subparsers(dest="verb",
-                                                                         required=True)
-    core = bench.add_parser("core", help="class-A throughput and command round trip")
-    core.add_argument("--nodes", type=int, default=4)
-    core.add_argument("--frames", type=int, default=5000, help="evt frames per node")
-    core.add_argument("--commands", type=int, default=300)
-    core.add_argument("--durability", choices=["fsync", "process", "both"], default="both")
-    core.add_argument("--json", action="store_true")
-    core.add_argument("--out", type=Path)
+    bench = nouns.add_parser(
+        "bench", help="the benchmark suite, side by side with the peers",
+        description="Runs every benchmark on loopback (a controller process, simulated "
+                    "nodes, a raw websockets echo, Mosquitto) and prints a table.")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smaller run, under 2 minutes")
+    size.add_argument("--tiny", action="store_true", help="seconds; checks the plumbing only")
+    bench.add_argument("--only", action="append", choices=["core", "peers", "fleet", "media"],
+                       help="run only these suites (repeatable)")
+    bench.add_argument("--json", action="store_true", help="print the JSON report")
+    bench.add_argument("--out", type=Path, help="write the JSON report here")
 
     diag = nouns.add_parser("diag", help="probes that say why something is off").add_subparsers(
         dest="verb", required=True)
@@ -252,6 +257,7 @@ def dispatch(args: argparse.Namespace) -> int:
             tls_key=args.tls_key, log_format=args.log_format,
             handshake_timeout_s=args.handshake_timeout_s,
             max_concurrent_handshakes=args.max_concurrent_handshakes,
+            max_waiting_handshakes=args.max_waiting_handshakes,
             max_log_bytes_per_command=args.max_log_bytes_per_command,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes))
@@ -280,9 +286,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if noun == "logs":
         return op.logs_command(args)
     if noun == "bench":
-        from tether.tools.bench import run_core
+        from tether.tools.bench import run
 
-        return run_core(args)
+        return run(args)
     if noun == "sim":
         import asyncio
         import logging
@@ -366,7 +372,8 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
         s, st, w, lp = info["sessions"], info["store"], info["ws"], info["event_loop"]
         lines = [
             f"controller  {info['controller_id']}  v{info['version']}  up {info['uptime_s']} s",
-            f"sessions    {s['open']} open, {s['handshaking']} handshaking; nodes "
+            f"sessions    {s['open']} open, {s['handshaking']} handshaking, "
+            f"{s.get('waiting', 0)} waiting, {s.get('refused_total', 0)} refused (4429); nodes "
             + ", ".join(f"{k} {v}" for k, v in sorted(s["nodes_by_liveness"].items())),
             f"store       read {st['read_ms']} ms, commit {st['commit_ms']} ms "
             f"({st['durability']}), write queue {st['write_queue']}, "

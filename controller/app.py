@@ -23,6 +23,7 @@ from .api import routes as api
 from .browser import browser_endpoint
 from .config import ControllerConfig
 from .gateway import EdgeConnection, edge_endpoint
+from .services.admission import Admission
 from .services.events import EventHub
 from .services.monitor import MonitorStore
 from .services.registry import SessionRegistry
@@ -47,7 +48,9 @@ class Controller:
         self.hub = EventHub()
         self.monitor = MonitorStore()
         self.connections: set[EdgeConnection] = set()
-        self.handshakes_in_progress = 0
+        self.admission = Admission(slots=config.max_concurrent_handshakes,
+                                   max_waiting=config.max_waiting_handshakes,
+                                   max_wait_s=config.max_handshake_wait_s)
         self.stopping = False  # set first thing on shutdown: new edge sessions get 1001
         self.loop_lag_ms = 0.0
         self.loop_lag_max_ms = 0.0
@@ -107,6 +110,7 @@ class Controller:
     def node_changed(self, node_id: str, kind: str, data: dict[str, Any]) -> None:
         if kind == "session.closed":
             goodbye = data.get("reason") == "goodbye"
+            self._recently_closed.pop(node_id, None)  # keep the dict in closing order
             self._recently_closed[node_id] = (time.monotonic(), goodbye)
         elif kind == "session.opened":
             self._recently_closed.pop(node_id, None)
@@ -211,11 +215,15 @@ class Controller:
                                      {"command_id": command_id, "state": "expired"})
                 now_mono = time.monotonic()
                 offline_after = self.config.thresholds.offline_after_s
-                for node_id, (closed_mono, _) in list(self._recently_closed.items()):
-                    if now_mono - closed_mono >= offline_after:
-                        del self._recently_closed[node_id]
-                        self.hub.publish("nodes", "liveness.changed",
-                                         {"node_id": node_id, "liveness": "offline"})
+                expired = []
+                for node_id, (closed_mono, _) in self._recently_closed.items():
+                    if now_mono - closed_mono < offline_after:
+                        break  # in closing order: the rest closed later
+                    expired.append(node_id)
+                for node_id in expired:
+                    del self._recently_closed[node_id]
+                    self.hub.publish("nodes", "liveness.changed",
+                                     {"node_id": node_id, "liveness": "offline"})
                 if tick % (touch_every * 720) == 0:  # about hourly
                     await self.store.prune_idempotency_keys()
                 if tick % touch_every == 0:

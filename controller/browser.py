@@ -169,7 +169,8 @@ async def _push(ws: WebSocket, sub: Subscriber, sending: asyncio.Lock) -> None:
                                "resubscribe")
         async with sending:
             await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
-                                                "data": event.data}))
+                                                "data": event.data,
+                                                "at_ms": round(event.at_ms, 3)}))
 
 
 async def _snapshot(controller: Controller, topic: str) -> Any:

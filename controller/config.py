@@ -18,7 +18,10 @@ class ControllerConfig:
     durability: str = "fsync"
     thresholds: Thresholds = field(default_factory=Thresholds)
     handshake_timeout_s: float = 10.0
-    max_concurrent_handshakes: int = 512  # past it, new edge connections get 4429
+    max_concurrent_handshakes: int = 512  # handshakes running at once
+    max_waiting_handshakes: int = 8192  # past both limits, new edge connections get 4429
+    listen_backlog: int = 8192  # the kernel caps it at net.core.somaxconn
+    max_handshake_wait_s: float = 8.0  # waited this long: 4429 (nodes wait 10 s for welcome)
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_log_bytes_per_command: int = 1 << 20
     max_node_events_per_node: int = 10_000

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -83,11 +82,6 @@ async def edge_endpoint(websocket: WebSocket) -> None:
     if controller.stopping:
         await websocket.close(1001, "controller going away")
         return
-    if controller.handshakes_in_progress >= controller.config.max_concurrent_handshakes:
-        # Overload: tell the node when to come back instead of queueing it (PROTOCOL.md §7).
-        retry_after = round(1 + random.random() * 4, 1)
-        await websocket.close(4429, f"overloaded; retry_after={retry_after}")
-        return
     conn = EdgeConnection(websocket, controller)
     controller.connections.add(conn)
     try:
@@ -143,9 +137,22 @@ class EdgeConnection:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        self.ctl.handshakes_in_progress += 1
+        """Serve one edge connection. The challenge goes out at once (PROTOCOL.md §4: within
+        1 s of accept); the rest of the handshake runs under an admission slot, released
+        exactly once. Past the admission limits the node is told when to come back (4429)."""
         try:
-            await self._handshake()
+            nonce = await self._challenge()
+        except _Close as exc:
+            await self._finish(exc)
+            return
+        if not await self.ctl.admission.acquire():
+            retry_after = self.ctl.admission.retry_after()
+            await self._finish(_Close(4429, f"overloaded; retry_after={retry_after}"))
+            return
+        completed = False
+        try:
+            await self._handshake(nonce)
+            completed = True
         except _Close as exc:
             await self._finish(exc)
             return
@@ -154,7 +161,7 @@ class EdgeConnection:
             await self._finish(_Close(1011, "internal error"))
             return
         finally:
-            self.ctl.handshakes_in_progress -= 1
+            self.ctl.admission.release(completed=completed)
         close: _Close | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -267,10 +274,14 @@ class EdgeConnection:
 
     # -- handshake (PROTOCOL.md §4) --------------------------------------------------------
 
-    async def _handshake(self) -> None:
+    async def _challenge(self) -> bytes:
         nonce = os.urandom(32)
+        await self._send(Challenge(nonce=nonce, controller_id=self.ctl.controller_id,
+                                   time_ms=_now_ms()).frame())
+        return nonce
+
+    async def _handshake(self, nonce: bytes) -> None:
         cid = self.ctl.controller_id
-        await self._send(Challenge(nonce=nonce, controller_id=cid, time_ms=_now_ms()).frame())
         frame = await self._receive(self.ctl.config.handshake_timeout_s)
         if frame is None:
             raise _Close(1000, "closed before hello")

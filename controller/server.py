@@ -81,6 +81,7 @@ def build_server(config: ControllerConfig) -> _Server:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        backlog=config.listen_backlog,  # a reconnect storm arrives all at once
         **kwargs,
     )
     return _Server(uv_config, config, app.state.controller)

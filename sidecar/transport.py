@@ -218,6 +218,14 @@ class ControllerLink:
             with contextlib.suppress(Exception):
                 await ws.close(1000, reason[:120])
 
+    def drop_now(self) -> None:
+        """Abort the connection without a close handshake, as a failing network would, and
+        dial again at once (a path known to be dead gains nothing from a polite close)."""
+        self._reconnect_now = True
+        ws = self._ws
+        if ws is not None:
+            ws.transport.abort()
+
     # -- the loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -306,7 +314,6 @@ class ControllerLink:
         reason: str | None = None
         try:
             await self._handshake(ws)
-            self.connected.set()
             self._set(state="connected", session_id=self._welcome.session_id if self._welcome
                       else None, connected_since=time.time())
             async with asyncio.TaskGroup() as tg:
@@ -383,6 +390,7 @@ class ControllerLink:
         except (RemoteProtocolError, BadFrame) as exc:
             raise _LocalClose(4400, exc.message) from None
         self._welcome = welcome
+        self.connected.set()  # before on_welcome, so that it can replay at once
         await self.handler.on_welcome(welcome)
 
     async def _read_loop(self, ws: ClientConnection) -> None:

@@ -1,15 +1,21 @@
-"""``tether bench core``: end-to-end class-A throughput and command round trip on loopback.
+"""``tether bench``: the whole benchmark suite on loopback, side by side with the peers.
 
-A controller runs as its own process; N simulated nodes are real :class:`NodeRuntime`
-instances (real SQLite stores, real links) in this process. Figures:
+Every figure is measured in the same run on this machine; a peer that cannot run says so in
+its row (``value: null`` with a ``note``), never an invented figure. Benchmarks:
 
 * ``acked_throughput``: ``node.event`` frames per second from "appended to the node outbox"
-  to "acked by the controller", i.e. persisted on both sides (group commit on both), per
-  durability mode;
+  to "acked by the controller" (persisted on both sides, group commit on both), for both
+  durability modes; beside a raw ``websockets`` echo (same frames, same window, one ack per
+  message, no persistence) and Mosquitto QoS 1 with paho-mqtt, and the ratios to them;
 * ``command_rtt``: operator ``POST diag.ping`` -> ``succeeded`` pushed on /ws (the status
-  persisted by the controller), p50/p99 at a fixed open-loop rate.
+  persisted by the controller), p50/p99 at fixed open-loop rates (100 and 1,000/s);
+* ``sessions``, ``reconnect_storm``, ``ws_fanout``: see :mod:`tether.tools.bench_fleet`;
+* ``media``: not yet (the media plane lands in a later issue); the row says so.
 
-Output: a table, or ``--json`` / ``--out FILE`` with ``{"machine": ..., "results": [...]}``.
+Sizes: ``--quick`` (under 2 minutes), the default full run, or ``--tiny`` (seconds; the
+test suite checks the pinned JSON shape with it). Output: a table, and ``--out FILE`` /
+``--json`` with ``{"machine": ..., "results": [{benchmark, system, metric, value, unit,
+...}]}``.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,55 +44,34 @@ from tether.common import __version__
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
-RTT_RATE_PER_S = 100
+from .bench_fleet import FleetPlan, run_fleet
+from .bench_util import ControllerProcess, percentile, row
 
 
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
+@dataclass(frozen=True)
+class Plan:
+    """How much of each benchmark a run does."""
+
+    nodes: int  # throughput nodes (real NodeRuntime, real SQLite stores)
+    frames: int  # class A frames per node
+    rtt: tuple[tuple[int, int], ...]  # (rate per s, commands)
+    fleet: FleetPlan
 
 
-class _Controller:
-    def __init__(self, root: Path, durability: str) -> None:
-        self.dir = root / f"controller-{durability}"
-        self.durability = durability
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.token = ""
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        self.dir.mkdir(parents=True)
-        with open(self.dir / "controller.log", "wb") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "tether.cli.main", "--log-level", "warning",
-                 "controller", "serve", "--port", "0", "--data-dir", str(self.dir),
-                 "--durability", self.durability], stdout=log, stderr=subprocess.STDOUT)
-
-    async def __aenter__(self) -> _Controller:
-        self.proc = self._spawn()
-        url_file = self.dir / "controller.url"
-        async with asyncio.timeout(30):
-            while not url_file.exists():
-                if self.proc.poll() is not None:
-                    raise RuntimeError((self.dir / "controller.log").read_text())
-                await asyncio.sleep(0.05)
-        self.url = url_file.read_text().strip()
-        self.token = (self.dir / "admin.token").read_text().strip()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+PLANS = {
+    "tiny": Plan(nodes=1, frames=50, rtt=((100, 5), (1000, 10)),
+                 fleet=FleetPlan(sizes=(20,), storm_at=20, window_s=1.5, heartbeat_s=1.0,
+                                 fanout_clients=3, fanout_rounds=2)),
+    "quick": Plan(nodes=2, frames=5000, rtt=((100, 300), (1000, 2000)),
+                  fleet=FleetPlan(sizes=(1000,), storm_at=1000, window_s=15.0,
+                                  heartbeat_s=15.0, fanout_clients=200, fanout_rounds=10)),
+    "full": Plan(nodes=4, frames=10_000, rtt=((100, 1000), (1000, 5000)),
+                 fleet=FleetPlan(sizes=(1000, 5000, 10_000), storm_at=5000, window_s=30.0,
+                                 heartbeat_s=15.0, fanout_clients=200, fanout_rounds=25)),
+}
 
 
-async def _start_nodes(ctl: _Controller, root: Path, count: int, durability: str,
+async def _start_nodes(ctl: ControllerProcess, root: Path, count: int, durability: str,
                        tg: asyncio.TaskGroup, stop: asyncio.Event) -> list[Any]:
     from tether.node.config import NodeConfig
     from tether.node.identity import enroll
@@ -130,8 +115,10 @@ async def _throughput(runtimes: list[Any], frames_per_node: int) -> dict[str, fl
     return {"frames": total, "seconds": elapsed, "msgs_per_s": total / elapsed}
 
 
-async def _command_rtt(ctl: _Controller, node_id: str, count: int,
-                       rate_per_s: float) -> dict[str, float]:
+async def _command_rtt(ctl: ControllerProcess, node_ids: list[str], count: int,
+                       rate_per_s: float) -> dict[str, Any]:
+    """``count`` diag.ping commands at ``rate_per_s``, open loop, round robin over the nodes;
+    each timed from the POST to ``succeeded`` arriving on /ws."""
     done: dict[str, float] = {}
     sent: dict[str, float] = {}
     waiters: dict[str, asyncio.Future[None]] = {}
@@ -139,8 +126,9 @@ async def _command_rtt(ctl: _Controller, node_id: str, count: int,
                        subprotocols=[JSON_SUBPROTOCOL]) as ws:  # type: ignore[list-item]
         await ws.send(encode_json(Frame(t="hello", b={"token": ctl.token})))
         await ws.recv()
-        await ws.send(encode_json(Frame(t="subscribe", b={"topics": [f"commands:{node_id}"]})))
-        while decode_json(await ws.recv()).t != "subscribed":  # skip the snapshot
+        await ws.send(encode_json(Frame(t="subscribe", b={
+            "topics": [f"commands:{n}" for n in node_ids]})))
+        while decode_json(await ws.recv()).t != "subscribed":  # skip the snapshots
             pass
 
         async def reader() -> None:
@@ -154,20 +142,22 @@ async def _command_rtt(ctl: _Controller, node_id: str, count: int,
                     if fut is not None and not fut.done():
                         fut.set_result(None)
 
-        async with httpx.AsyncClient(base_url=ctl.url, timeout=15, headers={
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=ctl.url, timeout=30, limits=limits, headers={
                 "Authorization": f"Bearer {ctl.token}"}) as http, asyncio.TaskGroup() as tg:
             read_task = tg.create_task(reader())
 
-            async def one() -> None:
+            async def one(node_id: str) -> None:
                 t0 = time.perf_counter()
                 resp = await http.post(f"/api/v1/nodes/{node_id}/commands",
                                        json={"kind": "diag.ping"})
+                resp.raise_for_status()
                 cid = resp.json()["command_id"]
                 sent[cid] = t0
                 if cid not in done:
                     fut = asyncio.get_running_loop().create_future()
                     waiters[cid] = fut
-                    async with asyncio.timeout(30):
+                    async with asyncio.timeout(60):
                         await fut
 
             interval = 1.0 / rate_per_s
@@ -177,34 +167,37 @@ async def _command_rtt(ctl: _Controller, node_id: str, count: int,
                     delay = t_start + i * interval - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    shots.create_task(one())
+                    shots.create_task(one(node_ids[i % len(node_ids)]))
+            achieved = count / (time.perf_counter() - t_start)
             read_task.cancel()
     rtts = [(done[c] - sent[c]) * 1000 for c in sent]
-    return {"p50_ms": _percentile(rtts, 50), "p99_ms": _percentile(rtts, 99),
-            "mean_ms": statistics.fmean(rtts), "count": len(rtts)}
+    return {"p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99),
+            "count": len(rtts), "achieved_rate_per_s": round(achieved, 1)}
 
 
-async def _run_mode(root: Path, durability: str, nodes: int, frames: int,
-                    commands: int) -> list[dict[str, Any]]:
+async def _run_mode(root: Path, durability: str, plan: Plan) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    async with _Controller(root, durability) as ctl:
+    system = "tether" if durability == "fsync" else "tether-process"
+    extra = {"durability": durability, "nodes": plan.nodes}
+    async with ControllerProcess(root, durability, durability) as ctl:
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            runtimes = await _start_nodes(ctl, root, nodes, durability, tg, stop)
+            runtimes = await _start_nodes(ctl, root, plan.nodes, durability, tg, stop)
             try:
-                tp = await _throughput(runtimes, frames)
-                rtt = await _command_rtt(ctl, "bench-0", commands, RTT_RATE_PER_S)
+                tp = await _throughput(runtimes, plan.frames)
+                results.append(row("acked_throughput", system, "msgs_per_s",
+                                   round(tp["msgs_per_s"], 1), "msgs/s",
+                                   frames=tp["frames"], **extra))
+                node_ids = [f"bench-{i}" for i in range(plan.nodes)]
+                for rate, count in plan.rtt:
+                    rtt = await _command_rtt(ctl, node_ids, count, rate)
+                    for metric in ("p50_ms", "p99_ms"):
+                        results.append(row("command_rtt", system, metric, rtt[metric], "ms",
+                                           rate_per_s=rate, count=rtt["count"],
+                                           achieved_rate_per_s=rtt["achieved_rate_per_s"],
+                                           **extra))
             finally:
                 stop.set()
-    system = "tether" if durability == "fsync" else "tether-process"
-    extra = {"durability": durability, "nodes": nodes}
-    results.append({"benchmark": "acked_throughput", "system": system, "metric": "msgs_per_s",
-                    "value": round(tp["msgs_per_s"], 1), "unit": "msgs/s",
-                    "frames": tp["frames"], **extra})
-    for metric in ("p50_ms", "p99_ms"):
-        results.append({"benchmark": "command_rtt", "system": system, "metric": metric,
-                        "value": round(rtt[metric], 3), "unit": "ms",
-                        "rate_per_s": RTT_RATE_PER_S, "count": rtt["count"], **extra})
     return results
 
 
@@ -333,59 +326,109 @@ def _machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def run_core(args: argparse.Namespace) -> int:
+SUITES = ("core", "peers", "fleet", "media")
+
+
+def _raise_fd_limit() -> None:
+    """10,000 sessions need 10,000 sockets on each side: lift the soft limit to the hard."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _peers(root: Path, plan: Plan) -> list[dict[str, Any]]:
+    import uvloop
+
+    results: list[dict[str, Any]] = []
+    total = plan.nodes * plan.frames
+    print("bench: raw websockets echo, same frames, window 64 ...", file=sys.stderr)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        raw = runner.run(_ws_raw(root, total))
+    results.append(row("acked_throughput", "websockets-raw", "msgs_per_s", round(raw, 1),
+                       "msgs/s", frames=total, window=64, durability="none"))
+    print("bench: mosquitto QoS 1 with paho-mqtt, window 64 ...", file=sys.stderr)
+    mosq = _mosquitto(root, total)
+    if isinstance(mosq, str):
+        results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s", None,
+                           "msgs/s", note=mosq))
+    else:
+        results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s",
+                           round(mosq, 1), "msgs/s", frames=total, window=64,
+                           durability="none (broker persistence off)"))
+    return results
+
+
+def _ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    peers = {r["system"]: r["value"] for r in results
+             if r["benchmark"] == "acked_throughput" and r["metric"] == "msgs_per_s"
+             and r["system"] in ("websockets-raw", "mosquitto-qos1") and r["value"]}
+    out = []
+    for r in results:
+        if r["benchmark"] == "acked_throughput" and r["metric"] == "msgs_per_s" and \
+                r["system"].startswith("tether"):
+            for peer, value in sorted(peers.items()):
+                out.append(row("acked_throughput", r["system"],
+                               f"ratio_to_{peer.replace('-', '_')}",
+                               round(r["value"] / value, 3), "x"))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tether bench``: the suites asked for (all by default) at the asked size."""
+    import uvloop
+
     logging.getLogger("tether").setLevel(logging.WARNING)
-    modes = ["fsync", "process"] if args.durability == "both" else [args.durability]
+    size = "tiny" if args.tiny else "quick" if args.quick else "full"
+    plan = PLANS[size]
+    suites = args.only or list(SUITES)
+    _raise_fd_limit()
     root = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     results: list[dict[str, Any]] = []
+    started = time.monotonic()
     try:
-        import uvloop
-
-        for mode in modes:
-            print(f"bench core: durability={mode}, {args.nodes} nodes x {args.frames} frames, "
-                  f"{args.commands} pings at {RTT_RATE_PER_S}/s ...", file=sys.stderr)
+        if "core" in suites:
+            for mode in ("fsync", "process"):
+                print(f"bench: durability={mode}, {plan.nodes} nodes x {plan.frames} frames,"
+                      f" pings at {', '.join(f'{r}/s' for r, _ in plan.rtt)} ...",
+                      file=sys.stderr)
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    results += runner.run(_run_mode(root, mode, plan))
+        if "peers" in suites:
+            results += _peers(root, plan)
+        results += _ratios(results)
+        if "fleet" in suites:
+            f = plan.fleet
+            print(f"bench: sessions {', '.join(map(str, f.sizes))} (heartbeat {f.heartbeat_s:g}"
+                  f" s, {f.window_s:g} s windows), storm at {f.storm_at}, /ws fan-out to "
+                  f"{f.fanout_clients} clients ...", file=sys.stderr)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                results += runner.run(_run_mode(root, mode, args.nodes, args.frames,
-                                                args.commands))
-        print("bench core: raw websockets echo, same frames, window 64 ...", file=sys.stderr)
-        total = args.nodes * args.frames
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            raw = runner.run(_ws_raw(root, total))
-        results.append({"benchmark": "acked_throughput", "system": "websockets-raw",
-                        "metric": "msgs_per_s", "value": round(raw, 1), "unit": "msgs/s",
-                        "frames": total, "window": 64, "durability": "none"})
-        print("bench core: mosquitto QoS 1 with paho-mqtt, window 64 ...", file=sys.stderr)
-        mosq = _mosquitto(root, total)
-        if isinstance(mosq, str):
-            results.append({"benchmark": "acked_throughput", "system": "mosquitto-qos1",
-                            "metric": "msgs_per_s", "value": None, "unit": "msgs/s",
-                            "note": mosq})
-        else:
-            results.append({"benchmark": "acked_throughput", "system": "mosquitto-qos1",
-                            "metric": "msgs_per_s", "value": round(mosq, 1),
-                            "unit": "msgs/s", "frames": total, "window": 64,
-                            "durability": "none (broker persistence off)"})
-        for row in [r for r in results if r["benchmark"] == "acked_throughput"
-                    and r["system"].startswith("tether") and r["metric"] == "msgs_per_s"]:
-            results.append({"benchmark": "acked_throughput", "system": row["system"],
-                            "metric": "ratio_to_websockets_raw",
-                            "value": round(row["value"] / raw, 3), "unit": "x"})
-            if not isinstance(mosq, str):
-                results.append({"benchmark": "acked_throughput", "system": row["system"],
-                                "metric": "ratio_to_mosquitto_qos1",
-                                "value": round(row["value"] / mosq, 3), "unit": "x"})
+                results += runner.run(run_fleet(root, f))
+        if "media" in suites:
+            results.append(row("media", "tether", "file_mb_per_s", None, "MB/s",
+                               note="not yet: the media plane (WebRTC file channel) lands "
+                                    "in a later issue"))
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(root)
-    report = {"machine": _machine(), "results": results}
+    machine = {**_machine(), "size": size, "seconds": round(time.monotonic() - started, 1)}
+    report = {"machine": machine, "results": results}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{'benchmark':<18} {'system':<15} {'metric':<11} {'value':>10}  unit")
-        for r in results:
-            value = r["value"] if r["value"] is not None else "-"
-            print(f"{r['benchmark']:<18} {r['system']:<15} {r['metric']:<11} "
-                  f"{value:>10}  {r['unit']}  {r.get('note', '')}".rstrip())
+        print(table(results))
     return 0
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'benchmark':<17} {'system':<15} {'metric':<30} {'value':>11}  unit"]
+    for r in results:
+        value = "-" if r["value"] is None else r["value"]
+        ctx = (f"@{r['rate_per_s']}/s" if "rate_per_s" in r else
+               f"@{r['sessions']}" if r["benchmark"] == "sessions" else "")
+        lines.append(f"{r['benchmark']:<17} {r['system']:<15} {r['metric'] + ctx:<30} "
+                     f"{value:>11}  {r['unit']}  {r.get('note', '')}".rstrip())
+    return "\n".join(lines)

@@ -223,14 +223,16 @@ class Fleet:
             await sim.pump()
 
     async def storm(self, *, timeout_s: float = 300) -> dict[str, Any]:
-        """Every session drops at once and dials straight back: seconds until all are
-        welcomed again (resumed), the peak welcome rate per second, and retries seen."""
+        """Every connection is cut at once (aborted, no close handshake, as in a network
+        failure) and dials straight back: seconds until all are welcomed again, how many
+        resumed their session, the peak welcome rate per second, and the dials it took."""
         targets = {id(s): s.welcomes + 1 for s in self.nodes}
         resumed_before = sum(s.resumed_welcomes for s in self.nodes)
         reconnects_before = sum(s.link.status.reconnects for s in self.nodes if s.link)
         t0 = time.monotonic()
-        await asyncio.gather(*(s.link.reconnect_now("storm") for s in self.nodes
-                               if s.link is not None))
+        for sim in self.nodes:
+            if sim.link is not None:
+                sim.link.drop_now()
         async with asyncio.timeout(timeout_s):
             while not all(s.welcomed.is_set() and s.welcomes >= targets[id(s)]
                           for s in self.nodes):

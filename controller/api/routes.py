@@ -359,7 +359,9 @@ async def diag(request: Request) -> Response:
     return JSONResponse({
         "controller_id": ctl.controller_id, "version": __version__,
         "uptime_s": round(time.time() - ctl.started_at, 1),
-        "sessions": {"open": len(ctl.registry), "handshaking": ctl.handshakes_in_progress,
+        "sessions": {"open": len(ctl.registry), "handshaking": ctl.admission.running,
+                     "waiting": ctl.admission.waiting,
+                     "refused_total": ctl.admission.refused_total,
                      "nodes_by_liveness": by_liveness},
         "store": {"read_ms": round(read_ms, 3), "commit_ms": round(write_ms, 3),
                   "write_queue": ctl.db.pending, "batches_total": ctl.db.batches_total,

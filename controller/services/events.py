@@ -9,6 +9,7 @@ growing memory; it reconnects and resyncs from a snapshot.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ class Event:
     kind: str
     data: dict[str, Any]
     size: int = 256  # approximate bytes, for the subscribers' byte bounds
+    at_ms: float = field(default_factory=lambda: time.time() * 1000)  # when published
 
 
 @dataclass(eq=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -123,9 +124,11 @@ async def test_subscribing_to_nodes_pushes_session_opened_when_a_node_connects(
         subscribed = await json_recv(ws)
         assert subscribed["t"] == "subscribed" and subscribed["re"] == "sub1"
         assert subscribed["b"]["topics"] == ["nodes"]
+        before_ms = time.time() * 1000
         client = await edge.session(ident)
         assert client.welcome is not None
         event = await next_event(ws, "session.opened")
+        assert before_ms <= event["at_ms"] <= time.time() * 1000  # when it was published
         assert event["topic"] == "nodes"
         assert event["data"]["node_id"] == ident.node_id
         assert event["data"]["session_id"] == client.welcome.b["session_id"]

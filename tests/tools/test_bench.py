@@ -1,4 +1,4 @@
-"""The benchmark runs end to end in a tiny mode and prints its pinned JSON shape (never the
+"""The benchmark runs end to end in a tiny mode and writes its pinned JSON shape (never the
 figures: speed is judged by the benchmark itself, not by timed assertions)."""
 
 from __future__ import annotations
@@ -7,29 +7,59 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from tether.tools.bench_util import percentile, row
+
 from ..helpers import tether_cmd
 
+PINNED = {
+    ("acked_throughput", "tether", "msgs_per_s"),
+    ("acked_throughput", "websockets-raw", "msgs_per_s"),
+    ("acked_throughput", "mosquitto-qos1", "msgs_per_s"),
+    ("command_rtt", "tether", "p50_ms"),
+    ("command_rtt", "tether", "p99_ms"),
+    ("sessions", "tether", "sessions"),
+    ("sessions", "tether", "rss_kib_per_session"),
+    ("reconnect_storm", "tether", "nodes"),
+    ("reconnect_storm", "tether", "seconds_to_all_online"),
+    ("reconnect_storm", "tether", "lost"),
+}
 
-def test_bench_core_in_a_tiny_mode_writes_the_pinned_json_shape(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    run = subprocess.run(tether_cmd("bench", "core", "--nodes", "1", "--frames", "50",
-                                    "--commands", "5", "--durability", "process",
-                                    "--out", str(out)),
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+
+def test_bench_tiny_writes_the_pinned_json_shape(tmp_path: Path) -> None:
+    out = tmp_path / "bench-results.json"
+    run = subprocess.run(tether_cmd("bench", "--tiny", "--out", str(out)),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report) == {"machine", "results"}
-    assert report["machine"]["cpus"] >= 1
+    assert report["machine"]["cpus"] >= 1 and report["machine"]["size"] == "tiny"
     rows = {(r["benchmark"], r["system"], r["metric"]) for r in report["results"]}
-    assert {("acked_throughput", "tether-process", "msgs_per_s"),
-            ("acked_throughput", "websockets-raw", "msgs_per_s"),
-            ("acked_throughput", "mosquitto-qos1", "msgs_per_s"),
-            ("command_rtt", "tether-process", "p50_ms"),
-            ("command_rtt", "tether-process", "p99_ms")} <= rows
-    for row in report["results"]:
-        assert {"benchmark", "system", "metric", "value", "unit"} <= set(row)
-        if row["value"] is None:  # a peer that could not run says why, never a figure
-            assert row["note"].startswith("unavailable: "), row
+    assert rows >= PINNED, PINNED - rows
+    rates = {r["rate_per_s"] for r in report["results"] if r["benchmark"] == "command_rtt"}
+    assert rates == {100, 1000}
+    for r in report["results"]:
+        assert {"benchmark", "system", "metric", "value", "unit"} <= set(r)
+        if r["value"] is None:  # a peer or plane that could not run says why, never a figure
+            assert r["note"].startswith(("unavailable: ", "not yet: ")), r
         else:
-            assert isinstance(row["value"], int | float) and row["value"] > 0
-    assert "acked_throughput" in run.stdout
+            assert isinstance(r["value"], int | float) and r["value"] >= 0, r
+    media = next(r for r in report["results"] if r["benchmark"] == "media")
+    assert media["value"] is None and "not yet" in media["note"]
+    storm = {r["metric"]: r for r in report["results"] if r["benchmark"] == "reconnect_storm"}
+    assert storm["lost"]["value"] == 0 and storm["duplicate_sessions"]["value"] == 0
+    assert storm["nodes"]["value"] > 0 and storm["nodes"]["zero_loss"]["ok"]
+    assert "acked_throughput" in run.stdout and "reconnect_storm" in run.stdout
+
+
+def test_a_row_without_a_figure_must_say_why() -> None:
+    with pytest.raises(ValueError, match="no value and no note"):
+        row("acked_throughput", "mosquitto-qos1", "msgs_per_s", None, "msgs/s")
+    assert row("media", "tether", "x", None, "MB/s", note="not yet: later")["value"] is None
+
+
+def test_percentiles_are_nearest_rank_and_none_without_samples() -> None:
+    assert percentile([], 99) is None
+    assert percentile([5.0, 1.0, 3.0], 50) == 3.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0

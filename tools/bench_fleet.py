@@ -1,0 +1,173 @@
+"""The fleet benchmarks: sessions held, the reconnect storm and ``/ws`` fan-out.
+
+One controller process (default ``fsync`` durability, the given heartbeat period); one
+:class:`~tether.tools.fleet.Fleet` in this process grows through the session sizes, so each
+size is measured with the smaller ones still connected:
+
+* ``sessions``: time to bring the new nodes online; then, over a steady window of at least
+  one heartbeat period, the controller's CPU (% of one core, from its process times), its RSS
+  growth per session (KiB, against the RSS with one session), and the heartbeat round trip
+  p99 as the nodes see it (an upper bound of the controller's apply latency);
+* ``reconnect_storm`` (at one size): every connection is cut at once and dials straight
+  back; seconds until all are welcomed again, peak accepts per second, resumed sessions,
+  lost frames (events emitted just before the cut must all be acked exactly once) and
+  duplicate sessions (open sessions on the controller beyond the fleet);
+* ``ws_fanout`` (at the first size): ``clients`` browsers on ``/ws`` subscribed to
+  ``nodes``; one node drops and reconnects ``rounds`` times; each event's delivery latency
+  is the client's receive time minus the event's ``at_ms`` (same machine clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+
+from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
+from tether.protocol.frames import Frame
+
+from .bench_util import ControllerProcess, percentile, row
+from .fleet import Fleet
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    sizes: tuple[int, ...]
+    storm_at: int
+    window_s: float
+    heartbeat_s: float
+    fanout_clients: int
+    fanout_rounds: int
+
+
+def _cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+async def _ws_client(url: str, token: str) -> ClientConnection:
+    ws = await connect(url.replace("http", "ws", 1) + "/ws", open_timeout=30,
+                       subprotocols=[JSON_SUBPROTOCOL])  # type: ignore[list-item]
+    await ws.send(encode_json(Frame(t="hello", b={"token": token})))
+    async with asyncio.timeout(30):
+        await ws.recv()
+        await ws.send(encode_json(Frame(t="subscribe", b={"topics": ["nodes"]})))
+        while decode_json(await ws.recv()).t != "subscribed":  # the snapshot first
+            pass
+    return ws
+
+
+async def _fanout(fleet: Fleet, url: str, token: str, clients: int,
+                  rounds: int) -> dict[str, Any]:
+    """Latency (ms) from publish to each client's receipt of ``session.*`` events for one
+    node that drops and reconnects ``rounds`` times: 2 events x rounds x clients samples."""
+    (trigger,) = await fleet.add(1)
+    await fleet.wait_online([trigger])
+    conns = list(await asyncio.gather(*(_ws_client(url, token) for _ in range(clients))))
+    expected = 2 * rounds
+    samples: list[float] = []
+    seen = [0] * clients
+
+    async def read(i: int, ws: ClientConnection) -> None:
+        while seen[i] < expected:
+            raw = await ws.recv()
+            now_ms = time.time() * 1000
+            frame = decode_json(raw)
+            body = frame.b
+            if frame.t == "event" and (body.get("data") or {}).get("node_id") == \
+                    trigger.node_id and body.get("kind") in ("session.opened",
+                                                             "session.closed"):
+                samples.append(now_ms - float(body["at_ms"]))
+                seen[i] += 1
+
+    try:
+        async with asyncio.timeout(120), asyncio.TaskGroup() as tg:
+            for i, ws in enumerate(conns):
+                tg.create_task(read(i, ws))
+            assert trigger.link is not None
+            for n in range(rounds):
+                trigger.link.drop_now()
+                await fleet.wait_online([trigger], min_welcomes=n + 2)
+                await asyncio.sleep(0.05)  # one change at a time: latency, not throughput
+    finally:
+        await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+    return {"clients": clients, "events": expected, "deliveries": len(samples),
+            "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
+
+
+async def run_fleet(root: Path, plan: FleetPlan) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    extra = ["--heartbeat-s", str(plan.heartbeat_s),
+             "--stale-after-s", str(max(60.0, plan.heartbeat_s * 4))]
+    async with ControllerProcess(root, "fleet", "fsync", extra=extra) as ctl:
+        assert ctl.proc is not None
+        proc = psutil.Process(ctl.proc.pid)
+        async with Fleet(ctl.url, ctl.token, prefix="b", seed=7,
+                         connect_timeout_s=60) as fleet:
+            await fleet.add(1)
+            await fleet.wait_online()
+            rss0 = proc.memory_info().rss
+            hb = {"heartbeat_s": plan.heartbeat_s}
+            for size in plan.sizes:
+                t0 = time.monotonic()
+                added = await fleet.add(size - len(fleet.nodes))
+                await fleet.wait_online(added, timeout_s=600)
+                online_s = time.monotonic() - t0
+                steady_from = time.monotonic()
+                cpu0 = _cpu_s(proc)
+                await asyncio.sleep(plan.window_s)
+                cpu_pct = 100 * (_cpu_s(proc) - cpu0) / (time.monotonic() - steady_from)
+                rss = proc.memory_info().rss
+                per_session_kib = (rss - rss0) / 1024 / max(1, size - 1)
+                rtts = fleet.heartbeat_rtts(steady_from)
+                common = {"sessions": size, **hb, "window_s": plan.window_s}
+                results += [
+                    row("sessions", "tether", "sessions", size, "sessions", **common),
+                    row("sessions", "tether", "rss_kib_per_session", round(per_session_kib, 2),
+                        "KiB", rss_mib=round(rss / 2**20, 1), **common),
+                    row("sessions", "tether", "cpu_percent_one_core", round(cpu_pct, 2), "%",
+                        **common),
+                    row("sessions", "tether", "heartbeat_rtt_p99_ms",
+                        percentile(rtts, 99), "ms", samples=len(rtts), **common),
+                    row("sessions", "tether", "seconds_to_online", round(online_s, 3), "s",
+                        added=len(added), **common),
+                ]
+                if size == plan.sizes[0] and plan.fanout_clients:
+                    fan = await _fanout(fleet, ctl.url, ctl.token, plan.fanout_clients,
+                                        plan.fanout_rounds)
+                    for metric in ("p50_ms", "p99_ms"):
+                        results.append(row("ws_fanout", "tether", metric, fan[metric], "ms",
+                                           clients=fan["clients"], events=fan["events"],
+                                           deliveries=fan["deliveries"], sessions=size))
+                if size == plan.storm_at:
+                    results += await _storm(fleet, ctl.url, ctl.token)
+    return results
+
+
+async def _storm(fleet: Fleet, url: str, token: str) -> list[dict[str, Any]]:
+    await fleet.emit_all(0)  # in flight when the cut comes: must arrive exactly once
+    storm = await fleet.storm(timeout_s=600)
+    await fleet.emit_all(1)
+    await fleet.drain(timeout_s=300)
+    zero = await fleet.zero_loss(sample=20)
+    resp = await fleet.http.get("/api/v1/diag")
+    resp.raise_for_status()
+    open_sessions = resp.json()["sessions"]["open"]
+    n = storm["nodes"]
+    extra = {"peak_accepts_per_s": storm["peak_accepts_per_s"], "resumed": storm["resumed"],
+             "dials": storm["dials"], "zero_loss": zero}
+    return [
+        row("reconnect_storm", "tether", "nodes", n, "nodes", **extra),
+        row("reconnect_storm", "tether", "seconds_to_all_online",
+            storm["seconds_to_all_online"], "s", nodes=n),
+        row("reconnect_storm", "tether", "lost", zero["unacked"] + sum(
+            max(0, m["produced"] - m["held"]) for m in zero["sample_mismatches"].values()),
+            "frames", nodes=n, ok=zero["ok"]),
+        row("reconnect_storm", "tether", "duplicate_sessions", max(0, open_sessions - n),
+            "sessions", nodes=n, open_sessions=open_sessions),
+    ]
