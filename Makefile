@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean sysdeps
+.PHONY: demo test lint bench bench-quick clean sysdeps
 
 # System packages the test suite drives for real (a CONNECT proxy); installed with apt-get
 # when root and missing, otherwise the tests that need them say why they cannot run.
@@ -36,7 +36,10 @@ test: lint sysdeps
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
-	$(BIN)/tether bench core
+	$(BIN)/tether bench --out bench-results.json
+
+bench-quick: $(BIN)/.installed
+	$(BIN)/tether bench --quick --out bench-results.json
 
 clean:
 	rm -rf $(VENV) .tether .pytest_cache .ruff_cache .mypy_cache .hypothesis
