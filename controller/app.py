@@ -227,13 +227,25 @@ class Controller:
                 if tick % (touch_every * 720) == 0:  # about hourly
                     await self.store.prune_idempotency_keys()
                 if tick % touch_every == 0:
-                    now = time.time()
-                    seen = {c.node_id: (now - (now_mono - c.last_frame_mono),
-                                        c.runtime.get("state"))
-                            for c in self.connections if c.session_id is not None}
-                    await self.store.touch_nodes(seen)
+                    await self.store.touch_nodes(self._changed_since_touch(now_mono))
             except Exception:
                 logger.exception("sweep failed; will retry")
+
+
+    def _changed_since_touch(self, now_mono: float) -> dict[str, tuple[float, str | None]]:
+        """Last-seen time and runtime state of each live session that heard a frame or
+        changed state since its last touch: an idle fleet costs no writes, and a busy one
+        at most one row per node per touch interval."""
+        now = time.time()
+        seen: dict[str, tuple[float, str | None]] = {}
+        for c in self.connections:
+            if c.session_id is None:
+                continue
+            state = c.runtime.get("state")
+            if c.last_frame_mono != c.touched_frame_mono or state != c.touched_state:
+                seen[c.node_id] = (now - (now_mono - c.last_frame_mono), state)
+                c.touched_frame_mono, c.touched_state = c.last_frame_mono, state
+        return seen
 
 
 @contextlib.asynccontextmanager
