@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 from tether.controller.services.admission import Admission
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Yield to the loop until ``predicate`` holds; fail after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0)
 
 
 async def test_up_to_the_slot_count_is_admitted_at_once() -> None:
@@ -28,12 +36,10 @@ async def test_a_waiting_connection_gets_the_next_free_slot_in_order() -> None:
     async with asyncio.TaskGroup() as tg:
         for i in range(3):
             tg.create_task(wait(i))
-        while adm.waiting < 3:
-            await asyncio.sleep(0)
+        await until(lambda: adm.waiting == 3)
         for n in range(1, 4):
             adm.release()
-            while len(order) < n:
-                await asyncio.sleep(0)
+            await until(lambda n=n: len(order) == n)
     assert order == [0, 1, 2] and adm.running == 1 and adm.waiting == 0
 
 
@@ -41,8 +47,7 @@ async def test_past_the_waiting_limit_a_connection_is_refused_at_once() -> None:
     adm = Admission(slots=1, max_waiting=1, max_wait_s=30)
     assert await adm.acquire()
     waiter = asyncio.create_task(adm.acquire())
-    while adm.waiting < 1:
-        await asyncio.sleep(0)
+    await until(lambda: adm.waiting == 1)
     assert not await adm.acquire()
     adm.release()
     assert await waiter
