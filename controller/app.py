@@ -195,9 +195,9 @@ class Controller:
     # -- sweeper ---------------------------------------------------------------------------
 
     async def _sweep_loop(self) -> None:
-        """Expires overdue queued commands, persists last-seen times, pushes stale ->
-        offline transitions. Live sessions silent past stale_after_s are closed by their own
-        read timeout (4408)."""
+        """Expires overdue queued commands, closes live sessions silent past
+        stale_after_s (4408), persists last-seen times, pushes stale -> offline
+        transitions."""
         touch_every = max(1, int(5 / self.config.sweep_interval_s))
         tick = 0
         while True:
@@ -214,6 +214,8 @@ class Controller:
                     self.hub.publish(f"command:{command_id}", "command.updated",
                                      {"command_id": command_id, "state": "expired"})
                 now_mono = time.monotonic()
+                for conn in self.connections:
+                    conn.expire_if_idle(now_mono)
                 offline_after = self.config.thresholds.offline_after_s
                 expired = []
                 for node_id, (closed_mono, _) in self._recently_closed.items():

@@ -130,6 +130,7 @@ class EdgeConnection:
         self.logs_dropped_total = 0
         self._send_lock = asyncio.Lock()
         self._remote_code: int | None = None
+        self._idle_deadline: asyncio.Timeout | None = None  # set while the read loop runs
         # Set while nothing accepted is waiting to be applied or being applied.
         self._apply_idle = asyncio.Event()
         self._apply_idle.set()
@@ -251,14 +252,17 @@ class EdgeConnection:
     async def _send(self, frame: Frame) -> None:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
 
-    async def _receive(self, timeout_s: float) -> Frame | None:
-        """The next frame, or None when the peer closed. Raises _Close on bad input."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                msg = await self.ws.receive()
-        except TimeoutError:
-            phase = "hello" if self.session_id is None else "frame"
-            raise _Close(4408, f"no {phase} within {timeout_s:g} s") from None
+    async def _receive(self, timeout_s: float | None) -> Frame | None:
+        """The next frame, or None when the peer closed. Raises _Close on bad input. With
+        ``timeout_s`` None the wait is unbounded here: the caller holds a deadline."""
+        if timeout_s is None:
+            msg = await self.ws.receive()
+        else:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    msg = await self.ws.receive()
+            except TimeoutError:
+                raise _Close(4408, f"no hello within {timeout_s:g} s") from None
         if msg["type"] == "websocket.disconnect":
             self._remote_code = msg.get("code")
             return None
@@ -345,9 +349,30 @@ class EdgeConnection:
     # -- steady state (PROTOCOL.md §5) ------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        """Reads until the peer closes. Silence past ``stale_after_s`` closes with 4408: the
+        sweeper calls :meth:`expire_if_idle`, which fires this loop's one deadline (no timer
+        per frame, none per session while frames flow)."""
         idle_s = self.ctl.config.thresholds.stale_after_s
+        try:
+            async with asyncio.timeout(None) as self._idle_deadline:
+                await self._read_frames()
+        except TimeoutError:
+            raise _Close(4408, f"no frame within {idle_s:g} s") from None
+        finally:
+            self._idle_deadline = None
+
+    def expire_if_idle(self, now_mono: float) -> bool:
+        """Close this session (4408) if no frame arrived for ``stale_after_s``; True if so."""
+        deadline = self._idle_deadline
+        if (deadline is None or deadline.expired() or now_mono - self.last_frame_mono
+                < self.ctl.config.thresholds.stale_after_s):
+            return False
+        deadline.reschedule(asyncio.get_running_loop().time())
+        return True
+
+    async def _read_frames(self) -> None:
         while True:
-            frame = await self._receive(idle_s)
+            frame = await self._receive(None)
             if frame is None:
                 return
             if self.fenced:

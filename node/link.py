@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from tether.protocol.local import LocalDecoder, encode_local
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
+WRITE_CHUNK = 256 * 1024  # send_many joins frames into writes of about this size
 CONNECT_TIMEOUT_S = 2.0
 MAX_RETRY_S = 1.0
 
@@ -175,12 +176,15 @@ class SidecarLink:
         self.connected.set()
 
     async def _write(self, frame: Frame) -> bool:
+        return await self._write_bytes(encode_local(frame))
+
+    async def _write_bytes(self, data: bytes) -> bool:
         writer = self._writer
         if writer is None:
             return False
         try:
             async with self._lock, asyncio.timeout(10):
-                writer.write(encode_local(frame))
+                writer.write(data)
                 await writer.drain()
         except (OSError, TimeoutError, RuntimeError):
             return False
@@ -194,6 +198,23 @@ class SidecarLink:
         if not self.connected.is_set():
             return False
         return await self._write(frame)
+
+    async def send_many(self, frames: Sequence[Frame]) -> bool:
+        """Relay ``frames`` in order with one write: all of them reach the sidecar's socket
+        buffer, or (False) the link is gone and the caller keeps them for the next session."""
+        if not frames or not self.connected.is_set():
+            return False
+        parts: list[bytes] = []
+        size = 0
+        for frame in frames:
+            data = encode_local(frame)
+            parts.append(data)
+            size += len(data)
+            if size >= WRITE_CHUNK:  # bounded memory however large the frames are
+                if not await self._write_bytes(b"".join(parts)):
+                    return False
+                parts, size = [], 0
+        return not parts or await self._write_bytes(b"".join(parts))
 
     async def send_local(self, frame: Frame) -> bool:
         return await self._write(frame)

@@ -59,6 +59,7 @@ class NodeRuntime:
         self.pending_cmd: list[Frame] = []
         self._cmd_wake = asyncio.Event()
         self._uplink_wake = asyncio.Event()
+        self._acked_wake = asyncio.Event()
         self._evt_acked_on_disk = 0
         self.policy = Policy.load(config.effective_policy_path)
         self.apps = AppSupervisor(load_apps(config.apps_path), logs=self.logs,
@@ -104,6 +105,7 @@ class NodeRuntime:
                 self._tg = tg
                 helpers = [tg.create_task(self._apply_loop(), name="node-apply"),
                            tg.create_task(self._uplink_loop(), name="node-uplink"),
+                           tg.create_task(self._acked_loop(), name="node-acked"),
                            tg.create_task(self._status_loop(), name="node-status"),
                            tg.create_task(self._resources_loop(), name="node-resources"),
                            tg.create_task(self._apps_report_loop(), name="node-apps"),
@@ -272,6 +274,7 @@ class NodeRuntime:
         try:
             if self.evt.on_ack(n) is not None:
                 self._uplink_wake.set()
+                self._acked_wake.set()
         except RemoteProtocolError as exc:
             logger.warning("ignoring an ack beyond what was sent", extra={"detail": exc.message})
 
@@ -414,25 +417,32 @@ class NodeRuntime:
         while True:
             await self._uplink_wake.wait()
             self._uplink_wake.clear()
-            if self.evt.acked > self._evt_acked_on_disk:
-                acked = self.evt.acked
-                await self.store.ack_evt(acked)
-                self._evt_acked_on_disk = acked
             if not self.link.connected.is_set():
                 continue
-            for chunk in self.logs.take():
-                if not await self.link.send(chunk.frame()):
-                    break
-            for packet in self.monitor.take():
-                if not await self.link.send(packet.frame()):
-                    break
+            chunks = [chunk.frame() for chunk in self.logs.take()]
+            if chunks and not await self.link.send_many(chunks):
+                continue
+            packets = [packet.frame() for packet in self.monitor.take()]
+            if packets and not await self.link.send_many(packets):
+                continue
             todo = self.evt.next_to_send()
             if not todo:
                 continue
-            for frame in await self.store.outbox_after(self.evt.sent, len(todo)):
-                if not await self.link.send(frame):
-                    break
-                self.evt.mark_sent(frame.q or 0)
+            frames = await self.store.outbox_after(self.evt.sent, len(todo))
+            if frames and await self.link.send_many(frames):
+                self.evt.mark_sent(frames[-1].q or 0)
+
+    async def _acked_loop(self) -> None:
+        """Records the controller's ``evt`` cursor and drops acked outbox rows, off the
+        uplink path: sending never waits on this write. A cursor not yet recorded when the
+        node crashes only means frames the controller re-acks as duplicates."""
+        while True:
+            await self._acked_wake.wait()
+            self._acked_wake.clear()
+            acked, epoch = self.evt.acked, self.evt_epoch
+            if acked > self._evt_acked_on_disk:
+                if await self.store.ack_evt(acked, epoch=epoch) and epoch == self.evt_epoch:
+                    self._evt_acked_on_disk = max(self._evt_acked_on_disk, acked)
 
     async def _resources_loop(self) -> None:
         """One ``node.resources`` per heartbeat period while a session is up (class B: not

@@ -124,12 +124,22 @@ class NodeStore:
                                           "ORDER BY q LIMIT ?", (after, limit))]
         return await self.db.read(fn)
 
-    async def ack_evt(self, n: int) -> None:
-        def fn(conn: sqlite3.Connection) -> None:
+    async def ack_evt(self, n: int, *, epoch: int | None = None) -> bool:
+        """The controller applied ``evt`` up to ``n``: drop those outbox rows and record the
+        cursor. With ``epoch``, nothing happens unless it is still the store's ``evt`` epoch
+        (an ack heard before :meth:`rotate_evt_epoch` must not delete re-sequenced rows);
+        returns whether the ack was recorded."""
+        def fn(conn: sqlite3.Connection) -> bool:
+            if epoch is not None:
+                current = conn.execute("SELECT value FROM meta WHERE key='evt_epoch'"
+                                       ).fetchone()[0]
+                if int(current) != epoch:
+                    return False
             conn.execute("DELETE FROM uplink_outbox WHERE q<=?", (n,))
             conn.execute("UPDATE meta SET value=MAX(CAST(value AS INTEGER), ?) "
                          "WHERE key='evt_acked'", (n,))
-        await self.db.write(fn)
+            return True
+        return await self.db.write(fn)
 
     async def rotate_evt_epoch(self) -> StreamState:
         """The controller's cursor does not fit this epoch (it lost or restored its store):

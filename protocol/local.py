@@ -42,8 +42,13 @@ class LocalDecoder:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Frame]:
+        return [frame for frame, _ in self.feed_raw(data)]
+
+    def feed_raw(self, data: bytes) -> list[tuple[Frame, bytes]]:
+        """Like :meth:`feed`, each frame with its MessagePack encoding as it arrived (a relay
+        can pass those bytes on without encoding the frame again)."""
         self._buf += data
-        out: list[Frame] = []
+        out: list[tuple[Frame, bytes]] = []
         while len(self._buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buf)
             if size > self.max_bytes:
@@ -53,7 +58,7 @@ class LocalDecoder:
                 break
             payload = bytes(self._buf[HEADER.size:end])
             del self._buf[:end]
-            out.append(decode_msgpack(payload, max_frame_bytes=self.max_bytes))
+            out.append((decode_msgpack(payload, max_frame_bytes=self.max_bytes), payload))
         return out
 
     @property

@@ -211,13 +211,32 @@ class Sidecar:
         return conn
 
     async def _serve_runtime(self, conn: RuntimeConn, reader: asyncio.StreamReader) -> None:
+        """Edge frames are relayed as the bytes the runtime encoded, everything one read
+        brought in one :meth:`ControllerLink.send_raw` (order kept across local frames)."""
         decoder = conn.decoder
         while True:
             data = await reader.read(READ_CHUNK)
             if not data:
                 return
-            for frame in decoder.feed(data):
+            relay: list[bytes] = []
+            for frame, raw in decoder.feed_raw(data):
+                if not frame.t.startswith("local."):
+                    self._note_uplink(frame)
+                    relay.append(raw)
+                    continue
+                if relay:
+                    await self.link.send_raw(relay)
+                    relay = []
                 await self._from_runtime(frame)
+            if relay:
+                await self.link.send_raw(relay)
+
+    def _note_uplink(self, frame: Frame) -> None:
+        if frame.t == "edge.ack":
+            acks = frame.b.get("acks") or {}
+            n = acks.get(CMD_STREAM) if isinstance(acks, dict) else None
+            if isinstance(n, int) and n > self.cmd_applied:
+                self.cmd_applied = n
 
     async def _from_runtime(self, frame: Frame) -> None:
         t = frame.t
@@ -236,11 +255,7 @@ class Sidecar:
                 self.hello["epoch"] = frame.b["epoch"]
             await self.link.reconnect_now("runtime started a new stream epoch")
         else:
-            if t == "edge.ack":
-                acks = frame.b.get("acks") or {}
-                n = acks.get(CMD_STREAM) if isinstance(acks, dict) else None
-                if isinstance(n, int) and n > self.cmd_applied:
-                    self.cmd_applied = n
+            self._note_uplink(frame)
             await self.link.send(frame)  # dropped while there is no session: the runtime
             # re-sends class A frames from the controller's cursor on the next session
 

@@ -16,7 +16,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -193,6 +193,25 @@ class ControllerLink:
         try:
             async with self._send_lock, asyncio.timeout(self.handshake_timeout_s):
                 await ws.send(data)
+        except (websockets.ConnectionClosed, TimeoutError, OSError):
+            return False
+        return True
+
+    async def send_raw(self, payloads: Sequence[bytes]) -> bool:
+        """Send already-encoded frames in order on the live session; False when there is none
+        or it failed part way (class A frames are replayed from the outbox next session). A
+        payload over the session's frame limit is dropped with a warning, never sent."""
+        ws = self._ws
+        if ws is None or not self.connected.is_set():
+            return False
+        try:
+            async with self._send_lock, asyncio.timeout(self.handshake_timeout_s):
+                for data in payloads:
+                    if len(data) > self.max_frame_bytes:
+                        logger.warning("dropping a frame over the frame limit",
+                                       extra={"detail": f"{len(data)} bytes"})
+                        continue
+                    await ws.send(data)
         except (websockets.ConnectionClosed, TimeoutError, OSError):
             return False
         return True
