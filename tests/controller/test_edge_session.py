@@ -3,6 +3,7 @@ disable, the evt and cmd streams, goodbye — a raw msgpack client against a rea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -76,6 +77,27 @@ async def test_a_heartbeat_is_answered_with_a_heartbeat_ack_carrying_its_id_and_
     assert ack.re == "hb-42"
     assert isinstance(ack.b["time_ms"], int)
     assert ack.b["acks"] == {"evt": 0}
+
+
+async def test_a_session_silent_past_stale_after_is_closed_with_4408_but_a_chatty_one_is_not(
+        edge: Edge, enroll: Enroll) -> None:
+    chatty = await edge.session(await enroll())
+    silent = await edge.session(await enroll())
+    # stale_after_s is 3 (FAST): the silent one is closed by the sweeper's idle check ...
+    closing = asyncio.create_task(silent.expect_close(timeout_s=15))
+    try:
+        while not closing.done():
+            await chatty.send(Frame(t="edge.heartbeat", id="hb", b={"uptime_s": 1}))
+            assert (await chatty.recv_type("edge.heartbeat_ack")).re == "hb"
+            await asyncio.wait({closing}, timeout=0.5)
+        closed = closing.result()
+    finally:
+        closing.cancel()
+    assert closed.code == 4408
+    assert closed.reason == "no frame within 3 s"
+    # ... while the one that kept talking for longer than that is still served
+    await chatty.send(Frame(t="edge.heartbeat", id="hb-last", b={"uptime_s": 2}))
+    assert (await chatty.recv_type("edge.heartbeat_ack")).re == "hb-last"
 
 
 async def test_an_unknown_frame_type_gets_an_unknown_type_error_and_the_session_stays_open(

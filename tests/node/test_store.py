@@ -82,6 +82,22 @@ async def test_acked_outbox_frames_are_deleted_and_a_new_epoch_resequences_the_r
     await store.close()
 
 
+async def test_an_ack_heard_in_an_old_epoch_does_not_delete_resequenced_frames(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    old = await store.open()
+    for i in range(4):
+        await store.append_event("node.event", {"kind": "k", "data": {"i": i}})
+    new = await store.rotate_evt_epoch()
+    # an ack for q=3 of the old epoch arrives late: the new epoch's q=1..3 must survive
+    assert await store.ack_evt(3, epoch=old.evt_epoch) is False
+    assert [f.q for f in await store.outbox_after(0, 100)] == [1, 2, 3, 4]
+    assert (await store.stream_state()).evt_acked == 0
+    assert await store.ack_evt(3, epoch=new.evt_epoch) is True
+    assert [f.q for f in await store.outbox_after(0, 100)] == [4]
+    await store.close()
+
+
 def test_outbox_bodies_are_plain_msgpack_maps() -> None:
     body = {"kind": "k", "data": {"b": b"\x00\x01"}}
     assert msgpack.unpackb(msgpack.packb(body, use_bin_type=True), raw=False) == body
