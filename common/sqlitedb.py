@@ -57,8 +57,11 @@ class Database:
         self.migrations = list(migrations)
         self.durability = durability
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[Closure, asyncio.Future[Any]]] = asyncio.Queue(
+        self._queue: asyncio.Queue[tuple[Closure, asyncio.Future[Any], bool]] = asyncio.Queue(
             maxsize=max_pending)
+        # Called in the writer thread after any rollback (of one closure's savepoint or of a
+        # whole batch): a store that caches state between closures drops it here.
+        self.on_rollback: Callable[[], None] | None = None
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"db-w-{self.path.stem}")
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix=f"db-r-{self.path.stem}")
         self._wconn: sqlite3.Connection | None = None
@@ -178,12 +181,18 @@ class Database:
 
     # -- work ---------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in the next group commit; returns its result after COMMIT."""
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *,
+                    savepoint: bool = True) -> T:
+        """Run ``fn`` in the next group commit; returns its result after COMMIT.
+
+        ``fn`` runs in its own savepoint, so that when it raises, what it did is undone and
+        the rest of the batch commits. ``savepoint=False`` skips that (two statements fewer)
+        and is only for a closure that executes a single statement: a failed statement
+        leaves nothing behind."""
         if self._writer_task is None or self._writer_task.done():
             raise StoreError(f"store {self.path} is closed", code="unavailable")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((fn, future))
+        await self._queue.put((fn, future, savepoint))
         return await future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -209,23 +218,23 @@ class Database:
                     self._queue.task_done()
 
     async def _commit(self, loop: asyncio.AbstractEventLoop,
-                      batch: list[tuple[Closure, asyncio.Future[Any]]]) -> None:
-        live = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
+                      batch: list[tuple[Closure, asyncio.Future[Any], bool]]) -> None:
+        live = [(fn, fut, sp) for fn, fut, sp in batch if not fut.cancelled()]
         if not live:
             return
         try:
             outcomes = await loop.run_in_executor(self._writer_pool, self._run_batch,
-                                                  [fn for fn, _ in live])
+                                                  [(fn, sp) for fn, _, sp in live])
         except Exception as exc:
             logger.exception("store batch failed", extra={"store": str(self.path)})
-            for _, fut in live:
+            for _, fut, _ in live:
                 if not fut.done():
                     fut.set_exception(StoreError(f"store write failed: {exc}",
                                                  code="unavailable"))
             return
         self.batches_total += 1
         self.writes_total += len(live)
-        for (_, fut), (ok, value) in zip(live, outcomes, strict=True):
+        for (_, fut, _), (ok, value) in zip(live, outcomes, strict=True):
             if fut.done():
                 continue
             if ok:
@@ -233,13 +242,19 @@ class Database:
             else:
                 fut.set_exception(value)
 
-    def _run_batch(self, fns: list[Closure]) -> list[tuple[bool, Any]]:
+    def _run_batch(self, fns: list[tuple[Closure, bool]]) -> list[tuple[bool, Any]]:
         conn = self._wconn
         assert conn is not None
         outcomes: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for fn in fns:
+            for fn, savepoint in fns:
+                if not savepoint:
+                    try:
+                        outcomes.append((True, fn(conn)))
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((True, fn(conn)))
@@ -247,13 +262,19 @@ class Database:
                 except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    self._rolled_back()
                     outcomes.append((False, exc))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._rolled_back()
             raise
         return outcomes
+
+    def _rolled_back(self) -> None:
+        if self.on_rollback is not None:
+            self.on_rollback()
 
 
 def _split_sql(script: str) -> list[str]:

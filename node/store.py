@@ -79,6 +79,24 @@ class Applied:
 class NodeStore:
     def __init__(self, path: Path, *, durability: str = "fsync") -> None:
         self.db = Database(path, migrations=MIGRATIONS, durability=durability)
+        # The last evt sequence assigned, as the writer thread's open transaction sees it;
+        # None: read it from the store. Touched only in the writer thread; dropped on any
+        # rollback, so that it never runs ahead of what is on disk.
+        self._evt_last_w: int | None = None
+        self.db.on_rollback = self._forget_evt_last
+
+    def _forget_evt_last(self) -> None:
+        self._evt_last_w = None
+
+    @staticmethod
+    def _read_evt_last(conn: sqlite3.Connection) -> int:
+        """``evt_last`` is not written per append: it is the highest of the recorded value,
+        the acked cursor and the outbox's last row (appends only insert their row)."""
+        row = conn.execute(
+            "SELECT max((SELECT CAST(value AS INTEGER) FROM meta WHERE key='evt_last'), "
+            "(SELECT CAST(value AS INTEGER) FROM meta WHERE key='evt_acked'), "
+            "(SELECT coalesce(max(q), 0) FROM uplink_outbox))").fetchone()
+        return int(row[0])
 
     async def open(self) -> StreamState:
         await self.db.open()
@@ -90,7 +108,7 @@ class NodeStore:
                         "evt_acked": 0, "cmd_epoch": None, "cmd_applied": 0,
                         "session_id": None}
                 conn.executemany("INSERT INTO meta VALUES (?,?)", list(meta.items()))
-            return StreamState(int(meta["evt_epoch"]), int(meta["evt_last"]),
+            return StreamState(int(meta["evt_epoch"]), self._read_evt_last(conn),
                                int(meta["evt_acked"]),
                                None if meta["cmd_epoch"] is None else int(meta["cmd_epoch"]),
                                int(meta["cmd_applied"]), meta["session_id"])
@@ -101,27 +119,38 @@ class NodeStore:
 
     # -- outbox (evt) -------------------------------------------------------------------
 
-    @staticmethod
-    def _append(conn: sqlite3.Connection, t: str, body: dict[str, Any]) -> int:
-        last = int(conn.execute("SELECT value FROM meta WHERE key='evt_last'").fetchone()[0]) + 1
+    def _append(self, conn: sqlite3.Connection, t: str, body: dict[str, Any]) -> int:
+        """Insert one outbox row (one statement); writer thread only."""
+        last = self._evt_last_w
+        if last is None:
+            last = self._read_evt_last(conn)
         conn.execute("INSERT INTO uplink_outbox VALUES (?,?,?,?)",
-                     (last, t, msgpack.packb(body, use_bin_type=True), time.time()))
-        conn.execute("UPDATE meta SET value=? WHERE key='evt_last'", (last,))
-        return last
+                     (last + 1, t, msgpack.packb(body, use_bin_type=True), time.time()))
+        self._evt_last_w = last + 1
+        return last + 1
 
-    @staticmethod
-    def _status(conn: sqlite3.Connection, status: CmdStatus) -> int:
-        return NodeStore._append(conn, status.TYPE, status.to_body())
+    def _status(self, conn: sqlite3.Connection, status: CmdStatus) -> int:
+        return self._append(conn, status.TYPE, status.to_body())
 
     async def append_event(self, t: str, body: dict[str, Any]) -> int:
         """Queue one class A evt frame; returns its sequence number."""
-        return await self.db.write(lambda conn: self._append(conn, t, body))
+        return await self.db.write(lambda conn: self._append(conn, t, body),
+                                   savepoint=False)
 
-    async def outbox_after(self, after: int, limit: int) -> list[Frame]:
+    async def outbox_after(self, after: int, limit: int, *,
+                           max_bytes: int = 1 << 20) -> list[Frame]:
+        """Up to ``limit`` outbox frames after ``after``, in order, stopping once their
+        bodies reach ``max_bytes`` (at least one frame when there is one)."""
         def fn(conn: sqlite3.Connection) -> list[Frame]:
-            return [Frame(t=r[1], b=msgpack.unpackb(r[2], raw=False), s=EVT_STREAM, q=r[0])
-                    for r in conn.execute("SELECT q, t, body FROM uplink_outbox WHERE q>? "
-                                          "ORDER BY q LIMIT ?", (after, limit))]
+            out: list[Frame] = []
+            size = 0
+            for q, t, body in conn.execute("SELECT q, t, body FROM uplink_outbox WHERE q>? "
+                                           "ORDER BY q LIMIT ?", (after, limit)):
+                out.append(Frame(t=t, b=msgpack.unpackb(body, raw=False), s=EVT_STREAM, q=q))
+                size += len(body)
+                if size >= max_bytes:
+                    break
+            return out
         return await self.db.read(fn)
 
     async def ack_evt(self, n: int, *, epoch: int | None = None) -> bool:
@@ -154,6 +183,7 @@ class NodeStore:
                          (secrets.randbelow(MAX_EPOCH) + 1,))
             conn.execute("UPDATE meta SET value=? WHERE key='evt_last'", (len(rows),))
             conn.execute("UPDATE meta SET value=0 WHERE key='evt_acked'")
+            self._evt_last_w = len(rows)
             self._incident(conn, "protocol", "controller cursor did not fit: new evt epoch")
         await self.db.write(fn)
         return await self.stream_state()
@@ -161,7 +191,8 @@ class NodeStore:
     async def stream_state(self) -> StreamState:
         def fn(conn: sqlite3.Connection) -> StreamState:
             m = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            return StreamState(int(m["evt_epoch"]), int(m["evt_last"]), int(m["evt_acked"]),
+            return StreamState(int(m["evt_epoch"]), self._read_evt_last(conn),
+                               int(m["evt_acked"]),
                                None if m["cmd_epoch"] is None else int(m["cmd_epoch"]),
                                int(m["cmd_applied"]), m["session_id"])
         return await self.db.read(fn)
@@ -245,8 +276,9 @@ class NodeStore:
                                    "args": dict(cmd.args)})
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_applied'", (frames[-1].q,))
             conn.execute("DELETE FROM idempotency_keys WHERE at < ?", (now - 2 * 86400,))
-            last = int(conn.execute("SELECT value FROM meta WHERE key='evt_last'").fetchone()[0])
-            return Applied(to_run, to_control, last)
+            last = self._evt_last_w
+            return Applied(to_run, to_control,
+                           self._read_evt_last(conn) if last is None else last)
         return await self.db.write(fn)
 
     # -- command lifecycle ------------------------------------------------------------------

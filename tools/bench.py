@@ -41,6 +41,7 @@ import msgpack
 from websockets.asyncio.client import connect
 
 from tether.common import __version__
+from tether.node.config import EVT_WINDOW
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
@@ -52,8 +53,8 @@ from .bench_util import ControllerProcess, percentile, row
 class Plan:
     """How much of each benchmark a run does."""
 
-    nodes: int  # throughput nodes (real NodeRuntime, real SQLite stores)
-    frames: int  # class A frames per node
+    nodes: int  # real NodeRuntimes (real SQLite stores); command_rtt round-robins over them
+    frames: int  # class A frames in the throughput run, from the first node alone
     rtt: tuple[tuple[int, int], ...]  # (rate per s, commands)
     fleet: FleetPlan
 
@@ -62,10 +63,10 @@ PLANS = {
     "tiny": Plan(nodes=1, frames=50, rtt=((100, 5), (1000, 10)),
                  fleet=FleetPlan(sizes=(20,), storm_at=20, window_s=1.5, heartbeat_s=1.0,
                                  fanout_clients=3, fanout_rounds=2)),
-    "quick": Plan(nodes=2, frames=5000, rtt=((100, 300), (1000, 2000)),
+    "quick": Plan(nodes=2, frames=20_000, rtt=((100, 300), (1000, 2000)),
                   fleet=FleetPlan(sizes=(1000,), storm_at=1000, window_s=15.0,
                                   heartbeat_s=15.0, fanout_clients=200, fanout_rounds=10)),
-    "full": Plan(nodes=4, frames=10_000, rtt=((100, 1000), (1000, 5000)),
+    "full": Plan(nodes=4, frames=60_000, rtt=((100, 1000), (1000, 5000)),
                  fleet=FleetPlan(sizes=(1000, 5000, 10_000), storm_at=5000, window_s=30.0,
                                  heartbeat_s=15.0, fanout_clients=200, fanout_rounds=25)),
 }
@@ -96,17 +97,27 @@ async def _start_nodes(ctl: ControllerProcess, root: Path, count: int, durabilit
     return runtimes
 
 
+# The node's class A send window; the peers are measured with the same number in flight.
+WINDOW = EVT_WINDOW
+PEER_SMALL_WINDOW = 64
+PRODUCERS = WINDOW  # concurrent emit_event callers per node in the throughput benchmark
+
+
 async def _throughput(runtimes: list[Any], frames_per_node: int) -> dict[str, float]:
     payload = {"v": "x" * 48}
 
-    async def produce(rt: Any) -> None:
-        batch = 256
-        for start in range(0, frames_per_node, batch):
-            await asyncio.gather(*[rt.emit_event("bench", payload)
-                                   for _ in range(min(batch, frames_per_node - start))])
+    async def producer(rt: Any, count: int) -> None:
+        for _ in range(count):
+            await rt.emit_event("bench", payload)
+
+    def produce(rt: Any) -> list[Any]:
+        # PRODUCERS concurrent emitters per node, each waiting for its event to be
+        # persisted before the next: the outbox always has appends in flight (no waves)
+        share, extra = divmod(frames_per_node, PRODUCERS)
+        return [producer(rt, share + (i < extra)) for i in range(PRODUCERS)]
 
     start = time.perf_counter()
-    await asyncio.gather(*[produce(rt) for rt in runtimes])
+    await asyncio.gather(*[c for rt in runtimes for c in produce(rt)])
     async with asyncio.timeout(300):
         while any(rt.evt.acked < rt.evt.last for rt in runtimes):
             await asyncio.sleep(0.005)
@@ -178,16 +189,16 @@ async def _command_rtt(ctl: ControllerProcess, node_ids: list[str], count: int,
 async def _run_mode(root: Path, durability: str, plan: Plan) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     system = "tether" if durability == "fsync" else "tether-process"
-    extra = {"durability": durability, "nodes": plan.nodes}
+    extra = {"durability": durability}
     async with ControllerProcess(root, durability, durability) as ctl:
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             runtimes = await _start_nodes(ctl, root, plan.nodes, durability, tg, stop)
             try:
-                tp = await _throughput(runtimes, plan.frames)
+                tp = await _throughput(runtimes[:1], plan.frames)  # "one node"
                 results.append(row("acked_throughput", system, "msgs_per_s",
-                                   round(tp["msgs_per_s"], 1), "msgs/s",
-                                   frames=tp["frames"], **extra))
+                                   round(tp["msgs_per_s"], 1), "msgs/s", nodes=1,
+                                   window=WINDOW, frames=tp["frames"], **extra))
                 node_ids = [f"bench-{i}" for i in range(plan.nodes)]
                 for rate, count in plan.rtt:
                     rtt = await _command_rtt(ctl, node_ids, count, rate)
@@ -195,7 +206,7 @@ async def _run_mode(root: Path, durability: str, plan: Plan) -> list[dict[str, A
                         results.append(row("command_rtt", system, metric, rtt[metric], "ms",
                                            rate_per_s=rate, count=rtt["count"],
                                            achieved_rate_per_s=rtt["achieved_rate_per_s"],
-                                           **extra))
+                                           nodes=plan.nodes, **extra))
             finally:
                 stop.set()
     return results
@@ -206,7 +217,7 @@ def _spawn_peer(peer: str, port_file: Path) -> subprocess.Popen[bytes]:
                              "--port-file", str(port_file)])
 
 
-async def _ws_raw(root: Path, frames: int, *, window: int = 64) -> float:
+async def _ws_raw(root: Path, frames: int, *, window: int) -> float:
     """Raw websockets, no persistence: 100-byte msgpack frames, ``window`` in flight, one
     ack per message — the same shape as Tether's class A flow, minus durability."""
     port_file = root / "ws-echo.port"
@@ -247,7 +258,7 @@ async def _ws_raw(root: Path, frames: int, *, window: int = 64) -> float:
         await asyncio.to_thread(proc.wait, 10)
 
 
-def _mosquitto(root: Path, frames: int, *, window: int = 64) -> float | str:
+def _mosquitto(root: Path, frames: int, *, window: int) -> float | str:
     """Mosquitto (Debian's, on loopback, no persistence) with paho-mqtt publisher and
     subscriber at QoS 1, ``window`` messages in flight: msgs/s from first publish to the
     subscriber's last delivery. Returns the reason instead of a figure when it cannot run."""
@@ -342,21 +353,36 @@ def _peers(root: Path, plan: Plan) -> list[dict[str, Any]]:
     import uvloop
 
     results: list[dict[str, Any]] = []
-    total = plan.nodes * plan.frames
-    print("bench: raw websockets echo, same frames, window 64 ...", file=sys.stderr)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        raw = runner.run(_ws_raw(root, total))
-    results.append(row("acked_throughput", "websockets-raw", "msgs_per_s", round(raw, 1),
-                       "msgs/s", frames=total, window=64, durability="none"))
-    print("bench: mosquitto QoS 1 with paho-mqtt, window 64 ...", file=sys.stderr)
-    mosq = _mosquitto(root, total)
-    if isinstance(mosq, str):
-        results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s", None,
-                           "msgs/s", note=mosq))
-    else:
-        results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s",
-                           round(mosq, 1), "msgs/s", frames=total, window=64,
-                           durability="none (broker persistence off)"))
+    total = plan.frames
+    # Each peer runs with Tether's window and with 64, and is credited with its better
+    # figure (Mosquitto + paho is slower with 1,024 in flight than with 64).
+    windows = sorted({WINDOW, PEER_SMALL_WINDOW}, reverse=True)
+    raw_by_window: dict[int, float] = {}
+    for window in windows:
+        print(f"bench: raw websockets echo, same frames, window {window} ...",
+              file=sys.stderr)
+        where = root / f"ws-raw-{window}"
+        where.mkdir(parents=True, exist_ok=True)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            raw_by_window[window] = round(runner.run(_ws_raw(where, total, window=window)), 1)
+    best = max(raw_by_window, key=lambda w: raw_by_window[w])
+    results.append(row("acked_throughput", "websockets-raw", "msgs_per_s",
+                       raw_by_window[best], "msgs/s", frames=total, window=best,
+                       by_window=raw_by_window, durability="none"))
+    mosq_by_window: dict[int, float] = {}
+    for window in windows:
+        print(f"bench: mosquitto QoS 1 with paho-mqtt, window {window} ...", file=sys.stderr)
+        mosq = _mosquitto(root, total, window=window)
+        if isinstance(mosq, str):
+            results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s", None,
+                               "msgs/s", note=mosq))
+            return results
+        mosq_by_window[window] = round(mosq, 1)
+    best = max(mosq_by_window, key=lambda w: mosq_by_window[w])
+    results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s",
+                       mosq_by_window[best], "msgs/s", frames=total, window=best,
+                       by_window=mosq_by_window,
+                       durability="none (broker persistence off)"))
     return results
 
 
@@ -390,8 +416,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if "core" in suites:
             for mode in ("fsync", "process"):
-                print(f"bench: durability={mode}, {plan.nodes} nodes x {plan.frames} frames,"
-                      f" pings at {', '.join(f'{r}/s' for r, _ in plan.rtt)} ...",
+                print(f"bench: durability={mode}, 1 node x {plan.frames} frames, pings at "
+                      f"{', '.join(f'{r}/s' for r, _ in plan.rtt)} over {plan.nodes} nodes ...",
                       file=sys.stderr)
                 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                     results += runner.run(_run_mode(root, mode, plan))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import msgpack
@@ -95,6 +97,48 @@ async def test_an_ack_heard_in_an_old_epoch_does_not_delete_resequenced_frames(
     assert (await store.stream_state()).evt_acked == 0
     assert await store.ack_evt(3, epoch=new.evt_epoch) is True
     assert [f.q for f in await store.outbox_after(0, 100)] == [4]
+    await store.close()
+
+
+async def test_sequences_stay_gapless_when_a_write_that_appended_is_rolled_back(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    assert await store.append_event("node.event", {"kind": "k", "data": {}}) == 1
+
+    def appends_then_fails(conn: sqlite3.Connection) -> None:
+        store._append(conn, "node.event", {"kind": "lost", "data": {}})
+        raise RuntimeError("boom")
+
+    results = await asyncio.gather(
+        store.db.write(appends_then_fails),
+        store.append_event("node.event", {"kind": "k", "data": {}}), return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    assert results[1] == 2  # not 3: the rolled-back row's number was not kept
+    assert await store.append_event("node.event", {"kind": "k", "data": {}}) == 3
+    assert [f.q for f in await store.outbox_after(0, 100)] == [1, 2, 3]
+    assert (await store.stream_state()).evt_last == 3
+    await store.close()
+    reopened = NodeStore(tmp_path / "n.db")
+    assert (await reopened.open()).evt_last == 3  # derived from the rows, not a counter
+    await reopened.ack_evt(3)
+    await reopened.close()
+    again = NodeStore(tmp_path / "n.db")
+    assert (await again.open()).evt_last == 3  # and from the acked cursor once they are gone
+    assert await again.append_event("node.event", {"kind": "k", "data": {}}) == 4
+    await again.close()
+
+
+async def test_an_outbox_read_is_bounded_by_bytes_as_well_as_count(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    for i in range(10):
+        await store.append_event("node.event", {"kind": "k", "data": {"blob": "x" * 1000,
+                                                                      "i": i}})
+    frames = await store.outbox_after(0, 10, max_bytes=2500)
+    assert [f.q for f in frames] == [1, 2, 3]  # the third crosses 2,500 bytes
+    assert [f.q for f in await store.outbox_after(9, 10, max_bytes=1)] == [10]
+    assert len(await store.outbox_after(0, 10)) == 10
     await store.close()
 
 
