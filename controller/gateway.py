@@ -116,24 +116,25 @@ class EdgeConnection:
         # uplink (evt) receive side
         self.evt = StreamReceiver()
         self.pending_evt: list[tuple[Frame, Body]] = []  # parsed once, on arrival
-        self.evt_wake = asyncio.Event()
-        self.evt_room = asyncio.Event()
-        self.evt_room.set()
         # downlink (cmd) send side: the outbox lives in the store
         self.cmd_epoch = 0
         self.cmd_acked = 0
         self.cmd_sent = 0
         self.cmd_ack_seen = 0
-        self.downlink_wake = asyncio.Event()
         # class C: stored by the apply task before any evt frame that came after them
         self.pending_logs: list[LogChunk] = []
         self.logs_dropped_total = 0
         self._send_lock = asyncio.Lock()
         self._remote_code: int | None = None
         self._idle_deadline: asyncio.Timeout | None = None  # set while the read loop runs
-        # Set while nothing accepted is waiting to be applied or being applied.
-        self._apply_idle = asyncio.Event()
-        self._apply_idle.set()
+        # The apply and downlink tasks exist only while they have work: an idle session is
+        # its read loop alone. Both run in the session's task group (self._tg), which
+        # cancels and awaits them when the session ends.
+        self._tg: asyncio.TaskGroup | None = None
+        self._apply_task: asyncio.Task[None] | None = None
+        self._downlink_task: asyncio.Task[None] | None = None
+        self._downlink_again = False  # work arrived for the downlink since its last pass
+        self._room: asyncio.Future[None] | None = None  # the reader waits here when full
         # error frames answering bad non-sequenced frames, sent by the downlink task
         self._pending_errors: list[Frame] = []
 
@@ -168,13 +169,15 @@ class EdgeConnection:
         close: _Close | None = None
         try:
             async with asyncio.TaskGroup() as tg:
-                helpers = [tg.create_task(self._apply_loop(), name="edge-apply"),
-                           tg.create_task(self._downlink_loop(), name="edge-downlink")]
+                self._tg = tg
                 try:
+                    self.wake_downlink()
                     await self._read_loop()
                 finally:
-                    for task in helpers:
-                        task.cancel()
+                    self._tg = None
+                    for task in (self._apply_task, self._downlink_task):
+                        if task is not None:
+                            task.cancel()
         except* _Close as group:
             first = group.exceptions[0]
             close = first if isinstance(first, _Close) else None
@@ -229,7 +232,15 @@ class EdgeConnection:
         await self._close_ws(1001, "controller going away")
 
     def wake_downlink(self) -> None:
-        self.downlink_wake.set()
+        """There may be downlink work (commands queued, acks to record, errors to send)."""
+        self._downlink_again = True
+        if self._tg is not None and (self._downlink_task is None or self._downlink_task.done()):
+            self._downlink_task = self._tg.create_task(self._downlink_run(),
+                                                       name="edge-downlink")
+
+    def _wake_apply(self) -> None:
+        if self._tg is not None and (self._apply_task is None or self._apply_task.done()):
+            self._apply_task = self._tg.create_task(self._apply_run(), name="edge-apply")
 
     async def _close_ws(self, code: int, reason: str) -> None:
         if self.ws.application_state == WebSocketState.DISCONNECTED:
@@ -339,7 +350,7 @@ class EdgeConnection:
             acks={EVT_STREAM: opened.evt_applied}, heartbeat_s=th.heartbeat_s,
             stale_after_s=th.stale_after_s, offline_after_s=th.offline_after_s,
             max_frame=self.max_frame).frame())
-        self.downlink_wake.set()
+        self._downlink_again = True  # the steady state's first pass replays from the cursor
         logger.info("edge session opened", extra={
             "node_id": self.node_id, "session_id": self.session_id, "resumed": self.resumed,
             "remote": self.remote})
@@ -423,8 +434,7 @@ class EdgeConnection:
                     self.logs_dropped_total += 1
                 else:
                     self.pending_logs.append(chunk)
-                    self._apply_idle.clear()
-                    self.evt_wake.set()
+                    self._wake_apply()
         elif t == "node.resources":  # class B: latest wins, pushed to node:<id>
             if len(frame.b) <= 64:
                 self.resources = dict(frame.b)
@@ -457,7 +467,7 @@ class EdgeConnection:
             if len(self._pending_errors) < MAX_PENDING_ERRORS:  # past it, drop: the peer
                 self._pending_errors.append(  # is not reading its errors anyway
                     ErrorBody(code="bad_frame", message=exc.message).frame(re=frame.id))
-                self.downlink_wake.set()
+                self.wake_downlink()
             return None
 
     def _set_runtime(self, runtime: dict[str, Any]) -> None:
@@ -470,7 +480,7 @@ class EdgeConnection:
         if changed:
             self.ctl.node_changed(self.node_id, "runtime.changed", dict(self.runtime))
             if state == "attached":
-                self.downlink_wake.set()
+                self.wake_downlink()
 
     async def _on_evt(self, frame: Frame) -> None:
         if frame.s != EVT_STREAM or frame.q is None:
@@ -483,18 +493,20 @@ class EdgeConnection:
         verdict = self.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
             self.pending_evt.append((frame, body))
-            self._apply_idle.clear()
-            self.evt_wake.set()
+            self._wake_apply()
             if len(self.pending_evt) >= self.ctl.config.max_pending_evt_frames:
-                self.evt_room.clear()
-                await self.evt_room.wait()  # backpressure: stop reading until applied
+                self._room = asyncio.get_running_loop().create_future()
+                try:
+                    await self._room  # backpressure: stop reading until a batch is taken
+                finally:
+                    self._room = None
         else:
             await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
 
     def _saw_cmd_ack(self, n: object) -> None:
         if isinstance(n, int) and not isinstance(n, bool) and n > self.cmd_ack_seen:
             self.cmd_ack_seen = n
-            self.downlink_wake.set()
+            self.wake_downlink()
 
     def _on_resume(self, n: int) -> None:
         """The node's runtime re-attached having applied up to ``n``: re-send after it."""
@@ -502,27 +514,24 @@ class EdgeConnection:
             raise _Close(4400, f"resume from q={n} beyond the last sent q={self.cmd_sent}")
         self._saw_cmd_ack(n)
         self.cmd_sent = max(n, self.cmd_acked)
-        self.downlink_wake.set()
+        self.wake_downlink()
 
     async def _flush_evt(self) -> None:
         """Before closing on goodbye: let the apply task commit and ack everything that was
         accepted, including a batch already in flight (5 s at most)."""
-        self.evt_wake.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self._apply_idle.wait()
+        self._wake_apply()
+        task = self._apply_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=5)
 
-    async def _apply_loop(self) -> None:
-        while True:
-            await self.evt_wake.wait()
-            self.evt_wake.clear()
-            if self.fenced:
-                continue
-            try:
+    async def _apply_run(self) -> None:
+        """Apply until nothing is pending, then end (the next frame starts a new run)."""
+        try:
+            while (self.pending_evt or self.pending_logs) and not self.fenced:
                 await self._apply_pending()
-            finally:
-                if not self.pending_evt and not self.pending_logs:
-                    self._apply_idle.set()
+        finally:  # fenced or failed: never leave the reader parked on backpressure
+            if self._room is not None and not self._room.done():
+                self._room.set_result(None)
 
     async def _apply_pending(self) -> None:
         """Store pending log chunks, then apply pending evt frames and ack them (logs
@@ -538,7 +547,8 @@ class EdgeConnection:
         if not self.pending_evt:
             return
         batch, self.pending_evt = self.pending_evt, []
-        self.evt_room.set()
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
         try:
             effects = await self.ctl.store.apply_evt(node_id=self.node_id,
                                                      session_id=self.session_id or "",
@@ -552,32 +562,34 @@ class EdgeConnection:
             if effect.applied:
                 self.ctl.command_changed(effect.command_id, effect.state, self.node_id)
 
-    async def _downlink_loop(self) -> None:
-        window = self.ctl.config.cmd_window
-        while True:
-            await self.downlink_wake.wait()
-            self.downlink_wake.clear()
-            while self._pending_errors:
-                await self._send(self._pending_errors.pop(0))
+    async def _downlink_run(self) -> None:
+        """Passes until no wake-up arrived during the last one, then end."""
+        while self._downlink_again:
+            self._downlink_again = False
+            await self._downlink_pass()
+
+    async def _downlink_pass(self) -> None:
+        while self._pending_errors:
+            await self._send(self._pending_errors.pop(0))
+        if self.fenced:
+            return
+        if self.cmd_ack_seen > self.cmd_acked:
+            n = self.cmd_ack_seen
+            delivered = await self.ctl.store.ack_cmd(self.node_id, self.session_id or "",
+                                                     self.cmd_epoch, n)
+            self.cmd_acked = n
+            self.cmd_sent = max(self.cmd_sent, n)
+            for command_id in delivered:
+                self.ctl.command_changed(command_id, "delivered", self.node_id)
+        if self.runtime.get("state") != "attached":
+            return  # nobody to deliver to; edge.resume names the cursor on re-attach
+        room = self.cmd_acked + self.ctl.config.cmd_window - self.cmd_sent
+        if room <= 0:
+            return
+        rows = await self.ctl.store.downlink_after(self.node_id, self.cmd_epoch,
+                                                   self.cmd_sent, room)
+        for q, data in rows:
             if self.fenced:
-                continue
-            if self.cmd_ack_seen > self.cmd_acked:
-                n = self.cmd_ack_seen
-                delivered = await self.ctl.store.ack_cmd(self.node_id, self.session_id or "",
-                                                         self.cmd_epoch, n)
-                self.cmd_acked = n
-                self.cmd_sent = max(self.cmd_sent, n)
-                for command_id in delivered:
-                    self.ctl.command_changed(command_id, "delivered", self.node_id)
-            if self.runtime.get("state") != "attached":
-                continue  # nobody to deliver to; edge.resume names the cursor on re-attach
-            room = self.cmd_acked + window - self.cmd_sent
-            if room <= 0:
-                continue
-            rows = await self.ctl.store.downlink_after(self.node_id, self.cmd_epoch,
-                                                       self.cmd_sent, room)
-            for q, data in rows:
-                if self.fenced:
-                    break
-                await self._send_bytes(data)
-                self.cmd_sent = q
+                break
+            await self._send_bytes(data)
+            self.cmd_sent = q
