@@ -14,6 +14,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from tether.common import __version__
 from tether.common.sqlitedb import Database
@@ -22,7 +24,7 @@ from tether.protocol.liveness import Liveness, liveness
 from .api import routes as api
 from .browser import browser_endpoint
 from .config import ControllerConfig
-from .gateway import EdgeConnection, edge_endpoint
+from .gateway import EdgeConnection, edge_endpoint, edge_session
 from .services.admission import Admission
 from .services.events import EventHub
 from .services.monitor import MonitorStore
@@ -260,9 +262,28 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         await controller.stop()
 
 
+EDGE_PATH = "/v1/edge/connect"
+
+
+def edge_fast_path(app: Starlette) -> ASGIApp:
+    """``app`` with edge sessions dispatched straight to :func:`edge_session`, past
+    Starlette's middleware and router: each idle session otherwise keeps about ten more
+    suspended coroutine frames and their closures alive (~3 KiB, at 10,000 sessions ~30 MiB).
+    Everything else, lifespan included, goes to ``app``."""
+    controller: Controller = app.state.controller
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == EDGE_PATH:
+            await edge_session(WebSocket(scope, receive, send), controller)
+        else:
+            await app(scope, receive, send)
+
+    return asgi
+
+
 def create_app(config: ControllerConfig) -> Starlette:
     routes = [
-        WebSocketRoute("/v1/edge/connect", edge_endpoint),
+        WebSocketRoute(EDGE_PATH, edge_endpoint),
         WebSocketRoute("/ws", browser_endpoint),
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from .app import Controller, create_app
+from .app import Controller, create_app, edge_fast_path
 from .config import ControllerConfig
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def build_server(config: ControllerConfig) -> _Server:
         kwargs = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)}
     app = create_app(config)
     uv_config = uvicorn.Config(
-        app,
+        edge_fast_path(app),
         host=config.host,
         port=config.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",

@@ -46,7 +46,7 @@ from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
 from .bench_fleet import FleetPlan, run_fleet
-from .bench_util import ControllerProcess, percentile, row
+from .bench_util import ControllerProcess, percentile, row, spawn_peer
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Plan:
 PLANS = {
     "tiny": Plan(nodes=1, frames=50, rtt=((100, 5), (1000, 10)),
                  fleet=FleetPlan(sizes=(20,), storm_at=20, window_s=1.5, heartbeat_s=1.0,
-                                 fanout_clients=3, fanout_rounds=2)),
+                                 fanout_clients=3, fanout_rounds=2, settle_s=0.2)),
     "quick": Plan(nodes=2, frames=20_000, rtt=((100, 300), (1000, 2000)),
                   fleet=FleetPlan(sizes=(1000,), storm_at=1000, window_s=15.0,
                                   heartbeat_s=15.0, fanout_clients=200, fanout_rounds=10)),
@@ -212,16 +212,11 @@ async def _run_mode(root: Path, durability: str, plan: Plan) -> list[dict[str, A
     return results
 
 
-def _spawn_peer(peer: str, port_file: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tether.tools.bench_peers", peer,
-                             "--port-file", str(port_file)])
-
-
 async def _ws_raw(root: Path, frames: int, *, window: int) -> float:
     """Raw websockets, no persistence: 100-byte msgpack frames, ``window`` in flight, one
     ack per message — the same shape as Tether's class A flow, minus durability."""
     port_file = root / "ws-echo.port"
-    proc = _spawn_peer("ws-echo", port_file)
+    proc = spawn_peer("ws-echo", port_file)
     try:
         async with asyncio.timeout(30):
             while not port_file.exists():

@@ -4,10 +4,12 @@ One controller process (default ``fsync`` durability, the given heartbeat period
 :class:`~tether.tools.fleet.Fleet` in this process grows through the session sizes, so each
 size is measured with the smaller ones still connected:
 
-* ``sessions``: time to bring the new nodes online; then, over a steady window of at least
-  one heartbeat period, the controller's CPU (% of one core, from its process times), its RSS
-  growth per session (KiB, against the RSS with one session), and the heartbeat round trip
-  p99 as the nodes see it (an upper bound of the controller's apply latency);
+* ``sessions``: time to bring the new nodes online; then, after ``settle_s`` and over a
+  steady window of at least one heartbeat period, the controller's CPU (% of one core, from
+  its process times), its RSS growth per session (KiB, against the RSS with one session),
+  and the heartbeat round trip p99 as the nodes see it (an upper bound of the controller's
+  apply latency); beside it, the same RSS figure for a bare WebSocket endpoint on uvicorn
+  and on ``websockets`` (the floor under a session);
 * ``reconnect_storm`` (at one size): every connection is cut at once and dials straight
   back; seconds until all are welcomed again, peak accepts per second, resumed sessions,
   lost frames (events emitted just before the cut must all be acked exactly once) and
@@ -31,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
-from .bench_util import ControllerProcess, percentile, row
+from .bench_util import ControllerProcess, percentile, row, spawn_peer
 from .fleet import Fleet
 
 
@@ -43,6 +45,9 @@ class FleetPlan:
     heartbeat_s: float
     fanout_clients: int
     fanout_rounds: int
+    # After a size is online and before its steady window: long enough for the sweeper's
+    # first touch of the new sessions (every 5 s), a one-off cost, not a steady one.
+    settle_s: float = 6.0
 
 
 def _cpu_s(proc: psutil.Process) -> float:
@@ -100,8 +105,57 @@ async def _fanout(fleet: Fleet, url: str, token: str, clients: int,
             "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
 
 
+async def _idle_floor(root: Path, peer: str, count: int) -> float:
+    """KiB of server RSS per idle WebSocket connection to a bench peer (``ws-idle-*``):
+    growth from one connection to ``count``, the way ``sessions`` is measured."""
+    port_file = root / f"{peer}.port"
+    port_file.unlink(missing_ok=True)
+    proc = spawn_peer(peer, port_file)
+    conns: list[ClientConnection] = []
+    try:
+        async with asyncio.timeout(30):
+            while not port_file.exists():
+                await asyncio.sleep(0.02)
+        url = f"ws://127.0.0.1:{int(port_file.read_text())}/"
+        server = psutil.Process(proc.pid)
+
+        async def dial() -> None:
+            conns.append(await connect(url, subprotocols=["tether.v1.msgpack"],  # type: ignore[list-item]
+                                       compression=None, ping_interval=None,
+                                       open_timeout=60))
+
+        async with asyncio.timeout(60):
+            while True:  # uvicorn binds before it serves: retry the first dial
+                try:
+                    await dial()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.05)
+        rss0 = server.memory_info().rss
+        gate = asyncio.Semaphore(200)
+
+        async def gated() -> None:
+            async with gate:
+                await dial()
+
+        async with asyncio.timeout(300):
+            await asyncio.gather(*(gated() for _ in range(count - 1)))
+        return (server.memory_info().rss - rss0) / 1024 / max(1, count - 1)
+    finally:
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 10)
+
+
 async def run_fleet(root: Path, plan: FleetPlan) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
+    floor_at = plan.sizes[0]
+    for peer, system in (("ws-idle-uvicorn", "uvicorn-ws-idle"),
+                         ("ws-idle-websockets", "websockets-ws-idle")):
+        kib = await _idle_floor(root, peer, floor_at)
+        results.append(row("sessions", system, "rss_kib_per_session", round(kib, 2), "KiB",
+                           sessions=floor_at, note="a bare WebSocket endpoint that only "
+                           "reads: the floor under a session, before any Tether state"))
     extra = ["--heartbeat-s", str(plan.heartbeat_s),
              "--stale-after-s", str(max(60.0, plan.heartbeat_s * 4))]
     async with ControllerProcess(root, "fleet", "fsync", extra=extra) as ctl:
@@ -118,6 +172,7 @@ async def run_fleet(root: Path, plan: FleetPlan) -> list[dict[str, Any]]:
                 added = await fleet.add(size - len(fleet.nodes))
                 await fleet.wait_online(added, timeout_s=600)
                 online_s = time.monotonic() - t0
+                await asyncio.sleep(plan.settle_s)
                 steady_from = time.monotonic()
                 cpu0 = _cpu_s(proc)
                 await asyncio.sleep(plan.window_s)

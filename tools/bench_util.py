@@ -28,6 +28,12 @@ def row(benchmark: str, system: str, metric: str, value: float | int | None, uni
             "unit": unit, **extra}
 
 
+def spawn_peer(peer: str, port_file: Path) -> subprocess.Popen[bytes]:
+    """Start a :mod:`tether.tools.bench_peers` server; it writes its port to ``port_file``."""
+    return subprocess.Popen([sys.executable, "-m", "tether.tools.bench_peers", peer,
+                             "--port-file", str(port_file)])
+
+
 class ControllerProcess:
     """``tether controller serve`` on a free loopback port with its own data dir; stopped
     with SIGTERM (then SIGKILL after 15 s) on exit."""

@@ -37,6 +37,9 @@ def test_bench_tiny_writes_the_pinned_json_shape(tmp_path: Path) -> None:
     assert report["machine"]["cpus"] >= 1 and report["machine"]["size"] == "tiny"
     rows = {(r["benchmark"], r["system"], r["metric"]) for r in report["results"]}
     assert rows >= PINNED, PINNED - rows
+    # the floor under a session is measured beside it, on the same stack and on websockets
+    assert {("sessions", "uvicorn-ws-idle", "rss_kib_per_session"),
+            ("sessions", "websockets-ws-idle", "rss_kib_per_session")} <= rows
     rates = {r["rate_per_s"] for r in report["results"] if r["benchmark"] == "command_rtt"}
     assert rates == {100, 1000}
     for r in report["results"]:
