@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from tether.protocol.classes import EVT_STREAM, FRAME_STREAM, delivery_class
-from tether.protocol.codec import MSGPACK_SUBPROTOCOL, decode_msgpack, encode_msgpack
+from tether.protocol.codec import (
+    BATCH_TYPE,
+    MAX_BATCH_FRAMES,
+    MSGPACK_SUBPROTOCOL,
+    decode_msgpack,
+    encode_msgpack,
+    unbatch,
+)
 from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError, TetherError
 from tether.protocol.frames import (
     PROTOCOL_VERSION,
@@ -367,7 +374,7 @@ class EdgeConnection:
             session_id=opened.session_id, resumed=opened.resumed, epoch=opened.cmd_epoch,
             acks={EVT_STREAM: opened.evt_applied}, heartbeat_s=th.heartbeat_s,
             stale_after_s=th.stale_after_s, offline_after_s=th.offline_after_s,
-            max_frame=self.max_frame).frame())
+            max_frame=self.max_frame, max_batch=MAX_BATCH_FRAMES).frame())
         self._downlink_again = True  # the steady state's first pass replays from the cursor
         logger.info("edge session opened", extra={
             "node_id": self.node_id, "session_id": self.session_id, "resumed": self.resumed,
@@ -402,20 +409,32 @@ class EdgeConnection:
     async def _read_frames(self) -> None:
         while True:
             frame = await self._receive(None)
-            if frame is None:
+            if frame is None or self.fenced:
                 return
-            if self.fenced:
-                return
-            try:
-                self.state, _ = step(Role.CONTROLLER, self.state, event_for(frame.t))
-            except RemoteProtocolError as exc:
-                raise _Close(4400, exc.message) from None
-            if frame.t == "edge.goodbye":
-                self.goodbye = True
-                await self._flush_evt()
-                raise _Close(1000, "goodbye")
-            await self._handle(frame)
+            if frame.t != BATCH_TYPE:
+                await self._on_frame(frame)
+            else:  # a transport envelope: its frames count as if each had come alone
+                try:
+                    frames = unbatch(frame, max_frames=MAX_BATCH_FRAMES)
+                except BadFrame as exc:
+                    raise _Close(4400, exc.message) from None
+                for each in frames:
+                    if self.fenced:
+                        return
+                    await self._on_frame(each)
+                del frames, each
             del frame  # an idle session does not keep its last frame while it waits
+
+    async def _on_frame(self, frame: Frame) -> None:
+        try:
+            self.state, _ = step(Role.CONTROLLER, self.state, event_for(frame.t))
+        except RemoteProtocolError as exc:
+            raise _Close(4400, exc.message) from None
+        if frame.t == "edge.goodbye":
+            self.goodbye = True
+            await self._flush_evt()
+            raise _Close(1000, "goodbye")
+        await self._handle(frame)
 
     async def _handle(self, frame: Frame) -> None:
         t = frame.t

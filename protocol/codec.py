@@ -39,6 +39,37 @@ def encode_msgpack(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> b
     return data
 
 
+BATCH_TYPE = "edge.batch"
+MAX_BATCH_FRAMES = 1024  # frames in one edge.batch, the most this implementation accepts
+# {"t": "edge.batch", "b": {"frames": [...]}} up to the array header, which depends on n
+_BATCH_PREFIX: bytes = msgpack.packb({"t": BATCH_TYPE, "b": {"frames": []}})[:-1]
+BATCH_OVERHEAD = len(_BATCH_PREFIX) + 3  # bytes a batch adds to the frames it carries
+
+
+def encode_batch(payloads: list[bytes]) -> bytes:
+    """One ``edge.batch`` message carrying frames already encoded by :func:`encode_msgpack`,
+    in order. The frames are spliced in as bytes (a msgpack array is its header followed by
+    its elements), so none is decoded or encoded again. The caller keeps the result within
+    the peer's ``max_frame``."""
+    n = len(payloads)
+    if not 1 <= n <= MAX_BATCH_FRAMES:
+        raise LocalProtocolError(f"a batch carries 1 to {MAX_BATCH_FRAMES} frames, not {n}")
+    header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return _BATCH_PREFIX + header + b"".join(payloads)
+
+
+def unbatch(frame: Frame, *, max_frames: int = MAX_BATCH_FRAMES) -> list[Frame]:
+    """The frames an ``edge.batch`` carries, each validated as if it had arrived alone.
+    Raises :class:`BadFrame` for a batch that is empty, too long, nested or malformed."""
+    frames = frame.b.get("frames")
+    if not isinstance(frames, list) or not 1 <= len(frames) <= max_frames:
+        raise BadFrame(f"edge.batch needs 'frames': a list of 1 to {max_frames} frames")
+    out = [Frame.from_wire(obj) for obj in frames]
+    if any(f.t == BATCH_TYPE for f in out):
+        raise BadFrame("edge.batch cannot carry another edge.batch")
+    return out
+
+
 def decode_msgpack(data: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Frame:
     """Decode one frame from one WebSocket message."""
     if len(data) > max_frame_bytes:

@@ -262,12 +262,18 @@ class Welcome(Body):
     stale_after_s: float = 60
     offline_after_s: float = 300
     max_frame: int = 1 << 20
+    # Addition (docs/protocol.md): the most frames the controller takes in one edge.batch;
+    # 0 (or absent, as from a controller that predates it) means one frame per message.
+    max_batch: int = 0
 
     def to_body(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "resumed": self.resumed, "epoch": self.epoch,
+        body = {"session_id": self.session_id, "resumed": self.resumed, "epoch": self.epoch,
                 "acks": dict(self.acks), "heartbeat_s": self.heartbeat_s,
                 "stale_after_s": self.stale_after_s, "offline_after_s": self.offline_after_s,
                 "max_frame": self.max_frame}
+        if self.max_batch:
+            body["max_batch"] = self.max_batch
+        return body
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Welcome:
@@ -281,13 +287,16 @@ class Welcome(Body):
                                          default=60),
                       offline_after_s=_get(b, "offline_after_s", (int, float), required=False,
                                            default=300),
-                      max_frame=_get(b, "max_frame", int, required=False, default=1 << 20))
+                      max_frame=_get(b, "max_frame", int, required=False, default=1 << 20),
+                      max_batch=_get(b, "max_batch", int, required=False, default=0))
         if not (0 < welcome.heartbeat_s < welcome.stale_after_s < welcome.offline_after_s
                 and welcome.offline_after_s < float("inf")):
             raise BadFrame("welcome timings must satisfy 0 < heartbeat_s < stale_after_s < "
                            "offline_after_s (finite)")
         if welcome.max_frame < 1024:
             raise BadFrame("welcome max_frame must be at least 1024 bytes")
+        if welcome.max_batch < 0:
+            raise BadFrame("welcome max_batch must not be negative")
         return welcome
 
 

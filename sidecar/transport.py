@@ -16,7 +16,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -27,9 +27,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from tether.common import __version__
 from tether.protocol.backoff import backoff_delays
 from tether.protocol.codec import (
+    BATCH_OVERHEAD,
     MAX_FRAME_BYTES,
     MSGPACK_SUBPROTOCOL,
     decode_msgpack,
+    encode_batch,
     encode_msgpack,
 )
 from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError
@@ -138,6 +140,31 @@ class LinkStatus:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
+def pack_messages(payloads: Sequence[bytes], *, max_batch: int,
+                  max_bytes: int) -> Iterator[bytes]:
+    """WebSocket messages for encoded frames, in order: consecutive frames share one
+    ``edge.batch`` when the controller takes batches (``max_batch`` > 1), each message at
+    most ``max_batch`` frames and ``max_bytes``; a frame alone goes as itself. A frame over
+    ``max_bytes`` on its own is dropped with a warning, never sent."""
+    group: list[bytes] = []
+    size = BATCH_OVERHEAD
+    for data in payloads:
+        if len(data) > max_bytes:
+            logger.warning("dropping a frame over the frame limit",
+                           extra={"detail": f"{len(data)} bytes"})
+            continue
+        if max_batch <= 1:
+            yield data
+            continue
+        if group and (len(group) >= max_batch or size + len(data) > max_bytes):
+            yield group[0] if len(group) == 1 else encode_batch(group)
+            group, size = [], BATCH_OVERHEAD
+        group.append(data)
+        size += len(data)
+    if group:
+        yield group[0] if len(group) == 1 else encode_batch(group)
+
+
 def edge_url(controller_url: str) -> str:
     """``http(s)://host:port`` (or ws(s)://) -> the edge WebSocket URL."""
     url = controller_url.rstrip("/")
@@ -201,17 +228,15 @@ class ControllerLink:
         """Send already-encoded frames in order on the live session; False when there is none
         or it failed part way (class A frames are replayed from the outbox next session). A
         payload over the session's frame limit is dropped with a warning, never sent."""
-        ws = self._ws
-        if ws is None or not self.connected.is_set():
+        ws, welcome = self._ws, self._welcome
+        if ws is None or welcome is None or not self.connected.is_set():
             return False
+        limit = min(self.max_frame_bytes, welcome.max_frame)
         try:
             async with self._send_lock, asyncio.timeout(self.handshake_timeout_s):
-                for data in payloads:
-                    if len(data) > self.max_frame_bytes:
-                        logger.warning("dropping a frame over the frame limit",
-                                       extra={"detail": f"{len(data)} bytes"})
-                        continue
-                    await ws.send(data)
+                for message in pack_messages(payloads, max_batch=welcome.max_batch,
+                                             max_bytes=limit):
+                    await ws.send(message)
         except (websockets.ConnectionClosed, TimeoutError, OSError):
             return False
         return True

@@ -14,13 +14,17 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tether.protocol.codec import (
+    BATCH_TYPE,
+    MAX_BATCH_FRAMES,
     MAX_CONTAINER_LEN,
     MAX_FRAME_BYTES,
     decode_json,
     decode_msgpack,
+    encode_batch,
     encode_json,
     encode_msgpack,
     to_json_value,
+    unbatch,
 )
 from tether.protocol.errors import (
     BadFrame,
@@ -423,3 +427,35 @@ def test_any_corruption_of_a_valid_msgpack_frame_is_refused_or_still_a_valid_fra
                                 b={"command_id": "c", "args": {"argv": ["ls"]}, "n": b"\x00"}))
     at = at % len(good)
     assert_decodes_or_refuses(decode_msgpack, good[:at] + noise + good[at + 1:])
+
+
+# --- edge.batch (an addition, docs/protocol.md) -------------------------------------------
+
+
+@PROPERTY
+@given(st.lists(frames(), min_size=1, max_size=40))
+def test_a_batch_carries_its_frames_unchanged_and_in_order(batch: list[Frame]) -> None:
+    data = encode_batch([encode_msgpack(f) for f in batch])
+    outer = decode_msgpack(data)
+    assert outer.t == BATCH_TYPE
+    assert unbatch(outer) == batch
+    # spliced bytes are exactly what msgpack itself would have written
+    assert data == msgpack.packb({"t": BATCH_TYPE, "b": {"frames": [
+        f.to_wire() for f in batch]}}, use_bin_type=True)
+
+
+def test_a_batch_is_one_to_max_frames_long_and_never_nested() -> None:
+    one = encode_msgpack(Frame(t="edge.ack", b={"acks": {"cmd": 1}}))
+    with pytest.raises(LocalProtocolError):
+        encode_batch([])
+    with pytest.raises(LocalProtocolError):
+        encode_batch([one] * (MAX_BATCH_FRAMES + 1))
+    assert len(unbatch(decode_msgpack(encode_batch([one] * MAX_BATCH_FRAMES)))) == \
+        MAX_BATCH_FRAMES
+    with pytest.raises(BadFrame, match="1 to 3 frames"):
+        unbatch(decode_msgpack(encode_batch([one] * 4)), max_frames=3)
+    with pytest.raises(BadFrame, match=r"another edge\.batch"):
+        unbatch(decode_msgpack(encode_batch([one, encode_batch([one])])))
+    for body in ({}, {"frames": []}, {"frames": {"t": "x"}}, {"frames": [1]}):
+        with pytest.raises(BadFrame):
+            unbatch(Frame(t=BATCH_TYPE, b=body))
