@@ -200,7 +200,8 @@ class Controller:
         """Expires overdue queued commands, closes live sessions silent past
         stale_after_s (4408), persists last-seen times, pushes stale -> offline
         transitions."""
-        touch_every = max(1, int(5 / self.config.sweep_interval_s))
+        touch_every = max(1, round(self.config.touch_interval_s / self.config.sweep_interval_s))
+        hourly = max(1, round(3600 / self.config.sweep_interval_s))
         tick = 0
         while True:
             slept_from = time.monotonic()
@@ -228,7 +229,7 @@ class Controller:
                     del self._recently_closed[node_id]
                     self.hub.publish("nodes", "liveness.changed",
                                      {"node_id": node_id, "liveness": "offline"})
-                if tick % (touch_every * 720) == 0:  # about hourly
+                if tick % hourly == 0:
                     await self.store.prune_idempotency_keys()
                 if tick % touch_every == 0:
                     await self.store.touch_nodes(self._changed_since_touch(now_mono))

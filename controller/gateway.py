@@ -399,9 +399,10 @@ class EdgeConnection:
 
     def expire_if_idle(self, now_mono: float) -> bool:
         """Close this session (4408) if no frame arrived for ``stale_after_s``; True if so."""
+        if now_mono - self.last_frame_mono < self.ctl.config.thresholds.stale_after_s:
+            return False  # the common case first: run for every session every second
         deadline = self._idle_deadline
-        if (deadline is None or deadline.expired() or now_mono - self.last_frame_mono
-                < self.ctl.config.thresholds.stale_after_s):
+        if deadline is None or deadline.expired():
             return False
         deadline.reschedule(asyncio.get_running_loop().time())
         return True
