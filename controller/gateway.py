@@ -17,6 +17,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
 from tether.protocol.classes import EVT_STREAM, FRAME_STREAM, delivery_class
@@ -288,17 +289,18 @@ class EdgeConnection:
     async def _send(self, frame: Frame) -> None:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
 
-    async def _receive(self, timeout_s: float | None) -> Frame | None:
-        """The next frame, or None when the peer closed. Raises _Close on bad input. With
-        ``timeout_s`` None the wait is unbounded here: the caller holds a deadline."""
-        if timeout_s is None:
-            msg = await self.ws.receive()
-        else:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    msg = await self.ws.receive()
-            except TimeoutError:
-                raise _Close(4408, f"no hello within {timeout_s:g} s") from None
+    async def _receive(self, timeout_s: float) -> Frame | None:
+        """The next frame within ``timeout_s`` (the handshake's wait), or None when the peer
+        closed. Raises _Close on bad input or silence."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                msg = await self.ws.receive()
+        except TimeoutError:
+            raise _Close(4408, f"no hello within {timeout_s:g} s") from None
+        return self._frame_from(msg)
+
+    def _frame_from(self, msg: Message) -> Frame | None:
+        """Decode one ASGI receive event; None for the peer's close. Raises _Close."""
         if msg["type"] == "websocket.disconnect":
             self._remote_code = msg.get("code")
             return None
@@ -387,11 +389,28 @@ class EdgeConnection:
     async def _read_loop(self) -> None:
         """Reads until the peer closes. Silence past ``stale_after_s`` closes with 4408: the
         sweeper calls :meth:`expire_if_idle`, which fires this loop's one deadline (no timer
-        per frame, none per session while frames flow)."""
+        per frame, none per session while frames flow). One coroutine, no helpers: an idle
+        session is this frame waiting on its next message."""
         idle_s = self.ctl.config.thresholds.stale_after_s
         try:
             async with asyncio.timeout(None) as self._idle_deadline:
-                await self._read_frames()
+                while True:
+                    frame = self._frame_from(await self.ws.receive())
+                    if frame is None or self.fenced:
+                        return
+                    if frame.t != BATCH_TYPE:
+                        await self._on_frame(frame)
+                    else:  # a transport envelope: its frames count as if each came alone
+                        try:
+                            frames = unbatch(frame, max_frames=MAX_BATCH_FRAMES)
+                        except BadFrame as exc:
+                            raise _Close(4400, exc.message) from None
+                        for each in frames:
+                            if self.fenced:
+                                return
+                            await self._on_frame(each)
+                        del frames, each
+                    del frame  # an idle session does not keep its last frame while it waits
         except TimeoutError:
             raise _Close(4408, f"no frame within {idle_s:g} s") from None
         finally:
@@ -406,25 +425,6 @@ class EdgeConnection:
             return False
         deadline.reschedule(asyncio.get_running_loop().time())
         return True
-
-    async def _read_frames(self) -> None:
-        while True:
-            frame = await self._receive(None)
-            if frame is None or self.fenced:
-                return
-            if frame.t != BATCH_TYPE:
-                await self._on_frame(frame)
-            else:  # a transport envelope: its frames count as if each had come alone
-                try:
-                    frames = unbatch(frame, max_frames=MAX_BATCH_FRAMES)
-                except BadFrame as exc:
-                    raise _Close(4400, exc.message) from None
-                for each in frames:
-                    if self.fenced:
-                        return
-                    await self._on_frame(each)
-                del frames, each
-            del frame  # an idle session does not keep its last frame while it waits
 
     async def _on_frame(self, frame: Frame) -> None:
         try:

@@ -17,6 +17,7 @@ import uvicorn
 
 from .app import Controller, create_app, edge_fast_path
 from .config import ControllerConfig
+from .wsproto import LeanWebSocketProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def build_server(config: ControllerConfig) -> _Server:
         host=config.host,
         port=config.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        ws="websockets-sansio",
+        ws=LeanWebSocketProtocol,  # uvicorn's websockets-sansio, see wsproto.py
         ws_max_size=config.max_frame_bytes,
         ws_per_message_deflate=False,  # node sessions stay small
         ws_ping_interval=None,  # liveness is the protocol's heartbeat, not WS pings
