@@ -110,7 +110,8 @@ class EdgeConnection:
     costs about 2 KiB each."""
 
     __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_idle_deadline",
-                 "_pending_errors", "_remote_code", "_room", "_send_lock", "_tg", "closing",
+                 "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
+                 "closing",
                  "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_sent", "ctl", "evt", "fenced",
                  "goodbye", "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
                  "opened_mono", "outbox", "pending_evt", "pending_logs", "remote", "resources",
@@ -153,6 +154,7 @@ class EdgeConnection:
         self._send_lock = asyncio.Lock()
         self._remote_code: int | None = None
         self._idle_deadline: asyncio.Timeout | None = None  # set while the read loop runs
+        self._sending = False  # a send is waiting on the transport
         # The apply and downlink tasks exist only while they have work: an idle session is
         # its read loop alone. Both run in the session's task group (self._tg), which
         # cancels and awaits them when the session ends.
@@ -278,11 +280,16 @@ class EdgeConnection:
     # -- I/O helpers ---------------------------------------------------------------------
 
     async def _send_bytes(self, data: bytes) -> None:
+        """Send one message. No timer per send: a node that stops reading stalls a send
+        (uvicorn waits for the transport to drain), then through the send lock the read
+        loop, whose idle deadline closes the session with 4408 within ``stale_after_s``."""
         try:
-            async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
-                await self.ws.send_bytes(data)
-        except TimeoutError:
-            raise _Close(4408, "node is not reading (send timed out)") from None
+            async with self._send_lock:
+                self._sending = True
+                try:
+                    await self.ws.send_bytes(data)
+                finally:
+                    self._sending = False
         except (RuntimeError, OSError) as exc:
             raise _Close(1006, f"send failed: {exc}") from None
 
@@ -412,6 +419,9 @@ class EdgeConnection:
                         del frames, each
                     del frame  # an idle session does not keep its last frame while it waits
         except TimeoutError:
+            if self._sending:
+                raise _Close(4408, f"node is not reading (a send waited over {idle_s:g} s)"
+                             ) from None
             raise _Close(4408, f"no frame within {idle_s:g} s") from None
         finally:
             self._idle_deadline = None

@@ -4,11 +4,13 @@ disable, the evt and cmd streams, goodbye — a raw msgpack client against a rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
+from tether.protocol.codec import encode_msgpack
 from tether.protocol.frames import Frame
 
 from .conftest import Edge, EdgeClient, Identity, eventually
@@ -98,6 +100,33 @@ async def test_a_session_silent_past_stale_after_is_closed_with_4408_but_a_chatt
     # ... while the one that kept talking for longer than that is still served
     await chatty.send(Frame(t="edge.heartbeat", id="hb-last", b={"uptime_s": 2}))
     assert (await chatty.recv_type("edge.heartbeat_ack")).re == "hb-last"
+
+
+async def test_a_node_that_stops_reading_is_closed_with_4408_not_reading(
+        edge: Edge, enroll: Enroll, api: httpx.AsyncClient) -> None:
+    """No timer guards each send: a node that never reads stalls the controller's sends
+    (here, commands far larger than the socket buffers), then its read loop, and the idle
+    deadline ends the session (stale_after_s is 3 s in FAST)."""
+    ident = await enroll()
+    client = await edge.session(ident)
+    assert client.welcome is not None
+    sid = client.welcome.b["session_id"]
+    # the client stops reading: websockets buffers 16 messages, then TCP fills up
+    blob = "x" * (256 * 1024)
+    for _ in range(80):  # 20 MiB of cmd.deliver: more than both sockets' buffers hold
+        await submit(api, ident.node_id, args={"argv": ["echo", blob]})
+
+    async def closed() -> dict[str, Any] | None:
+        with contextlib.suppress(TimeoutError):  # heartbeats, as a live node would send
+            async with asyncio.timeout(0.5):
+                await client.ws.send(encode_msgpack(Frame(t="edge.heartbeat", id="hb",
+                                                          b={"uptime_s": 1})))
+        s = {x["session_id"]: x for x in await sessions(api, ident.node_id)}[sid]
+        return s if s["closed_at"] is not None else None
+
+    record = await eventually(closed, timeout_s=30, what="the stalled session closed")
+    assert record["close_code"] == 4408
+    assert "not reading" in record["reason"], record
 
 
 async def test_an_unknown_frame_type_gets_an_unknown_type_error_and_the_session_stays_open(
