@@ -3,10 +3,11 @@
 Every figure is measured in the same run on this machine; a peer that cannot run says so in
 its row (``value: null`` with a ``note``), never an invented figure. Benchmarks:
 
-* ``acked_throughput``: ``node.event`` frames per second from "appended to the node outbox"
-  to "acked by the controller" (persisted on both sides, group commit on both), for both
-  durability modes; beside a raw ``websockets`` echo (same frames, same window, one ack per
-  message, no persistence) and Mosquitto QoS 1 with paho-mqtt, and the ratios to them;
+* ``acked_throughput``: one node's ``node.event`` frames per second from "appended to the
+  node outbox" to "acked by the controller" (persisted on both sides, group commit on both),
+  for both durability modes; beside a raw ``websockets`` echo (same frames, one ack per
+  message, no persistence) and Mosquitto QoS 1 with paho-mqtt, each run with Tether's
+  window and with 64 in flight and credited with its better figure; and the ratios;
 * ``command_rtt``: operator ``POST diag.ping`` -> ``succeeded`` pushed on /ws (the status
   persisted by the controller), p50/p99 at fixed open-loop rates (100 and 1,000/s);
 * ``sessions``, ``reconnect_storm``, ``ws_fanout``: see :mod:`tether.tools.bench_fleet`;
