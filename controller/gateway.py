@@ -579,9 +579,13 @@ class EdgeConnection:
             while (self.pending_evt or self.pending_logs) and not self.fenced:
                 await self._apply_pending()
         finally:  # fenced or failed: never leave the reader parked on backpressure
-            if self._room is not None and not self._room.done():
-                self._room.set_result(None)
+            self._release_reader()
             self._apply_task = None  # a finished Task keeps its coroutine: let both go
+
+    def _release_reader(self) -> None:
+        """Wake the read loop if it is parked on backpressure (a full pending queue)."""
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     async def _apply_pending(self) -> None:
         """Store pending log chunks, then apply pending evt frames and ack them (logs
@@ -597,8 +601,7 @@ class EdgeConnection:
         if not self.pending_evt:
             return
         batch, self.pending_evt = self.pending_evt, []
-        if self._room is not None and not self._room.done():
-            self._room.set_result(None)
+        self._release_reader()
         try:
             effects = await self.ctl.store.apply_evt(node_id=self.node_id,
                                                      session_id=self.session_id or "",

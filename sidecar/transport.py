@@ -213,16 +213,9 @@ class ControllerLink:
     async def send(self, frame: Frame) -> bool:
         """Send one frame on the live session; False when there is none (the caller keeps
         class A frames in its outbox and they are replayed after the next welcome)."""
-        ws = self._ws
-        if ws is None or not self.connected.is_set():
+        if self._ws is None or not self.connected.is_set():
             return False
-        data = encode_msgpack(frame, max_frame_bytes=self.max_frame_bytes)
-        try:
-            async with self._send_lock, asyncio.timeout(self.handshake_timeout_s):
-                await ws.send(data)
-        except (websockets.ConnectionClosed, TimeoutError, OSError):
-            return False
-        return True
+        return await self.send_raw([encode_msgpack(frame, max_frame_bytes=self.max_frame_bytes)])
 
     async def send_raw(self, payloads: Sequence[bytes]) -> bool:
         """Send already-encoded frames in order on the live session; False when there is none

@@ -47,7 +47,7 @@ from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
 from .bench_fleet import FleetPlan, run_fleet
-from .bench_util import ControllerProcess, percentile, row, spawn_peer
+from .bench_util import ControllerProcess, peer_port, percentile, row, spawn_peer
 
 
 @dataclass(frozen=True)
@@ -219,10 +219,7 @@ async def _ws_raw(root: Path, frames: int, *, window: int) -> float:
     port_file = root / "ws-echo.port"
     proc = spawn_peer("ws-echo", port_file)
     try:
-        async with asyncio.timeout(30):
-            while not port_file.exists():
-                await asyncio.sleep(0.02)
-        port = int(port_file.read_text())
+        port = await peer_port(port_file)
         body = {"kind": "bench", "data": {"v": "x" * 48}}
         async with connect(f"ws://127.0.0.1:{port}", compression=None,
                            max_size=1 << 20) as ws:

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
-from .bench_util import ControllerProcess, percentile, row, spawn_peer
+from .bench_util import ControllerProcess, peer_port, percentile, row, spawn_peer
 from .fleet import Fleet
 
 
@@ -113,10 +113,7 @@ async def _idle_floor(root: Path, peer: str, count: int) -> float:
     proc = spawn_peer(peer, port_file)
     conns: list[ClientConnection] = []
     try:
-        async with asyncio.timeout(30):
-            while not port_file.exists():
-                await asyncio.sleep(0.02)
-        url = f"ws://127.0.0.1:{int(port_file.read_text())}/"
+        url = f"ws://127.0.0.1:{await peer_port(port_file)}/"
         server = psutil.Process(proc.pid)
 
         async def dial() -> None:

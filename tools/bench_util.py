@@ -34,6 +34,15 @@ def spawn_peer(peer: str, port_file: Path) -> subprocess.Popen[bytes]:
                              "--port-file", str(port_file)])
 
 
+async def peer_port(port_file: Path, *, timeout_s: float = 30) -> int:
+    """The port a :func:`spawn_peer` server wrote, once it has written it (a local stat
+    while the benchmark waits for its child: nothing else runs on this loop meanwhile)."""
+    async with asyncio.timeout(timeout_s):
+        while not port_file.exists():  # noqa: ASYNC240
+            await asyncio.sleep(0.02)
+    return int(port_file.read_text())  # noqa: ASYNC240
+
+
 class ControllerProcess:
     """``tether controller serve`` on a free loopback port with its own data dir; stopped
     with SIGTERM (then SIGKILL after 15 s) on exit."""
