@@ -590,19 +590,21 @@ class EdgeConnection:
     async def _apply_pending(self) -> None:
         """Store pending log chunks, then apply pending evt frames and ack them (logs
         first, so every chunk sent before a status is stored and pushed before it)."""
-        if self.pending_logs:
-            chunks, self.pending_logs = self.pending_logs, []
-            rows = await self.ctl.store.append_logs(
-                self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
-                               for c in chunks])
-            for row in rows:
-                if row["command_id"]:
-                    self.ctl.log_appended(row["command_id"], row)
-        if not self.pending_evt:
-            return
+        # Both taken at one instant: every chunk taken arrived before every frame left
+        # behind, and a chunk that arrives while these are stored arrived after this batch.
+        chunks, self.pending_logs = self.pending_logs, []
         batch, self.pending_evt = self.pending_evt, []
         self._release_reader()
         try:
+            if chunks:
+                rows = await self.ctl.store.append_logs(
+                    self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
+                                   for c in chunks])
+                for row in rows:
+                    if row["command_id"]:
+                        self.ctl.log_appended(row["command_id"], row)
+            if not batch:
+                return
             effects = await self.ctl.store.apply_evt(node_id=self.node_id,
                                                      session_id=self.session_id or "",
                                                      frames=batch)
