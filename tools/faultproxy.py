@@ -88,15 +88,16 @@ async def _main(args: argparse.Namespace) -> int:
     proxy = FaultProxy(up_host, int(up_port))
     server = await asyncio.start_server(proxy.handle, host, int(port))
     bound = server.sockets[0].getsockname()[1]
-    if args.port_file:
-        _write_atomic(Path(args.port_file), f"{bound}\n")
-    print(f"faultproxy listening on {host}:{bound} -> {args.upstream}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # The handlers go in before the port file: a test that read the file may signal at once.
     loop.add_signal_handler(signal.SIGUSR1, proxy.blackhole)
     loop.add_signal_handler(signal.SIGUSR2, proxy.heal)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.port_file:
+        _write_atomic(Path(args.port_file), f"{bound}\n")
+    print(f"faultproxy listening on {host}:{bound} -> {args.upstream}", flush=True)
     await stop.wait()
     server.close()
     await proxy.close()
