@@ -14,8 +14,8 @@ WALLED = Policy.from_dict({"exec_allow": ["uptime", "echo", "sleep"], "max_timeo
 
 def runner(args: dict[str, object], policy: Policy = WALLED,
            logs: LogBuffer | None = None) -> ExecRunner:
-    return ExecRunner("c1", args, logs=logs if logs is not None else LogBuffer(), on_output=lambda: None,
-                      kill_grace_s=1.0, policy=policy)
+    return ExecRunner("c1", args, logs=logs if logs is not None else LogBuffer(),
+                      on_output=lambda: None, kill_grace_s=1.0, policy=policy)
 
 
 async def test_sleep_without_a_timeout_is_stopped_at_max_timeout_s() -> None:
