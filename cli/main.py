@@ -391,13 +391,17 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
 
 def _node(args: argparse.Namespace, verb: str) -> int:
     if verb == "enroll":
-        from tether.node.identity import enroll
+        from tether.node.identity import check_transport, enroll
 
+        transport = {"fallback_urls": args.fallback_url, "ca_file": args.ca_file,
+                     "pins": args.pin_sha256, "proxy": args.proxy}
+        try:  # a usage error (exit 2): a pin or CA bundle over plain http means nothing
+            check_transport(args.controller, transport)
+        except TetherError as exc:
+            raise CliError(exc.message, 2) from None
         ident = enroll(controller_url=args.controller, join_token=args.token,
                        node_id=args.node_id, state_dir=args.state_dir,
-                       labels=op.parse_labels(args.label),
-                       transport={"fallback_urls": args.fallback_url, "ca_file": args.ca_file,
-                                  "pins": args.pin_sha256, "proxy": args.proxy})
+                       labels=op.parse_labels(args.label), transport=transport)
         print(f"enrolled {ident.node_id} with {ident.controller_url} "
               f"(key in {args.state_dir / 'node.key'})")
         return 0
