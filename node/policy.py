@@ -229,10 +229,10 @@ class Policy:
         :class:`Refused` with the rule. ``runtime_cwd`` (default: the process's) is the
         directory a command without ``cwd`` would start in."""
         argv = args.get("argv")
-        if not isinstance(argv, list) or not argv \
-                or not all(isinstance(a, str) for a in argv) or not argv[0]:
+        argv = list(argv) if isinstance(argv, list | tuple) else None
+        if not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
             if self.exec_allow is not None:
-                program = argv[0] if isinstance(argv, list) and argv else None
+                program = argv[0] if argv else None
                 raise Refused(f"executable {program!r} is not in exec_allow")
             raise Refused("exec needs 'argv', a non-empty list of strings")
         if not _no_nul(*argv):
@@ -253,7 +253,7 @@ class Policy:
     def _env(self, env: Any) -> dict[str, str]:
         if env is None:
             return {}
-        if not isinstance(env, dict) or not all(
+        if not isinstance(env, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise Refused("exec 'env' must be a map of strings to strings")
         for name, value in env.items():
