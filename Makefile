@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # when root and missing, otherwise the tests that need them say why they cannot run.
 SYSDEPS := tinyproxy mosquitto
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tether needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from tether.common import __version__
 from tether.common.logsetup import setup_logging
@@ -321,7 +322,6 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
     check next) when the controller cannot be asked at all, and wait at most ``--timeout``
     per request, so a blackholed route fails instead of hanging."""
     import asyncio
-    from typing import Any
 
     from tether.tools.diag.report import StepFailed
     from tether.tools.diag.route import ControllerApi, route, route_table
@@ -341,8 +341,20 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
                                    timeout_s=args.timeout))
         print(report.as_json() if args.json else report.as_table())
         return report.exit_code
-    if verb == "node":
-        return _node(argparse.Namespace(state_dir=args.state_dir, json=args.json), "status")
+    if verb == "node":  # the node's screen, and an exit code that says what is wrong
+        from tether.node.status import node_status
+        from tether.tools.diag.node import node_verdict
+
+        status = node_status(args.state_dir)
+        verdict = node_verdict(status)
+        if args.json:
+            print(json.dumps({**status, "ok": verdict.ok, "exit_code": verdict.exit_code,
+                              "problem": verdict.problem}, indent=2))
+        elif status.get("enrolled"):
+            _print_node_status(status)
+        if verdict.problem:
+            print(f"error: {verdict.problem}", file=sys.stderr)
+        return verdict.exit_code
     if verb not in ("route", "controller"):
         raise CliError(f"unknown diag probe {verb}", 2)
     if not args.timeout > 0:
@@ -391,13 +403,17 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
 
 def _node(args: argparse.Namespace, verb: str) -> int:
     if verb == "enroll":
-        from tether.node.identity import enroll
+        from tether.node.identity import check_transport, enroll
 
+        transport = {"fallback_urls": args.fallback_url, "ca_file": args.ca_file,
+                     "pins": args.pin_sha256, "proxy": args.proxy}
+        try:  # a usage error (exit 2): a pin or CA bundle over plain http means nothing
+            check_transport(args.controller, transport)
+        except TetherError as exc:
+            raise CliError(exc.message, 2) from None
         ident = enroll(controller_url=args.controller, join_token=args.token,
                        node_id=args.node_id, state_dir=args.state_dir,
-                       labels=op.parse_labels(args.label),
-                       transport={"fallback_urls": args.fallback_url, "ca_file": args.ca_file,
-                                  "pins": args.pin_sha256, "proxy": args.proxy})
+                       labels=op.parse_labels(args.label), transport=transport)
         print(f"enrolled {ident.node_id} with {ident.controller_url} "
               f"(key in {args.state_dir / 'node.key'})")
         return 0
@@ -430,6 +446,12 @@ def _node(args: argparse.Namespace, verb: str) -> int:
     if not status.get("enrolled"):
         print(f"no node enrolled in {args.state_dir}")
         return 1
+    _print_node_status(status)
+    return 0
+
+
+def _print_node_status(status: dict[str, Any]) -> None:
+    """The node's screen (``node status``, ``diag node``) for an enrolled node."""
     transport = status.get("transport") or {}
     runtime = status["runtime"]
     print(f"node        {status['node_id']}  ->  {status['controller']}")
@@ -460,7 +482,6 @@ def _node(args: argparse.Namespace, verb: str) -> int:
         print(f"incident    [{inc['class']}] {inc['message']}")
     for inc in (status.get("incidents") or [])[:5]:
         print(f"stored      [{inc['class']}] {inc['message']}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -174,6 +174,10 @@ class Controller:
                          "logs_dropped_total": conn.logs_dropped_total}
             resources = conn.resources
         else:
+            # Without a session nobody knows the runtime's state: the stored one is only
+            # what it was when the session ended.
+            runtime = {"state": "unknown", "version": row["runtime_version"],
+                       "last_state": row["runtime_state"]}
             closed_at = row["closed_at"]
             live = liveness(session_open=False, last_frame_age_s=None, runtime_state=None,
                             closed_age_s=None if closed_at is None else now - closed_at,

@@ -327,7 +327,7 @@ class NodeRuntime:
             runner = ExecRunner(command_id, command["args"], logs=self.logs,
                                 on_output=self._uplink_wake.set,
                                 kill_grace_s=self.config.kill_grace_s,
-                                default_timeout_s=self.policy.default_timeout_s,
+                                policy=self.policy,
                                 max_output_bytes=self.policy.max_output_bytes)
             self.runners[command_id] = runner
             try:

@@ -86,7 +86,8 @@ class Sidecar:
         self.stop = asyncio.Event()
         self.goodbye_reason: str | None = None
         self.final_close: tuple[int, str] | None = None
-        self._clients: set[asyncio.Task[Any]] = set()
+        # The stream server's task of each runtime connection -> the task serving it.
+        self._clients: dict[asyncio.Task[Any], asyncio.Future[None]] = {}
         self._on_status = on_status
         self._status_wake = asyncio.Event()
         self._forward_status = False
@@ -123,8 +124,8 @@ class Sidecar:
                     task.cancel()
         finally:
             server.close()
-            for task in list(self._clients):
-                task.cancel()
+            for inner in list(self._clients.values()):
+                inner.cancel()
             await asyncio.gather(*self._clients, return_exceptions=True)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2):
@@ -148,9 +149,25 @@ class Sidecar:
     # -- the runtime side -----------------------------------------------------------------
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
+        """The unix server's callback. Its task belongs to asyncio's stream machinery, which
+        on Python 3.11 calls ``task.exception()`` when it ends and so logs a cancelled one as
+        an ERROR traceback. So the connection is served by an inner task that this relay
+        owns: shutdown cancels that one (:attr:`_clients`), and this one returns normally.
+        An unexpected exception of the inner task is re-raised here, logged once."""
+        outer = asyncio.current_task()
+        assert outer is not None
+        inner = asyncio.ensure_future(self._serve_client(reader, writer))
+        self._clients[outer] = inner
+        try:
+            await asyncio.wait({inner})
+        finally:
+            inner.cancel()  # a no-op once it is done; if this task is cancelled, it goes too
+            del self._clients[outer]
+        if not inner.cancelled():
+            inner.result()
+
+    async def _serve_client(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
         conn: RuntimeConn | None = None
         try:
             conn = await self._attach(reader, writer)
@@ -159,7 +176,6 @@ class Sidecar:
         except (OSError, TetherError, TimeoutError) as exc:
             logger.warning("runtime connection failed", extra={"detail": str(exc)})
         finally:
-            self._clients.discard(task)
             if conn is not None and self.runtime is conn:
                 await self._runtime_gone()
             writer.close()

@@ -157,8 +157,9 @@ class ControllerStore:
                                     (node_id,)).fetchone()
             merged = {**json.loads(row["labels"]), **labels}
             if existing is not None and bytes(existing[0]) != public_key:
-                raise Conflict(f"node id {node_id!r} is enrolled with another key; pick "
-                               "another id or remove the old node", code="node_id_taken")
+                raise Conflict(f"node id {node_id!r} is enrolled with another key; enroll "
+                               "with another --node-id, or from the state dir that holds "
+                               "that node's key (node.key)", code="node_id_taken")
             conn.execute("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash=?",
                          (token_hash(join_token),))
             if existing is None:

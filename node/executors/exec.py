@@ -14,6 +14,7 @@ from typing import Any
 
 from ..backends import NativeBackend, ProcessHandle, ProcessSpec, RuntimeBackend, SpawnError
 from ..logbuf import LogBuffer
+from ..policy import Policy, Refused
 
 READ_CHUNK = 64 * 1024
 LINE_FLUSH_S = 0.05  # how long a partial line may wait for its newline
@@ -31,7 +32,7 @@ class ExecRunner:
     def __init__(self, command_id: str | None, args: Mapping[str, Any], *, logs: LogBuffer,
                  on_output: Callable[[], None], kill_grace_s: float = 5.0,
                  source: str | None = None, backend: RuntimeBackend | None = None,
-                 default_timeout_s: float | None = None,
+                 policy: Policy | None = None,
                  max_output_bytes: int | None = None) -> None:
         self.command_id = command_id
         self.args = args
@@ -39,7 +40,7 @@ class ExecRunner:
         self.logs = logs
         self.on_output = on_output
         self.kill_grace_s = kill_grace_s
-        self.default_timeout_s = default_timeout_s
+        self.policy = policy or Policy()  # the default admits anything: apps are local
         self.max_output_bytes = max_output_bytes
         self.output_bytes = 0
         self.output_dropped_bytes = 0
@@ -81,16 +82,15 @@ class ExecRunner:
             self.spawned.set()
 
     async def _run(self) -> ExecOutcome:
-        argv = self.args.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            return ExecOutcome("failed", error="exec needs 'argv', a non-empty list of strings")
-        env_extra = self.args.get("env") or {}
-        if not isinstance(env_extra, dict):
-            return ExecOutcome("failed", error="exec 'env' must be a map of strings")
-        cwd = self.args.get("cwd")
-        timeout_s = self.args.get("timeout_s", self.default_timeout_s)
-        spec = ProcessSpec(argv=tuple(argv), env={str(k): str(v) for k, v in env_extra.items()},
-                           cwd=cwd if isinstance(cwd, str) else None)
+        # Judged again here, not only when the command was applied: the run starts from
+        # the plan just judged (argv[0] resolved, env, cwd, timeout), so nothing the file
+        # system or the args did in between can change what runs.
+        try:
+            plan = self.policy.plan_exec(self.args)
+        except Refused as exc:
+            return ExecOutcome("failed", error=f"rejected by policy: {exc.message}")
+        timeout_s = plan.timeout_s
+        spec = ProcessSpec(argv=plan.argv, env=plan.env, cwd=plan.cwd)
         try:
             proc = await self.backend.spawn(spec)
         except SpawnError as exc:
@@ -106,10 +106,10 @@ class ExecRunner:
         try:
             done, _ = await asyncio.wait(
                 {waiter, stopper}, return_when=asyncio.FIRST_COMPLETED,
-                timeout=float(timeout_s) if isinstance(timeout_s, int | float) else None)
+                timeout=timeout_s)
             if waiter not in done:
                 outcome = self._stop_as if stopper in done else ExecOutcome(
-                    "failed", error=f"timeout after {timeout_s}s")
+                    "failed", error=f"timeout after {timeout_s:g}s")
                 await self._terminate(proc, waiter)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PIPE_DRAIN_S):

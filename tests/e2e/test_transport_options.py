@@ -76,9 +76,14 @@ def test_a_node_reaches_a_tls_controller_with_a_ca_file_and_a_matching_pin(
 
 def test_a_certificate_that_matches_no_pin_is_refused_and_reported(
         tls_controller: tuple[ControllerProc, Path, str], tmp_path: Path) -> None:
-    ctl, cert, _ = tls_controller
+    ctl, cert, pin = tls_controller
     node = NodeProc(tmp_path / "n-pin", "n-pin")
-    node.enroll(ctl, flags=["--ca-file", str(cert), "--pin-sha256", "ab" * 32])
+    # Enrollment itself refuses a wrong pin (tests/e2e/test_enroll_pinning.py): enroll
+    # with the right one, then the controller's certificate "changes" under the node.
+    node.enroll(ctl, flags=["--ca-file", str(cert), "--pin-sha256", pin])
+    meta = json.loads((node.state_dir / "node.json").read_text())
+    meta["transport"]["pins"] = ["ab" * 32]
+    (node.state_dir / "node.json").write_text(json.dumps(meta))
     node.start()
     try:
         status = wait_until(lambda: (s := sidecar_status(node))["transport"][  # type: ignore[index]
