@@ -17,8 +17,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.common import __version__
-from tether.protocol.errors import AuthError, Conflict, InvalidRequest, NotFound, TetherError
+from tether.protocol.errors import (
+    AuthError,
+    BadFrame,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    TetherError,
+)
 from tether.protocol.frames import COMMAND_STATES, valid_node_id
+from tether.protocol.keys import check_ed25519_public_key
 
 from ..views import command_view, iso, log_item
 
@@ -143,8 +151,11 @@ async def enroll(request: Request) -> Response:
         raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
     except (binascii.Error, ValueError):
         raise InvalidRequest("'public_key' is not valid base64url") from None
-    if len(raw) != 32:
-        raise InvalidRequest("'public_key' must be 32 raw Ed25519 bytes")
+    try:  # small-order and non-canonical keys would let anyone sign (issue 11 item 1)
+        raw = check_ed25519_public_key(raw)
+    except BadFrame as exc:
+        raise InvalidRequest(f"'public_key' is refused: {exc.message}; generate a fresh key "
+                             "with 'tether node enroll'") from None
     labels = _str_map(body.get("labels"), "labels")
     ctl = _ctl(request)
     await ctl.store.enroll(join_token=token, node_id=str(node_id), public_key=raw,
