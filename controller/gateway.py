@@ -368,6 +368,8 @@ class EdgeConnection:
         if not enabled:
             raise _Close(4403, "node is disabled")
         self.node_id = hello.node_id
+        if hello.max_frame is not None:  # the session's one cap, both ways (§4 Frame cap)
+            self.max_frame = min(self.max_frame, hello.max_frame)
         self.runtime = {"state": str(hello.runtime.get("state") or "attached"),
                         "version": hello.runtime.get("version")}
         self.sidecar = dict(hello.sidecar)
@@ -380,7 +382,7 @@ class EdgeConnection:
             node_id=self.node_id, remote=self.remote, previous_session=hello.session_id,
             evt_epoch=hello.epoch, cmd_acked=int(hello.acks.get("cmd", 0)),
             runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
-            labels=dict(hello.labels))
+            labels=dict(hello.labels), max_frame=self.max_frame)
         if self.fenced:  # superseded while opening
             raise _Close(4409, "superseded by a newer session")
         self.session_id = opened.session_id
