@@ -62,6 +62,12 @@ logger = logging.getLogger(__name__)
 MAX_LOG_QUEUE = 1024  # class C chunks per session awaiting storage; overflow drops the newest
 # (the node numbers chunks per source, so a drop shows as a seq gap and in the counters)
 SEND_TIMEOUT_S = 10.0
+# One close reason for an unknown node id and for a signature that does not verify (4401).
+HELLO_REFUSED = ("hello refused: node id not enrolled with the key that signed it; check the "
+                 "node id or enroll again")
+# A valid public key (RFC 8032 §7.1 test 1) to verify against when the id is unknown, so
+# that both refusals take about the same time; the refusal never depends on its result.
+_DUMMY_KEY = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
 MAX_PENDING_ERRORS = 64
 
 
@@ -346,17 +352,24 @@ class EdgeConnection:
         if hello.protocol != PROTOCOL_VERSION:
             raise _Close(4426, f"protocol {hello.protocol} is not supported; this controller "
                                f"speaks {PROTOCOL_VERSION}")
-        if not valid_node_id(hello.node_id):
-            raise _Close(4401, "unknown node id")
-        known = await self.ctl.store.node_key(hello.node_id)
-        if known is None:
-            raise _Close(4401, "unknown node id; enroll it first")
-        public_key, enabled = known
-        if not verify_hello(public_key, hello.sig, nonce, cid, hello.node_id):
-            raise _Close(4401, "hello signature does not verify with the enrolled key")
+        # An unknown id and a bad signature look the same on the wire (code, reason and
+        # roughly the time taken: an unknown id is verified against a dummy key), so that an
+        # unauthenticated peer cannot learn which ids are enrolled; the log says which.
+        known = (await self.ctl.store.node_key(hello.node_id)
+                 if valid_node_id(hello.node_id) else None)
+        public_key, enabled = known if known is not None else (_DUMMY_KEY, False)
+        verified = verify_hello(public_key, hello.sig, nonce, cid, hello.node_id)
+        if known is None or not verified:
+            logger.info("edge hello refused", extra={
+                "node_id": hello.node_id[:64], "remote": self.remote,
+                "detail": "unknown node id" if known is None else
+                "signature does not verify with the enrolled key (or the key is weak)"})
+            raise _Close(4401, HELLO_REFUSED)
         if not enabled:
             raise _Close(4403, "node is disabled")
         self.node_id = hello.node_id
+        if hello.max_frame is not None:  # the session's one cap, both ways (§4 Frame cap)
+            self.max_frame = min(self.max_frame, hello.max_frame)
         self.runtime = {"state": str(hello.runtime.get("state") or "attached"),
                         "version": hello.runtime.get("version")}
         self.sidecar = dict(hello.sidecar)
@@ -369,7 +382,7 @@ class EdgeConnection:
             node_id=self.node_id, remote=self.remote, previous_session=hello.session_id,
             evt_epoch=hello.epoch, cmd_acked=int(hello.acks.get("cmd", 0)),
             runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
-            labels=dict(hello.labels))
+            labels=dict(hello.labels), max_frame=self.max_frame)
         if self.fenced:  # superseded while opening
             raise _Close(4409, "superseded by a newer session")
         self.session_id = opened.session_id

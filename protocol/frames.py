@@ -224,12 +224,19 @@ class Hello(Body):
     sidecar: Mapping[str, Any] = field(default_factory=dict)
     capabilities: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Addition (docs/protocol.md §4 "Frame cap"): the largest frame the node accepts; the
+    # controller's welcome announces min(its own, this) and holds both directions to it.
+    max_frame: int | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "protocol": self.protocol, "sig": self.sig,
-                "epoch": self.epoch, "acks": dict(self.acks), "session_id": self.session_id,
-                "runtime": dict(self.runtime), "sidecar": dict(self.sidecar),
-                "capabilities": list(self.capabilities), "labels": dict(self.labels)}
+        body: dict[str, Any] = {
+            "node_id": self.node_id, "protocol": self.protocol, "sig": self.sig,
+            "epoch": self.epoch, "acks": dict(self.acks), "session_id": self.session_id,
+            "runtime": dict(self.runtime), "sidecar": dict(self.sidecar),
+            "capabilities": list(self.capabilities), "labels": dict(self.labels)}
+        if self.max_frame is not None:
+            body["max_frame"] = self.max_frame
+        return body
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Hello:
@@ -248,7 +255,20 @@ class Hello(Body):
                    acks=_int_map(b.get("acks"), "acks"),
                    session_id=_get(b, "session_id", str, required=False),
                    runtime=runtime, sidecar=sidecar, capabilities=tuple(caps),
-                   labels=_str_map(b.get("labels"), "labels"))
+                   labels=_str_map(b.get("labels"), "labels"),
+                   max_frame=_hello_max_frame(b.get("max_frame")))
+
+
+MIN_FRAME_CAP = 1024  # the smallest max_frame a hello or welcome may announce
+
+
+def _hello_max_frame(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not MIN_FRAME_CAP <= value < 1 << 63:
+        raise BadFrame(f"hello max_frame must be an integer of at least {MIN_FRAME_CAP} bytes")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -418,7 +418,8 @@ class ControllerLink:
         hello = Hello(node_id=self.node_id, sig=sig, epoch=hs.epoch,
                       acks={"cmd": hs.cmd_applied}, session_id=hs.session_id,
                       runtime=hs.runtime, sidecar={"version": __version__, "pid": os.getpid()},
-                      capabilities=hs.capabilities, labels=hs.labels)
+                      capabilities=hs.capabilities, labels=hs.labels,
+                      max_frame=self.max_frame_bytes)
         await ws.send(encode_msgpack(hello.frame(), max_frame_bytes=self.max_frame_bytes))
         frame = await self._recv(ws, self.handshake_timeout_s)
         try:

@@ -17,8 +17,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.common import __version__
-from tether.protocol.errors import AuthError, Conflict, InvalidRequest, NotFound, TetherError
+from tether.protocol.deliver import command_args, command_kind
+from tether.protocol.errors import (
+    AuthError,
+    BadFrame,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    TetherError,
+)
 from tether.protocol.frames import COMMAND_STATES, valid_node_id
+from tether.protocol.keys import check_ed25519_public_key
 
 from ..views import command_view, iso, log_item
 
@@ -143,8 +152,11 @@ async def enroll(request: Request) -> Response:
         raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
     except (binascii.Error, ValueError):
         raise InvalidRequest("'public_key' is not valid base64url") from None
-    if len(raw) != 32:
-        raise InvalidRequest("'public_key' must be 32 raw Ed25519 bytes")
+    try:  # small-order and non-canonical keys would let anyone sign (issue 11 item 1)
+        raw = check_ed25519_public_key(raw)
+    except BadFrame as exc:
+        raise InvalidRequest(f"'public_key' is refused: {exc.message}; generate a fresh key "
+                             "with 'tether node enroll'") from None
     labels = _str_map(body.get("labels"), "labels")
     ctl = _ctl(request)
     await ctl.store.enroll(join_token=token, node_id=str(node_id), public_key=raw,
@@ -238,16 +250,14 @@ async def node_monitor(request: Request) -> Response:
 
 
 async def submit_command(request: Request) -> Response:
+    """POST /api/v1/nodes/{id}/commands. The body is checked whole before anything is
+    stored (400 ``invalid_request``), and a command whose ``cmd.deliver`` frame would be
+    over the node's frame cap is refused (413 ``frame_too_large``): the session's cap when
+    the node is connected, else the controller's (docs/protocol.md §6)."""
     role = await _operator(request)
     node_id = request.path_params["node_id"]
     body = await _json_body(request)
-    kind = body.get("kind")
-    if not isinstance(kind, str) or not 0 < len(kind) <= KIND_RE_MAX:
-        raise InvalidRequest(f"'kind' must be a string of 1 to {KIND_RE_MAX} characters")
-    args = body.get("args", {})
-    if not isinstance(args, dict):
-        raise InvalidRequest("'args' must be a JSON object")
-    _check_args(kind, args)
+    kind, args = _check_args(body.get("kind"), body.get("args", {}))
     ttl = body.get("ttl_s")
     ttl_s = None if ttl is None else _number(ttl, "ttl_s", lo=0.001, hi=MAX_TTL_S)
     idem = request.headers.get("idempotency-key")
@@ -264,8 +274,10 @@ async def submit_command(request: Request) -> Response:
             await _node_row(request)  # an unknown node is still a 404
             raise Conflict(f"node {node_id!r} is {liveness}; not queued because offline "
                            "is 'fail'", code="node_offline")
+    session = ctl.registry.get(node_id)
     command, created = await ctl.store.submit_command(
-        node_id=node_id, kind=kind, args=args, ttl_s=ttl_s, idem_key=idem, actor=role)
+        node_id=node_id, kind=kind, args=args, ttl_s=ttl_s, idem_key=idem, actor=role,
+        max_frame=session.max_frame if session is not None else ctl.config.max_frame_bytes)
     live = ctl.registry.get(node_id)
     if live is not None:
         live.wake_downlink()
@@ -273,21 +285,15 @@ async def submit_command(request: Request) -> Response:
     return JSONResponse(view, status_code=202 if created else 200)
 
 
-def _check_args(kind: str, args: dict[str, Any]) -> None:
-    """Shape checks for the kinds this controller knows; others are the node's to judge."""
-    if kind == "exec":
-        argv = args.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidRequest("exec needs 'argv', a non-empty list of strings")
-        if "env" in args and not isinstance(args["env"], dict):
-            raise InvalidRequest("exec 'env' must be an object of strings")
-        if "cwd" in args and not isinstance(args["cwd"], str):
-            raise InvalidRequest("exec 'cwd' must be a string")
-        if "timeout_s" in args:
-            _number(args["timeout_s"], "timeout_s", lo=0.001, hi=MAX_TTL_S)
-    elif kind in ("cancel", "pause", "resume"):
-        if not isinstance(args.get("command_id"), str):
-            raise InvalidRequest(f"{kind} needs 'command_id'")
+def _check_args(kind: object, args: object) -> tuple[str, dict[str, Any]]:
+    """The command's kind and a checked copy of its args (``protocol/deliver.py``: plain
+    values, the shapes of the kinds this controller knows; others are the node's to
+    judge). Raises InvalidRequest naming the field."""
+    try:
+        checked_kind = command_kind(kind)
+        return checked_kind, command_args(checked_kind, args)
+    except BadFrame as exc:
+        raise InvalidRequest(exc.message) from None
 
 
 async def list_commands(request: Request) -> Response:

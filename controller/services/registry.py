@@ -12,6 +12,7 @@ from typing import Protocol
 class LiveSession(Protocol):
     node_id: str
     session_id: str | None
+    max_frame: int  # the session's frame cap, both ways (docs/protocol.md §4)
 
     def wake_downlink(self) -> None: ...
 

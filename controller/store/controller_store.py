@@ -24,12 +24,18 @@ import msgpack
 
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
-from tether.protocol.errors import AuthError, Conflict, NotFound, TetherError
+from tether.protocol.codec import MAX_FRAME_BYTES
+from tether.protocol.deliver import (
+    command_args,
+    command_kind,
+    encode_deliver,
+    refused_placeholder,
+)
+from tether.protocol.errors import AuthError, BadFrame, Conflict, NotFound, TetherError
 from tether.protocol.frames import (
     CONTROL_KINDS,
     TERMINAL_STATES,
     Body,
-    CmdDeliver,
     CmdStatus,
     Frame,
     NodeEvent,
@@ -73,6 +79,14 @@ class StatusEffect:
     command_id: str
     state: str
     applied: bool
+
+
+def _stored_json(text: str) -> Any:
+    """A JSON column as written by any version (NaN included); BadFrame if unreadable."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        raise BadFrame("stored args are not valid JSON") from None
 
 
 def _timeline(conn: sqlite3.Connection, command_id: str, state: str, at: float,
@@ -200,7 +214,8 @@ class ControllerStore:
     async def open_session(self, *, node_id: str, remote: str, previous_session: str | None,
                            evt_epoch: int, cmd_acked: int, runtime: dict[str, Any],
                            sidecar: dict[str, Any], capabilities: Sequence[str],
-                           labels: dict[str, str]) -> SessionOpened:
+                           labels: dict[str, str],
+                           max_frame: int = MAX_FRAME_BYTES) -> SessionOpened:
         """Record a new session as the node's owner (fencing the previous one), reconcile
         stream epochs and cursors, apply the node's downlink ack, sequence queued commands."""
         session_id = "s_" + uuid.uuid4().hex
@@ -256,7 +271,7 @@ class ControllerStore:
                 (session_id, now, str(runtime.get("state") or "attached"),
                  runtime.get("version"), json.dumps(sidecar), json.dumps(list(capabilities)),
                  json.dumps(labels), node_id))
-            self._dispatch(conn, node_id, cmd_epoch, now)
+            self._dispatch(conn, node_id, cmd_epoch, now, max_frame)
             return SessionOpened(session_id=session_id, resumed=resumed, cmd_epoch=cmd_epoch,
                                  evt_applied=evt_applied, evt_epoch_reset=evt_reset,
                                  cmd_epoch_rotated=rotate, superseded_session=superseded)
@@ -344,9 +359,16 @@ class ControllerStore:
     # -- downlink (cmd stream) -------------------------------------------------------------
 
     def _dispatch(self, conn: sqlite3.Connection, node_id: str, epoch: int,
-                  now: float) -> int:
+                  now: float, max_frame: int = MAX_FRAME_BYTES) -> int:
         """Sequence the node's queued commands onto the cmd stream, oldest first; commands
-        whose deadline passed become ``expired`` without ever reaching the node."""
+        whose deadline passed become ``expired`` without ever reaching the node.
+
+        ``max_frame`` is the node's frame cap (the session's, else the controller's). A
+        command whose frame cannot be built within it (args stored by an older version that
+        are not plain, or too large) becomes ``rejected`` with the reason and takes no
+        sequence number, so the commands behind it go on; a stored frame over it (sequenced
+        by an older version) is replaced by :func:`refused_placeholder` at the same number."""
+        self._refuse_oversized_frames(conn, node_id, max_frame, now)
         rows = conn.execute("SELECT command_id, kind, args, created_at, deadline FROM commands "
                             "WHERE node_id=? AND state='queued' AND q IS NULL "
                             "ORDER BY created_at, rowid", (node_id,)).fetchall()
@@ -356,29 +378,55 @@ class ControllerStore:
                             (node_id,)).fetchone()[0]
         count = 0
         for row in rows:
+            command_id = row["command_id"]
             if row["deadline"] is not None and row["deadline"] <= now:
                 conn.execute("UPDATE commands SET state='expired', updated_at=?, error=? "
                              "WHERE command_id=?", (now, "deadline passed before delivery",
-                                                    row["command_id"]))
-                _timeline(conn, row["command_id"], "expired", now, "deadline passed")
+                                                    command_id))
+                _timeline(conn, command_id, "expired", now, "deadline passed")
+                continue
+            try:
+                kind = command_kind(row["kind"])
+                data = encode_deliver(
+                    command_id=command_id, kind=kind,
+                    args=command_args(kind, _stored_json(row["args"])),
+                    created_ms=int(row["created_at"] * 1000),
+                    deadline_ms=None if row["deadline"] is None else int(row["deadline"] * 1000),
+                    q=last + 1, max_frame=max_frame)
+            except TetherError as exc:  # BadFrame or CommandTooLarge
+                error = f"not delivered: {exc.message}"
+                conn.execute("UPDATE commands SET state='rejected', updated_at=?, error=? "
+                             "WHERE command_id=?", (now, error, command_id))
+                _timeline(conn, command_id, "rejected", now, error)
                 continue
             last += 1
-            body = CmdDeliver(command_id=row["command_id"], kind=row["kind"],
-                              args=json.loads(row["args"]),
-                              created_ms=int(row["created_at"] * 1000),
-                              deadline_ms=None if row["deadline"] is None
-                              else int(row["deadline"] * 1000))
-            frame = body.frame(s=CMD_STREAM, q=last, id=row["command_id"])
             conn.execute("INSERT INTO downlink_outbox VALUES (?,?,?,?,?)",
-                         (node_id, epoch, last,
-                          msgpack.packb(frame.to_wire(), use_bin_type=True),
-                          row["command_id"]))
+                         (node_id, epoch, last, data, command_id))
             conn.execute("UPDATE commands SET epoch=?, q=? WHERE command_id=?",
-                         (epoch, last, row["command_id"]))
+                         (epoch, last, command_id))
             count += 1
         conn.execute("UPDATE stream_cursors SET last=? WHERE node_id=? AND stream='cmd'",
                      (last, node_id))
         return count
+
+    def _refuse_oversized_frames(self, conn: sqlite3.Connection, node_id: str,
+                                 max_frame: int, now: float) -> None:
+        """Stored downlink frames over the node's cap could never be sent (the node closes
+        with 1009 and the stream wedges): their commands become ``rejected`` and each frame
+        gives way to a placeholder at the same sequence number."""
+        for row in conn.execute("SELECT epoch, q, command_id, length(frame) AS size FROM "
+                                "downlink_outbox WHERE node_id=? AND length(frame) > ?",
+                                (node_id, max_frame)).fetchall():
+            command_id = row["command_id"] or ""
+            conn.execute("UPDATE downlink_outbox SET frame=? WHERE node_id=? AND epoch=? "
+                         "AND q=?", (refused_placeholder(command_id=command_id, q=row["q"]),
+                                     node_id, row["epoch"], row["q"]))
+            error = (f"not delivered: its cmd.deliver frame is {row['size']} bytes, over "
+                     f"the node's {max_frame}-byte frame limit")
+            if conn.execute("UPDATE commands SET state='rejected', updated_at=?, error=? "
+                            "WHERE command_id=? AND state IN ('queued', 'delivered')",
+                            (now, error, command_id)).rowcount:
+                _timeline(conn, command_id, "rejected", now, error)
 
     def _ack_cmd(self, conn: sqlite3.Connection, node_id: str, epoch: int, n: int,
                  now: float) -> list[str]:
@@ -418,11 +466,14 @@ class ControllerStore:
 
     async def submit_command(self, *, node_id: str, kind: str, args: dict[str, Any],
                              ttl_s: float | None, idem_key: str | None,
-                             actor: str) -> tuple[dict[str, Any], bool]:
+                             actor: str, max_frame: int = MAX_FRAME_BYTES
+                             ) -> tuple[dict[str, Any], bool]:
         """Create a queued command (and sequence it when the node has a session).
 
         Returns (command, created); with a known ``idem_key`` the existing command is
-        returned and nothing is created."""
+        returned and nothing is created. ``args`` were checked by ``command_args``.
+        Raises CommandTooLarge (413), storing nothing, when the command's ``cmd.deliver``
+        frame would be over ``max_frame``, the node's frame cap."""
         command_id = "c_" + uuid.uuid4().hex
 
         def fn(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
@@ -436,18 +487,23 @@ class ControllerStore:
             if node is None:
                 raise NotFound(f"node {node_id!r} is not enrolled; see 'tether nodes list'")
             now = _now()
+            deadline = None if ttl_s is None else now + ttl_s
+            encode_deliver(command_id=command_id, kind=kind, args=args,
+                           created_ms=int(now * 1000),
+                           deadline_ms=None if deadline is None else int(deadline * 1000),
+                           max_frame=max_frame)  # the frame _dispatch will build, at worst
             conn.execute("INSERT INTO commands (command_id, node_id, kind, args, state, "
                          "created_at, deadline, idem_key, updated_at) "
                          "VALUES (?,?,?,?, 'queued', ?,?,?,?)",
-                         (command_id, node_id, kind, json.dumps(args), now,
-                          None if ttl_s is None else now + ttl_s, idem_key, now))
+                         (command_id, node_id, kind, json.dumps(args, allow_nan=False), now,
+                          deadline, idem_key, now))
             _timeline(conn, command_id, "queued", now)
             self._audit(conn, actor, "command.submit", command_id, {"node_id": node_id,
                                                                      "kind": kind})
             if node["current_session"]:
                 epoch = conn.execute("SELECT epoch FROM stream_cursors WHERE node_id=? AND "
                                      "stream='cmd'", (node_id,)).fetchone()[0]
-                self._dispatch(conn, node_id, epoch, now)
+                self._dispatch(conn, node_id, epoch, now, max_frame)
             return self._command(conn, command_id), True
         return await self.db.write(fn)
 
