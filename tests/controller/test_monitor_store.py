@@ -29,3 +29,38 @@ def test_the_node_buffer_drops_the_oldest_and_the_next_packet_says_how_many() ->
     assert [p.seq for p in packets] == [4, 5]
     assert packets[0].dropped == 3 and packets[1].dropped == 0
     assert buf.dropped_total == 3 and len(buf) == 0
+
+
+def test_a_node_keeps_its_monitor_packets_within_its_byte_budget_dropping_the_oldest() -> None:
+    """Issue 11 item 3: 900 KB packets are bounded in bytes, not only in packets per topic."""
+    store = MonitorStore(per_topic=100, max_topics=64, max_bytes_per_node=4 << 20,
+                         max_bytes_total=1 << 30)
+    blob = "x" * 900_000
+    for i in range(300):
+        store.add("n1", {"topic": f"t{i % 10}", "seq": i, "data": {"blob": blob}})
+    assert store.node_bytes("n1") <= 4 << 20
+    kept = sorted(p["seq"] for ring in store.get("n1").values() for p in ring)
+    assert kept == list(range(300 - len(kept), 300))  # the newest survive
+    assert store.dropped_packets_total == 300 - len(kept)
+    assert store.dropped_bytes_total >= (300 - len(kept)) * 900_000
+
+
+def test_all_nodes_together_stay_within_the_global_budget_the_least_recent_node_first() -> None:
+    store = MonitorStore(max_bytes_per_node=1 << 20, max_bytes_total=3 << 20)
+    blob = "y" * 500_000
+    for node in range(10):
+        for i in range(2):
+            store.add(f"n{node}", {"topic": "t", "seq": i, "data": {"blob": blob}})
+    assert store.bytes_total <= 3 << 20
+    assert store.get("n0") == {}  # updated least recently: forgotten first
+    assert len(store.get("n9")["t"]) == 2  # the freshest node keeps its packets
+    assert store.dropped_packets_total == 20 - sum(
+        len(r) for n in range(10) for r in store.get(f"n{n}").values())
+
+
+def test_a_packet_larger_than_the_node_budget_on_its_own_is_dropped_and_counted() -> None:
+    store = MonitorStore(max_bytes_per_node=1000)
+    store.add("n1", {"topic": "t", "seq": 1, "data": {}})
+    assert store.add("n1", {"topic": "t", "seq": 2, "data": {"blob": "z" * 5000}}) is False
+    assert [p["seq"] for p in store.get("n1")["t"]] == [1]
+    assert store.dropped_packets_total == 1 and store.dropped_bytes_total > 5000
