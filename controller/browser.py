@@ -119,8 +119,10 @@ async def browser_endpoint(ws: WebSocket) -> None:
     finally:
         controller.hub.unsubscribe(sub)
     if ws.application_state != WebSocketState.DISCONNECTED:
+        # Bounded: a client that does not read would hold the close (and this task) forever.
         with contextlib.suppress(Exception):
-            await ws.close(code, reason)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await ws.close(code, reason)
 
 
 async def _send(ws: WebSocket, frame: Frame) -> None:
