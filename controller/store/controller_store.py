@@ -38,6 +38,7 @@ from tether.protocol.frames import (
 from tether.protocol.streams import MAX_EPOCH
 
 from .quotas import (
+    LOW_WATER,
     Refusal,
     StoreQuotas,
     encode_event_data,
@@ -695,25 +696,33 @@ class ControllerStore:
             refusal = None
         conn.execute("INSERT INTO node_events (node_id, kind, data, at, size) "
                      "VALUES (?,?,?,?,?)", (node_id, kind, data_json, _now(), size))
-        self._charge(conn, node_id, "events", 1, size)
-        self._prune(conn, node_id, "events", max_items=q.node_events_per_node,
-                    max_bytes=q.node_events_bytes_per_node)
+        items, total = self._charge(conn, node_id, "events", 1, size)
+        if items > q.node_events_per_node or total > q.node_events_bytes_per_node:
+            self._prune(conn, node_id, "events", max_items=q.node_events_per_node,
+                        max_bytes=q.node_events_bytes_per_node)
         return refusal
 
     @staticmethod
     def _charge(conn: sqlite3.Connection, node_id: str, what: str, items: int,
-                nbytes: int) -> None:
-        conn.execute("INSERT INTO node_usage (node_id, what, items, bytes) VALUES (?,?,?,?) "
-                     "ON CONFLICT (node_id, what) DO UPDATE SET items = items + excluded.items, "
-                     "bytes = bytes + excluded.bytes", (node_id, what, items, nbytes))
+                nbytes: int) -> tuple[int, int]:
+        """Add to the node's running totals of budget ``what``; returns the new totals."""
+        row = conn.execute(
+            "INSERT INTO node_usage (node_id, what, items, bytes) VALUES (?,?,?,?) "
+            "ON CONFLICT (node_id, what) DO UPDATE SET items = items + excluded.items, "
+            "bytes = bytes + excluded.bytes RETURNING items, bytes",
+            (node_id, what, items, nbytes)).fetchone()
+        return int(row[0]), int(row[1])
 
     def _prune(self, conn: sqlite3.Connection, node_id: str, what: str, *, max_items: int,
                max_bytes: int) -> None:
-        """Delete the node's oldest rows of budget ``what`` until it is within both bounds
-        (Rules 2 and 3), counting them as pruned. Rows deleted from one log budget are
-        also taken off the other ('logs' holds every 'node_logs' row)."""
+        """Delete the node's oldest rows of budget ``what`` until it is within 90% of both
+        bounds (quotas.py ``LOW_WATER``: so pruning runs once per tenth of a budget, not
+        on every row), counting them as pruned. Rows deleted from one log budget are also
+        taken off the other ('logs' holds every 'node_logs' row)."""
         table, where = {"events": ("node_events", ""), "logs": ("logs", ""),
                         "node_logs": ("logs", " AND command_id IS NULL")}[what]
+        max_items = int(max_items * LOW_WATER)
+        max_bytes = int(max_bytes * LOW_WATER)
         while True:
             usage = conn.execute("SELECT items, bytes FROM node_usage WHERE node_id=? AND "
                                  "what=?", (node_id, what)).fetchone()
@@ -818,13 +827,15 @@ class ControllerStore:
                 stored.append({"id": cur.lastrowid, "command_id": command_id,
                                "source": source, "seq": seq, "data": data,
                                "dropped": dropped})
-            for what, (n, nbytes) in charged.items():
-                if n:
-                    self._charge(conn, node_id, what, n, nbytes)
-            if charged["node_logs"][0]:
+            totals = {what: self._charge(conn, node_id, what, n, nbytes)
+                      for what, (n, nbytes) in charged.items() if n}
+            level = totals.get("node_logs")
+            if level and (level[0] > q.node_log_chunks_per_node
+                          or level[1] > q.node_log_bytes_per_node):
                 self._prune(conn, node_id, "node_logs", max_items=q.node_log_chunks_per_node,
                             max_bytes=q.node_log_bytes_per_node)
-            if charged["logs"][0]:
+            every = totals.get("logs")
+            if every and every[1] > q.log_bytes_per_node:
                 self._prune(conn, node_id, "logs", max_items=1 << 62,
                             max_bytes=q.log_bytes_per_node)
             return stored

@@ -10,6 +10,8 @@ Rule 2 (class A, ``node.event``): one event whose stored size is over
 ``quota_exceeded``). Accepted events are the node's history: past
 ``node_events_bytes_per_node`` (or ``node_events_per_node`` rows) the node's oldest events
 are pruned and counted. Their effects (the node's latest ``policy`` / ``apps``) stay.
+A budget that is passed is pruned down to ``LOW_WATER`` (90%) of it, so pruning runs once
+per tenth of a budget rather than on every row.
 Rule 3 (class C, ``log.chunk``): a command keeps its first ``log_bytes_per_command`` bytes
 (later bytes are counted, not kept, as before); a node keeps its newest
 ``log_bytes_per_node`` bytes of all its logs and its newest ``node_log_bytes_per_node``
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 ROW_OVERHEAD = 64  # bytes charged per stored row besides its payload (ids, times, index)
 QUOTA_EXCEEDED = "quota_exceeded"
+LOW_WATER = 0.9  # a budget that is passed is pruned down to this share of it
 
 
 @dataclass(frozen=True, slots=True)
