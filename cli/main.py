@@ -65,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="node event bytes a node keeps; past it the oldest are pruned")
     serve.add_argument("--max-node-event-bytes", type=int, default=64 << 10,
                        help="one node event stored over this is refused (quota_exceeded)")
-    serve.add_argument("--monitor-bytes-per-node", type=int, default=4 << 20,
+    serve.add_argument("--max-monitor-bytes-per-node", type=int, default=4 << 20,
                        help="monitor packets kept in memory per node; oldest dropped")
-    serve.add_argument("--monitor-bytes-total", type=int, default=256 << 20,
+    serve.add_argument("--max-monitor-bytes-total", type=int, default=256 << 20,
                        help="monitor packets kept in memory for all nodes; oldest dropped")
     serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
                        help="edge handshakes running at once; more wait for a slot")
@@ -279,8 +279,8 @@ def dispatch(args: argparse.Namespace) -> int:
             max_node_events_per_node=args.max_node_events_per_node,
             max_node_event_bytes_per_node=args.max_node_event_bytes_per_node,
             max_node_event_bytes=args.max_node_event_bytes,
-            monitor_bytes_per_node=args.monitor_bytes_per_node,
-            monitor_bytes_total=args.monitor_bytes_total,
+            max_monitor_bytes_per_node=args.max_monitor_bytes_per_node,
+            max_monitor_bytes_total=args.max_monitor_bytes_total,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes))
     if noun == "join-token":

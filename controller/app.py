@@ -46,8 +46,8 @@ class Controller:
         self.store = ControllerStore(self.db, quotas=config.store_quotas)
         self.registry = SessionRegistry()
         self.hub = EventHub()
-        self.monitor = MonitorStore(max_bytes_per_node=config.monitor_bytes_per_node,
-                                    max_bytes_total=config.monitor_bytes_total)
+        self.monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
+                                    max_bytes_total=config.max_monitor_bytes_total)
         self.connections: set[EdgeConnection] = set()
         self.admission = Admission(slots=config.max_concurrent_handshakes,
                                    max_waiting=config.max_waiting_handshakes,

@@ -33,8 +33,8 @@ class ControllerConfig:
     max_node_events_per_node: int = 10_000  # node.event rows kept: oldest pruned, counted
     max_node_event_bytes_per_node: int = 4 << 20  # and their bytes
     max_node_event_bytes: int = 64 << 10  # one node.event over this is refused
-    monitor_bytes_per_node: int = 4 << 20  # monitor packets in memory: oldest dropped
-    monitor_bytes_total: int = 256 << 20  # and for all nodes together
+    max_monitor_bytes_per_node: int = 4 << 20  # monitor packets in memory: oldest dropped
+    max_monitor_bytes_total: int = 256 << 20  # and for all nodes together
     max_pending_evt_frames: int = 4096  # per session, then reading pauses
     cmd_window: int = 256  # unacked downlink frames in flight per session
     tls_cert: Path | None = None
