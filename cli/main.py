@@ -54,7 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--offline-after-s", type=float, default=300.0)
     serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
                        help="close with 4408 when no hello arrives within this")
-    serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)
+    serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20,
+                       help="a command keeps its first N log bytes; later ones are counted")
+    serve.add_argument("--max-log-bytes-per-node", type=int, default=64 << 20,
+                       help="all logs a node keeps; past it the oldest are pruned")
+    serve.add_argument("--max-node-log-bytes-per-node", type=int, default=8 << 20,
+                       help="app and runtime logs a node keeps; past it the oldest go")
+    serve.add_argument("--max-node-events-per-node", type=int, default=10_000,
+                       help="node events a node keeps; past it the oldest are pruned")
+    serve.add_argument("--max-node-event-bytes-per-node", type=int, default=4 << 20,
+                       help="node event bytes a node keeps; past it the oldest are pruned")
+    serve.add_argument("--max-node-event-bytes", type=int, default=64 << 10,
+                       help="one node event stored over this is refused (quota_exceeded)")
+    serve.add_argument("--max-monitor-bytes-per-node", type=int, default=4 << 20,
+                       help="monitor packets kept in memory per node; oldest dropped")
+    serve.add_argument("--max-monitor-bytes-total", type=int, default=256 << 20,
+                       help="monitor packets kept in memory for all nodes; oldest dropped")
     serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
                        help="edge handshakes running at once; more wait for a slot")
     serve.add_argument("--max-waiting-handshakes", type=int, default=8192,
@@ -260,6 +275,13 @@ def dispatch(args: argparse.Namespace) -> int:
             max_concurrent_handshakes=args.max_concurrent_handshakes,
             max_waiting_handshakes=args.max_waiting_handshakes,
             max_log_bytes_per_command=args.max_log_bytes_per_command,
+            max_log_bytes_per_node=args.max_log_bytes_per_node,
+            max_node_log_bytes_per_node=args.max_node_log_bytes_per_node,
+            max_node_events_per_node=args.max_node_events_per_node,
+            max_node_event_bytes_per_node=args.max_node_event_bytes_per_node,
+            max_node_event_bytes=args.max_node_event_bytes,
+            max_monitor_bytes_per_node=args.max_monitor_bytes_per_node,
+            max_monitor_bytes_total=args.max_monitor_bytes_total,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes))
     if noun == "join-token":

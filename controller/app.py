@@ -43,12 +43,11 @@ class Controller:
         self.config = config
         self.db = Database(config.db_path, migrations=MIGRATIONS,
                            durability=config.durability)
-        self.store = ControllerStore(
-            self.db, max_log_bytes_per_command=config.max_log_bytes_per_command,
-            max_node_events_per_node=config.max_node_events_per_node)
+        self.store = ControllerStore(self.db, quotas=config.store_quotas)
         self.registry = SessionRegistry()
         self.hub = EventHub()
-        self.monitor = MonitorStore()
+        self.monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
+                                    max_bytes_total=config.max_monitor_bytes_total)
         self.connections: set[EdgeConnection] = set()
         self.admission = Admission(slots=config.max_concurrent_handshakes,
                                    max_waiting=config.max_waiting_handshakes,
@@ -127,7 +126,7 @@ class Controller:
 
     def log_appended(self, command_id: str, row: dict[str, Any]) -> None:
         item = log_item(row)
-        self.hub.publish(f"logs:{command_id}", "log.chunk", item, size=256 + len(item["data"]))
+        self.hub.publish(f"logs:{command_id}", "log.chunk", item)  # sized by the hub
 
     def live_liveness(self, node_id: str) -> str:
         conn = self.registry.get(node_id)

@@ -5,9 +5,16 @@ Client: ``hello`` {token} -> ``welcome`` {role}; then ``subscribe`` {topics} -> 
 frames {topic, kind, data}. Rule: a topic's snapshot is sent before any of its events, and
 events that happened while it was built follow it (a client may see a change twice, never
 miss one), so a client that reconnects resyncs by subscribing again. A client whose
-bounded event queue overflows is closed with 4429 (it reconnects and resubscribes) so it
-never slows the controller. Origin: browsers (which send ``Origin``) must be same-origin
-or allow-listed.
+bounded event queue overflows, or that does not take a frame within ``SEND_TIMEOUT_S``, is
+closed with 4429 (it reconnects and resubscribes) so it never slows the controller.
+Origin: browsers (which send ``Origin``) must be same-origin or allow-listed.
+
+Bounds: a topic is at most ``MAX_TOPIC_CHARS`` characters and its id part must be a valid
+node or command id; a client holds at most ``MAX_TOPICS`` topics. A snapshot is paged: each
+``snapshot`` frame holds at most ``SNAPSHOT_PAGE_ITEMS`` items and about
+``SNAPSHOT_PAGE_BYTES`` (one item always fits), carries ``page`` (0, 1, ...) and ``more``
+(true on every page of the topic but its last); an item too large for any frame is left
+out and counted in ``omitted``. docs/protocol.md §9 says how a client merges pages.
 """
 
 from __future__ import annotations
@@ -15,16 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
+from tether.protocol.codec import JSON_SUBPROTOCOL, MAX_FRAME_BYTES, decode_json, encode_json
 from tether.protocol.errors import BadFrame, FrameTooLarge, NotFound
-from tether.protocol.frames import Frame
+from tether.protocol.frames import Frame, valid_node_id
 
-from .services.events import Subscriber
+from .services.events import Subscriber, data_size
 from .views import command_view, log_item
 
 if TYPE_CHECKING:
@@ -35,8 +44,32 @@ logger = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 300.0
 SEND_TIMEOUT_S = 10.0
-MAX_TOPICS = 256
-TOPIC_PREFIXES = ("node:", "command:", "commands:", "logs:", "monitor:")
+MAX_TOPICS = 256  # per client, and per subscribe frame
+MAX_TOPIC_CHARS = 160
+SNAPSHOT_PAGE_ITEMS = 500
+SNAPSHOT_PAGE_BYTES = 256 << 10  # items' compact JSON size per snapshot frame
+MAX_SNAPSHOT_ITEM_BYTES = MAX_FRAME_BYTES - (16 << 10)  # larger: left out, counted
+NODE_TOPICS = ("node", "commands", "monitor")  # <kind>:<node_id>
+COMMAND_TOPICS = ("command", "logs")  # <kind>:<command_id>
+COMMAND_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+TOPICS_HELP = ("topics must be a list of at most 256 of 'nodes', 'node:<id>', "
+               "'command:<id>', 'commands:<node_id>', 'logs:<id>' or 'monitor:<id>'")
+
+
+def topic_error(topic: object) -> str | None:
+    """None when ``topic`` is one this server serves; otherwise why not (pure)."""
+    if not isinstance(topic, str):
+        return f"a topic must be text, not {type(topic).__name__}"
+    if len(topic) > MAX_TOPIC_CHARS:
+        return f"a topic is at most {MAX_TOPIC_CHARS} characters, got {len(topic)}"
+    if topic == "nodes":
+        return None
+    kind, sep, key = topic.partition(":")
+    if sep and kind in NODE_TOPICS and valid_node_id(key):
+        return None
+    if sep and kind in COMMAND_TOPICS and COMMAND_ID_RE.fullmatch(key):
+        return None
+    return f"topic {topic[:80]!r} is not known"
 
 
 class _Close(Exception):
@@ -86,16 +119,19 @@ async def browser_endpoint(ws: WebSocket) -> None:
     finally:
         controller.hub.unsubscribe(sub)
     if ws.application_state != WebSocketState.DISCONNECTED:
+        # Bounded: a client that does not read would hold the close (and this task) forever.
         with contextlib.suppress(Exception):
-            await ws.close(code, reason)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await ws.close(code, reason)
 
 
 async def _send(ws: WebSocket, frame: Frame) -> None:
     try:
         async with asyncio.timeout(SEND_TIMEOUT_S):
             await ws.send_text(encode_json(frame))
-    except TimeoutError:
-        raise _Close(4408, "client is not reading") from None
+    except TimeoutError:  # a client that does not read is too slow (§9): 4429
+        raise _Close(4429, "client is not reading: too slow; reconnect and resubscribe"
+                     ) from None
 
 
 async def _receive(ws: WebSocket, timeout_s: float, max_bytes: int) -> Frame | None:
@@ -138,20 +174,16 @@ async def _read(ws: WebSocket, controller: Controller, sub: Subscriber,
             return
         if frame.t == "subscribe":
             topics = frame.b.get("topics")
-            if not isinstance(topics, list) or not all(
-                    isinstance(t, str) and (t == "nodes" or t.startswith(TOPIC_PREFIXES))
-                    for t in topics) or len(sub.topics) + len(topics) > MAX_TOPICS:
+            error = _subscribe_error(topics, sub.topics)
+            if error is not None:
                 await _send(ws, Frame(t="error", re=frame.id, b={
-                    "code": "bad_frame",
-                    "message": "topics must be a list of 'nodes', 'node:<id>', "
-                               "'command:<id>', 'commands:<node_id>', 'logs:<id>' or "
-                               "'monitor:<id>'"}))
+                    "code": error[0], "message": error[1]}))
                 continue
+            assert isinstance(topics, list)
             async with sending:  # events queue up meanwhile and follow the snapshots
                 controller.hub.subscribe(sub, topics)
                 for topic in topics:
-                    await _send(ws, Frame(t="snapshot", re=frame.id, b={
-                        "topic": topic, "data": await _snapshot(controller, topic)}))
+                    await _send_snapshot(ws, controller, topic, frame.id)
                 await _send(ws, Frame(t="subscribed", re=frame.id,
                                       b={"topics": sorted(sub.topics)}))
         elif frame.t == "ping":
@@ -173,25 +205,114 @@ async def _push(ws: WebSocket, sub: Subscriber, sending: asyncio.Lock) -> None:
                                                 "at_ms": round(event.at_ms, 3)}))
 
 
-async def _snapshot(controller: Controller, topic: str) -> Any:
-    """The current state behind ``topic``; None for something that does not exist."""
+def _subscribe_error(topics: object, held: set[str]) -> tuple[str, str] | None:
+    """(code, message) for a ``subscribe`` body to refuse, or None. The count is checked
+    before any topic is looked at, so a huge list costs nothing."""
+    if not isinstance(topics, list):
+        return "bad_frame", TOPICS_HELP
+    if len(topics) > MAX_TOPICS:
+        return "too_many_topics", f"{len(topics)} topics in one subscribe; {TOPICS_HELP}"
+    for topic in topics:
+        why = topic_error(topic)
+        if why is not None:
+            return "bad_topic", f"{why}; {TOPICS_HELP}"
+    if len(held | set(topics)) > MAX_TOPICS:
+        return "too_many_topics", f"a client holds at most {MAX_TOPICS} topics"
+    return None
+
+
+_END = object()
+
+
+async def _send_snapshot(ws: WebSocket, controller: Controller, topic: str,
+                         re_id: str | None) -> None:
+    """Send ``topic``'s snapshot as pages (module docstring); one page is read ahead so
+    each frame can say whether more follow."""
+    pages = _snapshot_pages(controller, topic)
+    try:
+        page: Any = await anext(pages)
+        number = 0
+        while True:
+            following = await anext(pages, _END)
+            data, omitted = page
+            body = {"topic": topic, "data": data, "page": number,
+                    "more": following is not _END}
+            if omitted:
+                body["omitted"] = omitted
+            await _send(ws, Frame(t="snapshot", re=re_id, b=body))
+            if following is _END:
+                return
+            page, number = following, number + 1
+    finally:
+        await pages.aclose()
+
+
+def _split(items: Iterable[Any]) -> Iterator[tuple[list[Any], int]]:
+    """Items in pages of at most SNAPSHOT_PAGE_ITEMS and about SNAPSHOT_PAGE_BYTES (one
+    item always fits), each with how many items too large for a frame were left out.
+    Yields at least one (maybe empty) page."""
+    page: list[Any] = []
+    size = omitted = 0
+    for item in items:
+        n = data_size(item)
+        if n > MAX_SNAPSHOT_ITEM_BYTES:
+            omitted += 1
+            continue
+        if page and (len(page) >= SNAPSHOT_PAGE_ITEMS or size + n > SNAPSHOT_PAGE_BYTES):
+            yield page, omitted
+            page, size, omitted = [], 0, 0
+        page.append(item)
+        size += n
+    yield page, omitted
+
+
+async def _snapshot_pages(controller: Controller, topic: str
+                          ) -> AsyncIterator[tuple[Any, int]]:
+    """The current state behind ``topic`` as (data, omitted) pages; one page with data
+    None for something that does not exist. Pages of a list topic hold a part of the list
+    in the topic's usual shape."""
     store = controller.store
     kind, _, key = topic.partition(":")
     try:
         if topic == "nodes":
-            return [controller.node_view(r) for r in await store.list_nodes()]
-        if kind == "node":
-            row = await store.get_node(key)
-            return None if row is None else controller.node_view(row)
-        if kind == "command":
-            return command_view(await store.get_command(key))
-        if kind == "commands":
+            rows = await store.list_nodes()
+            for part, omitted in _split(controller.node_view(r) for r in rows):
+                yield part, omitted
+        elif kind in ("node", "command"):
+            if kind == "node":
+                row = await store.get_node(key)
+                one = None if row is None else controller.node_view(row)
+            else:
+                one = command_view(await store.get_command(key))
+            too_large = data_size(one) > MAX_SNAPSHOT_ITEM_BYTES
+            yield (None, 1) if too_large else (one, 0)
+        elif kind == "commands":
             rows, counts = await store.list_commands(node_id=key, state=None, limit=100)
-            return {"items": [command_view(r) for r in rows], "counts": counts}
-        if kind == "logs":
-            return {"items": [log_item(r) for r in await store.command_logs(key)]}
-        if kind == "monitor":
-            return {"topics": controller.monitor.get(key)}
+            for part, omitted in _split(command_view(r) for r in rows):
+                yield {"items": part, "counts": counts}, omitted
+        elif kind == "logs":
+            after, first = 0, True
+            while True:  # read from the store a page at a time
+                chunks = await store.command_logs(key, after=after,
+                                                  limit=SNAPSHOT_PAGE_ITEMS,
+                                                  max_bytes=SNAPSHOT_PAGE_BYTES)
+                if chunks or first:
+                    for part, omitted in _split(log_item(r) for r in chunks):
+                        if part or omitted or first:
+                            yield {"items": part}, omitted
+                        first = False
+                if not chunks:
+                    return
+                after = chunks[-1]["id"]
+        elif kind == "monitor":
+            packets = [(name, p) for name, ring in controller.monitor.get(key).items()
+                       for p in ring]
+            for part, omitted in _split(packets):
+                grouped: dict[str, list[Any]] = {}
+                for name, p in part:
+                    grouped.setdefault(name, []).append(p)
+                yield {"topics": grouped}, omitted
+        else:
+            yield None, 0
     except NotFound:
-        return None
-    return None
+        yield None, 0

@@ -9,6 +9,8 @@ from pathlib import Path
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.liveness import Thresholds
 
+from .store.quotas import StoreQuotas
+
 
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
@@ -23,8 +25,16 @@ class ControllerConfig:
     listen_backlog: int = 8192  # the kernel caps it at net.core.somaxconn
     max_handshake_wait_s: float = 8.0  # waited this long: 4429 (nodes wait 10 s for welcome)
     max_frame_bytes: int = MAX_FRAME_BYTES
-    max_log_bytes_per_command: int = 1 << 20
-    max_node_events_per_node: int = 10_000
+    # Byte budgets for what peers make the controller keep (overflow policies: see
+    # store/quotas.py and services/monitor.py; the table is in docs/operations.md).
+    max_log_bytes_per_command: int = 1 << 20  # first bytes kept, the rest counted
+    max_log_bytes_per_node: int = 64 << 20  # all of a node's logs: oldest pruned, counted
+    max_node_log_bytes_per_node: int = 8 << 20  # logs not tied to a command (apps, runtime)
+    max_node_events_per_node: int = 10_000  # node.event rows kept: oldest pruned, counted
+    max_node_event_bytes_per_node: int = 4 << 20  # and their bytes
+    max_node_event_bytes: int = 64 << 10  # one node.event over this is refused
+    max_monitor_bytes_per_node: int = 4 << 20  # monitor packets in memory: oldest dropped
+    max_monitor_bytes_total: int = 256 << 20  # and for all nodes together
     max_pending_evt_frames: int = 4096  # per session, then reading pauses
     cmd_window: int = 256  # unacked downlink frames in flight per session
     tls_cert: Path | None = None
@@ -38,6 +48,15 @@ class ControllerConfig:
     allowed_origins: tuple[str, ...] = ()
     ws_max_queue: int = 1024  # events queued per /ws client before it is cut off (4429)
     ws_max_queue_bytes: int = 16 << 20  # and bytes
+
+    @property
+    def store_quotas(self) -> StoreQuotas:
+        return StoreQuotas(node_event_max_bytes=self.max_node_event_bytes,
+                           node_events_bytes_per_node=self.max_node_event_bytes_per_node,
+                           node_events_per_node=self.max_node_events_per_node,
+                           log_bytes_per_command=self.max_log_bytes_per_command,
+                           log_bytes_per_node=self.max_log_bytes_per_node,
+                           node_log_bytes_per_node=self.max_node_log_bytes_per_node)
 
     @property
     def db_path(self) -> Path:

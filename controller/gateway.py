@@ -52,6 +52,7 @@ from tether.protocol.handshake import INITIAL, Event, Role, event_for, step
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import StreamReceiver, Verdict
 
+from .services.events import data_size
 from .store.controller_store import Fenced
 
 if TYPE_CHECKING:
@@ -502,12 +503,14 @@ class EdgeConnection:
                 self.resources = dict(frame.b)
                 self.ctl.hub.publish(f"node:{self.node_id}", "resources.updated",
                                      {"node_id": self.node_id, "resources": self.resources})
-        elif t == "monitor.packet":  # class C: last N in memory, pushed to monitor:<id>
-            packet = self._parse_or_error(MonitorPacket, frame)
-            if packet is not None:
+        elif t == "monitor.packet":  # class C: kept in memory within byte budgets (oldest
+            packet = self._parse_or_error(MonitorPacket, frame)  # dropped), pushed to
+            if packet is not None:  # monitor:<id> charged at its size
                 item = {"node_id": self.node_id, **packet.to_body()}
-                self.ctl.monitor.add(self.node_id, item)
-                self.ctl.hub.publish(f"monitor:{self.node_id}", "monitor.packet", item)
+                size = data_size(item)
+                self.ctl.monitor.add(self.node_id, item, size=size)
+                self.ctl.hub.publish(f"monitor:{self.node_id}", "monitor.packet", item,
+                                     size=size)
         elif t == "error":
             logger.warning("node reported an error", extra={
                 "node_id": self.node_id, "code": frame.b.get("code"),

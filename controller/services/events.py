@@ -1,9 +1,13 @@
 """In-process event hub for live subscribers (/ws clients, `tether exec`).
 
 Each subscriber has a queue bounded in events (``max_queue``) and in bytes
-(``max_bytes``, from each event's size hint). Overflow policy: a subscriber that falls
-behind is cut off (``overflowed`` set, queue closed) rather than slowing the publisher or
-growing memory; it reconnects and resyncs from a snapshot.
+(``max_bytes``). An event's size is its data's compact JSON size (an upper bound, from
+:func:`data_size`) plus the envelope, computed once per publish that has subscribers, so
+the byte bound holds for large events (monitor packets, log chunks) too. One event is
+always accepted by an empty queue, so a client is held to ``max_bytes`` plus one event.
+Overflow policy: a subscriber that falls behind is cut off (``overflowed`` set, queue
+closed) rather than slowing the publisher or growing memory; it reconnects and resyncs
+from a snapshot.
 """
 
 from __future__ import annotations
@@ -14,13 +18,27 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.protocol.errors import BadFrame
+from tether.protocol.values import plain_size
+
+EVENT_OVERHEAD = 96  # the event frame's envelope around its data: topic, kind, at_ms
+
+
+def data_size(data: object) -> int:
+    """The compact JSON size of ``data`` (an upper bound), for byte budgets. Never raises:
+    a value that is not plain data is charged the size of its ``repr``."""
+    try:
+        return plain_size(data)
+    except (BadFrame, RecursionError):
+        return len(repr(data))
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
     topic: str
     kind: str
     data: dict[str, Any]
-    size: int = 256  # approximate bytes, for the subscribers' byte bounds
+    size: int  # bytes charged against the subscribers' byte bounds (module docstring)
     at_ms: float = field(default_factory=lambda: time.time() * 1000)  # when published
 
 
@@ -40,8 +58,8 @@ class Subscriber:
     def offer(self, event: Event) -> None:
         if self.overflowed:
             return
-        if self.queue.qsize() >= self.max_queue or \
-                self.queued_bytes + event.size > self.max_bytes:
+        if self.queue.qsize() >= self.max_queue or (
+                self.queued_bytes and self.queued_bytes + event.size > self.max_bytes):
             self.overflowed = True
             self.queue.put_nowait(None)
             return
@@ -76,11 +94,17 @@ class EventHub:
                     del self._by_topic[topic]
         sub.topics.clear()
 
-    def publish(self, topic: str, kind: str, data: dict[str, Any], *, size: int = 256) -> None:
+    def publish(self, topic: str, kind: str, data: dict[str, Any], *,
+                size: int | None = None) -> None:
+        """Offer an event to the topic's subscribers. ``size`` is what the caller already
+        knows of ``data``'s size (:func:`data_size`); without it, it is measured here, only
+        when someone is subscribed."""
         subs = self._by_topic.get(topic)
         if not subs:
             return
-        event = Event(topic, kind, data, size)
+        if size is None:
+            size = data_size(data)
+        event = Event(topic, kind, data, EVENT_OVERHEAD + len(topic) + len(kind) + size)
         self.published_total += 1
         for sub in list(subs):
             was = sub.overflowed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -41,6 +42,18 @@ from tether.protocol.frames import (
     NodeEvent,
 )
 from tether.protocol.streams import MAX_EPOCH
+
+from .quotas import (
+    LOW_WATER,
+    Refusal,
+    StoreQuotas,
+    encode_event_data,
+    log_chunk_size,
+    node_event_refusal,
+    node_event_size,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class Fenced(TetherError):
@@ -95,13 +108,27 @@ def _timeline(conn: sqlite3.Connection, command_id: str, state: str, at: float,
                  (command_id, state, at, detail))
 
 
+def _page(cur: sqlite3.Cursor, max_bytes: int | None) -> list[dict[str, Any]]:
+    """Rows of a cursor until their ``data`` reaches ``max_bytes`` (rows are read one by
+    one, so a page of large chunks never loads more than it returns)."""
+    out: list[dict[str, Any]] = []
+    total = 0
+    try:
+        for row in cur:
+            out.append(dict(row))
+            total += len(row["data"])
+            if max_bytes is not None and total >= max_bytes:
+                break
+    finally:
+        cur.close()  # an unfinished statement would hold the reader's snapshot open
+    return out
+
+
 class ControllerStore:
-    def __init__(self, db: Database, *, max_log_bytes_per_command: int = 1 << 20,
-                 max_node_events_per_node: int = 10_000) -> None:
+    def __init__(self, db: Database, *, quotas: StoreQuotas | None = None) -> None:
         self.db = db
-        self.max_log_bytes_per_command = max_log_bytes_per_command
-        self.max_node_events_per_node = max_node_events_per_node
-        self.max_node_log_chunks = 10_000
+        # byte budgets per node and their overflow policies: store/quotas.py
+        self.quotas = quotas or StoreQuotas()
 
     # -- meta and tokens ------------------------------------------------------------------
 
@@ -694,14 +721,115 @@ class ControllerStore:
         _timeline(conn, st.command_id, st.state, now, st.error)
         return StatusEffect(st.command_id, st.state, applied=True)
 
+    def node_event_refusal(self, kind: str, data: Any) -> Refusal | None:
+        """None when a node event may be stored, else why not (quotas.py Rule 2): for the
+        gateway's rejected-frame path, before it calls :meth:`apply_evt`."""
+        return node_event_refusal(kind, data, self.quotas)
+
     def _node_event(self, conn: sqlite3.Connection, node_id: str, kind: str,
-                    data: Any) -> None:
-        cur = conn.execute("INSERT INTO node_events (node_id, kind, data, at) VALUES (?,?,?,?)",
-                           (node_id, kind, json.dumps(data, default=repr), _now()))
-        if cur.lastrowid and cur.lastrowid % 1000 == 0:
-            conn.execute("DELETE FROM node_events WHERE node_id=? AND id <= (SELECT id FROM "
-                         "node_events WHERE node_id=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                         (node_id, node_id, self.max_node_events_per_node))
+                    data: Any) -> Refusal | None:
+        """Store one node event within the node's budgets (quotas.py Rule 2): an event
+        over the per-event limit is not stored (a small ``node.event.refused`` record with
+        its kind and size is, and it is counted); past the per-node budget the oldest are
+        pruned. Returns the refusal, if any."""
+        data_json = encode_event_data(data)
+        size = node_event_size(kind, data_json)
+        q = self.quotas
+        if size > q.node_event_max_bytes:
+            conn.execute(
+                "INSERT INTO node_usage (node_id, what, refused_items, refused_bytes) "
+                "VALUES (?, 'events', 1, ?) ON CONFLICT (node_id, what) DO UPDATE SET "
+                "refused_items = refused_items + 1, "
+                "refused_bytes = refused_bytes + excluded.refused_bytes", (node_id, size))
+            logger.warning("node event over the per-event byte limit was not stored",
+                           extra={"node_id": node_id, "kind": kind[:64], "bytes": size,
+                                  "limit": q.node_event_max_bytes})
+            refusal = node_event_refusal(kind, data, q)
+            kind, data_json = "node.event.refused", encode_event_data(
+                {"kind": kind[:128], "bytes": size, "limit": q.node_event_max_bytes,
+                 "code": "quota_exceeded"})
+            size = node_event_size(kind, data_json)
+        else:
+            refusal = None
+        conn.execute("INSERT INTO node_events (node_id, kind, data, at, size) "
+                     "VALUES (?,?,?,?,?)", (node_id, kind, data_json, _now(), size))
+        items, total = self._charge(conn, node_id, "events", 1, size)
+        if items > q.node_events_per_node or total > q.node_events_bytes_per_node:
+            self._prune(conn, node_id, "events", max_items=q.node_events_per_node,
+                        max_bytes=q.node_events_bytes_per_node)
+        return refusal
+
+    @staticmethod
+    def _charge(conn: sqlite3.Connection, node_id: str, what: str, items: int,
+                nbytes: int) -> tuple[int, int]:
+        """Add to the node's running totals of budget ``what``; returns the new totals."""
+        row = conn.execute(
+            "INSERT INTO node_usage (node_id, what, items, bytes) VALUES (?,?,?,?) "
+            "ON CONFLICT (node_id, what) DO UPDATE SET items = items + excluded.items, "
+            "bytes = bytes + excluded.bytes RETURNING items, bytes",
+            (node_id, what, items, nbytes)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def _prune(self, conn: sqlite3.Connection, node_id: str, what: str, *, max_items: int,
+               max_bytes: int) -> None:
+        """Delete the node's oldest rows of budget ``what`` until it is within 90% of both
+        bounds (quotas.py ``LOW_WATER``: so pruning runs once per tenth of a budget, not
+        on every row), counting them as pruned. Rows deleted from one log budget are also
+        taken off the other ('logs' holds every 'node_logs' row)."""
+        table, where = {"events": ("node_events", ""), "logs": ("logs", ""),
+                        "node_logs": ("logs", " AND command_id IS NULL")}[what]
+        max_items = int(max_items * LOW_WATER)
+        max_bytes = int(max_bytes * LOW_WATER)
+        while True:
+            usage = conn.execute("SELECT items, bytes FROM node_usage WHERE node_id=? AND "
+                                 "what=?", (node_id, what)).fetchone()
+            if usage is None or (usage[0] <= max_items and usage[1] <= max_bytes):
+                return
+            over_items, over_bytes = usage[0] - max_items, usage[1] - max_bytes
+            extra = ", command_id IS NULL" if table == "logs" else ", 0"
+            rows = conn.execute(f"SELECT id, size{extra} FROM {table} WHERE node_id=?{where} "
+                                "ORDER BY id LIMIT 256", (node_id,)).fetchall()
+            if not rows:  # the totals disagree with the table: trust the table
+                conn.execute("UPDATE node_usage SET items=0, bytes=0 WHERE node_id=? AND "
+                             "what=?", (node_id, what))
+                return
+            n = freed = freed_node_level = 0
+            last_id = None
+            for row_id, size, node_level in rows:
+                if n >= over_items and freed >= over_bytes:
+                    break
+                n, freed, last_id = n + 1, freed + size, row_id
+                freed_node_level += size if node_level else 0
+            conn.execute(f"DELETE FROM {table} WHERE node_id=?{where} AND id<=?",
+                         (node_id, last_id))
+            self._pruned(conn, node_id, what, n, freed)
+            if what == "logs" and freed_node_level:
+                level_n = sum(1 for r in rows[:n] if r[2])
+                self._pruned(conn, node_id, "node_logs", level_n, freed_node_level)
+            elif what == "node_logs":
+                self._pruned(conn, node_id, "logs", n, freed)
+
+    @staticmethod
+    def _pruned(conn: sqlite3.Connection, node_id: str, what: str, n: int,
+                freed: int) -> None:
+        conn.execute("UPDATE node_usage SET items = max(0, items - ?), bytes = max(0, bytes - "
+                     "?), pruned_items = pruned_items + ?, pruned_bytes = pruned_bytes + ? "
+                     "WHERE node_id=? AND what=?", (n, freed, n, freed, node_id, what))
+
+    async def node_usage(self, node_id: str | None = None) -> dict[str, dict[str, int]]:
+        """What each budget holds and has pruned or refused, summed over nodes (or for one
+        node): for ``diag`` and the metrics."""
+        def fn(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            sql = ("SELECT what, sum(items), sum(bytes), sum(pruned_items), sum(pruned_bytes), "
+                   "sum(refused_items), sum(refused_bytes) FROM node_usage")
+            params: tuple[str, ...] = ()
+            if node_id is not None:
+                sql, params = sql + " WHERE node_id=?", (node_id,)
+            return {r[0]: {"items": r[1], "bytes": r[2], "pruned_items": r[3],
+                           "pruned_bytes": r[4], "refused_items": r[5],
+                           "refused_bytes": r[6]}
+                    for r in conn.execute(sql + " GROUP BY what", params)}
+        return await self.db.read(fn)
 
     async def node_events(self, node_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -720,14 +848,18 @@ class ControllerStore:
     async def append_logs(self, node_id: str,
                           chunks: Sequence[tuple[str | None, str, int, bytes, int]]
                           ) -> list[dict[str, Any]]:
-        """Store log chunks (command_id, source, seq, data, dropped), each command's log
-        bounded to ``max_log_bytes_per_command``: past it, bytes are counted, not kept.
-        Returns the rows stored, for live subscribers."""
-        limit = self.max_log_bytes_per_command
+        """Store log chunks (command_id, source, seq, data, dropped) within the budgets of
+        quotas.py Rule 3: each command keeps its first ``log_bytes_per_command`` bytes
+        (past it, bytes are counted in ``log_dropped_bytes``, not kept); the node keeps its
+        newest bytes of all logs and of logs not tied to a command, the oldest are pruned
+        and counted. Returns the rows stored, for live subscribers."""
+        q = self.quotas
+        limit = q.log_bytes_per_command
 
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             now = _now()
             stored: list[dict[str, Any]] = []
+            charged = {"logs": [0, 0], "node_logs": [0, 0]}  # rows, bytes
             for command_id, source, seq, data, dropped in chunks:
                 if command_id is not None:
                     row = conn.execute("SELECT log_bytes FROM commands WHERE command_id=? AND "
@@ -741,25 +873,37 @@ class ControllerStore:
                         continue
                     conn.execute("UPDATE commands SET log_bytes = log_bytes + ? "
                                  "WHERE command_id=?", (len(data), command_id))
+                size = log_chunk_size(source, data)
                 cur = conn.execute("INSERT INTO logs (command_id, node_id, source, seq, data, "
-                                   "dropped, at) VALUES (?,?,?,?,?,?,?)",
-                                   (command_id, node_id, source, seq, data, dropped, now))
-                if command_id is None and cur.lastrowid and cur.lastrowid % 500 == 0:
-                    # node-level logs (apps, runtime) keep the newest chunks per node
-                    conn.execute(
-                        "DELETE FROM logs WHERE node_id=? AND command_id IS NULL AND id <= "
-                        "(SELECT id FROM logs WHERE node_id=? AND command_id IS NULL "
-                        "ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                        (node_id, node_id, self.max_node_log_chunks))
+                                   "dropped, at, size) VALUES (?,?,?,?,?,?,?,?)",
+                                   (command_id, node_id, source, seq, data, dropped, now,
+                                    size))
+                for what in ("logs",) if command_id is not None else ("logs", "node_logs"):
+                    charged[what][0] += 1
+                    charged[what][1] += size
                 stored.append({"id": cur.lastrowid, "command_id": command_id,
                                "source": source, "seq": seq, "data": data,
                                "dropped": dropped})
+            totals = {what: self._charge(conn, node_id, what, n, nbytes)
+                      for what, (n, nbytes) in charged.items() if n}
+            level = totals.get("node_logs")
+            if level and (level[0] > q.node_log_chunks_per_node
+                          or level[1] > q.node_log_bytes_per_node):
+                self._prune(conn, node_id, "node_logs", max_items=q.node_log_chunks_per_node,
+                            max_bytes=q.node_log_bytes_per_node)
+            every = totals.get("logs")
+            if every and every[1] > q.log_bytes_per_node:
+                self._prune(conn, node_id, "logs", max_items=1 << 62,
+                            max_bytes=q.log_bytes_per_node)
             return stored
         return await self.db.write(fn)
 
     async def node_logs(self, node_id: str, *, source: str | None, after: int = 0,
-                        limit: int = 1000) -> list[dict[str, Any]]:
-        """Node-level log chunks (apps, runtime): those not tied to a command."""
+                        limit: int = 1000, max_bytes: int | None = None
+                        ) -> list[dict[str, Any]]:
+        """Node-level log chunks (apps, runtime): those not tied to a command, after chunk
+        id ``after``, at most ``limit`` of them and (when given) about ``max_bytes`` of
+        data: the page stops after the chunk that reaches it (so it holds at least one)."""
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             sql = ("SELECT id, source, seq, data, dropped FROM logs WHERE node_id=? AND "
                    "command_id IS NULL AND id>?")
@@ -767,16 +911,17 @@ class ControllerStore:
             if source is not None:
                 sql += " AND source=?"
                 params.append(source)
-            return [dict(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?",
-                                                  [*params, limit])]
+            return _page(conn.execute(sql + " ORDER BY id LIMIT ?", [*params, limit]),
+                         max_bytes)
         return await self.db.read(fn)
 
-    async def command_logs(self, command_id: str, *, after: int = 0,
-                           limit: int = 1000) -> list[dict[str, Any]]:
+    async def command_logs(self, command_id: str, *, after: int = 0, limit: int = 1000,
+                           max_bytes: int | None = None) -> list[dict[str, Any]]:
+        """A command's log chunks after chunk id ``after``, bounded as :meth:`node_logs`."""
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return [dict(r) for r in conn.execute(
+            return _page(conn.execute(
                 "SELECT id, source, seq, data, dropped FROM logs WHERE command_id=? AND id>? "
-                "ORDER BY id LIMIT ?", (command_id, after, limit))]
+                "ORDER BY id LIMIT ?", (command_id, after, limit)), max_bytes)
         return await self.db.read(fn)
 
     # -- audit ------------------------------------------------------------------------------

@@ -67,4 +67,29 @@ MIGRATIONS = [
     """
     ALTER TABLE nodes ADD COLUMN apps TEXT
     """,
+    # 4: byte budgets per node (store/quotas.py). Each stored node event and log chunk
+    # carries the bytes it is charged; node_usage keeps each node's running totals per
+    # budget ('events', 'logs' = all its logs, 'node_logs' = logs not tied to a command)
+    # and what was pruned or refused, so no budget check scans the table.
+    """
+    ALTER TABLE node_events ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE node_events SET size = 64 + length(CAST(kind AS BLOB)) + length(CAST(data AS BLOB));
+    ALTER TABLE logs ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE logs SET size = 64 + length(CAST(source AS BLOB)) + length(data);
+    CREATE INDEX logs_node ON logs (node_id, id);
+    CREATE INDEX logs_node_level ON logs (node_id, id) WHERE command_id IS NULL;
+    CREATE TABLE node_usage (
+        node_id TEXT NOT NULL, what TEXT NOT NULL,
+        items INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+        pruned_items INTEGER NOT NULL DEFAULT 0, pruned_bytes INTEGER NOT NULL DEFAULT 0,
+        refused_items INTEGER NOT NULL DEFAULT 0, refused_bytes INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (node_id, what));
+    INSERT INTO node_usage (node_id, what, items, bytes)
+        SELECT node_id, 'events', count(*), sum(size) FROM node_events GROUP BY node_id;
+    INSERT INTO node_usage (node_id, what, items, bytes)
+        SELECT node_id, 'logs', count(*), sum(size) FROM logs GROUP BY node_id;
+    INSERT INTO node_usage (node_id, what, items, bytes)
+        SELECT node_id, 'node_logs', count(*), sum(size) FROM logs
+        WHERE command_id IS NULL GROUP BY node_id
+    """,
 ]

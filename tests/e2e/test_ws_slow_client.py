@@ -79,9 +79,8 @@ async def test_a_client_that_never_reads_is_cut_off_while_another_keeps_receivin
             async with asyncio.timeout(30):
                 while True:
                     await stalled.recv()
-        assert stalled.close_code in (4429, 4408), stalled.close_code
-        assert "too slow" in (stalled.close_reason or "") or \
-            "not reading" in (stalled.close_reason or "")
+        assert stalled.close_code == 4429, stalled.close_code  # docs/protocol.md §9
+        assert "too slow" in (stalled.close_reason or "")
         stored = api.command(cid)["log_bytes"]
         assert stored == LINES * 20001
         assert received == stored  # the reading client saw every byte, live

@@ -1,0 +1,147 @@
+"""Byte budgets per node for what peers make the controller store (issue 11 item 3,
+store/quotas.py), against a real SQLite store on disk, in process."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tether.common.sqlitedb import Database
+from tether.controller.store.controller_store import ControllerStore
+from tether.controller.store.quotas import ROW_OVERHEAD, StoreQuotas, node_event_refusal
+from tether.controller.store.schema import MIGRATIONS
+
+QUOTAS = StoreQuotas(node_event_max_bytes=64 << 10, node_events_bytes_per_node=1 << 20,
+                     node_events_per_node=10_000, log_bytes_per_command=1 << 20,
+                     log_bytes_per_node=2 << 20, node_log_bytes_per_node=512 << 10,
+                     node_log_chunks_per_node=100)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ControllerStore]:
+    db = Database(tmp_path / "c.db", migrations=MIGRATIONS, durability="process")
+    await db.open()
+    try:
+        yield ControllerStore(db, quotas=QUOTAS)
+    finally:
+        await db.close()
+
+
+def stored_bytes(store: ControllerStore, sql: str, *args: object) -> int:
+    """What the rows really hold, read with a separate connection."""
+    with sqlite3.connect(store.db.path) as conn:
+        return int(conn.execute(sql, args).fetchone()[0] or 0)
+
+
+async def events(store: ControllerStore, node_id: str, items: list[tuple[str, object]]
+                 ) -> list[object]:
+    def fn(conn: sqlite3.Connection) -> list[object]:
+        return [store._node_event(conn, node_id, kind, data) for kind, data in items]
+    return await store.db.write(fn)
+
+
+async def test_a_node_event_over_the_per_event_limit_is_refused_and_not_stored(
+        store: ControllerStore) -> None:
+    big = {"blob": "x" * 1_000_000}  # one of the 300 x 1 MB events of the issue
+    assert node_event_refusal("flood", big, QUOTAS) is not None
+    assert store.node_event_refusal("flood", {"ok": 1}) is None
+    refusals = await events(store, "n1", [("flood", big)] * 5 + [("ok", {"n": 1})])
+    assert [r is not None for r in refusals] == [True] * 5 + [False]
+    first = refusals[0]
+    assert first is not None and first.code == "quota_exceeded"  # type: ignore[attr-defined]
+    assert stored_bytes(store, "SELECT sum(length(data)) FROM node_events") < 5_000
+    kinds = [e["kind"] for e in await store.node_events("n1")]
+    assert kinds.count("node.event.refused") == 5 and "ok" in kinds
+    usage = (await store.node_usage("n1"))["events"]
+    assert usage["refused_items"] == 5 and usage["refused_bytes"] > 5_000_000
+
+
+async def test_a_node_keeps_its_newest_events_within_its_byte_budget(
+        store: ControllerStore) -> None:
+    blob = "y" * 50_000
+    await events(store, "n1", [("e", {"i": i, "blob": blob}) for i in range(100)])  # ~5 MB
+    await events(store, "n2", [("e", {"i": 0})])
+    on_disk = stored_bytes(store, "SELECT sum(size) FROM node_events WHERE node_id='n1'")
+    real = stored_bytes(store, "SELECT sum(length(CAST(kind AS BLOB)) + length(CAST(data AS "
+                               "BLOB))) FROM node_events WHERE node_id='n1'")
+    assert real <= on_disk <= QUOTAS.node_events_bytes_per_node  # size counts what's stored
+    kept = [e["id"] for e in await store.node_events("n1", limit=1000)]
+    assert len(kept) >= 15
+    usage = await store.node_usage("n1")
+    assert usage["events"]["pruned_items"] == 100 - len(kept)
+    assert usage["events"]["bytes"] == on_disk
+    assert len(await store.node_events("n2")) == 1  # another node's budget is its own
+
+
+async def test_a_node_keeps_its_newest_logs_within_its_budgets_and_counts_the_rest(
+        store: ControllerStore) -> None:
+    chunk = b"z" * 100_000
+    for c in range(3):  # three commands of 1 MB each: 3 MB past the 2 MiB node budget
+        await store.db.write(lambda conn, c=c: conn.execute(
+            "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
+            "updated_at) VALUES (?, 'n1', 'exec', '{}', 'running', 0, 0)", (f"c{c}",)))
+        for seq in range(10):
+            await store.append_logs("n1", [(f"c{c}", "stdout", seq, chunk, 0)])
+    for seq in range(20):  # app logs: 2 MB past their 512 KiB budget
+        await store.append_logs("n1", [(None, "app:web", seq, chunk, 0)])
+    total = stored_bytes(store, "SELECT sum(length(data)) FROM logs WHERE node_id='n1'")
+    assert total <= QUOTAS.log_bytes_per_node
+    app = stored_bytes(store, "SELECT sum(length(data)) FROM logs WHERE command_id IS NULL")
+    assert 0 < app <= QUOTAS.node_log_bytes_per_node
+    newest = await store.node_logs("n1", source=None, after=0)
+    assert newest[-1]["seq"] == 19  # the oldest went first
+    assert (await store.command_logs("c0")) == []  # the oldest command's output is gone
+    assert (await store.command_logs("c2"))[-1]["seq"] == 9
+    usage = await store.node_usage("n1")
+    assert usage["logs"]["bytes"] == stored_bytes(
+        store, "SELECT sum(size) FROM logs WHERE node_id='n1'")
+    assert usage["logs"]["pruned_bytes"] >= 3_000_000 + 2_000_000 - (2 << 20)
+    assert usage["node_logs"]["items"] == len(newest)
+
+
+async def test_a_flood_of_empty_log_chunks_is_bounded_by_the_row_overhead(
+        store: ControllerStore) -> None:
+    await store.db.write(lambda conn: conn.execute(
+        "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
+        "updated_at) VALUES ('c1', 'n1', 'exec', '{}', 'running', 0, 0)"))
+    per_row = ROW_OVERHEAD + len("stdout")
+    rows = QUOTAS.log_bytes_per_node // per_row
+    batch = [("c1", "stdout", i, b"", 0) for i in range(1000)]
+    for _ in range(rows // 1000 + 5):
+        await store.append_logs("n1", batch)
+    count = stored_bytes(store, "SELECT count(*) FROM logs")
+    assert count <= rows
+
+
+async def test_a_page_of_logs_is_bounded_in_bytes_and_holds_at_least_one_chunk(
+        store: ControllerStore) -> None:
+    await store.db.write(lambda conn: conn.execute(
+        "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
+        "updated_at) VALUES ('c1', 'n1', 'exec', '{}', 'running', 0, 0)"))
+    await store.append_logs("n1", [("c1", "stdout", i, b"a" * 30_000, 0) for i in range(10)])
+    page = await store.command_logs("c1", max_bytes=100_000)
+    assert len(page) == 4  # stops after the chunk that reaches the bound
+    assert len(await store.command_logs("c1", max_bytes=1)) == 1
+    assert len(await store.command_logs("c1")) == 10
+
+
+async def test_a_store_from_before_the_budgets_is_migrated_with_its_usage_counted(
+        tmp_path: Path) -> None:
+    old = Database(tmp_path / "c.db", migrations=MIGRATIONS[:3], durability="process")
+    await old.open()
+    await old.write(lambda conn: conn.executemany(
+        "INSERT INTO node_events (node_id, kind, data, at) VALUES ('n1', 'e', ?, 0)",
+        [('{"blob":"' + "q" * 400_000 + '"}',)] * 5))
+    await old.close()
+    db = Database(tmp_path / "c.db", migrations=MIGRATIONS, durability="process")
+    await db.open()
+    try:
+        store = ControllerStore(db, quotas=QUOTAS)
+        assert (await store.node_usage("n1"))["events"]["items"] == 5
+        await events(store, "n1", [("e", {"n": 1})])  # the next event enforces the budget
+        assert stored_bytes(store, "SELECT sum(size) FROM node_events") <= (1 << 20)
+    finally:
+        await db.close()
