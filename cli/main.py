@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--offline-after-s", type=float, default=300.0)
     serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
                        help="close with 4408 when no hello arrives within this")
-    serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)
+    serve.add_argument("--max-log-bytes-per-command", type=int, default=16 << 20,
+                       help="output kept per command (default 16 MiB); past it, bytes are "
+                            "counted, not kept, and `tether exec` says so (exit 3)")
     serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
                        help="edge handshakes running at once; more wait for a slot")
     serve.add_argument("--max-waiting-handshakes", type=int, default=8192,

@@ -127,7 +127,8 @@ class Controller:
 
     def log_appended(self, command_id: str, row: dict[str, Any]) -> None:
         item = log_item(row)
-        self.hub.publish(f"logs:{command_id}", "log.chunk", item, size=256 + len(item["data"]))
+        self.hub.publish(f"logs:{command_id}", "log.chunk", item,
+                         size=256 + len(item["data"]) + len(item.get("data_b64", "")))
 
     def live_liveness(self, node_id: str) -> str:
         conn = self.registry.get(node_id)

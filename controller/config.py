@@ -23,7 +23,7 @@ class ControllerConfig:
     listen_backlog: int = 8192  # the kernel caps it at net.core.somaxconn
     max_handshake_wait_s: float = 8.0  # waited this long: 4429 (nodes wait 10 s for welcome)
     max_frame_bytes: int = MAX_FRAME_BYTES
-    max_log_bytes_per_command: int = 1 << 20
+    max_log_bytes_per_command: int = 16 << 20  # past it, output is counted, not kept
     max_node_events_per_node: int = 10_000
     max_pending_evt_frames: int = 4096  # per session, then reading pauses
     cmd_window: int = 256  # unacked downlink frames in flight per session

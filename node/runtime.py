@@ -336,7 +336,8 @@ class NodeRuntime:
                 self.runners.pop(command_id, None)
             self.logs.forget(command_id)
             self._outbox_grew(await self.store.finish_command(
-                command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error))
+                command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error,
+                result=dict(outcome.result) if outcome.result else None))
 
     async def _app_command(self, command_id: str, kind: str, args: dict[str, Any]) -> None:
         started = await self.store.start_command(command_id)
@@ -420,8 +421,12 @@ class NodeRuntime:
             if not self.link.connected.is_set():
                 continue
             chunks = [chunk.frame() for chunk in self.logs.take()]
-            if chunks and not await self.link.send_many(chunks):
-                continue
+            if chunks:
+                if not await self.link.send_many(chunks):
+                    self.logs.requeue()  # kept for the next session, in order
+                    continue
+                self.logs.sent()  # room comes back to the pipe readers waiting on it
+                del chunks
             packets = [packet.frame() for packet in self.monitor.take()]
             if packets and not await self.link.send_many(packets):
                 continue

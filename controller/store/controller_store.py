@@ -82,7 +82,7 @@ def _timeline(conn: sqlite3.Connection, command_id: str, state: str, at: float,
 
 
 class ControllerStore:
-    def __init__(self, db: Database, *, max_log_bytes_per_command: int = 1 << 20,
+    def __init__(self, db: Database, *, max_log_bytes_per_command: int = 16 << 20,
                  max_node_events_per_node: int = 10_000) -> None:
         self.db = db
         self.max_log_bytes_per_command = max_log_bytes_per_command
