@@ -86,3 +86,22 @@ def test_output_past_the_controllers_per_command_cap_is_counted_and_a_failure_ke
     finally:
         node.cleanup()
         ctl.terminate()
+
+
+def test_a_cli_cut_off_from_the_live_stream_fills_in_over_rest_and_loses_nothing(
+        tmp_path: Path) -> None:
+    ctl = ControllerProc(tmp_path / "ctl-slow")
+    ctl.extra += ["--ws-max-queue", "2"]  # the CLI is cut off (4429) again and again
+    ctl.start()
+    node = NodeProc(tmp_path / "n-cut", "n-cut")
+    try:
+        node.enroll(ctl)
+        node.start()
+        out = run_exec(ctl, "n-cut", "seq", "1", "200000")
+        assert (out.returncode, out.stderr) == (0, b"")
+        assert out.stdout == "".join(f"{i}\n" for i in range(1, 200001)).encode()
+        diag = ctl.api().get("/api/v1/diag").json()
+        assert diag["ws"]["cut_off_total"] >= 1  # it was cut off, and still got every line
+    finally:
+        node.cleanup()
+        ctl.terminate()
