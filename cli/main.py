@@ -136,7 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("node_id")
     _operator_flags(show)
 
-    ex = nouns.add_parser("exec", help="run a command on a node and stream its output")
+    ex = nouns.add_parser(
+        "exec", help="run a command on a node and stream its output",
+        description="Runs ARGV on NODE and writes its stdout and stderr here, every byte in "
+                    "order and exact (a slow reader slows the process down).",
+        epilog="exit status: the remote command's (a signal N gives 128+N); 1 when tether "
+               "itself failed; 3 when the command succeeded but some of its output was "
+               "dropped past an output cap (a failed command keeps its own code; either way "
+               "stderr says how many bytes were dropped).")
     ex.add_argument("node")
     ex.add_argument("--no-wait", action="store_true", help="print the command id and return")
     ex.add_argument("--timeout", help="kill it after this long on the node, e.g. 30s")
@@ -156,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         control.add_argument("command_id")
         _operator_flags(control)
 
-    logs = nouns.add_parser("logs", help="a command's output")
+    logs = nouns.add_parser(
+        "logs", help="a command's output",
+        epilog="exit status: 0 (with --follow, the command's own); 3 when the command "
+               "succeeded but some of its output was dropped past an output cap (stderr "
+               "says how many bytes).")
     logs.add_argument("command_id")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="stream live until the command ends")
