@@ -115,7 +115,7 @@ class ExecRunner:
                 outcome = self._stop_as if stopper in done else ExecOutcome(
                     "failed", error=f"timeout after {timeout_s}s")
                 await self._terminate(proc, waiter)
-            await self._drain(pumps)
+            await self._drain(pumps, patient=outcome is None)
         finally:
             for task in (*pumps, waiter, stopper):
                 task.cancel()
@@ -138,15 +138,17 @@ class ExecRunner:
                                error=f"killed by signal {signal.Signals(-code).name}")
         return ExecOutcome("failed", exit_code=code, error=f"exit code {code}", result=result)
 
-    async def _drain(self, pumps: list[asyncio.Task[None]]) -> None:
-        """After the process ended: let the pumps read to the end of their pipes. A pump
-        waiting for room in the log buffer is waited for (backpressure: that output is
-        kept); pipes held open by grandchildren get PIPE_DRAIN_S without a byte, then
-        their readers are cancelled by the caller."""
+    async def _drain(self, pumps: list[asyncio.Task[None]], *, patient: bool) -> None:
+        """After the process ended: let the pumps read to the end of their pipes. When it
+        ended by itself (``patient``), a pump waiting for room in the log buffer is waited
+        for (backpressure: that output is kept); pipes held open by grandchildren get
+        PIPE_DRAIN_S without a byte. When it was stopped (cancel, timeout, the node
+        stopping), the pumps get PIPE_DRAIN_S in all. Then the caller cancels what is
+        left; bytes read but not sent show in the byte counts of the result."""
         while True:
             seen = sum(self.read_bytes.values())
             _, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_S)
-            if not pending:
+            if not pending or not patient:
                 return
             if not self._waiting_room and sum(self.read_bytes.values()) == seen:
                 return
