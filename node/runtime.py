@@ -420,6 +420,11 @@ class NodeRuntime:
             self._uplink_wake.clear()
             if not self.link.connected.is_set():
                 continue
+            # Rule: a command's output goes before its status. Its chunks are buffered
+            # before its status enters the outbox, so only outbox frames already there when
+            # the chunks were taken may follow them; later ones wait for the next pass
+            # (which takes the output buffered meanwhile first).
+            outbox_last = self.evt.last
             chunks = [chunk.frame() for chunk in self.logs.take()]
             if chunks:
                 if not await self.link.send_many(chunks):
@@ -431,6 +436,9 @@ class NodeRuntime:
             if packets and not await self.link.send_many(packets):
                 continue
             todo = self.evt.next_to_send()
+            if todo.stop > outbox_last + 1:
+                todo = range(todo.start, outbox_last + 1)
+                self._uplink_wake.set()
             if not todo:
                 continue
             frames = await self.store.outbox_after(self.evt.sent, len(todo))
