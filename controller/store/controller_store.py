@@ -664,8 +664,9 @@ class ControllerStore:
                           chunks: Sequence[tuple[str | None, str, int, bytes, int]]
                           ) -> list[dict[str, Any]]:
         """Store log chunks (command_id, source, seq, data, dropped), each command's log
-        bounded to ``max_log_bytes_per_command``: past it, bytes are counted, not kept.
-        Returns the rows stored, for live subscribers."""
+        bounded to ``max_log_bytes_per_command``: what is kept is a prefix of its output
+        (the chunk that crosses the cap is cut there); every byte after it is counted in
+        ``log_dropped_bytes``, not kept. Returns the rows stored, for live subscribers."""
         limit = self.max_log_bytes_per_command
 
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -673,14 +674,19 @@ class ControllerStore:
             stored: list[dict[str, Any]] = []
             for command_id, source, seq, data, dropped in chunks:
                 if command_id is not None:
-                    row = conn.execute("SELECT log_bytes FROM commands WHERE command_id=? AND "
-                                       "node_id=?", (command_id, node_id)).fetchone()
+                    row = conn.execute("SELECT log_bytes, log_dropped_bytes FROM commands "
+                                       "WHERE command_id=? AND node_id=?",
+                                       (command_id, node_id)).fetchone()
                     if row is None:
                         continue
-                    if row[0] + len(data) > limit:
+                    # once anything was dropped, nothing after it is kept: no splices
+                    room = 0 if row[1] else max(0, limit - row[0])
+                    if len(data) > room:
                         conn.execute("UPDATE commands SET log_dropped_bytes = "
                                      "log_dropped_bytes + ? WHERE command_id=?",
-                                     (len(data), command_id))
+                                     (len(data) - room, command_id))
+                        data = data[:room]
+                    if not data:
                         continue
                     conn.execute("UPDATE commands SET log_bytes = log_bytes + ? "
                                  "WHERE command_id=?", (len(data), command_id))

@@ -74,15 +74,27 @@ def test_output_past_the_controllers_per_command_cap_is_counted_and_a_failure_ke
         node.start()
         out = run_exec(ctl, "n-ccap", "seq", "1", "100000")  # 588,895 bytes
         assert out.returncode == EXIT_OUTPUT_DROPPED, out.stderr
-        kept = out.stdout.decode()
-        assert "\n".join(str(i) for i in range(1, 1001)) in kept  # a prefix, in order
-        assert len(out.stdout) <= 100000
+        whole = "".join(f"{i}\n" for i in range(1, 100001)).encode()
+        assert out.stdout == whole[:100000]  # a prefix, in order, cut at the cap
         stderr = out.stderr.decode().splitlines()
         assert len(stderr) == 1
         assert f"{588895 - len(out.stdout)} bytes of output were dropped" in stderr[0]
         failed = run_exec(ctl, "n-ccap", "sh", "-c", "seq 1 100000; exit 5")
         assert failed.returncode == 5
         assert "bytes of output were dropped" in failed.stderr.decode()
+        # nobody attached: the cap still drops, and `tether logs` says so afterwards
+        flags = ["--url", ctl.url, "--token", ctl.token]
+        queued = subprocess.run(tether_cmd("exec", *flags, "--no-wait", "n-ccap", "--",
+                                           "seq", "1", "100000"),
+                                capture_output=True, text=True, timeout=60)
+        command_id = queued.stdout.strip()
+        followed = subprocess.run(tether_cmd("logs", *flags, "--follow", command_id),
+                                  capture_output=True, timeout=60)
+        assert followed.returncode == EXIT_OUTPUT_DROPPED
+        assert followed.stdout == out.stdout  # the same prefix, kept in the store
+        assert followed.stderr.decode().count("\n") == 1
+        assert f"{588895 - len(out.stdout)} bytes of output were dropped" in \
+            followed.stderr.decode()
     finally:
         node.cleanup()
         ctl.terminate()
