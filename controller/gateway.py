@@ -600,22 +600,29 @@ class EdgeConnection:
 
     async def _apply_pending(self) -> None:
         """Store pending log chunks, then apply pending evt frames and ack them (logs
-        first, so every chunk sent before a status is stored and pushed before it)."""
-        if self.pending_logs:
-            chunks, self.pending_logs = self.pending_logs, []
-            self.pending_log_bytes = 0
-            if not self.pending_evt:  # else released below, once that batch is taken too
-                self._release_reader()
-            rows = await self.ctl.store.append_logs(
-                self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
-                               for c in chunks])
+        first, so every chunk sent before a status is stored and pushed before it).
+
+        Both are taken at the same moment: an evt frame that arrives while the chunks are
+        being stored may follow chunks that arrive meanwhile too, so it waits for the next
+        pass, which stores those chunks first."""
+        chunks, self.pending_logs = self.pending_logs, []
+        batch, self.pending_evt = self.pending_evt, []
+        self.pending_log_bytes = 0
+        self._release_reader()
+        if chunks:
+            try:
+                rows = await self.ctl.store.append_logs(
+                    self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
+                                   for c in chunks])
+            except BaseException:
+                if batch:
+                    self.evt.rollback()
+                raise
             for row in rows:
                 if row["command_id"]:
                     self.ctl.log_appended(row["command_id"], row)
-        if not self.pending_evt:
+        if not batch:
             return
-        batch, self.pending_evt = self.pending_evt, []
-        self._release_reader()
         try:
             effects = await self.ctl.store.apply_evt(node_id=self.node_id,
                                                      session_id=self.session_id or "",
