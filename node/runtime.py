@@ -523,7 +523,8 @@ class NodeRuntime:
             "cmd": {"epoch": self.cmd.epoch, "applied": self.cmd.applied},
             "running": sorted(self.runners),
             "apps": self.apps.table(),
-            "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total},
+            "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total,
+                     "waiting_bytes": self.logs.waiting_bytes},
             "monitor": {"buffered": len(self.monitor),
                         "dropped_total": self.monitor.dropped_total},
         }
