@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--offline-after-s", type=float, default=300.0)
     serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
                        help="close with 4408 when no hello arrives within this")
-    serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20,
-                       help="a command keeps its first N log bytes; later ones are counted")
+    serve.add_argument("--max-log-bytes-per-command", type=int, default=16 << 20,
+                       help="output kept per command (default 16 MiB); past it, bytes are "
+                            "counted, not kept, and `tether exec` says so (exit 3)")
     serve.add_argument("--max-log-bytes-per-node", type=int, default=64 << 20,
                        help="all logs a node keeps; past it the oldest are pruned")
     serve.add_argument("--max-node-log-bytes-per-node", type=int, default=8 << 20,
@@ -150,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("node_id")
     _operator_flags(show)
 
-    ex = nouns.add_parser("exec", help="run a command on a node and stream its output")
+    ex = nouns.add_parser(
+        "exec", help="run a command on a node and stream its output",
+        description="Runs ARGV on NODE and writes its stdout and stderr here, every byte in "
+                    "order and exact (a slow reader slows the process down).",
+        epilog="exit status: the remote command's (a signal N gives 128+N); 1 when tether "
+               "itself failed; 3 when the command succeeded but some of its output was "
+               "dropped past an output cap (a failed command keeps its own code; either way "
+               "stderr says how many bytes were dropped).")
     ex.add_argument("node")
     ex.add_argument("--no-wait", action="store_true", help="print the command id and return")
     ex.add_argument("--timeout", help="kill it after this long on the node, e.g. 30s")
@@ -170,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         control.add_argument("command_id")
         _operator_flags(control)
 
-    logs = nouns.add_parser("logs", help="a command's output")
+    logs = nouns.add_parser(
+        "logs", help="a command's output",
+        epilog="exit status: 0 (with --follow, the command's own); 3 when the command "
+               "succeeded but some of its output was dropped past an output cap (stderr "
+               "says how many bytes).")
     logs.add_argument("command_id")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="stream live until the command ends")

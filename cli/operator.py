@@ -9,13 +9,10 @@ import re
 import sys
 from typing import Any
 
-import websockets
-from websockets.asyncio.client import connect
-
-from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
-from tether.protocol.frames import TERMINAL_STATES, Frame
+from tether.protocol.frames import TERMINAL_STATES
 
 from .client import Api, CliError, resolve_token, resolve_url
+from .output import EXIT_OUTPUT_DROPPED, OutputWriter, dropped_line, follow
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -157,24 +154,30 @@ def commands_control(args: argparse.Namespace) -> int:
 
 
 def logs_command(args: argparse.Namespace) -> int:
-    """Print a command's output; with --follow, stream it live and exit with its code."""
+    """Print a command's output byte-exact; with --follow, stream it live and exit with its
+    code. Output that was dropped is said on stderr (exit 3 if nothing else failed)."""
     api = api_from(args)
+    writer = OutputWriter()
     if not args.follow:
-        after = 0
-        while True:
-            page = api.get(f"/api/v1/commands/{args.command_id}/logs",
-                           params={"after": after})
-            for item in page["items"]:
-                stream = sys.stderr if item["source"] == "stderr" else sys.stdout
-                stream.write(item["data"])
-            if len(page["items"]) < 1000:
-                return 0
-            after = page["next_after"]
+        cmd = writer.catch_up(api, args.command_id)
+        if cmd["state"] not in TERMINAL_STATES:
+            return 0
+        return _report_dropped(cmd, writer, 0)
     try:
-        final = asyncio.run(follow(api, args.command_id))
+        final = asyncio.run(follow(api, args.command_id, writer))
     except KeyboardInterrupt:
         return 130
-    return exit_code_of(final)
+    return _report_dropped(final, writer, exit_code_of(final))
+
+
+def _report_dropped(cmd: dict[str, Any], writer: OutputWriter, code: int) -> int:
+    """Say on stderr how many bytes of a finished command's output were dropped; the exit
+    code becomes EXIT_OUTPUT_DROPPED (3) unless it already says the command failed."""
+    dropped = writer.dropped_bytes(cmd)
+    if not dropped:
+        return code
+    print(dropped_line(dropped, cmd["command_id"]), file=sys.stderr)
+    return code or EXIT_OUTPUT_DROPPED
 
 
 def exit_code_of(cmd: dict[str, Any]) -> int:
@@ -203,8 +206,9 @@ def exec_command(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(cmd["command_id"])
         return 0
+    writer = OutputWriter()
     try:
-        final = asyncio.run(follow(api, cmd["command_id"]))
+        final = asyncio.run(follow(api, cmd["command_id"], writer))
     except KeyboardInterrupt:
         print(f"\ndetached; the command goes on: tether commands show {cmd['command_id']}",
               file=sys.stderr)
@@ -213,83 +217,4 @@ def exec_command(args: argparse.Namespace) -> int:
         detail = final.get("error") or ""
         print(f"tether: command {final['state']}{': ' + detail if detail else ''}",
               file=sys.stderr)
-    return exit_code_of(final)
-
-
-async def follow(api: Api, command_id: str, *, out: Any = None,
-                 err: Any = None) -> dict[str, Any]:
-    """Stream a command's output live over /ws until it is terminal; returns the command.
-
-    Subscribes first, then reads the snapshot (command + logs so far), then applies events,
-    skipping log ids already printed; reconnects and resyncs if the stream drops."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    last_id = 0
-
-    def emit(items: list[dict[str, Any]]) -> None:
-        nonlocal last_id
-        for item in items:
-            if item["id"] <= last_id:
-                continue
-            last_id = item["id"]
-            stream = err if item["source"] == "stderr" else out
-            stream.write(item["data"])
-            stream.flush()
-
-    def snapshot() -> dict[str, Any]:
-        while True:
-            page = api.get(f"/api/v1/commands/{command_id}/logs", params={"after": last_id})
-            emit(page["items"])
-            if len(page["items"]) < 1000:
-                break
-        return api.get(f"/api/v1/commands/{command_id}")  # type: ignore[no-any-return]
-
-    attempts = 0
-    while True:
-        try:
-            async with connect(api.ws_url, subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
-                               open_timeout=10, close_timeout=2) as ws:
-                await ws.send(encode_json(Frame(t="hello", b={"token": api.token})))
-                await _expect(ws, "welcome")
-                await ws.send(encode_json(Frame(t="subscribe", id="s1", b={
-                    "topics": [f"command:{command_id}", f"logs:{command_id}"]})))
-                await _expect(ws, "subscribed")
-                cmd = await asyncio.to_thread(snapshot)
-                if cmd["state"] in TERMINAL_STATES:
-                    return cmd
-                attempts = 0
-                while True:
-                    async with asyncio.timeout(60):
-                        frame = decode_json(await ws.recv())
-                    if frame.t != "event":
-                        continue
-                    data = frame.b.get("data") or {}
-                    if frame.b.get("kind") == "log.chunk":
-                        emit([data])
-                    elif data.get("state") in TERMINAL_STATES:
-                        return await asyncio.to_thread(snapshot)
-        except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code in (4401, 4403, 4426):
-                raise CliError(f"the controller refused the live stream: {exc.rcvd.reason} "
-                               f"({exc.rcvd.code})") from None
-            attempts += 1
-            if attempts > 30:
-                raise CliError(f"lost the live stream from {api.ws_url}: {exc}") from None
-            await asyncio.sleep(min(2.0, 0.1 * attempts))
-        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-            attempts += 1
-            if attempts > 30:
-                raise CliError(f"lost the live stream from {api.ws_url}: {exc}") from None
-            await asyncio.sleep(min(2.0, 0.1 * attempts))
-
-
-async def _expect(ws: Any, t: str) -> Frame:
-    async with asyncio.timeout(10):
-        while True:
-            frame = decode_json(await ws.recv())
-            if frame.t == t:
-                return frame
-            if frame.t == "error":
-                raise CliError(f"controller refused: {frame.b.get('message')}")
-
-
+    return _report_dropped(final, writer, exit_code_of(final))

@@ -27,7 +27,7 @@ class ControllerConfig:
     max_frame_bytes: int = MAX_FRAME_BYTES
     # Byte budgets for what peers make the controller keep (overflow policies: see
     # store/quotas.py and services/monitor.py; the table is in docs/operations.md).
-    max_log_bytes_per_command: int = 1 << 20  # first bytes kept, the rest counted
+    max_log_bytes_per_command: int = 16 << 20  # first bytes kept, the rest counted
     max_log_bytes_per_node: int = 64 << 20  # all of a node's logs: oldest pruned, counted
     max_node_log_bytes_per_node: int = 8 << 20  # logs not tied to a command (apps, runtime)
     max_node_events_per_node: int = 10_000  # node.event rows kept: oldest pruned, counted

@@ -60,8 +60,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_LOG_QUEUE = 1024  # class C chunks per session awaiting storage; overflow drops the newest
-# (the node numbers chunks per source, so a drop shows as a seq gap and in the counters)
+# Log chunks per session awaiting storage, in count and bytes. Overflow policy: the reader
+# waits (stops reading the socket, as for pending evt frames) until the apply task takes
+# them, so the node's pipe readers wait in turn and an attached operator loses nothing.
+# Drops happen only at the store's per-command cap, where they are counted.
+MAX_LOG_QUEUE = 1024
+MAX_LOG_QUEUE_BYTES = 1 << 20
 SEND_TIMEOUT_S = 10.0
 # One close reason for an unknown node id and for a signature that does not verify (4401).
 HELLO_REFUSED = ("hello refused: node id not enrolled with the key that signed it; check the "
@@ -121,7 +125,8 @@ class EdgeConnection:
                  "closing",
                  "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_sent", "ctl", "evt", "fenced",
                  "goodbye", "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
-                 "opened_mono", "outbox", "pending_evt", "pending_logs", "remote", "resources",
+                 "opened_mono", "outbox", "pending_evt", "pending_log_bytes", "pending_logs",
+                 "remote", "resources",
                  "resumed", "runtime", "session_id", "sidecar", "state", "touched_frame_mono",
                  "touched_state", "transport", "ws")
 
@@ -157,6 +162,7 @@ class EdgeConnection:
         self.cmd_ack_seen = 0
         # class C: stored by the apply task before any evt frame that came after them
         self.pending_logs: list[LogChunk] = []
+        self.pending_log_bytes = 0
         self.logs_dropped_total = 0
         self._send_lock = asyncio.Lock()
         self._remote_code: int | None = None
@@ -493,11 +499,16 @@ class EdgeConnection:
         elif t == "log.chunk":
             chunk = self._parse_or_error(LogChunk, frame)
             if chunk is not None:
-                if len(self.pending_logs) >= MAX_LOG_QUEUE:
-                    self.logs_dropped_total += 1
-                else:
-                    self.pending_logs.append(chunk)
-                    self._wake_apply()
+                self.pending_logs.append(chunk)
+                self.pending_log_bytes += len(chunk.data)
+                self._wake_apply()
+                if len(self.pending_logs) >= MAX_LOG_QUEUE or \
+                        self.pending_log_bytes >= MAX_LOG_QUEUE_BYTES:
+                    self._room = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._room  # backpressure: stop reading until they are taken
+                    finally:
+                        self._room = None
         elif t == "node.resources":  # class B: latest wins, pushed to node:<id>
             if len(frame.b) <= 64:
                 self.resources = dict(frame.b)
@@ -610,6 +621,7 @@ class EdgeConnection:
         # behind, and a chunk that arrives while these are stored arrived after this batch.
         chunks, self.pending_logs = self.pending_logs, []
         batch, self.pending_evt = self.pending_evt, []
+        self.pending_log_bytes = 0
         self._release_reader()
         try:
             if chunks:

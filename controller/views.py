@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -16,10 +17,19 @@ def iso(ts: float | None) -> str | None:
 
 
 def log_item(row: dict[str, Any]) -> dict[str, Any]:
-    data = row["data"]
-    return {"id": row["id"], "source": row["source"], "seq": row["seq"],
-            "data": bytes(data).decode("utf-8", errors="replace"),
-            "dropped": row.get("dropped", 0)}
+    """A stored log chunk as JSON. ``data`` is text; when the chunk's bytes are not valid
+    UTF-8 (binary output, or a character split across chunks) ``data`` shows them with
+    U+FFFD and ``data_b64`` carries the exact bytes, base64url without padding
+    (docs/protocol.md §6). A reader that writes bytes uses ``data_b64`` when present."""
+    raw = bytes(row["data"])
+    item: dict[str, Any] = {"id": row["id"], "source": row["source"], "seq": row["seq"]}
+    try:
+        item["data"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        item["data"] = raw.decode("utf-8", errors="replace")
+        item["data_b64"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    item["dropped"] = row.get("dropped", 0)
+    return item
 
 
 def command_view(row: dict[str, Any]) -> dict[str, Any]:

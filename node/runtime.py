@@ -336,7 +336,8 @@ class NodeRuntime:
                 self.runners.pop(command_id, None)
             self.logs.forget(command_id)
             self._outbox_grew(await self.store.finish_command(
-                command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error))
+                command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error,
+                result=dict(outcome.result) if outcome.result else None))
 
     async def _app_command(self, command_id: str, kind: str, args: dict[str, Any]) -> None:
         started = await self.store.start_command(command_id)
@@ -419,13 +420,25 @@ class NodeRuntime:
             self._uplink_wake.clear()
             if not self.link.connected.is_set():
                 continue
+            # Rule: a command's output goes before its status. Its chunks are buffered
+            # before its status enters the outbox, so only outbox frames already there when
+            # the chunks were taken may follow them; later ones wait for the next pass
+            # (which takes the output buffered meanwhile first).
+            outbox_last = self.evt.last
             chunks = [chunk.frame() for chunk in self.logs.take()]
-            if chunks and not await self.link.send_many(chunks):
-                continue
+            if chunks:
+                if not await self.link.send_many(chunks):
+                    self.logs.requeue()  # kept for the next session, in order
+                    continue
+                self.logs.sent()  # room comes back to the pipe readers waiting on it
+                del chunks
             packets = [packet.frame() for packet in self.monitor.take()]
             if packets and not await self.link.send_many(packets):
                 continue
             todo = self.evt.next_to_send()
+            if todo.stop > outbox_last + 1:
+                todo = range(todo.start, outbox_last + 1)
+                self._uplink_wake.set()
             if not todo:
                 continue
             frames = await self.store.outbox_after(self.evt.sent, len(todo))
@@ -510,7 +523,8 @@ class NodeRuntime:
             "cmd": {"epoch": self.cmd.epoch, "applied": self.cmd.applied},
             "running": sorted(self.runners),
             "apps": self.apps.table(),
-            "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total},
+            "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total,
+                     "waiting_bytes": self.logs.waiting_bytes},
             "monitor": {"buffered": len(self.monitor),
                         "dropped_total": self.monitor.dropped_total},
         }

@@ -862,14 +862,19 @@ class ControllerStore:
             charged = {"logs": [0, 0], "node_logs": [0, 0]}  # rows, bytes
             for command_id, source, seq, data, dropped in chunks:
                 if command_id is not None:
-                    row = conn.execute("SELECT log_bytes FROM commands WHERE command_id=? AND "
-                                       "node_id=?", (command_id, node_id)).fetchone()
+                    row = conn.execute("SELECT log_bytes, log_dropped_bytes FROM commands "
+                                       "WHERE command_id=? AND node_id=?",
+                                       (command_id, node_id)).fetchone()
                     if row is None:
                         continue
-                    if row[0] + len(data) > limit:
+                    # once anything was dropped, nothing after it is kept: no splices
+                    room = 0 if row[1] else max(0, limit - row[0])
+                    if len(data) > room:
                         conn.execute("UPDATE commands SET log_dropped_bytes = "
                                      "log_dropped_bytes + ? WHERE command_id=?",
-                                     (len(data), command_id))
+                                     (len(data) - room, command_id))
+                        data = data[:room]
+                    if not data:
                         continue
                     conn.execute("UPDATE commands SET log_bytes = log_bytes + ? "
                                  "WHERE command_id=?", (len(data), command_id))

@@ -36,7 +36,7 @@ class StoreQuotas:
     node_event_max_bytes: int = 64 << 10
     node_events_bytes_per_node: int = 4 << 20
     node_events_per_node: int = 10_000
-    log_bytes_per_command: int = 1 << 20
+    log_bytes_per_command: int = 16 << 20
     log_bytes_per_node: int = 64 << 20
     node_log_bytes_per_node: int = 8 << 20
     node_log_chunks_per_node: int = 10_000

@@ -6,7 +6,6 @@ by default) so cancel, pause and timeout reach its children.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ class ExecOutcome:
     state: str  # succeeded | failed | cancelled
     exit_code: int | None = None
     error: str | None = None
+    # Bytes the process wrote, per source ({"stdout_bytes": n, "stderr_bytes": m}): a
+    # reader compares them with what it got to tell, and say, how much was dropped.
+    result: Mapping[str, int] | None = None
 
 
 class ExecRunner:
@@ -44,6 +46,8 @@ class ExecRunner:
         self.max_output_bytes = max_output_bytes
         self.output_bytes = 0
         self.output_dropped_bytes = 0
+        self.read_bytes: dict[str, int] = {"stdout": 0, "stderr": 0}  # all the pipes gave
+        self._waiting_room = 0  # pumps waiting for room in the log buffer (backpressure)
         self._stop = asyncio.Event()
         self._stop_as: ExecOutcome | None = None
         self.pid: int | None = None
@@ -111,9 +115,7 @@ class ExecRunner:
                 outcome = self._stop_as if stopper in done else ExecOutcome(
                     "failed", error=f"timeout after {timeout_s:g}s")
                 await self._terminate(proc, waiter)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PIPE_DRAIN_S):
-                    await asyncio.gather(*pumps)
+            await self._drain(pumps, patient=outcome is None)
         finally:
             for task in (*pumps, waiter, stopper):
                 task.cancel()
@@ -121,19 +123,35 @@ class ExecRunner:
             if proc.returncode is None:  # we are being cancelled ourselves
                 proc.signal_group(signal.SIGKILL)
         if self.output_dropped_bytes:
-            self.logs.add(self.command_id, "runtime", (
+            await self._deliver("runtime", (
                 f"[tether] {self.output_dropped_bytes} bytes of output dropped: over the "
                 f"policy's max_output_bytes ({self.max_output_bytes})\n").encode())
-            self.on_output()
         code = proc.returncode
+        result = {f"{source}_bytes": n for source, n in self.read_bytes.items()}
         if outcome is not None:
-            return ExecOutcome(outcome.state, exit_code=code, error=outcome.error)
+            return ExecOutcome(outcome.state, exit_code=code, error=outcome.error,
+                               result=result)
         if code == 0:
-            return ExecOutcome("succeeded", exit_code=0)
+            return ExecOutcome("succeeded", exit_code=0, result=result)
         if code is not None and code < 0:
-            return ExecOutcome("failed", exit_code=code,
+            return ExecOutcome("failed", exit_code=code, result=result,
                                error=f"killed by signal {signal.Signals(-code).name}")
-        return ExecOutcome("failed", exit_code=code, error=f"exit code {code}")
+        return ExecOutcome("failed", exit_code=code, error=f"exit code {code}", result=result)
+
+    async def _drain(self, pumps: list[asyncio.Task[None]], *, patient: bool) -> None:
+        """After the process ended: let the pumps read to the end of their pipes. When it
+        ended by itself (``patient``), a pump waiting for room in the log buffer is waited
+        for (backpressure: that output is kept); pipes held open by grandchildren get
+        PIPE_DRAIN_S without a byte. When it was stopped (cancel, timeout, the node
+        stopping), the pumps get PIPE_DRAIN_S in all. Then the caller cancels what is
+        left; bytes read but not sent show in the byte counts of the result."""
+        while True:
+            seen = sum(self.read_bytes.values())
+            _, pending = await asyncio.wait(pumps, timeout=PIPE_DRAIN_S)
+            if not pending or not patient:
+                return
+            if not self._waiting_room and sum(self.read_bytes.values()) == seen:
+                return
 
     async def _terminate(self, proc: ProcessHandle, waiter: asyncio.Task[int]) -> None:
         proc.signal_group(signal.SIGTERM)
@@ -149,36 +167,55 @@ class ExecRunner:
     async def _pump(self, stream: asyncio.StreamReader, source: str) -> None:
         """Forward output line-buffered: complete lines go at once; a partial line waits at
         most LINE_FLUSH_S for its end (or READ_CHUNK bytes), then goes as it is. Bytes are
-        forwarded untouched (binary-safe)."""
+        forwarded untouched (binary-safe). A command's output waits for room in the log
+        buffer before the next read, so a reader that falls behind slows the process down
+        instead of losing its output."""
         pending = bytearray()
         while True:
             try:
                 async with asyncio.timeout(LINE_FLUSH_S if pending else None):
                     data = await stream.read(READ_CHUNK)
             except TimeoutError:
-                self._emit(source, bytes(pending))
+                await self._deliver(source, bytes(pending))
                 pending.clear()
                 continue
             if not data:
                 if pending:
-                    self._emit(source, bytes(pending))
+                    await self._deliver(source, bytes(pending))
                 return
+            self.read_bytes[source] = self.read_bytes.get(source, 0) + len(data)
             pending += data
             cut = pending.rfind(b"\n") + 1
             if len(pending) >= READ_CHUNK:
                 cut = len(pending)
             if cut:
-                self._emit(source, bytes(pending[:cut]))
+                await self._deliver(source, bytes(pending[:cut]))
                 del pending[:cut]
 
-    def _emit(self, source: str, data: bytes) -> None:
-        if self.max_output_bytes is not None:
-            room = max(0, self.max_output_bytes - self.output_bytes)
-            if len(data) > room:  # keep reading (the process must not block on a full
-                self.output_dropped_bytes += len(data) - room  # pipe), drop what is over
-                data = data[:room]
-            if not data:
-                return
-        self.output_bytes += len(data)
-        self.logs.add(self.command_id, self.source or source, data)
+    async def _deliver(self, source: str, data: bytes) -> None:
+        """Into the log buffer, within the policy's ``max_output_bytes`` (past it, bytes
+        are read and dropped, and counted, so the process never blocks on a full pipe).
+        A command's output waits for room (:meth:`LogBuffer.put`); an app's output, which
+        no one waits on, is added at once and the buffer drops its oldest."""
+        if source == "runtime":  # the runner's own note: not output, not capped
+            label = source
+        else:
+            label = self.source or source
+            if self.max_output_bytes is not None:
+                room = max(0, self.max_output_bytes - self.output_bytes)
+                if len(data) > room:
+                    self.output_dropped_bytes += len(data) - room
+                    data = data[:room]
+                if not data:
+                    return
+            self.output_bytes += len(data)
+        if self.command_id is None:
+            self.logs.add(None, label, data)
+        else:
+            self._waiting_room += 1
+            try:
+                self.on_output()  # what is buffered already goes while this waits
+                await self.logs.put(self.command_id, label, data)
+            finally:
+                self._waiting_room -= 1
         self.on_output()
