@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from .errors import BadFrame
+from .values import INT64_MAX, Limits, int_in, number_in, plain_map, text, text_map
 
 PROTOCOL_VERSION = 1
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -132,32 +133,218 @@ def _get(b: Mapping[str, Any], name: str, kind: type[_T] | tuple[type, ...],
     return value
 
 
+MAX_ACK_STREAMS = 16
+
+
 def _int_map(value: object, name: str) -> dict[str, int]:
+    """Cursors by stream name: at most 16 names of at most 64 characters, each cursor from 0
+    to 2^63-1 (a sequence number is stored as a signed 64-bit integer)."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise BadFrame(f"body field {name!r} must be a map of stream name to integer")
+    if not isinstance(value, dict) or len(value) > MAX_ACK_STREAMS:
+        raise BadFrame(f"body field {name!r} must be a map of at most {MAX_ACK_STREAMS} "
+                       "stream names to integers")
     out: dict[str, int] = {}
     for key, n in value.items():
-        if not isinstance(key, str) or isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise BadFrame(f"body field {name!r} must map stream names to integers >= 0")
+        if (not isinstance(key, str) or len(key) > 64 or isinstance(n, bool)
+                or not isinstance(n, int) or not 0 <= n <= INT64_MAX):
+            raise BadFrame(f"body field {name!r} must map stream names to integers from 0 "
+                           f"to {INT64_MAX}")
         out[key] = n
     return out
 
 
-def _str_map(value: object, name: str) -> dict[str, str]:
+def _opt(b: Mapping[str, Any], name: str, check: Any, *args: Any, at: str = "",
+         **kwargs: Any) -> Any:
+    """``check(value, name, ...)`` for an optional field; None when absent or nil. ``at``
+    names the map that holds it, so an error names ``outbox.depth``, not ``depth``."""
+    value = b.get(name)
+    return None if value is None else check(value, f"{at}.{name}" if at else name, *args,
+                                            **kwargs)
+
+
+def _req(b: Mapping[str, Any], name: str, check: Any, *args: Any, **kwargs: Any) -> Any:
+    """``check(value, name, ...)`` for a required field."""
+    value = b.get(name)
+    if value is None:
+        raise BadFrame(f"body field {name!r} is required")
+    return check(value, name, *args, **kwargs)
+
+
+def _sub(value: object, name: str) -> Mapping[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise BadFrame(f"body field {name!r} must be a map of string to string")
-    return dict(value)
+    if not isinstance(value, Mapping):
+        raise BadFrame(f"body field {name!r} must be a map")
+    return value
+
+
+def _omit_none(out: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def valid_node_id(node_id: object) -> bool:
     """True when ``node_id`` matches ``[a-z0-9][a-z0-9-]{0,62}`` (PROTOCOL.md §8)."""
     return isinstance(node_id, str) and NODE_ID_RE.fullmatch(node_id) is not None
+
+
+# --- typed sub-values and their rules --------------------------------------------------------
+#
+# Rule 1: every number a peer sends is finite and within the range of where it is kept
+# (signed 64-bit integers in the store; floats in JSON); every text is valid Unicode and
+# bounded; bytes never stand in for text. Rule 2: unknown keys inside these values are
+# dropped (never stored or pushed), so a newer peer can add fields without breaking an older
+# controller. Rule 3: a sender may construct a body with a plain map where a sub-value is
+# expected; it is checked and converted on construction, so every instance holds typed
+# values and ``to_body()`` never emits anything the rules refuse.
+
+MAX_VERSION_LEN = 64
+MAX_CAPABILITIES = 64
+MAX_CAPABILITY_LEN = 128
+MAX_KIND_LEN = 128
+MAX_ERROR_LEN = 4096
+MAX_SOURCE_LEN = 64
+MAX_REASON_LEN = 1024
+MAX_PID = (1 << 31) - 1
+MAX_PATH_LEN = 4096
+MAX_CPUS = 1 << 20
+EXIT_CODE_MIN = -(1 << 31)  # signed or unsigned 32-bit exit statuses (POSIX, Windows)
+EXIT_CODE_MAX = (1 << 32) - 1
+MAX_SECONDS = 1e12  # about 31,700 years: any duration or age a peer reports
+MAX_MS = 1e15
+# Free-form maps a peer sends (node.event data, cmd.status result, monitor.packet data):
+# at most 64 KiB as compact JSON, 16 levels, 4,096 entries. A class A body past it is a
+# poison frame (docs/protocol.md §5); a class C one is dropped with a bad_frame error.
+DATA_LIMITS = Limits(max_depth=16, max_entries=4096, max_bytes=64 * 1024)
+RUNTIME_STATES = frozenset({"attached", "detached", "restarting"})
+
+_SubT = TypeVar("_SubT", bound="_SubValue")
+
+
+class _SubValue:
+    """Base of the typed maps nested in bodies: ``from_map`` checks, ``to_map`` emits."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_map(cls: type[_SubT], value: object, name: str) -> _SubT:  # pragma: no cover
+        raise NotImplementedError
+
+    def to_map(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def coerce(cls: type[_SubT], value: object, name: str) -> _SubT:
+        """``value`` itself when already typed, else :meth:`from_map` of it (Rule 3)."""
+        return value if isinstance(value, cls) else cls.from_map(value, name)
+
+
+def _runtime_state(value: object, name: str) -> str:
+    if value not in RUNTIME_STATES:
+        raise BadFrame(f"field {name!r} must be one of {sorted(RUNTIME_STATES)}")
+    return str(value)
+
+
+def _version(value: object, name: str) -> str:
+    return text(value, name, max_len=MAX_VERSION_LEN)
+
+
+def _count(value: object, name: str) -> int:
+    return int_in(value, name, 0, INT64_MAX)
+
+
+def _seconds(value: object, name: str) -> float:
+    return number_in(value, name, 0, MAX_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo(_SubValue):
+    """The node runtime as a hello or heartbeat reports it."""
+
+    state: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def from_map(cls, value: object, name: str) -> RuntimeInfo:
+        b = _sub(value, name)
+        return cls(state=_opt(b, "state", _runtime_state, at=name),
+                   version=_opt(b, "version", _version, at=name))
+
+    def to_map(self) -> dict[str, Any]:
+        return _omit_none({"state": self.state, "version": self.version})
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarInfo(_SubValue):
+    version: str | None = None
+    pid: int | None = None
+
+    @classmethod
+    def from_map(cls, value: object, name: str) -> SidecarInfo:
+        b = _sub(value, name)
+        return cls(version=_opt(b, "version", _version, at=name),
+                   pid=_opt(b, "pid", int_in, 0, MAX_PID, at=name))
+
+    def to_map(self) -> dict[str, Any]:
+        return _omit_none({"version": self.version, "pid": self.pid})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxInfo(_SubValue):
+    """The node's evt outbox: frames not yet acked, the age of the oldest, its cursors."""
+
+    depth: int | None = None
+    oldest_age_s: float | None = None
+    last: int | None = None
+    acked: int | None = None
+
+    @classmethod
+    def from_map(cls, value: object, name: str) -> OutboxInfo:
+        b = _sub(value, name)
+        return cls(depth=_opt(b, "depth", _count, at=name),
+                   oldest_age_s=_opt(b, "oldest_age_s", _seconds, at=name),
+                   last=_opt(b, "last", _count, at=name),
+                   acked=_opt(b, "acked", _count, at=name))
+
+    def to_map(self) -> dict[str, Any]:
+        return _omit_none({"depth": self.depth, "oldest_age_s": self.oldest_age_s,
+                           "last": self.last, "acked": self.acked})
+
+
+@dataclass(frozen=True, slots=True)
+class TransportInfo(_SubValue):
+    """The sidecar's view of the link (heartbeat ``transport``, docs/protocol.md §5)."""
+
+    rtt_ms: float | None = None
+    reconnects: int | None = None
+    clock_offset_ms: float | None = None
+
+    @classmethod
+    def from_map(cls, value: object, name: str) -> TransportInfo:
+        b = _sub(value, name)
+        return cls(rtt_ms=_opt(b, "rtt_ms", number_in, 0, MAX_MS, at=name),
+                   reconnects=_opt(b, "reconnects", _count, at=name),
+                   clock_offset_ms=_opt(b, "clock_offset_ms", number_in, -MAX_MS, MAX_MS,
+                                        at=name))
+
+    def to_map(self) -> dict[str, Any]:
+        return _omit_none({"rtt_ms": self.rtt_ms, "reconnects": self.reconnects,
+                           "clock_offset_ms": self.clock_offset_ms})
+
+
+def _capabilities(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or len(value) > MAX_CAPABILITIES:
+        raise BadFrame(f"body field {name!r} must be a list of at most {MAX_CAPABILITIES} "
+                       "strings")
+    return tuple(text(c, name, max_len=MAX_CAPABILITY_LEN) for c in value)
+
+
+def _labels(value: object, name: str) -> dict[str, str]:
+    return text_map(value, name)
+
+
+def _data(value: object, name: str) -> dict[str, Any]:
+    return plain_map(value, name, DATA_LIMITS)
 
 
 # --- bodies -------------------------------------------------------------------------------
@@ -220,35 +407,36 @@ class Hello(Body):
     acks: Mapping[str, int]
     protocol: int = PROTOCOL_VERSION
     session_id: str | None = None
-    runtime: Mapping[str, Any] = field(default_factory=dict)
-    sidecar: Mapping[str, Any] = field(default_factory=dict)
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    sidecar: SidecarInfo = field(default_factory=SidecarInfo)
     capabilities: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime", RuntimeInfo.coerce(self.runtime, "runtime"))
+        object.__setattr__(self, "sidecar", SidecarInfo.coerce(self.sidecar, "sidecar"))
 
     def to_body(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "protocol": self.protocol, "sig": self.sig,
                 "epoch": self.epoch, "acks": dict(self.acks), "session_id": self.session_id,
-                "runtime": dict(self.runtime), "sidecar": dict(self.sidecar),
+                "runtime": self.runtime.to_map(), "sidecar": self.sidecar.to_map(),
                 "capabilities": list(self.capabilities), "labels": dict(self.labels)}
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Hello:
-        caps = _get(b, "capabilities", list, required=False, default=[])
-        if not all(isinstance(c, str) for c in caps):
-            raise BadFrame("hello capabilities must be a list of strings")
-        runtime = _get(b, "runtime", dict, required=False, default={})
-        sidecar = _get(b, "sidecar", dict, required=False, default={})
         epoch = _get(b, "epoch", int)
         if not 0 <= epoch < 1 << 64:
             raise BadFrame("hello epoch must be an unsigned 64-bit integer")
-        return cls(node_id=_get(b, "node_id", str),
-                   protocol=_get(b, "protocol", int),
+        return cls(node_id=_req(b, "node_id", text, max_len=MAX_ID_LEN),
+                   protocol=_req(b, "protocol", int_in, 0, MAX_PID),
                    sig=as_bytes(_get(b, "sig", (bytes, str)), "sig"),
                    epoch=epoch,
                    acks=_int_map(b.get("acks"), "acks"),
-                   session_id=_get(b, "session_id", str, required=False),
-                   runtime=runtime, sidecar=sidecar, capabilities=tuple(caps),
-                   labels=_str_map(b.get("labels"), "labels"))
+                   session_id=_opt(b, "session_id", text, max_len=MAX_ID_LEN),
+                   runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
+                   sidecar=SidecarInfo.from_map(b.get("sidecar"), "sidecar"),
+                   capabilities=_opt(b, "capabilities", _capabilities) or (),
+                   labels=_labels(b.get("labels"), "labels"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,26 +492,33 @@ class Welcome(Body):
 class Heartbeat(Body):
     TYPE: ClassVar[str] = "edge.heartbeat"
     uptime_s: float
-    runtime: Mapping[str, Any] = field(default_factory=dict)
-    outbox: Mapping[str, Any] = field(default_factory=dict)
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    outbox: OutboxInfo = field(default_factory=OutboxInfo)
     acks: Mapping[str, int] = field(default_factory=dict)
     # Addition (docs/protocol.md): the sidecar's view of the link (rtt_ms, reconnects, ...).
-    transport: Mapping[str, Any] = field(default_factory=dict)
+    transport: TransportInfo = field(default_factory=TransportInfo)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime", RuntimeInfo.coerce(self.runtime, "runtime"))
+        object.__setattr__(self, "outbox", OutboxInfo.coerce(self.outbox, "outbox"))
+        object.__setattr__(self, "transport",
+                           TransportInfo.coerce(self.transport, "transport"))
 
     def to_body(self) -> dict[str, Any]:
-        out = {"uptime_s": self.uptime_s, "runtime": dict(self.runtime),
-               "outbox": dict(self.outbox), "acks": dict(self.acks)}
-        if self.transport:
-            out["transport"] = dict(self.transport)
+        out = {"uptime_s": self.uptime_s, "runtime": self.runtime.to_map(),
+               "outbox": self.outbox.to_map(), "acks": dict(self.acks)}
+        transport = self.transport.to_map()
+        if transport:
+            out["transport"] = transport
         return out
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
-        return cls(uptime_s=_get(b, "uptime_s", (int, float), required=False, default=0),
-                   runtime=_get(b, "runtime", dict, required=False, default={}),
-                   outbox=_get(b, "outbox", dict, required=False, default={}),
+        return cls(uptime_s=_opt(b, "uptime_s", _seconds) or 0.0,
+                   runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
+                   outbox=OutboxInfo.from_map(b.get("outbox"), "outbox"),
                    acks=_int_map(b.get("acks"), "acks"),
-                   transport=_get(b, "transport", dict, required=False, default={}))
+                   transport=TransportInfo.from_map(b.get("transport"), "transport"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +567,7 @@ class RuntimeState(Body):
     state: str
     version: str | None = None
 
-    STATES: ClassVar[frozenset[str]] = frozenset({"attached", "detached", "restarting"})
+    STATES: ClassVar[frozenset[str]] = RUNTIME_STATES
 
     def to_body(self) -> dict[str, Any]:
         return {"state": self.state, "version": self.version}
@@ -382,7 +577,7 @@ class RuntimeState(Body):
         state = _get(b, "state", str)
         if state not in cls.STATES:
             raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, got {state!r}")
-        return cls(state=state, version=_get(b, "version", str, required=False))
+        return cls(state=state, version=_opt(b, "version", _version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +590,7 @@ class Goodbye(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Goodbye:
-        return cls(reason=_get(b, "reason", str, required=False, default=""))
+        return cls(reason=_opt(b, "reason", text, max_len=MAX_REASON_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,8 +604,8 @@ class ErrorBody(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> ErrorBody:
-        return cls(code=_get(b, "code", str), message=_get(b, "message", str, required=False,
-                                                            default=""))
+        return cls(code=_req(b, "code", text, max_len=MAX_KIND_LEN),
+                   message=_opt(b, "message", text, max_len=MAX_ERROR_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,7 +640,8 @@ CONTROL_KINDS = frozenset({"cancel", "pause", "resume"})  # args: {"command_id":
 class CmdStatus(Body):
     """A command's state change, node -> controller, class A on ``evt``.
 
-    ``result`` carries kind-specific data (``diag.ping`` puts its timestamps there)."""
+    ``result`` carries kind-specific data (``diag.ping`` puts its timestamps there).
+    ``exit_code`` is a 32-bit exit status, signed or unsigned; times are signed 64-bit."""
 
     TYPE: ClassVar[str] = "cmd.status"
     command_id: str
@@ -471,12 +667,12 @@ class CmdStatus(Body):
         state = _get(b, "state", str)
         if state not in STATUS_STATES:
             raise BadFrame(f"status state must be one of {sorted(STATUS_STATES)}, got {state!r}")
-        return cls(command_id=_get(b, "command_id", str), state=state,
-                   exit_code=_get(b, "exit_code", int, required=False),
-                   error=_get(b, "error", str, required=False),
-                   started_ms=_get(b, "started_ms", int, required=False),
-                   finished_ms=_get(b, "finished_ms", int, required=False),
-                   result=_get(b, "result", dict, required=False))
+        return cls(command_id=_req(b, "command_id", text, max_len=MAX_ID_LEN), state=state,
+                   exit_code=_opt(b, "exit_code", int_in, EXIT_CODE_MIN, EXIT_CODE_MAX),
+                   error=_opt(b, "error", text, max_len=MAX_ERROR_LEN),
+                   started_ms=_opt(b, "started_ms", int_in),
+                   finished_ms=_opt(b, "finished_ms", int_in),
+                   result=_opt(b, "result", _data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,15 +692,20 @@ class LogChunk(Body):
     def from_body(cls, b: Mapping[str, Any]) -> LogChunk:
         data = b.get("data")
         # JSON carries log data as UTF-8 text (PROTOCOL.md §6), msgpack as bin.
-        raw = data.encode() if isinstance(data, str) else as_bytes(data, "data")
-        return cls(command_id=_get(b, "command_id", str, required=False),
-                   source=_get(b, "source", str), seq=_get(b, "seq", int), data=raw,
-                   dropped=_get(b, "dropped", int, required=False, default=0))
+        if isinstance(data, str):
+            raw = text(data, "data", max_len=len(data)).encode()
+        else:
+            raw = as_bytes(data, "data")
+        return cls(command_id=_opt(b, "command_id", text, max_len=MAX_ID_LEN),
+                   source=_req(b, "source", text, max_len=MAX_SOURCE_LEN),
+                   seq=_req(b, "seq", _count), data=raw,
+                   dropped=_opt(b, "dropped", _count) or 0)
 
 
 @dataclass(frozen=True, slots=True)
 class NodeEvent(Body):
-    """An application event a node reports, class A on ``evt`` (docs/protocol.md addition)."""
+    """An application event a node reports, class A on ``evt`` (docs/protocol.md addition).
+    ``data`` is plain data within :data:`DATA_LIMITS`."""
 
     TYPE: ClassVar[str] = "node.event"
     kind: str
@@ -515,14 +716,15 @@ class NodeEvent(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> NodeEvent:
-        return cls(kind=_get(b, "kind", str), data=_get(b, "data", dict, required=False,
-                                                        default={}))
+        return cls(kind=_req(b, "kind", text, max_len=MAX_KIND_LEN),
+                   data=_opt(b, "data", _data) or {})
 
 
 @dataclass(frozen=True, slots=True)
 class MonitorPacket(Body):
     """A small structured packet an app on the node publishes (class C): ``seq`` runs per
-    node, ``dropped`` counts packets lost to overflow before this one."""
+    node, ``dropped`` counts packets lost to overflow before this one. ``data`` is plain
+    data within :data:`DATA_LIMITS`."""
 
     TYPE: ClassVar[str] = "monitor.packet"
     topic: str
@@ -540,15 +742,90 @@ class MonitorPacket(Body):
         topic = _get(b, "topic", str)
         if not 0 < len(topic) <= 128:
             raise BadFrame("monitor topic must be 1 to 128 characters")
-        return cls(topic=topic, data=_get(b, "data", dict), seq=_get(b, "seq", int),
-                   at_ms=_get(b, "at_ms", int, required=False, default=0),
-                   dropped=_get(b, "dropped", int, required=False, default=0))
+        return cls(topic=text(topic, "topic", max_len=128), data=_req(b, "data", _data),
+                   seq=_req(b, "seq", _count), at_ms=_opt(b, "at_ms", _count) or 0,
+                   dropped=_opt(b, "dropped", _count) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageInfo(_SubValue):
+    """Memory or disk usage in ``node.resources``: bytes, a percentage, the disk's path."""
+
+    total: int | None = None
+    available: int | None = None
+    free: int | None = None
+    percent: float | None = None
+    path: str | None = None
+
+    @classmethod
+    def from_map(cls, value: object, name: str) -> UsageInfo:
+        b = _sub(value, name)
+        return cls(total=_opt(b, "total", _count, at=name),
+                   available=_opt(b, "available", _count, at=name),
+                   free=_opt(b, "free", _count, at=name),
+                   percent=_opt(b, "percent", number_in, 0, 100, at=name),
+                   path=_opt(b, "path", text, max_len=MAX_PATH_LEN, at=name))
+
+    def to_map(self) -> dict[str, Any]:
+        return _omit_none({"total": self.total, "available": self.available,
+                           "free": self.free, "percent": self.percent, "path": self.path})
+
+
+
+def _load(value: object, name: str) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple) or len(value) > 3:
+        raise BadFrame(f"body field {name!r} must be a list of at most 3 numbers")
+    return tuple(number_in(x, name, 0, 1e9) for x in value)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResources(Body):
+    """What the node's machine looks like now (class B, latest wins; ``node/resources.py``
+    sends it). Every field is optional; unknown fields are dropped."""
+
+    TYPE: ClassVar[str] = "node.resources"
+    cpu_percent: float | None = None
+    cpus: int | None = None
+    load: tuple[float, ...] = ()
+    memory: UsageInfo = field(default_factory=UsageInfo)
+    disk: UsageInfo = field(default_factory=UsageInfo)
+    processes: int | None = None
+    uptime_s: float | None = None
+    at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "memory", UsageInfo.coerce(self.memory, "memory"))
+        object.__setattr__(self, "disk", UsageInfo.coerce(self.disk, "disk"))
+
+    def to_body(self) -> dict[str, Any]:
+        out = _omit_none({"cpu_percent": self.cpu_percent, "cpus": self.cpus,
+                          "processes": self.processes, "uptime_s": self.uptime_s,
+                          "at_ms": self.at_ms})
+        if self.load:
+            out["load"] = list(self.load)
+        for name in ("memory", "disk"):
+            usage = getattr(self, name).to_map()
+            if usage:
+                out[name] = usage
+        return out
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> NodeResources:
+        return cls(cpu_percent=_opt(b, "cpu_percent", number_in, 0, 100 * MAX_CPUS),
+                   cpus=_opt(b, "cpus", int_in, 1, MAX_CPUS),
+                   load=_opt(b, "load", _load) or (),
+                   memory=UsageInfo.from_map(b.get("memory"), "memory"),
+                   disk=UsageInfo.from_map(b.get("disk"), "disk"),
+                   processes=_opt(b, "processes", _count),
+                   uptime_s=_opt(b, "uptime_s", _seconds),
+                   at_ms=_opt(b, "at_ms", _count))
 
 
 BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (Challenge, Hello, Welcome, Heartbeat, HeartbeatAck, Ack, Resume, RuntimeState,
-                Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent, MonitorPacket)
+                Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent, MonitorPacket,
+                NodeResources)
 }
 
 
