@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
-from tether.protocol.classes import EVT_STREAM, FRAME_STREAM, delivery_class
+from tether.protocol.classes import CMD_STREAM, EVT_STREAM, FRAME_STREAM, delivery_class
 from tether.protocol.codec import (
     BATCH_TYPE,
     MAX_BATCH_FRAMES,
@@ -30,6 +30,7 @@ from tether.protocol.codec import (
     unbatch,
 )
 from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError, TetherError
+from tether.protocol.excerpt import excerpt
 from tether.protocol.frames import (
     PROTOCOL_VERSION,
     Ack,
@@ -42,6 +43,7 @@ from tether.protocol.frames import (
     Hello,
     LogChunk,
     MonitorPacket,
+    NodeResources,
     Resume,
     RuntimeState,
     Welcome,
@@ -52,7 +54,7 @@ from tether.protocol.handshake import INITIAL, Event, Role, event_for, step
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import StreamReceiver, Verdict
 
-from .store.controller_store import Fenced
+from .store.controller_store import Fenced, Poisoned
 
 if TYPE_CHECKING:
     from .app import Controller
@@ -142,7 +144,8 @@ class EdgeConnection:
         self.resumed = False
         # uplink (evt) receive side
         self.evt = StreamReceiver()
-        self.pending_evt: list[tuple[Frame, Body]] = []  # parsed once, on arrival
+        # parsed once, on arrival; a body that broke the value rules is Poisoned
+        self.pending_evt: list[tuple[Frame, Body | Poisoned]] = []
         # downlink (cmd) send side: the outbox lives in the store
         self.cmd_epoch = 0
         self.cmd_acked = 0
@@ -357,9 +360,9 @@ class EdgeConnection:
         if not enabled:
             raise _Close(4403, "node is disabled")
         self.node_id = hello.node_id
-        self.runtime = {"state": str(hello.runtime.get("state") or "attached"),
-                        "version": hello.runtime.get("version")}
-        self.sidecar = dict(hello.sidecar)
+        self.runtime = {"state": hello.runtime.state or "attached",
+                        "version": hello.runtime.version}
+        self.sidecar = hello.sidecar.to_map()
         old = self.ctl.registry.claim(self.node_id, self)
         if old is not None:
             await old.supersede()
@@ -381,7 +384,8 @@ class EdgeConnection:
         th = self.ctl.config.thresholds
         await self._send(Welcome(
             session_id=opened.session_id, resumed=opened.resumed, epoch=opened.cmd_epoch,
-            acks={EVT_STREAM: opened.evt_applied}, heartbeat_s=th.heartbeat_s,
+            acks={EVT_STREAM: opened.evt_applied, CMD_STREAM: acked},
+            heartbeat_s=th.heartbeat_s,
             stale_after_s=th.stale_after_s, offline_after_s=th.offline_after_s,
             max_frame=self.max_frame, max_batch=MAX_BATCH_FRAMES).frame())
         self._downlink_again = True  # the steady state's first pass replays from the cursor
@@ -455,23 +459,23 @@ class EdgeConnection:
             hb = self._parse_or_error(Heartbeat, frame)
             if hb is None:
                 return
-            if hb.runtime.get("state"):
-                self._set_runtime(dict(hb.runtime))
-            self.outbox = dict(hb.outbox)
-            if hb.transport:
-                self.transport = {k: hb.transport.get(k) for k in
-                                  ("rtt_ms", "reconnects", "clock_offset_ms")}
-            self._saw_cmd_ack(hb.acks.get("cmd"))
+            if hb.runtime.state:
+                self._set_runtime(hb.runtime.to_map())
+            self.outbox = hb.outbox.to_map()
+            transport = hb.transport.to_map()
+            if transport:
+                self.transport = transport
+            self._saw_cmd_ack(hb.acks.get(CMD_STREAM))
             await self._send(HeartbeatAck(time_ms=_now_ms(),
                                           acks={EVT_STREAM: self.evt.applied}).frame(re=frame.id))
         elif t == "edge.ack":
             ack = self._parse_or_error(Ack, frame)
             if ack is not None:
-                self._saw_cmd_ack(ack.acks.get("cmd"))
+                self._saw_cmd_ack(ack.acks.get(CMD_STREAM))
         elif t == "edge.resume":
             resume = self._parse_or_error(Resume, frame)
             if resume is not None:
-                self._on_resume(resume.acks.get("cmd", 0))
+                self._on_resume(resume.acks.get(CMD_STREAM, 0))
         elif t == "edge.runtime":
             rt = self._parse_or_error(RuntimeState, frame)
             if rt is not None:
@@ -485,8 +489,9 @@ class EdgeConnection:
                     self.pending_logs.append(chunk)
                     self._wake_apply()
         elif t == "node.resources":  # class B: latest wins, pushed to node:<id>
-            if len(frame.b) <= 64:
-                self.resources = dict(frame.b)
+            resources = self._parse_or_error(NodeResources, frame)
+            if resources is not None:
+                self.resources = resources.to_body()
                 self.ctl.hub.publish(f"node:{self.node_id}", "resources.updated",
                                      {"node_id": self.node_id, "resources": self.resources})
         elif t == "monitor.packet":  # class C: last N in memory, pushed to monitor:<id>
@@ -532,15 +537,19 @@ class EdgeConnection:
                 self.wake_downlink()
 
     async def _on_evt(self, frame: Frame) -> None:
+        """A class A frame on ``evt``. Without a stream and sequence it cannot be placed:
+        4400. A body that breaks the value rules is a poison frame (docs/protocol.md §5):
+        it takes its place in the stream as :class:`Poisoned`, is recorded as a dead letter
+        instead of applied, and is acked like any other, so the stream moves on."""
         if frame.s != EVT_STREAM or frame.q is None:
             raise _Close(4400, f"{frame.t!r} must travel on stream 'evt' with a sequence")
-        try:
-            body = parse_body(frame)
-        except BadFrame as exc:
-            # A sequenced frame cannot be skipped without a gap: the sender must fix it.
-            raise _Close(4400, f"bad {frame.t!r} at q={frame.q}: {exc.message}") from None
         verdict = self.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
+            body: Body | Poisoned
+            try:
+                body = parse_body(frame)
+            except BadFrame as exc:
+                body = Poisoned(reason=exc.message, excerpt=excerpt(frame.b))
             self.pending_evt.append((frame, body))
             self._wake_apply()
             if len(self.pending_evt) >= self.ctl.config.max_pending_evt_frames:
@@ -552,15 +561,25 @@ class EdgeConnection:
         else:
             await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
 
-    def _saw_cmd_ack(self, n: object) -> None:
-        if isinstance(n, int) and not isinstance(n, bool) and n > self.cmd_ack_seen:
+    def _saw_cmd_ack(self, n: int | None) -> None:
+        """A cumulative ``cmd`` ack (edge.ack, heartbeat or resume). Rule: the node can only
+        have applied what this session sent it (``cmd_sent``, moved before each send), so
+        an ack beyond it is a protocol error (4400), never a reason to mark commands that
+        were queued but never sent ``delivered``."""
+        if n is None:
+            return
+        if n > self.cmd_sent:
+            raise _Close(4400, f"ack for cmd q={n} is beyond q={self.cmd_sent}, the last "
+                               "sent on this session")
+        if n > self.cmd_ack_seen:
             self.cmd_ack_seen = n
             self.wake_downlink()
 
     def _on_resume(self, n: int) -> None:
         """The node's runtime re-attached having applied up to ``n``: re-send after it."""
         if n > self.cmd_sent:
-            raise _Close(4400, f"resume from q={n} beyond the last sent q={self.cmd_sent}")
+            raise _Close(4400, f"resume from cmd q={n} is beyond q={self.cmd_sent}, the last "
+                               "sent on this session")
         self._saw_cmd_ack(n)
         self.cmd_sent = max(n, self.cmd_acked)
         self.wake_downlink()
@@ -611,6 +630,13 @@ class EdgeConnection:
             raise
         self.evt.committed(batch[-1][0].q or 0)
         await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
+        for frame, body in batch:
+            if isinstance(body, Poisoned):  # after the ack: the node may drop it now
+                logger.warning("poison frame recorded as a dead letter", extra={
+                    "node_id": self.node_id, "stream": frame.s, "q": frame.q,
+                    "frame_type": frame.t, "detail": body.reason[:200]})
+                await self._send(ErrorBody(code="poison_frame", message=body.reason[:512]
+                                           ).frame(re=frame.id))
         for effect in effects:
             if effect.applied:
                 self.ctl.command_changed(effect.command_id, effect.state, self.node_id)
@@ -647,5 +673,6 @@ class EdgeConnection:
         for q, data in rows:
             if self.fenced:
                 break
-            await self._send_bytes(data)
+            # before the send: the node may ack it before this task runs again
             self.cmd_sent = q
+            await self._send_bytes(data)

@@ -300,6 +300,9 @@ class Sidecar:
         self.welcome = welcome
         self.session_id = welcome.session_id
         self.evt_acked = int(welcome.acks.get(EVT_STREAM, 0))
+        # The controller names the cmd cursor it resends after (0 in a new cmd epoch): the
+        # heartbeat's acks.cmd must not carry a cursor of an older epoch (docs/protocol.md §3).
+        self.cmd_applied = int(welcome.acks.get(CMD_STREAM, self.cmd_applied))
         if self.runtime is not None:
             await self.runtime.send(self._session_frame())
         self._publish()

@@ -67,6 +67,20 @@ class SessionOpened:
 
 
 @dataclass(frozen=True, slots=True)
+class Poisoned:
+    """A class A frame that decoded as an envelope but whose body broke the value rules
+    (docs/protocol.md §5, poison frames): it takes the place of the body in
+    :meth:`ControllerStore.apply_evt`, which records it as a dead letter instead of
+    applying it, in the transaction that moves the cursor past it."""
+
+    reason: str
+    excerpt: str
+
+
+MAX_DEAD_LETTER_REASON = 512
+
+
+@dataclass(frozen=True, slots=True)
 class StatusEffect:
     """What one applied cmd.status did, for events pushed to subscribers."""
 
@@ -83,8 +97,12 @@ def _timeline(conn: sqlite3.Connection, command_id: str, state: str, at: float,
 
 class ControllerStore:
     def __init__(self, db: Database, *, max_log_bytes_per_command: int = 1 << 20,
-                 max_node_events_per_node: int = 10_000) -> None:
+                 max_node_events_per_node: int = 10_000,
+                 max_dead_letters_per_node: int = 1000) -> None:
         self.db = db
+        # Dead letters kept per node: the newest; older ones are deleted, and every one is
+        # counted in nodes.dead_letters_total.
+        self.max_dead_letters_per_node = max_dead_letters_per_node
         self.max_log_bytes_per_command = max_log_bytes_per_command
         self.max_node_events_per_node = max_node_events_per_node
         self.max_node_log_chunks = 10_000
@@ -572,14 +590,22 @@ class ControllerStore:
             raise Fenced(f"session {session_id} no longer owns node {node_id}")
 
     async def apply_evt(self, *, node_id: str, session_id: str,
-                        frames: Sequence[tuple[Frame, Body]]) -> list[StatusEffect]:
+                        frames: Sequence[tuple[Frame, Body | Poisoned]]
+                        ) -> list[StatusEffect]:
         """Apply consecutive ``evt`` frames (each with its body, parsed and validated by the
-        gateway on arrival) and move the cursor, in one transaction."""
+        gateway on arrival) and move the cursor, in one transaction. A :class:`Poisoned`
+        body is not applied: it becomes a dead letter, and the cursor moves past it.
+
+        Contract: every value in a typed body fits the store (the value rules of
+        ``protocol/frames.py``), so nothing here fails because of what a peer sent."""
         def fn(conn: sqlite3.Connection) -> list[StatusEffect]:
             self._fence(conn, node_id, session_id)
             now = _now()
             effects: list[StatusEffect] = []
             for frame, body in frames:
+                if isinstance(body, Poisoned):
+                    self._dead_letter(conn, node_id, frame, body, now)
+                    continue
                 if frame.k is not None and not self._first_use_of_key(conn, node_id, frame.k,
                                                                       now):
                     continue  # the key was applied before: cursor moves, effect does not
@@ -590,13 +616,44 @@ class ControllerStore:
                     self._node_event(conn, node_id, kind, data)
                     if kind in ("policy", "apps"):  # the latest report is the node's view
                         conn.execute(f"UPDATE nodes SET {kind}=? WHERE node_id=?",
-                                     (json.dumps(data, default=repr), node_id))
-                else:  # class A on evt that this version records but does not interpret
-                    self._node_event(conn, node_id, frame.t, dict(frame.b))
+                                     (json.dumps(data, allow_nan=False), node_id))
+                else:  # a typed class A body this version records but does not interpret
+                    self._node_event(conn, node_id, frame.t, body.to_body())
             conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",
                          (frames[-1][0].q, node_id))
             return effects
         return await self.db.write(fn)
+
+    def _dead_letter(self, conn: sqlite3.Connection, node_id: str, frame: Frame,
+                     poison: Poisoned, now: float) -> None:
+        """Record a poison frame; keep the newest ``max_dead_letters_per_node``."""
+        conn.execute("INSERT INTO dead_letters (node_id, stream, q, frame_type, frame_id, "
+                     "reason, excerpt, at) VALUES (?,?,?,?,?,?,?,?)",
+                     (node_id, frame.s or "", frame.q or 0, frame.t, frame.id,
+                      poison.reason[:MAX_DEAD_LETTER_REASON], poison.excerpt, now))
+        conn.execute("UPDATE nodes SET dead_letters_total = dead_letters_total + 1 "
+                     "WHERE node_id=?", (node_id,))
+        conn.execute("DELETE FROM dead_letters WHERE node_id=? AND id <= (SELECT id FROM "
+                     "dead_letters WHERE node_id=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                     (node_id, node_id, self.max_dead_letters_per_node))
+
+    async def dead_letters(self, node_id: str, *, limit: int = 100
+                           ) -> tuple[list[dict[str, Any]], int]:
+        """The node's newest dead letters (newest first) and how many it ever had."""
+        def fn(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
+            rows = [dict(r) for r in conn.execute(
+                "SELECT id, stream, q, frame_type, frame_id, reason, excerpt, at "
+                "FROM dead_letters WHERE node_id=? ORDER BY id DESC LIMIT ?",
+                (node_id, limit))]
+            total = conn.execute("SELECT dead_letters_total FROM nodes WHERE node_id=?",
+                                 (node_id,)).fetchone()
+            return rows, int(total[0]) if total else 0
+        return await self.db.read(fn)
+
+    async def dead_letters_total(self) -> int:
+        """Poison frames ever recorded, all nodes together (kept or since deleted)."""
+        return await self.db.read(lambda conn: int(conn.execute(
+            "SELECT COALESCE(SUM(dead_letters_total), 0) FROM nodes").fetchone()[0]))
 
     @staticmethod
     def _first_use_of_key(conn: sqlite3.Connection, node_id: str, key: str,

@@ -67,4 +67,14 @@ MIGRATIONS = [
     """
     ALTER TABLE nodes ADD COLUMN apps TEXT
     """,
+    # 4: poison frames (docs/protocol.md §5): class A frames refused for their content, the
+    # newest per node kept with their reason, the rest counted in nodes.dead_letters_total
+    """
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, stream TEXT NOT NULL,
+        q INTEGER NOT NULL, frame_type TEXT NOT NULL, frame_id TEXT, reason TEXT NOT NULL,
+        excerpt TEXT NOT NULL, at REAL NOT NULL);
+    CREATE INDEX dead_letters_node ON dead_letters (node_id, id);
+    ALTER TABLE nodes ADD COLUMN dead_letters_total INTEGER NOT NULL DEFAULT 0
+    """,
 ]
