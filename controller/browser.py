@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from starlette.websockets import WebSocket, WebSocketState
 
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
-from tether.protocol.errors import BadFrame, FrameTooLarge, NotFound
+from tether.protocol.errors import BadFrame, FrameTooLarge, LocalProtocolError, NotFound
 from tether.protocol.frames import Frame
 
 from .services.events import Subscriber
@@ -37,6 +37,9 @@ IDLE_TIMEOUT_S = 300.0
 SEND_TIMEOUT_S = 10.0
 MAX_TOPICS = 256
 TOPIC_PREFIXES = ("node:", "command:", "commands:", "logs:", "monitor:")
+# Events that could not be encoded as a /ws frame (a value JSON cannot hold, or over the
+# frame limit): skipped, the subscriber kept; shown as tether_ws_events_unencodable_total.
+unencodable_total = 0
 
 
 class _Close(Exception):
@@ -91,9 +94,12 @@ async def browser_endpoint(ws: WebSocket) -> None:
 
 
 async def _send(ws: WebSocket, frame: Frame) -> None:
+    """Send one frame. Raises LocalProtocolError, before anything is sent, for a frame that
+    cannot be encoded (the caller decides whether to skip it)."""
+    text = encode_json(frame)
     try:
         async with asyncio.timeout(SEND_TIMEOUT_S):
-            await ws.send_text(encode_json(frame))
+            await ws.send_text(text)
     except TimeoutError:
         raise _Close(4408, "client is not reading") from None
 
@@ -168,9 +174,15 @@ async def _push(ws: WebSocket, sub: Subscriber, sending: asyncio.Lock) -> None:
             raise _Close(4429, "event queue overflowed: client too slow; reconnect and "
                                "resubscribe")
         async with sending:
-            await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
-                                                "data": event.data,
-                                                "at_ms": round(event.at_ms, 3)}))
+            try:
+                await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
+                                                    "data": event.data,
+                                                    "at_ms": round(event.at_ms, 3)}))
+            except LocalProtocolError as exc:  # one bad event must not cost the subscriber
+                global unencodable_total
+                unencodable_total += 1
+                logger.warning("event skipped: it cannot be sent on /ws", extra={
+                    "topic": event.topic, "kind": event.kind, "detail": exc.message[:200]})
 
 
 async def _snapshot(controller: Controller, topic: str) -> Any:

@@ -20,7 +20,8 @@ from tether.common import __version__
 from tether.protocol.errors import AuthError, Conflict, InvalidRequest, NotFound, TetherError
 from tether.protocol.frames import COMMAND_STATES, valid_node_id
 
-from ..views import command_view, iso, log_item
+from .. import browser
+from ..views import command_view, iso, log_item, node_event_view
 
 if TYPE_CHECKING:
     from ..app import Controller
@@ -209,9 +210,7 @@ async def node_events(request: Request) -> Response:
     if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
         raise InvalidRequest("'limit' must be an integer from 1 to 10000")
     items = await _ctl(request).store.node_events(row["node_id"], limit=int(limit_raw))
-    return JSONResponse({"items": [
-        {"id": e["id"], "kind": e["kind"], "data": json.loads(e["data"]), "at": iso(e["at"])}
-        for e in items]})
+    return JSONResponse({"items": [node_event_view(e) for e in items]})
 
 
 async def node_dead_letters(request: Request) -> Response:
@@ -405,6 +404,8 @@ async def metrics(request: Request) -> Response:
         f"tether_events_published_total {ctl.hub.published_total}",
         "# TYPE tether_dead_letters_total counter",
         f"tether_dead_letters_total {dead_letters_total}",
+        "# TYPE tether_ws_events_unencodable_total counter",
+        f"tether_ws_events_unencodable_total {browser.unencodable_total}",
     ]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
