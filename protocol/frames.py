@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from .errors import BadFrame
-from .values import INT64_MAX, Limits, int_in, number_in, plain_map, text, text_map
+from .values import INT64_MAX, INT64_MIN, Limits, int_in, number_in, plain_map, text, text_map
 
 PROTOCOL_VERSION = 1
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -179,6 +180,13 @@ def _sub(value: object, name: str) -> Mapping[str, Any]:
     return value
 
 
+def _text(value: object, name: str, *, max_len: int, min_len: int = 0) -> str:
+    """:func:`values.text`, with a fast path for short ASCII text (always valid Unicode)."""
+    if type(value) is str and min_len <= len(value) <= max_len and value.isascii():
+        return value
+    return text(value, name, max_len=max_len, min_len=min_len)
+
+
 def _omit_none(out: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
@@ -336,14 +344,48 @@ def _capabilities(value: object, name: str) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or len(value) > MAX_CAPABILITIES:
         raise BadFrame(f"body field {name!r} must be a list of at most {MAX_CAPABILITIES} "
                        "strings")
-    return tuple(text(c, name, max_len=MAX_CAPABILITY_LEN) for c in value)
+    return tuple(_text(c, name, max_len=MAX_CAPABILITY_LEN) for c in value)
 
 
 def _labels(value: object, name: str) -> dict[str, str]:
     return text_map(value, name)
 
 
+_FAST_SCALARS = (int, float, str, bool, type(None))
+_FAST_MAX_ENTRIES = 64
+_FAST_MAX_TEXT = 4096
+
+
 def _data(value: object, name: str) -> dict[str, Any]:
+    """A free-form map within :data:`DATA_LIMITS`. Hot path (every node.event): a flat map
+    of short ASCII text keys to scalars is checked here in one pass, counting each text at
+    6 bytes a character (the worst JSON escape), so it can only over-count; anything else,
+    or anything near the byte bound, takes the exact walk of :func:`plain_map`."""
+    if type(value) is dict and len(value) <= _FAST_MAX_ENTRIES:
+        size = 2 + 2 * len(value)
+        for key, item in value.items():
+            kind = type(item)
+            if (type(key) is not str or len(key) > _FAST_MAX_TEXT or not key.isascii()
+                    or kind not in _FAST_SCALARS):
+                break
+            size += 6 * len(key) + 2
+            if kind is str:
+                if len(item) > _FAST_MAX_TEXT or not item.isascii():
+                    break
+                size += 6 * len(item) + 2
+            elif kind is int:
+                if not INT64_MIN <= item <= INT64_MAX:
+                    break
+                size += 20
+            elif kind is float:
+                if not math.isfinite(item):
+                    break
+                size += 24
+            else:
+                size += 5
+        else:
+            if size <= DATA_LIMITS.max_bytes:
+                return dict(value)
     return plain_map(value, name, DATA_LIMITS)
 
 
@@ -427,12 +469,12 @@ class Hello(Body):
         epoch = _get(b, "epoch", int)
         if not 0 <= epoch < 1 << 64:
             raise BadFrame("hello epoch must be an unsigned 64-bit integer")
-        return cls(node_id=_req(b, "node_id", text, max_len=MAX_ID_LEN),
+        return cls(node_id=_req(b, "node_id", _text, max_len=MAX_ID_LEN),
                    protocol=_req(b, "protocol", int_in, 0, MAX_PID),
                    sig=as_bytes(_get(b, "sig", (bytes, str)), "sig"),
                    epoch=epoch,
                    acks=_int_map(b.get("acks"), "acks"),
-                   session_id=_opt(b, "session_id", text, max_len=MAX_ID_LEN),
+                   session_id=_opt(b, "session_id", _text, max_len=MAX_ID_LEN),
                    runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
                    sidecar=SidecarInfo.from_map(b.get("sidecar"), "sidecar"),
                    capabilities=_opt(b, "capabilities", _capabilities) or (),
@@ -576,7 +618,8 @@ class RuntimeState(Body):
     def from_body(cls, b: Mapping[str, Any]) -> RuntimeState:
         state = _get(b, "state", str)
         if state not in cls.STATES:
-            raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, got {state!r}")
+            raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, "
+                           f"got {state[:32]!r}")
         return cls(state=state, version=_opt(b, "version", _version))
 
 
@@ -590,7 +633,7 @@ class Goodbye(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Goodbye:
-        return cls(reason=_opt(b, "reason", text, max_len=MAX_REASON_LEN) or "")
+        return cls(reason=_opt(b, "reason", _text, max_len=MAX_REASON_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,8 +647,8 @@ class ErrorBody(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> ErrorBody:
-        return cls(code=_req(b, "code", text, max_len=MAX_KIND_LEN),
-                   message=_opt(b, "message", text, max_len=MAX_ERROR_LEN) or "")
+        return cls(code=_req(b, "code", _text, max_len=MAX_KIND_LEN),
+                   message=_opt(b, "message", _text, max_len=MAX_ERROR_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,10 +709,11 @@ class CmdStatus(Body):
     def from_body(cls, b: Mapping[str, Any]) -> CmdStatus:
         state = _get(b, "state", str)
         if state not in STATUS_STATES:
-            raise BadFrame(f"status state must be one of {sorted(STATUS_STATES)}, got {state!r}")
-        return cls(command_id=_req(b, "command_id", text, max_len=MAX_ID_LEN), state=state,
+            raise BadFrame(f"status state must be one of {sorted(STATUS_STATES)}, "
+                           f"got {state[:32]!r}")
+        return cls(command_id=_req(b, "command_id", _text, max_len=MAX_ID_LEN), state=state,
                    exit_code=_opt(b, "exit_code", int_in, EXIT_CODE_MIN, EXIT_CODE_MAX),
-                   error=_opt(b, "error", text, max_len=MAX_ERROR_LEN),
+                   error=_opt(b, "error", _text, max_len=MAX_ERROR_LEN),
                    started_ms=_opt(b, "started_ms", int_in),
                    finished_ms=_opt(b, "finished_ms", int_in),
                    result=_opt(b, "result", _data))
@@ -696,8 +740,8 @@ class LogChunk(Body):
             raw = text(data, "data", max_len=len(data)).encode()
         else:
             raw = as_bytes(data, "data")
-        return cls(command_id=_opt(b, "command_id", text, max_len=MAX_ID_LEN),
-                   source=_req(b, "source", text, max_len=MAX_SOURCE_LEN),
+        return cls(command_id=_opt(b, "command_id", _text, max_len=MAX_ID_LEN),
+                   source=_req(b, "source", _text, max_len=MAX_SOURCE_LEN),
                    seq=_req(b, "seq", _count), data=raw,
                    dropped=_opt(b, "dropped", _count) or 0)
 
@@ -716,7 +760,7 @@ class NodeEvent(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> NodeEvent:
-        return cls(kind=_req(b, "kind", text, max_len=MAX_KIND_LEN),
+        return cls(kind=_req(b, "kind", _text, max_len=MAX_KIND_LEN),
                    data=_opt(b, "data", _data) or {})
 
 
@@ -764,7 +808,7 @@ class UsageInfo(_SubValue):
                    available=_opt(b, "available", _count, at=name),
                    free=_opt(b, "free", _count, at=name),
                    percent=_opt(b, "percent", number_in, 0, 100, at=name),
-                   path=_opt(b, "path", text, max_len=MAX_PATH_LEN, at=name))
+                   path=_opt(b, "path", _text, max_len=MAX_PATH_LEN, at=name))
 
     def to_map(self) -> dict[str, Any]:
         return _omit_none({"total": self.total, "available": self.available,

@@ -193,3 +193,35 @@ def test_whatever_a_body_holds_it_parses_to_json_safe_values_or_is_a_bad_frame(
     text = json.dumps(out, allow_nan=False)  # never raises for a parsed body
     assert not any(isinstance(v, float) and not math.isfinite(v)
                    for v in json.loads(text).values())
+
+
+SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
+           | st.text(max_size=8) | st.text(alphabet="\x00\x01\"\\", max_size=3000))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.dictionaries(st.text(max_size=300), SCALARS, max_size=70))
+def test_the_fast_path_for_flat_maps_agrees_with_the_exact_value_rules(data: dict[str, Any]
+                                                                       ) -> None:
+    from tether.protocol.frames import DATA_LIMITS
+    from tether.protocol.values import plain_map
+
+    try:
+        exact: Any = plain_map(data, "data", DATA_LIMITS)
+    except BadFrame:
+        exact = BadFrame
+    try:
+        fast: Any = NodeEvent.from_body({"kind": "k", "data": data}).data
+    except BadFrame:
+        fast = BadFrame
+    if exact is BadFrame or fast is BadFrame:
+        assert exact is fast
+    else:
+        assert json.dumps(fast, allow_nan=False) == json.dumps(exact, allow_nan=False)
+
+
+def test_a_flat_map_of_escaped_text_just_over_the_byte_bound_is_refused() -> None:
+    # 64 KiB of JSON: the fast path counts 6 bytes a character and hands this to the walk
+    data = {"x": "\x01" * (64 * 1024 // 6)}
+    with pytest.raises(BadFrame, match="bytes"):
+        NodeEvent.from_body({"kind": "k", "data": data})
