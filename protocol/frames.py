@@ -155,7 +155,7 @@ def _int_map(value: object, name: str) -> dict[str, int]:
     return out
 
 
-def _opt(b: Mapping[str, Any], name: str, check: Any, *args: Any, at: str = "",
+def opt_field(b: Mapping[str, Any], name: str, check: Any, *args: Any, at: str = "",
          **kwargs: Any) -> Any:
     """``check(value, name, ...)`` for an optional field; None when absent or nil. ``at``
     names the map that holds it, so an error names ``outbox.depth``, not ``depth``."""
@@ -164,7 +164,7 @@ def _opt(b: Mapping[str, Any], name: str, check: Any, *args: Any, at: str = "",
                                             **kwargs)
 
 
-def _req(b: Mapping[str, Any], name: str, check: Any, *args: Any, **kwargs: Any) -> Any:
+def req_field(b: Mapping[str, Any], name: str, check: Any, *args: Any, **kwargs: Any) -> Any:
     """``check(value, name, ...)`` for a required field."""
     value = b.get(name)
     if value is None:
@@ -180,7 +180,7 @@ def _sub(value: object, name: str) -> Mapping[str, Any]:
     return value
 
 
-def _text(value: object, name: str, *, max_len: int, min_len: int = 0) -> str:
+def bounded_text(value: object, name: str, *, max_len: int, min_len: int = 0) -> str:
     """:func:`values.text`, with a fast path for short ASCII text (always valid Unicode)."""
     if type(value) is str and min_len <= len(value) <= max_len and value.isascii():
         return value
@@ -275,8 +275,8 @@ class RuntimeInfo(_SubValue):
     @classmethod
     def from_map(cls, value: object, name: str) -> RuntimeInfo:
         b = _sub(value, name)
-        return cls(state=_opt(b, "state", _runtime_state, at=name),
-                   version=_opt(b, "version", _version, at=name))
+        return cls(state=opt_field(b, "state", _runtime_state, at=name),
+                   version=opt_field(b, "version", _version, at=name))
 
     def to_map(self) -> dict[str, Any]:
         return _omit_none({"state": self.state, "version": self.version})
@@ -290,8 +290,8 @@ class SidecarInfo(_SubValue):
     @classmethod
     def from_map(cls, value: object, name: str) -> SidecarInfo:
         b = _sub(value, name)
-        return cls(version=_opt(b, "version", _version, at=name),
-                   pid=_opt(b, "pid", int_in, 0, MAX_PID, at=name))
+        return cls(version=opt_field(b, "version", _version, at=name),
+                   pid=opt_field(b, "pid", int_in, 0, MAX_PID, at=name))
 
     def to_map(self) -> dict[str, Any]:
         return _omit_none({"version": self.version, "pid": self.pid})
@@ -309,10 +309,10 @@ class OutboxInfo(_SubValue):
     @classmethod
     def from_map(cls, value: object, name: str) -> OutboxInfo:
         b = _sub(value, name)
-        return cls(depth=_opt(b, "depth", _count, at=name),
-                   oldest_age_s=_opt(b, "oldest_age_s", _seconds, at=name),
-                   last=_opt(b, "last", _count, at=name),
-                   acked=_opt(b, "acked", _count, at=name))
+        return cls(depth=opt_field(b, "depth", _count, at=name),
+                   oldest_age_s=opt_field(b, "oldest_age_s", _seconds, at=name),
+                   last=opt_field(b, "last", _count, at=name),
+                   acked=opt_field(b, "acked", _count, at=name))
 
     def to_map(self) -> dict[str, Any]:
         return _omit_none({"depth": self.depth, "oldest_age_s": self.oldest_age_s,
@@ -330,9 +330,9 @@ class TransportInfo(_SubValue):
     @classmethod
     def from_map(cls, value: object, name: str) -> TransportInfo:
         b = _sub(value, name)
-        return cls(rtt_ms=_opt(b, "rtt_ms", number_in, 0, MAX_MS, at=name),
-                   reconnects=_opt(b, "reconnects", _count, at=name),
-                   clock_offset_ms=_opt(b, "clock_offset_ms", number_in, -MAX_MS, MAX_MS,
+        return cls(rtt_ms=opt_field(b, "rtt_ms", number_in, 0, MAX_MS, at=name),
+                   reconnects=opt_field(b, "reconnects", _count, at=name),
+                   clock_offset_ms=opt_field(b, "clock_offset_ms", number_in, -MAX_MS, MAX_MS,
                                         at=name))
 
     def to_map(self) -> dict[str, Any]:
@@ -340,14 +340,14 @@ class TransportInfo(_SubValue):
                            "clock_offset_ms": self.clock_offset_ms})
 
 
-def _capabilities(value: object, name: str) -> tuple[str, ...]:
+def capabilities_list(value: object, name: str) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or len(value) > MAX_CAPABILITIES:
         raise BadFrame(f"body field {name!r} must be a list of at most {MAX_CAPABILITIES} "
                        "strings")
-    return tuple(_text(c, name, max_len=MAX_CAPABILITY_LEN) for c in value)
+    return tuple(bounded_text(c, name, max_len=MAX_CAPABILITY_LEN) for c in value)
 
 
-def _labels(value: object, name: str) -> dict[str, str]:
+def labels_map(value: object, name: str) -> dict[str, str]:
     return text_map(value, name)
 
 
@@ -469,16 +469,16 @@ class Hello(Body):
         epoch = _get(b, "epoch", int)
         if not 0 <= epoch < 1 << 64:
             raise BadFrame("hello epoch must be an unsigned 64-bit integer")
-        return cls(node_id=_req(b, "node_id", _text, max_len=MAX_ID_LEN),
-                   protocol=_req(b, "protocol", int_in, 0, MAX_PID),
+        return cls(node_id=req_field(b, "node_id", bounded_text, max_len=MAX_ID_LEN),
+                   protocol=req_field(b, "protocol", int_in, 0, MAX_PID),
                    sig=as_bytes(_get(b, "sig", (bytes, str)), "sig"),
                    epoch=epoch,
                    acks=_int_map(b.get("acks"), "acks"),
-                   session_id=_opt(b, "session_id", _text, max_len=MAX_ID_LEN),
+                   session_id=opt_field(b, "session_id", bounded_text, max_len=MAX_ID_LEN),
                    runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
                    sidecar=SidecarInfo.from_map(b.get("sidecar"), "sidecar"),
-                   capabilities=_opt(b, "capabilities", _capabilities) or (),
-                   labels=_labels(b.get("labels"), "labels"))
+                   capabilities=opt_field(b, "capabilities", capabilities_list) or (),
+                   labels=labels_map(b.get("labels"), "labels"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +556,7 @@ class Heartbeat(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
-        return cls(uptime_s=_opt(b, "uptime_s", _seconds) or 0.0,
+        return cls(uptime_s=opt_field(b, "uptime_s", _seconds) or 0.0,
                    runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
                    outbox=OutboxInfo.from_map(b.get("outbox"), "outbox"),
                    acks=_int_map(b.get("acks"), "acks"),
@@ -620,7 +620,7 @@ class RuntimeState(Body):
         if state not in cls.STATES:
             raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, "
                            f"got {state[:32]!r}")
-        return cls(state=state, version=_opt(b, "version", _version))
+        return cls(state=state, version=opt_field(b, "version", _version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,7 +633,7 @@ class Goodbye(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Goodbye:
-        return cls(reason=_opt(b, "reason", _text, max_len=MAX_REASON_LEN) or "")
+        return cls(reason=opt_field(b, "reason", bounded_text, max_len=MAX_REASON_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,8 +647,8 @@ class ErrorBody(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> ErrorBody:
-        return cls(code=_req(b, "code", _text, max_len=MAX_KIND_LEN),
-                   message=_opt(b, "message", _text, max_len=MAX_ERROR_LEN) or "")
+        return cls(code=req_field(b, "code", bounded_text, max_len=MAX_KIND_LEN),
+                   message=opt_field(b, "message", bounded_text, max_len=MAX_ERROR_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -711,12 +711,13 @@ class CmdStatus(Body):
         if state not in STATUS_STATES:
             raise BadFrame(f"status state must be one of {sorted(STATUS_STATES)}, "
                            f"got {state[:32]!r}")
-        return cls(command_id=_req(b, "command_id", _text, max_len=MAX_ID_LEN), state=state,
-                   exit_code=_opt(b, "exit_code", int_in, EXIT_CODE_MIN, EXIT_CODE_MAX),
-                   error=_opt(b, "error", _text, max_len=MAX_ERROR_LEN),
-                   started_ms=_opt(b, "started_ms", int_in),
-                   finished_ms=_opt(b, "finished_ms", int_in),
-                   result=_opt(b, "result", _data))
+        return cls(command_id=req_field(b, "command_id", bounded_text, max_len=MAX_ID_LEN),
+                   state=state,
+                   exit_code=opt_field(b, "exit_code", int_in, EXIT_CODE_MIN, EXIT_CODE_MAX),
+                   error=opt_field(b, "error", bounded_text, max_len=MAX_ERROR_LEN),
+                   started_ms=opt_field(b, "started_ms", int_in),
+                   finished_ms=opt_field(b, "finished_ms", int_in),
+                   result=opt_field(b, "result", _data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,10 +741,10 @@ class LogChunk(Body):
             raw = text(data, "data", max_len=len(data)).encode()
         else:
             raw = as_bytes(data, "data")
-        return cls(command_id=_opt(b, "command_id", _text, max_len=MAX_ID_LEN),
-                   source=_req(b, "source", _text, max_len=MAX_SOURCE_LEN),
-                   seq=_req(b, "seq", _count), data=raw,
-                   dropped=_opt(b, "dropped", _count) or 0)
+        return cls(command_id=opt_field(b, "command_id", bounded_text, max_len=MAX_ID_LEN),
+                   source=req_field(b, "source", bounded_text, max_len=MAX_SOURCE_LEN),
+                   seq=req_field(b, "seq", _count), data=raw,
+                   dropped=opt_field(b, "dropped", _count) or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -760,8 +761,8 @@ class NodeEvent(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> NodeEvent:
-        return cls(kind=_req(b, "kind", _text, max_len=MAX_KIND_LEN),
-                   data=_opt(b, "data", _data) or {})
+        return cls(kind=req_field(b, "kind", bounded_text, max_len=MAX_KIND_LEN),
+                   data=opt_field(b, "data", _data) or {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -786,9 +787,9 @@ class MonitorPacket(Body):
         topic = _get(b, "topic", str)
         if not 0 < len(topic) <= 128:
             raise BadFrame("monitor topic must be 1 to 128 characters")
-        return cls(topic=text(topic, "topic", max_len=128), data=_req(b, "data", _data),
-                   seq=_req(b, "seq", _count), at_ms=_opt(b, "at_ms", _count) or 0,
-                   dropped=_opt(b, "dropped", _count) or 0)
+        return cls(topic=text(topic, "topic", max_len=128), data=req_field(b, "data", _data),
+                   seq=req_field(b, "seq", _count), at_ms=opt_field(b, "at_ms", _count) or 0,
+                   dropped=opt_field(b, "dropped", _count) or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -804,11 +805,11 @@ class UsageInfo(_SubValue):
     @classmethod
     def from_map(cls, value: object, name: str) -> UsageInfo:
         b = _sub(value, name)
-        return cls(total=_opt(b, "total", _count, at=name),
-                   available=_opt(b, "available", _count, at=name),
-                   free=_opt(b, "free", _count, at=name),
-                   percent=_opt(b, "percent", number_in, 0, 100, at=name),
-                   path=_opt(b, "path", _text, max_len=MAX_PATH_LEN, at=name))
+        return cls(total=opt_field(b, "total", _count, at=name),
+                   available=opt_field(b, "available", _count, at=name),
+                   free=opt_field(b, "free", _count, at=name),
+                   percent=opt_field(b, "percent", number_in, 0, 100, at=name),
+                   path=opt_field(b, "path", bounded_text, max_len=MAX_PATH_LEN, at=name))
 
     def to_map(self) -> dict[str, Any]:
         return _omit_none({"total": self.total, "available": self.available,
@@ -855,14 +856,14 @@ class NodeResources(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> NodeResources:
-        return cls(cpu_percent=_opt(b, "cpu_percent", number_in, 0, 100 * MAX_CPUS),
-                   cpus=_opt(b, "cpus", int_in, 1, MAX_CPUS),
-                   load=_opt(b, "load", _load) or (),
+        return cls(cpu_percent=opt_field(b, "cpu_percent", number_in, 0, 100 * MAX_CPUS),
+                   cpus=opt_field(b, "cpus", int_in, 1, MAX_CPUS),
+                   load=opt_field(b, "load", _load) or (),
                    memory=UsageInfo.from_map(b.get("memory"), "memory"),
                    disk=UsageInfo.from_map(b.get("disk"), "disk"),
-                   processes=_opt(b, "processes", _count),
-                   uptime_s=_opt(b, "uptime_s", _seconds),
-                   at_ms=_opt(b, "at_ms", _count))
+                   processes=opt_field(b, "processes", _count),
+                   uptime_s=opt_field(b, "uptime_s", _seconds),
+                   at_ms=opt_field(b, "at_ms", _count))
 
 
 BODY_TYPES: dict[str, type[Body]] = {
