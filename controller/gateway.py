@@ -500,10 +500,10 @@ class EdgeConnection:
                 item = {"node_id": self.node_id, **packet.to_body()}
                 self.ctl.monitor.add(self.node_id, item)
                 self.ctl.hub.publish(f"monitor:{self.node_id}", "monitor.packet", item)
-        elif t == "error":
+        elif t == "error":  # logged, never answered (two peers must not trade errors)
             logger.warning("node reported an error", extra={
-                "node_id": self.node_id, "code": frame.b.get("code"),
-                "detail": str(frame.b.get("message"))[:200]})
+                "node_id": self.node_id, "code": excerpt(frame.b.get("code"), 64),
+                "detail": excerpt(frame.b.get("message"), 200)})
         elif t == "cmd.deliver" or t in ("edge.challenge", "edge.welcome",
                                          "edge.heartbeat_ack"):
             raise _Close(4400, f"{t!r} is a controller-to-node frame")
