@@ -114,7 +114,8 @@ class EdgeConnection:
     __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_idle_deadline",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
                  "closing",
-                 "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_sent", "ctl", "evt", "fenced",
+                 "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "ctl", "evt",
+                 "fenced",
                  "goodbye", "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
                  "opened_mono", "outbox", "pending_evt", "pending_logs", "remote", "resources",
                  "resumed", "runtime", "session_id", "sidecar", "state", "touched_frame_mono",
@@ -150,6 +151,7 @@ class EdgeConnection:
         self.cmd_epoch = 0
         self.cmd_acked = 0
         self.cmd_sent = 0
+        self.cmd_noted = 0  # cmd_sent as last recorded in the store (the sent mark)
         self.cmd_ack_seen = 0
         # class C: stored by the apply task before any evt frame that came after them
         self.pending_logs: list[LogChunk] = []
@@ -380,7 +382,7 @@ class EdgeConnection:
         self.evt = StreamReceiver(epoch=hello.epoch, applied=opened.evt_applied)
         self.cmd_epoch = opened.cmd_epoch
         acked = 0 if opened.cmd_epoch_rotated else int(hello.acks.get("cmd", 0))
-        self.cmd_acked = self.cmd_sent = self.cmd_ack_seen = acked
+        self.cmd_acked = self.cmd_sent = self.cmd_ack_seen = self.cmd_noted = acked
         th = self.ctl.config.thresholds
         await self._send(Welcome(
             session_id=opened.session_id, resumed=opened.resumed, epoch=opened.cmd_epoch,
@@ -676,3 +678,7 @@ class EdgeConnection:
             # before the send: the node may ack it before this task runs again
             self.cmd_sent = q
             await self._send_bytes(data)
+        if self.cmd_sent > self.cmd_noted and not self.fenced:
+            await self.ctl.store.note_cmd_sent(self.node_id, self.session_id or "",
+                                               self.cmd_epoch, self.cmd_sent)
+            self.cmd_noted = self.cmd_sent

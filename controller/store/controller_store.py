@@ -238,7 +238,7 @@ class ControllerStore:
                 (previous_session, node_id)).fetchone() is not None
             evt = conn.execute("SELECT epoch, applied FROM stream_cursors WHERE node_id=? AND "
                                "stream='evt'", (node_id,)).fetchone()
-            cmd = conn.execute("SELECT epoch, applied, last FROM stream_cursors WHERE "
+            cmd = conn.execute("SELECT epoch, applied, last, sent FROM stream_cursors WHERE "
                                "node_id=? AND stream='cmd'", (node_id,)).fetchone()
             # The node's epoch is any 64-bit value; SQLite integers are signed 64-bit, so it
             # is kept as text (compared for equality only).
@@ -253,7 +253,10 @@ class ControllerStore:
                                      {"stream": "evt", "old": int(known),
                                       "new": evt_epoch})
             cmd_epoch = cmd["epoch"]
-            rotate = evt_reset or not cmd["applied"] <= cmd_acked <= cmd["last"]
+            # The node cannot have applied what was never written to it (issue 11 item 6):
+            # a cursor past the sent mark does not fit, as one past the last assigned.
+            sent = min(max(cmd["sent"], cmd["applied"]), cmd["last"])
+            rotate = evt_reset or not cmd["applied"] <= cmd_acked <= sent
             if rotate:
                 cmd_epoch = self._rotate_cmd_epoch(conn, node_id, cmd_epoch)
                 self._node_event(conn, node_id, "stream.epoch_reset",
@@ -294,9 +297,19 @@ class ControllerStore:
             if row["command_id"]:
                 conn.execute("UPDATE commands SET epoch=?, q=? WHERE command_id=?",
                              (epoch, q, row["command_id"]))
-        conn.execute("UPDATE stream_cursors SET epoch=?, applied=0, last=? WHERE node_id=? "
-                     "AND stream='cmd'", (epoch, len(rows), node_id))
+        conn.execute("UPDATE stream_cursors SET epoch=?, applied=0, last=?, sent=0 "
+                     "WHERE node_id=? AND stream='cmd'", (epoch, len(rows), node_id))
         return epoch
+
+    async def note_cmd_sent(self, node_id: str, session_id: str, epoch: int, q: int) -> None:
+        """Record that the downlink was written to the node up to ``q`` in ``epoch`` (after
+        the write: a crash in between only makes the node's next hello look ahead, and the
+        epoch reset that follows re-sends, applied at most once per command id)."""
+        def fn(conn: sqlite3.Connection) -> None:
+            self._fence(conn, node_id, session_id)
+            conn.execute("UPDATE stream_cursors SET sent=MAX(sent, ?) WHERE node_id=? AND "
+                         "stream='cmd' AND epoch=?", (q, node_id, epoch))
+        await self.db.write(fn)
 
     async def close_session(self, *, node_id: str, session_id: str, close_code: int | None,
                             reason: str, goodbye: bool) -> None:

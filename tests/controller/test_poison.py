@@ -194,3 +194,22 @@ async def test_a_cmd_ack_beyond_the_window_sent_closes_4400(
 
 async def _delivered(api: httpx.AsyncClient, command_id: str) -> bool:
     return (await command(api, command_id))["state"] == "delivered"
+
+
+async def test_a_hello_cursor_beyond_what_was_ever_sent_starts_a_new_cmd_epoch_not_deliveries(
+        edge: Edge, enroll: Enroll, api: httpx.AsyncClient) -> None:
+    ident = await enroll()
+    client = await edge.session(ident, runtime={"state": "detached", "version": "t"})
+    assert client.welcome is not None
+    first_epoch = client.welcome.b["epoch"]
+    queued = [(await submit(api, ident.node_id))["command_id"] for _ in range(3)]
+    await client.close()
+    # the node claims it applied q=2 of this epoch, although nothing was ever sent to it
+    again = await edge.session(ident, acks={"cmd": 2})
+    assert again.welcome is not None
+    assert again.welcome.b["epoch"] != first_epoch
+    assert again.welcome.b["acks"]["cmd"] == 0
+    delivers = [await again.recv_type("cmd.deliver") for _ in range(3)]
+    assert [(d.q, d.b["command_id"]) for d in delivers] == list(enumerate(queued, start=1))
+    for command_id in queued:
+        assert (await command(api, command_id))["state"] == "queued"
