@@ -224,6 +224,8 @@ MAX_MS = 1e15
 # at most 64 KiB as compact JSON, 16 levels, 4,096 entries. A class A body past it is a
 # poison frame (docs/protocol.md §5); a class C one is dropped with a bad_frame error.
 DATA_LIMITS = Limits(max_depth=16, max_entries=4096, max_bytes=64 * 1024)
+# Command args (cmd.deliver, controller -> node): plain data bounded by the frame itself.
+ARGS_LIMITS = Limits(max_depth=32, max_entries=65_536, max_bytes=1 << 20)
 RUNTIME_STATES = frozenset({"attached", "detached", "restarting"})
 
 _SubT = TypeVar("_SubT", bound="_SubValue")
@@ -666,10 +668,11 @@ class CmdDeliver(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> CmdDeliver:
-        return cls(command_id=_get(b, "command_id", str), kind=_get(b, "kind", str),
-                   args=_get(b, "args", dict, required=False, default={}),
-                   created_ms=_get(b, "created_ms", int, required=False, default=0),
-                   deadline_ms=_get(b, "deadline_ms", int, required=False))
+        return cls(command_id=req_field(b, "command_id", bounded_text, max_len=MAX_ID_LEN),
+                   kind=req_field(b, "kind", bounded_text, max_len=MAX_KIND_LEN),
+                   args=opt_field(b, "args", plain_map, ARGS_LIMITS) or {},
+                   created_ms=opt_field(b, "created_ms", int_in) or 0,
+                   deadline_ms=opt_field(b, "deadline_ms", int_in))
 
 
 COMMAND_STATES = ("queued", "delivered", "running", "paused", "succeeded", "failed",

@@ -276,7 +276,7 @@ class LossyLink(RuleBasedStateMachine):
     def send(self, n: int) -> None:
         """Up to ``n`` frames, as many as the window allows, from the durable outbox."""
         for q in list(self.sender.next_to_send())[:n]:
-            body = CmdDeliver(command_id=f"c-{q}", kind="exec", args={"p": self.outbox[q]},
+            body = CmdDeliver(command_id=f"c-{q}", kind="exec", args={"p": self.outbox[q].decode()},
                               created_ms=q)
             self.frames.append(encode_msgpack(body.frame(s="cmd", q=q, k=f"c-{q}")))
             self.sender.mark_sent(q)
@@ -362,7 +362,7 @@ class LossyLink(RuleBasedStateMachine):
             frame = decode_msgpack(self.frames.pop(0))
             assert frame.s == "cmd" and frame.q is not None
             if self.receiver.classify(frame.q) is Verdict.APPLY:
-                self.pending.append((frame.q, CmdDeliver.parse(frame).args["p"]))
+                self.pending.append((frame.q, CmdDeliver.parse(frame).args["p"].encode()))
             self.send_ack()
 
     @precondition(lambda self: self.pending)
