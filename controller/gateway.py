@@ -112,6 +112,7 @@ class EdgeConnection:
     costs about 2 KiB each."""
 
     __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_idle_deadline",
+                 "_note_task",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
                  "closing",
                  "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "ctl", "evt",
@@ -167,6 +168,7 @@ class EdgeConnection:
         self._apply_task: asyncio.Task[None] | None = None
         self._downlink_task: asyncio.Task[None] | None = None
         self._downlink_again = False  # work arrived for the downlink since its last pass
+        self._note_task: asyncio.Task[None] | None = None  # records the cmd sent mark
         self._room: asyncio.Future[None] | None = None  # the reader waits here when full
         # error frames answering bad non-sequenced frames, sent by the downlink task
         self._pending_errors: list[Frame] = []
@@ -208,7 +210,7 @@ class EdgeConnection:
                     await self._read_loop()
                 finally:
                     self._tg = None
-                    for task in (self._apply_task, self._downlink_task):
+                    for task in (self._apply_task, self._downlink_task, self._note_task):
                         if task is not None:
                             task.cancel()
         except* _Close as group:
@@ -236,6 +238,9 @@ class EdgeConnection:
             reason = "goodbye"
         if not (close and close.code == 4409):
             with contextlib.suppress(TetherError):
+                if self.cmd_sent > self.cmd_noted:  # the sent mark, if its task was cut
+                    await self.ctl.store.note_cmd_sent(self.node_id, self.session_id,
+                                                       self.cmd_epoch, self.cmd_sent)
                 await self.ctl.store.close_session(node_id=self.node_id,
                                                    session_id=self.session_id,
                                                    close_code=code, reason=reason,
@@ -678,7 +683,18 @@ class EdgeConnection:
             # before the send: the node may ack it before this task runs again
             self.cmd_sent = q
             await self._send_bytes(data)
-        if self.cmd_sent > self.cmd_noted and not self.fenced:
-            await self.ctl.store.note_cmd_sent(self.node_id, self.session_id or "",
-                                               self.cmd_epoch, self.cmd_sent)
-            self.cmd_noted = self.cmd_sent
+        if (self.cmd_sent > self.cmd_noted and self._tg is not None
+                and (self._note_task is None or self._note_task.done())):
+            self._note_task = self._tg.create_task(self._note_run(), name="edge-note-sent")
+
+    async def _note_run(self) -> None:
+        """Record the sent mark until it is current, off the delivery path (a crash before
+        it is recorded only makes the node's next hello look ahead: an epoch reset)."""
+        try:
+            while self.cmd_sent > self.cmd_noted and not self.fenced:
+                sent = self.cmd_sent
+                await self.ctl.store.note_cmd_sent(self.node_id, self.session_id or "",
+                                                   self.cmd_epoch, sent)
+                self.cmd_noted = max(self.cmd_noted, sent)
+        finally:
+            self._note_task = None
