@@ -3,25 +3,53 @@
 Every class validates on construction (``from_body``) and never does I/O. ``Frame`` is the
 envelope; typed bodies convert to and from the plain maps the codec carries with
 ``to_body()`` / ``from_body()``. Byte fields are ``bytes`` here; the JSON codec turns them
-into base64url text and :func:`as_bytes` turns them back.
+into base64url text and :func:`as_bytes` turns them back. The value rules of each field
+(ranges, lengths, typed nested maps) are in ``fields.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from .errors import BadFrame
-from .values import INT64_MAX, INT64_MIN, Limits, int_in, number_in, plain_map, text, text_map
+from .fields import (
+    ARGS_LIMITS,
+    EXIT_CODE_MAX,
+    EXIT_CODE_MIN,
+    MAX_CPUS,
+    MAX_ERROR_LEN,
+    MAX_ID_LEN,
+    MAX_KIND_LEN,
+    MAX_PID,
+    MAX_REASON_LEN,
+    MAX_SOURCE_LEN,
+    RUNTIME_STATES,
+    OutboxInfo,
+    RuntimeInfo,
+    SidecarInfo,
+    TransportInfo,
+    UsageInfo,
+    bounded_text,
+    capabilities_list,
+    labels_map,
+    load_list,
+    nonneg_int,
+    omit_none,
+    opt_field,
+    plain_data,
+    req_field,
+    seconds,
+    version_text,
+)
+from .values import INT64_MAX, int_in, number_in, plain_map, text
 
 PROTOCOL_VERSION = 1
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-MAX_ID_LEN = 128
 B64URL_RE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -155,240 +183,9 @@ def _int_map(value: object, name: str) -> dict[str, int]:
     return out
 
 
-def opt_field(b: Mapping[str, Any], name: str, check: Any, *args: Any, at: str = "",
-         **kwargs: Any) -> Any:
-    """``check(value, name, ...)`` for an optional field; None when absent or nil. ``at``
-    names the map that holds it, so an error names ``outbox.depth``, not ``depth``."""
-    value = b.get(name)
-    return None if value is None else check(value, f"{at}.{name}" if at else name, *args,
-                                            **kwargs)
-
-
-def req_field(b: Mapping[str, Any], name: str, check: Any, *args: Any, **kwargs: Any) -> Any:
-    """``check(value, name, ...)`` for a required field."""
-    value = b.get(name)
-    if value is None:
-        raise BadFrame(f"body field {name!r} is required")
-    return check(value, name, *args, **kwargs)
-
-
-def _sub(value: object, name: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise BadFrame(f"body field {name!r} must be a map")
-    return value
-
-
-def bounded_text(value: object, name: str, *, max_len: int, min_len: int = 0) -> str:
-    """:func:`values.text`, with a fast path for short ASCII text (always valid Unicode)."""
-    if type(value) is str and min_len <= len(value) <= max_len and value.isascii():
-        return value
-    return text(value, name, max_len=max_len, min_len=min_len)
-
-
-def _omit_none(out: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in out.items() if v is not None}
-
-
 def valid_node_id(node_id: object) -> bool:
     """True when ``node_id`` matches ``[a-z0-9][a-z0-9-]{0,62}`` (PROTOCOL.md §8)."""
     return isinstance(node_id, str) and NODE_ID_RE.fullmatch(node_id) is not None
-
-
-# --- typed sub-values and their rules --------------------------------------------------------
-#
-# Rule 1: every number a peer sends is finite and within the range of where it is kept
-# (signed 64-bit integers in the store; floats in JSON); every text is valid Unicode and
-# bounded; bytes never stand in for text. Rule 2: unknown keys inside these values are
-# dropped (never stored or pushed), so a newer peer can add fields without breaking an older
-# controller. Rule 3: a sender may construct a body with a plain map where a sub-value is
-# expected; it is checked and converted on construction, so every instance holds typed
-# values and ``to_body()`` never emits anything the rules refuse.
-
-MAX_VERSION_LEN = 64
-MAX_CAPABILITIES = 64
-MAX_CAPABILITY_LEN = 128
-MAX_KIND_LEN = 128
-MAX_ERROR_LEN = 4096
-MAX_SOURCE_LEN = 64
-MAX_REASON_LEN = 1024
-MAX_PID = (1 << 31) - 1
-MAX_PATH_LEN = 4096
-MAX_CPUS = 1 << 20
-EXIT_CODE_MIN = -(1 << 31)  # signed or unsigned 32-bit exit statuses (POSIX, Windows)
-EXIT_CODE_MAX = (1 << 32) - 1
-MAX_SECONDS = 1e12  # about 31,700 years: any duration or age a peer reports
-MAX_MS = 1e15
-# Free-form maps a peer sends (node.event data, cmd.status result, monitor.packet data):
-# at most 64 KiB as compact JSON, 16 levels, 4,096 entries. A class A body past it is a
-# poison frame (docs/protocol.md §5); a class C one is dropped with a bad_frame error.
-DATA_LIMITS = Limits(max_depth=16, max_entries=4096, max_bytes=64 * 1024)
-# Command args (cmd.deliver, controller -> node): plain data bounded by the frame itself.
-ARGS_LIMITS = Limits(max_depth=32, max_entries=65_536, max_bytes=1 << 20)
-RUNTIME_STATES = frozenset({"attached", "detached", "restarting"})
-
-_SubT = TypeVar("_SubT", bound="_SubValue")
-
-
-class _SubValue:
-    """Base of the typed maps nested in bodies: ``from_map`` checks, ``to_map`` emits."""
-
-    __slots__ = ()
-
-    @classmethod
-    def from_map(cls: type[_SubT], value: object, name: str) -> _SubT:  # pragma: no cover
-        raise NotImplementedError
-
-    def to_map(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @classmethod
-    def coerce(cls: type[_SubT], value: object, name: str) -> _SubT:
-        """``value`` itself when already typed, else :meth:`from_map` of it (Rule 3)."""
-        return value if isinstance(value, cls) else cls.from_map(value, name)
-
-
-def _runtime_state(value: object, name: str) -> str:
-    if value not in RUNTIME_STATES:
-        raise BadFrame(f"field {name!r} must be one of {sorted(RUNTIME_STATES)}")
-    return str(value)
-
-
-def _version(value: object, name: str) -> str:
-    return text(value, name, max_len=MAX_VERSION_LEN)
-
-
-def _count(value: object, name: str) -> int:
-    return int_in(value, name, 0, INT64_MAX)
-
-
-def _seconds(value: object, name: str) -> float:
-    return number_in(value, name, 0, MAX_SECONDS)
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeInfo(_SubValue):
-    """The node runtime as a hello or heartbeat reports it."""
-
-    state: str | None = None
-    version: str | None = None
-
-    @classmethod
-    def from_map(cls, value: object, name: str) -> RuntimeInfo:
-        b = _sub(value, name)
-        return cls(state=opt_field(b, "state", _runtime_state, at=name),
-                   version=opt_field(b, "version", _version, at=name))
-
-    def to_map(self) -> dict[str, Any]:
-        return _omit_none({"state": self.state, "version": self.version})
-
-
-@dataclass(frozen=True, slots=True)
-class SidecarInfo(_SubValue):
-    version: str | None = None
-    pid: int | None = None
-
-    @classmethod
-    def from_map(cls, value: object, name: str) -> SidecarInfo:
-        b = _sub(value, name)
-        return cls(version=opt_field(b, "version", _version, at=name),
-                   pid=opt_field(b, "pid", int_in, 0, MAX_PID, at=name))
-
-    def to_map(self) -> dict[str, Any]:
-        return _omit_none({"version": self.version, "pid": self.pid})
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxInfo(_SubValue):
-    """The node's evt outbox: frames not yet acked, the age of the oldest, its cursors."""
-
-    depth: int | None = None
-    oldest_age_s: float | None = None
-    last: int | None = None
-    acked: int | None = None
-
-    @classmethod
-    def from_map(cls, value: object, name: str) -> OutboxInfo:
-        b = _sub(value, name)
-        return cls(depth=opt_field(b, "depth", _count, at=name),
-                   oldest_age_s=opt_field(b, "oldest_age_s", _seconds, at=name),
-                   last=opt_field(b, "last", _count, at=name),
-                   acked=opt_field(b, "acked", _count, at=name))
-
-    def to_map(self) -> dict[str, Any]:
-        return _omit_none({"depth": self.depth, "oldest_age_s": self.oldest_age_s,
-                           "last": self.last, "acked": self.acked})
-
-
-@dataclass(frozen=True, slots=True)
-class TransportInfo(_SubValue):
-    """The sidecar's view of the link (heartbeat ``transport``, docs/protocol.md §5)."""
-
-    rtt_ms: float | None = None
-    reconnects: int | None = None
-    clock_offset_ms: float | None = None
-
-    @classmethod
-    def from_map(cls, value: object, name: str) -> TransportInfo:
-        b = _sub(value, name)
-        return cls(rtt_ms=opt_field(b, "rtt_ms", number_in, 0, MAX_MS, at=name),
-                   reconnects=opt_field(b, "reconnects", _count, at=name),
-                   clock_offset_ms=opt_field(b, "clock_offset_ms", number_in, -MAX_MS, MAX_MS,
-                                        at=name))
-
-    def to_map(self) -> dict[str, Any]:
-        return _omit_none({"rtt_ms": self.rtt_ms, "reconnects": self.reconnects,
-                           "clock_offset_ms": self.clock_offset_ms})
-
-
-def capabilities_list(value: object, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or len(value) > MAX_CAPABILITIES:
-        raise BadFrame(f"body field {name!r} must be a list of at most {MAX_CAPABILITIES} "
-                       "strings")
-    return tuple(bounded_text(c, name, max_len=MAX_CAPABILITY_LEN) for c in value)
-
-
-def labels_map(value: object, name: str) -> dict[str, str]:
-    return text_map(value, name)
-
-
-_FAST_SCALARS = (int, float, str, bool, type(None))
-_FAST_MAX_ENTRIES = 64
-_FAST_MAX_TEXT = 4096
-
-
-def _data(value: object, name: str) -> dict[str, Any]:
-    """A free-form map within :data:`DATA_LIMITS`. Hot path (every node.event): a flat map
-    of short ASCII text keys to scalars is checked here in one pass, counting each text at
-    6 bytes a character (the worst JSON escape), so it can only over-count; anything else,
-    or anything near the byte bound, takes the exact walk of :func:`plain_map`."""
-    if type(value) is dict and len(value) <= _FAST_MAX_ENTRIES:
-        size = 2 + 2 * len(value)
-        for key, item in value.items():
-            kind = type(item)
-            if (type(key) is not str or len(key) > _FAST_MAX_TEXT or not key.isascii()
-                    or kind not in _FAST_SCALARS):
-                break
-            size += 6 * len(key) + 2
-            if kind is str:
-                if len(item) > _FAST_MAX_TEXT or not item.isascii():
-                    break
-                size += 6 * len(item) + 2
-            elif kind is int:
-                if not INT64_MIN <= item <= INT64_MAX:
-                    break
-                size += 20
-            elif kind is float:
-                if not math.isfinite(item):
-                    break
-                size += 24
-            else:
-                size += 5
-        else:
-            if size <= DATA_LIMITS.max_bytes:
-                return dict(value)
-    return plain_map(value, name, DATA_LIMITS)
 
 
 # --- bodies -------------------------------------------------------------------------------
@@ -558,7 +355,7 @@ class Heartbeat(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
-        return cls(uptime_s=opt_field(b, "uptime_s", _seconds) or 0.0,
+        return cls(uptime_s=opt_field(b, "uptime_s", seconds) or 0.0,
                    runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
                    outbox=OutboxInfo.from_map(b.get("outbox"), "outbox"),
                    acks=_int_map(b.get("acks"), "acks"),
@@ -622,7 +419,7 @@ class RuntimeState(Body):
         if state not in cls.STATES:
             raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, "
                            f"got {state[:32]!r}")
-        return cls(state=state, version=opt_field(b, "version", _version))
+        return cls(state=state, version=opt_field(b, "version", version_text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,7 +517,7 @@ class CmdStatus(Body):
                    error=opt_field(b, "error", bounded_text, max_len=MAX_ERROR_LEN),
                    started_ms=opt_field(b, "started_ms", int_in),
                    finished_ms=opt_field(b, "finished_ms", int_in),
-                   result=opt_field(b, "result", _data))
+                   result=opt_field(b, "result", plain_data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -746,8 +543,8 @@ class LogChunk(Body):
             raw = as_bytes(data, "data")
         return cls(command_id=opt_field(b, "command_id", bounded_text, max_len=MAX_ID_LEN),
                    source=req_field(b, "source", bounded_text, max_len=MAX_SOURCE_LEN),
-                   seq=req_field(b, "seq", _count), data=raw,
-                   dropped=opt_field(b, "dropped", _count) or 0)
+                   seq=req_field(b, "seq", nonneg_int), data=raw,
+                   dropped=opt_field(b, "dropped", nonneg_int) or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,7 +562,7 @@ class NodeEvent(Body):
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> NodeEvent:
         return cls(kind=req_field(b, "kind", bounded_text, max_len=MAX_KIND_LEN),
-                   data=opt_field(b, "data", _data) or {})
+                   data=opt_field(b, "data", plain_data) or {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -790,40 +587,10 @@ class MonitorPacket(Body):
         topic = _get(b, "topic", str)
         if not 0 < len(topic) <= 128:
             raise BadFrame("monitor topic must be 1 to 128 characters")
-        return cls(topic=text(topic, "topic", max_len=128), data=req_field(b, "data", _data),
-                   seq=req_field(b, "seq", _count), at_ms=opt_field(b, "at_ms", _count) or 0,
-                   dropped=opt_field(b, "dropped", _count) or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageInfo(_SubValue):
-    """Memory or disk usage in ``node.resources``: bytes, a percentage, the disk's path."""
-
-    total: int | None = None
-    available: int | None = None
-    free: int | None = None
-    percent: float | None = None
-    path: str | None = None
-
-    @classmethod
-    def from_map(cls, value: object, name: str) -> UsageInfo:
-        b = _sub(value, name)
-        return cls(total=opt_field(b, "total", _count, at=name),
-                   available=opt_field(b, "available", _count, at=name),
-                   free=opt_field(b, "free", _count, at=name),
-                   percent=opt_field(b, "percent", number_in, 0, 100, at=name),
-                   path=opt_field(b, "path", bounded_text, max_len=MAX_PATH_LEN, at=name))
-
-    def to_map(self) -> dict[str, Any]:
-        return _omit_none({"total": self.total, "available": self.available,
-                           "free": self.free, "percent": self.percent, "path": self.path})
-
-
-
-def _load(value: object, name: str) -> tuple[float, ...]:
-    if not isinstance(value, list | tuple) or len(value) > 3:
-        raise BadFrame(f"body field {name!r} must be a list of at most 3 numbers")
-    return tuple(number_in(x, name, 0, 1e9) for x in value)
+        return cls(topic=text(topic, "topic", max_len=128),
+                   data=req_field(b, "data", plain_data), seq=req_field(b, "seq", nonneg_int),
+                   at_ms=opt_field(b, "at_ms", nonneg_int) or 0,
+                   dropped=opt_field(b, "dropped", nonneg_int) or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -846,7 +613,7 @@ class NodeResources(Body):
         object.__setattr__(self, "disk", UsageInfo.coerce(self.disk, "disk"))
 
     def to_body(self) -> dict[str, Any]:
-        out = _omit_none({"cpu_percent": self.cpu_percent, "cpus": self.cpus,
+        out = omit_none({"cpu_percent": self.cpu_percent, "cpus": self.cpus,
                           "processes": self.processes, "uptime_s": self.uptime_s,
                           "at_ms": self.at_ms})
         if self.load:
@@ -861,12 +628,12 @@ class NodeResources(Body):
     def from_body(cls, b: Mapping[str, Any]) -> NodeResources:
         return cls(cpu_percent=opt_field(b, "cpu_percent", number_in, 0, 100 * MAX_CPUS),
                    cpus=opt_field(b, "cpus", int_in, 1, MAX_CPUS),
-                   load=opt_field(b, "load", _load) or (),
+                   load=opt_field(b, "load", load_list) or (),
                    memory=UsageInfo.from_map(b.get("memory"), "memory"),
                    disk=UsageInfo.from_map(b.get("disk"), "disk"),
-                   processes=opt_field(b, "processes", _count),
-                   uptime_s=opt_field(b, "uptime_s", _seconds),
-                   at_ms=opt_field(b, "at_ms", _count))
+                   processes=opt_field(b, "processes", nonneg_int),
+                   uptime_s=opt_field(b, "uptime_s", seconds),
+                   at_ms=opt_field(b, "at_ms", nonneg_int))
 
 
 BODY_TYPES: dict[str, type[Body]] = {

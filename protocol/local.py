@@ -23,12 +23,10 @@ from typing import Any, ClassVar
 
 from .codec import MAX_FRAME_BYTES, decode_msgpack, encode_msgpack
 from .errors import BadFrame, FrameTooLarge
-from .frames import (
+from .fields import (
     MAX_ID_LEN,
     MAX_PID,
     MAX_REASON_LEN,
-    Body,
-    Frame,
     OutboxInfo,
     RuntimeInfo,
     bounded_text,
@@ -37,6 +35,7 @@ from .frames import (
     opt_field,
     req_field,
 )
+from .frames import Body, Frame
 from .values import INT64_MAX, int_in
 
 HEADER = struct.Struct(">I")

@@ -209,7 +209,7 @@ SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(
 @given(st.dictionaries(st.text(max_size=300), SCALARS, max_size=70))
 def test_the_fast_path_for_flat_maps_agrees_with_the_exact_value_rules(data: dict[str, Any]
                                                                        ) -> None:
-    from tether.protocol.frames import DATA_LIMITS
+    from tether.protocol.fields import DATA_LIMITS
     from tether.protocol.values import plain_map
 
     try:
