@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -31,7 +30,7 @@ from .services.monitor import MonitorStore
 from .services.registry import SessionRegistry
 from .store.controller_store import ControllerStore
 from .store.schema import MIGRATIONS
-from .views import iso, log_item
+from .views import iso, loads, log_item
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +145,19 @@ class Controller:
     # -- views ----------------------------------------------------------------------------
 
     def node_view(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The API shape of a node: its stored row joined with its live session, if any."""
+        """The API shape of a node: its stored row joined with its live session, if any.
+        Total: stored JSON is read with ``views.loads`` (never raises, JSON-safe), and the
+        live values come from typed bodies."""
         node_id = row["node_id"]
         conn = self.registry.get(node_id)
         th = self.config.thresholds
         now = time.time()
         session = None
         last_seen = row["last_seen_at"]
-        runtime = {"state": row["runtime_state"], "version": row["runtime_version"]}
+        runtime = {"state": row["runtime_state"] if isinstance(row["runtime_state"], str)
+                   else None,
+                   "version": row["runtime_version"] if isinstance(row["runtime_version"], str)
+                   else None}
         transport: dict[str, Any] | None = None
         resources: dict[str, Any] = {}
         if isinstance(conn, EdgeConnection) and conn.session_id is not None:
@@ -178,12 +182,16 @@ class Controller:
             runtime = {"state": "unknown", "version": row["runtime_version"],
                        "last_state": row["runtime_state"]}
             closed_at = row["closed_at"]
+            if isinstance(closed_at, bool) or not isinstance(closed_at, int | float):
+                closed_at = None
             live = liveness(session_open=False, last_frame_age_s=None, runtime_state=None,
                             closed_age_s=None if closed_at is None else now - closed_at,
                             closed_by_goodbye=bool(row["closed_by_goodbye"]), thresholds=th)
+        labels = loads(row["labels"], {})
+        capabilities = loads(row["capabilities"], [])
         return {
             "node_id": node_id,
-            "labels": json.loads(row["labels"] or "{}"),
+            "labels": labels if isinstance(labels, dict) else {},
             "enabled": bool(row["enabled"]),
             "liveness": live.value,
             "session": session,
@@ -191,9 +199,9 @@ class Controller:
             "transport": transport,
             "resources": resources,
             "last_seen_at": iso(last_seen),
-            "capabilities": json.loads(row["capabilities"] or "[]"),
-            "policy": json.loads(row["policy"]) if row.get("policy") else None,
-            "apps": json.loads(row["apps"]) if row.get("apps") else {},
+            "capabilities": capabilities if isinstance(capabilities, list) else [],
+            "policy": loads(row.get("policy")),
+            "apps": loads(row.get("apps"), {}),
             "enrolled_at": iso(row["created_at"]),
         }
 

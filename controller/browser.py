@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from starlette.websockets import WebSocket, WebSocketState
 
 from tether.protocol.codec import JSON_SUBPROTOCOL, MAX_FRAME_BYTES, decode_json, encode_json
-from tether.protocol.errors import BadFrame, FrameTooLarge, NotFound
+from tether.protocol.errors import BadFrame, FrameTooLarge, LocalProtocolError, NotFound
 from tether.protocol.frames import Frame, valid_node_id
 
 from .services.events import Subscriber, data_size
@@ -70,6 +70,9 @@ def topic_error(topic: object) -> str | None:
     if sep and kind in COMMAND_TOPICS and COMMAND_ID_RE.fullmatch(key):
         return None
     return f"topic {topic[:80]!r} is not known"
+# Events that could not be encoded as a /ws frame (a value JSON cannot hold, or over the
+# frame limit): skipped, the subscriber kept; shown as tether_ws_events_unencodable_total.
+unencodable_total = 0
 
 
 class _Close(Exception):
@@ -126,9 +129,12 @@ async def browser_endpoint(ws: WebSocket) -> None:
 
 
 async def _send(ws: WebSocket, frame: Frame) -> None:
+    """Send one frame. Raises LocalProtocolError, before anything is sent, for a frame that
+    cannot be encoded (the caller decides whether to skip it)."""
+    text = encode_json(frame)
     try:
         async with asyncio.timeout(SEND_TIMEOUT_S):
-            await ws.send_text(encode_json(frame))
+            await ws.send_text(text)
     except TimeoutError:  # a client that does not read is too slow (§9): 4429
         raise _Close(4429, "client is not reading: too slow; reconnect and resubscribe"
                      ) from None
@@ -200,9 +206,15 @@ async def _push(ws: WebSocket, sub: Subscriber, sending: asyncio.Lock) -> None:
             raise _Close(4429, "event queue overflowed: client too slow; reconnect and "
                                "resubscribe")
         async with sending:
-            await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
-                                                "data": event.data,
-                                                "at_ms": round(event.at_ms, 3)}))
+            try:
+                await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
+                                                    "data": event.data,
+                                                    "at_ms": round(event.at_ms, 3)}))
+            except LocalProtocolError as exc:  # one bad event must not cost the subscriber
+                global unencodable_total
+                unencodable_total += 1
+                logger.warning("event skipped: it cannot be sent on /ws", extra={
+                    "topic": event.topic, "kind": event.kind, "detail": exc.message[:200]})
 
 
 def _subscribe_error(topics: object, held: set[str]) -> tuple[str, str] | None:

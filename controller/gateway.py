@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 
-from tether.protocol.classes import EVT_STREAM, FRAME_STREAM, delivery_class
+from tether.protocol.classes import CMD_STREAM, EVT_STREAM, FRAME_STREAM, delivery_class
 from tether.protocol.codec import (
     BATCH_TYPE,
     MAX_BATCH_FRAMES,
@@ -30,6 +30,7 @@ from tether.protocol.codec import (
     unbatch,
 )
 from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError, TetherError
+from tether.protocol.excerpt import excerpt
 from tether.protocol.frames import (
     PROTOCOL_VERSION,
     Ack,
@@ -42,6 +43,7 @@ from tether.protocol.frames import (
     Hello,
     LogChunk,
     MonitorPacket,
+    NodeResources,
     Resume,
     RuntimeState,
     Welcome,
@@ -53,7 +55,7 @@ from tether.protocol.signing import verify_hello
 from tether.protocol.streams import StreamReceiver, Verdict
 
 from .services.events import data_size
-from .store.controller_store import Fenced
+from .store.controller_store import Fenced, Poisoned
 
 if TYPE_CHECKING:
     from .app import Controller
@@ -121,9 +123,11 @@ class EdgeConnection:
     costs about 2 KiB each."""
 
     __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_idle_deadline",
+                 "_note_task",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
                  "closing",
-                 "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_sent", "ctl", "evt", "fenced",
+                 "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "ctl", "evt",
+                 "fenced",
                  "goodbye", "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
                  "opened_mono", "outbox", "pending_evt", "pending_log_bytes", "pending_logs",
                  "remote", "resources",
@@ -154,11 +158,13 @@ class EdgeConnection:
         self.resumed = False
         # uplink (evt) receive side
         self.evt = StreamReceiver()
-        self.pending_evt: list[tuple[Frame, Body]] = []  # parsed once, on arrival
+        # parsed once, on arrival; a body that broke the value rules is Poisoned
+        self.pending_evt: list[tuple[Frame, Body | Poisoned]] = []
         # downlink (cmd) send side: the outbox lives in the store
         self.cmd_epoch = 0
         self.cmd_acked = 0
         self.cmd_sent = 0
+        self.cmd_noted = 0  # cmd_sent as last recorded in the store (the sent mark)
         self.cmd_ack_seen = 0
         # class C: stored by the apply task before any evt frame that came after them
         self.pending_logs: list[LogChunk] = []
@@ -175,6 +181,7 @@ class EdgeConnection:
         self._apply_task: asyncio.Task[None] | None = None
         self._downlink_task: asyncio.Task[None] | None = None
         self._downlink_again = False  # work arrived for the downlink since its last pass
+        self._note_task: asyncio.Task[None] | None = None  # records the cmd sent mark
         self._room: asyncio.Future[None] | None = None  # the reader waits here when full
         # error frames answering bad non-sequenced frames, sent by the downlink task
         self._pending_errors: list[Frame] = []
@@ -216,7 +223,7 @@ class EdgeConnection:
                     await self._read_loop()
                 finally:
                     self._tg = None
-                    for task in (self._apply_task, self._downlink_task):
+                    for task in (self._apply_task, self._downlink_task, self._note_task):
                         if task is not None:
                             task.cancel()
         except* _Close as group:
@@ -244,6 +251,9 @@ class EdgeConnection:
             reason = "goodbye"
         if not (close and close.code == 4409):
             with contextlib.suppress(TetherError):
+                if self.cmd_sent > self.cmd_noted:  # the sent mark, if its task was cut
+                    await self.ctl.store.note_cmd_sent(self.node_id, self.session_id,
+                                                       self.cmd_epoch, self.cmd_sent)
                 await self.ctl.store.close_session(node_id=self.node_id,
                                                    session_id=self.session_id,
                                                    close_code=code, reason=reason,
@@ -377,9 +387,9 @@ class EdgeConnection:
         self.node_id = hello.node_id
         if hello.max_frame is not None:  # the session's one cap, both ways (§4 Frame cap)
             self.max_frame = min(self.max_frame, hello.max_frame)
-        self.runtime = {"state": str(hello.runtime.get("state") or "attached"),
-                        "version": hello.runtime.get("version")}
-        self.sidecar = dict(hello.sidecar)
+        self.runtime = {"state": hello.runtime.state or "attached",
+                        "version": hello.runtime.version}
+        self.sidecar = hello.sidecar.to_map()
         old = self.ctl.registry.claim(self.node_id, self)
         if old is not None:
             await old.supersede()
@@ -397,11 +407,12 @@ class EdgeConnection:
         self.evt = StreamReceiver(epoch=hello.epoch, applied=opened.evt_applied)
         self.cmd_epoch = opened.cmd_epoch
         acked = 0 if opened.cmd_epoch_rotated else int(hello.acks.get("cmd", 0))
-        self.cmd_acked = self.cmd_sent = self.cmd_ack_seen = acked
+        self.cmd_acked = self.cmd_sent = self.cmd_ack_seen = self.cmd_noted = acked
         th = self.ctl.config.thresholds
         await self._send(Welcome(
             session_id=opened.session_id, resumed=opened.resumed, epoch=opened.cmd_epoch,
-            acks={EVT_STREAM: opened.evt_applied}, heartbeat_s=th.heartbeat_s,
+            acks={EVT_STREAM: opened.evt_applied, CMD_STREAM: acked},
+            heartbeat_s=th.heartbeat_s,
             stale_after_s=th.stale_after_s, offline_after_s=th.offline_after_s,
             max_frame=self.max_frame, max_batch=MAX_BATCH_FRAMES).frame())
         self._downlink_again = True  # the steady state's first pass replays from the cursor
@@ -475,23 +486,23 @@ class EdgeConnection:
             hb = self._parse_or_error(Heartbeat, frame)
             if hb is None:
                 return
-            if hb.runtime.get("state"):
-                self._set_runtime(dict(hb.runtime))
-            self.outbox = dict(hb.outbox)
-            if hb.transport:
-                self.transport = {k: hb.transport.get(k) for k in
-                                  ("rtt_ms", "reconnects", "clock_offset_ms")}
-            self._saw_cmd_ack(hb.acks.get("cmd"))
+            if hb.runtime.state:
+                self._set_runtime(hb.runtime.to_map())
+            self.outbox = hb.outbox.to_map()
+            transport = hb.transport.to_map()
+            if transport:
+                self.transport = transport
+            self._saw_cmd_ack(hb.acks.get(CMD_STREAM))
             await self._send(HeartbeatAck(time_ms=_now_ms(),
                                           acks={EVT_STREAM: self.evt.applied}).frame(re=frame.id))
         elif t == "edge.ack":
             ack = self._parse_or_error(Ack, frame)
             if ack is not None:
-                self._saw_cmd_ack(ack.acks.get("cmd"))
+                self._saw_cmd_ack(ack.acks.get(CMD_STREAM))
         elif t == "edge.resume":
             resume = self._parse_or_error(Resume, frame)
             if resume is not None:
-                self._on_resume(resume.acks.get("cmd", 0))
+                self._on_resume(resume.acks.get(CMD_STREAM, 0))
         elif t == "edge.runtime":
             rt = self._parse_or_error(RuntimeState, frame)
             if rt is not None:
@@ -510,8 +521,9 @@ class EdgeConnection:
                     finally:
                         self._room = None
         elif t == "node.resources":  # class B: latest wins, pushed to node:<id>
-            if len(frame.b) <= 64:
-                self.resources = dict(frame.b)
+            resources = self._parse_or_error(NodeResources, frame)
+            if resources is not None:
+                self.resources = resources.to_body()
                 self.ctl.hub.publish(f"node:{self.node_id}", "resources.updated",
                                      {"node_id": self.node_id, "resources": self.resources})
         elif t == "monitor.packet":  # class C: kept in memory within byte budgets (oldest
@@ -522,10 +534,10 @@ class EdgeConnection:
                 self.ctl.monitor.add(self.node_id, item, size=size)
                 self.ctl.hub.publish(f"monitor:{self.node_id}", "monitor.packet", item,
                                      size=size)
-        elif t == "error":
+        elif t == "error":  # logged, never answered (two peers must not trade errors)
             logger.warning("node reported an error", extra={
-                "node_id": self.node_id, "code": frame.b.get("code"),
-                "detail": str(frame.b.get("message"))[:200]})
+                "node_id": self.node_id, "code": excerpt(frame.b.get("code"), 64),
+                "detail": excerpt(frame.b.get("message"), 200)})
         elif t == "cmd.deliver" or t in ("edge.challenge", "edge.welcome",
                                          "edge.heartbeat_ack"):
             raise _Close(4400, f"{t!r} is a controller-to-node frame")
@@ -559,15 +571,19 @@ class EdgeConnection:
                 self.wake_downlink()
 
     async def _on_evt(self, frame: Frame) -> None:
+        """A class A frame on ``evt``. Without a stream and sequence it cannot be placed:
+        4400. A body that breaks the value rules is a poison frame (docs/protocol.md §5):
+        it takes its place in the stream as :class:`Poisoned`, is recorded as a dead letter
+        instead of applied, and is acked like any other, so the stream moves on."""
         if frame.s != EVT_STREAM or frame.q is None:
             raise _Close(4400, f"{frame.t!r} must travel on stream 'evt' with a sequence")
-        try:
-            body = parse_body(frame)
-        except BadFrame as exc:
-            # A sequenced frame cannot be skipped without a gap: the sender must fix it.
-            raise _Close(4400, f"bad {frame.t!r} at q={frame.q}: {exc.message}") from None
         verdict = self.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
+            body: Body | Poisoned
+            try:
+                body = parse_body(frame)
+            except BadFrame as exc:
+                body = Poisoned(reason=exc.message, excerpt=excerpt(frame.b))
             self.pending_evt.append((frame, body))
             self._wake_apply()
             if len(self.pending_evt) >= self.ctl.config.max_pending_evt_frames:
@@ -579,15 +595,25 @@ class EdgeConnection:
         else:
             await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
 
-    def _saw_cmd_ack(self, n: object) -> None:
-        if isinstance(n, int) and not isinstance(n, bool) and n > self.cmd_ack_seen:
+    def _saw_cmd_ack(self, n: int | None) -> None:
+        """A cumulative ``cmd`` ack (edge.ack, heartbeat or resume). Rule: the node can only
+        have applied what this session sent it (``cmd_sent``, moved before each send), so
+        an ack beyond it is a protocol error (4400), never a reason to mark commands that
+        were queued but never sent ``delivered``."""
+        if n is None:
+            return
+        if n > self.cmd_sent:
+            raise _Close(4400, f"ack for cmd q={n} is beyond q={self.cmd_sent}, the last "
+                               "sent on this session")
+        if n > self.cmd_ack_seen:
             self.cmd_ack_seen = n
             self.wake_downlink()
 
     def _on_resume(self, n: int) -> None:
         """The node's runtime re-attached having applied up to ``n``: re-send after it."""
         if n > self.cmd_sent:
-            raise _Close(4400, f"resume from q={n} beyond the last sent q={self.cmd_sent}")
+            raise _Close(4400, f"resume from cmd q={n} is beyond q={self.cmd_sent}, the last "
+                               "sent on this session")
         self._saw_cmd_ack(n)
         self.cmd_sent = max(n, self.cmd_acked)
         self.wake_downlink()
@@ -641,6 +667,13 @@ class EdgeConnection:
             raise
         self.evt.committed(batch[-1][0].q or 0)
         await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
+        for frame, body in batch:
+            if isinstance(body, Poisoned):  # after the ack: the node may drop it now
+                logger.warning("poison frame recorded as a dead letter", extra={
+                    "node_id": self.node_id, "stream": frame.s, "q": frame.q,
+                    "frame_type": frame.t, "detail": body.reason[:200]})
+                await self._send(ErrorBody(code="poison_frame", message=body.reason[:512]
+                                           ).frame(re=frame.id))
         for effect in effects:
             if effect.applied:
                 self.ctl.command_changed(effect.command_id, effect.state, self.node_id)
@@ -677,5 +710,21 @@ class EdgeConnection:
         for q, data in rows:
             if self.fenced:
                 break
-            await self._send_bytes(data)
+            # before the send: the node may ack it before this task runs again
             self.cmd_sent = q
+            await self._send_bytes(data)
+        if (self.cmd_sent > self.cmd_noted and self._tg is not None
+                and (self._note_task is None or self._note_task.done())):
+            self._note_task = self._tg.create_task(self._note_run(), name="edge-note-sent")
+
+    async def _note_run(self) -> None:
+        """Record the sent mark until it is current, off the delivery path (a crash before
+        it is recorded only makes the node's next hello look ahead: an epoch reset)."""
+        try:
+            while self.cmd_sent > self.cmd_noted and not self.fenced:
+                sent = self.cmd_sent
+                await self.ctl.store.note_cmd_sent(self.node_id, self.session_id or "",
+                                                   self.cmd_epoch, sent)
+                self.cmd_noted = max(self.cmd_noted, sent)
+        finally:
+            self._note_task = None

@@ -442,8 +442,11 @@ class NodeRuntime:
             if not todo:
                 continue
             frames = await self.store.outbox_after(self.evt.sent, len(todo))
-            if frames and await self.link.send_many(frames):
-                self.evt.mark_sent(frames[-1].q or 0)
+            if frames:
+                before = self.evt.sent
+                self.evt.mark_sent(frames[-1].q or 0)  # first: the ack may come back first
+                if not await self.link.send_many(frames):  # the link is gone: send again
+                    self.evt.sent = max(before, self.evt.acked)  # (a reconnect resets it)
 
     async def _acked_loop(self) -> None:
         """Records the controller's ``evt`` cursor and drops acked outbox rows, off the

@@ -22,14 +22,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from .classes import CMD_STREAM
-from .codec import MAX_CONTAINER_LEN, encode_msgpack
+from .codec import encode_msgpack
 from .errors import BadFrame, LocalProtocolError, TetherError
-from .frames import MAX_ID_LEN, CmdDeliver
-from .values import INT64_MAX, Limits, int_in, number_in, plain_map, text, text_map
+from .fields import ARGS_LIMITS as FIELD_ARGS_LIMITS
+from .fields import MAX_ID_LEN
+from .frames import CmdDeliver
+from .values import INT64_MAX, int_in, number_in, plain_map, text, text_map
 
 MAX_KIND_LEN = 64
-ARGS_LIMITS = Limits(max_depth=32, max_entries=MAX_CONTAINER_LEN, max_bytes=1 << 22,
-                     max_key_len=256)
+# The node parses cmd.deliver args with these same limits (fields.ARGS_LIMITS): a command
+# accepted here is never one the node must skip.
+ARGS_LIMITS = FIELD_ARGS_LIMITS
 MAX_ARGV = 4096  # exec argv items
 MAX_ARG_LEN = 1 << 20  # one argv item or env value (the frame cap bounds them all together)
 MAX_ENV = 1024  # exec env entries

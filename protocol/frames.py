@@ -3,7 +3,8 @@
 Every class validates on construction (``from_body``) and never does I/O. ``Frame`` is the
 envelope; typed bodies convert to and from the plain maps the codec carries with
 ``to_body()`` / ``from_body()``. Byte fields are ``bytes`` here; the JSON codec turns them
-into base64url text and :func:`as_bytes` turns them back.
+into base64url text and :func:`as_bytes` turns them back. The value rules of each field
+(ranges, lengths, typed nested maps) are in ``fields.py``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,39 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from .errors import BadFrame
+from .fields import (
+    ARGS_LIMITS,
+    EXIT_CODE_MAX,
+    EXIT_CODE_MIN,
+    MAX_CPUS,
+    MAX_ERROR_LEN,
+    MAX_ID_LEN,
+    MAX_KIND_LEN,
+    MAX_PID,
+    MAX_REASON_LEN,
+    MAX_SOURCE_LEN,
+    RUNTIME_STATES,
+    OutboxInfo,
+    RuntimeInfo,
+    SidecarInfo,
+    TransportInfo,
+    UsageInfo,
+    bounded_text,
+    capabilities_list,
+    labels_map,
+    load_list,
+    nonneg_int,
+    omit_none,
+    opt_field,
+    plain_data,
+    req_field,
+    seconds,
+    version_text,
+)
+from .values import INT64_MAX, int_in, number_in, plain_map, text
 
 PROTOCOL_VERSION = 1
 NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-MAX_ID_LEN = 128
 B64URL_RE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -132,27 +162,25 @@ def _get(b: Mapping[str, Any], name: str, kind: type[_T] | tuple[type, ...],
     return value
 
 
+MAX_ACK_STREAMS = 16
+
+
 def _int_map(value: object, name: str) -> dict[str, int]:
+    """Cursors by stream name: at most 16 names of at most 64 characters, each cursor from 0
+    to 2^63-1 (a sequence number is stored as a signed 64-bit integer)."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise BadFrame(f"body field {name!r} must be a map of stream name to integer")
+    if not isinstance(value, dict) or len(value) > MAX_ACK_STREAMS:
+        raise BadFrame(f"body field {name!r} must be a map of at most {MAX_ACK_STREAMS} "
+                       "stream names to integers")
     out: dict[str, int] = {}
     for key, n in value.items():
-        if not isinstance(key, str) or isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise BadFrame(f"body field {name!r} must map stream names to integers >= 0")
+        if (not isinstance(key, str) or len(key) > 64 or isinstance(n, bool)
+                or not isinstance(n, int) or not 0 <= n <= INT64_MAX):
+            raise BadFrame(f"body field {name!r} must map stream names to integers from 0 "
+                           f"to {INT64_MAX}")
         out[key] = n
     return out
-
-
-def _str_map(value: object, name: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise BadFrame(f"body field {name!r} must be a map of string to string")
-    return dict(value)
 
 
 def valid_node_id(node_id: object) -> bool:
@@ -220,19 +248,23 @@ class Hello(Body):
     acks: Mapping[str, int]
     protocol: int = PROTOCOL_VERSION
     session_id: str | None = None
-    runtime: Mapping[str, Any] = field(default_factory=dict)
-    sidecar: Mapping[str, Any] = field(default_factory=dict)
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    sidecar: SidecarInfo = field(default_factory=SidecarInfo)
     capabilities: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     # Addition (docs/protocol.md §4 "Frame cap"): the largest frame the node accepts; the
     # controller's welcome announces min(its own, this) and holds both directions to it.
     max_frame: int | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime", RuntimeInfo.coerce(self.runtime, "runtime"))
+        object.__setattr__(self, "sidecar", SidecarInfo.coerce(self.sidecar, "sidecar"))
+
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "node_id": self.node_id, "protocol": self.protocol, "sig": self.sig,
             "epoch": self.epoch, "acks": dict(self.acks), "session_id": self.session_id,
-            "runtime": dict(self.runtime), "sidecar": dict(self.sidecar),
+            "runtime": self.runtime.to_map(), "sidecar": self.sidecar.to_map(),
             "capabilities": list(self.capabilities), "labels": dict(self.labels)}
         if self.max_frame is not None:
             body["max_frame"] = self.max_frame
@@ -240,22 +272,19 @@ class Hello(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Hello:
-        caps = _get(b, "capabilities", list, required=False, default=[])
-        if not all(isinstance(c, str) for c in caps):
-            raise BadFrame("hello capabilities must be a list of strings")
-        runtime = _get(b, "runtime", dict, required=False, default={})
-        sidecar = _get(b, "sidecar", dict, required=False, default={})
         epoch = _get(b, "epoch", int)
         if not 0 <= epoch < 1 << 64:
             raise BadFrame("hello epoch must be an unsigned 64-bit integer")
-        return cls(node_id=_get(b, "node_id", str),
-                   protocol=_get(b, "protocol", int),
+        return cls(node_id=req_field(b, "node_id", bounded_text, max_len=MAX_ID_LEN),
+                   protocol=req_field(b, "protocol", int_in, 0, MAX_PID),
                    sig=as_bytes(_get(b, "sig", (bytes, str)), "sig"),
                    epoch=epoch,
                    acks=_int_map(b.get("acks"), "acks"),
-                   session_id=_get(b, "session_id", str, required=False),
-                   runtime=runtime, sidecar=sidecar, capabilities=tuple(caps),
-                   labels=_str_map(b.get("labels"), "labels"),
+                   session_id=opt_field(b, "session_id", bounded_text, max_len=MAX_ID_LEN),
+                   runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
+                   sidecar=SidecarInfo.from_map(b.get("sidecar"), "sidecar"),
+                   capabilities=opt_field(b, "capabilities", capabilities_list) or (),
+                   labels=labels_map(b.get("labels"), "labels"),
                    max_frame=_hello_max_frame(b.get("max_frame")))
 
 
@@ -324,26 +353,33 @@ class Welcome(Body):
 class Heartbeat(Body):
     TYPE: ClassVar[str] = "edge.heartbeat"
     uptime_s: float
-    runtime: Mapping[str, Any] = field(default_factory=dict)
-    outbox: Mapping[str, Any] = field(default_factory=dict)
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    outbox: OutboxInfo = field(default_factory=OutboxInfo)
     acks: Mapping[str, int] = field(default_factory=dict)
     # Addition (docs/protocol.md): the sidecar's view of the link (rtt_ms, reconnects, ...).
-    transport: Mapping[str, Any] = field(default_factory=dict)
+    transport: TransportInfo = field(default_factory=TransportInfo)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime", RuntimeInfo.coerce(self.runtime, "runtime"))
+        object.__setattr__(self, "outbox", OutboxInfo.coerce(self.outbox, "outbox"))
+        object.__setattr__(self, "transport",
+                           TransportInfo.coerce(self.transport, "transport"))
 
     def to_body(self) -> dict[str, Any]:
-        out = {"uptime_s": self.uptime_s, "runtime": dict(self.runtime),
-               "outbox": dict(self.outbox), "acks": dict(self.acks)}
-        if self.transport:
-            out["transport"] = dict(self.transport)
+        out = {"uptime_s": self.uptime_s, "runtime": self.runtime.to_map(),
+               "outbox": self.outbox.to_map(), "acks": dict(self.acks)}
+        transport = self.transport.to_map()
+        if transport:
+            out["transport"] = transport
         return out
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Heartbeat:
-        return cls(uptime_s=_get(b, "uptime_s", (int, float), required=False, default=0),
-                   runtime=_get(b, "runtime", dict, required=False, default={}),
-                   outbox=_get(b, "outbox", dict, required=False, default={}),
+        return cls(uptime_s=opt_field(b, "uptime_s", seconds) or 0.0,
+                   runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
+                   outbox=OutboxInfo.from_map(b.get("outbox"), "outbox"),
                    acks=_int_map(b.get("acks"), "acks"),
-                   transport=_get(b, "transport", dict, required=False, default={}))
+                   transport=TransportInfo.from_map(b.get("transport"), "transport"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +428,7 @@ class RuntimeState(Body):
     state: str
     version: str | None = None
 
-    STATES: ClassVar[frozenset[str]] = frozenset({"attached", "detached", "restarting"})
+    STATES: ClassVar[frozenset[str]] = RUNTIME_STATES
 
     def to_body(self) -> dict[str, Any]:
         return {"state": self.state, "version": self.version}
@@ -401,8 +437,9 @@ class RuntimeState(Body):
     def from_body(cls, b: Mapping[str, Any]) -> RuntimeState:
         state = _get(b, "state", str)
         if state not in cls.STATES:
-            raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, got {state!r}")
-        return cls(state=state, version=_get(b, "version", str, required=False))
+            raise BadFrame(f"runtime state must be one of {sorted(cls.STATES)}, "
+                           f"got {state[:32]!r}")
+        return cls(state=state, version=opt_field(b, "version", version_text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +452,7 @@ class Goodbye(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> Goodbye:
-        return cls(reason=_get(b, "reason", str, required=False, default=""))
+        return cls(reason=opt_field(b, "reason", bounded_text, max_len=MAX_REASON_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,8 +466,8 @@ class ErrorBody(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> ErrorBody:
-        return cls(code=_get(b, "code", str), message=_get(b, "message", str, required=False,
-                                                            default=""))
+        return cls(code=req_field(b, "code", bounded_text, max_len=MAX_KIND_LEN),
+                   message=opt_field(b, "message", bounded_text, max_len=MAX_ERROR_LEN) or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,10 +485,11 @@ class CmdDeliver(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> CmdDeliver:
-        return cls(command_id=_get(b, "command_id", str), kind=_get(b, "kind", str),
-                   args=_get(b, "args", dict, required=False, default={}),
-                   created_ms=_get(b, "created_ms", int, required=False, default=0),
-                   deadline_ms=_get(b, "deadline_ms", int, required=False))
+        return cls(command_id=req_field(b, "command_id", bounded_text, max_len=MAX_ID_LEN),
+                   kind=req_field(b, "kind", bounded_text, max_len=MAX_KIND_LEN),
+                   args=opt_field(b, "args", plain_map, ARGS_LIMITS) or {},
+                   created_ms=opt_field(b, "created_ms", int_in) or 0,
+                   deadline_ms=opt_field(b, "deadline_ms", int_in))
 
 
 COMMAND_STATES = ("queued", "delivered", "running", "paused", "succeeded", "failed",
@@ -465,7 +503,8 @@ CONTROL_KINDS = frozenset({"cancel", "pause", "resume"})  # args: {"command_id":
 class CmdStatus(Body):
     """A command's state change, node -> controller, class A on ``evt``.
 
-    ``result`` carries kind-specific data (``diag.ping`` puts its timestamps there)."""
+    ``result`` carries kind-specific data (``diag.ping`` puts its timestamps there).
+    ``exit_code`` is a 32-bit exit status, signed or unsigned; times are signed 64-bit."""
 
     TYPE: ClassVar[str] = "cmd.status"
     command_id: str
@@ -490,13 +529,15 @@ class CmdStatus(Body):
     def from_body(cls, b: Mapping[str, Any]) -> CmdStatus:
         state = _get(b, "state", str)
         if state not in STATUS_STATES:
-            raise BadFrame(f"status state must be one of {sorted(STATUS_STATES)}, got {state!r}")
-        return cls(command_id=_get(b, "command_id", str), state=state,
-                   exit_code=_get(b, "exit_code", int, required=False),
-                   error=_get(b, "error", str, required=False),
-                   started_ms=_get(b, "started_ms", int, required=False),
-                   finished_ms=_get(b, "finished_ms", int, required=False),
-                   result=_get(b, "result", dict, required=False))
+            raise BadFrame(f"status state must be one of {sorted(STATUS_STATES)}, "
+                           f"got {state[:32]!r}")
+        return cls(command_id=req_field(b, "command_id", bounded_text, max_len=MAX_ID_LEN),
+                   state=state,
+                   exit_code=opt_field(b, "exit_code", int_in, EXIT_CODE_MIN, EXIT_CODE_MAX),
+                   error=opt_field(b, "error", bounded_text, max_len=MAX_ERROR_LEN),
+                   started_ms=opt_field(b, "started_ms", int_in),
+                   finished_ms=opt_field(b, "finished_ms", int_in),
+                   result=opt_field(b, "result", plain_data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,15 +557,20 @@ class LogChunk(Body):
     def from_body(cls, b: Mapping[str, Any]) -> LogChunk:
         data = b.get("data")
         # JSON carries log data as UTF-8 text (PROTOCOL.md §6), msgpack as bin.
-        raw = data.encode() if isinstance(data, str) else as_bytes(data, "data")
-        return cls(command_id=_get(b, "command_id", str, required=False),
-                   source=_get(b, "source", str), seq=_get(b, "seq", int), data=raw,
-                   dropped=_get(b, "dropped", int, required=False, default=0))
+        if isinstance(data, str):
+            raw = text(data, "data", max_len=len(data)).encode()
+        else:
+            raw = as_bytes(data, "data")
+        return cls(command_id=opt_field(b, "command_id", bounded_text, max_len=MAX_ID_LEN),
+                   source=req_field(b, "source", bounded_text, max_len=MAX_SOURCE_LEN),
+                   seq=req_field(b, "seq", nonneg_int), data=raw,
+                   dropped=opt_field(b, "dropped", nonneg_int) or 0)
 
 
 @dataclass(frozen=True, slots=True)
 class NodeEvent(Body):
-    """An application event a node reports, class A on ``evt`` (docs/protocol.md addition)."""
+    """An application event a node reports, class A on ``evt`` (docs/protocol.md addition).
+    ``data`` is plain data within :data:`DATA_LIMITS`."""
 
     TYPE: ClassVar[str] = "node.event"
     kind: str
@@ -535,14 +581,15 @@ class NodeEvent(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> NodeEvent:
-        return cls(kind=_get(b, "kind", str), data=_get(b, "data", dict, required=False,
-                                                        default={}))
+        return cls(kind=req_field(b, "kind", bounded_text, max_len=MAX_KIND_LEN),
+                   data=opt_field(b, "data", plain_data) or {})
 
 
 @dataclass(frozen=True, slots=True)
 class MonitorPacket(Body):
     """A small structured packet an app on the node publishes (class C): ``seq`` runs per
-    node, ``dropped`` counts packets lost to overflow before this one."""
+    node, ``dropped`` counts packets lost to overflow before this one. ``data`` is plain
+    data within :data:`DATA_LIMITS`."""
 
     TYPE: ClassVar[str] = "monitor.packet"
     topic: str
@@ -560,15 +607,60 @@ class MonitorPacket(Body):
         topic = _get(b, "topic", str)
         if not 0 < len(topic) <= 128:
             raise BadFrame("monitor topic must be 1 to 128 characters")
-        return cls(topic=topic, data=_get(b, "data", dict), seq=_get(b, "seq", int),
-                   at_ms=_get(b, "at_ms", int, required=False, default=0),
-                   dropped=_get(b, "dropped", int, required=False, default=0))
+        return cls(topic=text(topic, "topic", max_len=128),
+                   data=req_field(b, "data", plain_data), seq=req_field(b, "seq", nonneg_int),
+                   at_ms=opt_field(b, "at_ms", nonneg_int) or 0,
+                   dropped=opt_field(b, "dropped", nonneg_int) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResources(Body):
+    """What the node's machine looks like now (class B, latest wins; ``node/resources.py``
+    sends it). Every field is optional; unknown fields are dropped."""
+
+    TYPE: ClassVar[str] = "node.resources"
+    cpu_percent: float | None = None
+    cpus: int | None = None
+    load: tuple[float, ...] = ()
+    memory: UsageInfo = field(default_factory=UsageInfo)
+    disk: UsageInfo = field(default_factory=UsageInfo)
+    processes: int | None = None
+    uptime_s: float | None = None
+    at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "memory", UsageInfo.coerce(self.memory, "memory"))
+        object.__setattr__(self, "disk", UsageInfo.coerce(self.disk, "disk"))
+
+    def to_body(self) -> dict[str, Any]:
+        out = omit_none({"cpu_percent": self.cpu_percent, "cpus": self.cpus,
+                          "processes": self.processes, "uptime_s": self.uptime_s,
+                          "at_ms": self.at_ms})
+        if self.load:
+            out["load"] = list(self.load)
+        for name in ("memory", "disk"):
+            usage = getattr(self, name).to_map()
+            if usage:
+                out[name] = usage
+        return out
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> NodeResources:
+        return cls(cpu_percent=opt_field(b, "cpu_percent", number_in, 0, 100 * MAX_CPUS),
+                   cpus=opt_field(b, "cpus", int_in, 1, MAX_CPUS),
+                   load=opt_field(b, "load", load_list) or (),
+                   memory=UsageInfo.from_map(b.get("memory"), "memory"),
+                   disk=UsageInfo.from_map(b.get("disk"), "disk"),
+                   processes=opt_field(b, "processes", nonneg_int),
+                   uptime_s=opt_field(b, "uptime_s", seconds),
+                   at_ms=opt_field(b, "at_ms", nonneg_int))
 
 
 BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (Challenge, Hello, Welcome, Heartbeat, HeartbeatAck, Ack, Resume, RuntimeState,
-                Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent, MonitorPacket)
+                Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent, MonitorPacket,
+                NodeResources)
 }
 
 

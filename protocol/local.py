@@ -17,12 +17,29 @@ Local frame types (``local.*``) never reach the controller; every other frame is
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from .codec import MAX_FRAME_BYTES, decode_msgpack, encode_msgpack
-from .errors import FrameTooLarge
-from .frames import Frame
+from .errors import BadFrame, FrameTooLarge
+from .fields import (
+    MAX_ID_LEN,
+    MAX_PID,
+    MAX_REASON_LEN,
+    OutboxInfo,
+    RuntimeInfo,
+    bounded_text,
+    capabilities_list,
+    labels_map,
+    opt_field,
+    req_field,
+)
+from .frames import Body, Frame
+from .values import INT64_MAX, int_in
 
 HEADER = struct.Struct(">I")
+DETACH_STATES = frozenset({"detached", "restarting"})
 LOCAL_OVERHEAD = 64 * 1024  # local frames may wrap an edge frame of max_frame bytes
 
 
@@ -64,3 +81,115 @@ class LocalDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+
+# --- typed bodies (runtime -> sidecar): the sidecar's boundary -----------------------------
+#
+# The sidecar parses what the runtime sends once, on arrival, with the same value rules as
+# the edge (protocol/frames.py), so nothing it relays into a hello or heartbeat can carry a
+# value the controller refuses.
+
+
+def _epoch(value: object, name: str) -> int:
+    return int_in(value, name, 0, (1 << 64) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAttach(Body):
+    """The runtime's first frame: who it is and where its streams stand."""
+
+    TYPE: ClassVar[str] = "local.attach"
+    node_id: str
+    epoch: int
+    cmd_applied: int = 0
+    session_id: str | None = None
+    runtime: RuntimeInfo = field(default_factory=RuntimeInfo)
+    capabilities: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    pid: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runtime", RuntimeInfo.coerce(self.runtime, "runtime"))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "epoch": self.epoch, "cmd_applied": self.cmd_applied,
+                "session_id": self.session_id, "runtime": self.runtime.to_map(),
+                "capabilities": list(self.capabilities), "labels": dict(self.labels),
+                "pid": self.pid}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> LocalAttach:
+        return cls(node_id=req_field(b, "node_id", bounded_text, max_len=MAX_ID_LEN),
+                   epoch=opt_field(b, "epoch", _epoch) or 0,
+                   cmd_applied=opt_field(b, "cmd_applied", int_in, 0, INT64_MAX) or 0,
+                   session_id=opt_field(b, "session_id", bounded_text, max_len=MAX_ID_LEN),
+                   runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
+                   capabilities=opt_field(b, "capabilities", capabilities_list) or (),
+                   labels=labels_map(b.get("labels"), "labels"),
+                   pid=opt_field(b, "pid", int_in, 0, MAX_PID))
+
+
+@dataclass(frozen=True, slots=True)
+class LocalState(Body):
+    """The runtime's outbox, for the sidecar's heartbeats."""
+
+    TYPE: ClassVar[str] = "local.state"
+    outbox: OutboxInfo = field(default_factory=OutboxInfo)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outbox", OutboxInfo.coerce(self.outbox, "outbox"))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"outbox": self.outbox.to_map()}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> LocalState:
+        return cls(outbox=OutboxInfo.from_map(b.get("outbox"), "outbox"))
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDetach(Body):
+    TYPE: ClassVar[str] = "local.detach"
+    state: str = "detached"
+
+    def to_body(self) -> dict[str, Any]:
+        return {"state": self.state}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> LocalDetach:
+        state = b.get("state") or "detached"
+        if state not in DETACH_STATES:
+            raise BadFrame(f"field 'state' must be one of {sorted(DETACH_STATES)}")
+        return cls(state=str(state))
+
+
+@dataclass(frozen=True, slots=True)
+class LocalGoodbye(Body):
+    TYPE: ClassVar[str] = "local.goodbye"
+    reason: str = ""
+
+    def to_body(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> LocalGoodbye:
+        return cls(reason=opt_field(b, "reason", bounded_text, max_len=MAX_REASON_LEN) or "")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReconnect(Body):
+    TYPE: ClassVar[str] = "local.reconnect"
+    epoch: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> LocalReconnect:
+        return cls(epoch=req_field(b, "epoch", _epoch))
+
+
+LOCAL_BODY_TYPES: dict[str, type[Body]] = {
+    cls.TYPE: cls for cls in (LocalAttach, LocalState, LocalDetach, LocalGoodbye,
+                              LocalReconnect)
+}

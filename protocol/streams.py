@@ -118,10 +118,14 @@ class StreamSender:
     def on_ack(self, n: int) -> tuple[int, int] | None:
         """Apply a cumulative ack. Returns the (first, last) range newly acknowledged, or None.
 
-        Stale acks (``n <= acked``) are ignored; an ack beyond ``last`` is a protocol error."""
-        if n > self.last:
+        Stale acks (``n <= acked``) are ignored. An ack beyond ``sent`` (the peer cannot have
+        applied what it was never sent; callers mark a frame sent before writing it) is a
+        protocol error, and nothing moves: acking it would drop frames the peer never had.
+        (Across connections a cursor is reconciled by :meth:`connected` instead.)"""
+        if n > self.sent:
             raise RemoteProtocolError(
-                f"ack for q={n} beyond the last assigned q={self.last}", code="protocol_error")
+                f"ack for q={n} is beyond q={self.sent}, the last sent (last assigned "
+                f"q={self.last})", code="protocol_error")
         if n <= self.acked:
             return None
         first = self.acked + 1

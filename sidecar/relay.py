@@ -24,9 +24,18 @@ from tether.common import __version__
 from tether.common.identity import Identity
 from tether.common.loopback_http import serve_loopback
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
-from tether.protocol.errors import TetherError
+from tether.protocol.errors import BadFrame, TetherError
 from tether.protocol.frames import Frame, Heartbeat, Resume, RuntimeState, Welcome
-from tether.protocol.local import LocalDecoder, encode_local
+from tether.protocol.local import (
+    LOCAL_BODY_TYPES,
+    LocalAttach,
+    LocalDecoder,
+    LocalDetach,
+    LocalGoodbye,
+    LocalReconnect,
+    LocalState,
+    encode_local,
+)
 
 from .config import SidecarConfig
 from .status import status_app
@@ -201,16 +210,21 @@ class Sidecar:
             await conn.send(Frame(t="local.refused", b={
                 "reason": f"another runtime (pid {self.runtime.pid}) is attached"}))
             return None
-        if first.b.get("node_id") != self.identity.node_id:
+        try:  # the runtime's values go into hellos: the edge's value rules, checked here
+            attach = LocalAttach.parse(first)
+        except BadFrame as exc:
+            await conn.send(Frame(t="local.refused", b={"reason": exc.message}))
+            return None
+        if attach.node_id != self.identity.node_id:
             await conn.send(Frame(t="local.refused", b={
                 "reason": f"this sidecar serves node {self.identity.node_id}"}))
             return None
         self.runtime = conn
-        self.hello = dict(first.b)
-        self.cmd_applied = int(first.b.get("cmd_applied") or 0)
-        self.session_id = self.session_id or first.b.get("session_id")
+        self.hello = attach.to_body()
+        self.cmd_applied = attach.cmd_applied
+        self.session_id = self.session_id or attach.session_id
         self.runtime_state = "attached"
-        self.runtime_version = (first.b.get("runtime") or {}).get("version")
+        self.runtime_version = attach.runtime.version
         await conn.send(Frame(t="local.attached", b={"sidecar": {
             "pid": os.getpid(), "version": __version__}}))
         await conn.send(Frame(t="local.status", b=self.transport_view()))
@@ -256,24 +270,30 @@ class Sidecar:
 
     async def _from_runtime(self, frame: Frame) -> None:
         t = frame.t
-        if t == "local.state":
-            self.outbox = dict(frame.b.get("outbox") or {})
-        elif t == "local.detach":
-            state = str(frame.b.get("state") or "detached")
-            self.runtime_state = state if state in RuntimeState.STATES else "detached"
-            await self.link.send(RuntimeState(state=self.runtime_state,
-                                              version=self.runtime_version).frame())
-        elif t == "local.goodbye":
-            self.goodbye_reason = str(frame.b.get("reason") or "node stopping")
-            self.stop.set()
-        elif t == "local.reconnect":
-            if self.hello is not None and isinstance(frame.b.get("epoch"), int):
-                self.hello["epoch"] = frame.b["epoch"]
-            await self.link.reconnect_now("runtime started a new stream epoch")
-        else:
+        if t not in LOCAL_BODY_TYPES:
             self._note_uplink(frame)
             await self.link.send(frame)  # dropped while there is no session: the runtime
             # re-sends class A frames from the controller's cursor on the next session
+            return
+        try:  # parsed once, here: what goes into hellos and heartbeats is checked
+            body = LOCAL_BODY_TYPES[t].parse(frame)
+        except BadFrame as exc:
+            logger.warning("runtime sent a bad local frame; ignored",
+                           extra={"frame_type": t, "detail": exc.message})
+            return
+        if isinstance(body, LocalState):
+            self.outbox = body.outbox.to_map()
+        elif isinstance(body, LocalDetach):
+            self.runtime_state = body.state
+            await self.link.send(RuntimeState(state=self.runtime_state,
+                                              version=self.runtime_version).frame())
+        elif isinstance(body, LocalGoodbye):
+            self.goodbye_reason = body.reason or "node stopping"
+            self.stop.set()
+        elif isinstance(body, LocalReconnect):
+            if self.hello is not None:
+                self.hello["epoch"] = body.epoch
+            await self.link.reconnect_now("runtime started a new stream epoch")
 
     async def _runtime_gone(self) -> None:
         """The runtime's socket closed: a crash unless it said it was detaching."""
@@ -316,6 +336,9 @@ class Sidecar:
         self.welcome = welcome
         self.session_id = welcome.session_id
         self.evt_acked = int(welcome.acks.get(EVT_STREAM, 0))
+        # The controller names the cmd cursor it resends after (0 in a new cmd epoch): the
+        # heartbeat's acks.cmd must not carry a cursor of an older epoch (docs/protocol.md §3).
+        self.cmd_applied = int(welcome.acks.get(CMD_STREAM, self.cmd_applied))
         if self.runtime is not None:
             await self.runtime.send(self._session_frame())
         self._publish()

@@ -124,9 +124,11 @@ class SimNode:
     async def pump(self) -> None:
         assert self.link is not None
         for q in self.evt.next_to_send():
+            before = self.evt.sent
+            self.evt.mark_sent(q)  # first: its ack may come back before the send returns
             if not await self.link.send(self.outbox[q]):
+                self.evt.sent = max(before, self.evt.acked)
                 return
-            self.evt.mark_sent(q)
 
 
 async def _until_welcomed(sims: list[SimNode], targets: dict[int, int],

@@ -29,7 +29,8 @@ from tether.protocol.errors import (
 from tether.protocol.frames import COMMAND_STATES, valid_node_id
 from tether.protocol.keys import check_ed25519_public_key
 
-from ..views import command_view, iso, log_item
+from .. import browser
+from ..views import command_view, iso, log_item, node_event_view
 
 if TYPE_CHECKING:
     from ..app import Controller
@@ -221,9 +222,21 @@ async def node_events(request: Request) -> Response:
     if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
         raise InvalidRequest("'limit' must be an integer from 1 to 10000")
     items = await _ctl(request).store.node_events(row["node_id"], limit=int(limit_raw))
-    return JSONResponse({"items": [
-        {"id": e["id"], "kind": e["kind"], "data": json.loads(e["data"]), "at": iso(e["at"])}
-        for e in items]})
+    return JSONResponse({"items": [node_event_view(e) for e in items]})
+
+
+async def node_dead_letters(request: Request) -> Response:
+    """GET /api/v1/nodes/{id}/dead-letters[?limit=N]: the poison frames this node sent
+    (docs/protocol.md §5), newest first, and how many it ever sent (``total``; only the
+    newest are kept)."""
+    await _operator(request)
+    row = await _node_row(request)
+    limit_raw = request.query_params.get("limit", "100")
+    if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
+        raise InvalidRequest("'limit' must be an integer from 1 to 10000")
+    rows, total = await _ctl(request).store.dead_letters(row["node_id"], limit=int(limit_raw))
+    return JSONResponse({"total": total, "items": [
+        {**r, "at": iso(r["at"])} for r in rows]})
 
 
 async def node_logs(request: Request) -> Response:
@@ -362,6 +375,7 @@ async def diag(request: Request) -> Response:
     start = time.perf_counter()
     await ctl.db.write(lambda conn: None)  # one group commit, fsync included
     write_ms = (time.perf_counter() - start) * 1000
+    dead_letters_total = await ctl.store.dead_letters_total()
     return JSONResponse({
         "controller_id": ctl.controller_id, "version": __version__,
         "uptime_s": round(time.time() - ctl.started_at, 1),
@@ -376,12 +390,14 @@ async def diag(request: Request) -> Response:
         "ws": {"subscribers": ctl.hub.subscribers, "cut_off_total": ctl.hub.cut_off_total,
                "events_published_total": ctl.hub.published_total},
         "event_loop": {"lag_ms": ctl.loop_lag_ms, "lag_max_ms": ctl.loop_lag_max_ms},
+        "edge": {"dead_letters_total": dead_letters_total},
     })
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the controller's counters and gauges."""
     ctl = _ctl(request)
+    dead_letters_total = await ctl.store.dead_letters_total()
     lines = [
         "# TYPE tether_edge_sessions gauge", f"tether_edge_sessions {len(ctl.registry)}",
         "# TYPE tether_ws_subscribers gauge", f"tether_ws_subscribers {ctl.hub.subscribers}",
@@ -392,6 +408,10 @@ async def metrics(request: Request) -> Response:
         "# TYPE tether_store_write_queue gauge", f"tether_store_write_queue {ctl.db.pending}",
         "# TYPE tether_events_published_total counter",
         f"tether_events_published_total {ctl.hub.published_total}",
+        "# TYPE tether_dead_letters_total counter",
+        f"tether_dead_letters_total {dead_letters_total}",
+        "# TYPE tether_ws_events_unencodable_total counter",
+        f"tether_ws_events_unencodable_total {browser.unencodable_total}",
     ]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
@@ -407,6 +427,7 @@ ROUTES = [
     Route("/api/v1/nodes/{node_id}/events", node_events, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/monitor", node_monitor, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/logs", node_logs, methods=["GET"]),
+    Route("/api/v1/nodes/{node_id}/dead-letters", node_dead_letters, methods=["GET"]),
     Route("/api/v1/nodes/{node_id}/commands", submit_command, methods=["POST"]),
     Route("/api/v1/commands", list_commands, methods=["GET"]),
     Route("/api/v1/commands/{command_id}", get_command, methods=["GET"]),

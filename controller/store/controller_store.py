@@ -86,6 +86,20 @@ class SessionOpened:
 
 
 @dataclass(frozen=True, slots=True)
+class Poisoned:
+    """A class A frame that decoded as an envelope but whose body broke the value rules
+    (docs/protocol.md §5, poison frames): it takes the place of the body in
+    :meth:`ControllerStore.apply_evt`, which records it as a dead letter instead of
+    applying it, in the transaction that moves the cursor past it."""
+
+    reason: str
+    excerpt: str
+
+
+MAX_DEAD_LETTER_REASON = 512
+
+
+@dataclass(frozen=True, slots=True)
 class StatusEffect:
     """What one applied cmd.status did, for events pushed to subscribers."""
 
@@ -125,10 +139,14 @@ def _page(cur: sqlite3.Cursor, max_bytes: int | None) -> list[dict[str, Any]]:
 
 
 class ControllerStore:
-    def __init__(self, db: Database, *, quotas: StoreQuotas | None = None) -> None:
+    def __init__(self, db: Database, *, quotas: StoreQuotas | None = None,
+                 max_dead_letters_per_node: int = 1000) -> None:
         self.db = db
         # byte budgets per node and their overflow policies: store/quotas.py
         self.quotas = quotas or StoreQuotas()
+        # Dead letters kept per node: the newest; older ones are deleted, and every one is
+        # counted in nodes.dead_letters_total.
+        self.max_dead_letters_per_node = max_dead_letters_per_node
 
     # -- meta and tokens ------------------------------------------------------------------
 
@@ -263,7 +281,7 @@ class ControllerStore:
                 (previous_session, node_id)).fetchone() is not None
             evt = conn.execute("SELECT epoch, applied FROM stream_cursors WHERE node_id=? AND "
                                "stream='evt'", (node_id,)).fetchone()
-            cmd = conn.execute("SELECT epoch, applied, last FROM stream_cursors WHERE "
+            cmd = conn.execute("SELECT epoch, applied, last, sent FROM stream_cursors WHERE "
                                "node_id=? AND stream='cmd'", (node_id,)).fetchone()
             # The node's epoch is any 64-bit value; SQLite integers are signed 64-bit, so it
             # is kept as text (compared for equality only).
@@ -278,7 +296,10 @@ class ControllerStore:
                                      {"stream": "evt", "old": int(known),
                                       "new": evt_epoch})
             cmd_epoch = cmd["epoch"]
-            rotate = evt_reset or not cmd["applied"] <= cmd_acked <= cmd["last"]
+            # The node cannot have applied what was never written to it (issue 11 item 6):
+            # a cursor past the sent mark does not fit, as one past the last assigned.
+            sent = min(max(cmd["sent"], cmd["applied"]), cmd["last"])
+            rotate = evt_reset or not cmd["applied"] <= cmd_acked <= sent
             if rotate:
                 cmd_epoch = self._rotate_cmd_epoch(conn, node_id, cmd_epoch)
                 self._node_event(conn, node_id, "stream.epoch_reset",
@@ -319,9 +340,19 @@ class ControllerStore:
             if row["command_id"]:
                 conn.execute("UPDATE commands SET epoch=?, q=? WHERE command_id=?",
                              (epoch, q, row["command_id"]))
-        conn.execute("UPDATE stream_cursors SET epoch=?, applied=0, last=? WHERE node_id=? "
-                     "AND stream='cmd'", (epoch, len(rows), node_id))
+        conn.execute("UPDATE stream_cursors SET epoch=?, applied=0, last=?, sent=0 "
+                     "WHERE node_id=? AND stream='cmd'", (epoch, len(rows), node_id))
         return epoch
+
+    async def note_cmd_sent(self, node_id: str, session_id: str, epoch: int, q: int) -> None:
+        """Record that the downlink was written to the node up to ``q`` in ``epoch`` (after
+        the write: a crash in between only makes the node's next hello look ahead, and the
+        epoch reset that follows re-sends, applied at most once per command id)."""
+        def fn(conn: sqlite3.Connection) -> None:
+            self._fence(conn, node_id, session_id)
+            conn.execute("UPDATE stream_cursors SET sent=MAX(sent, ?) WHERE node_id=? AND "
+                         "stream='cmd' AND epoch=?", (q, node_id, epoch))
+        await self.db.write(fn)
 
     async def close_session(self, *, node_id: str, session_id: str, close_code: int | None,
                             reason: str, goodbye: bool) -> None:
@@ -656,14 +687,22 @@ class ControllerStore:
             raise Fenced(f"session {session_id} no longer owns node {node_id}")
 
     async def apply_evt(self, *, node_id: str, session_id: str,
-                        frames: Sequence[tuple[Frame, Body]]) -> list[StatusEffect]:
+                        frames: Sequence[tuple[Frame, Body | Poisoned]]
+                        ) -> list[StatusEffect]:
         """Apply consecutive ``evt`` frames (each with its body, parsed and validated by the
-        gateway on arrival) and move the cursor, in one transaction."""
+        gateway on arrival) and move the cursor, in one transaction. A :class:`Poisoned`
+        body is not applied: it becomes a dead letter, and the cursor moves past it.
+
+        Contract: every value in a typed body fits the store (the value rules of
+        ``protocol/frames.py``), so nothing here fails because of what a peer sent."""
         def fn(conn: sqlite3.Connection) -> list[StatusEffect]:
             self._fence(conn, node_id, session_id)
             now = _now()
             effects: list[StatusEffect] = []
             for frame, body in frames:
+                if isinstance(body, Poisoned):
+                    self._dead_letter(conn, node_id, frame, body, now)
+                    continue
                 if frame.k is not None and not self._first_use_of_key(conn, node_id, frame.k,
                                                                       now):
                     continue  # the key was applied before: cursor moves, effect does not
@@ -674,13 +713,44 @@ class ControllerStore:
                     self._node_event(conn, node_id, kind, data)
                     if kind in ("policy", "apps"):  # the latest report is the node's view
                         conn.execute(f"UPDATE nodes SET {kind}=? WHERE node_id=?",
-                                     (json.dumps(data, default=repr), node_id))
-                else:  # class A on evt that this version records but does not interpret
-                    self._node_event(conn, node_id, frame.t, dict(frame.b))
+                                     (json.dumps(data, allow_nan=False), node_id))
+                else:  # a typed class A body this version records but does not interpret
+                    self._node_event(conn, node_id, frame.t, body.to_body())
             conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",
                          (frames[-1][0].q, node_id))
             return effects
         return await self.db.write(fn)
+
+    def _dead_letter(self, conn: sqlite3.Connection, node_id: str, frame: Frame,
+                     poison: Poisoned, now: float) -> None:
+        """Record a poison frame; keep the newest ``max_dead_letters_per_node``."""
+        conn.execute("INSERT INTO dead_letters (node_id, stream, q, frame_type, frame_id, "
+                     "reason, excerpt, at) VALUES (?,?,?,?,?,?,?,?)",
+                     (node_id, frame.s or "", frame.q or 0, frame.t, frame.id,
+                      poison.reason[:MAX_DEAD_LETTER_REASON], poison.excerpt, now))
+        conn.execute("UPDATE nodes SET dead_letters_total = dead_letters_total + 1 "
+                     "WHERE node_id=?", (node_id,))
+        conn.execute("DELETE FROM dead_letters WHERE node_id=? AND id <= (SELECT id FROM "
+                     "dead_letters WHERE node_id=? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                     (node_id, node_id, self.max_dead_letters_per_node))
+
+    async def dead_letters(self, node_id: str, *, limit: int = 100
+                           ) -> tuple[list[dict[str, Any]], int]:
+        """The node's newest dead letters (newest first) and how many it ever had."""
+        def fn(conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], int]:
+            rows = [dict(r) for r in conn.execute(
+                "SELECT id, stream, q, frame_type, frame_id, reason, excerpt, at "
+                "FROM dead_letters WHERE node_id=? ORDER BY id DESC LIMIT ?",
+                (node_id, limit))]
+            total = conn.execute("SELECT dead_letters_total FROM nodes WHERE node_id=?",
+                                 (node_id,)).fetchone()
+            return rows, int(total[0]) if total else 0
+        return await self.db.read(fn)
+
+    async def dead_letters_total(self) -> int:
+        """Poison frames ever recorded, all nodes together (kept or since deleted)."""
+        return await self.db.read(lambda conn: int(conn.execute(
+            "SELECT COALESCE(SUM(dead_letters_total), 0) FROM nodes").fetchone()[0]))
 
     @staticmethod
     def _first_use_of_key(conn: sqlite3.Connection, node_id: str, key: str,

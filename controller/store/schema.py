@@ -92,4 +92,19 @@ MIGRATIONS = [
         SELECT node_id, 'node_logs', count(*), sum(size) FROM logs
         WHERE command_id IS NULL GROUP BY node_id
     """,
+    # 5: poison frames (docs/protocol.md §3): class A frames refused for their content, the
+    # newest per node kept with their reason, the rest counted in nodes.dead_letters_total;
+    # and the cmd stream's sent mark (the highest q written to the node in this epoch), so a
+    # hello's acks.cmd beyond it starts a new epoch (rows from before: everything assigned
+    # may have been sent)
+    """
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, stream TEXT NOT NULL,
+        q INTEGER NOT NULL, frame_type TEXT NOT NULL, frame_id TEXT, reason TEXT NOT NULL,
+        excerpt TEXT NOT NULL, at REAL NOT NULL);
+    CREATE INDEX dead_letters_node ON dead_letters (node_id, id);
+    ALTER TABLE nodes ADD COLUMN dead_letters_total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE stream_cursors ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;
+    UPDATE stream_cursors SET sent = last
+    """,
 ]

@@ -211,7 +211,7 @@ async def test_a_valid_hello_is_answered_with_a_welcome(edge: Edge, enroll: Enro
     assert isinstance(b["session_id"], str) and b["session_id"]
     assert b["resumed"] is False
     assert isinstance(b["epoch"], int) and not isinstance(b["epoch"], bool)
-    assert b["acks"] == {"evt": 0}
+    assert b["acks"] == {"evt": 0, "cmd": 0}  # cmd: the cursor it resends after
     assert b["heartbeat_s"] == 0.5  # the FAST thresholds of the controller fixture
     assert b["stale_after_s"] == 3
     assert b["offline_after_s"] == 6

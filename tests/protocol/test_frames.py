@@ -29,8 +29,14 @@ from tether.protocol.frames import (
     LogChunk,
     MonitorPacket,
     NodeEvent,
+    NodeResources,
+    OutboxInfo,
     Resume,
+    RuntimeInfo,
     RuntimeState,
+    SidecarInfo,
+    TransportInfo,
+    UsageInfo,
     Welcome,
     as_bytes,
     parse_body,
@@ -56,6 +62,19 @@ json_values = st.recursive(
 )
 free_maps = st.dictionaries(text, json_values, max_size=4)
 acks = st.dictionaries(st.sampled_from(["cmd", "evt"]) | text, non_negative, max_size=3)
+# typed sub-values (issue 11: finite, ranged numbers; bounded text; unknown keys dropped)
+opt_count = st.none() | non_negative
+opt_seconds = st.none() | st.floats(0, 1e12)
+runtimes = st.builds(RuntimeInfo, state=st.none() | st.sampled_from(sorted(RuntimeState.STATES)),
+                     version=st.none() | text)
+sidecars = st.builds(SidecarInfo, version=st.none() | text,
+                     pid=st.none() | st.integers(0, 2**31 - 1))
+outboxes = st.builds(OutboxInfo, depth=opt_count, oldest_age_s=opt_seconds, last=opt_count,
+                     acked=opt_count)
+transports = st.builds(TransportInfo, rtt_ms=st.none() | st.floats(0, 1e15),
+                       reconnects=opt_count, clock_offset_ms=st.none() | st.floats(-1e15, 1e15))
+usages = st.builds(UsageInfo, total=opt_count, available=opt_count, free=opt_count,
+                   percent=st.none() | st.floats(0, 100), path=st.none() | text)
 
 BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
     Challenge: st.builds(Challenge, nonce=st.binary(min_size=32, max_size=32),
@@ -63,8 +82,9 @@ BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
                          protocols=st.lists(st.integers(0, 9), max_size=3).map(tuple)),
     Hello: st.builds(Hello, node_id=text, sig=st.binary(max_size=64),
                      epoch=st.integers(0, 2**64 - 1), acks=acks,
-                     protocol=ints, session_id=st.none() | text, runtime=free_maps,
-                     sidecar=free_maps, capabilities=st.lists(text, max_size=4).map(tuple),
+                     protocol=st.integers(0, 2**31 - 1), session_id=st.none() | text,
+                     runtime=runtimes, sidecar=sidecars,
+                     capabilities=st.lists(text, max_size=4).map(tuple),
                      labels=st.dictionaries(text, text, max_size=3)),
     # Welcome timings must be usable: 0 < heartbeat < stale < offline, max_frame >= 1024.
     Welcome: st.tuples(st.floats(0.001, 1e6), st.floats(0.001, 1e6), st.floats(0.001, 1e6)
@@ -73,8 +93,8 @@ BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
                             acks=acks, heartbeat_s=st.just(t[0]), stale_after_s=st.just(t[1]),
                             offline_after_s=st.just(t[2]),
                             max_frame=st.integers(1024, 1 << 30))),
-    Heartbeat: st.builds(Heartbeat, uptime_s=numbers, runtime=free_maps, outbox=free_maps,
-                         acks=acks),
+    Heartbeat: st.builds(Heartbeat, uptime_s=st.floats(0, 1e12), runtime=runtimes,
+                         outbox=outboxes, acks=acks, transport=transports),
     HeartbeatAck: st.builds(HeartbeatAck, time_ms=ints, acks=acks),
     Ack: st.builds(Ack, acks=acks),
     Resume: st.builds(Resume, acks=acks),
@@ -87,15 +107,22 @@ BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
                           created_ms=ints, deadline_ms=opt_int),
     # result: None and {} mean the same thing and both travel as "absent"
     CmdStatus: st.builds(CmdStatus, command_id=text, state=st.sampled_from(sorted(STATUS_STATES)),
-                         exit_code=opt_int, error=st.none() | text, started_ms=opt_int,
+                         exit_code=st.none() | st.integers(-(2**31), 2**32 - 1),
+                         error=st.none() | text, started_ms=opt_int,
                          finished_ms=opt_int,
                          result=st.none() | st.dictionaries(text, json_values, min_size=1,
                                                             max_size=3)),
-    LogChunk: st.builds(LogChunk, source=text, seq=ints, data=st.binary(max_size=64),
+    LogChunk: st.builds(LogChunk, source=text, seq=non_negative, data=st.binary(max_size=64),
                         command_id=st.none() | text, dropped=non_negative),
     NodeEvent: st.builds(NodeEvent, kind=text, data=free_maps),
     MonitorPacket: st.builds(MonitorPacket, topic=st.text(min_size=1, max_size=128),
-                             data=free_maps, seq=ints, at_ms=ints, dropped=ints),
+                             data=free_maps, seq=non_negative, at_ms=non_negative,
+                             dropped=non_negative),
+    NodeResources: st.builds(NodeResources, cpu_percent=st.none() | st.floats(0, 100),
+                             cpus=st.none() | st.integers(1, 4096),
+                             load=st.lists(st.floats(0, 1e3), max_size=3).map(tuple),
+                             memory=usages, disk=usages, processes=opt_count,
+                             uptime_s=opt_seconds, at_ms=opt_count),
 }
 any_body = st.one_of(*BODY_STRATEGIES.values())
 
@@ -221,6 +248,10 @@ VALID: dict[type[Body], dict[str, Any]] = {
     NodeEvent: {"kind": "boot", "data": {"why": "power"}},
     MonitorPacket: {"topic": "temp", "data": {"celsius": 21.5}, "seq": 3, "at_ms": 9,
                     "dropped": 0},
+    NodeResources: {"cpu_percent": 3.5, "cpus": 2, "load": [0.1, 0.2, 0.3],
+                    "memory": {"total": 8, "available": 4, "percent": 50.0},
+                    "disk": {"path": "/var/lib/tether", "total": 10, "free": 5, "percent": 50.0},
+                    "processes": 90, "uptime_s": 12.5, "at_ms": 1},
 }
 
 REQUIRED: dict[type[Body], list[str]] = {
@@ -239,6 +270,7 @@ REQUIRED: dict[type[Body], list[str]] = {
     LogChunk: ["source", "seq", "data"],
     NodeEvent: ["kind"],
     MonitorPacket: ["topic", "data", "seq"],
+    NodeResources: [],
 }
 
 BAD_ACKS = [["evt"], {"evt": -1}, {"evt": "1"}, {"evt": True}, {"evt": 1.0}, {1: 1}, "evt"]

@@ -187,10 +187,15 @@ def test_an_ack_beyond_the_last_assigned_sequence_is_a_remote_protocol_error() -
     assert (tx.acked, tx.sent) == (1, 3)
 
 
-def test_an_ack_ahead_of_what_was_sent_moves_sent_along() -> None:
-    tx = StreamSender(last=5)
-    tx.on_ack(3)
-    assert list(tx.next_to_send()) == [4, 5]
+def test_an_ack_ahead_of_what_was_sent_is_a_protocol_error_and_moves_nothing() -> None:
+    # issue 11 item 6: acking frames assigned but never sent would drop them unseen
+    tx = StreamSender(last=5, sent=1)
+    with pytest.raises(RemoteProtocolError) as info:
+        tx.on_ack(3)
+    assert info.value.close_code == 4400
+    assert "q=3" in info.value.message and "q=1" in info.value.message
+    assert (tx.acked, tx.sent) == (0, 1)
+    assert list(tx.next_to_send()) == [2, 3, 4, 5]
 
 
 def test_connecting_resends_everything_above_the_peers_applied_cursor() -> None:
@@ -271,7 +276,7 @@ class LossyLink(RuleBasedStateMachine):
     def send(self, n: int) -> None:
         """Up to ``n`` frames, as many as the window allows, from the durable outbox."""
         for q in list(self.sender.next_to_send())[:n]:
-            body = CmdDeliver(command_id=f"c-{q}", kind="exec", args={"p": self.outbox[q]},
+            body = CmdDeliver(command_id=f"c-{q}", kind="exec", args={"p": self.outbox[q].decode()},
                               created_ms=q)
             self.frames.append(encode_msgpack(body.frame(s="cmd", q=q, k=f"c-{q}")))
             self.sender.mark_sent(q)
@@ -357,7 +362,7 @@ class LossyLink(RuleBasedStateMachine):
             frame = decode_msgpack(self.frames.pop(0))
             assert frame.s == "cmd" and frame.q is not None
             if self.receiver.classify(frame.q) is Verdict.APPLY:
-                self.pending.append((frame.q, CmdDeliver.parse(frame).args["p"]))
+                self.pending.append((frame.q, CmdDeliver.parse(frame).args["p"].encode()))
             self.send_ack()
 
     @precondition(lambda self: self.pending)
