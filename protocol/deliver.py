@@ -27,12 +27,15 @@ from .errors import BadFrame, LocalProtocolError, TetherError
 from .fields import ARGS_LIMITS as FIELD_ARGS_LIMITS
 from .fields import MAX_ID_LEN
 from .frames import CmdDeliver
-from .values import INT64_MAX, int_in, number_in, plain_map, text, text_map
+from .values import INT64_MAX, Limits, int_in, number_in, plain_map, plain_size, text, text_map
 
 MAX_KIND_LEN = 64
-# The node parses cmd.deliver args with these same limits (fields.ARGS_LIMITS): a command
+# The node parses cmd.deliver args with fields.ARGS_LIMITS: here the same rules, with the
+# byte bound checked apart so that args too large for the node are 413, not 400. A command
 # accepted here is never one the node must skip.
-ARGS_LIMITS = FIELD_ARGS_LIMITS
+ARGS_LIMITS = Limits(max_depth=FIELD_ARGS_LIMITS.max_depth,
+                     max_entries=FIELD_ARGS_LIMITS.max_entries, max_bytes=1 << 22,
+                     max_key_len=FIELD_ARGS_LIMITS.max_key_len)
 MAX_ARGV = 4096  # exec argv items
 MAX_ARG_LEN = 1 << 20  # one argv item or env value (the frame cap bounds them all together)
 MAX_ENV = 1024  # exec env entries
@@ -55,12 +58,17 @@ def command_kind(value: object) -> str:
 
 def command_args(kind: str, value: object) -> dict[str, Any]:
     """Checked args for a command of ``kind`` (Rule 1, and the shape of the kinds the
-    controller knows: ``exec``, the control kinds). Raises BadFrame naming the field."""
+    controller knows: ``exec``, the control kinds). Raises BadFrame naming the field, or
+    CommandTooLarge (413) for args over the byte bound a node parses them with."""
     args = plain_map(value, "args", ARGS_LIMITS)
     if kind == "exec":
         _exec_args(args)
     elif kind in ("cancel", "pause", "resume"):
         text(args.get("command_id"), "command_id", min_len=1, max_len=MAX_ID_LEN)
+    size = plain_size(args)
+    if size > FIELD_ARGS_LIMITS.max_bytes:
+        raise CommandTooLarge(f"args are {size} bytes as JSON, over the "
+                              f"{FIELD_ARGS_LIMITS.max_bytes}-byte limit a node takes")
     return args
 
 
