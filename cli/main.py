@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--offline-after-s", type=float, default=300.0)
     serve.add_argument("--handshake-timeout-s", type=float, default=10.0,
                        help="close with 4408 when no hello arrives within this")
+    serve.add_argument("--min-hello-timeout-s", type=float, default=3.0,
+                       help="under pressure the hello deadline tightens, never below this")
+    serve.add_argument("--hello-pressure-at", type=int, default=2048,
+                       help="connections waiting for a hello before the deadline tightens")
+    serve.add_argument("--max-prehello", type=int, default=8192,
+                       help="connections waiting for a hello; past it the oldest is closed")
+    serve.add_argument("--max-prehello-per-address", type=int, default=4096,
+                       help="the same, per remote address")
+    serve.add_argument("--header-timeout-s", type=float, default=10.0,
+                       help="an HTTP request header must arrive within this (else 408)")
+    serve.add_argument("--body-timeout-s", type=float, default=30.0,
+                       help="an HTTP request body must arrive within this (else 408)")
     serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)
     serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
                        help="edge handshakes running at once; more wait for a slot")
@@ -256,6 +268,10 @@ def dispatch(args: argparse.Namespace) -> int:
             durability=args.durability, thresholds=thresholds, tls_cert=args.tls_cert,
             tls_key=args.tls_key, log_format=args.log_format,
             handshake_timeout_s=args.handshake_timeout_s,
+            min_hello_timeout_s=args.min_hello_timeout_s,
+            hello_pressure_at=args.hello_pressure_at, max_prehello=args.max_prehello,
+            max_prehello_per_address=args.max_prehello_per_address,
+            header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
             max_concurrent_handshakes=args.max_concurrent_handshakes,
             max_waiting_handshakes=args.max_waiting_handshakes,
             max_log_bytes_per_command=args.max_log_bytes_per_command,
