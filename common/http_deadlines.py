@@ -51,6 +51,11 @@ class DeadlineH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self._follow_request()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start on a pipelined request already received
+        if not self.transport.is_closing():
+            self._follow_request()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._set_phase(None)
         super().connection_lost(exc)
@@ -70,8 +75,10 @@ class DeadlineH11Protocol(H11Protocol):
     def _follow_request(self) -> None:
         """Which deadline applies, from where h11 is in the client's request (Rule 1)."""
         state = self.conn.their_state
-        if state is h11.IDLE:  # bytes of a header have arrived, not all of it
-            self._set_phase("header")
+        if state is h11.IDLE:
+            # bytes of a header have arrived, not all of it; with none, the connection is
+            # idle between requests and uvicorn's keep-alive timeout owns it
+            self._set_phase("header" if self.conn.trailing_data[0] else None)
         elif state is h11.SEND_BODY:
             self._set_phase("body")
         else:  # the request is complete (or the connection is done): the app owns it

@@ -1,0 +1,89 @@
+"""HTTP deadlines (issue 11, item 5): a request header, and then its body, must arrive in
+time, or the connection gets a 408 with the JSON error and is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..helpers import FAST, ControllerProc
+
+DEADLINE_S = 1.0
+
+
+@pytest.fixture
+def strict(tmp_path: Path) -> Iterator[ControllerProc]:
+    ctl = ControllerProc(tmp_path / "ctl", extra=[
+        *FAST, "--header-timeout-s", str(DEADLINE_S), "--body-timeout-s", str(DEADLINE_S)])
+    ctl.start()
+    try:
+        yield ctl
+    finally:
+        ctl.terminate()
+
+
+async def _stall(port: int, sent: bytes) -> tuple[bytes, float]:
+    """Send ``sent``, stall, and return what the controller answers until it closes, and
+    after how many seconds."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.monotonic()
+    try:
+        writer.write(sent)
+        await writer.drain()
+        async with asyncio.timeout(10 * DEADLINE_S):
+            answer = await reader.read()
+        return answer, time.monotonic() - t0
+    finally:
+        writer.close()
+
+
+def _assert_408(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+async def test_half_a_request_header_is_answered_408_and_closed_at_the_deadline(
+        strict: ControllerProc) -> None:
+    answer, seconds = await _stall(strict.port, b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n")
+    _assert_408(answer)
+    assert seconds >= DEADLINE_S * 0.9
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_header_deadline(
+        strict: ControllerProc) -> None:
+    answer, _ = await _stall(strict.port, b"")
+    _assert_408(answer)
+
+
+async def test_a_body_that_stops_arriving_is_answered_408_and_closed(
+        strict: ControllerProc) -> None:
+    answer, _ = await _stall(strict.port, b"POST /v1/edge/enroll HTTP/1.1\r\nHost: t\r\n"
+                                          b"Content-Length: 1000\r\n\r\n{\"join")
+    _assert_408(answer)
+
+
+async def test_the_second_request_on_a_kept_alive_connection_has_a_header_deadline_too(
+        strict: ControllerProc) -> None:
+    answer, _ = await _stall(strict.port, b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n\r\n"
+                                          b"GET /api/v1/health HTTP/1.1\r\nHo")
+    first, _, rest = answer.partition(b"HTTP/1.1 408 ")
+    assert first.startswith(b"HTTP/1.1 200 "), answer
+    _assert_408(b"HTTP/1.1 408 " + rest)
+
+
+async def test_a_request_that_arrives_in_time_is_served_normally(
+        strict: ControllerProc) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict.port)
+    try:
+        writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
