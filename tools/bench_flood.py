@@ -3,7 +3,7 @@ challenge and never send a hello, and TCP connections that sent half an HTTP hea
 how long a real node's signed hello takes to be welcomed while they are all open.
 
 The same helpers drive the end-to-end test (``tests/e2e/test_flood.py``) and the
-``hello_under_flood`` benchmark rows.
+``hello_under_flood`` benchmark rows (:func:`run_flood`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,19 @@ import asyncio
 import base64
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgpack
+import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
 from tether.protocol.codec import MSGPACK_SUBPROTOCOL, decode_msgpack, encode_msgpack
 from tether.protocol.frames import Frame
 from tether.protocol.signing import generate_private_key, public_key_raw, sign_hello
+
+from .bench_util import ControllerProcess, row
 
 HALF_HEADER = b"GET /api/v1/health HTTP/1.1\r\nHost: tether\r\nX-Slow: "
 DIAL_CONCURRENCY = 100
@@ -123,3 +127,35 @@ async def timed_welcome(url: str, node_id: str, key: Any, *,
             answer = decode_msgpack(bytes(await ws.recv()))  # type: ignore[arg-type]
             seconds = time.perf_counter() - t0
     return seconds, answer
+
+
+async def run_flood(root: Path, *, silent: int, half: int) -> list[dict[str, Any]]:
+    """The ``hello_under_flood`` rows: a controller of its own, ``silent`` pre-hello
+    WebSockets and ``half`` half-header sockets open (their deadlines set long, so all are
+    still open when the node dials), then one enrolled node's dial-to-welcome time and the
+    controller's RSS at that moment."""
+    extra = ["--handshake-timeout-s", "300", "--header-timeout-s", "300"]
+    async with ControllerProcess(root, "flood", "fsync", extra=extra) as ctl:
+        assert ctl.proc is not None
+        proc = psutil.Process(ctl.proc.pid)
+        key = await enroll_key(ctl.url, ctl.token, "flood-node")
+        rss0 = proc.memory_info().rss
+        flood = Flood()
+        try:
+            await open_silent(ctl.url, silent, flood)
+            port = int(ctl.url.rsplit(":", 1)[1])
+            await open_half_headers("127.0.0.1", port, half, flood)
+            seconds, answer = await timed_welcome(ctl.url, "flood-node", key)
+            rss = proc.memory_info().rss
+            still_open = flood.silent_open()
+        finally:
+            await flood.close()
+    welcomed = answer.t == "edge.welcome"
+    ctx = {"silent_prehello": silent, "half_headers": half, "silent_still_open": still_open}
+    return [
+        row("hello_under_flood", "tether", "seconds_to_welcome",
+            round(seconds, 4) if welcomed else None, "s", **ctx,
+            **({} if welcomed else {"note": f"unavailable: the node got {answer.t!r}"})),
+        row("hello_under_flood", "tether", "rss_mib", round(rss / 2**20, 1), "MiB",
+            rss_mib_before=round(rss0 / 2**20, 1), **ctx),
+    ]
