@@ -175,8 +175,12 @@ class EdgeConnection:
         slot (a silent socket holds nothing a node needs); the rest of the handshake runs
         under an admission slot, released exactly once. Past the admission limits the node
         is told when to come back (4429)."""
+        adm = self.ctl.admission
         try:
             nonce = await self._challenge()
+            if adm.saturated():  # the hello could not be served anyway: say so now
+                adm.refuse()
+                raise _Close(4429, f"overloaded; retry_after={adm.retry_after()}")
             self._hello = await self._await_hello()
             if self._hello is None:
                 raise _Close(1000, "closed before hello")

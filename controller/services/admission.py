@@ -44,11 +44,20 @@ class Admission:
         self._done: collections.deque[float] = collections.deque()
         self._rng = rng or random.Random()
 
+    def saturated(self) -> bool:
+        """True when :meth:`acquire` would refuse at once (no slot and nobody may wait): a
+        connection can be told 4429 before its hello is even read."""
+        return self.slots <= 0 or (self._sem.locked() and self.waiting >= self.max_waiting)
+
+    def refuse(self) -> None:
+        """Count a connection refused without calling :meth:`acquire`."""
+        self.refused_total += 1
+
     async def acquire(self) -> bool:
         """Take a slot (True) or be refused (False): the caller must then close with 4429
         and :meth:`retry_after`. Every True must be paired with one :meth:`release`."""
-        if self.slots <= 0 or (self._sem.locked() and self.waiting >= self.max_waiting):
-            self.refused_total += 1
+        if self.saturated():
+            self.refuse()
             return False
         self.waiting += 1
         try:
