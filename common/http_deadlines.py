@@ -41,6 +41,7 @@ class DeadlineH11Protocol(H11Protocol):
 
     _phase: str | None = None  # "header", "body" or None: what the deadline is for
     _deadline: asyncio.TimerHandle | None = None
+    _upgraded = False  # the transport belongs to a WebSocket protocol now (Rule 2)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -48,7 +49,7 @@ class DeadlineH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self.transport.is_closing():
+        if not self._upgraded and not self.transport.is_closing():
             self._follow_request()
 
     def on_response_complete(self) -> None:
@@ -61,7 +62,10 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
-        self._set_phase(None)  # Rule 2
+        # Rule 2: h11 still thinks the request is in its body; no deadline may outlive
+        # the hand-over and close the WebSocket's transport
+        self._upgraded = True
+        self._set_phase(None)
         super().handle_websocket_upgrade(event)
 
     def send_400_response(self, msg: str) -> None:
@@ -85,6 +89,8 @@ class DeadlineH11Protocol(H11Protocol):
             self._set_phase(None)
 
     def _set_phase(self, phase: str | None) -> None:
+        if self._upgraded:
+            phase = None
         if phase == self._phase:
             return  # each deadline runs from the start of its phase, not from each read
         if self._deadline is not None:
@@ -98,7 +104,7 @@ class DeadlineH11Protocol(H11Protocol):
     def _expired(self) -> None:
         phase, self._deadline = self._phase, None
         self._phase = None
-        if self.transport.is_closing():
+        if self._upgraded or self.transport.is_closing():
             return
         # a header that is late belongs to a request nobody has answered yet
         if phase == "header" or self.cycle is None or not self.cycle.response_started:

@@ -8,16 +8,19 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ..helpers import FAST, ControllerProc
+from .conftest import Edge
 
 DEADLINE_S = 1.0
 
 
 @pytest.fixture
-def strict(tmp_path: Path) -> Iterator[ControllerProc]:
+def controller(tmp_path: Path) -> Iterator[ControllerProc]:
+    """Header and body deadlines of one second."""
     ctl = ControllerProc(tmp_path / "ctl", extra=[
         *FAST, "--header-timeout-s", str(DEADLINE_S), "--body-timeout-s", str(DEADLINE_S)])
     ctl.start()
@@ -49,28 +52,28 @@ def _assert_408(answer: bytes) -> None:
 
 
 async def test_half_a_request_header_is_answered_408_and_closed_at_the_deadline(
-        strict: ControllerProc) -> None:
-    answer, seconds = await _stall(strict.port, b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n")
+        controller: ControllerProc) -> None:
+    answer, seconds = await _stall(controller.port, b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n")
     _assert_408(answer)
     assert seconds >= DEADLINE_S * 0.9
 
 
 async def test_a_connection_that_sends_nothing_is_closed_at_the_header_deadline(
-        strict: ControllerProc) -> None:
-    answer, _ = await _stall(strict.port, b"")
+        controller: ControllerProc) -> None:
+    answer, _ = await _stall(controller.port, b"")
     _assert_408(answer)
 
 
 async def test_a_body_that_stops_arriving_is_answered_408_and_closed(
-        strict: ControllerProc) -> None:
-    answer, _ = await _stall(strict.port, b"POST /v1/edge/enroll HTTP/1.1\r\nHost: t\r\n"
+        controller: ControllerProc) -> None:
+    answer, _ = await _stall(controller.port, b"POST /v1/edge/enroll HTTP/1.1\r\nHost: t\r\n"
                                           b"Content-Length: 1000\r\n\r\n{\"join")
     _assert_408(answer)
 
 
 async def test_the_second_request_on_a_kept_alive_connection_has_a_header_deadline_too(
-        strict: ControllerProc) -> None:
-    answer, _ = await _stall(strict.port, b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n\r\n"
+        controller: ControllerProc) -> None:
+    answer, _ = await _stall(controller.port, b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n\r\n"
                                           b"GET /api/v1/health HTTP/1.1\r\nHo")
     first, _, rest = answer.partition(b"HTTP/1.1 408 ")
     assert first.startswith(b"HTTP/1.1 200 "), answer
@@ -78,8 +81,8 @@ async def test_the_second_request_on_a_kept_alive_connection_has_a_header_deadli
 
 
 async def test_a_request_that_arrives_in_time_is_served_normally(
-        strict: ControllerProc) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", strict.port)
+        controller: ControllerProc) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", controller.port)
     try:
         writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         async with asyncio.timeout(5):
@@ -87,3 +90,13 @@ async def test_a_request_that_arrives_in_time_is_served_normally(
     finally:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+async def test_an_edge_session_outlives_the_http_deadlines_of_its_upgrade_request(
+        edge: Edge, enroll: Any) -> None:
+    client = await edge.session(await enroll())
+    # the time under test: three body deadlines pass (h11 still counts the upgrade
+    # request as in its body, and a deadline that survived the upgrade closed the session)
+    await asyncio.sleep(3 * DEADLINE_S)
+    await client.heartbeat()
+    assert client.ws.close_code is None
