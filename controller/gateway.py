@@ -330,15 +330,18 @@ class EdgeConnection:
         address = self.ws.client.host if self.ws.client else ""
         loop = asyncio.get_running_loop()
         timed_out = True
+        entered = loop.time()
         try:
             async with asyncio.timeout(None) as deadline:
                 allowance_s = gate.enter(self, address,
                                          lambda: deadline.reschedule(loop.time()))
-                deadline.reschedule(loop.time() + allowance_s)
+                deadline.reschedule(entered + allowance_s)
                 msg = await self.ws.receive()
                 timed_out = False
         except TimeoutError:
-            raise _Close(4408, f"no hello within {allowance_s:g} s") from None
+            # cut short by the gate (pressure, caps) or its own allowance: either way late
+            raise _Close(4408, f"no hello in time (waited {loop.time() - entered:.1f} s of "
+                               f"at most {allowance_s:g} s)") from None
         finally:
             gate.leave(self, timed_out=timed_out)
         frame = self._frame_from(msg)
