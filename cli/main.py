@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an HTTP request header must arrive within this (else 408)")
     serve.add_argument("--body-timeout-s", type=float, default=30.0,
                        help="an HTTP request body must arrive within this (else 408)")
+    serve.add_argument("--max-pending-headers", type=int, default=4096,
+                       help="connections waiting for a request header; past it the oldest "
+                            "is answered 408")
     serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)
     serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
                        help="edge handshakes running at once; more wait for a slot")
@@ -273,6 +276,7 @@ def dispatch(args: argparse.Namespace) -> int:
             hello_pressure_at=args.hello_pressure_at, max_prehello=args.max_prehello,
             max_prehello_per_address=args.max_prehello_per_address,
             header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+            max_pending_headers=args.max_pending_headers,
             max_concurrent_handshakes=args.max_concurrent_handshakes,
             max_waiting_handshakes=args.max_waiting_handshakes,
             max_log_bytes_per_command=args.max_log_bytes_per_command,

@@ -10,6 +10,11 @@ with the JSON error body (when no response has started) and is closed.
 Rule 2: a WebSocket upgrade leaves this protocol once its header is read; from then on the
 WebSocket endpoint owns the connection's deadlines (the edge's hello deadline).
 Rule 3: an unparseable request gets a 400 with the JSON error body (uvicorn sends text).
+Rule 4: at most ``max_pending_headers`` connections of one server wait for a header at a
+time; past it, the one that has waited longest is answered 408 and closed (drop the oldest:
+a client that sends its request at once is served before many more arrive behind it), if it
+has waited ``MIN_WAIT_S``: a burst of honest clients is not turned against itself, so the cap
+is soft by what arrives within that second.
 
 The header itself is bounded by h11 (16 KiB by default, then 400). Use
 :func:`deadline_protocol` to make the class passed to ``uvicorn.Config(http=...)``.
@@ -19,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
+MAX_PENDING_HEADERS = 4096
+MIN_WAIT_S = 1.0
 
 
 def _json_error(status: int, reason: str, code: str, message: str) -> bytes:
@@ -38,6 +46,10 @@ class DeadlineH11Protocol(H11Protocol):
 
     header_timeout_s: float = HEADER_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
+    max_pending_headers: int = MAX_PENDING_HEADERS
+    # Rule 4: this server's connections waiting for a header, oldest first (one dict per
+    # class that deadline_protocol() makes, so per server)
+    _awaiting_header: ClassVar[dict[DeadlineH11Protocol, float]] = {}  # -> since (loop time)
 
     _phase: str | None = None  # "header", "body" or None: what the deadline is for
     _deadline: asyncio.TimerHandle | None = None
@@ -96,13 +108,28 @@ class DeadlineH11Protocol(H11Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._phase == "header":
+            self._awaiting_header.pop(self, None)
         self._phase = phase
+        if phase == "header":
+            waiting, now = self._awaiting_header, self.loop.time()
+            while len(waiting) >= self.max_pending_headers:
+                oldest, since = next(iter(waiting.items()))
+                if now - since < MIN_WAIT_S:
+                    break
+                waiting.pop(oldest)
+                oldest._expired()
+            waiting[self] = now
         if phase is not None:
             timeout_s = self.header_timeout_s if phase == "header" else self.body_timeout_s
             self._deadline = self.loop.call_later(timeout_s, self._expired)
 
     def _expired(self) -> None:
-        phase, self._deadline = self._phase, None
+        phase = self._phase
+        if self._deadline is not None:  # when Rule 4 ends the wait before its time
+            self._deadline.cancel()
+            self._deadline = None
+        self._awaiting_header.pop(self, None)
         self._phase = None
         if self._upgraded or self.transport.is_closing():
             return
@@ -118,7 +145,12 @@ class DeadlineH11Protocol(H11Protocol):
 
 
 def deadline_protocol(*, header_timeout_s: float = HEADER_TIMEOUT_S,
-                      body_timeout_s: float = BODY_TIMEOUT_S) -> type[DeadlineH11Protocol]:
-    """The protocol class for ``uvicorn.Config(http=...)`` with these deadlines."""
+                      body_timeout_s: float = BODY_TIMEOUT_S,
+                      max_pending_headers: int = MAX_PENDING_HEADERS
+                      ) -> type[DeadlineH11Protocol]:
+    """The protocol class for ``uvicorn.Config(http=...)`` with these deadlines and cap
+    (one class per server: Rule 4 counts per class)."""
     return type("DeadlineH11Protocol", (DeadlineH11Protocol,),
-                {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s})
+                {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
+                 "max_pending_headers": max(1, max_pending_headers),
+                 "_awaiting_header": {}})

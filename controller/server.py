@@ -78,7 +78,8 @@ def build_server(config: ControllerConfig) -> _Server:
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         # h11 with a deadline for each request's header and body (uvicorn has none)
         http=deadline_protocol(header_timeout_s=config.header_timeout_s,
-                               body_timeout_s=config.body_timeout_s),
+                               body_timeout_s=config.body_timeout_s,
+                               max_pending_headers=config.max_pending_headers),
         ws=LeanWebSocketProtocol,  # uvicorn's websockets-sansio, see wsproto.py
         ws_max_size=config.max_frame_bytes,
         ws_per_message_deflate=False,  # node sessions stay small

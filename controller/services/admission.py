@@ -111,6 +111,9 @@ class HelloGate:
     newcomer past it expires the oldest waiter from that address (drop the oldest: a node
     that answers at once is through before many more arrive behind it).
     Rule 3 (total): at most ``max_waiting`` wait in all; past it, the oldest waiter goes.
+    Rules 2 and 3 only push out a waiter that has waited ``min_wait_s`` (1 s): a legitimate
+    burst (a fleet redialling at once from behind one NAT) is not turned against itself, so
+    the caps are soft by what arrives within that second; the newcomer is never refused.
     Rule 4: an expired waiter's ``expire`` callback is called exactly once, and it is no
     longer counted; its owner closes it (4408) and calls :meth:`leave`, which is then a
     no-op. Each step costs O(1) amortized: waiters are kept in arrival order.
@@ -118,8 +121,9 @@ class HelloGate:
 
     def __init__(self, *, timeout_s: float = 10.0, min_timeout_s: float = 3.0,
                  pressure_at: int = 2048, max_per_address: int = 4096,
-                 max_waiting: int = 8192,
+                 max_waiting: int = 8192, min_wait_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self.min_wait_s = min_wait_s
         self.timeout_s = timeout_s
         self.min_timeout_s = min(min_timeout_s, timeout_s)
         self.pressure_at = max(1, pressure_at)
@@ -149,13 +153,13 @@ class HelloGate:
     def enter(self, key: object, address: str, expire: Callable[[], None]) -> float:
         """Start waiting for ``key``'s hello; returns its allowance in seconds. May expire
         other waiters first (Rules 1-3). ``key`` must not be waiting already."""
+        now = self._clock()
         mine = self._by_address.get(address)
         if mine is not None and len(mine) >= self.max_per_address:
-            self._drop(next(iter(mine)), evicted=True)
+            self._drop_if_waited(next(iter(mine)), now)
         if len(self._waiters) >= self.max_waiting:
-            self._drop(next(iter(self._waiters)), evicted=True)
+            self._drop_if_waited(next(iter(self._waiters)), now)
         allowance = self.allowance_s()
-        now = self._clock()
         while self._waiters:
             oldest = next(iter(self._waiters))
             if now - self._waiters[oldest][0] < allowance:
@@ -173,6 +177,10 @@ class HelloGate:
             self._forget(key, entry[1])
             if timed_out:
                 self.expired_total += 1
+
+    def _drop_if_waited(self, key: object, now: float) -> None:
+        if now - self._waiters[key][0] >= self.min_wait_s:
+            self._drop(key, evicted=True)
 
     def _drop(self, key: object, *, evicted: bool) -> None:
         _, address, expire = self._waiters.pop(key)

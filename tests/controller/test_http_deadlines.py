@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tether.common.http_deadlines import MIN_WAIT_S
+
 from ..helpers import FAST, ControllerProc
 from .conftest import Edge
 
@@ -100,3 +102,30 @@ async def test_an_edge_session_outlives_the_http_deadlines_of_its_upgrade_reques
     await asyncio.sleep(3 * DEADLINE_S)
     await client.heartbeat()
     assert client.ws.close_code is None
+
+
+async def test_past_the_cap_on_waiting_headers_the_oldest_is_answered_408_at_once(
+        tmp_path: Path) -> None:
+    ctl = ControllerProc(tmp_path / "capped", extra=[
+        *FAST, "--header-timeout-s", "60", "--max-pending-headers", "5"])
+    ctl.start()
+    conns = []
+    try:
+        for i in range(7):  # 7 half headers, 5 may wait: the first two go
+            if i == 5:  # only a socket that has waited a second may be pushed out
+                await asyncio.sleep(MIN_WAIT_S)
+            reader, writer = await asyncio.open_connection("127.0.0.1", ctl.port)
+            writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n")
+            await writer.drain()
+            conns.append((reader, writer))
+        for reader, _ in conns[:2]:
+            _assert_408(await asyncio.wait_for(reader.read(), 5))
+        # the rest still wait (a deadline of 60 s), and a whole request is served
+        assert not any(reader.at_eof() for reader, _ in conns[2:])
+        answer, _ = await _stall(ctl.port, b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n"
+                                           b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        for _, writer in conns:
+            writer.close()
+        ctl.terminate()

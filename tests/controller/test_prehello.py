@@ -50,6 +50,7 @@ async def test_silent_sockets_hold_no_handshake_slot_so_a_node_saying_hello_gets
 async def test_past_the_per_address_cap_the_oldest_silent_socket_is_closed_4408(
         edge: Edge, enroll: Any) -> None:
     silent = await _silent(edge, PER_ADDRESS)
+    await asyncio.sleep(1.0)  # only a socket that has waited a second may be pushed out
     await edge.open()  # one more from 127.0.0.1
     closed = await silent[0].expect_close(timeout_s=2)
     assert closed.code == 4408
