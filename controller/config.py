@@ -25,7 +25,7 @@ class ControllerConfig:
     max_prehello_per_address: int = 4096  # from one remote address; ditto, per address
     header_timeout_s: float = 10.0  # the whole HTTP request header, else 408 and close
     body_timeout_s: float = 30.0  # the whole HTTP request body once its header is in
-    max_pending_headers: int = 4096  # connections awaiting a header; past it the oldest: 408
+    max_pending_headers: int = 16384  # awaiting a header; past it the oldest gets 408
     max_concurrent_handshakes: int = 512  # handshakes running at once
     max_waiting_handshakes: int = 8192  # past both limits, new edge connections get 4429
     listen_backlog: int = 8192  # the kernel caps it at net.core.somaxconn
