@@ -111,19 +111,19 @@ class HelloGate:
     newcomer past it expires the oldest waiter from that address (drop the oldest: a node
     that answers at once is through before many more arrive behind it).
     Rule 3 (total): at most ``max_waiting`` wait in all; past it, the oldest waiter goes.
-    Rules 2 and 3 only push out a waiter that has waited ``min_wait_s`` (1 s): a legitimate
-    burst (a fleet redialling at once from behind one NAT) is not turned against itself, so
-    the caps are soft by what arrives within that second; the newcomer is never refused.
-    Rule 4: an expired waiter's ``expire`` callback is called exactly once, and it is no
+    Rule 4 (floor): no waiter is closed before it has waited ``min_timeout_s``, whatever
+    the pressure or the caps: a legitimate burst (a fleet redialling at once from behind
+    one NAT, answering late because both loops lag) is not turned against itself. The caps
+    are therefore soft by what arrives within ``min_timeout_s``; a newcomer is never refused.
+    Rule 5: an expired waiter's ``expire`` callback is called exactly once, and it is no
     longer counted; its owner closes it (4408) and calls :meth:`leave`, which is then a
     no-op. Each step costs O(1) amortized: waiters are kept in arrival order.
     """
 
     def __init__(self, *, timeout_s: float = 10.0, min_timeout_s: float = 3.0,
                  pressure_at: int = 2048, max_per_address: int = 4096,
-                 max_waiting: int = 8192, min_wait_s: float = 1.0,
+                 max_waiting: int = 8192,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.min_wait_s = min_wait_s
         self.timeout_s = timeout_s
         self.min_timeout_s = min(min_timeout_s, timeout_s)
         self.pressure_at = max(1, pressure_at)
@@ -179,7 +179,7 @@ class HelloGate:
                 self.expired_total += 1
 
     def _drop_if_waited(self, key: object, now: float) -> None:
-        if now - self._waiters[key][0] >= self.min_wait_s:
+        if now - self._waiters[key][0] >= self.min_timeout_s:
             self._drop(key, evicted=True)
 
     def _drop(self, key: object, *, evicted: bool) -> None:

@@ -140,28 +140,28 @@ def test_past_the_per_address_cap_the_oldest_waiter_from_that_address_goes() -> 
     for i in range(3):
         gate.enter(f"a{i}", "203.0.113.9", lambda i=i: expired.append(f"a{i}"))
     gate.enter("b0", "198.51.100.1", lambda: expired.append("b0"))
-    clock.now = 1.0
+    clock.now = 3.0  # the minimum hello deadline: before it, nobody is pushed out
     gate.enter("a3", "203.0.113.9", lambda: expired.append("a3"))
     assert expired == ["a0"]
     assert gate.waiting_from("203.0.113.9") == 3 and gate.waiting_from("198.51.100.1") == 1
     assert gate.evicted_total == 1
 
 
-def test_a_burst_within_a_second_is_not_turned_against_itself() -> None:
-    gate, clock, expired = _gate(max_per_address=3, max_waiting=4)
+def test_nobody_is_pushed_out_before_the_minimum_hello_deadline() -> None:
+    gate, clock, expired = _gate(min_timeout_s=3, max_per_address=3, max_waiting=4)
     for i in range(6):  # a fleet behind one NAT, all at once
-        clock.now = i * 0.1
+        clock.now = i * 0.5
         gate.enter(i, "192.0.2.1", lambda i=i: expired.append(str(i)))
     assert expired == [] and gate.waiting == 6  # over both caps, for now
-    clock.now = 1.05
+    clock.now = 3.1
     gate.enter(6, "192.0.2.1", lambda: expired.append("6"))
-    assert expired == ["0"]  # only those that waited a second can be pushed out
+    assert expired == ["0"]  # only those that waited 3 s can be pushed out
 
 
 def test_past_the_total_cap_the_oldest_waiter_of_all_goes() -> None:
     gate, clock, expired = _gate(max_waiting=3)
     for i in range(5):
-        clock.now = float(i)
+        clock.now = 3.0 * i
         gate.enter(i, f"10.0.0.{i}", lambda i=i: expired.append(str(i)))
     assert expired == ["0", "1"] and gate.waiting == 3
 
@@ -169,7 +169,7 @@ def test_past_the_total_cap_the_oldest_waiter_of_all_goes() -> None:
 def test_leaving_is_idempotent_and_an_expired_waiter_is_expired_once() -> None:
     gate, clock, expired = _gate(max_per_address=1)
     gate.enter("x", "10.0.0.1", lambda: expired.append("x"))
-    clock.now = 1.0
+    clock.now = 3.0
     gate.enter("y", "10.0.0.1", lambda: expired.append("y"))  # pushes "x" out
     gate.leave("x")  # its owner, closing it: nothing more happens
     gate.leave("y")
