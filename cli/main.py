@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="monitor packets kept in memory per node; oldest dropped")
     serve.add_argument("--max-monitor-bytes-total", type=int, default=256 << 20,
                        help="monitor packets kept in memory for all nodes; oldest dropped")
+    serve.add_argument("--min-hello-timeout-s", type=float, default=3.0,
+                       help="under pressure the hello deadline tightens, never below this")
+    serve.add_argument("--hello-pressure-at", type=int, default=2048,
+                       help="connections waiting for a hello before the deadline tightens")
+    serve.add_argument("--max-prehello", type=int, default=8192,
+                       help="connections waiting for a hello; past it the oldest is closed")
+    serve.add_argument("--max-prehello-per-address", type=int, default=4096,
+                       help="the same, per remote address")
+    serve.add_argument("--header-timeout-s", type=float, default=10.0,
+                       help="an HTTP request header must arrive within this (else 408)")
+    serve.add_argument("--body-timeout-s", type=float, default=30.0,
+                       help="an HTTP request body must arrive within this (else 408)")
+    serve.add_argument("--max-pending-headers", type=int, default=16384,
+                       help="connections waiting for a request header; past it the oldest "
+                            "is answered 408")
     serve.add_argument("--max-concurrent-handshakes", type=int, default=512,
                        help="edge handshakes running at once; more wait for a slot")
     serve.add_argument("--max-waiting-handshakes", type=int, default=8192,
@@ -195,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a smaller run, under 2 minutes")
     size.add_argument("--tiny", action="store_true", help="seconds; checks the plumbing only")
-    bench.add_argument("--only", action="append", choices=["core", "peers", "fleet", "media"],
+    bench.add_argument("--only", action="append",
+                       choices=["core", "peers", "fleet", "flood", "media"],
                        help="run only these suites (repeatable)")
     bench.add_argument("--json", action="store_true", help="print the JSON report")
     bench.add_argument("--out", type=Path, help="write the JSON report here")
@@ -284,6 +300,11 @@ def dispatch(args: argparse.Namespace) -> int:
             durability=args.durability, thresholds=thresholds, tls_cert=args.tls_cert,
             tls_key=args.tls_key, log_format=args.log_format,
             handshake_timeout_s=args.handshake_timeout_s,
+            min_hello_timeout_s=args.min_hello_timeout_s,
+            hello_pressure_at=args.hello_pressure_at, max_prehello=args.max_prehello,
+            max_prehello_per_address=args.max_prehello_per_address,
+            header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+            max_pending_headers=args.max_pending_headers,
             max_concurrent_handshakes=args.max_concurrent_handshakes,
             max_waiting_handshakes=args.max_waiting_handshakes,
             max_log_bytes_per_command=args.max_log_bytes_per_command,

@@ -3,6 +3,8 @@
 Rule: it binds only to a loopback address; anything else is refused before binding. It runs
 inside its owner's event loop and task group (uvicorn without its own signal handling) and,
 once listening, writes its URL to ``url_file`` so local tools can find an ephemeral port.
+Requests have header and body deadlines (:mod:`.http_deadlines`); handlers read bodies
+through :mod:`.bodies`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from tether.protocol.errors import TetherError
+
+from .http_deadlines import deadline_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +71,8 @@ async def serve_loopback(app: Starlette, *, host: str, port: int,
     """Serve ``app`` until cancelled. Raises NotLoopback for a non-loopback ``host``."""
     check_loopback(host)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                    access_log=False, lifespan="off", loop="none"), url_file)
+                                    access_log=False, lifespan="off", loop="none",
+                                    http=deadline_protocol()), url_file)
     # uvicorn closes its sockets only when it leaves its main loop by itself: on
     # cancellation, ask it to exit and wait for that, then re-raise.
     serving = asyncio.ensure_future(server.serve())

@@ -24,7 +24,7 @@ from .api import routes as api
 from .browser import browser_endpoint
 from .config import ControllerConfig
 from .gateway import EdgeConnection, edge_endpoint, edge_session
-from .services.admission import Admission
+from .services.admission import Admission, HelloGate
 from .services.events import EventHub
 from .services.monitor import MonitorStore
 from .services.registry import SessionRegistry
@@ -50,7 +50,13 @@ class Controller:
         self.connections: set[EdgeConnection] = set()
         self.admission = Admission(slots=config.max_concurrent_handshakes,
                                    max_waiting=config.max_waiting_handshakes,
-                                   max_wait_s=config.max_handshake_wait_s)
+                                   max_wait_s=config.max_handshake_wait_s,
+                                   hello=HelloGate(
+                                       timeout_s=config.handshake_timeout_s,
+                                       min_timeout_s=config.min_hello_timeout_s,
+                                       pressure_at=config.hello_pressure_at,
+                                       max_per_address=config.max_prehello_per_address,
+                                       max_waiting=config.max_prehello))
         self.stopping = False  # set first thing on shutdown: new edge sessions get 1001
         self.loop_lag_ms = 0.0
         self.loop_lag_max_ms = 0.0

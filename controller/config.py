@@ -19,7 +19,15 @@ class ControllerConfig:
     port: int = 8700
     durability: str = "fsync"
     thresholds: Thresholds = field(default_factory=Thresholds)
-    handshake_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0  # challenge to hello, when few connections wait
+    # Unauthenticated connections (services/admission.py HelloGate, common/http_deadlines.py)
+    min_hello_timeout_s: float = 3.0  # the hello deadline never tightens below this
+    hello_pressure_at: int = 2048  # connections waiting for a hello before it tightens
+    max_prehello: int = 8192  # waiting for a hello in all; past it, the oldest is closed
+    max_prehello_per_address: int = 4096  # from one remote address; ditto, per address
+    header_timeout_s: float = 10.0  # the whole HTTP request header, else 408 and close
+    body_timeout_s: float = 30.0  # the whole HTTP request body once its header is in
+    max_pending_headers: int = 16384  # awaiting a header; past it the oldest gets 408
     max_concurrent_handshakes: int = 512  # handshakes running at once
     max_waiting_handshakes: int = 8192  # past both limits, new edge connections get 4429
     listen_backlog: int = 8192  # the kernel caps it at net.core.somaxconn

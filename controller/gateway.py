@@ -122,8 +122,8 @@ class EdgeConnection:
     Slotted: 10,000 idle sessions are 10,000 of these, and a ``__dict__`` of ~40 entries
     costs about 2 KiB each."""
 
-    __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_idle_deadline",
-                 "_note_task",
+    __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_hello",
+                 "_idle_deadline", "_note_task",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
                  "closing",
                  "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "ctl", "evt",
@@ -185,15 +185,25 @@ class EdgeConnection:
         self._room: asyncio.Future[None] | None = None  # the reader waits here when full
         # error frames answering bad non-sequenced frames, sent by the downlink task
         self._pending_errors: list[Frame] = []
+        self._hello: Frame | None = None  # read before the admission slot, see run()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve one edge connection. The challenge goes out at once (PROTOCOL.md §4: within
-        1 s of accept); the rest of the handshake runs under an admission slot, released
-        exactly once. Past the admission limits the node is told when to come back (4429)."""
+        1 s of accept); the hello is awaited in the admission's hello gate, which costs no
+        slot (a silent socket holds nothing a node needs); the rest of the handshake runs
+        under an admission slot, released exactly once. Past the admission limits the node
+        is told when to come back (4429)."""
+        adm = self.ctl.admission
         try:
             nonce = await self._challenge()
+            if adm.saturated():  # the hello could not be served anyway: say so now
+                adm.refuse()
+                raise _Close(4429, f"overloaded; retry_after={adm.retry_after()}")
+            self._hello = await self._await_hello()
+            if self._hello is None:
+                raise _Close(1000, "closed before hello")
         except _Close as exc:
             await self._finish(exc)
             return
@@ -320,14 +330,47 @@ class EdgeConnection:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
 
     async def _receive(self, timeout_s: float) -> Frame | None:
-        """The next frame within ``timeout_s`` (the handshake's wait), or None when the peer
-        closed. Raises _Close on bad input or silence."""
+        """The hello :meth:`_await_hello` read before the slot was taken; else the next
+        frame within ``timeout_s``, or None when the peer closed. Raises _Close on bad input
+        or silence."""
+        if self._hello is not None:
+            frame, self._hello = self._hello, None
+            return frame
         try:
             async with asyncio.timeout(timeout_s):
                 msg = await self.ws.receive()
         except TimeoutError:
             raise _Close(4408, f"no hello within {timeout_s:g} s") from None
         return self._frame_from(msg)
+
+    async def _await_hello(self) -> Frame | None:
+        """The first frame, an ``edge.hello`` by its type, or None when the peer closed
+        first. Waits in the hello gate (services/admission.py): for its allowance, which
+        tightens while many wait, and is cut short when newer connections from the same
+        address, or in all, are past their caps. Raises _Close (4408 when silent, 4400 for
+        a first frame that cannot be a hello)."""
+        gate = self.ctl.admission.hello
+        address = self.ws.client.host if self.ws.client else ""
+        loop = asyncio.get_running_loop()
+        timed_out = True
+        entered = loop.time()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                allowance_s = gate.enter(self, address,
+                                         lambda: deadline.reschedule(loop.time()))
+                deadline.reschedule(entered + allowance_s)
+                msg = await self.ws.receive()
+                timed_out = False
+        except TimeoutError:
+            # cut short by the gate (pressure, caps) or its own allowance: either way late
+            raise _Close(4408, f"no hello in time (waited {loop.time() - entered:.1f} s of "
+                               f"at most {allowance_s:g} s)") from None
+        finally:
+            gate.leave(self, timed_out=timed_out)
+        frame = self._frame_from(msg)
+        if frame is not None and frame.t != Hello.TYPE:
+            raise _Close(4400, f"expected edge.hello first, got {frame.t!r}")
+        return frame
 
     def _frame_from(self, msg: Message) -> Frame | None:
         """Decode one ASGI receive event; None for the peer's close. Raises _Close."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 
+from tether.common.http_deadlines import deadline_protocol
+
 from .app import Controller, create_app, edge_fast_path
 from .config import ControllerConfig
 from .wsproto import LeanWebSocketProtocol
@@ -74,6 +76,10 @@ def build_server(config: ControllerConfig) -> _Server:
         host=config.host,
         port=config.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
+        # h11 with a deadline for each request's header and body (uvicorn has none)
+        http=deadline_protocol(header_timeout_s=config.header_timeout_s,
+                               body_timeout_s=config.body_timeout_s,
+                               max_pending_headers=config.max_pending_headers),
         ws=LeanWebSocketProtocol,  # uvicorn's websockets-sansio, see wsproto.py
         ws_max_size=config.max_frame_bytes,
         ws_per_message_deflate=False,  # node sessions stay small
@@ -88,9 +94,32 @@ def build_server(config: ControllerConfig) -> _Server:
     return _Server(uv_config, config, app.state.controller)
 
 
+def raise_file_limit() -> int:
+    """Lift this process's soft RLIMIT_NOFILE to its hard limit and return it: every
+    connection is a file descriptor, and the usual soft limit (1,024) is reached by a
+    thousand stalled sockets long before memory or CPU is."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX: nothing to raise
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit",
+                           extra={"soft": soft, "hard": hard, "error": str(exc)})
+            return soft
+        logger.info("open-file limit raised", extra={"from": soft, "to": hard})
+        return hard
+    logger.info("open-file limit", extra={"soft": soft, "hard": hard})
+    return soft
+
+
 def serve(config: ControllerConfig) -> int:
     """Serve until SIGTERM/SIGINT (uvicorn handles both gracefully); exit code."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    raise_file_limit()
     (config.data_dir / "controller.url").unlink(missing_ok=True)
     server = build_server(config)
     server.run()

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tether.common.bodies import read_json_object
+from tether.protocol.errors import TetherError
 
 if TYPE_CHECKING:
     from .runtime import NodeRuntime
@@ -31,15 +33,11 @@ def health_app(runtime: NodeRuntime) -> Starlette:
 
     async def publish(request: Request) -> Response:
         """POST {"topic": str, "data": {...}}: a monitor packet from a local app."""
-        raw = await request.body()
-        if len(raw) > MAX_PUBLISH_BYTES:
-            return _error(413, "frame_too_large", f"body is over {MAX_PUBLISH_BYTES} bytes")
         try:
-            body = json.loads(raw)
-        except ValueError:
-            return _error(400, "invalid_request", "body is not valid JSON")
-        topic = body.get("topic") if isinstance(body, dict) else None
-        data = body.get("data") if isinstance(body, dict) else None
+            body = await read_json_object(request, max_bytes=MAX_PUBLISH_BYTES)
+        except TetherError as exc:
+            return _error(exc.http_status, exc.code, exc.message)
+        topic, data = body.get("topic"), body.get("data")
         if not isinstance(topic, str) or not 0 < len(topic) <= 128:
             return _error(400, "invalid_request", "'topic' must be a string of 1 to 128 chars")
         if not isinstance(data, dict):

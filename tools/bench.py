@@ -11,6 +11,9 @@ its row (``value: null`` with a ``note``), never an invented figure. Benchmarks:
 * ``command_rtt``: operator ``POST diag.ping`` -> ``succeeded`` pushed on /ws (the status
   persisted by the controller), p50/p99 at fixed open-loop rates (100 and 1,000/s);
 * ``sessions``, ``reconnect_storm``, ``ws_fanout``: see :mod:`tether.tools.bench_fleet`;
+* ``hello_under_flood``: a node's dial-to-welcome time, and the controller's RSS, with
+  2,000 silent pre-hello WebSockets and 1,000 half-header sockets open (``--tiny``: 40 and
+  20); see :mod:`tether.tools.bench_flood`;
 * ``media``: not yet (the media plane lands in a later issue); the row says so.
 
 Sizes: ``--quick`` (under 2 minutes), the default full run, or ``--tiny`` (seconds; the
@@ -47,6 +50,7 @@ from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
 from .bench_fleet import FleetPlan, run_fleet
+from .bench_flood import run_flood
 from .bench_util import ControllerProcess, peer_port, percentile, row, spawn_peer
 
 
@@ -58,12 +62,14 @@ class Plan:
     frames: int  # class A frames in the throughput run, from the first node alone
     rtt: tuple[tuple[int, int], ...]  # (rate per s, commands)
     fleet: FleetPlan
+    flood: tuple[int, int] = (2000, 1000)  # silent pre-hello WebSockets, half headers
 
 
 PLANS = {
     "tiny": Plan(nodes=1, frames=50, rtt=((100, 5), (1000, 10)),
                  fleet=FleetPlan(sizes=(20,), storm_at=20, window_s=1.5, heartbeat_s=1.0,
-                                 fanout_clients=3, fanout_rounds=2, settle_s=0.2)),
+                                 fanout_clients=3, fanout_rounds=2, settle_s=0.2),
+                 flood=(40, 20)),
     "quick": Plan(nodes=2, frames=20_000, rtt=((100, 300), (1000, 2000)),
                   fleet=FleetPlan(sizes=(1000,), storm_at=1000, window_s=15.0,
                                   heartbeat_s=15.0, fanout_clients=200, fanout_rounds=10)),
@@ -330,7 +336,7 @@ def _machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-SUITES = ("core", "peers", "fleet", "media")
+SUITES = ("core", "peers", "fleet", "flood", "media")
 
 
 def _raise_fd_limit() -> None:
@@ -424,6 +430,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{f.fanout_clients} clients ...", file=sys.stderr)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 results += runner.run(run_fleet(root, f))
+        if "flood" in suites:
+            silent, half = plan.flood
+            print(f"bench: a node's hello with {silent} silent pre-hello sockets and {half} "
+                  "half-header sockets open ...", file=sys.stderr)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                results += runner.run(run_flood(root, silent=silent, half=half))
         if "media" in suites:
             results.append(row("media", "tether", "file_mb_per_s", None, "MB/s",
                                note="not yet: the media plane (WebRTC file channel) lands "

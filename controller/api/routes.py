@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tether.common import __version__
+from tether.common.bodies import read_json_object
 from tether.protocol.deliver import command_args, command_kind
 from tether.protocol.errors import (
     AuthError,
@@ -28,6 +29,7 @@ from tether.protocol.errors import (
 )
 from tether.protocol.frames import COMMAND_STATES, valid_node_id
 from tether.protocol.keys import check_ed25519_public_key
+from tether.protocol.values import INT64_MAX
 
 from .. import browser
 from ..views import command_view, iso, log_item, node_event_view
@@ -85,19 +87,23 @@ async def _operator(request: Request) -> str:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise TetherError(f"body is over {MAX_BODY_BYTES} bytes", code="frame_too_large")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise TetherError(f"body is over {MAX_BODY_BYTES} bytes", code="frame_too_large")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise InvalidRequest("body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body must be a JSON object")
-    return body
+    """The body as a JSON object, read through the limit and parsed strictly
+    (:mod:`tether.common.bodies`); an empty body is ``{}``."""
+    return await read_json_object(request, max_bytes=MAX_BODY_BYTES, empty={})
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also passes "١٢" and "²"
+
+
+def _query_int(request: Request, name: str, default: int, *, lo: int, hi: int) -> int:
+    """Query parameter ``name`` as an integer from ``lo`` to ``hi`` (``default`` when
+    absent). Only ASCII digits count; anything else is 400 ``invalid_request``."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if _ASCII_DIGITS.fullmatch(raw) is None or not lo <= int(raw) <= hi:
+        raise InvalidRequest(f"{name!r} must be an integer from {lo} to {hi}")
+    return int(raw)
 
 
 def _str_map(value: Any, name: str) -> dict[str, str]:
@@ -218,10 +224,8 @@ async def node_sessions(request: Request) -> Response:
 async def node_events(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
-    limit_raw = request.query_params.get("limit", "100")
-    if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
-        raise InvalidRequest("'limit' must be an integer from 1 to 10000")
-    items = await _ctl(request).store.node_events(row["node_id"], limit=int(limit_raw))
+    limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
+    items = await _ctl(request).store.node_events(row["node_id"], limit=limit)
     return JSONResponse({"items": [node_event_view(e) for e in items]})
 
 
@@ -231,10 +235,8 @@ async def node_dead_letters(request: Request) -> Response:
     newest are kept)."""
     await _operator(request)
     row = await _node_row(request)
-    limit_raw = request.query_params.get("limit", "100")
-    if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
-        raise InvalidRequest("'limit' must be an integer from 1 to 10000")
-    rows, total = await _ctl(request).store.dead_letters(row["node_id"], limit=int(limit_raw))
+    limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
+    rows, total = await _ctl(request).store.dead_letters(row["node_id"], limit=limit)
     return JSONResponse({"total": total, "items": [
         {**r, "at": iso(r["at"])} for r in rows]})
 
@@ -243,15 +245,13 @@ async def node_logs(request: Request) -> Response:
     """GET /api/v1/nodes/{id}/logs[?source=APP&after=ID]: app and runtime output."""
     await _operator(request)
     row = await _node_row(request)
-    after_raw = request.query_params.get("after", "0")
-    if not after_raw.isdigit():
-        raise InvalidRequest("'after' must be an integer >= 0")
+    after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
     rows = await _ctl(request).store.node_logs(row["node_id"],
                                                source=request.query_params.get("source"),
-                                               after=int(after_raw))
+                                               after=after)
     items = [log_item(r) for r in rows]
     return JSONResponse({"items": items,
-                         "next_after": items[-1]["id"] if items else int(after_raw)})
+                         "next_after": items[-1]["id"] if items else after})
 
 
 async def node_monitor(request: Request) -> Response:
@@ -313,14 +313,12 @@ async def list_commands(request: Request) -> Response:
     """GET /api/v1/commands?node_id=&state=&limit= : newest first, with counts by state."""
     await _operator(request)
     q = request.query_params
-    limit_raw = q.get("limit", "100")
-    if not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
-        raise InvalidRequest("'limit' must be an integer from 1 to 10000")
+    limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
     state = q.get("state")
     if state is not None and state not in COMMAND_STATES:
         raise InvalidRequest(f"'state' must be one of {', '.join(COMMAND_STATES)}")
     rows, counts = await _ctl(request).store.list_commands(
-        node_id=q.get("node_id"), state=state, limit=int(limit_raw))
+        node_id=q.get("node_id"), state=state, limit=limit)
     return JSONResponse({"items": [command_view(r) for r in rows], "counts": counts})
 
 
@@ -351,14 +349,12 @@ async def command_logs(request: Request) -> Response:
     command_id = request.path_params["command_id"]
     ctl = _ctl(request)
     await ctl.store.get_command(command_id)  # 404 for unknown commands
-    after_raw = request.query_params.get("after", "0")
-    limit_raw = request.query_params.get("limit", "1000")
-    if not after_raw.isdigit() or not limit_raw.isdigit() or not 0 < int(limit_raw) <= 10_000:
-        raise InvalidRequest("'after' must be an integer >= 0 and 'limit' 1 to 10000")
-    rows = await ctl.store.command_logs(command_id, after=int(after_raw), limit=int(limit_raw))
+    after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
+    limit = _query_int(request, "limit", 1000, lo=1, hi=10_000)
+    rows = await ctl.store.command_logs(command_id, after=after, limit=limit)
     items = [log_item(r) for r in rows]
     return JSONResponse({"items": items, "next_after": items[-1]["id"] if items
-                         else int(after_raw)})
+                         else after})
 
 
 async def diag(request: Request) -> Response:

@@ -24,6 +24,8 @@ PINNED = {
     ("reconnect_storm", "tether", "nodes"),
     ("reconnect_storm", "tether", "seconds_to_all_online"),
     ("reconnect_storm", "tether", "lost"),
+    ("hello_under_flood", "tether", "seconds_to_welcome"),
+    ("hello_under_flood", "tether", "rss_mib"),
 }
 
 
@@ -54,6 +56,9 @@ def test_bench_tiny_writes_the_pinned_json_shape(tmp_path: Path) -> None:
     assert storm["lost"]["value"] == 0 and storm["duplicate_sessions"]["value"] == 0
     assert storm["nodes"]["value"] > 0 and storm["nodes"]["zero_loss"]["ok"]
     assert "acked_throughput" in run.stdout and "reconnect_storm" in run.stdout
+    flood = {r["metric"]: r for r in report["results"] if r["benchmark"] == "hello_under_flood"}
+    assert flood["seconds_to_welcome"]["value"] is not None  # welcomed through the flood
+    assert flood["seconds_to_welcome"]["silent_still_open"] == 40
 
 
 def test_a_row_without_a_figure_must_say_why() -> None:
