@@ -61,15 +61,9 @@ msgpack_values = nested(msgpack_scalars, st.text(max_size=10))
 json_values = nested(json_scalars, json_text)
 
 
-def deep(levels: int, leaf: Any = 1) -> Any:
-    """A value nested ``levels`` deep (lists)."""
-    value = leaf
-    for _ in range(levels):
-        value = [value]
-    return value
-
-
-deep_values = st.integers(20, 2000).map(deep)
+# JSON text nested deep, as bytes (a Python value that deep cannot even be printed)
+deep_json = st.tuples(st.integers(20, 200_000), st.sampled_from("[{")).map(
+    lambda nc: (nc[1] * nc[0] if nc[1] == "[" else '{"a":' * nc[0]).encode())
 
 
 def fields_of(body_types: dict[str, type]) -> list[str]:
