@@ -167,14 +167,18 @@ def check_bodies(data: bytes) -> None:
     t = types[(pick >> 1) % len(types)]
     codec = BODY_CODECS[pick & 1]
     obj: Any
-    try:
-        if codec == "msgpack":
+    if codec == "msgpack":
+        try:
             obj = msgpack.unpackb(data[1:], raw=False, strict_map_key=False,
                                   max_array_len=4096, max_map_len=4096)
-        else:
-            obj = json.loads(data[1:])
-    except (ValueError, RecursionError, TypeError, msgpack.UnpackException):
-        return  # not a body: the codec refuses it before any body is parsed
+        except (ValueError, RecursionError, TypeError, msgpack.UnpackException):
+            return  # not a body: the codec refuses it before any body is parsed
+    else:
+        # the body as the real JSON decoder hands it over (it refuses lone surrogates)
+        try:
+            obj = decode_json(b'{"t":"x","b":' + data[1:] + b"}").b
+        except RemoteProtocolError:
+            return
     if not isinstance(obj, dict):
         return
     check_body_map(t, obj)

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tether.protocol.codec import MSGPACK_SUBPROTOCOL, decode_json, encode_msgpack
 from tether.protocol.errors import BadFrame
-from tether.protocol.frames import Frame
+from tether.protocol.frames import Frame, parse_body
 
 from ..controller.conftest import browser_connect
 from ..helpers import ControllerProc
@@ -144,3 +144,20 @@ def test_enroll_labels_holding_a_lone_surrogate_are_refused_and_reads_stay_200()
 def test_every_crash_tolerated_by_the_rest_harness_is_pinned_here() -> None:
     pinned = {RecursionError, OverflowError, ValueError, UnicodeEncodeError}
     assert {kind for _, kind, _ in KNOWN_ELSEWHERE} <= pinned
+
+
+# --- typed bodies --------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
+                   reason="issue 11 item 2 (typed bodies): frames.LogChunk.from_body encodes "
+                          "text data without a check; unreachable from the decoders since "
+                          "decode_json refuses lone surrogates, but a parser must be total")
+def test_a_log_chunk_whose_text_data_is_a_lone_surrogate_is_a_bad_frame() -> None:
+    # found by fuzz_bodies.py: b'\x19{"": "c-dout", "seq": 1, "data": "\\ud800", ...}'
+    with pytest.raises(BadFrame):
+        parse_body(Frame(t="log.chunk", b={"source": "stdout", "seq": 1, "data": "\ud800"}))
+
+
+def test_the_log_chunk_crash_input_is_refused_by_the_json_decoder_before_any_body() -> None:
+    with pytest.raises(BadFrame, match="not valid Unicode"):
+        decode_json('{"t": "log.chunk", "b": {"source": "o", "seq": 1, "data": "\\ud800"}}')
