@@ -8,18 +8,21 @@ when that fix lands.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tether.node.health import health_app
 from tether.protocol.codec import MSGPACK_SUBPROTOCOL, decode_json, encode_msgpack
 from tether.protocol.errors import BadFrame
 from tether.protocol.frames import Frame, parse_body
 
 from ..controller.conftest import browser_connect
 from ..helpers import ControllerProc
-from .asgi import Controller, assert_error_shape
+from .asgi import Controller, TestClient, assert_error_shape
 from .targets_asgi import KNOWN_ELSEWHERE
+from .test_props_publish import StandInRuntime
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -161,3 +164,30 @@ def test_a_log_chunk_whose_text_data_is_a_lone_surrogate_is_a_bad_frame() -> Non
 def test_the_log_chunk_crash_input_is_refused_by_the_json_decoder_before_any_body() -> None:
     with pytest.raises(BadFrame, match="not valid Unicode"):
         decode_json('{"t": "log.chunk", "b": {"source": "o", "seq": 1, "data": "\\ud800"}}')
+
+
+# --- the node's loopback POST /publish -------------------------------------------------------
+
+def _publish(body: bytes) -> tuple[int, list[Any]]:
+    runtime = StandInRuntime()
+    with TestClient(health_app(runtime),  # type: ignore[arg-type]
+                    raise_server_exceptions=True) as client:
+        resp = client.post("/publish", content=body,
+                           headers={"content-type": "application/json"})
+        assert_error_shape(resp)
+        return resp.status_code, runtime.published
+
+
+@pytest.mark.xfail(strict=True, raises=RecursionError,
+                   reason="issue 11 item 4 (HTTP body reading): node/health.py publish "
+                          "json.loads")
+def test_a_publish_body_nested_60k_deep_answers_400_not_500() -> None:
+    _publish(b'{"topic": "t", "data": ' + b"[" * 60_000 + b"}")  # under the 64 KiB cap
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 2 (typed values): monitor data from "
+                   "/publish is not checked with values.plain; the packet cannot travel")
+@pytest.mark.parametrize("value", [b"NaN", b"1e999", b'"\\ud800"', str(2**64).encode()])
+def test_publish_data_that_cannot_travel_is_refused_with_400(value: bytes) -> None:
+    status, published = _publish(b'{"topic": "t", "data": {"v": ' + value + b"}}")
+    assert status == 400 and published == []
