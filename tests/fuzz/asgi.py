@@ -73,6 +73,7 @@ class Controller:
         self.key = generate_private_key()
         self.token = ""
         self.join_token = ""
+        self.epoch = 7
 
     def __enter__(self) -> Controller:
         self.client.__enter__()
@@ -125,10 +126,11 @@ class Controller:
                 return Outcome(exc.code, exc.reason)
 
     def signed_hello(self, nonce: bytes, controller_id: str, **body: Any) -> Frame:
-        """A hello for the enrolled node, signed over ``nonce``, with ``body`` on top."""
+        """A hello for the enrolled node, signed over ``nonce``, with ``body`` on top; its
+        evt epoch is :attr:`epoch` (a new one starts the node's evt stream at q=1)."""
         sig = sign_hello(self.key, nonce, controller_id, self.node_id)
         return Frame(t="edge.hello", b={
-            "node_id": self.node_id, "protocol": 1, "sig": sig, "epoch": 7,
+            "node_id": self.node_id, "protocol": 1, "sig": sig, "epoch": self.epoch,
             "acks": {"cmd": 0}, "session_id": None, "runtime": {"state": "attached"},
             "sidecar": {}, "capabilities": [], "labels": {}, **body})
 

@@ -58,6 +58,14 @@ def nested(scalars: st.SearchStrategy[Any], keys: st.SearchStrategy[str],
 
 
 msgpack_values = nested(msgpack_scalars, st.text(max_size=10))
+# The values the issue names (NaN, Infinity, outside int64, bin where text belongs), often:
+# mixed into valid bodies, they reach the rules a random map rarely gets past.
+POISON = [float("nan"), float("inf"), -float("inf"), 2**63, 2**64 - 1, -(2**63),
+          b"\x00\xff", 1.5, -1, ""]
+poison = st.sampled_from(POISON)
+poison_values = (poison | st.lists(poison, min_size=1, max_size=2)
+                 | st.dictionaries(st.text(max_size=4), poison, min_size=1, max_size=2)
+                 | msgpack_values)
 json_values = nested(json_scalars, json_text)
 
 
@@ -82,3 +90,24 @@ def packb(value: Any) -> bytes | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return data
+
+
+@st.composite
+def mutated_body(draw: st.DrawFn, sample: dict[str, Any], fields: list[str],
+                 values: st.SearchStrategy[Any]) -> dict[str, Any]:
+    """A valid ``sample`` body with one to three mutations: a hostile entry added inside a
+    map-valued field (most often: that is where free-form data hides), a field replaced,
+    or a field of some other body added. Hostile values land where the parsers and the
+    store look, past the checks a random map fails first."""
+    body = dict(sample)
+    for _ in range(draw(st.integers(1, 3))):
+        maps = sorted(k for k, v in body.items() if isinstance(v, dict))
+        how = draw(st.sampled_from(["inside", "inside", "replace", "add"]))
+        if how == "inside" and maps:
+            key = draw(st.sampled_from(maps))
+            body[key] = {**body[key], draw(st.text(max_size=6)): draw(values)}
+        elif how == "replace" and body:
+            body[draw(st.sampled_from(sorted(body)))] = draw(values)
+        else:
+            body[draw(st.sampled_from(fields))] = draw(values)
+    return body
