@@ -3,13 +3,17 @@
 Invariants:
 * nothing larger than ``max_frame_bytes`` is decoded (:class:`FrameTooLarge`, close 1009);
 * MessagePack decoding is bounded (string/bin/array/map lengths) and ext types are refused;
-* every decode failure is a :class:`BadFrame` (close 4400), never another exception type.
+* every decode failure is a :class:`BadFrame` (close 4400), never another exception type;
+* every text a decoded frame holds is valid Unicode in both codecs (msgpack refuses invalid
+  UTF-8; JSON's ``\\ud800`` escapes could produce lone surrogates, which are refused), so
+  whatever is echoed back or stored from it can be encoded again.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import msgpack
@@ -126,13 +130,46 @@ def encode_json(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> str:
     return text
 
 
+# A \\uD800-\\uDFFF escape: the only way JSON text that is valid UTF-8 yields a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(obj: Any) -> None:
+    """Raise BadFrame if any text (value or key) in ``obj`` is not valid Unicode. Iterative:
+    ``obj`` may be nested as deep as the JSON decoder allows."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadFrame("frame holds text that is not valid Unicode (a lone "
+                               "surrogate)") from None
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def decode_json(text: str | bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Frame:
-    """Decode one frame from one JSON WebSocket message."""
+    """Decode one frame from one JSON WebSocket message (UTF-8, PROTOCOL.md §2). Bytes that
+    are not UTF-8 and text that is not valid Unicode (a lone surrogate, raw or escaped) are
+    a BadFrame, as they are in msgpack."""
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > max_frame_bytes:
         raise FrameTooLarge(f"frame of {size} bytes exceeds the {max_frame_bytes}-byte limit")
     try:
+        # json.loads would guess UTF-16 or UTF-32 for some bytes: only UTF-8 is JSON here
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        text.encode("utf-8")
+    except UnicodeError:
+        raise BadFrame("frame is not valid UTF-8 text") from None
+    try:
         obj = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise BadFrame("frame is not valid JSON") from exc
+    if _SURROGATE_ESCAPE.search(text):  # only then can a decoded text hold a lone surrogate
+        _check_unicode(obj)
     return Frame.from_wire(obj)

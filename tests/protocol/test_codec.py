@@ -233,11 +233,11 @@ def test_encoding_a_value_msgpack_cannot_carry_is_a_local_error() -> None:
 
 
 def test_encoding_text_that_is_not_valid_unicode_is_a_local_error_in_json_too() -> None:
-    """A lone surrogate (which decode_json accepts from a '\\ud800' escape) cannot be sent as
-    UTF-8. encode_msgpack says so with LocalProtocolError; encode_json must too.
+    """A lone surrogate (which decode_json refuses, but code on this side may build) cannot
+    be sent as UTF-8. encode_msgpack says so with LocalProtocolError; encode_json must too.
 
     Fails today: codec.encode_json lets UnicodeEncodeError escape from text.encode()."""
-    relayed = decode_json('{"t":"rtc.offer","b":{"sdp":"\\ud800"}}')
+    relayed = Frame(t="rtc.offer", b={"sdp": "\ud800"})
     with pytest.raises(LocalProtocolError):
         encode_msgpack(relayed)
     with pytest.raises(LocalProtocolError):
