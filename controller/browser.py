@@ -30,7 +30,13 @@ from urllib.parse import urlsplit
 from starlette.websockets import WebSocket, WebSocketState
 
 from tether.protocol.codec import JSON_SUBPROTOCOL, MAX_FRAME_BYTES, decode_json, encode_json
-from tether.protocol.errors import BadFrame, FrameTooLarge, LocalProtocolError, NotFound
+from tether.protocol.errors import (
+    BadFrame,
+    FrameTooLarge,
+    LocalProtocolError,
+    NotFound,
+    close_reason,
+)
 from tether.protocol.frames import Frame, valid_node_id
 
 from .services.events import Subscriber, data_size
@@ -125,7 +131,7 @@ async def browser_endpoint(ws: WebSocket) -> None:
         # Bounded: a client that does not read would hold the close (and this task) forever.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                await ws.close(code, reason)
+                await ws.close(code, close_reason(reason))
 
 
 async def _send(ws: WebSocket, frame: Frame) -> None:

@@ -29,7 +29,13 @@ from tether.protocol.codec import (
     encode_msgpack,
     unbatch,
 )
-from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError, TetherError
+from tether.protocol.errors import (
+    BadFrame,
+    FrameTooLarge,
+    RemoteProtocolError,
+    TetherError,
+    close_reason,
+)
 from tether.protocol.excerpt import excerpt
 from tether.protocol.frames import (
     PROTOCOL_VERSION,
@@ -308,7 +314,7 @@ class EdgeConnection:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                await self.ws.close(code, reason[:120])
+                await self.ws.close(code, close_reason(reason))
 
     # -- I/O helpers ---------------------------------------------------------------------
 

@@ -132,3 +132,12 @@ def close_code_for(code: str) -> int:
 def http_status_for(code: str) -> int:
     """The HTTP status for an error code (500 for unknown codes)."""
     return ERROR_TABLE.get(code, ERROR_TABLE["internal"]).http_status
+
+
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame's payload is 125 bytes
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to what a WebSocket close frame carries: at most 123 UTF-8 bytes, never
+    in the middle of a character (a longer reason makes the close itself fail)."""
+    return text.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")

@@ -107,7 +107,7 @@ class _SubValue:
 
 
 def _runtime_state(value: object, name: str) -> str:
-    if value not in RUNTIME_STATES:
+    if not isinstance(value, str) or value not in RUNTIME_STATES:  # a map is unhashable
         raise BadFrame(f"field {name!r} must be one of {sorted(RUNTIME_STATES)}")
     return str(value)
 

@@ -158,7 +158,7 @@ class LocalDetach(Body):
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> LocalDetach:
         state = b.get("state") or "detached"
-        if state not in DETACH_STATES:
+        if not isinstance(state, str) or state not in DETACH_STATES:
             raise BadFrame(f"field 'state' must be one of {sorted(DETACH_STATES)}")
         return cls(state=str(state))
 

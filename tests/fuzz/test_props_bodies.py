@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -130,10 +129,7 @@ STORABLE = Limits(max_depth=1 << 20, max_entries=1 << 40, max_bytes=1 << 40,
                   max_key_len=1 << 40, allow_bytes=True)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2 (typed values): bodies still let "
-                   "NaN, integers past int64 and bin-for-text through; remove this mark "
-                   "when every body applies the value rules")
-@settings(fuzz_settings(150), phases=[Phase.generate])  # xfail: shrinking would be wasted
+@settings(fuzz_settings(150), phases=[Phase.generate])
 @given(data=st.data())
 def test_a_body_accepted_from_a_peer_holds_only_values_json_and_the_store_can_hold(
         data: st.DataObject) -> None:

@@ -12,7 +12,6 @@ import json
 import string
 from typing import Any
 
-import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -144,10 +143,7 @@ def session_answer(ctl: Controller, frame: dict[str, Any]) -> tuple[str, int | N
                 return "alive", None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2 (poison frames): a class-A frame "
-                   "with NaN, 2**64 or bin where text belongs closes with 1011, or is stored "
-                   "and breaks the operator's reads; remove this mark when it lands")
-@settings(fuzz_settings(100), phases=[Phase.generate])  # xfail: shrinking would be wasted
+@settings(fuzz_settings(100), phases=[Phase.generate])
 @given(data=st.data())
 def test_any_frame_after_the_welcome_is_answered_or_closed_as_documented_and_reads_stay_200(
         ctl: Controller, data: st.DataObject) -> None:

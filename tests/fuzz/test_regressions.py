@@ -29,8 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 LONG_TYPE = "é" * 64  # a valid frame type: 64 characters, 128 bytes of UTF-8
 
 
-@pytest.mark.xfail(strict=True, reason="gateway._close_ws cuts the reason at 120 characters, "
-                   "not 123 bytes; the fix belongs to the gateway's owner")
 async def test_an_early_frame_with_a_long_non_ascii_type_is_closed_with_4400_on_a_real_server(
         controller: ControllerProc) -> None:
     from websockets.asyncio.client import connect
@@ -45,8 +43,6 @@ async def test_an_early_frame_with_a_long_non_ascii_type_is_closed_with_4400_on_
     assert info.value.rcvd is not None and info.value.rcvd.code == 4400, info.value
 
 
-@pytest.mark.xfail(strict=True, reason="browser.py closes with the full reason (over 123 "
-                   "bytes); the fix belongs to the /ws owner")
 async def test_a_ws_hello_with_a_long_non_ascii_type_is_closed_with_4400_on_a_real_server(
         controller: ControllerProc) -> None:
     ws = await browser_connect(controller.url.replace("http", "ws", 1) + "/ws")
@@ -111,21 +107,14 @@ def _rest_case(path: str, body: bytes | None, *, auth: bool = True,
             assert ctl.rest("GET", read).status_code == 200, read
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="issue 11 item 4 (HTTP body reading): routes._json_body")
 def test_an_enroll_body_nested_100k_deep_answers_400_not_500() -> None:
     _rest_case("/v1/edge/enroll", b"[" * 100_000, auth=False)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="issue 11 item 4: query integers are not bounded to int64")
 def test_after_beyond_the_signed_64_bit_range_answers_400_not_500() -> None:
     _rest_case(f"/api/v1/nodes/{Controller.node_id}/logs?after={10**30}", None)
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, UnicodeEncodeError),
-                   reason="issue 11 item 2 (typed values): REST command args are not "
-                          "checked with values.plain before they are stored")
 @pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"1e999",
                                    b'"\\ud800"'])
 def test_command_args_json_cannot_hold_are_refused_and_reads_stay_200(value: bytes) -> None:
@@ -134,9 +123,6 @@ def test_command_args_json_cannot_hold_are_refused_and_reads_stay_200(value: byt
                read_after=("/api/v1/commands",))
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="issue 11 items 1-2 (enroll, typed values): enroll labels accept "
-                          "lone surrogates")
 def test_enroll_labels_holding_a_lone_surrogate_are_refused_and_reads_stay_200() -> None:
     _rest_case("/v1/edge/enroll",
                b'{"join_token": "@TOKEN@", "node_id": "surrogate", "public_key": "'
@@ -151,10 +137,6 @@ def test_every_crash_tolerated_by_the_rest_harness_is_pinned_here() -> None:
 
 # --- typed bodies --------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="issue 11 item 2 (typed bodies): frames.LogChunk.from_body encodes "
-                          "text data without a check; unreachable from the decoders since "
-                          "decode_json refuses lone surrogates, but a parser must be total")
 def test_a_log_chunk_whose_text_data_is_a_lone_surrogate_is_a_bad_frame() -> None:
     # found by fuzz_bodies.py: b'\x19{"": "c-dout", "seq": 1, "data": "\\ud800", ...}'
     with pytest.raises(BadFrame):
@@ -178,16 +160,27 @@ def _publish(body: bytes) -> tuple[int, list[Any]]:
         return resp.status_code, runtime.published
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="issue 11 item 4 (HTTP body reading): node/health.py publish "
-                          "json.loads")
 def test_a_publish_body_nested_60k_deep_answers_400_not_500() -> None:
     _publish(b'{"topic": "t", "data": ' + b"[" * 60_000 + b"}")  # under the 64 KiB cap
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2 (typed values): monitor data from "
-                   "/publish is not checked with values.plain; the packet cannot travel")
 @pytest.mark.parametrize("value", [b"NaN", b"1e999", b'"\\ud800"', str(2**64).encode()])
 def test_publish_data_that_cannot_travel_is_refused_with_400(value: bytes) -> None:
     status, published = _publish(b'{"topic": "t", "data": {"v": ' + value + b"}}")
     assert status == 400 and published == []
+
+
+@pytest.mark.parametrize("state", [{"x": 1}, ["attached"], b"attached", 3])
+def test_a_runtime_state_that_is_not_text_is_a_bad_frame_not_a_type_error(state: object
+                                                                          ) -> None:
+    """Found by fuzz_bodies (crashes/bodies/hello-runtime-state-map): a map as the hello's
+    runtime state raised TypeError (unhashable) out of the parser."""
+    from tether.protocol.errors import BadFrame
+    from tether.protocol.frames import Frame, parse_body
+    from tether.protocol.local import LocalDetach
+
+    with pytest.raises(BadFrame):
+        parse_body(Frame(t="edge.hello", b={"node_id": "n1", "protocol": 1, "sig": b"x" * 64,
+                                            "epoch": 1, "acks": {}, "runtime": {"state": state}}))
+    with pytest.raises(BadFrame):
+        LocalDetach.from_body({"state": state})

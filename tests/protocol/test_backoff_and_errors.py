@@ -209,3 +209,13 @@ def test_class_a_frames_travel_on_the_stream_of_their_direction() -> None:
     assert {FRAME_STREAM[t] for t in ("cmd.status", "bundle.status", "node.event")} == {"evt"}
     class_a = {t for t, c in FRAME_CLASS.items() if c is DeliveryClass.A}
     assert class_a == set(FRAME_STREAM)
+
+
+def test_a_close_reason_is_cut_to_123_utf8_bytes_never_inside_a_character() -> None:
+    from tether.protocol.errors import close_reason
+
+    assert close_reason("short") == "short"
+    cut = close_reason("é" * 100)
+    assert len(cut.encode()) <= 123 and cut == "é" * 61
+    assert len(close_reason("x" * 500).encode()) == 123
+    assert close_reason("\ud800 lone").encode()  # encodable, whatever the input
