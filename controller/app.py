@@ -42,7 +42,9 @@ class Controller:
         self.config = config
         self.db = Database(config.db_path, migrations=MIGRATIONS,
                            durability=config.durability)
-        self.store = ControllerStore(self.db, quotas=config.store_quotas)
+        self.store = ControllerStore(
+            self.db, quotas=config.store_quotas,
+            max_dead_letters_per_node=config.max_dead_letters_per_node)
         self.registry = SessionRegistry()
         self.hub = EventHub()
         self.monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
