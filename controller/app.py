@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
@@ -31,6 +31,9 @@ from .services.registry import SessionRegistry
 from .store.controller_store import ControllerStore
 from .store.schema import MIGRATIONS
 from .views import iso, loads, log_item
+
+if TYPE_CHECKING:
+    from tether.common.http_deadlines import DeadlineH11Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class Controller:
                                        pressure_at=config.hello_pressure_at,
                                        max_per_address=config.max_prehello_per_address,
                                        max_waiting=config.max_prehello))
+        # the HTTP protocol class serving this controller (server.py), for its counters
+        self.http_protocol: type[DeadlineH11Protocol] | None = None
         self.stopping = False  # set first thing on shutdown: new edge sessions get 1001
         self.loop_lag_ms = 0.0
         self.loop_lag_max_ms = 0.0
