@@ -35,6 +35,7 @@ from ..views import command_view, iso, log_item, node_event_view
 
 if TYPE_CHECKING:
     from ..app import Controller
+    from ..store.controller_store import LogPage
 
 MAX_BODY_BYTES = 1 << 20
 MAX_TTL_S = 365 * 86400
@@ -241,16 +242,36 @@ async def node_dead_letters(request: Request) -> Response:
 
 
 async def node_logs(request: Request) -> Response:
-    """GET /api/v1/nodes/{id}/logs[?source=APP&after=ID]: app and runtime output."""
+    """GET /api/v1/nodes/{id}/logs[?source=APP&after=ID&limit=N&max_bytes=B]: a page of
+    app and runtime output (:func:`_log_page`)."""
     await _operator(request)
     row = await _node_row(request)
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
+    limit, max_bytes = _log_page_bounds(request)
     rows = await _ctl(request).store.node_logs(row["node_id"],
                                                source=request.query_params.get("source"),
-                                               after=after)
+                                               after=after, limit=limit, max_bytes=max_bytes)
+    return _log_page(rows, after)
+
+
+LOG_PAGE_ITEMS = 1000  # chunks in a log page by default (?limit=, at most 10,000)
+LOG_PAGE_BYTES = 1 << 20  # chunk bytes in a log page by default (?max_bytes=, at most 16 MiB)
+
+
+def _log_page_bounds(request: Request) -> tuple[int, int]:
+    """A log page's ``limit`` (chunks) and ``max_bytes`` (their data) from the query."""
+    return (_query_int(request, "limit", LOG_PAGE_ITEMS, lo=1, hi=10_000),
+            _query_int(request, "max_bytes", LOG_PAGE_BYTES, lo=1, hi=16 << 20))
+
+
+def _log_page(rows: LogPage, after: int) -> Response:
+    """A page of log chunks (docs/protocol.md §6): ``items`` in id order, at most the page's
+    count and bytes (though always one chunk, however large); ``next_after`` to ask for the
+    next page; ``more`` true when more chunks were stored after this page when it was read,
+    false when the reader has caught up (a live command may still add more later)."""
     items = [log_item(r) for r in rows]
-    return JSONResponse({"items": items,
-                         "next_after": items[-1]["id"] if items else after})
+    return JSONResponse({"items": items, "next_after": items[-1]["id"] if items else after,
+                         "more": rows.more})
 
 
 async def node_monitor(request: Request) -> Response:
@@ -344,16 +365,17 @@ async def control_command(request: Request) -> Response:
 
 
 async def command_logs(request: Request) -> Response:
+    """GET /api/v1/commands/{id}/logs[?after=ID&limit=N&max_bytes=B]: a page of output
+    (:func:`_log_page`)."""
     await _operator(request)
     command_id = request.path_params["command_id"]
     ctl = _ctl(request)
     await ctl.store.get_command(command_id)  # 404 for unknown commands
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
-    limit = _query_int(request, "limit", 1000, lo=1, hi=10_000)
-    rows = await ctl.store.command_logs(command_id, after=after, limit=limit)
-    items = [log_item(r) for r in rows]
-    return JSONResponse({"items": items, "next_after": items[-1]["id"] if items
-                         else after})
+    limit, max_bytes = _log_page_bounds(request)
+    rows = await ctl.store.command_logs(command_id, after=after, limit=limit,
+                                        max_bytes=max_bytes)
+    return _log_page(rows, after)
 
 
 async def diag(request: Request) -> Response:
