@@ -36,3 +36,12 @@ def test_the_dead_letter_cap_defaults_to_a_thousand_per_node(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = served_config(monkeypatch, ["--data-dir", str(tmp_path)])
     assert Controller(config).store.max_dead_letters_per_node == 1000
+
+
+def test_the_pending_evt_byte_bound_flag_reaches_the_config(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    config = served_config(monkeypatch, ["--data-dir", str(tmp_path),
+                                         "--max-pending-evt-bytes", "123456"])
+    assert config.max_pending_evt_bytes == 123456
+    default = served_config(monkeypatch, ["--data-dir", str(tmp_path)])
+    assert default.max_pending_evt_bytes == ControllerConfig().max_pending_evt_bytes == 8 << 20
