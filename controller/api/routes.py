@@ -410,6 +410,8 @@ async def diag(request: Request) -> Response:
                "unencodable_total": ctl.hub.unencodable_total},
         "event_loop": {"lag_ms": ctl.loop_lag_ms, "lag_max_ms": ctl.loop_lag_max_ms},
         "edge": {"dead_letters_total": dead_letters_total,
+                 "pending_evt_bytes": sum(c.pending_evt_bytes for c in ctl.connections),
+                 "pending_log_bytes": sum(c.pending_log_bytes for c in ctl.connections),
                  "prehello_waiting": gate.waiting,
                  "prehello_expired_total": gate.expired_total,
                  "prehello_evicted_total": gate.evicted_total},
@@ -477,6 +479,10 @@ async def metrics(request: Request) -> Response:
         f"tether_prehello_expired_total {gate.expired_total}",
         "# TYPE tether_prehello_evicted_total counter",
         f"tether_prehello_evicted_total {gate.evicted_total}",
+        "# TYPE tether_edge_pending_evt_bytes gauge",  # awaiting the store, all sessions
+        f"tether_edge_pending_evt_bytes {sum(c.pending_evt_bytes for c in ctl.connections)}",
+        "# TYPE tether_edge_pending_log_bytes gauge",
+        f"tether_edge_pending_log_bytes {sum(c.pending_log_bytes for c in ctl.connections)}",
         "# TYPE tether_handshakes_refused_total counter",
         f"tether_handshakes_refused_total {ctl.admission.refused_total}",
     ]

@@ -77,7 +77,8 @@ NAMES = ["tether_monitor_bytes", "tether_monitor_dropped_packets_total",
          "tether_prehello_expired_total", "tether_prehello_evicted_total",
          "tether_http_header_timeouts_total", "tether_http_body_timeouts_total",
          "tether_http_pending_headers_evicted_total", "tether_dead_letters_total",
-         "tether_ws_events_unencodable_total", "tether_handshakes_refused_total"]
+         "tether_ws_events_unencodable_total", "tether_handshakes_refused_total",
+         "tether_edge_pending_evt_bytes", "tether_edge_pending_log_bytes"]
 
 
 async def test_every_counter_is_shown_at_zero_before_anything_happens(
@@ -90,6 +91,7 @@ async def test_every_counter_is_shown_at_zero_before_anything_happens(
     assert body["edge"]["prehello_evicted_total"] == 0
     assert body["http"]["header_timeouts_total"] == 0
     assert body["ws"]["unencodable_total"] == 0
+    assert body["edge"]["pending_evt_bytes"] == 0
 
 
 async def test_monitor_drops_refused_events_and_dead_letters_are_counted(
