@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="monitor packets kept in memory per node; oldest dropped")
     serve.add_argument("--max-monitor-bytes-total", type=int, default=256 << 20,
                        help="monitor packets kept in memory for all nodes; oldest dropped")
+    serve.add_argument("--max-pending-evt-bytes", type=int, default=8 << 20,
+                       help="bytes of class A frames a session holds for the store; past it "
+                            "the controller stops reading that node until they are stored")
+    serve.add_argument("--max-dead-letters-per-node", type=int, default=1000,
+                       help="poison frames kept per node with their reason; past it the "
+                            "oldest are deleted (all are counted)")
     serve.add_argument("--min-hello-timeout-s", type=float, default=3.0,
                        help="under pressure the hello deadline tightens, never below this")
     serve.add_argument("--hello-pressure-at", type=int, default=2048,
@@ -315,6 +321,8 @@ def dispatch(args: argparse.Namespace) -> int:
             max_node_event_bytes=args.max_node_event_bytes,
             max_monitor_bytes_per_node=args.max_monitor_bytes_per_node,
             max_monitor_bytes_total=args.max_monitor_bytes_total,
+            max_dead_letters_per_node=args.max_dead_letters_per_node,
+            max_pending_evt_bytes=args.max_pending_evt_bytes,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes))
     if noun == "join-token":

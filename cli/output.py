@@ -100,8 +100,18 @@ class OutputWriter:
                            params={"after": self.last_id})
             before = self.last_id
             self.emit(page["items"])
-            if len(page["items"]) < PAGE or self.last_id == before:
+            if not page_has_more(page) or self.last_id == before:
                 return cmd
+
+
+def page_has_more(page: dict[str, Any]) -> bool:
+    """Whether a log page says more chunks follow it. Pages are bounded in bytes as well as
+    in count, so a short page is not the last one: ``more`` says. A controller that does
+    not send ``more`` pages by count alone (a full page means ask again)."""
+    more = page.get("more")
+    if isinstance(more, bool):
+        return more
+    return len(page["items"]) >= PAGE
 
 
 def dropped_line(n: int, command_id: str) -> str:

@@ -53,6 +53,11 @@ class DeadlineH11Protocol(H11Protocol):
     # Rule 4: this server's connections waiting for a header, oldest first (one dict per
     # class that deadline_protocol() makes, so per server)
     _awaiting_header: ClassVar[dict[DeadlineH11Protocol, float]] = {}  # -> since (loop time)
+    # this server's counters (per class, like _awaiting_header): 408s for a late header or
+    # body, and connections pushed out by Rule 4 (counted in the header ones too)
+    header_timeouts_total: ClassVar[int] = 0
+    body_timeouts_total: ClassVar[int] = 0
+    pending_headers_evicted_total: ClassVar[int] = 0
 
     _phase: str | None = None  # "header", "body" or None: what the deadline is for
     _deadline: asyncio.TimerHandle | None = None
@@ -121,6 +126,7 @@ class DeadlineH11Protocol(H11Protocol):
                 if now - since < MIN_WAIT_S:
                     break
                 waiting.pop(oldest)
+                type(self).pending_headers_evicted_total += 1
                 oldest._expired()
             waiting[self] = now
         if phase is not None:
@@ -136,6 +142,10 @@ class DeadlineH11Protocol(H11Protocol):
         self._phase = None
         if self._upgraded or self.transport.is_closing():
             return
+        if phase == "header":
+            type(self).header_timeouts_total += 1
+        else:
+            type(self).body_timeouts_total += 1
         # a header that is late belongs to a request nobody has answered yet
         if phase == "header" or self.cycle is None or not self.cycle.response_started:
             timeout_s = self.header_timeout_s if phase == "header" else self.body_timeout_s
@@ -156,4 +166,5 @@ def deadline_protocol(*, header_timeout_s: float = HEADER_TIMEOUT_S,
     return type("DeadlineH11Protocol", (DeadlineH11Protocol,),
                 {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s,
                  "max_pending_headers": max(1, max_pending_headers),
-                 "_awaiting_header": {}})
+                 "_awaiting_header": {}, "header_timeouts_total": 0,
+                 "body_timeouts_total": 0, "pending_headers_evicted_total": 0})

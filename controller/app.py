@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
@@ -32,6 +32,9 @@ from .store.controller_store import ControllerStore
 from .store.schema import MIGRATIONS
 from .views import iso, loads, log_item
 
+if TYPE_CHECKING:
+    from tether.common.http_deadlines import DeadlineH11Protocol
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,7 +45,9 @@ class Controller:
         self.config = config
         self.db = Database(config.db_path, migrations=MIGRATIONS,
                            durability=config.durability)
-        self.store = ControllerStore(self.db, quotas=config.store_quotas)
+        self.store = ControllerStore(
+            self.db, quotas=config.store_quotas,
+            max_dead_letters_per_node=config.max_dead_letters_per_node)
         self.registry = SessionRegistry()
         self.hub = EventHub()
         self.monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
@@ -57,6 +62,8 @@ class Controller:
                                        pressure_at=config.hello_pressure_at,
                                        max_per_address=config.max_prehello_per_address,
                                        max_waiting=config.max_prehello))
+        # the HTTP protocol class serving this controller (server.py), for its counters
+        self.http_protocol: type[DeadlineH11Protocol] | None = None
         self.stopping = False  # set first thing on shutdown: new edge sessions get 1001
         self.loop_lag_ms = 0.0
         self.loop_lag_max_ms = 0.0

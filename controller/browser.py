@@ -39,7 +39,7 @@ from tether.protocol.errors import (
 )
 from tether.protocol.frames import Frame, valid_node_id
 
-from .services.events import Subscriber, data_size
+from .services.events import EventHub, Subscriber, data_size
 from .views import command_view, log_item
 
 if TYPE_CHECKING:
@@ -76,11 +76,6 @@ def topic_error(topic: object) -> str | None:
     if sep and kind in COMMAND_TOPICS and COMMAND_ID_RE.fullmatch(key):
         return None
     return f"topic {topic[:80]!r} is not known"
-# Events that could not be encoded as a /ws frame (a value JSON cannot hold, or over the
-# frame limit): skipped, the subscriber kept; shown as tether_ws_events_unencodable_total.
-unencodable_total = 0
-
-
 class _Close(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
@@ -114,7 +109,7 @@ async def browser_endpoint(ws: WebSocket) -> None:
         role = await _hello(ws, controller)
         await _send(ws, Frame(t="welcome", b={"role": role}))
         async with asyncio.TaskGroup() as tg:
-            pusher = tg.create_task(_push(ws, sub, sending), name="ws-push")
+            pusher = tg.create_task(_push(ws, controller.hub, sub, sending), name="ws-push")
             try:
                 await _read(ws, controller, sub, sending)
             finally:
@@ -205,7 +200,8 @@ async def _read(ws: WebSocket, controller: Controller, sub: Subscriber,
                 "code": "unknown_type", "message": f"frame type {frame.t!r} is not handled"}))
 
 
-async def _push(ws: WebSocket, sub: Subscriber, sending: asyncio.Lock) -> None:
+async def _push(ws: WebSocket, hub: EventHub, sub: Subscriber, sending: asyncio.Lock
+                ) -> None:
     while True:
         event = await sub.get()
         if event is None:
@@ -217,8 +213,7 @@ async def _push(ws: WebSocket, sub: Subscriber, sending: asyncio.Lock) -> None:
                                                     "data": event.data,
                                                     "at_ms": round(event.at_ms, 3)}))
             except LocalProtocolError as exc:  # one bad event must not cost the subscriber
-                global unencodable_total
-                unencodable_total += 1
+                hub.unencodable_total += 1
                 logger.warning("event skipped: it cannot be sent on /ws", extra={
                     "topic": event.topic, "kind": event.kind, "detail": exc.message[:200]})
 

@@ -43,7 +43,9 @@ class ControllerConfig:
     max_node_event_bytes: int = 64 << 10  # one node.event over this is refused
     max_monitor_bytes_per_node: int = 4 << 20  # monitor packets in memory: oldest dropped
     max_monitor_bytes_total: int = 256 << 20  # and for all nodes together
+    max_dead_letters_per_node: int = 1000  # poison frames kept with their reason: oldest go
     max_pending_evt_frames: int = 4096  # per session, then reading pauses
+    max_pending_evt_bytes: int = 8 << 20  # and their bytes on the wire: then reading pauses
     cmd_window: int = 256  # unacked downlink frames in flight per session
     tls_cert: Path | None = None
     tls_key: Path | None = None

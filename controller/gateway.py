@@ -129,13 +129,14 @@ class EdgeConnection:
     costs about 2 KiB each."""
 
     __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_hello",
-                 "_idle_deadline", "_note_task",
+                 "_idle_deadline", "_msg_bytes", "_note_task",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
                  "closing",
                  "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "ctl", "evt",
                  "fenced",
                  "goodbye", "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
-                 "opened_mono", "outbox", "pending_evt", "pending_log_bytes", "pending_logs",
+                 "opened_mono", "outbox", "pending_evt", "pending_evt_bytes", "pending_log_bytes",
+                 "pending_logs",
                  "remote", "resources",
                  "resumed", "runtime", "session_id", "sidecar", "state", "touched_frame_mono",
                  "touched_state", "transport", "ws")
@@ -166,6 +167,10 @@ class EdgeConnection:
         self.evt = StreamReceiver()
         # parsed once, on arrival; a body that broke the value rules is Poisoned
         self.pending_evt: list[tuple[Frame, Body | Poisoned]] = []
+        # Their bytes as they arrived on the wire (a batch's bytes spread over its frames):
+        # the read loop parks past max_pending_evt_frames or max_pending_evt_bytes.
+        self.pending_evt_bytes = 0
+        self._msg_bytes = 0  # the size of the WebSocket message being handled, per frame
         # downlink (cmd) send side: the outbox lives in the store
         self.cmd_epoch = 0
         self.cmd_acked = 0
@@ -386,6 +391,7 @@ class EdgeConnection:
         data = msg.get("bytes")
         if data is None:
             raise _Close(4400, f"text frames are not allowed on {MSGPACK_SUBPROTOCOL}")
+        self._msg_bytes = len(data)
         try:
             frame = decode_msgpack(data, max_frame_bytes=self.max_frame)
         except FrameTooLarge as exc:
@@ -492,6 +498,8 @@ class EdgeConnection:
                             frames = unbatch(frame, max_frames=MAX_BATCH_FRAMES)
                         except BadFrame as exc:
                             raise _Close(4400, exc.message) from None
+                        # each frame is charged its share of the message (no re-encoding)
+                        self._msg_bytes = self._msg_bytes // max(1, len(frames)) + 1
                         for each in frames:
                             if self.fenced:
                                 return
@@ -634,8 +642,11 @@ class EdgeConnection:
             except BadFrame as exc:
                 body = Poisoned(reason=exc.message, excerpt=excerpt(frame.b))
             self.pending_evt.append((frame, body))
+            self.pending_evt_bytes += self._msg_bytes
             self._wake_apply()
-            if len(self.pending_evt) >= self.ctl.config.max_pending_evt_frames:
+            cfg = self.ctl.config
+            if len(self.pending_evt) >= cfg.max_pending_evt_frames or \
+                    self.pending_evt_bytes >= cfg.max_pending_evt_bytes:
                 self._room = asyncio.get_running_loop().create_future()
                 try:
                     await self._room  # backpressure: stop reading until a batch is taken
@@ -696,7 +707,7 @@ class EdgeConnection:
         # behind, and a chunk that arrives while these are stored arrived after this batch.
         chunks, self.pending_logs = self.pending_logs, []
         batch, self.pending_evt = self.pending_evt, []
-        self.pending_log_bytes = 0
+        self.pending_log_bytes = self.pending_evt_bytes = 0
         self._release_reader()
         try:
             if chunks:

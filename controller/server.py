@@ -71,15 +71,18 @@ def build_server(config: ControllerConfig) -> _Server:
     if config.tls_cert:
         kwargs = {"ssl_certfile": str(config.tls_cert), "ssl_keyfile": str(config.tls_key)}
     app = create_app(config)
+    # h11 with a deadline for each request's header and body (uvicorn has none); the
+    # controller reads the class's counters for diag and the metrics
+    http = deadline_protocol(header_timeout_s=config.header_timeout_s,
+                             body_timeout_s=config.body_timeout_s,
+                             max_pending_headers=config.max_pending_headers)
+    app.state.controller.http_protocol = http
     uv_config = uvicorn.Config(
         edge_fast_path(app),
         host=config.host,
         port=config.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        # h11 with a deadline for each request's header and body (uvicorn has none)
-        http=deadline_protocol(header_timeout_s=config.header_timeout_s,
-                               body_timeout_s=config.body_timeout_s,
-                               max_pending_headers=config.max_pending_headers),
+        http=http,
         ws=LeanWebSocketProtocol,  # uvicorn's websockets-sansio, see wsproto.py
         ws_max_size=config.max_frame_bytes,
         ws_per_message_deflate=False,  # node sessions stay small

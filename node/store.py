@@ -22,6 +22,8 @@ import msgpack
 
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import EVT_STREAM
+from tether.protocol.errors import BadFrame, TetherError
+from tether.protocol.fields import MAX_ID_LEN, MAX_KIND_LEN, bounded_text
 from tether.protocol.frames import (
     CONTROL_KINDS,
     TERMINAL_STATES,
@@ -47,6 +49,8 @@ MIGRATIONS = [
         message TEXT NOT NULL)
     """,
 ]
+
+MAX_REJECT_ERROR_CHARS = 1024  # the error of a bad cmd.deliver's rejected status
 
 APP_KINDS = frozenset({"app.start", "app.stop", "app.restart", "app.status"})
 KNOWN_KINDS = frozenset({"exec", "diag.ping", *CONTROL_KINDS, *APP_KINDS})
@@ -246,6 +250,7 @@ class NodeStore:
                     cmd = CmdDeliver.parse(frame)
                 except Exception as exc:
                     self._incident(conn, "protocol", f"malformed cmd.deliver q={frame.q}: {exc}")
+                    self._reject_malformed(conn, frame, exc, received_ms)
                     continue
                 if conn.execute("SELECT 1 FROM commands WHERE command_id=?",
                                 (cmd.command_id,)).fetchone():
@@ -280,6 +285,32 @@ class NodeStore:
             return Applied(to_run, to_control,
                            self._read_evt_last(conn) if last is None else last)
         return await self.db.write(fn)
+
+    def _reject_malformed(self, conn: sqlite3.Connection, frame: Frame, exc: Exception,
+                          received_ms: int) -> None:
+        """A ``cmd.deliver`` whose body breaks the rules is skipped (its cursor moves), but
+        when its ``command_id`` reads as an id its command must still end: it is recorded
+        ``rejected`` with ``bad cmd.deliver: <reason>`` and that status is queued (class
+        A, on ``evt``), once per command id. Nothing of the body is run or kept."""
+        body = frame.b if isinstance(frame.b, Mapping) else {}
+        try:
+            command_id = bounded_text(body.get("command_id"), "command_id",
+                                      max_len=MAX_ID_LEN, min_len=1)
+        except BadFrame:
+            return  # nothing to report it against: the incident is all there is
+        if conn.execute("SELECT 1 FROM commands WHERE command_id=?",
+                        (command_id,)).fetchone():
+            return  # applied, or rejected, already (a resend under a new epoch)
+        try:
+            kind = bounded_text(body.get("kind"), "kind", max_len=MAX_KIND_LEN, min_len=1)
+        except BadFrame:
+            kind = "?"
+        reason = exc.message if isinstance(exc, TetherError) else str(exc)
+        error = f"bad cmd.deliver: {reason}"[:MAX_REJECT_ERROR_CHARS]
+        conn.execute("INSERT INTO commands (command_id, q, kind, args, state, received_ms, "
+                     "error) VALUES (?,?,?,'{}','rejected',?,?)",
+                     (command_id, frame.q, kind, received_ms, error))
+        self._finish(conn, command_id, "rejected", error=error)
 
     # -- command lifecycle ------------------------------------------------------------------
 

@@ -31,11 +31,11 @@ from tether.protocol.frames import COMMAND_STATES, valid_node_id
 from tether.protocol.keys import check_ed25519_public_key
 from tether.protocol.values import INT64_MAX
 
-from .. import browser
 from ..views import command_view, iso, log_item, node_event_view
 
 if TYPE_CHECKING:
     from ..app import Controller
+    from ..store.controller_store import LogPage
 
 MAX_BODY_BYTES = 1 << 20
 MAX_TTL_S = 365 * 86400
@@ -242,16 +242,36 @@ async def node_dead_letters(request: Request) -> Response:
 
 
 async def node_logs(request: Request) -> Response:
-    """GET /api/v1/nodes/{id}/logs[?source=APP&after=ID]: app and runtime output."""
+    """GET /api/v1/nodes/{id}/logs[?source=APP&after=ID&limit=N&max_bytes=B]: a page of
+    app and runtime output (:func:`_log_page`)."""
     await _operator(request)
     row = await _node_row(request)
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
+    limit, max_bytes = _log_page_bounds(request)
     rows = await _ctl(request).store.node_logs(row["node_id"],
                                                source=request.query_params.get("source"),
-                                               after=after)
+                                               after=after, limit=limit, max_bytes=max_bytes)
+    return _log_page(rows, after)
+
+
+LOG_PAGE_ITEMS = 1000  # chunks in a log page by default (?limit=, at most 10,000)
+LOG_PAGE_BYTES = 1 << 20  # chunk bytes in a log page by default (?max_bytes=, at most 16 MiB)
+
+
+def _log_page_bounds(request: Request) -> tuple[int, int]:
+    """A log page's ``limit`` (chunks) and ``max_bytes`` (their data) from the query."""
+    return (_query_int(request, "limit", LOG_PAGE_ITEMS, lo=1, hi=10_000),
+            _query_int(request, "max_bytes", LOG_PAGE_BYTES, lo=1, hi=16 << 20))
+
+
+def _log_page(rows: LogPage, after: int) -> Response:
+    """A page of log chunks (docs/protocol.md §6): ``items`` in id order, at most the page's
+    count and bytes (though always one chunk, however large); ``next_after`` to ask for the
+    next page; ``more`` true when more chunks were stored after this page when it was read,
+    false when the reader has caught up (a live command may still add more later)."""
     items = [log_item(r) for r in rows]
-    return JSONResponse({"items": items,
-                         "next_after": items[-1]["id"] if items else after})
+    return JSONResponse({"items": items, "next_after": items[-1]["id"] if items else after,
+                         "more": rows.more})
 
 
 async def node_monitor(request: Request) -> Response:
@@ -345,16 +365,17 @@ async def control_command(request: Request) -> Response:
 
 
 async def command_logs(request: Request) -> Response:
+    """GET /api/v1/commands/{id}/logs[?after=ID&limit=N&max_bytes=B]: a page of output
+    (:func:`_log_page`)."""
     await _operator(request)
     command_id = request.path_params["command_id"]
     ctl = _ctl(request)
     await ctl.store.get_command(command_id)  # 404 for unknown commands
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
-    limit = _query_int(request, "limit", 1000, lo=1, hi=10_000)
-    rows = await ctl.store.command_logs(command_id, after=after, limit=limit)
-    items = [log_item(r) for r in rows]
-    return JSONResponse({"items": items, "next_after": items[-1]["id"] if items
-                         else after})
+    limit, max_bytes = _log_page_bounds(request)
+    rows = await ctl.store.command_logs(command_id, after=after, limit=limit,
+                                        max_bytes=max_bytes)
+    return _log_page(rows, after)
 
 
 async def diag(request: Request) -> Response:
@@ -372,6 +393,7 @@ async def diag(request: Request) -> Response:
     await ctl.db.write(lambda conn: None)  # one group commit, fsync included
     write_ms = (time.perf_counter() - start) * 1000
     dead_letters_total = await ctl.store.dead_letters_total()
+    gate, mon = ctl.admission.hello, ctl.monitor
     return JSONResponse({
         "controller_id": ctl.controller_id, "version": __version__,
         "uptime_s": round(time.time() - ctl.started_at, 1),
@@ -384,16 +406,53 @@ async def diag(request: Request) -> Response:
                   "writes_total": ctl.db.writes_total,
                   "durability": ctl.config.durability},
         "ws": {"subscribers": ctl.hub.subscribers, "cut_off_total": ctl.hub.cut_off_total,
-               "events_published_total": ctl.hub.published_total},
+               "events_published_total": ctl.hub.published_total,
+               "unencodable_total": ctl.hub.unencodable_total},
         "event_loop": {"lag_ms": ctl.loop_lag_ms, "lag_max_ms": ctl.loop_lag_max_ms},
-        "edge": {"dead_letters_total": dead_letters_total},
+        "edge": {"dead_letters_total": dead_letters_total,
+                 "pending_evt_bytes": sum(c.pending_evt_bytes for c in ctl.connections),
+                 "pending_log_bytes": sum(c.pending_log_bytes for c in ctl.connections),
+                 "prehello_waiting": gate.waiting,
+                 "prehello_expired_total": gate.expired_total,
+                 "prehello_evicted_total": gate.evicted_total},
+        "http": _http_counters(ctl),
+        "monitor": {"bytes": mon.bytes_total, "max_bytes_total": mon.max_bytes_total,
+                    "dropped_packets_total": mon.dropped_packets_total,
+                    "dropped_bytes_total": mon.dropped_bytes_total,
+                    "dropped_topics_total": mon.dropped_topics_total},
+        # per budget ('events', 'logs', 'node_logs'), summed over nodes: what is kept
+        # (items, bytes) and what was pruned or refused since the node enrolled
+        "quotas": await ctl.store.node_usage(),
     })
+
+
+def _http_counters(ctl: Controller) -> dict[str, int]:
+    """The deadline counters of the HTTP protocol serving ``ctl`` (zeros when it is served
+    some other way, as in tests that mount the app directly)."""
+    http = ctl.http_protocol
+    if http is None:
+        return {"header_timeouts_total": 0, "body_timeouts_total": 0,
+                "pending_headers_evicted_total": 0}
+    return {"header_timeouts_total": http.header_timeouts_total,
+            "body_timeouts_total": http.body_timeouts_total,
+            "pending_headers_evicted_total": http.pending_headers_evicted_total}
+
+
+_USAGE_METRICS = (  # (metric, node_usage key, Prometheus type)
+    ("tether_store_kept_items", "items", "gauge"),
+    ("tether_store_kept_bytes", "bytes", "gauge"),
+    ("tether_store_pruned_items_total", "pruned_items", "counter"),
+    ("tether_store_pruned_bytes_total", "pruned_bytes", "counter"),
+    ("tether_store_refused_items_total", "refused_items", "counter"),
+    ("tether_store_refused_bytes_total", "refused_bytes", "counter"),
+)
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the controller's counters and gauges."""
     ctl = _ctl(request)
     dead_letters_total = await ctl.store.dead_letters_total()
+    gate, mon = ctl.admission.hello, ctl.monitor
     lines = [
         "# TYPE tether_edge_sessions gauge", f"tether_edge_sessions {len(ctl.registry)}",
         "# TYPE tether_ws_subscribers gauge", f"tether_ws_subscribers {ctl.hub.subscribers}",
@@ -407,8 +466,34 @@ async def metrics(request: Request) -> Response:
         "# TYPE tether_dead_letters_total counter",
         f"tether_dead_letters_total {dead_letters_total}",
         "# TYPE tether_ws_events_unencodable_total counter",
-        f"tether_ws_events_unencodable_total {browser.unencodable_total}",
+        f"tether_ws_events_unencodable_total {ctl.hub.unencodable_total}",
+        "# TYPE tether_ws_cut_off_total counter",
+        f"tether_ws_cut_off_total {ctl.hub.cut_off_total}",
+        "# TYPE tether_monitor_bytes gauge", f"tether_monitor_bytes {mon.bytes_total}",
+        "# TYPE tether_monitor_dropped_packets_total counter",
+        f"tether_monitor_dropped_packets_total {mon.dropped_packets_total}",
+        "# TYPE tether_monitor_dropped_bytes_total counter",
+        f"tether_monitor_dropped_bytes_total {mon.dropped_bytes_total}",
+        "# TYPE tether_prehello_waiting gauge", f"tether_prehello_waiting {gate.waiting}",
+        "# TYPE tether_prehello_expired_total counter",
+        f"tether_prehello_expired_total {gate.expired_total}",
+        "# TYPE tether_prehello_evicted_total counter",
+        f"tether_prehello_evicted_total {gate.evicted_total}",
+        "# TYPE tether_edge_pending_evt_bytes gauge",  # awaiting the store, all sessions
+        f"tether_edge_pending_evt_bytes {sum(c.pending_evt_bytes for c in ctl.connections)}",
+        "# TYPE tether_edge_pending_log_bytes gauge",
+        f"tether_edge_pending_log_bytes {sum(c.pending_log_bytes for c in ctl.connections)}",
+        "# TYPE tether_handshakes_refused_total counter",
+        f"tether_handshakes_refused_total {ctl.admission.refused_total}",
     ]
+    for name, value in _http_counters(ctl).items():
+        lines += [f"# TYPE tether_http_{name} counter", f"tether_http_{name} {value}"]
+    # the store's budgets per ``what`` ('events', 'logs', 'node_logs'), summed over nodes
+    usage = await ctl.store.node_usage()
+    for metric, key, kind in _USAGE_METRICS:
+        lines.append(f"# TYPE {metric} {kind}")
+        lines += [f'{metric}{{what="{what}"}} {row[key] or 0}'
+                  for what, row in sorted(usage.items())]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 

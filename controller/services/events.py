@@ -79,6 +79,9 @@ class EventHub:
         self._by_topic: dict[str, set[Subscriber]] = defaultdict(set)
         self.published_total = 0
         self.cut_off_total = 0
+        # events a /ws endpoint could not encode as a frame (a value JSON cannot hold, or
+        # over the frame limit): skipped, the subscriber kept (browser.py ``_push``)
+        self.unencodable_total = 0
 
     def subscribe(self, sub: Subscriber, topics: list[str]) -> None:
         for topic in topics:

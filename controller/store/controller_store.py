@@ -122,17 +122,29 @@ def _timeline(conn: sqlite3.Connection, command_id: str, state: str, at: float,
                  (command_id, state, at, detail))
 
 
-def _page(cur: sqlite3.Cursor, max_bytes: int | None) -> list[dict[str, Any]]:
-    """Rows of a cursor until their ``data`` reaches ``max_bytes`` (rows are read one by
-    one, so a page of large chunks never loads more than it returns)."""
-    out: list[dict[str, Any]] = []
+class LogPage(list[dict[str, Any]]):
+    """A page of log rows; ``more`` is True when a further row was stored after it when
+    it was read (the page was cut by its count or its bytes)."""
+
+    more: bool = False
+
+
+def _page(cur: sqlite3.Cursor, limit: int, max_bytes: int | None) -> LogPage:
+    """At most ``limit`` rows of a cursor that selects up to ``limit + 1``, and, when
+    ``max_bytes`` is given, no more ``data`` bytes than that, except that a page always
+    holds its first row, however large. Rows are read one by one, so a page of large chunks
+    never loads more than it returns plus the one row that tells there is more."""
+    out = LogPage()
     total = 0
     try:
         for row in cur:
-            out.append(dict(row))
-            total += len(row["data"])
-            if max_bytes is not None and total >= max_bytes:
+            size = len(row["data"])
+            if len(out) >= limit or (out and max_bytes is not None
+                                     and total + size > max_bytes):
+                out.more = True
                 break
+            out.append(dict(row))
+            total += size
     finally:
         cur.close()  # an unfinished statement would hold the reader's snapshot open
     return out
@@ -974,29 +986,28 @@ class ControllerStore:
         return await self.db.write(fn)
 
     async def node_logs(self, node_id: str, *, source: str | None, after: int = 0,
-                        limit: int = 1000, max_bytes: int | None = None
-                        ) -> list[dict[str, Any]]:
+                        limit: int = 1000, max_bytes: int | None = None) -> LogPage:
         """Node-level log chunks (apps, runtime): those not tied to a command, after chunk
-        id ``after``, at most ``limit`` of them and (when given) about ``max_bytes`` of
-        data: the page stops after the chunk that reaches it (so it holds at least one)."""
-        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        id ``after``, at most ``limit`` of them and (when given) at most ``max_bytes`` of
+        data, though always the first chunk; ``.more`` says whether more follow."""
+        def fn(conn: sqlite3.Connection) -> LogPage:
             sql = ("SELECT id, source, seq, data, dropped FROM logs WHERE node_id=? AND "
                    "command_id IS NULL AND id>?")
             params: list[Any] = [node_id, after]
             if source is not None:
                 sql += " AND source=?"
                 params.append(source)
-            return _page(conn.execute(sql + " ORDER BY id LIMIT ?", [*params, limit]),
-                         max_bytes)
+            return _page(conn.execute(sql + " ORDER BY id LIMIT ?", [*params, limit + 1]),
+                         limit, max_bytes)
         return await self.db.read(fn)
 
     async def command_logs(self, command_id: str, *, after: int = 0, limit: int = 1000,
-                           max_bytes: int | None = None) -> list[dict[str, Any]]:
+                           max_bytes: int | None = None) -> LogPage:
         """A command's log chunks after chunk id ``after``, bounded as :meth:`node_logs`."""
-        def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        def fn(conn: sqlite3.Connection) -> LogPage:
             return _page(conn.execute(
                 "SELECT id, source, seq, data, dropped FROM logs WHERE command_id=? AND id>? "
-                "ORDER BY id LIMIT ?", (command_id, after, limit)), max_bytes)
+                "ORDER BY id LIMIT ?", (command_id, after, limit + 1)), limit, max_bytes)
         return await self.db.read(fn)
 
     # -- audit ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import base64
 import io
 from typing import Any
 
-from tether.cli.output import EXIT_OUTPUT_DROPPED, OutputWriter, dropped_line
+from tether.cli.output import EXIT_OUTPUT_DROPPED, OutputWriter, dropped_line, page_has_more
 
 
 def item(item_id: int, seq: int, data: bytes, source: str = "stdout") -> dict[str, Any]:
@@ -92,3 +92,41 @@ def test_catch_up_reads_the_command_before_its_logs() -> None:
     w, _, _ = writer()
     w.catch_up(Recording([item(1, 1, b"a")], {"state": "succeeded"}), "c1")  # type: ignore[arg-type]
     assert calls[0] == "command"
+
+
+class BytePagedApi(FakeApi):
+    """Serves log pages bounded in bytes, as the controller does: a page stops before
+    the chunk that would take it past ``max_bytes``, and says whether more follow."""
+
+    def __init__(self, items: list[dict[str, Any]], cmd: dict[str, Any],
+                 max_bytes: int) -> None:
+        super().__init__(items, cmd)
+        self.max_bytes = max_bytes
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        if not path.endswith("/logs"):
+            return self.cmd
+        after = int((params or {}).get("after", 0))
+        rest = [i for i in self.items if i["id"] > after]
+        page: list[dict[str, Any]] = []
+        for i in rest:
+            if page and sum(len(p["data"]) for p in page) + len(i["data"]) > self.max_bytes:
+                break
+            page.append(i)
+        return {"items": page, "next_after": page[-1]["id"] if page else after,
+                "more": len(page) < len(rest)}
+
+
+def test_catch_up_follows_more_through_short_pages_bounded_in_bytes() -> None:
+    """A page of 3 large chunks is short of 1,000 items, yet not the last one."""
+    stored = [item(n, n, bytes([97 + n % 26]) * 400_000) for n in range(1, 9)]
+    w, out, _ = writer()
+    w.catch_up(BytePagedApi(stored, {"state": "succeeded"}, 1 << 20), "c1")  # type: ignore[arg-type]
+    assert out.getvalue() == b"".join(bytes([97 + n % 26]) * 400_000 for n in range(1, 9))
+
+
+def test_a_page_without_more_from_an_older_controller_is_paged_by_count() -> None:
+    assert page_has_more({"items": [{}] * 1000})
+    assert not page_has_more({"items": [{}] * 999})
+    assert not page_has_more({"items": [{}] * 1000, "more": False})
+    assert page_has_more({"items": [{}], "more": True})

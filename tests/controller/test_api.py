@@ -331,7 +331,7 @@ async def test_logs_of_a_command_without_output_are_empty(api: httpx.AsyncClient
     resp = await api.get(f"/api/v1/commands/{cmd['command_id']}/logs",
                          params={"after": "0", "limit": "10"})
     assert resp.status_code == 200
-    assert resp.json() == {"items": [], "next_after": 0}
+    assert resp.json() == {"items": [], "next_after": 0, "more": False}
 
 
 async def test_a_command_for_a_never_connected_node_expires_after_its_ttl_undelivered(

@@ -123,9 +123,15 @@ async def test_a_page_of_logs_is_bounded_in_bytes_and_holds_at_least_one_chunk(
         "updated_at) VALUES ('c1', 'n1', 'exec', '{}', 'running', 0, 0)"))
     await store.append_logs("n1", [("c1", "stdout", i, b"a" * 30_000, 0) for i in range(10)])
     page = await store.command_logs("c1", max_bytes=100_000)
-    assert len(page) == 4  # stops after the chunk that reaches the bound
-    assert len(await store.command_logs("c1", max_bytes=1)) == 1
-    assert len(await store.command_logs("c1")) == 10
+    assert len(page) == 3 and page.more  # stops before the chunk that would pass the bound
+    page = await store.command_logs("c1", max_bytes=1)
+    assert len(page) == 1 and page.more  # a chunk larger than the bound still comes, alone
+    page = await store.command_logs("c1")
+    assert len(page) == 10 and not page.more
+    page = await store.command_logs("c1", limit=10)
+    assert len(page) == 10 and not page.more  # exactly full is not "more"
+    page = await store.command_logs("c1", limit=9)
+    assert len(page) == 9 and page.more
 
 
 async def test_a_store_from_before_the_budgets_is_migrated_with_its_usage_counted(

@@ -179,3 +179,45 @@ async def test_pausing_and_resuming_queue_their_statuses_and_a_paused_crash_is_i
     assert [s for c, s in await statuses(store) if c == "c1"] == [
         "running", "paused", "running", "paused", "failed"]
     await store.close()
+
+
+def raw_deliver(q: int, body: dict[str, object]) -> Frame:
+    """A cmd.deliver as it may arrive: a body nobody checked."""
+    return Frame(t="cmd.deliver", s="cmd", q=q, b=body)
+
+
+async def status_frames(store: NodeStore) -> dict[str, dict[str, object]]:
+    return {f.b["command_id"]: dict(f.b) for f in await store.outbox_after(0, 1000)
+            if f.t == "cmd.status"}
+
+
+async def test_a_cmd_deliver_whose_body_breaks_the_rules_is_reported_rejected_not_left_open(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    good = {"kind": "exec", "args": {"argv": ["true"]}, "created_ms": 1}
+    applied = await store.apply_downlink([
+        raw_deliver(1, {**good, "command_id": "c-nan", "args": {"x": float("nan")}}),
+        raw_deliver(2, {**good, "command_id": "c-big", "created_ms": 2**64}),
+        raw_deliver(3, {**good, "command_id": "c-bin-kind", "kind": b"exec"}),
+        raw_deliver(4, {**good, "command_id": "c-args", "args": ["not", "a", "map"]}),
+        raw_deliver(5, {**good, "command_id": b"bin id"}),  # no id to report against
+        raw_deliver(6, {**good, "command_id": "x" * 10_000}),  # nor here
+        deliver(7, "c-ok")])
+    assert [c["command_id"] for c in applied.to_run] == ["c-ok"]  # nothing bad runs
+    assert (await store.stream_state()).cmd_applied == 7  # the cursor moved past them all
+    got = await status_frames(store)
+    assert set(got) == {"c-nan", "c-big", "c-bin-kind", "c-args"}
+    for command_id, st in got.items():
+        assert st["state"] == "rejected", st
+        assert str(st["error"]).startswith("bad cmd.deliver: "), st
+        assert await store.command_state(command_id) == "rejected"
+    assert "not finite" in str(got["c-nan"]["error"])
+    assert "kind" in str(got["c-bin-kind"]["error"])
+    # the same bad frame again (a resend under a new epoch) is not reported twice
+    await store.set_session("s2", cmd_epoch=99)
+    await store.apply_downlink([
+        raw_deliver(1, {**good, "command_id": "c-nan", "args": {"x": float("nan")}})])
+    frames = await store.outbox_after(0, 1000)
+    assert [f.b["command_id"] for f in frames if f.t == "cmd.status"].count("c-nan") == 1
+    await store.close()
