@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM, FRAME_STREAM, delivery_class
 from tether.protocol.codec import (
@@ -329,8 +329,10 @@ class EdgeConnection:
                     await self.ws.send_bytes(data)
                 finally:
                     self._sending = False
-        except (RuntimeError, OSError) as exc:
-            raise _Close(1006, f"send failed: {exc}") from None
+        except (RuntimeError, OSError, WebSocketDisconnect) as exc:
+            # WebSocketDisconnect: the node closed while it was still owed frames (errors,
+            # acks, commands). Its own ending, not an internal error of this session.
+            raise _Close(1006, f"send failed: {exc!r}") from None
 
     async def _send(self, frame: Frame) -> None:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
