@@ -50,7 +50,6 @@ from tether.protocol.frames import (
     LogChunk,
     MonitorPacket,
     NodeResources,
-    Resume,
     RuntimeState,
     Welcome,
     parse_body,
@@ -534,6 +533,7 @@ class EdgeConnection:
         if FRAME_STREAM.get(t) == EVT_STREAM:
             await self._on_evt(frame)
         elif t == "edge.heartbeat":
+            self._check_cursors(frame)
             hb = self._parse_or_error(Heartbeat, frame)
             if hb is None:
                 return
@@ -547,13 +547,9 @@ class EdgeConnection:
             await self._send(HeartbeatAck(time_ms=_now_ms(),
                                           acks={EVT_STREAM: self.evt.applied}).frame(re=frame.id))
         elif t == "edge.ack":
-            ack = self._parse_or_error(Ack, frame)
-            if ack is not None:
-                self._saw_cmd_ack(ack.acks.get(CMD_STREAM))
+            self._saw_cmd_ack(self._check_cursors(frame).acks.get(CMD_STREAM))
         elif t == "edge.resume":
-            resume = self._parse_or_error(Resume, frame)
-            if resume is not None:
-                self._on_resume(resume.acks.get(CMD_STREAM, 0))
+            self._on_resume(self._check_cursors(frame).acks.get(CMD_STREAM, 0))
         elif t == "edge.runtime":
             rt = self._parse_or_error(RuntimeState, frame)
             if rt is not None:
@@ -598,6 +594,17 @@ class EdgeConnection:
                 code="unsupported_type" if known else "unknown_type",
                 message=f"frame type {t!r} is not handled by this controller").frame(
                     re=frame.id))
+
+    @staticmethod
+    def _check_cursors(frame: Frame) -> Ack:
+        """The frame's ``acks``, or 4400: a cursor that is not a sequence number (negative,
+        bool, float, 2^63 and above, too many streams) is outside anything this session
+        sent, the same protocol error as an ack beyond it (docs/protocol.md §5), never a
+        ``bad_frame`` the session carries on after."""
+        try:
+            return Ack.from_body({"acks": frame.b.get("acks") or {}})
+        except BadFrame as exc:
+            raise _Close(4400, exc.message) from None
 
     def _parse_or_error(self, cls: Any, frame: Frame) -> Any:
         try:
