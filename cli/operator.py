@@ -7,9 +7,9 @@ import asyncio
 import json
 import re
 import sys
-import unicodedata
 from typing import Any
 
+from tether.common.terminal import terminal_safe
 from tether.protocol.frames import TERMINAL_STATES
 
 from .client import Api, CliError, resolve_token, resolve_url
@@ -37,18 +37,6 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
 
 def api_from(args: argparse.Namespace) -> Api:
     return Api(url=resolve_url(args.url), token=resolve_token(args.token))
-
-
-def terminal_safe(value: object) -> str:
-    """``value`` as text for the operator's terminal. Much of what is shown came from a
-    node (labels, versions, apps, command errors), a peer: control and format characters
-    (C0/C1 controls, ESC sequences, bidi overrides, zero-width marks) are shown escaped
-    (``\\x1b``), never written raw, so a node cannot clear, retitle or reorder the screen."""
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() or unicodedata.category(ch) == "Zs"
-                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tether.protocol.frames import Frame
 from tether.protocol.signing import generate_private_key
-from tether.tools.diag.route import route
+from tether.tools.diag.route import route, route_table
 
 from ..controller.conftest import Edge, Identity
 from ..helpers import ControllerProc
@@ -65,3 +65,12 @@ async def test_a_ping_answered_with_a_result_that_is_not_timestamps_is_lost_at_t
     assert [p["lost"] for p in out["pings"]] == [True, True], out
     assert all(p["lost_at"] == "node" and "diag.ping result" in p["why"]
                for p in out["pings"]), out
+
+
+def test_the_route_table_shows_a_nodes_error_escaped() -> None:
+    result = {"pings": [{"seq": 0, "lost": True, "lost_at": "node", "state": "failed",
+                         "why": "the node ended it failed: \x1b]0;pwn\x07\x1b[2J"}],
+              "summary": {"answered_by": "nobody: \x1b[2Jgone\nline"}}
+    table = route_table(result)
+    assert "\x1b" not in table and "\x07" not in table, table
+    assert "\\x1b[2Jgone\\nline" in table and table.count("\n") == 1, table

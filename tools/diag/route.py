@@ -31,6 +31,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from tether.common.terminal import terminal_safe
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import TERMINAL_STATES, Frame
 
@@ -374,4 +375,4 @@ def route_table(result: dict[str, Any]) -> str:
                      f"{p['controller_to_node_ms']:>7.3f}  node->ctl "
                      f"{p['node_to_controller_ms']:>7.3f}")
     lines += [f"{key:<26} {value}" for key, value in result["summary"].items()]
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # a node's error is in `why`
