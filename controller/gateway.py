@@ -601,8 +601,11 @@ class EdgeConnection:
         bool, float, 2^63 and above, too many streams) is outside anything this session
         sent, the same protocol error as an ack beyond it (docs/protocol.md §5), never a
         ``bad_frame`` the session carries on after."""
+        acks = frame.b.get("acks")
+        if acks is None and frame.t == "edge.heartbeat":  # optional there, required in
+            acks = {}                                       # edge.ack and edge.resume
         try:
-            return Ack.from_body({"acks": frame.b.get("acks") or {}})
+            return Ack.from_body({"acks": acks})
         except BadFrame as exc:
             raise _Close(4400, exc.message) from None
 

@@ -36,6 +36,16 @@ async def test_a_cmd_cursor_that_is_not_a_sequence_number_closes_4400(
     assert "acks" in closed.reason, closed.reason
 
 
+@pytest.mark.parametrize("acks", [[], 0, False, "", None, [["cmd", 1]]])
+@pytest.mark.parametrize("kind", ["edge.ack", "edge.resume"])
+async def test_an_ack_or_resume_whose_acks_is_not_a_map_closes_4400(
+        edge: Edge, enroll: Enroll, kind: str, acks: Any) -> None:
+    ident = await enroll()
+    client = await edge.session(ident)
+    await client.send(Frame(t=kind, b={"acks": acks}))
+    assert (await client.expect_close()).code == 4400
+
+
 async def test_a_cursor_map_with_too_many_streams_closes_4400(edge: Edge, enroll: Enroll) -> None:
     ident = await enroll()
     client = await edge.session(ident)
