@@ -9,6 +9,7 @@ import re
 import sys
 from typing import Any
 
+from tether.common.terminal import terminal_safe
 from tether.protocol.frames import TERMINAL_STATES
 
 from .client import Api, CliError, resolve_token, resolve_url
@@ -39,11 +40,12 @@ def api_from(args: argparse.Namespace) -> Api:
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    widths = {c: max([len(c)] + [len(str(r.get(c, "") or "")) for r in rows]) for c in columns}
+    cells = [{c: terminal_safe(r.get(c)) if r.get(c) is not None else "-" for c in columns}
+             for r in rows]
+    widths = {c: max([len(c)] + [len(r[c]) for r in cells]) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  ".join(str(r.get(c, "") if r.get(c) is not None else "-").ljust(widths[c])
-                        for c in columns))
+    for r in cells:
+        print("  ".join(r[c].ljust(widths[c]) for c in columns))
 
 
 # -- join-token ------------------------------------------------------------------------------
@@ -72,7 +74,8 @@ def nodes_list(args: argparse.Namespace) -> int:
              "runtime": (n.get("runtime") or {}).get("state"),
              "session": (n.get("session") or {}).get("session_id"),
              "last_seen": n.get("last_seen_at"),
-             "labels": ",".join(f"{k}={v}" for k, v in n["labels"].items())} for n in items]
+             "labels": ",".join(f"{k}={v}" for k, v in _map(n.get("labels")).items())}
+            for n in items]
     print_table(rows, ["node", "liveness", "runtime", "session", "last_seen", "labels"])
     return 0
 
@@ -83,29 +86,43 @@ def nodes_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(node, indent=2))
         return 0
-    session = node.get("session") or {}
-    for key, value in [("node", node["node_id"]), ("liveness", node["liveness"]),
+    session = _map(node.get("session"))
+    caps = node.get("capabilities")
+    for key, value in [("node", node.get("node_id")), ("liveness", node.get("liveness")),
                        ("runtime", node.get("runtime")), ("session", session.get("session_id")),
                        ("opened", session.get("opened_at")), ("remote", session.get("remote")),
                        ("resumed", session.get("resumed")),
                        ("last seen", node.get("last_seen_at")),
-                       ("capabilities", ", ".join(node.get("capabilities") or [])),
+                       ("capabilities", ", ".join(map(str, caps))
+                        if isinstance(caps, list) else caps),
                        ("labels", node.get("labels")),
-                       ("resources", _resources_line(node.get("resources") or {})),
-                       ("apps", ", ".join(f"{n} {a['state']} (restarts {a['restarts']})"
-                                          for n, a in (node.get("apps") or {}).items())
-                        or None)]:
-        print(f"{key:<13} {value if value is not None else '-'}")
+                       ("resources", _resources_line(_map(node.get("resources")))),
+                       ("apps", _apps_line(node.get("apps")))]:
+        print(f"{key:<13} {terminal_safe(value) if value is not None else '-'}")
     return 0
+
+
+def _map(value: object) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else empty: node-sent parts of a view are shown
+    whatever their shape, never trusted to have it."""
+    return value if isinstance(value, dict) else {}
+
+
+def _apps_line(apps: object) -> str | None:
+    line = ", ".join(f"{name} {_map(app).get('state')} (restarts {_map(app).get('restarts')})"
+                     for name, app in _map(apps).items())
+    return line or None
 
 
 def _resources_line(res: dict[str, Any]) -> str | None:
     if not res:
         return None
-    mem, disk = res.get("memory") or {}, res.get("disk") or {}
+    mem, disk = _map(res.get("memory")), _map(res.get("disk"))
+    free = disk.get("free")
+    free_text = f"{free // 2**20} MiB" if isinstance(free, int) else "? MiB"
     return (f"cpu {res.get('cpu_percent')}% of {res.get('cpus')}, load {res.get('load')}, "
             f"mem {mem.get('percent')}%, disk {disk.get('percent')}% "
-            f"({disk.get('free', 0) // 2**20} MiB free), {res.get('processes')} processes")
+            f"({free_text} free), {res.get('processes')} processes")
 
 
 def node_publish(args: argparse.Namespace) -> int:
@@ -138,10 +155,13 @@ def commands_show(args: argparse.Namespace) -> int:
         print(json.dumps(cmd, indent=2))
         return 0
     for key in ("command_id", "node_id", "kind", "args", "state", "exit_code", "error"):
-        print(f"{key:<11} {cmd.get(key) if cmd.get(key) is not None else '-'}")
+        print(f"{key:<11} {terminal_safe(cmd[key]) if cmd.get(key) is not None else '-'}")
     print("timeline:")
-    print_table([{"state": e["state"], "at": e["at"], "detail": e.get("detail")}
-                 for e in cmd["timeline"]], ["state", "at", "detail"])
+    timeline = cmd.get("timeline")
+    print_table([{"state": _map(e).get("state"), "at": _map(e).get("at"),
+                  "detail": _map(e).get("detail")}
+                 for e in (timeline if isinstance(timeline, list) else [])],
+                ["state", "at", "detail"])
     return 0
 
 
@@ -215,6 +235,6 @@ def exec_command(args: argparse.Namespace) -> int:
         return 130
     if final["state"] != "succeeded":
         detail = final.get("error") or ""
-        print(f"tether: command {final['state']}{': ' + detail if detail else ''}",
+        print(f"tether: command {final['state']}{': ' + terminal_safe(detail) if detail else ''}",
               file=sys.stderr)
     return _report_dropped(final, writer, exit_code_of(final))

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tether.protocol.codec import JSON_SUBPROTOCOL, MAX_FRAME_BYTES, decode_json, encode_json
 from tether.protocol.errors import (
@@ -118,7 +118,7 @@ async def browser_endpoint(ws: WebSocket) -> None:
     except* _Close as group:
         first = group.exceptions[0]
         code, reason = (first.code, first.reason) if isinstance(first, _Close) else (1011, "")
-    except* (OSError, RuntimeError):
+    except* (OSError, RuntimeError, WebSocketDisconnect):  # the client went away mid-send
         code, reason = 1006, "connection lost"
     finally:
         controller.hub.unsubscribe(sub)

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM, FRAME_STREAM, delivery_class
 from tether.protocol.codec import (
@@ -50,7 +50,6 @@ from tether.protocol.frames import (
     LogChunk,
     MonitorPacket,
     NodeResources,
-    Resume,
     RuntimeState,
     Welcome,
     parse_body,
@@ -334,8 +333,10 @@ class EdgeConnection:
                     await self.ws.send_bytes(data)
                 finally:
                     self._sending = False
-        except (RuntimeError, OSError) as exc:
-            raise _Close(1006, f"send failed: {exc}") from None
+        except (RuntimeError, OSError, WebSocketDisconnect) as exc:
+            # WebSocketDisconnect: the node closed while it was still owed frames (errors,
+            # acks, commands). Its own ending, not an internal error of this session.
+            raise _Close(1006, f"send failed: {exc!r}") from None
 
     async def _send(self, frame: Frame) -> None:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
@@ -540,6 +541,7 @@ class EdgeConnection:
         if FRAME_STREAM.get(t) == EVT_STREAM:
             await self._on_evt(frame)
         elif t == "edge.heartbeat":
+            self._check_cursors(frame)
             hb = self._parse_or_error(Heartbeat, frame)
             if hb is None:
                 return
@@ -553,13 +555,9 @@ class EdgeConnection:
             await self._send(HeartbeatAck(time_ms=_now_ms(),
                                           acks={EVT_STREAM: self.evt.applied}).frame(re=frame.id))
         elif t == "edge.ack":
-            ack = self._parse_or_error(Ack, frame)
-            if ack is not None:
-                self._saw_cmd_ack(ack.acks.get(CMD_STREAM))
+            self._saw_cmd_ack(self._check_cursors(frame).acks.get(CMD_STREAM))
         elif t == "edge.resume":
-            resume = self._parse_or_error(Resume, frame)
-            if resume is not None:
-                self._on_resume(resume.acks.get(CMD_STREAM, 0))
+            self._on_resume(self._check_cursors(frame).acks.get(CMD_STREAM, 0))
         elif t == "edge.runtime":
             rt = self._parse_or_error(RuntimeState, frame)
             if rt is not None:
@@ -604,6 +602,20 @@ class EdgeConnection:
                 code="unsupported_type" if known else "unknown_type",
                 message=f"frame type {t!r} is not handled by this controller").frame(
                     re=frame.id))
+
+    @staticmethod
+    def _check_cursors(frame: Frame) -> Ack:
+        """The frame's ``acks``, or 4400: a cursor that is not a sequence number (negative,
+        bool, float, 2^63 and above, too many streams) is outside anything this session
+        sent, the same protocol error as an ack beyond it (docs/protocol.md §5), never a
+        ``bad_frame`` the session carries on after."""
+        acks = frame.b.get("acks")
+        if acks is None and frame.t == "edge.heartbeat":  # optional there, required in
+            acks = {}                                       # edge.ack and edge.resume
+        try:
+            return Ack.from_body({"acks": acks})
+        except BadFrame as exc:
+            raise _Close(4400, exc.message) from None
 
     def _parse_or_error(self, cls: Any, frame: Frame) -> Any:
         try:

@@ -13,6 +13,9 @@ for, and the exec runner runs exactly the plan it judged:
    command set one), a path with a slash against the working directory the process gets.
    Directory symlinks and ``..`` are resolved; the file name is kept, since a multi-call
    binary (busybox) picks its applet by the name it is run under.
+   When the policy restricts executables, the file judged (every symlink resolved) is
+   the one ``execve`` runs (:attr:`ExecPlan.executable`), so a symlink re-pointed between
+   the judgement and the spawn changes nothing.
 2. With ``exec_allow`` set, that path must be an entry's path: a bare entry resolves
    through the runtime's own ``PATH`` (never the command's), an absolute entry is taken as
    is. Two paths match when they are equal, or name the same file under the same file name
@@ -88,6 +91,7 @@ class ExecPlan:
     env: Mapping[str, str]
     cwd: str | None
     timeout_s: float | None
+    executable: str | None = None  # the file judged, all symlinks resolved (rule 1)
 
 
 def _runtime_path() -> str:
@@ -247,8 +251,11 @@ class Policy:
             if path is None or not self._allowed(path, here):
                 raise Refused(f"executable {argv[0]!r} is not in exec_allow")
             argv = [path, *argv[1:]]
+            executable: str | None = os.path.realpath(path)
+        else:
+            executable = None
         return ExecPlan(argv=tuple(argv), env=env, cwd=cwd,
-                        timeout_s=self._timeout(args.get("timeout_s")))
+                        timeout_s=self._timeout(args.get("timeout_s")), executable=executable)
 
     def _env(self, env: Any) -> dict[str, str]:
         if env is None:

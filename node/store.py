@@ -23,7 +23,7 @@ import msgpack
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import EVT_STREAM
 from tether.protocol.errors import BadFrame, TetherError
-from tether.protocol.fields import MAX_ID_LEN, MAX_KIND_LEN, bounded_text
+from tether.protocol.fields import MAX_ERROR_LEN, MAX_ID_LEN, MAX_KIND_LEN, bounded_text
 from tether.protocol.frames import (
     CONTROL_KINDS,
     TERMINAL_STATES,
@@ -58,6 +58,16 @@ KNOWN_KINDS = frozenset({"exec", "diag.ping", *CONTROL_KINDS, *APP_KINDS})
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+def _fit_error(error: str | None) -> str | None:
+    """``error`` within the :data:`MAX_ERROR_LEN` characters a ``cmd.status`` error may hold,
+    cut with a trailing ``…``. Errors quote what a command asked for (argv[0], paths), so a
+    long request made a status the controller refused as a poison frame, and the command
+    stayed ``delivered`` there for good."""
+    if error is None or len(error) <= MAX_ERROR_LEN:
+        return error
+    return error[:MAX_ERROR_LEN - 1] + "…"
 
 
 @dataclass(slots=True)
@@ -318,6 +328,7 @@ class NodeStore:
                 exit_code: int | None = None, error: str | None = None,
                 result: dict[str, Any] | None = None) -> int:
         now = _ms()
+        error = _fit_error(error)  # the status must parse on the other side (§5 value rules)
         conn.execute("UPDATE commands SET state=?, finished_ms=?, exit_code=?, error=? "
                      "WHERE command_id=?", (state, now, exit_code, error, command_id))
         started = conn.execute("SELECT started_ms FROM commands WHERE command_id=?",

@@ -26,6 +26,10 @@ class ProcessSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)  # added to the node's environment
     cwd: str | None = None
+    # The file execve runs, when it must not be looked up again from argv[0] (a judged
+    # program: a symlink on the way could be re-pointed between judgement and spawn).
+    # argv[0] is still what the process sees (a multi-call binary picks its applet by it).
+    executable: str | None = None
 
 
 class ProcessHandle(Protocol):

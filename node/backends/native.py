@@ -51,7 +51,7 @@ class NativeBackend:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, cwd=spec.cwd, env=env,
-                start_new_session=True)
+                start_new_session=True, executable=spec.executable)
         except FileNotFoundError as exc:
             missing = argv[0] if exc.filename in (None, argv[0]) else exc.filename
             raise SpawnError(f"not found: {missing}") from None

@@ -94,7 +94,8 @@ class ExecRunner:
         except Refused as exc:
             return ExecOutcome("failed", error=f"rejected by policy: {exc.message}")
         timeout_s = plan.timeout_s
-        spec = ProcessSpec(argv=plan.argv, env=plan.env, cwd=plan.cwd)
+        spec = ProcessSpec(argv=plan.argv, env=plan.env, cwd=plan.cwd,
+                           executable=plan.executable)
         try:
             proc = await self.backend.spawn(spec)
         except SpawnError as exc:

@@ -144,9 +144,11 @@ async def test_an_unknown_frame_type_gets_an_unknown_type_error_and_the_session_
 async def test_a_malformed_unsequenced_frame_gets_a_bad_frame_error_and_the_session_stays_open(
         edge: Edge, enroll: Enroll) -> None:
     client = await edge.session(await enroll())
-    await client.send(Frame(t="edge.ack", id="bad-ack", b={"acks": "everything"}))
+    # (a malformed cursor, as in edge.ack {"acks": "everything"}, is 4400 instead:
+    # test_cursor_values.py)
+    await client.send(Frame(t="node.resources", id="bad-res", b={"cpus": "everything"}))
     err = await client.recv_type("error")
-    assert err.re == "bad-ack"
+    assert err.re == "bad-res"
     assert err.b["code"] == "bad_frame"
     await client.heartbeat()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
+from tether.node.backends.base import ProcessHandle, ProcessSpec
+from tether.node.backends.native import NativeBackend
 from tether.node.executors.exec import ExecRunner
 from tether.node.logbuf import LogBuffer
 from tether.node.policy import Policy
@@ -49,3 +52,24 @@ async def test_a_nul_in_argv_fails_the_command_and_not_the_runtime() -> None:
     outcome = await runner({"argv": ["echo", "a\0b"]}, policy=Policy()).run()
     assert (outcome.state, outcome.error) == (
         "failed", "rejected by policy: argv must not contain NUL characters")
+
+
+async def test_a_symlink_swapped_between_judgement_and_spawn_does_not_change_what_runs(
+        tmp_path: Path) -> None:
+    # exec_allow judges /tmp/.../echo -> /usr/bin/echo as echo; whoever can write that
+    # directory then points the link at sh before execve. The race is won every time here.
+    link = tmp_path / "echo"
+    link.symlink_to(shutil.which("echo") or "/bin/echo")
+
+    class Swapping(NativeBackend):
+        async def spawn(self, spec: ProcessSpec) -> ProcessHandle:
+            link.unlink()
+            link.symlink_to(shutil.which("sh") or "/bin/sh")
+            return await super().spawn(spec)
+
+    logs = LogBuffer()
+    outcome = await ExecRunner("c1", {"argv": [str(link), "-c", "echo PWNED"]}, logs=logs,
+                               on_output=lambda: None, kill_grace_s=1.0, policy=WALLED,
+                               backend=Swapping()).run()
+    assert outcome.state == "succeeded", outcome
+    assert b"".join(c.data for c in logs.take()) == b"-c echo PWNED\n"

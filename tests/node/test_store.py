@@ -8,8 +8,10 @@ from pathlib import Path
 
 import msgpack
 
+from tether.node.policy import Policy
 from tether.node.store import NodeStore
-from tether.protocol.frames import CmdDeliver, Frame
+from tether.protocol.fields import MAX_ERROR_LEN
+from tether.protocol.frames import CmdDeliver, CmdStatus, Frame
 
 
 def deliver(q: int, command_id: str, kind: str = "exec", **extra: object) -> Frame:
@@ -220,4 +222,26 @@ async def test_a_cmd_deliver_whose_body_breaks_the_rules_is_reported_rejected_no
         raw_deliver(1, {**good, "command_id": "c-nan", "args": {"x": float("nan")}})])
     frames = await store.outbox_after(0, 1000)
     assert [f.b["command_id"] for f in frames if f.t == "cmd.status"].count("c-nan") == 1
+async def test_a_status_whose_error_is_over_the_wire_limit_is_cut_to_fit_not_dead_lettered(
+        tmp_path: Path) -> None:
+    # Found replaying issue 11: argv[0] of 100,000 chars under exec_allow made the rejection
+    # "rejected by policy: executable 'xxx...' is not in exec_allow", over the 4096 chars a
+    # cmd.status error may hold. The controller dead-lettered it, and the command stayed
+    # 'delivered' for good. The node's own bodies keep the wire's value rules.
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    policy = Policy.from_dict({"exec_allow": ["echo"]})
+    big = CmdDeliver(command_id="c1", kind="exec", args={"argv": ["x" * 100_000]},
+                     created_ms=1).frame(s="cmd", q=1)
+    await store.apply_downlink([big], check=policy.check)
+    assert await store.start_command("c1") is None  # rejected at once
+    await store.apply_downlink([deliver(2, "c2")])
+    await store.start_command("c2")
+    await store.finish_command("c2", "failed", error="not found: " + "y" * 100_000)
+    parsed = [CmdStatus.parse(f) for f in await store.outbox_after(0, 1000)]  # as the
+    finals = {s.command_id: s for s in parsed if s.state in ("rejected", "failed")}  # controller
+    assert finals["c1"].error is not None and len(finals["c1"].error) <= MAX_ERROR_LEN
+    assert finals["c1"].error.startswith("rejected by policy: executable 'xxx")
+    assert finals["c2"].error is not None and len(finals["c2"].error) <= MAX_ERROR_LEN
+    assert finals["c2"].error.startswith("not found: yyy") and finals["c2"].error.endswith("…")
     await store.close()

@@ -17,6 +17,7 @@ says what failed and what to check next.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import ssl
 import statistics
@@ -30,6 +31,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from tether.common.terminal import terminal_safe
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import TERMINAL_STATES, Frame
 
@@ -154,6 +156,12 @@ def _pct(values: list[float], p: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 3)
+
+
+def _number(value: object) -> bool:
+    """A finite int or float, not a bool: what a timestamp a node reports must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def _ms(iso: str) -> float:
@@ -291,9 +299,15 @@ async def route(url: str, token: str, node_id: str, *, count: int, interval_s: f
                     "node", f"the node ended it {cmd['state']}: {cmd.get('error') or '-'}"))
                 return {"seq": seq, "lost": True, "state": cmd["state"], "lost_at": hop,
                         "why": why}
-            res = cmd["result"] or {}
+            res = cmd.get("result") if isinstance(cmd.get("result"), dict) else {}
             applied = _ms(cmd["updated_at"])
             created = res.get("created_ms", _ms(cmd["created_at"]))
+            # what the node answered is a peer's data: numbers, or this ping says why not
+            if not all(_number(v) for v in (res.get("received_ms"), res.get("sent_ms"),
+                                            created)):
+                return {"seq": seq, "lost": True, "state": cmd["state"], "lost_at": "node",
+                        "why": "the node's diag.ping result lacks numeric received_ms, "
+                               f"sent_ms and created_ms: {str(res)[:200]}"}
             return {
                 "seq": seq, "lost": False, "rtt_ms": round(done[cid] - sent, 3),
                 "operator_to_controller_ms": round(created - (sent + operator_offset), 3),
@@ -361,4 +375,4 @@ def route_table(result: dict[str, Any]) -> str:
                      f"{p['controller_to_node_ms']:>7.3f}  node->ctl "
                      f"{p['node_to_controller_ms']:>7.3f}")
     lines += [f"{key:<26} {value}" for key, value in result["summary"].items()]
-    return "\n".join(lines)
+    return "\n".join(terminal_safe(line) for line in lines)  # a node's error is in `why`
