@@ -11,6 +11,7 @@ from typing import Any
 
 from tether.common import __version__
 from tether.common.logsetup import setup_logging
+from tether.common.terminal import terminal_safe
 from tether.protocol.errors import TetherError
 
 from . import operator as op
@@ -514,37 +515,43 @@ def _node(args: argparse.Namespace, verb: str) -> int:
 
 
 def _print_node_status(status: dict[str, Any]) -> None:
-    """The node's screen (``node status``, ``diag node``) for an enrolled node."""
+    """The node's screen (``node status``, ``diag node``) for an enrolled node. Every line
+    goes through terminal_safe: close reasons and incidents quote the controller."""
+
     transport = status.get("transport") or {}
     runtime = status["runtime"]
-    print(f"node        {status['node_id']}  ->  {status['controller']}")
+    _line(f"node        {status['node_id']}  ->  {status['controller']}")
     running = f"running, pid {runtime['pid']}" if runtime["running"] else "stopped"
-    print(f"runtime     {running}")
+    _line(f"runtime     {running}")
     side = status.get("sidecar_process")
-    print(f"sidecar     {'running, pid ' + str(side['pid']) if side else 'not running'}")
+    _line(f"sidecar     {'running, pid ' + str(side['pid']) if side else 'not running'}")
     if transport:
-        print(f"transport   {transport.get('state', '-')}  session {transport.get('session_id')}"
+        _line(f"transport   {transport.get('state', '-')}  session {transport.get('session_id')}"
               f"  reconnects {transport.get('reconnects')}  rtt {transport.get('rtt_ms')} ms"
               f"  clock offset {transport.get('clock_offset_ms')} ms")
-        print(f"last close  {transport.get('last_close_code')} "
+        _line(f"last close  {transport.get('last_close_code')} "
               f"{transport.get('last_close_reason') or ''}  backoff {transport.get('backoff_s')} s")
     tree = status.get("readiness")
     if tree:
-        print(f"ready       {'yes' if tree['ready'] else 'no: ' + '; '.join(tree['reasons'])}")
+        _line(f"ready       {'yes' if tree['ready'] else 'no: ' + '; '.join(tree['reasons'])}")
         for part in ("transport", "control_authority", "store", "executors"):
             node = tree[part]
-            print(f"  {part:<18} {'ok ' if node['ok'] else 'BAD'} {node['state']}")
-        print("allowed now:")
+            _line(f"  {part:<18} {'ok ' if node['ok'] else 'BAD'} {node['state']}")
+        _line("allowed now:")
         for op_name, rule in status["matrix"].items():
             verdict = "yes" if rule["allowed"] else f"no ({rule['reason']})"
-            print(f"  {op_name:<18} {verdict}")
+            _line(f"  {op_name:<18} {verdict}")
     outbox = status.get("outbox") or {}
-    print(f"outbox      {outbox.get('depth', 0)} unacked (oldest {outbox.get('oldest_age_s')} s)")
-    print(f"commands    {status.get('commands') or {}}")
+    _line(f"outbox      {outbox.get('depth', 0)} unacked (oldest {outbox.get('oldest_age_s')} s)")
+    _line(f"commands    {status.get('commands') or {}}")
     for inc in (status.get("live_incidents") or [])[-5:]:
-        print(f"incident    [{inc['class']}] {inc['message']}")
+        _line(f"incident    [{inc['class']}] {inc['message']}")
     for inc in (status.get("incidents") or [])[:5]:
-        print(f"stored      [{inc['class']}] {inc['message']}")
+        _line(f"stored      [{inc['class']}] {inc['message']}")
+
+
+def _line(text: str) -> None:
+    print(terminal_safe(text))
 
 
 if __name__ == "__main__":

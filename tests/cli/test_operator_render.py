@@ -68,3 +68,15 @@ def test_terminal_safe_escapes_controls_and_keeps_ordinary_text() -> None:
     assert operator.terminal_safe("lab-01 ünïcode ok") == "lab-01 ünïcode ok"
     assert operator.terminal_safe(ESC + "[2J\n\t\u202e\u200b") == \
         "\\x1b[2J\\n\\t\\u202e\\u200b"
+
+
+def test_node_status_shows_a_controllers_close_reason_escaped(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.cli.main import _print_node_status
+
+    _print_node_status({"node_id": "n1", "controller": "http://c", "enrolled": True,
+                        "runtime": {"running": False, "pid": None},
+                        "transport": {"last_close_code": 4400,
+                                      "last_close_reason": "bad\x1b[2J\x1b]0;pwn\x07"}})
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[2J" in out

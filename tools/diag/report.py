@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.common.terminal import terminal_safe
+
 
 class StepFailed(Exception):
     def __init__(self, message: str, hint: str) -> None:
@@ -67,4 +69,4 @@ class Report:
             if not s.ok:
                 lines.append(f"     error: {s.error}")
                 lines.append(f"     check: {s.hint}")
-        return "\n".join(lines)
+        return "\n".join(terminal_safe(line) for line in lines)  # errors quote the peer
