@@ -19,6 +19,12 @@ which lags in a burst (every accepted connection waits for its first read), so t
 sit well above the largest honest burst: at 4,096, 5,000 nodes dialling at once from one
 process lost 904 handshakes to it; at 16,384, none.
 
+Rule 5: a deadline blames the client only for bytes it has not sent. The loop runs timers
+before it reads sockets, so on a loop that lags (a burst, a saturated controller) a deadline
+or uvicorn's keep-alive timer can fire while the request sits unread in the socket: when
+the socket holds unread bytes, the connection gets ``GRACE_S`` more (at most
+``MAX_GRACES`` times per phase) instead of a 408 or a close the client did nothing to earn.
+
 The header itself is bounded by h11 (16 KiB by default, then 400). Use
 :func:`deadline_protocol` to make the class passed to ``uvicorn.Config(http=...)``.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import ClassVar
 
 import h11
@@ -36,6 +43,24 @@ HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 MAX_PENDING_HEADERS = 16384
 MIN_WAIT_S = 1.0
+GRACE_S = 1.0  # Rule 5
+MAX_GRACES = 30
+
+
+def has_unread_bytes(transport: asyncio.BaseTransport) -> bool:
+    """True when the transport's socket holds bytes this process has not read yet (peeked,
+    not consumed). False when it cannot tell."""
+    sock = transport.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return False
+    peek = socket.socket(fileno=fd)
+    try:
+        return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # BlockingIOError: nothing unread; anything else: cannot tell
+        return False
+    finally:
+        peek.detach()  # the fd stays the transport's
 
 
 def _json_error(status: int, reason: str, code: str, message: str) -> bytes:
@@ -60,6 +85,7 @@ class DeadlineH11Protocol(H11Protocol):
     pending_headers_evicted_total: ClassVar[int] = 0
 
     _phase: str | None = None  # "header", "body" or None: what the deadline is for
+    _graces = 0  # Rule 5, per phase
     _deadline: asyncio.TimerHandle | None = None
     _upgraded = False  # the transport belongs to a WebSocket protocol now (Rule 2)
 
@@ -129,9 +155,27 @@ class DeadlineH11Protocol(H11Protocol):
                 type(self).pending_headers_evicted_total += 1
                 oldest._expired()
             waiting[self] = now
+        self._graces = 0
         if phase is not None:
             timeout_s = self.header_timeout_s if phase == "header" else self.body_timeout_s
-            self._deadline = self.loop.call_later(timeout_s, self._expired)
+            self._deadline = self.loop.call_later(timeout_s, self._late)
+
+    def _late(self) -> None:
+        """The deadline fired: the client is late unless the loop is (Rule 5)."""
+        if self._graces < MAX_GRACES and has_unread_bytes(self.transport):
+            self._graces += 1
+            self._deadline = self.loop.call_later(GRACE_S, self._late)
+            return
+        self._expired()
+
+    def timeout_keep_alive_handler(self) -> None:
+        """uvicorn's idle keep-alive timer, with Rule 5: a request already waiting in the
+        socket is read, not answered with a close."""
+        if not self.transport.is_closing() and has_unread_bytes(self.transport):
+            self.timeout_keep_alive_task = self.loop.call_later(
+                GRACE_S, self.timeout_keep_alive_handler)
+            return
+        super().timeout_keep_alive_handler()
 
     def _expired(self) -> None:
         phase = self._phase
