@@ -711,6 +711,7 @@ class ControllerStore:
             self._fence(conn, node_id, session_id)
             now = _now()
             effects: list[StatusEffect] = []
+            charge = [0, 0]  # node events stored by this batch: settled once, below
             for frame, body in frames:
                 if isinstance(body, Poisoned):
                     self._dead_letter(conn, node_id, frame, body, now)
@@ -722,12 +723,13 @@ class ControllerStore:
                     effects.append(self._apply_status(conn, node_id, body, now))
                 elif isinstance(body, NodeEvent):
                     kind, data = body.kind, dict(body.data)
-                    self._node_event(conn, node_id, kind, data)
+                    self._node_event(conn, node_id, kind, data, batch=charge)
                     if kind in ("policy", "apps"):  # the latest report is the node's view
                         conn.execute(f"UPDATE nodes SET {kind}=? WHERE node_id=?",
                                      (json.dumps(data, allow_nan=False), node_id))
                 else:  # a typed class A body this version records but does not interpret
-                    self._node_event(conn, node_id, frame.t, body.to_body())
+                    self._node_event(conn, node_id, frame.t, body.to_body(), batch=charge)
+            self._settle_events(conn, node_id, charge)
             conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",
                          (frames[-1][0].q, node_id))
             return effects
@@ -809,11 +811,13 @@ class ControllerStore:
         return node_event_refusal(kind, data, self.quotas)
 
     def _node_event(self, conn: sqlite3.Connection, node_id: str, kind: str,
-                    data: Any) -> Refusal | None:
+                    data: Any, *, batch: list[int] | None = None) -> Refusal | None:
         """Store one node event within the node's budgets (quotas.py Rule 2): an event
         over the per-event limit is not stored (a small ``node.event.refused`` record with
         its kind and size is, and it is counted); past the per-node budget the oldest are
-        pruned. Returns the refusal, if any."""
+        pruned. With ``batch`` ([items, bytes]), the charge is added there and settled once
+        by :meth:`_settle_events` in the same transaction (one statement a batch, not one
+        an event, on the throughput path). Returns the refusal, if any."""
         data_json = encode_event_data(data)
         size = node_event_size(kind, data_json)
         q = self.quotas
@@ -835,11 +839,24 @@ class ControllerStore:
             refusal = None
         conn.execute("INSERT INTO node_events (node_id, kind, data, at, size) "
                      "VALUES (?,?,?,?,?)", (node_id, kind, data_json, _now(), size))
-        items, total = self._charge(conn, node_id, "events", 1, size)
+        if batch is not None:
+            batch[0] += 1
+            batch[1] += size
+        else:
+            self._settle_events(conn, node_id, [1, size])
+        return refusal
+
+    def _settle_events(self, conn: sqlite3.Connection, node_id: str, charge: list[int]
+                       ) -> None:
+        """Charge ``charge`` ([items, bytes]) of node events to the node and prune past its
+        budget (quotas.py Rule 2)."""
+        if not charge[0]:
+            return
+        q = self.quotas
+        items, total = self._charge(conn, node_id, "events", charge[0], charge[1])
         if items > q.node_events_per_node or total > q.node_events_bytes_per_node:
             self._prune(conn, node_id, "events", max_items=q.node_events_per_node,
                         max_bytes=q.node_events_bytes_per_node)
-        return refusal
 
     @staticmethod
     def _charge(conn: sqlite3.Connection, node_id: str, what: str, items: int,
