@@ -581,8 +581,13 @@ class NodeEvent(Body):
 
     @classmethod
     def from_body(cls, b: Mapping[str, Any]) -> NodeEvent:
-        return cls(kind=req_field(b, "kind", bounded_text, max_len=MAX_KIND_LEN),
-                   data=opt_field(b, "data", plain_data) or {})
+        # Hot path (every node.event): the same checks as req_field/opt_field, inlined.
+        kind = b.get("kind")
+        if kind is None:
+            raise BadFrame("body field 'kind' is required")
+        data = b.get("data")
+        return cls(kind=bounded_text(kind, "kind", max_len=MAX_KIND_LEN),
+                   data={} if data is None else plain_data(data, "data"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -723,12 +723,13 @@ class ControllerStore:
                     effects.append(self._apply_status(conn, node_id, body, now))
                 elif isinstance(body, NodeEvent):
                     kind, data = body.kind, dict(body.data)
-                    self._node_event(conn, node_id, kind, data, batch=charge)
+                    self._node_event(conn, node_id, kind, data, batch=charge, now=now)
                     if kind in ("policy", "apps"):  # the latest report is the node's view
                         conn.execute(f"UPDATE nodes SET {kind}=? WHERE node_id=?",
                                      (json.dumps(data, allow_nan=False), node_id))
                 else:  # a typed class A body this version records but does not interpret
-                    self._node_event(conn, node_id, frame.t, body.to_body(), batch=charge)
+                    self._node_event(conn, node_id, frame.t, body.to_body(), batch=charge,
+                                     now=now)
             self._settle_events(conn, node_id, charge)
             conn.execute("UPDATE stream_cursors SET applied=? WHERE node_id=? AND stream='evt'",
                          (frames[-1][0].q, node_id))
@@ -811,7 +812,8 @@ class ControllerStore:
         return node_event_refusal(kind, data, self.quotas)
 
     def _node_event(self, conn: sqlite3.Connection, node_id: str, kind: str,
-                    data: Any, *, batch: list[int] | None = None) -> Refusal | None:
+                    data: Any, *, batch: list[int] | None = None,
+                    now: float | None = None) -> Refusal | None:
         """Store one node event within the node's budgets (quotas.py Rule 2): an event
         over the per-event limit is not stored (a small ``node.event.refused`` record with
         its kind and size is, and it is counted); past the per-node budget the oldest are
@@ -838,7 +840,8 @@ class ControllerStore:
         else:
             refusal = None
         conn.execute("INSERT INTO node_events (node_id, kind, data, at, size) "
-                     "VALUES (?,?,?,?,?)", (node_id, kind, data_json, _now(), size))
+                     "VALUES (?,?,?,?,?)",
+                     (node_id, kind, data_json, _now() if now is None else now, size))
         if batch is not None:
             batch[0] += 1
             batch[1] += size
@@ -885,6 +888,21 @@ class ControllerStore:
             if usage is None or (usage[0] <= max_items and usage[1] <= max_bytes):
                 return
             over_items, over_bytes = usage[0] - max_items, usage[1] - max_bytes
+            if over_bytes <= 0 and what != "logs":
+                # Over on rows only (the common case: small events): the cut is the
+                # over_items-th oldest row, found and counted by SQLite in two statements.
+                cut = conn.execute(f"SELECT id FROM {table} WHERE node_id=?{where} ORDER BY id "
+                                   "LIMIT 1 OFFSET ?", (node_id, over_items - 1)).fetchone()
+                if cut is not None:
+                    n, freed = conn.execute(
+                        f"SELECT count(*), coalesce(sum(size), 0) FROM {table} WHERE "
+                        f"node_id=?{where} AND id<=?", (node_id, cut[0])).fetchone()
+                    conn.execute(f"DELETE FROM {table} WHERE node_id=?{where} AND id<=?",
+                                 (node_id, cut[0]))
+                    self._pruned(conn, node_id, what, n, freed)
+                    if what == "node_logs":
+                        self._pruned(conn, node_id, "logs", n, freed)
+                    continue
             extra = ", command_id IS NULL" if table == "logs" else ", 0"
             rows = conn.execute(f"SELECT id, size{extra} FROM {table} WHERE node_id=?{where} "
                                 "ORDER BY id LIMIT 256", (node_id,)).fetchall()

@@ -51,15 +51,22 @@ class Refusal:
     message: str
 
 
+# One encoder for every event (json.dumps with arguments builds a new one per call).
+_EVENT_JSON = json.JSONEncoder(default=repr, separators=(",", ":"))
+
+
 def encode_event_data(data: object) -> str:
     """The JSON text stored for a node event's data (what its size is charged on)."""
-    return json.dumps(data, default=repr, separators=(",", ":"))
+    return _EVENT_JSON.encode(data)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def node_event_size(kind: str, data_json: str) -> int:
     """Bytes a node event is charged (Rule 1)."""
-    return ROW_OVERHEAD + len(kind.encode("utf-8", "surrogatepass")) + \
-        len(data_json.encode("utf-8", "surrogatepass"))
+    return ROW_OVERHEAD + _utf8_len(kind) + _utf8_len(data_json)
 
 
 def log_chunk_size(source: str, data: bytes) -> int:

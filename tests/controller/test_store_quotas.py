@@ -76,6 +76,38 @@ async def test_a_node_keeps_its_newest_events_within_its_byte_budget(
     assert len(await store.node_events("n2")) == 1  # another node's budget is its own
 
 
+async def test_a_node_past_its_event_row_budget_keeps_its_newest_rows_and_counts_the_rest(
+        tmp_path: Path) -> None:
+    """The row-count prune (small events; settled once per batch): the newest rows stay,
+    the totals match the table exactly, and every pruned row is counted."""
+    db = Database(tmp_path / "rows.db", migrations=MIGRATIONS, durability="process")
+    await db.open()
+    try:
+        store = ControllerStore(db, quotas=StoreQuotas(node_events_per_node=100))
+
+        def batch(start: int, n: int) -> None:
+            def fn(conn: sqlite3.Connection) -> None:
+                charge = [0, 0]
+                for i in range(start, start + n):
+                    store._node_event(conn, "n1", "e", {"i": i}, batch=charge, now=1.0)
+                store._settle_events(conn, "n1", charge)
+            return fn
+
+        for start in range(0, 1000, 37):  # batches that straddle the budget unevenly
+            await db.write(batch(start, 37))
+        kept = [e["data"] for e in await store.node_events("n1", limit=1000)]
+        rows = stored_bytes(store, "SELECT count(*) FROM node_events WHERE node_id='n1'")
+        assert rows == len(kept) <= 100
+        assert kept[0] == '{"i":1035}'  # newest first, and the newest are the ones kept
+        usage = (await store.node_usage("n1"))["events"]
+        assert usage["items"] == rows
+        assert usage["bytes"] == stored_bytes(
+            store, "SELECT sum(size) FROM node_events WHERE node_id='n1'")
+        assert usage["pruned_items"] == 1036 - rows  # 28 batches of 37: every row counted
+    finally:
+        await db.close()
+
+
 async def test_a_node_keeps_its_newest_logs_within_its_budgets_and_counts_the_rest(
         store: ControllerStore) -> None:
     chunk = b"z" * 100_000
