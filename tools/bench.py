@@ -6,8 +6,9 @@ its row (``value: null`` with a ``note``), never an invented figure. Benchmarks:
 * ``acked_throughput``: one node's ``node.event`` frames per second from "appended to the
   node outbox" to "acked by the controller" (persisted on both sides, group commit on both),
   for both durability modes; beside a raw ``websockets`` echo (same frames, one ack per
-  message, no persistence) and Mosquitto QoS 1 with paho-mqtt, each run with Tether's
-  window and with 64 in flight and credited with its better figure; and the ratios;
+  message, no persistence) and Mosquitto QoS 1 with paho-mqtt, each run twice with Tether's
+  window and twice with 64 in flight and credited with its best figure; Tether is credited
+  with the best of its three runs (``runs`` lists them); and the ratios;
 * ``command_rtt``: operator ``POST diag.ping`` -> ``succeeded`` pushed on /ws (the status
   persisted by the controller), p50/p99 at fixed open-loop rates (100 and 1,000/s);
 * ``sessions``, ``reconnect_storm``, ``ws_fanout``: see :mod:`tether.tools.bench_fleet`;
@@ -108,6 +109,12 @@ async def _start_nodes(ctl: ControllerProcess, root: Path, count: int, durabilit
 WINDOW = EVT_WINDOW
 PEER_SMALL_WINDOW = 64
 PRODUCERS = WINDOW  # concurrent emit_event callers per node in the throughput benchmark
+# Throughput on a shared 2-core box swings by a third from run to run (how the scheduler
+# places three busy processes): each system is credited with its best run, as timeit does.
+# Tether gets THROUGHPUT_RUNS runs; each peer gets PEER_RUNS per window (2 windows), so the
+# peers always have at least as many tries as Tether.
+THROUGHPUT_RUNS = 3
+PEER_RUNS = 2
 
 
 async def _throughput(runtimes: list[Any], frames_per_node: int) -> dict[str, float]:
@@ -202,10 +209,13 @@ async def _run_mode(root: Path, durability: str, plan: Plan) -> list[dict[str, A
         async with asyncio.TaskGroup() as tg:
             runtimes = await _start_nodes(ctl, root, plan.nodes, durability, tg, stop)
             try:
-                tp = await _throughput(runtimes[:1], plan.frames)  # "one node"
+                runs = [await _throughput(runtimes[:1], plan.frames)  # "one node"
+                        for _ in range(THROUGHPUT_RUNS)]
+                tp = max(runs, key=lambda r: r["msgs_per_s"])
                 results.append(row("acked_throughput", system, "msgs_per_s",
                                    round(tp["msgs_per_s"], 1), "msgs/s", nodes=1,
-                                   window=WINDOW, frames=tp["frames"], **extra))
+                                   window=WINDOW, frames=tp["frames"],
+                                   runs=[round(r["msgs_per_s"], 1) for r in runs], **extra))
                 node_ids = [f"bench-{i}" for i in range(plan.nodes)]
                 for rate, count in plan.rtt:
                     rtt = await _command_rtt(ctl, node_ids, count, rate)
@@ -223,6 +233,7 @@ async def _ws_raw(root: Path, frames: int, *, window: int) -> float:
     """Raw websockets, no persistence: 100-byte msgpack frames, ``window`` in flight, one
     ack per message — the same shape as Tether's class A flow, minus durability."""
     port_file = root / "ws-echo.port"
+    port_file.unlink(missing_ok=True)  # a previous run's port must not be read as this one's
     proc = spawn_peer("ws-echo", port_file)
     try:
         port = await peer_port(port_file)
@@ -363,7 +374,8 @@ def _peers(root: Path, plan: Plan) -> list[dict[str, Any]]:
         where = root / f"ws-raw-{window}"
         where.mkdir(parents=True, exist_ok=True)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            raw_by_window[window] = round(runner.run(_ws_raw(where, total, window=window)), 1)
+            raw_by_window[window] = round(max(
+                runner.run(_ws_raw(where, total, window=window)) for _ in range(PEER_RUNS)), 1)
     best = max(raw_by_window, key=lambda w: raw_by_window[w])
     results.append(row("acked_throughput", "websockets-raw", "msgs_per_s",
                        raw_by_window[best], "msgs/s", frames=total, window=best,
@@ -371,12 +383,13 @@ def _peers(root: Path, plan: Plan) -> list[dict[str, Any]]:
     mosq_by_window: dict[int, float] = {}
     for window in windows:
         print(f"bench: mosquitto QoS 1 with paho-mqtt, window {window} ...", file=sys.stderr)
-        mosq = _mosquitto(root, total, window=window)
-        if isinstance(mosq, str):
-            results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s", None,
-                               "msgs/s", note=mosq))
-            return results
-        mosq_by_window[window] = round(mosq, 1)
+        for _ in range(PEER_RUNS):
+            mosq = _mosquitto(root, total, window=window)
+            if isinstance(mosq, str):
+                results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s", None,
+                                   "msgs/s", note=mosq))
+                return results
+            mosq_by_window[window] = max(mosq_by_window.get(window, 0.0), round(mosq, 1))
     best = max(mosq_by_window, key=lambda w: mosq_by_window[w])
     results.append(row("acked_throughput", "mosquitto-qos1", "msgs_per_s",
                        mosq_by_window[best], "msgs/s", frames=total, window=best,

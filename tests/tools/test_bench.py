@@ -50,6 +50,9 @@ def test_bench_tiny_writes_the_pinned_json_shape(tmp_path: Path) -> None:
             assert r["note"].startswith(("unavailable: ", "not yet: ")), r
         else:
             assert isinstance(r["value"], int | float) and r["value"] >= 0, r
+    tp = next(r for r in report["results"] if (r["benchmark"], r["system"], r["metric"]) ==
+              ("acked_throughput", "tether", "msgs_per_s"))
+    assert len(tp["runs"]) == 3 and tp["value"] == max(tp["runs"])  # credited with its best
     media = next(r for r in report["results"] if r["benchmark"] == "media")
     assert media["value"] is None and "not yet" in media["note"]
     storm = {r["metric"]: r for r in report["results"] if r["benchmark"] == "reconnect_storm"}
