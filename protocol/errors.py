@@ -1,9 +1,13 @@
-"""One exception tree for Tether, and the one table that maps error codes to close codes and
-HTTP statuses.
+"""One exception tree for Tether, and the one table that maps error codes to close codes,
+HTTP statuses and the peer's reaction (docs/protocol.md §7 shows it).
 
-Rule: every error carries a snake_case ``code``; the code alone decides how it travels
-(WebSocket close code, HTTP status). Messages are lowercase, name the values involved and say
-what to do; they never include internal state of the process that raised them.
+Every error carries a snake_case ``code``; the code alone decides how it travels (WebSocket
+close code, HTTP status). Messages are lowercase, name the values involved and say what to
+do; they never include internal state of the process that raised them.
+
+Rule 1: the reaction (and readiness incident) belongs to the close code, in
+:data:`CLOSE_TABLE`, because a peer sees only the close code.
+Rule 2: every :class:`CloseCode` has at least one error code in :data:`ERROR_TABLE`.
 """
 
 from __future__ import annotations
