@@ -25,13 +25,22 @@ import websockets
 from websockets.asyncio.client import connect
 
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
+from tether.protocol.errors import Reaction, reaction_for_close
 from tether.protocol.frames import TERMINAL_STATES, Frame
 
 from .client import Api, CliError
 
 EXIT_OUTPUT_DROPPED = 3  # the command succeeded but some of its output did not arrive
 PAGE = 1000  # the REST log page size the controller serves by default
+
 COUNTED_SOURCES = ("stdout", "stderr")
+
+
+def _refused(close_code: int) -> bool:
+    """A close after which following the live stream again cannot help (its reaction in
+    ERROR_TABLE is to stop, or not to hammer: a bad token, a refused origin, another
+    protocol version); any other close is resumed from the store."""
+    return reaction_for_close(close_code) in (Reaction.STOP, Reaction.BACKOFF_MAX)
 
 
 def item_bytes(item: dict[str, Any]) -> bytes:
@@ -151,7 +160,7 @@ async def follow(api: Api, command_id: str, writer: OutputWriter) -> dict[str, A
                     elif data.get("state") in TERMINAL_STATES:
                         return await asyncio.to_thread(writer.catch_up, api, command_id)
         except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code in (4401, 4403, 4426):
+            if exc.rcvd is not None and _refused(exc.rcvd.code):
                 raise CliError(f"the controller refused the live stream: {exc.rcvd.reason} "
                                f"({exc.rcvd.code})") from None
             failure = str(exc)

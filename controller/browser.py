@@ -32,6 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from tether.protocol.codec import JSON_SUBPROTOCOL, MAX_FRAME_BYTES, decode_json, encode_json
 from tether.protocol.errors import (
     BadFrame,
+    CloseCode,
     FrameTooLarge,
     LocalProtocolError,
     NotFound,
@@ -96,11 +97,11 @@ async def browser_endpoint(ws: WebSocket) -> None:
     controller: Controller = ws.app.state.controller
     if JSON_SUBPROTOCOL not in (ws.scope.get("subprotocols") or []):
         await ws.accept()
-        await ws.close(4426, f"offer sub-protocol {JSON_SUBPROTOCOL}")
+        await ws.close(CloseCode.UNSUPPORTED_PROTOCOL, f"offer sub-protocol {JSON_SUBPROTOCOL}")
         return
     await ws.accept(subprotocol=JSON_SUBPROTOCOL)
     if not _origin_allowed(ws, controller.config.allowed_origins):
-        await ws.close(4403, "origin not allowed")
+        await ws.close(CloseCode.FORBIDDEN, "origin not allowed")
         return
     sub = Subscriber(max_queue=controller.config.ws_max_queue,
                      max_bytes=controller.config.ws_max_queue_bytes)
@@ -114,12 +115,13 @@ async def browser_endpoint(ws: WebSocket) -> None:
                 await _read(ws, controller, sub, sending)
             finally:
                 pusher.cancel()
-        code, reason = 1000, "bye"
+        code, reason = CloseCode.NORMAL_CLOSURE, "bye"
     except* _Close as group:
         first = group.exceptions[0]
-        code, reason = (first.code, first.reason) if isinstance(first, _Close) else (1011, "")
+        code, reason = ((first.code, first.reason) if isinstance(first, _Close)
+                        else (CloseCode.INTERNAL_ERROR, ""))
     except* (OSError, RuntimeError, WebSocketDisconnect):  # the client went away mid-send
-        code, reason = 1006, "connection lost"
+        code, reason = CloseCode.CONNECTION_LOST, "connection lost"
     finally:
         controller.hub.unsubscribe(sub)
     if ws.application_state != WebSocketState.DISCONNECTED:
@@ -137,8 +139,8 @@ async def _send(ws: WebSocket, frame: Frame) -> None:
         async with asyncio.timeout(SEND_TIMEOUT_S):
             await ws.send_text(text)
     except TimeoutError:  # a client that does not read is too slow (§9): 4429
-        raise _Close(4429, "client is not reading: too slow; reconnect and resubscribe"
-                     ) from None
+        raise _Close(CloseCode.RATE_LIMITED,
+                     "client is not reading: too slow; reconnect and resubscribe") from None
 
 
 async def _receive(ws: WebSocket, timeout_s: float, max_bytes: int) -> Frame | None:
@@ -146,30 +148,31 @@ async def _receive(ws: WebSocket, timeout_s: float, max_bytes: int) -> Frame | N
         async with asyncio.timeout(timeout_s):
             msg = await ws.receive()
     except TimeoutError:
-        raise _Close(4408, f"nothing received for {timeout_s:g} s") from None
+        raise _Close(CloseCode.TIMEOUT, f"nothing received for {timeout_s:g} s") from None
     if msg["type"] == "websocket.disconnect":
         return None
     text = msg.get("text")
     if text is None:
-        raise _Close(4400, f"binary frames are not allowed on {JSON_SUBPROTOCOL}")
+        raise _Close(CloseCode.PROTOCOL_ERROR,
+                     f"binary frames are not allowed on {JSON_SUBPROTOCOL}")
     try:
         return decode_json(text, max_frame_bytes=max_bytes)
     except FrameTooLarge as exc:
-        raise _Close(1009, exc.message) from None
+        raise _Close(CloseCode.FRAME_TOO_LARGE, exc.message) from None
     except BadFrame as exc:
-        raise _Close(4400, exc.message) from None
+        raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
 
 async def _hello(ws: WebSocket, controller: Controller) -> str:
     frame = await _receive(ws, HELLO_TIMEOUT_S, controller.config.max_frame_bytes)
     if frame is None:
-        raise _Close(1000, "closed before hello")
+        raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
     if frame.t != "hello":
-        raise _Close(4400, f"expected hello first, got {frame.t!r}")
+        raise _Close(CloseCode.PROTOCOL_ERROR, f"expected hello first, got {frame.t!r}")
     token = frame.b.get("token")
     role = await controller.store.operator_role(token) if isinstance(token, str) else None
     if role is None:
-        raise _Close(4401, "operator token is not valid")
+        raise _Close(CloseCode.AUTH_FAILED, "operator token is not valid")
     return role
 
 
@@ -205,8 +208,8 @@ async def _push(ws: WebSocket, hub: EventHub, sub: Subscriber, sending: asyncio.
     while True:
         event = await sub.get()
         if event is None:
-            raise _Close(4429, "event queue overflowed: client too slow; reconnect and "
-                               "resubscribe")
+            raise _Close(CloseCode.RATE_LIMITED,
+                         "event queue overflowed: client too slow; reconnect and resubscribe")
         async with sending:
             try:
                 await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,

@@ -31,6 +31,7 @@ from tether.protocol.codec import (
 )
 from tether.protocol.errors import (
     BadFrame,
+    CloseCode,
     FrameTooLarge,
     RemoteProtocolError,
     TetherError,
@@ -107,11 +108,12 @@ async def edge_session(websocket: WebSocket, controller: Controller) -> None:
     offered = websocket.scope.get("subprotocols") or []
     if MSGPACK_SUBPROTOCOL not in offered:
         await websocket.accept()
-        await websocket.close(4426, f"offer sub-protocol {MSGPACK_SUBPROTOCOL}")
+        await websocket.close(CloseCode.UNSUPPORTED_PROTOCOL,
+                              f"offer sub-protocol {MSGPACK_SUBPROTOCOL}")
         return
     await websocket.accept(subprotocol=MSGPACK_SUBPROTOCOL)
     if controller.stopping:
-        await websocket.close(1001, "controller going away")
+        await websocket.close(CloseCode.GOING_AWAY, "controller going away")
         return
     conn = EdgeConnection(websocket, controller)
     controller.connections.add(conn)
@@ -210,16 +212,17 @@ class EdgeConnection:
             nonce = await self._challenge()
             if adm.saturated():  # the hello could not be served anyway: say so now
                 adm.refuse()
-                raise _Close(4429, f"overloaded; retry_after={adm.retry_after()}")
+                raise _Close(CloseCode.RATE_LIMITED, f"overloaded; retry_after={adm.retry_after()}")
             self._hello = await self._await_hello()
             if self._hello is None:
-                raise _Close(1000, "closed before hello")
+                raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
         except _Close as exc:
             await self._finish(exc)
             return
         if not await self.ctl.admission.acquire():
             retry_after = self.ctl.admission.retry_after()
-            await self._finish(_Close(4429, f"overloaded; retry_after={retry_after}"))
+            await self._finish(_Close(CloseCode.RATE_LIMITED,
+                                      f"overloaded; retry_after={retry_after}"))
             return
         completed = False
         try:
@@ -230,7 +233,7 @@ class EdgeConnection:
             return
         except Exception:
             logger.exception("edge handshake failed", extra={"remote": self.remote})
-            await self._finish(_Close(1011, "internal error"))
+            await self._finish(_Close(CloseCode.INTERNAL_ERROR, "internal error"))
             return
         finally:
             self.ctl.admission.release(completed=completed)
@@ -250,11 +253,11 @@ class EdgeConnection:
             first = group.exceptions[0]
             close = first if isinstance(first, _Close) else None
         except* Fenced:
-            close = _Close(4409, "superseded")
+            close = _Close(CloseCode.SUPERSEDED, "superseded")
         except* Exception as group:
             logger.error("edge session failed", exc_info=group.exceptions[0],
                          extra={"node_id": self.node_id, "session_id": self.session_id})
-            close = _Close(1011, "internal error")
+            close = _Close(CloseCode.INTERNAL_ERROR, "internal error")
         await self._finish(close or self.closing)
 
     async def _finish(self, close: _Close | None) -> None:
@@ -269,7 +272,7 @@ class EdgeConnection:
         reason = close.reason if close else "connection closed by node"
         if self.goodbye:
             reason = "goodbye"
-        if not (close and close.code == 4409):
+        if not (close and close.code == CloseCode.SUPERSEDED):
             with contextlib.suppress(TetherError):
                 if self.cmd_sent > self.cmd_noted:  # the sent mark, if its task was cut
                     await self.ctl.store.note_cmd_sent(self.node_id, self.session_id,
@@ -288,19 +291,19 @@ class EdgeConnection:
     async def supersede(self) -> None:
         """A newer session took this node: fence, then close with 4409."""
         self.fenced = True
-        self.closing = _Close(4409, "superseded by a newer session")
-        await self._close_ws(4409, "superseded by a newer session")
+        self.closing = _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
+        await self._close_ws(CloseCode.SUPERSEDED, "superseded by a newer session")
 
     async def disable(self) -> None:
         """The operator disabled this node: fence and close with 4403."""
         self.fenced = True
-        self.closing = _Close(4403, "node disabled by operator")
-        await self._close_ws(4403, "node disabled by operator")
+        self.closing = _Close(CloseCode.FORBIDDEN, "node disabled by operator")
+        await self._close_ws(CloseCode.FORBIDDEN, "node disabled by operator")
 
     async def shutdown(self) -> None:
         """The controller is stopping: close with 1001 (the node reconnects with backoff)."""
-        self.closing = _Close(1001, "controller going away")
-        await self._close_ws(1001, "controller going away")
+        self.closing = _Close(CloseCode.GOING_AWAY, "controller going away")
+        await self._close_ws(CloseCode.GOING_AWAY, "controller going away")
 
     def wake_downlink(self) -> None:
         """There may be downlink work (commands queued, acks to record, errors to send)."""
@@ -336,7 +339,7 @@ class EdgeConnection:
         except (RuntimeError, OSError, WebSocketDisconnect) as exc:
             # WebSocketDisconnect: the node closed while it was still owed frames (errors,
             # acks, commands). Its own ending, not an internal error of this session.
-            raise _Close(1006, f"send failed: {exc!r}") from None
+            raise _Close(CloseCode.CONNECTION_LOST, f"send failed: {exc!r}") from None
 
     async def _send(self, frame: Frame) -> None:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
@@ -352,7 +355,7 @@ class EdgeConnection:
             async with asyncio.timeout(timeout_s):
                 msg = await self.ws.receive()
         except TimeoutError:
-            raise _Close(4408, f"no hello within {timeout_s:g} s") from None
+            raise _Close(CloseCode.TIMEOUT, f"no hello within {timeout_s:g} s") from None
         return self._frame_from(msg)
 
     async def _await_hello(self) -> Frame | None:
@@ -375,13 +378,13 @@ class EdgeConnection:
                 timed_out = False
         except TimeoutError:
             # cut short by the gate (pressure, caps) or its own allowance: either way late
-            raise _Close(4408, f"no hello in time (waited {loop.time() - entered:.1f} s of "
-                               f"at most {allowance_s:g} s)") from None
+            raise _Close(CloseCode.TIMEOUT, f"no hello in time (waited "
+                         f"{loop.time() - entered:.1f} s of at most {allowance_s:g} s)") from None
         finally:
             gate.leave(self, timed_out=timed_out)
         frame = self._frame_from(msg)
         if frame is not None and frame.t != Hello.TYPE:
-            raise _Close(4400, f"expected edge.hello first, got {frame.t!r}")
+            raise _Close(CloseCode.PROTOCOL_ERROR, f"expected edge.hello first, got {frame.t!r}")
         return frame
 
     def _frame_from(self, msg: Message) -> Frame | None:
@@ -391,14 +394,15 @@ class EdgeConnection:
             return None
         data = msg.get("bytes")
         if data is None:
-            raise _Close(4400, f"text frames are not allowed on {MSGPACK_SUBPROTOCOL}")
+            raise _Close(CloseCode.PROTOCOL_ERROR,
+                         f"text frames are not allowed on {MSGPACK_SUBPROTOCOL}")
         self._msg_bytes = len(data)
         try:
             frame = decode_msgpack(data, max_frame_bytes=self.max_frame)
         except FrameTooLarge as exc:
-            raise _Close(1009, exc.message) from None
+            raise _Close(CloseCode.FRAME_TOO_LARGE, exc.message) from None
         except BadFrame as exc:
-            raise _Close(4400, exc.message) from None
+            raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
         self.last_frame_mono = time.monotonic()
         return frame
 
@@ -414,17 +418,17 @@ class EdgeConnection:
         cid = self.ctl.controller_id
         frame = await self._receive(self.ctl.config.handshake_timeout_s)
         if frame is None:
-            raise _Close(1000, "closed before hello")
+            raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
         if frame.t != Hello.TYPE:
-            raise _Close(4400, f"expected edge.hello first, got {frame.t!r}")
+            raise _Close(CloseCode.PROTOCOL_ERROR, f"expected edge.hello first, got {frame.t!r}")
         try:
             hello = Hello.parse(frame)
         except BadFrame as exc:
-            raise _Close(4400, exc.message) from None
+            raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
         self.state, _ = step(Role.CONTROLLER, self.state, Event.HELLO)
         if hello.protocol != PROTOCOL_VERSION:
-            raise _Close(4426, f"protocol {hello.protocol} is not supported; this controller "
-                               f"speaks {PROTOCOL_VERSION}")
+            raise _Close(CloseCode.UNSUPPORTED_PROTOCOL, f"protocol {hello.protocol} is not "
+                         f"supported; this controller speaks {PROTOCOL_VERSION}")
         # An unknown id and a bad signature look the same on the wire (code, reason and
         # roughly the time taken: an unknown id is verified against a dummy key), so that an
         # unauthenticated peer cannot learn which ids are enrolled; the log says which.
@@ -437,9 +441,9 @@ class EdgeConnection:
                 "node_id": hello.node_id[:64], "remote": self.remote,
                 "detail": "unknown node id" if known is None else
                 "signature does not verify with the enrolled key (or the key is weak)"})
-            raise _Close(4401, HELLO_REFUSED)
+            raise _Close(CloseCode.AUTH_FAILED, HELLO_REFUSED)
         if not enabled:
-            raise _Close(4403, "node is disabled")
+            raise _Close(CloseCode.FORBIDDEN, "node is disabled")
         self.node_id = hello.node_id
         if hello.max_frame is not None:  # the session's one cap, both ways (§4 Frame cap)
             self.max_frame = min(self.max_frame, hello.max_frame)
@@ -450,14 +454,14 @@ class EdgeConnection:
         if old is not None:
             await old.supersede()
         if self.ctl.stopping:
-            raise _Close(1001, "controller going away")
+            raise _Close(CloseCode.GOING_AWAY, "controller going away")
         opened = await self.ctl.store.open_session(
             node_id=self.node_id, remote=self.remote, previous_session=hello.session_id,
             evt_epoch=hello.epoch, cmd_acked=int(hello.acks.get("cmd", 0)),
             runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
             labels=dict(hello.labels), max_frame=self.max_frame)
         if self.fenced:  # superseded while opening
-            raise _Close(4409, "superseded by a newer session")
+            raise _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         self.session_id = opened.session_id
         self.resumed = opened.resumed
         self.evt = StreamReceiver(epoch=hello.epoch, applied=opened.evt_applied)
@@ -498,7 +502,7 @@ class EdgeConnection:
                         try:
                             frames = unbatch(frame, max_frames=MAX_BATCH_FRAMES)
                         except BadFrame as exc:
-                            raise _Close(4400, exc.message) from None
+                            raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
                         # each frame is charged its share of the message (no re-encoding)
                         self._msg_bytes = self._msg_bytes // max(1, len(frames)) + 1
                         for each in frames:
@@ -509,9 +513,9 @@ class EdgeConnection:
                     del frame  # an idle session does not keep its last frame while it waits
         except TimeoutError:
             if self._sending:
-                raise _Close(4408, f"node is not reading (a send waited over {idle_s:g} s)"
-                             ) from None
-            raise _Close(4408, f"no frame within {idle_s:g} s") from None
+                raise _Close(CloseCode.TIMEOUT,
+                             f"node is not reading (a send waited over {idle_s:g} s)") from None
+            raise _Close(CloseCode.TIMEOUT, f"no frame within {idle_s:g} s") from None
         finally:
             self._idle_deadline = None
 
@@ -529,11 +533,11 @@ class EdgeConnection:
         try:
             self.state, _ = step(Role.CONTROLLER, self.state, event_for(frame.t))
         except RemoteProtocolError as exc:
-            raise _Close(4400, exc.message) from None
+            raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
         if frame.t == "edge.goodbye":
             self.goodbye = True
             await self._flush_evt()
-            raise _Close(1000, "goodbye")
+            raise _Close(CloseCode.NORMAL_CLOSURE, "goodbye")
         await self._handle(frame)
 
     async def _handle(self, frame: Frame) -> None:
@@ -595,7 +599,7 @@ class EdgeConnection:
                 "detail": excerpt(frame.b.get("message"), 200)})
         elif t == "cmd.deliver" or t in ("edge.challenge", "edge.welcome",
                                          "edge.heartbeat_ack"):
-            raise _Close(4400, f"{t!r} is a controller-to-node frame")
+            raise _Close(CloseCode.PROTOCOL_ERROR, f"{t!r} is a controller-to-node frame")
         else:
             known = delivery_class(t) is not None
             await self._send(ErrorBody(
@@ -615,7 +619,7 @@ class EdgeConnection:
         try:
             return Ack.from_body({"acks": acks})
         except BadFrame as exc:
-            raise _Close(4400, exc.message) from None
+            raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
     def _parse_or_error(self, cls: Any, frame: Frame) -> Any:
         try:
@@ -645,7 +649,8 @@ class EdgeConnection:
         it takes its place in the stream as :class:`Poisoned`, is recorded as a dead letter
         instead of applied, and is acked like any other, so the stream moves on."""
         if frame.s != EVT_STREAM or frame.q is None:
-            raise _Close(4400, f"{frame.t!r} must travel on stream 'evt' with a sequence")
+            raise _Close(CloseCode.PROTOCOL_ERROR,
+                         f"{frame.t!r} must travel on stream 'evt' with a sequence")
         verdict = self.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
             body: Body | Poisoned
@@ -675,8 +680,8 @@ class EdgeConnection:
         if n is None:
             return
         if n > self.cmd_sent:
-            raise _Close(4400, f"ack for cmd q={n} is beyond q={self.cmd_sent}, the last "
-                               "sent on this session")
+            raise _Close(CloseCode.PROTOCOL_ERROR, f"ack for cmd q={n} is beyond "
+                         f"q={self.cmd_sent}, the last sent on this session")
         if n > self.cmd_ack_seen:
             self.cmd_ack_seen = n
             self.wake_downlink()
@@ -684,8 +689,8 @@ class EdgeConnection:
     def _on_resume(self, n: int) -> None:
         """The node's runtime re-attached having applied up to ``n``: re-send after it."""
         if n > self.cmd_sent:
-            raise _Close(4400, f"resume from cmd q={n} is beyond q={self.cmd_sent}, the last "
-                               "sent on this session")
+            raise _Close(CloseCode.PROTOCOL_ERROR, f"resume from cmd q={n} is beyond "
+                         f"q={self.cmd_sent}, the last sent on this session")
         self._saw_cmd_ack(n)
         self.cmd_sent = max(n, self.cmd_acked)
         self.wake_downlink()

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from tether.protocol.errors import incident_for_close
 from tether.protocol.liveness import Freshness, authority_freshness
 
 INCIDENT_FRESH_S = 30.0  # an incident this recent keeps the node from being ready
@@ -19,12 +20,9 @@ MAX_INCIDENTS = 100
 
 
 def incident_class(close_code: int | None) -> str:
-    """Which kind of trouble a close code is (PROTOCOL.md §7)."""
-    if close_code in (4401, 4403):
-        return "auth"
-    if close_code in (4400, 1009, 4426):
-        return "protocol"
-    return "transport"
+    """Which kind of trouble a close code is: its incident in ERROR_TABLE's close codes
+    ("transport" for a code not tabled, or None)."""
+    return incident_for_close(close_code).value
 
 
 @dataclass(slots=True)

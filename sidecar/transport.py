@@ -34,7 +34,15 @@ from tether.protocol.codec import (
     encode_batch,
     encode_msgpack,
 )
-from tether.protocol.errors import BadFrame, FrameTooLarge, RemoteProtocolError
+from tether.protocol.errors import (
+    BadFrame,
+    CloseCode,
+    FrameTooLarge,
+    Reaction,
+    RemoteProtocolError,
+    close_spec,
+    reaction_for_close,
+)
 from tether.protocol.frames import (
     Challenge,
     Frame,
@@ -49,10 +57,8 @@ from tether.protocol.signing import sign_hello
 
 logger = logging.getLogger(__name__)
 
-# Close codes after which this process must not dial again (PROTOCOL.md §7).
-FINAL_CODES = {4403: "node disabled", 4409: "superseded by a newer session",
-               4426: "unsupported protocol version"}
 RESET_AFTER_S = 60.0  # a session that lasted this long resets the backoff
+MAX_BACKOFF_S = 30.0  # PROTOCOL.md §7's cap, where BACKOFF_MAX goes at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +95,6 @@ class LinkStopped(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"{code}: {reason}")
         self.code, self.reason = code, reason
-
-
-PIN_MISMATCH = 4995  # local only: the controller's certificate matched no pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +245,7 @@ class ControllerLink:
             with contextlib.suppress(Exception):
                 await self.send(Goodbye(reason=reason).frame())
                 async with asyncio.timeout(5):
-                    await ws.close(1000, "goodbye")
+                    await ws.close(CloseCode.NORMAL_CLOSURE, "goodbye")
 
     def stop(self) -> None:
         self._stopping = True
@@ -253,7 +256,7 @@ class ControllerLink:
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
-                await ws.close(1000, reason[:120])
+                await ws.close(CloseCode.NORMAL_CLOSURE, reason[:120])
 
     def drop_now(self) -> None:
         """Abort the connection without a close handshake, as a failing network would, and
@@ -283,19 +286,16 @@ class ControllerLink:
             await self.handler.on_disconnected()
             if self._stopping:
                 break
-            if code in FINAL_CODES:
+            if is_final(code):
                 self._set(state="stopped")
-                raise LinkStopped(code, reason or FINAL_CODES[code])
+                raise LinkStopped(code, reason or close_spec(code).meaning)
             if lasted_s >= RESET_AFTER_S:
                 delays = backoff_delays(self.rng.uniform)
             delay = next(delays)
             if self._reconnect_now:
                 self._reconnect_now = False
                 delay = 0.0
-            if code in (4401, PIN_MISMATCH):  # do not hammer: back off to the maximum
-                delay = 30.0 * (0.5 + self.rng.random() / 2)
-            elif code == 4429:
-                delay = _retry_after(reason, default=delay) * (1 + self.rng.random() / 2)
+            delay = reconnect_delay(code, reason, backoff_s=delay, random=self.rng.random)
             self.status.reconnects += 1
             self._set(backoff_s=round(delay, 3))
             logger.info("reconnecting", extra={"node_id": self.node_id, "code": code,
@@ -343,9 +343,9 @@ class ControllerLink:
             mismatch = _pin_mismatch(ws, self.tls.pins)
             if mismatch is not None:
                 with contextlib.suppress(Exception):
-                    await ws.close(1000, "certificate pin mismatch")
+                    await ws.close(CloseCode.NORMAL_CLOSURE, "certificate pin mismatch")
                 self._fail_over()
-                return PIN_MISMATCH, mismatch, 0.0
+                return CloseCode.PIN_MISMATCH, mismatch, 0.0
         self._ws = ws
         code: int | None = None
         reason: str | None = None
@@ -360,9 +360,9 @@ class ControllerLink:
                 finally:
                     hb.cancel()
         except* ReconnectNeeded as group:
-            code, reason = 4400, str(group.exceptions[0])
+            code, reason = CloseCode.PROTOCOL_ERROR, str(group.exceptions[0])
             with contextlib.suppress(Exception):
-                await ws.close(1000, "reconnecting")
+                await ws.close(CloseCode.NORMAL_CLOSURE, "reconnecting")
         except* _LocalClose as group:
             first = group.exceptions[0]
             if isinstance(first, _LocalClose):
@@ -390,29 +390,30 @@ class ControllerLink:
             async with asyncio.timeout(timeout_s):
                 data = await ws.recv()
         except TimeoutError:
-            raise _LocalClose(4408, f"nothing from the controller for {timeout_s:g} s"
-                              ) from None
+            raise _LocalClose(CloseCode.TIMEOUT,
+                              f"nothing from the controller for {timeout_s:g} s") from None
         if isinstance(data, str):
-            raise _LocalClose(4400, "text frame on a msgpack session")
+            raise _LocalClose(CloseCode.PROTOCOL_ERROR, "text frame on a msgpack session")
         try:
             return decode_msgpack(data, max_frame_bytes=self.max_frame_bytes)
         except FrameTooLarge as exc:
-            raise _LocalClose(1009, exc.message) from None
+            raise _LocalClose(CloseCode.FRAME_TOO_LARGE, exc.message) from None
         except BadFrame as exc:
-            raise _LocalClose(4400, exc.message) from None
+            raise _LocalClose(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
     async def _handshake(self, ws: ClientConnection) -> None:
         state = INITIAL[Role.NODE]
         frame = await self._recv(ws, self.handshake_timeout_s)
         if frame.t != Challenge.TYPE:
-            raise _LocalClose(4400, f"expected edge.challenge, got {frame.t!r}")
+            raise _LocalClose(CloseCode.PROTOCOL_ERROR, f"expected edge.challenge, got {frame.t!r}")
         try:
             challenge = Challenge.parse(frame)
         except BadFrame as exc:
-            raise _LocalClose(4400, exc.message) from None
+            raise _LocalClose(CloseCode.PROTOCOL_ERROR, exc.message) from None
         state, _ = step(Role.NODE, state, Event.CHALLENGE)
         if 1 not in challenge.protocols:
-            raise _LocalClose(4426, "controller does not speak protocol 1")
+            raise _LocalClose(CloseCode.UNSUPPORTED_PROTOCOL,
+                              "controller does not speak protocol 1")
         hs = await self.handler.hello_state()
         sig = sign_hello(self.key, challenge.nonce, challenge.controller_id, self.node_id)
         hello = Hello(node_id=self.node_id, sig=sig, epoch=hs.epoch,
@@ -426,7 +427,7 @@ class ControllerLink:
             state, _ = step(Role.NODE, state, event_for(frame.t))
             welcome = Welcome.parse(frame)
         except (RemoteProtocolError, BadFrame) as exc:
-            raise _LocalClose(4400, exc.message) from None
+            raise _LocalClose(CloseCode.PROTOCOL_ERROR, exc.message) from None
         self._welcome = welcome
         self.connected.set()  # before on_welcome, so that it can replay at once
         await self.handler.on_welcome(welcome)
@@ -441,7 +442,7 @@ class ControllerLink:
             if frame.t == HeartbeatAck.TYPE:
                 self._on_heartbeat_ack(frame)
             if frame.t == "edge.goodbye":
-                raise _LocalClose(1000, "controller said goodbye")
+                raise _LocalClose(CloseCode.NORMAL_CLOSURE, "controller said goodbye")
             await self.handler.on_frame(frame)
 
     async def _heartbeat_loop(self) -> None:
@@ -481,6 +482,26 @@ class _LocalClose(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
+
+
+def is_final(close_code: int | None) -> bool:
+    """True when this process must not dial again after ``close_code`` (ERROR_TABLE: STOP)."""
+    return reaction_for_close(close_code) is Reaction.STOP
+
+
+def reconnect_delay(close_code: int | None, reason: str | None, *, backoff_s: float,
+                    random: Callable[[], float]) -> float:
+    """Seconds to wait before dialling again after ``close_code``, as its reaction in
+    ERROR_TABLE says: ``backoff_s`` (the next full-jitter delay, or 0 for a reconnect asked
+    for) for BACKOFF; 15-30 s at once for BACKOFF_MAX; the announced retry_after plus up to
+    50% for RETRY_AFTER. ``random`` is drawn from only for those two. Call only when
+    :func:`is_final` is False."""
+    reaction = reaction_for_close(close_code)
+    if reaction is Reaction.BACKOFF_MAX:  # do not hammer: back off to the maximum
+        return MAX_BACKOFF_S * (0.5 + random() / 2)
+    if reaction is Reaction.RETRY_AFTER:
+        return _retry_after(reason, default=backoff_s) * (1 + random() / 2)
+    return backoff_s
 
 
 def _retry_after(reason: str | None, *, default: float) -> float:

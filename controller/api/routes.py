@@ -26,6 +26,7 @@ from tether.protocol.errors import (
     InvalidRequest,
     NotFound,
     TetherError,
+    http_status_for,
 )
 from tether.protocol.frames import COMMAND_STATES, valid_node_id
 from tether.protocol.keys import check_ed25519_public_key
@@ -58,7 +59,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return error_response(500, "internal", "internal error; see the controller log")
+    return error_response(http_status_for("internal"), "internal",
+                          "internal error; see the controller log")
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

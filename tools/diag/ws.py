@@ -27,7 +27,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from tether.protocol.codec import MSGPACK_SUBPROTOCOL, decode_msgpack, encode_msgpack
-from tether.protocol.errors import TetherError
+from tether.protocol.errors import CloseCode, TetherError
 from tether.protocol.frames import Challenge, Goodbye, Heartbeat, HeartbeatAck, Hello, Welcome
 from tether.protocol.signing import load_private_key, sign_hello
 
@@ -36,13 +36,18 @@ from .report import Report, StepFailed
 EXIT_CODES = {"dns": 10, "tcp": 11, "tls": 12, "proxy": 13, "upgrade": 14, "challenge": 15,
               "hello": 16, "heartbeat": 17}
 CLOSE_HINTS = {
-    4401: "the node key is not enrolled on this controller (or the id is wrong): enroll it "
-          "with 'tether node enroll', or check --node-id",
-    4403: "the node is disabled on this controller: POST /api/v1/nodes/{id}/enable",
-    4426: "the controller speaks another protocol version: upgrade the older side",
-    4429: "the controller is overloaded: retry after the retry_after in the reason",
-    4408: "the controller timed out the handshake: a proxy or a slow link is delaying frames",
-    4400: "the controller refused a frame: the node's tether version may be too old",
+    CloseCode.AUTH_FAILED: "the node key is not enrolled on this controller (or the id is "
+                           "wrong): enroll it with 'tether node enroll', or check --node-id",
+    CloseCode.FORBIDDEN: "the node is disabled on this controller: "
+                         "POST /api/v1/nodes/{id}/enable",
+    CloseCode.UNSUPPORTED_PROTOCOL: "the controller speaks another protocol version: "
+                                    "upgrade the older side",
+    CloseCode.RATE_LIMITED: "the controller is overloaded: retry after the retry_after in the "
+                            "reason",
+    CloseCode.TIMEOUT: "the controller timed out the handshake: a proxy or a slow link is "
+                       "delaying frames",
+    CloseCode.PROTOCOL_ERROR: "the controller refused a frame: the node's tether version may "
+                              "be too old",
 }
 
 
