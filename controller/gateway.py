@@ -189,8 +189,7 @@ class EdgeConnection:
                  "pending_logs",
                  "remote", "resources",
                  "resumed", "runtime", "session_id", "sidecar", "state", "svc",
-                 "touched_frame_mono",
-                 "touched_state", "transport", "ws")
+                 "transport", "ws")
 
     def __init__(self, ws: WebSocket, services: EdgeServices) -> None:
         self.ws = ws
@@ -206,8 +205,6 @@ class EdgeConnection:
         self.closing: _Close | None = None
         self.opened_mono = time.monotonic()
         self.last_frame_mono = self.opened_mono
-        self.touched_frame_mono = -1.0  # last_frame_mono / runtime state as last persisted
-        self.touched_state: str | None = None
         self.runtime: dict[str, Any] = {"state": "attached", "version": None}
         self.sidecar: dict[str, Any] = {}
         self.resources: dict[str, Any] = {}

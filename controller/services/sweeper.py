@@ -23,16 +23,26 @@ logger = logging.getLogger(__name__)
 
 
 class SweptSession(Protocol):
-    """A session of this process, as the sweeper sees it (gateway ``EdgeConnection``)."""
+    """A session of this process, as the sweeper sees it (gateway ``EdgeConnection``):
+    read, never changed, but for :meth:`expire_if_idle`."""
 
-    node_id: str
-    session_id: str | None
-    last_frame_mono: float
-    runtime: dict[str, Any]
-    touched_frame_mono: float  # last_frame_mono as last written by a touch
-    touched_state: str | None  # the runtime state as last written by a touch
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def session_id(self) -> str | None: ...
+
+    @property
+    def last_frame_mono(self) -> float: ...
+
+    @property
+    def runtime(self) -> dict[str, Any]: ...
 
     def expire_if_idle(self, now_mono: float) -> bool: ...
+
+
+# node_id -> (last_frame_mono, runtime state) as last written by a touch
+Touched = dict[str, tuple[float, str | None]]
 
 
 class SweepStore(Protocol):
@@ -43,21 +53,23 @@ class SweepStore(Protocol):
     async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None: ...
 
 
-def changed_since_touch(sessions: Iterable[SweptSession], now_mono: float, *,
-                        now: float | None = None) -> dict[str, tuple[float, str | None]]:
+def changed_since_touch(sessions: Iterable[SweptSession], touched: Touched,
+                        now_mono: float, *, now: float | None = None
+                        ) -> tuple[dict[str, tuple[float, str | None]], Touched]:
     """Last-seen time (wall clock) and runtime state of each live session that heard a
-    frame or changed state since its last touch, marking them touched: an idle fleet costs
-    no writes, and a busy one at most one row per node per touch interval."""
+    frame or changed state since ``touched`` (what the last touch wrote), and what this
+    touch writes, for the next: an idle fleet costs no writes, and a busy one at most one
+    row per node per touch interval. Nodes without a live session are forgotten."""
     now = time.time() if now is None else now
     seen: dict[str, tuple[float, str | None]] = {}
+    marks: Touched = {}
     for c in sessions:
         if c.session_id is None:
             continue
-        state = c.runtime.get("state")
-        if c.last_frame_mono != c.touched_frame_mono or state != c.touched_state:
-            seen[c.node_id] = (now - (now_mono - c.last_frame_mono), state)
-            c.touched_frame_mono, c.touched_state = c.last_frame_mono, state
-    return seen
+        mark = marks[c.node_id] = (c.last_frame_mono, c.runtime.get("state"))
+        if touched.get(c.node_id) != mark:
+            seen[c.node_id] = (now - (now_mono - mark[0]), mark[1])
+    return seen, marks
 
 
 class Sweeper:
@@ -79,6 +91,7 @@ class Sweeper:
         self.loop_lag_ms = 0.0
         self.loop_lag_max_ms = 0.0
         self._tick = 0
+        self._touched: Touched = {}
 
     async def run(self) -> None:
         """Tick until cancelled (its owner, app.py's lifespan, cancels and awaits it)."""
@@ -108,4 +121,6 @@ class Sweeper:
         if self._tick % hourly == 0:
             await self._store.prune_idempotency_keys()
         if self._tick % touch_every == 0:
-            await self._store.touch_nodes(changed_since_touch(self._sessions, now_mono))
+            seen, marks = changed_since_touch(self._sessions, self._touched, now_mono)
+            await self._store.touch_nodes(seen)
+            self._touched = marks  # only once written: a failed touch is tried again
