@@ -25,7 +25,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -46,8 +46,10 @@ from .services.commands import CommandService
 from .services.events import Subscriber, data_size
 from .services.monitor import MonitorStore
 from .services.nodes import NodeViews
-from .store.controller_store import ControllerStore
 from .views import command_view, log_item
+
+if TYPE_CHECKING:
+    from .store.controller_store import ControllerStore
 
 logger = logging.getLogger(__name__)
 

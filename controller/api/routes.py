@@ -41,11 +41,10 @@ from ..services.presence import Presence
 from ..services.probe import StoreProbe
 from ..services.router import Router
 from ..services.runstate import RunState
-from ..store.controller_store import ControllerStore
 from ..views import command_view, iso, log_item, node_event_view
 
 if TYPE_CHECKING:
-    from ..store.controller_store import LogPage
+    from ..store.controller_store import ControllerStore, LogPage
 
 MAX_BODY_BYTES = 1 << 20
 MAX_TTL_S = 365 * 86400
