@@ -24,6 +24,7 @@ demo: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 sysdeps:
 	@missing=""; for dep in $(SYSDEPS); do pkg=$${dep%%:*}; bin=$${dep#*:}; \

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -40,11 +41,16 @@ from tether.protocol.errors import (
 )
 from tether.protocol.frames import Frame, valid_node_id
 
-from .services.events import EventHub, Subscriber, data_size
+from .config import ControllerConfig
+from .services.bus import EventBus
+from .services.commands import CommandService
+from .services.events import Subscriber, data_size
+from .services.monitor import MonitorStore
+from .services.nodes import NodeViews
 from .views import command_view, log_item
 
 if TYPE_CHECKING:
-    from .app import Controller
+    from .store.controller_store import ControllerStore
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,22 @@ def topic_error(topic: object) -> str | None:
     if sep and kind in COMMAND_TOPICS and COMMAND_ID_RE.fullmatch(key):
         return None
     return f"topic {topic[:80]!r} is not known"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BrowserServices:
+    """What ``/ws`` uses, built once by app.py (``app.state.browser``): the store for
+    operator tokens and nodes, ``commands`` for commands and their output, ``bus`` for
+    every event a client sees."""
+
+    store: ControllerStore
+    commands: CommandService
+    nodes: NodeViews
+    bus: EventBus
+    monitor: MonitorStore
+    config: ControllerConfig
+
+
 class _Close(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
@@ -94,7 +116,7 @@ def _origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
 
 
 async def browser_endpoint(ws: WebSocket) -> None:
-    controller: Controller = ws.app.state.controller
+    controller: BrowserServices = ws.app.state.browser
     if JSON_SUBPROTOCOL not in (ws.scope.get("subprotocols") or []):
         await ws.accept()
         await ws.close(CloseCode.UNSUPPORTED_PROTOCOL, f"offer sub-protocol {JSON_SUBPROTOCOL}")
@@ -110,7 +132,7 @@ async def browser_endpoint(ws: WebSocket) -> None:
         role = await _hello(ws, controller)
         await _send(ws, Frame(t="welcome", b={"role": role}))
         async with asyncio.TaskGroup() as tg:
-            pusher = tg.create_task(_push(ws, controller.hub, sub, sending), name="ws-push")
+            pusher = tg.create_task(_push(ws, controller.bus, sub, sending), name="ws-push")
             try:
                 await _read(ws, controller, sub, sending)
             finally:
@@ -123,7 +145,7 @@ async def browser_endpoint(ws: WebSocket) -> None:
     except* (OSError, RuntimeError, WebSocketDisconnect):  # the client went away mid-send
         code, reason = CloseCode.CONNECTION_LOST, "connection lost"
     finally:
-        controller.hub.unsubscribe(sub)
+        controller.bus.unsubscribe(sub)
     if ws.application_state != WebSocketState.DISCONNECTED:
         # Bounded: a client that does not read would hold the close (and this task) forever.
         with contextlib.suppress(Exception):
@@ -163,7 +185,7 @@ async def _receive(ws: WebSocket, timeout_s: float, max_bytes: int) -> Frame | N
         raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
 
-async def _hello(ws: WebSocket, controller: Controller) -> str:
+async def _hello(ws: WebSocket, controller: BrowserServices) -> str:
     frame = await _receive(ws, HELLO_TIMEOUT_S, controller.config.max_frame_bytes)
     if frame is None:
         raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
@@ -176,7 +198,7 @@ async def _hello(ws: WebSocket, controller: Controller) -> str:
     return role
 
 
-async def _read(ws: WebSocket, controller: Controller, sub: Subscriber,
+async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
                 sending: asyncio.Lock) -> None:
     while True:
         frame = await _receive(ws, IDLE_TIMEOUT_S, controller.config.max_frame_bytes)
@@ -191,7 +213,7 @@ async def _read(ws: WebSocket, controller: Controller, sub: Subscriber,
                 continue
             assert isinstance(topics, list)
             async with sending:  # events queue up meanwhile and follow the snapshots
-                controller.hub.subscribe(sub, topics)
+                controller.bus.subscribe(sub, topics)
                 for topic in topics:
                     await _send_snapshot(ws, controller, topic, frame.id)
                 await _send(ws, Frame(t="subscribed", re=frame.id,
@@ -203,7 +225,7 @@ async def _read(ws: WebSocket, controller: Controller, sub: Subscriber,
                 "code": "unknown_type", "message": f"frame type {frame.t!r} is not handled"}))
 
 
-async def _push(ws: WebSocket, hub: EventHub, sub: Subscriber, sending: asyncio.Lock
+async def _push(ws: WebSocket, bus: EventBus, sub: Subscriber, sending: asyncio.Lock
                 ) -> None:
     while True:
         event = await sub.get()
@@ -216,7 +238,7 @@ async def _push(ws: WebSocket, hub: EventHub, sub: Subscriber, sending: asyncio.
                                                     "data": event.data,
                                                     "at_ms": round(event.at_ms, 3)}))
             except LocalProtocolError as exc:  # one bad event must not cost the subscriber
-                hub.unencodable_total += 1
+                bus.count_unencodable()
                 logger.warning("event skipped: it cannot be sent on /ws", extra={
                     "topic": event.topic, "kind": event.kind, "detail": exc.message[:200]})
 
@@ -240,7 +262,7 @@ def _subscribe_error(topics: object, held: set[str]) -> tuple[str, str] | None:
 _END = object()
 
 
-async def _send_snapshot(ws: WebSocket, controller: Controller, topic: str,
+async def _send_snapshot(ws: WebSocket, controller: BrowserServices, topic: str,
                          re_id: str | None) -> None:
     """Send ``topic``'s snapshot as pages (module docstring); one page is read ahead so
     each frame can say whether more follow."""
@@ -282,36 +304,35 @@ def _split(items: Iterable[Any]) -> Iterator[tuple[list[Any], int]]:
     yield page, omitted
 
 
-async def _snapshot_pages(controller: Controller, topic: str
+async def _snapshot_pages(controller: BrowserServices, topic: str
                           ) -> AsyncIterator[tuple[Any, int]]:
     """The current state behind ``topic`` as (data, omitted) pages; one page with data
     None for something that does not exist. Pages of a list topic hold a part of the list
     in the topic's usual shape."""
-    store = controller.store
+    store, commands = controller.store, controller.commands
     kind, _, key = topic.partition(":")
     try:
         if topic == "nodes":
             rows = await store.list_nodes()
-            for part, omitted in _split(controller.node_view(r) for r in rows):
+            for part, omitted in _split(controller.nodes.view(r) for r in rows):
                 yield part, omitted
         elif kind in ("node", "command"):
             if kind == "node":
                 row = await store.get_node(key)
-                one = None if row is None else controller.node_view(row)
+                one = None if row is None else controller.nodes.view(row)
             else:
-                one = command_view(await store.get_command(key))
+                one = command_view(await commands.get(key))
             too_large = data_size(one) > MAX_SNAPSHOT_ITEM_BYTES
             yield (None, 1) if too_large else (one, 0)
         elif kind == "commands":
-            rows, counts = await store.list_commands(node_id=key, state=None, limit=100)
+            rows, counts = await commands.list_commands(node_id=key, state=None, limit=100)
             for part, omitted in _split(command_view(r) for r in rows):
                 yield {"items": part, "counts": counts}, omitted
         elif kind == "logs":
             after, first = 0, True
             while True:  # read from the store a page at a time
-                chunks = await store.command_logs(key, after=after,
-                                                  limit=SNAPSHOT_PAGE_ITEMS,
-                                                  max_bytes=SNAPSHOT_PAGE_BYTES)
+                chunks = await commands.logs(key, after=after, limit=SNAPSHOT_PAGE_ITEMS,
+                                             max_bytes=SNAPSHOT_PAGE_BYTES, must_exist=False)
                 if chunks or first:
                     for part, omitted in _split(log_item(r) for r in chunks):
                         if part or omitted or first:

@@ -15,7 +15,9 @@ import contextlib
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -60,11 +62,15 @@ from tether.protocol.handshake import INITIAL, Event, Role, event_for, step
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import StreamReceiver, Verdict
 
+from .config import ControllerConfig
+from .services.admission import Admission
+from .services.bus import EventBus
 from .services.events import data_size
-from .store.controller_store import Fenced, Poisoned
-
-if TYPE_CHECKING:
-    from .app import Controller
+from .services.monitor import MonitorStore
+from .services.presence import SessionSnapshot
+from .services.registry import SessionRegistry
+from .services.topics import command_changed, log_appended
+from .store.controller_store import ControllerStore, Fenced, Poisoned
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +103,58 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class EdgeServices:
+    """What every edge session uses, and nothing else (built once, by app.py).
+
+    ``node_changed(node_id, kind, data)`` records and pushes a session's open and close and
+    its runtime's changes (services/liveness.py); ``stopping()`` is true once the controller
+    began to stop (new sessions get 1001); ``controller_id()`` is this controller's id,
+    known once the store is open."""
+
+    store: ControllerStore
+    registry: SessionRegistry
+    bus: EventBus
+    monitor: MonitorStore
+    admission: Admission
+    config: ControllerConfig
+    node_changed: Callable[[str, str, dict[str, Any]], None]
+    stopping: Callable[[], bool]
+    controller_id: Callable[[], str]
+
+
+class EdgeGateway:
+    """The edge connections of this process, handshaking or live (the sweeper, diag and the
+    shutdown walk them)."""
+
+    def __init__(self, services: EdgeServices) -> None:
+        self.services = services
+        self.connections: set[EdgeConnection] = set()
+
+    def pending_bytes(self) -> tuple[int, int]:
+        """Bytes awaiting the store over all sessions: (evt frames, log chunks)."""
+        conns = self.connections
+        return (sum(c.pending_evt_bytes for c in conns),
+                sum(c.pending_log_bytes for c in conns))
+
+    async def close_sessions(self) -> None:
+        """Close every edge session with 1001 and wait (5 s at most) until each has
+        recorded its end."""
+        for conn in list(self.connections):
+            await conn.shutdown()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while self.connections:
+                    await asyncio.sleep(0.01)
+
+
 async def edge_endpoint(websocket: WebSocket) -> None:
     """Starlette endpoint for ``/v1/edge/connect`` (the server reaches :func:`edge_session`
     without Starlette's routing; this route serves an app mounted some other way)."""
-    await edge_session(websocket, websocket.app.state.controller)
+    await edge_session(websocket, websocket.app.state.edge)
 
 
-async def edge_session(websocket: WebSocket, controller: Controller) -> None:
+async def edge_session(websocket: WebSocket, gateway: EdgeGateway) -> None:
     """One edge connection, from the sub-protocol check to the end of its session."""
     offered = websocket.scope.get("subprotocols") or []
     if MSGPACK_SUBPROTOCOL not in offered:
@@ -112,15 +163,15 @@ async def edge_session(websocket: WebSocket, controller: Controller) -> None:
                               f"offer sub-protocol {MSGPACK_SUBPROTOCOL}")
         return
     await websocket.accept(subprotocol=MSGPACK_SUBPROTOCOL)
-    if controller.stopping:
+    if gateway.services.stopping():
         await websocket.close(CloseCode.GOING_AWAY, "controller going away")
         return
-    conn = EdgeConnection(websocket, controller)
-    controller.connections.add(conn)
+    conn = EdgeConnection(websocket, gateway.services)
+    gateway.connections.add(conn)
     try:
         await conn.run()
     finally:
-        controller.connections.discard(conn)
+        gateway.connections.discard(conn)
 
 
 class EdgeConnection:
@@ -133,19 +184,19 @@ class EdgeConnection:
                  "_idle_deadline", "_msg_bytes", "_note_task",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
                  "closing",
-                 "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "ctl", "evt",
+                 "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "evt",
                  "fenced",
                  "goodbye", "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
                  "opened_mono", "outbox", "pending_evt", "pending_evt_bytes", "pending_log_bytes",
                  "pending_logs",
                  "remote", "resources",
-                 "resumed", "runtime", "session_id", "sidecar", "state", "touched_frame_mono",
-                 "touched_state", "transport", "ws")
+                 "resumed", "runtime", "session_id", "sidecar", "state", "svc",
+                 "transport", "ws")
 
-    def __init__(self, ws: WebSocket, controller: Controller) -> None:
+    def __init__(self, ws: WebSocket, services: EdgeServices) -> None:
         self.ws = ws
-        self.ctl = controller
-        cfg = controller.config
+        self.svc = services
+        cfg = services.config
         self.max_frame = cfg.max_frame_bytes
         self.node_id: str = ""
         self.session_id: str | None = None
@@ -156,8 +207,6 @@ class EdgeConnection:
         self.closing: _Close | None = None
         self.opened_mono = time.monotonic()
         self.last_frame_mono = self.opened_mono
-        self.touched_frame_mono = -1.0  # last_frame_mono / runtime state as last persisted
-        self.touched_state: str | None = None
         self.runtime: dict[str, Any] = {"state": "attached", "version": None}
         self.sidecar: dict[str, Any] = {}
         self.resources: dict[str, Any] = {}
@@ -207,7 +256,7 @@ class EdgeConnection:
         slot (a silent socket holds nothing a node needs); the rest of the handshake runs
         under an admission slot, released exactly once. Past the admission limits the node
         is told when to come back (4429)."""
-        adm = self.ctl.admission
+        adm = self.svc.admission
         try:
             nonce = await self._challenge()
             if adm.saturated():  # the hello could not be served anyway: say so now
@@ -219,8 +268,8 @@ class EdgeConnection:
         except _Close as exc:
             await self._finish(exc)
             return
-        if not await self.ctl.admission.acquire():
-            retry_after = self.ctl.admission.retry_after()
+        if not await self.svc.admission.acquire():
+            retry_after = self.svc.admission.retry_after()
             await self._finish(_Close(CloseCode.RATE_LIMITED,
                                       f"overloaded; retry_after={retry_after}"))
             return
@@ -236,7 +285,7 @@ class EdgeConnection:
             await self._finish(_Close(CloseCode.INTERNAL_ERROR, "internal error"))
             return
         finally:
-            self.ctl.admission.release(completed=completed)
+            self.svc.admission.release(completed=completed)
         close: _Close | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -265,7 +314,7 @@ class EdgeConnection:
         if close is not None:
             await self._close_ws(close.code, close.reason)
         if self.node_id:
-            self.ctl.registry.release(self.node_id, self)
+            self.svc.registry.release(self.node_id, self)
         if self.session_id is None:
             return
         code = close.code if close else self._remote_code
@@ -275,13 +324,13 @@ class EdgeConnection:
         if not (close and close.code == CloseCode.SUPERSEDED):
             with contextlib.suppress(TetherError):
                 if self.cmd_sent > self.cmd_noted:  # the sent mark, if its task was cut
-                    await self.ctl.store.note_cmd_sent(self.node_id, self.session_id,
+                    await self.svc.store.note_cmd_sent(self.node_id, self.session_id,
                                                        self.cmd_epoch, self.cmd_sent)
-                await self.ctl.store.close_session(node_id=self.node_id,
+                await self.svc.store.close_session(node_id=self.node_id,
                                                    session_id=self.session_id,
                                                    close_code=code, reason=reason,
                                                    goodbye=self.goodbye)
-        self.ctl.node_changed(self.node_id, "session.closed",
+        self.svc.node_changed(self.node_id, "session.closed",
                               {"session_id": self.session_id, "close_code": code,
                                "reason": reason})
         logger.info("edge session closed", extra={"node_id": self.node_id,
@@ -304,6 +353,33 @@ class EdgeConnection:
         """The controller is stopping: close with 1001 (the node reconnects with backoff)."""
         self.closing = _Close(CloseCode.GOING_AWAY, "controller going away")
         await self._close_ws(CloseCode.GOING_AWAY, "controller going away")
+
+    async def send_ephemeral(self, frame: Frame) -> bool:
+        """Send a class E frame (PROTOCOL.md §3; services/router.py checked its class) if
+        this session is welcomed and not closing. False when it is not, or when the send
+        failed or waited over SEND_TIMEOUT_S (the read loop ends the session then). Raises
+        LocalProtocolError, sending nothing, for a frame over the session's cap."""
+        if self.session_id is None or self.fenced or self.closing is not None:
+            return False
+        data = encode_msgpack(frame, max_frame_bytes=self.max_frame)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self._send_bytes(data)
+        except (_Close, TimeoutError):
+            return False
+        return True
+
+    def snapshot(self) -> SessionSnapshot:
+        """This session as a value (services/presence.py). Its mappings are the session's
+        own, which it replaces and never changes in place."""
+        mono = time.monotonic()
+        return SessionSnapshot(
+            node_id=self.node_id, session_id=self.session_id,
+            last_frame_age_s=mono - self.last_frame_mono,
+            opened_at=time.time() - (mono - self.opened_mono), runtime=self.runtime,
+            remote=self.remote, resumed=self.resumed, max_frame=self.max_frame,
+            sidecar=self.sidecar, outbox=self.outbox, transport=self.transport,
+            resources=self.resources, logs_dropped_total=self.logs_dropped_total)
 
     def wake_downlink(self) -> None:
         """There may be downlink work (commands queued, acks to record, errors to send)."""
@@ -364,7 +440,7 @@ class EdgeConnection:
         tightens while many wait, and is cut short when newer connections from the same
         address, or in all, are past their caps. Raises _Close (4408 when silent, 4400 for
         a first frame that cannot be a hello)."""
-        gate = self.ctl.admission.hello
+        gate = self.svc.admission.hello
         address = self.ws.client.host if self.ws.client else ""
         loop = asyncio.get_running_loop()
         timed_out = True
@@ -410,13 +486,13 @@ class EdgeConnection:
 
     async def _challenge(self) -> bytes:
         nonce = os.urandom(32)
-        await self._send(Challenge(nonce=nonce, controller_id=self.ctl.controller_id,
+        await self._send(Challenge(nonce=nonce, controller_id=self.svc.controller_id(),
                                    time_ms=_now_ms()).frame())
         return nonce
 
     async def _handshake(self, nonce: bytes) -> None:
-        cid = self.ctl.controller_id
-        frame = await self._receive(self.ctl.config.handshake_timeout_s)
+        cid = self.svc.controller_id()
+        frame = await self._receive(self.svc.config.handshake_timeout_s)
         if frame is None:
             raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
         if frame.t != Hello.TYPE:
@@ -432,7 +508,7 @@ class EdgeConnection:
         # An unknown id and a bad signature look the same on the wire (code, reason and
         # roughly the time taken: an unknown id is verified against a dummy key), so that an
         # unauthenticated peer cannot learn which ids are enrolled; the log says which.
-        known = (await self.ctl.store.node_key(hello.node_id)
+        known = (await self.svc.store.node_key(hello.node_id)
                  if valid_node_id(hello.node_id) else None)
         public_key, enabled = known if known is not None else (_DUMMY_KEY, False)
         verified = verify_hello(public_key, hello.sig, nonce, cid, hello.node_id)
@@ -450,12 +526,12 @@ class EdgeConnection:
         self.runtime = {"state": hello.runtime.state or "attached",
                         "version": hello.runtime.version}
         self.sidecar = hello.sidecar.to_map()
-        old = self.ctl.registry.claim(self.node_id, self)
+        old = self.svc.registry.claim(self.node_id, self)
         if old is not None:
             await old.supersede()
-        if self.ctl.stopping:
+        if self.svc.stopping():
             raise _Close(CloseCode.GOING_AWAY, "controller going away")
-        opened = await self.ctl.store.open_session(
+        opened = await self.svc.store.open_session(
             node_id=self.node_id, remote=self.remote, previous_session=hello.session_id,
             evt_epoch=hello.epoch, cmd_acked=int(hello.acks.get("cmd", 0)),
             runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
@@ -468,7 +544,7 @@ class EdgeConnection:
         self.cmd_epoch = opened.cmd_epoch
         acked = 0 if opened.cmd_epoch_rotated else int(hello.acks.get("cmd", 0))
         self.cmd_acked = self.cmd_sent = self.cmd_ack_seen = self.cmd_noted = acked
-        th = self.ctl.config.thresholds
+        th = self.svc.config.thresholds
         await self._send(Welcome(
             session_id=opened.session_id, resumed=opened.resumed, epoch=opened.cmd_epoch,
             acks={EVT_STREAM: opened.evt_applied, CMD_STREAM: acked},
@@ -479,7 +555,7 @@ class EdgeConnection:
         logger.info("edge session opened", extra={
             "node_id": self.node_id, "session_id": self.session_id, "resumed": self.resumed,
             "remote": self.remote})
-        self.ctl.node_changed(self.node_id, "session.opened",
+        self.svc.node_changed(self.node_id, "session.opened",
                               {"session_id": self.session_id, "resumed": self.resumed})
 
     # -- steady state (PROTOCOL.md §5) ------------------------------------------------------
@@ -489,7 +565,7 @@ class EdgeConnection:
         sweeper calls :meth:`expire_if_idle`, which fires this loop's one deadline (no timer
         per frame, none per session while frames flow). One coroutine, no helpers: an idle
         session is this frame waiting on its next message."""
-        idle_s = self.ctl.config.thresholds.stale_after_s
+        idle_s = self.svc.config.thresholds.stale_after_s
         try:
             async with asyncio.timeout(None) as self._idle_deadline:
                 while True:
@@ -521,7 +597,7 @@ class EdgeConnection:
 
     def expire_if_idle(self, now_mono: float) -> bool:
         """Close this session (4408) if no frame arrived for ``stale_after_s``; True if so."""
-        if now_mono - self.last_frame_mono < self.ctl.config.thresholds.stale_after_s:
+        if now_mono - self.last_frame_mono < self.svc.config.thresholds.stale_after_s:
             return False  # the common case first: run for every session every second
         deadline = self._idle_deadline
         if deadline is None or deadline.expired():
@@ -583,15 +659,15 @@ class EdgeConnection:
             resources = self._parse_or_error(NodeResources, frame)
             if resources is not None:
                 self.resources = resources.to_body()
-                self.ctl.hub.publish(f"node:{self.node_id}", "resources.updated",
+                self.svc.bus.publish(f"node:{self.node_id}", "resources.updated",
                                      {"node_id": self.node_id, "resources": self.resources})
         elif t == "monitor.packet":  # class C: kept in memory within byte budgets (oldest
             packet = self._parse_or_error(MonitorPacket, frame)  # dropped), pushed to
             if packet is not None:  # monitor:<id> charged at its size
                 item = {"node_id": self.node_id, **packet.to_body()}
                 size = data_size(item)
-                self.ctl.monitor.add(self.node_id, item, size=size)
-                self.ctl.hub.publish(f"monitor:{self.node_id}", "monitor.packet", item,
+                self.svc.monitor.add(self.node_id, item, size=size)
+                self.svc.bus.publish(f"monitor:{self.node_id}", "monitor.packet", item,
                                      size=size)
         elif t == "error":  # logged, never answered (two peers must not trade errors)
             logger.warning("node reported an error", extra={
@@ -639,7 +715,7 @@ class EdgeConnection:
         self.runtime = {"state": state, "version": runtime.get("version")
                         or self.runtime.get("version")}
         if changed:
-            self.ctl.node_changed(self.node_id, "runtime.changed", dict(self.runtime))
+            self.svc.node_changed(self.node_id, "runtime.changed", dict(self.runtime))
             if state == "attached":
                 self.wake_downlink()
 
@@ -661,7 +737,7 @@ class EdgeConnection:
             self.pending_evt.append((frame, body))
             self.pending_evt_bytes += self._msg_bytes
             self._wake_apply()
-            cfg = self.ctl.config
+            cfg = self.svc.config
             if len(self.pending_evt) >= cfg.max_pending_evt_frames or \
                     self.pending_evt_bytes >= cfg.max_pending_evt_bytes:
                 self._room = asyncio.get_running_loop().create_future()
@@ -728,15 +804,15 @@ class EdgeConnection:
         self._release_reader()
         try:
             if chunks:
-                rows = await self.ctl.store.append_logs(
+                rows = await self.svc.store.append_logs(
                     self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
                                    for c in chunks])
                 for row in rows:
                     if row["command_id"]:
-                        self.ctl.log_appended(row["command_id"], row)
+                        log_appended(self.svc.bus, row["command_id"], row)
             if not batch:
                 return
-            effects = await self.ctl.store.apply_evt(node_id=self.node_id,
+            effects = await self.svc.store.apply_evt(node_id=self.node_id,
                                                      session_id=self.session_id or "",
                                                      frames=batch)
         except BaseException:
@@ -753,7 +829,7 @@ class EdgeConnection:
                                            ).frame(re=frame.id))
         for effect in effects:
             if effect.applied:
-                self.ctl.command_changed(effect.command_id, effect.state, self.node_id)
+                command_changed(self.svc.bus, effect.command_id, effect.state, self.node_id)
 
     async def _downlink_run(self) -> None:
         """Passes until no wake-up arrived during the last one, then end."""
@@ -771,18 +847,18 @@ class EdgeConnection:
             return
         if self.cmd_ack_seen > self.cmd_acked:
             n = self.cmd_ack_seen
-            delivered = await self.ctl.store.ack_cmd(self.node_id, self.session_id or "",
+            delivered = await self.svc.store.ack_cmd(self.node_id, self.session_id or "",
                                                      self.cmd_epoch, n)
             self.cmd_acked = n
             self.cmd_sent = max(self.cmd_sent, n)
             for command_id in delivered:
-                self.ctl.command_changed(command_id, "delivered", self.node_id)
+                command_changed(self.svc.bus, command_id, "delivered", self.node_id)
         if self.runtime.get("state") != "attached":
             return  # nobody to deliver to; edge.resume names the cursor on re-attach
-        room = self.cmd_acked + self.ctl.config.cmd_window - self.cmd_sent
+        room = self.cmd_acked + self.svc.config.cmd_window - self.cmd_sent
         if room <= 0:
             return
-        rows = await self.ctl.store.downlink_after(self.node_id, self.cmd_epoch,
+        rows = await self.svc.store.downlink_after(self.node_id, self.cmd_epoch,
                                                    self.cmd_sent, room)
         for q, data in rows:
             if self.fenced:
@@ -800,7 +876,7 @@ class EdgeConnection:
         try:
             while self.cmd_sent > self.cmd_noted and not self.fenced:
                 sent = self.cmd_sent
-                await self.ctl.store.note_cmd_sent(self.node_id, self.session_id or "",
+                await self.svc.store.note_cmd_sent(self.node_id, self.session_id or "",
                                                    self.cmd_epoch, sent)
                 self.cmd_noted = max(self.cmd_noted, sent)
         finally:

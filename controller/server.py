@@ -44,10 +44,10 @@ class _Server(uvicorn.Server):
         """Stop accepting, then close edge sessions with 1001 (PROTOCOL.md §7) before
         uvicorn closes the rest of the connections (it would use 1012). In that order, a
         node that reconnects at once cannot be welcomed by a controller that is going."""
-        self.controller.stopping = True
+        self.controller.run.stopping = True
         for server in self.servers:
             server.close()
-        await self.controller.close_sessions()
+        await self.controller.gateway.close_sessions()
         await super().shutdown(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -76,7 +76,7 @@ def build_server(config: ControllerConfig) -> _Server:
     http = deadline_protocol(header_timeout_s=config.header_timeout_s,
                              body_timeout_s=config.body_timeout_s,
                              max_pending_headers=config.max_pending_headers)
-    app.state.controller.http_protocol = http
+    app.state.controller.run.http_protocol = http
     uv_config = uvicorn.Config(
         edge_fast_path(app),
         host=config.host,

@@ -9,7 +9,9 @@ import base64
 import binascii
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -22,7 +24,6 @@ from tether.protocol.deliver import command_args, command_kind
 from tether.protocol.errors import (
     AuthError,
     BadFrame,
-    Conflict,
     InvalidRequest,
     NotFound,
     TetherError,
@@ -32,11 +33,19 @@ from tether.protocol.frames import COMMAND_STATES, valid_node_id
 from tether.protocol.keys import check_ed25519_public_key
 from tether.protocol.values import INT64_MAX
 
+from ..services.admission import Admission
+from ..services.bus import EventBus
+from ..services.commands import CommandService
+from ..services.monitor import MonitorStore
+from ..services.nodes import NodeViews
+from ..services.presence import Presence
+from ..services.probe import StoreProbe
+from ..services.router import Router
+from ..services.runstate import RunState
 from ..views import command_view, iso, log_item, node_event_view
 
 if TYPE_CHECKING:
-    from ..app import Controller
-    from ..store.controller_store import LogPage
+    from ..store.controller_store import ControllerStore, LogPage
 
 MAX_BODY_BYTES = 1 << 20
 MAX_TTL_S = 365 * 86400
@@ -70,8 +79,37 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
-def _ctl(request: Request) -> Controller:
-    return request.app.state.controller  # type: ignore[no-any-return]
+class LoopLag(Protocol):
+    """The event loop's lag as last measured (services/sweeper.py)."""
+
+    loop_lag_ms: float
+    loop_lag_max_ms: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ApiServices:
+    """What the REST API uses, built once by app.py (``app.state.api``). Commands go
+    through ``commands`` only; the store serves the rest (tokens, enrollment, nodes and
+    their history); live sessions are reached through ``router`` and seen through
+    ``presence``. ``edge_pending()`` is (evt, log) bytes awaiting the store, all sessions."""
+
+    store: ControllerStore
+    commands: CommandService
+    nodes: NodeViews
+    router: Router
+    bus: EventBus
+    presence: Presence
+    monitor: MonitorStore
+    admission: Admission
+    probe: StoreProbe
+    run: RunState
+    loop_lag: LoopLag
+    edge_pending: Callable[[], tuple[int, int]]
+    durability: str
+
+
+def _ctl(request: Request) -> ApiServices:
+    return request.app.state.api  # type: ignore[no-any-return]
 
 
 async def _operator(request: Request) -> str:
@@ -129,7 +167,7 @@ def _number(value: Any, name: str, *, lo: float, hi: float) -> float:
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__,
-                         "controller_id": _ctl(request).controller_id,
+                         "controller_id": _ctl(request).run.controller_id,
                          "time_ms": int(time.time() * 1000)})
 
 
@@ -170,14 +208,14 @@ async def enroll(request: Request) -> Response:
     ctl = _ctl(request)
     await ctl.store.enroll(join_token=token, node_id=str(node_id), public_key=raw,
                            labels=labels)
-    return JSONResponse({"node_id": node_id, "controller_id": ctl.controller_id},
+    return JSONResponse({"node_id": node_id, "controller_id": ctl.run.controller_id},
                         status_code=201)
 
 
 async def list_nodes(request: Request) -> Response:
     await _operator(request)
     ctl = _ctl(request)
-    return JSONResponse({"items": [ctl.node_view(r) for r in await ctl.store.list_nodes()]})
+    return JSONResponse({"items": [ctl.nodes.view(r) for r in await ctl.store.list_nodes()]})
 
 
 async def _node_row(request: Request) -> dict[str, Any]:
@@ -190,7 +228,7 @@ async def _node_row(request: Request) -> dict[str, Any]:
 
 async def get_node(request: Request) -> Response:
     await _operator(request)
-    return JSONResponse(_ctl(request).node_view(await _node_row(request)))
+    return JSONResponse(_ctl(request).nodes.view(await _node_row(request)))
 
 
 async def _set_enabled(request: Request, enabled: bool) -> Response:
@@ -198,11 +236,10 @@ async def _set_enabled(request: Request, enabled: bool) -> Response:
     ctl = _ctl(request)
     node_id = request.path_params["node_id"]
     await ctl.store.set_enabled(node_id, enabled, actor=role)
-    live = ctl.registry.get(node_id)
-    if not enabled and live is not None:
-        await live.disable()
+    if not enabled:
+        await ctl.router.disable(node_id)
     row = await _node_row(request)
-    return JSONResponse(ctl.node_view(row))
+    return JSONResponse(ctl.nodes.view(row))
 
 
 async def disable_node(request: Request) -> Response:
@@ -302,20 +339,9 @@ async def submit_command(request: Request) -> Response:
     if offline not in ("queue", "fail"):
         raise InvalidRequest("'offline' must be 'queue' (hold until the node returns or "
                              "ttl_s runs out) or 'fail' (refuse unless the node is online)")
-    ctl = _ctl(request)
-    if offline == "fail":
-        liveness = ctl.live_liveness(node_id)
-        if liveness != "online":
-            await _node_row(request)  # an unknown node is still a 404
-            raise Conflict(f"node {node_id!r} is {liveness}; not queued because offline "
-                           "is 'fail'", code="node_offline")
-    session = ctl.registry.get(node_id)
-    command, created = await ctl.store.submit_command(
-        node_id=node_id, kind=kind, args=args, ttl_s=ttl_s, idem_key=idem, actor=role,
-        max_frame=session.max_frame if session is not None else ctl.config.max_frame_bytes)
-    live = ctl.registry.get(node_id)
-    if live is not None:
-        live.wake_downlink()
+    command, created = await _ctl(request).commands.submit(
+        node_id, kind=kind, args=args, ttl_s=ttl_s, idem_key=idem, actor=role,
+        offline=offline)
     view = command_view(command)
     return JSONResponse(view, status_code=202 if created else 200)
 
@@ -339,30 +365,23 @@ async def list_commands(request: Request) -> Response:
     state = q.get("state")
     if state is not None and state not in COMMAND_STATES:
         raise InvalidRequest(f"'state' must be one of {', '.join(COMMAND_STATES)}")
-    rows, counts = await _ctl(request).store.list_commands(
+    rows, counts = await _ctl(request).commands.list_commands(
         node_id=q.get("node_id"), state=state, limit=limit)
     return JSONResponse({"items": [command_view(r) for r in rows], "counts": counts})
 
 
 async def get_command(request: Request) -> Response:
     await _operator(request)
-    row = await _ctl(request).store.get_command(request.path_params["command_id"])
+    row = await _ctl(request).commands.get(request.path_params["command_id"])
     return JSONResponse(command_view(row))
 
 
 async def control_command(request: Request) -> Response:
     """POST /api/v1/commands/{id}/cancel|pause|resume: pushed to the node at once."""
     role = await _operator(request)
-    ctl = _ctl(request)
     action = request.url.path.rsplit("/", 1)[1]
-    row, sent = await ctl.store.control_command(request.path_params["command_id"], action,
-                                                actor=role)
-    if sent:
-        live = ctl.registry.get(row["node_id"])
-        if live is not None:
-            live.wake_downlink()
-    else:
-        ctl.command_changed(row["command_id"], row["state"], row["node_id"])
+    row = await _ctl(request).commands.control(request.path_params["command_id"], action,
+                                               actor=role)
     return JSONResponse(command_view(row), status_code=202)
 
 
@@ -371,12 +390,10 @@ async def command_logs(request: Request) -> Response:
     (:func:`_log_page`)."""
     await _operator(request)
     command_id = request.path_params["command_id"]
-    ctl = _ctl(request)
-    await ctl.store.get_command(command_id)  # 404 for unknown commands
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
     limit, max_bytes = _log_page_bounds(request)
-    rows = await ctl.store.command_logs(command_id, after=after, limit=limit,
-                                        max_bytes=max_bytes)
+    rows = await _ctl(request).commands.logs(command_id, after=after, limit=limit,
+                                             max_bytes=max_bytes)  # 404 when unknown
     return _log_page(rows, after)
 
 
@@ -386,38 +403,36 @@ async def diag(request: Request) -> Response:
     ctl = _ctl(request)
     by_liveness: dict[str, int] = {}
     for row in await ctl.store.list_nodes():
-        state = ctl.node_view(row)["liveness"]
+        state = ctl.nodes.view(row)["liveness"]
         by_liveness[state] = by_liveness.get(state, 0) + 1
-    start = time.perf_counter()
-    await ctl.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
-    read_ms = (time.perf_counter() - start) * 1000
-    start = time.perf_counter()
-    await ctl.db.write(lambda conn: None)  # one group commit, fsync included
-    write_ms = (time.perf_counter() - start) * 1000
+    read_ms, write_ms = await ctl.probe.round_trip_ms()  # one group commit, fsync included
+    db = ctl.probe.counters()
     dead_letters_total = await ctl.store.dead_letters_total()
-    gate, mon = ctl.admission.hello, ctl.monitor
+    gate, mon, bus = ctl.admission.hello, ctl.monitor, ctl.bus.stats()
+    pending_evt_bytes, pending_log_bytes = ctl.edge_pending()
     return JSONResponse({
-        "controller_id": ctl.controller_id, "version": __version__,
-        "uptime_s": round(time.time() - ctl.started_at, 1),
-        "sessions": {"open": len(ctl.registry), "handshaking": ctl.admission.running,
+        "controller_id": ctl.run.controller_id, "version": __version__,
+        "uptime_s": round(time.time() - ctl.run.started_at, 1),
+        "sessions": {"open": len(ctl.presence), "handshaking": ctl.admission.running,
                      "waiting": ctl.admission.waiting,
                      "refused_total": ctl.admission.refused_total,
                      "nodes_by_liveness": by_liveness},
         "store": {"read_ms": round(read_ms, 3), "commit_ms": round(write_ms, 3),
-                  "write_queue": ctl.db.pending, "batches_total": ctl.db.batches_total,
-                  "writes_total": ctl.db.writes_total,
-                  "durability": ctl.config.durability},
-        "ws": {"subscribers": ctl.hub.subscribers, "cut_off_total": ctl.hub.cut_off_total,
-               "events_published_total": ctl.hub.published_total,
-               "unencodable_total": ctl.hub.unencodable_total},
-        "event_loop": {"lag_ms": ctl.loop_lag_ms, "lag_max_ms": ctl.loop_lag_max_ms},
+                  "write_queue": db["write_queue"], "batches_total": db["batches_total"],
+                  "writes_total": db["writes_total"],
+                  "durability": ctl.durability},
+        "ws": {"subscribers": bus.subscribers, "cut_off_total": bus.cut_off_total,
+               "events_published_total": bus.published_total,
+               "unencodable_total": bus.unencodable_total},
+        "event_loop": {"lag_ms": ctl.loop_lag.loop_lag_ms,
+                       "lag_max_ms": ctl.loop_lag.loop_lag_max_ms},
         "edge": {"dead_letters_total": dead_letters_total,
-                 "pending_evt_bytes": sum(c.pending_evt_bytes for c in ctl.connections),
-                 "pending_log_bytes": sum(c.pending_log_bytes for c in ctl.connections),
+                 "pending_evt_bytes": pending_evt_bytes,
+                 "pending_log_bytes": pending_log_bytes,
                  "prehello_waiting": gate.waiting,
                  "prehello_expired_total": gate.expired_total,
                  "prehello_evicted_total": gate.evicted_total},
-        "http": _http_counters(ctl),
+        "http": ctl.run.http_counters(),
         "monitor": {"bytes": mon.bytes_total, "max_bytes_total": mon.max_bytes_total,
                     "dropped_packets_total": mon.dropped_packets_total,
                     "dropped_bytes_total": mon.dropped_bytes_total,
@@ -426,18 +441,6 @@ async def diag(request: Request) -> Response:
         # (items, bytes) and what was pruned or refused since the node enrolled
         "quotas": await ctl.store.node_usage(),
     })
-
-
-def _http_counters(ctl: Controller) -> dict[str, int]:
-    """The deadline counters of the HTTP protocol serving ``ctl`` (zeros when it is served
-    some other way, as in tests that mount the app directly)."""
-    http = ctl.http_protocol
-    if http is None:
-        return {"header_timeouts_total": 0, "body_timeouts_total": 0,
-                "pending_headers_evicted_total": 0}
-    return {"header_timeouts_total": http.header_timeouts_total,
-            "body_timeouts_total": http.body_timeouts_total,
-            "pending_headers_evicted_total": http.pending_headers_evicted_total}
 
 
 _USAGE_METRICS = (  # (metric, node_usage key, Prometheus type)
@@ -454,23 +457,24 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the controller's counters and gauges."""
     ctl = _ctl(request)
     dead_letters_total = await ctl.store.dead_letters_total()
-    gate, mon = ctl.admission.hello, ctl.monitor
+    gate, mon, bus, db = ctl.admission.hello, ctl.monitor, ctl.bus.stats(), ctl.probe.counters()
+    pending_evt_bytes, pending_log_bytes = ctl.edge_pending()
     lines = [
-        "# TYPE tether_edge_sessions gauge", f"tether_edge_sessions {len(ctl.registry)}",
-        "# TYPE tether_ws_subscribers gauge", f"tether_ws_subscribers {ctl.hub.subscribers}",
+        "# TYPE tether_edge_sessions gauge", f"tether_edge_sessions {len(ctl.presence)}",
+        "# TYPE tether_ws_subscribers gauge", f"tether_ws_subscribers {bus.subscribers}",
         "# TYPE tether_store_batches_total counter",
-        f"tether_store_batches_total {ctl.db.batches_total}",
+        f"tether_store_batches_total {db['batches_total']}",
         "# TYPE tether_store_writes_total counter",
-        f"tether_store_writes_total {ctl.db.writes_total}",
-        "# TYPE tether_store_write_queue gauge", f"tether_store_write_queue {ctl.db.pending}",
+        f"tether_store_writes_total {db['writes_total']}",
+        "# TYPE tether_store_write_queue gauge", f"tether_store_write_queue {db['write_queue']}",
         "# TYPE tether_events_published_total counter",
-        f"tether_events_published_total {ctl.hub.published_total}",
+        f"tether_events_published_total {bus.published_total}",
         "# TYPE tether_dead_letters_total counter",
         f"tether_dead_letters_total {dead_letters_total}",
         "# TYPE tether_ws_events_unencodable_total counter",
-        f"tether_ws_events_unencodable_total {ctl.hub.unencodable_total}",
+        f"tether_ws_events_unencodable_total {bus.unencodable_total}",
         "# TYPE tether_ws_cut_off_total counter",
-        f"tether_ws_cut_off_total {ctl.hub.cut_off_total}",
+        f"tether_ws_cut_off_total {bus.cut_off_total}",
         "# TYPE tether_monitor_bytes gauge", f"tether_monitor_bytes {mon.bytes_total}",
         "# TYPE tether_monitor_dropped_packets_total counter",
         f"tether_monitor_dropped_packets_total {mon.dropped_packets_total}",
@@ -482,13 +486,13 @@ async def metrics(request: Request) -> Response:
         "# TYPE tether_prehello_evicted_total counter",
         f"tether_prehello_evicted_total {gate.evicted_total}",
         "# TYPE tether_edge_pending_evt_bytes gauge",  # awaiting the store, all sessions
-        f"tether_edge_pending_evt_bytes {sum(c.pending_evt_bytes for c in ctl.connections)}",
+        f"tether_edge_pending_evt_bytes {pending_evt_bytes}",
         "# TYPE tether_edge_pending_log_bytes gauge",
-        f"tether_edge_pending_log_bytes {sum(c.pending_log_bytes for c in ctl.connections)}",
+        f"tether_edge_pending_log_bytes {pending_log_bytes}",
         "# TYPE tether_handshakes_refused_total counter",
         f"tether_handshakes_refused_total {ctl.admission.refused_total}",
     ]
-    for name, value in _http_counters(ctl).items():
+    for name, value in ctl.run.http_counters().items():
         lines += [f"# TYPE tether_http_{name} counter", f"tether_http_{name} {value}"]
     # the store's budgets per ``what`` ('events', 'logs', 'node_logs'), summed over nodes
     usage = await ctl.store.node_usage()

@@ -2,11 +2,18 @@
 
 Invariant: ``claim`` returns the connection it displaced, which the caller must fence and
 close with 4409 before the new session is welcomed.
+
+The registry is this process's :class:`~.presence.Presence`: it answers with each session's
+:meth:`LiveSession.snapshot`, a value, so readers never hold a connection.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from tether.protocol.frames import Frame
+
+from .presence import SessionSnapshot
 
 
 class LiveSession(Protocol):
@@ -16,9 +23,13 @@ class LiveSession(Protocol):
 
     def wake_downlink(self) -> None: ...
 
+    async def send_ephemeral(self, frame: Frame) -> bool: ...
+
     async def supersede(self) -> None: ...
 
     async def disable(self) -> None: ...
+
+    def snapshot(self) -> SessionSnapshot: ...
 
 
 class SessionRegistry:
@@ -39,6 +50,11 @@ class SessionRegistry:
 
     def all(self) -> list[LiveSession]:
         return list(self._live.values())
+
+    def snapshot(self, node_id: str) -> SessionSnapshot | None:
+        """:class:`~.presence.Presence`: the node's live session as a value, or None."""
+        session = self._live.get(node_id)
+        return None if session is None else session.snapshot()
 
     def __len__(self) -> int:
         return len(self._live)

@@ -1,5 +1,5 @@
 """`tether controller serve` flags reach the object that enforces them: the CLI builds the
-ControllerConfig, and the Controller hands each knob to its owner."""
+ControllerConfig, and app.build hands each knob to its owner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tether.cli import main as cli_main
-from tether.controller.app import Controller
+from tether.controller.app import build
 from tether.controller.config import ControllerConfig
 
 
@@ -29,13 +29,13 @@ def test_the_dead_letter_cap_flag_reaches_the_store(monkeypatch: pytest.MonkeyPa
     config = served_config(monkeypatch, ["--data-dir", str(tmp_path),
                                          "--max-dead-letters-per-node", "7"])
     assert config.max_dead_letters_per_node == 7
-    assert Controller(config).store.max_dead_letters_per_node == 7
+    assert build(config).store.max_dead_letters_per_node == 7
 
 
 def test_the_dead_letter_cap_defaults_to_a_thousand_per_node(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = served_config(monkeypatch, ["--data-dir", str(tmp_path)])
-    assert Controller(config).store.max_dead_letters_per_node == 1000
+    assert build(config).store.max_dead_letters_per_node == 1000
 
 
 def test_the_pending_evt_byte_bound_flag_reaches_the_config(monkeypatch: pytest.MonkeyPatch,

@@ -6,25 +6,25 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-from tether.controller.app import Controller
+from tether.controller.services.sweeper import changed_since_touch
 
 
 def conn(node_id: str, last_frame: float, state: str = "attached") -> SimpleNamespace:
     return SimpleNamespace(node_id=node_id, session_id="s_" + node_id, last_frame_mono=last_frame,
-                           runtime={"state": state}, touched_frame_mono=-1.0,
-                           touched_state=None)
+                           runtime={"state": state})
 
 
 def test_only_sessions_that_heard_a_frame_or_changed_state_are_touched_again() -> None:
     a, b, c = conn("a", 10.0), conn("b", 11.0), conn("c", 12.0)
     handshaking = SimpleNamespace(**{**vars(conn("d", 9.0)), "session_id": None})
-    ctl = SimpleNamespace(connections=[a, b, c, handshaking])
-    first = Controller._changed_since_touch(ctl, 20.0)  # type: ignore[arg-type]
+    sessions = [a, b, c, handshaking]
+    first, touched = changed_since_touch(sessions, {}, 20.0)  # type: ignore[arg-type]
     assert set(first) == {"a", "b", "c"}
-    assert Controller._changed_since_touch(ctl, 25.0) == {}  # nothing new: no writes  # type: ignore[arg-type]
+    nothing, touched = changed_since_touch(sessions, touched, 25.0)  # type: ignore[arg-type]
+    assert nothing == {}  # nothing new: no writes
     b.last_frame_mono = 24.0
     c.runtime["state"] = "detached"
-    again = Controller._changed_since_touch(ctl, 30.0)  # type: ignore[arg-type]
+    again, _ = changed_since_touch(sessions, touched, 30.0)  # type: ignore[arg-type]
     assert set(again) == {"b", "c"} and again["c"][1] == "detached"
     # last seen = the wall clock 6 s before "now" (mono 24 vs 30), not the touch time
     assert abs(again["b"][0] - (time.time() - 6.0)) < 2.0

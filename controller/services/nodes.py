@@ -1,0 +1,81 @@
+"""The API shape of a node: its stored row joined with its live session, if any."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tether.protocol.liveness import Thresholds, liveness
+
+from ..views import iso, loads
+from .presence import Presence
+
+
+class NodeViews:
+    """Reads sessions through :class:`~.presence.Presence` only. Total: stored JSON is read
+    with ``views.loads`` (never raises, JSON-safe), and the live values come from typed
+    bodies."""
+
+    def __init__(self, presence: Presence, thresholds: Thresholds, *,
+                 wall: Callable[[], float] = time.time) -> None:
+        self._presence = presence
+        self._thresholds = thresholds
+        self._wall = wall
+
+    def view(self, row: dict[str, Any]) -> dict[str, Any]:
+        node_id = row["node_id"]
+        live_session = self._presence.snapshot(node_id)
+        th = self._thresholds
+        now = self._wall()
+        session = None
+        last_seen = row["last_seen_at"]
+        runtime: dict[str, Any]
+        transport: dict[str, Any] | None = None
+        resources: dict[str, Any] = {}
+        if live_session is not None and live_session.session_id is not None:
+            age = live_session.last_frame_age_s
+            last_seen = now - age
+            runtime = dict(live_session.runtime)
+            live = liveness(session_open=True, last_frame_age_s=age,
+                            runtime_state=runtime.get("state"), closed_age_s=None,
+                            closed_by_goodbye=False, thresholds=th)
+            session = {"session_id": live_session.session_id,
+                       "opened_at": iso(live_session.opened_at),
+                       "remote": live_session.remote, "resumed": live_session.resumed}
+            tr = live_session.transport
+            transport = {"sidecar": dict(live_session.sidecar),
+                         "outbox": dict(live_session.outbox),
+                         "rtt_ms": tr.get("rtt_ms"),
+                         "reconnects": tr.get("reconnects"),
+                         "clock_offset_ms": tr.get("clock_offset_ms"),
+                         "logs_dropped_total": live_session.logs_dropped_total}
+            resources = dict(live_session.resources)
+        else:
+            # Without a session nobody knows the runtime's state: the stored one is only
+            # what it was when the session ended.
+            runtime = {"state": "unknown", "version": row["runtime_version"],
+                       "last_state": row["runtime_state"]}
+            closed_at = row["closed_at"]
+            if isinstance(closed_at, bool) or not isinstance(closed_at, int | float):
+                closed_at = None
+            live = liveness(session_open=False, last_frame_age_s=None, runtime_state=None,
+                            closed_age_s=None if closed_at is None else now - closed_at,
+                            closed_by_goodbye=bool(row["closed_by_goodbye"]), thresholds=th)
+        labels = loads(row["labels"], {})
+        capabilities = loads(row["capabilities"], [])
+        return {
+            "node_id": node_id,
+            "labels": labels if isinstance(labels, dict) else {},
+            "enabled": bool(row["enabled"]),
+            "liveness": live.value,
+            "session": session,
+            "runtime": runtime,
+            "transport": transport,
+            "resources": resources,
+            "last_seen_at": iso(last_seen),
+            "capabilities": capabilities if isinstance(capabilities, list) else [],
+            "policy": loads(row.get("policy")),
+            "apps": loads(row.get("apps"), {}),
+            "enrolled_at": iso(row["created_at"]),
+        }

@@ -1,0 +1,126 @@
+"""The sweeper: once per ``sweep_interval_s``, the housekeeping no frame triggers.
+
+Each tick: queued commands past their deadline expire (pushed); live sessions silent past
+``stale_after_s`` are closed (4408, by their own read loop); nodes closed ``offline_after_s``
+ago turn offline (pushed); every ``touch_interval_s`` the last-seen times of sessions that
+heard something are written; hourly, old idempotency keys are pruned. A tick that fails is
+logged and the next one tries again. It also measures the event loop's lag: how late its
+sleep ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from .bus import EventBus
+from .topics import command_expired
+
+logger = logging.getLogger(__name__)
+
+
+class SweptSession(Protocol):
+    """A session of this process, as the sweeper sees it (gateway ``EdgeConnection``):
+    read, never changed, but for :meth:`expire_if_idle`."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def session_id(self) -> str | None: ...
+
+    @property
+    def last_frame_mono(self) -> float: ...
+
+    @property
+    def runtime(self) -> dict[str, Any]: ...
+
+    def expire_if_idle(self, now_mono: float) -> bool: ...
+
+
+# node_id -> (last_frame_mono, runtime state) as last written by a touch
+Touched = dict[str, tuple[float, str | None]]
+
+
+class SweepStore(Protocol):
+    async def expire_due(self) -> list[str]: ...
+
+    async def prune_idempotency_keys(self, *, older_than_s: float = ...) -> int: ...
+
+    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None: ...
+
+
+def changed_since_touch(sessions: Iterable[SweptSession], touched: Touched,
+                        now_mono: float, *, now: float | None = None
+                        ) -> tuple[dict[str, tuple[float, str | None]], Touched]:
+    """Last-seen time (wall clock) and runtime state of each live session that heard a
+    frame or changed state since ``touched`` (what the last touch wrote), and what this
+    touch writes, for the next: an idle fleet costs no writes, and a busy one at most one
+    row per node per touch interval. Nodes without a live session are forgotten."""
+    now = time.time() if now is None else now
+    seen: dict[str, tuple[float, str | None]] = {}
+    marks: Touched = {}
+    for c in sessions:
+        if c.session_id is None:
+            continue
+        mark = marks[c.node_id] = (c.last_frame_mono, c.runtime.get("state"))
+        if touched.get(c.node_id) != mark:
+            seen[c.node_id] = (now - (now_mono - mark[0]), mark[1])
+    return seen, marks
+
+
+class Sweeper:
+    """``sessions`` is the live collection of this process's edge sessions (read each
+    tick); ``expire_closed`` turns nodes closed long enough offline (services/liveness.py
+    ``NodeLiveness.expire``)."""
+
+    def __init__(self, store: SweepStore, bus: EventBus, sessions: Iterable[SweptSession],
+                 *, expire_closed: Callable[[], object], sweep_interval_s: float,
+                 touch_interval_s: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._bus = bus
+        self._sessions = sessions
+        self._expire_closed = expire_closed
+        self.sweep_interval_s = sweep_interval_s
+        self.touch_interval_s = touch_interval_s
+        self._monotonic = monotonic
+        self.loop_lag_ms = 0.0
+        self.loop_lag_max_ms = 0.0
+        self._tick = 0
+        self._touched: Touched = {}
+
+    async def run(self) -> None:
+        """Tick until cancelled (its owner, app.py's lifespan, cancels and awaits it)."""
+        while True:
+            slept_from = self._monotonic()
+            await asyncio.sleep(self.sweep_interval_s)
+            # How late the loop woke us: the event loop's lag, as the sweeper sees it.
+            lag_ms = max(0.0, (self._monotonic() - slept_from - self.sweep_interval_s) * 1000)
+            self.loop_lag_ms = round(lag_ms, 3)
+            self.loop_lag_max_ms = max(self.loop_lag_max_ms, self.loop_lag_ms)
+            try:
+                await self.tick()
+            except Exception:
+                logger.exception("sweep failed; will retry")
+
+    async def tick(self) -> None:
+        """One sweep (the module docstring)."""
+        self._tick += 1
+        touch_every = max(1, round(self.touch_interval_s / self.sweep_interval_s))
+        hourly = max(1, round(3600 / self.sweep_interval_s))
+        for command_id in await self._store.expire_due():
+            command_expired(self._bus, command_id)
+        now_mono = self._monotonic()
+        for conn in self._sessions:
+            conn.expire_if_idle(now_mono)
+        self._expire_closed()
+        if self._tick % hourly == 0:
+            await self._store.prune_idempotency_keys()
+        if self._tick % touch_every == 0:
+            seen, marks = changed_since_touch(self._sessions, self._touched, now_mono)
+            await self._store.touch_nodes(seen)
+            self._touched = marks  # only once written: a failed touch is tried again
