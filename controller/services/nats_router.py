@@ -54,7 +54,7 @@ from nats.aio.subscription import Subscription
 
 from tether.protocol.classes import DeliveryClass, delivery_class
 from tether.protocol.codec import MAX_FRAME_BYTES, decode_msgpack, encode_msgpack
-from tether.protocol.errors import BadFrame, LocalProtocolError
+from tether.protocol.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.frames import Frame
 
 from .nats_link import MAX_TOKEN_LEN, NatsLink, subject_token
@@ -291,7 +291,7 @@ class NatsRouter:
         """The class E frame ``payload`` holds, or None."""
         try:
             frame = decode_msgpack(payload, max_frame_bytes=self.max_frame_bytes)
-        except BadFrame:  # FrameTooLarge included
+        except RemoteProtocolError:  # BadFrame, FrameTooLarge
             return None
         return frame if delivery_class(frame.t) is DeliveryClass.E else None
 

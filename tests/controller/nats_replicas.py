@@ -57,9 +57,10 @@ class FakeSession:
 class Replica:
     def __init__(self, url: str, name: str, **link_options: float) -> None:
         self.registry = SessionRegistry()
-        self.link = NatsLink(url, replica_id=name, connect_timeout_s=NET_TIMEOUT_S,
-                             reconnect_base_s=0.05, reconnect_cap_s=0.5,
-                             **link_options)  # type: ignore[arg-type]
+        options: dict[str, float] = {"connect_timeout_s": NET_TIMEOUT_S,
+                                     "reconnect_base_s": 0.05, "reconnect_cap_s": 0.5,
+                                     **link_options}
+        self.link = NatsLink(url, replica_id=name, **options)  # type: ignore[arg-type]
         self.bus = NatsBus(self.link)
         self.router = NatsRouter(self.registry, self.link, send_timeout_s=NET_TIMEOUT_S / 2)
 
@@ -85,11 +86,12 @@ class Replica:
 
 
 @contextlib.asynccontextmanager
-async def replicas(url: str, *names: str) -> AsyncIterator[list[Replica]]:
+async def replicas(url: str, *names: str | Replica) -> AsyncIterator[list[Replica]]:
+    """Replicas started in order (a name, or a Replica built by the test), closed after."""
     started: list[Replica] = []
     try:
         for name in names:
-            replica = Replica(url, name)
+            replica = name if isinstance(name, Replica) else Replica(url, name)
             await replica.start()
             started.append(replica)
         yield started
