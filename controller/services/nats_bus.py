@@ -44,7 +44,7 @@ from tether.protocol.values import Limits, plain_map
 
 from .bus import BusStats
 from .events import EventHub, Subscriber
-from .nats_link import NatsLink, subject_token, token_text
+from .nats_link import MAX_TOKEN_LEN, NatsLink, subject_token, token_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class NatsBusStats:
 
     sent_total: int  # events handed to the link for the other replicas
     dropped_total: int  # not sent: NATS down or the link's queue full
-    oversize_total: int  # not sent: over max_event_bytes encoded
+    oversize_total: int  # not sent: over max_event_bytes encoded, or its topic too long
     unsendable_total: int  # not sent: data MessagePack cannot encode
     received_total: int  # messages from other replicas
     delivered_total: int  # of those, offered to subscribers here
@@ -127,7 +127,11 @@ class NatsBus:
         if len(payload) > self.max_event_bytes:
             self.oversize_total += 1
             return
-        if self._link.publish_nowait(self._subject_prefix + subject_token(topic), payload):
+        token = subject_token(topic)
+        if len(token) > MAX_TOKEN_LEN:  # the other replicas would refuse it (Rule 4)
+            self.oversize_total += 1
+            return
+        if self._link.publish_nowait(self._subject_prefix + token, payload):
             self.sent_total += 1
         else:
             self.dropped_total += 1

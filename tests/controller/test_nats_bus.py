@@ -3,6 +3,9 @@ one process, each with its own connection, hub and subscribers (nats_replicas.py
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import msgpack
 import pytest
 
@@ -12,10 +15,11 @@ from tether.controller.services.nats_link import (
     subject_token,
     token_text,
 )
+from tether.protocol.frames import Frame
 from tether.tools.servers import NatsServer, free_port
 
 from .conftest import NET_TIMEOUT_S, eventually
-from .nats_replicas import next_event, replicas
+from .nats_replicas import Replica, next_event, replicas, synced
 
 
 @pytest.mark.parametrize("text", [
@@ -174,3 +178,51 @@ async def test_the_first_connection_is_bounded_by_connect_timeout() -> None:
     with pytest.raises(NatsUnavailable, match=r"within 0\.5 s"):
         await link.start()
     await link.close()
+
+
+async def test_closing_a_link_publishes_what_it_had_queued_first(nats_url: str) -> None:
+    async with replicas(nats_url, "c") as (c,):
+        sub = c.subscriber("t")
+        await c.link.nc.flush()
+        a = Replica(nats_url, "a")
+        await a.start()
+        for i in range(200):
+            a.bus.publish("t", "k", {"i": i})
+        await a.close()  # right away: the pump had not published them all yet
+        assert a.link.stats().published_total == 200
+        assert [(await next_event(sub)).data["i"] for _ in range(200)] == list(range(200))
+
+
+def test_reconnect_delays_grow_with_full_jitter_and_start_over_after_a_reconnection() -> None:
+    link = NatsLink("nats://127.0.0.1:1", replica_id="r", reconnect_base_s=0.25,
+                    reconnect_cap_s=2.0, uniform=lambda lo, hi: hi)
+    delays = [link._next_server([], {})[1] for _ in range(6)]
+    assert delays == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    asyncio.run(link._on_reconnected())
+    assert link._next_server([], {})[1] == 0.25
+
+
+async def test_a_hung_server_neither_blocks_publishers_nor_requests_and_they_recover_after(
+        nats_server: NatsServer, nats_url: str) -> None:
+    async with replicas(nats_url, "a", "c") as (a, c):
+        c.hold("n-1")
+        sub = c.subscriber("t")
+        await synced(a, c)
+        a.router.send_timeout_s = 0.5
+        nats_server.freeze()
+        try:
+            started = time.monotonic()
+            for i in range(20_000):  # more than the socket buffers hold
+                a.bus.publish("t", "frozen", {"i": i, "pad": "x" * 200})
+            assert time.monotonic() - started < 2.0
+            assert not await a.router.send("n-1", Frame(t="rtc.offer", b={}))
+            assert time.monotonic() - started < 0.5 + 2.0
+        finally:
+            nats_server.thaw()
+        # whatever NATS got through arrives in order; then new events flow again
+        a.bus.publish("t", "after", {})
+        last = -1
+        while (event := await next_event(sub, timeout_s=NET_TIMEOUT_S * 3)).kind != "after":
+            assert event.data["i"] > last
+            last = event.data["i"]
+        assert await a.router.send("n-1", Frame(t="rtc.offer", b={}))

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import msgpack
 import pytest
 
+from tether.controller.services.registry import SessionRegistry
 from tether.protocol.codec import encode_msgpack
 from tether.protocol.errors import LocalProtocolError
 from tether.protocol.frames import Frame
@@ -242,3 +243,38 @@ async def test_a_replica_wakes_every_session_it_holds_after_reconnecting(
         await nats_server.restart()
         for session in sessions:
             await woken(session, timeout_s=NET_TIMEOUT_S * 3)
+
+
+async def test_a_claim_and_release_in_quick_succession_end_in_the_registrys_state(
+        nats_url: str) -> None:
+    async with replicas(nats_url, "a", "b") as (a, b):
+        for i in range(20):
+            session = a.hold(f"n-{i}")
+            if i % 2:
+                a.registry.release(f"n-{i}", session)
+        await synced(a, b)
+        assert a.router.stats().held_subscriptions == 10
+        assert await b.router.send("n-0", OFFER)
+        assert not await b.router.send("n-1", OFFER)
+
+
+def test_the_registry_tells_its_observers_when_a_node_is_first_held_and_finally_released(
+        ) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Observer:
+        def held(self, node_id: str) -> None:
+            seen.append(("held", node_id))
+
+        def released(self, node_id: str) -> None:
+            seen.append(("released", node_id))
+
+    registry = SessionRegistry()
+    registry.observe(Observer())
+    first, second = FakeSession("n-1"), FakeSession("n-1")
+    registry.claim("n-1", first)
+    assert registry.claim("n-1", second) is first  # superseded: still held, no news
+    registry.release("n-1", first)  # the old session's release changes nothing
+    assert registry.get("n-1") is second
+    registry.release("n-1", second)
+    assert seen == [("held", "n-1"), ("released", "n-1")]
