@@ -205,8 +205,14 @@ class NatsLink:
             try:
                 async with asyncio.timeout(self.publish_timeout_s):
                     await self._pump
-            except TimeoutError:  # the timeout cancelled it: what was left is dropped
+            except TimeoutError:  # what was left is dropped
                 self.dropped_total += len(self._queue)
+            except Exception:  # the pump's own failure, logged once here by its owner
+                logger.exception("nats pump failed")
+            if not self._pump.done():
+                self._pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._pump
             self._pump = None
         if self.nc.is_connected:
             try:
