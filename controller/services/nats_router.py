@@ -149,10 +149,10 @@ class NatsRouter:
                     for sub in subs:
                         await sub.unsubscribe()
 
-    async def settled(self) -> None:
+    async def settled(self, timeout_s: float = 5.0) -> None:
         """Return once every node held here has its subscription and the server has seen it
-        (a round trip on the connection), or raise TimeoutError after ``send_timeout_s``."""
-        async with asyncio.timeout(self.send_timeout_s):
+        (a round trip on the connection), or raise TimeoutError after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
             while self._dirty or not self._idle.is_set():
                 self._idle.clear()
                 self._wake.set()

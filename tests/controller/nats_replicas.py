@@ -108,8 +108,7 @@ async def next_event(sub: Subscriber, timeout_s: float = NET_TIMEOUT_S) -> Event
 
 
 async def synced(*reps: Replica) -> None:
-    """Every replica's subscriptions are known to the server: a round trip (PING/PONG) on
-    each connection after its SUBs."""
+    """Every replica's subscriptions are known to the server (NatsRouter.settled: a round
+    trip on each connection after its SUBs)."""
     for rep in reps:
-        await rep.router.settled()
-        await rep.link.nc.flush(timeout=int(NET_TIMEOUT_S))
+        await rep.router.settled(NET_TIMEOUT_S)
