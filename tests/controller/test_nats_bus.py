@@ -8,6 +8,8 @@ import time
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tether.controller.services.nats_link import (
     NatsLink,
@@ -35,6 +37,19 @@ def test_a_topic_becomes_one_subject_token_and_back(text: str) -> None:
 def test_a_token_that_no_topic_encodes_to_is_refused(token: str) -> None:
     # %41 is "A", which is encoded as itself: one encoding per topic, so it is refused too
     assert token_text(token) is None
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=64))
+def test_every_text_round_trips_through_a_token_that_holds_no_subject_syntax(text: str) -> None:
+    token = subject_token(text)
+    assert token and not any(c in token for c in ".*>") and not any(c.isspace() for c in token)
+    assert token_text(token) == text
+
+
+@given(st.text(max_size=64))
+def test_any_token_decodes_to_the_one_text_that_encodes_to_it_or_to_nothing(token: str) -> None:
+    text = token_text(token)
+    assert text is None or subject_token(text) == token
 
 
 def test_node_ids_and_the_controllers_topics_are_their_own_tokens() -> None:
