@@ -115,6 +115,10 @@ class EventHub:
             if sub.overflowed and not was:
                 self.cut_off_total += 1
 
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether anyone here is subscribed to ``topic`` (a bus skips decoding otherwise)."""
+        return topic in self._by_topic
+
     @property
     def subscribers(self) -> int:
         return len({s for subs in self._by_topic.values() for s in subs})

@@ -32,18 +32,39 @@ class LiveSession(Protocol):
     def snapshot(self) -> SessionSnapshot: ...
 
 
+class RegistryObserver(Protocol):
+    """Told when this process starts or stops holding a node (a cross-process router
+    subscribes to the node's subjects). Called synchronously from :meth:`SessionRegistry.claim`
+    and :meth:`SessionRegistry.release`: must return at once and never raise."""
+
+    def held(self, node_id: str) -> None: ...
+
+    def released(self, node_id: str) -> None: ...
+
+
 class SessionRegistry:
     def __init__(self) -> None:
         self._live: dict[str, LiveSession] = {}
+        self._observers: list[RegistryObserver] = []
+
+    def observe(self, observer: RegistryObserver) -> None:
+        """Tell ``observer`` of every node held or released from now on (not of those held
+        already: it reads :meth:`all` for those)."""
+        self._observers.append(observer)
 
     def claim(self, node_id: str, session: LiveSession) -> LiveSession | None:
         old = self._live.get(node_id)
         self._live[node_id] = session
+        if old is None:
+            for observer in self._observers:
+                observer.held(node_id)
         return old if old is not session else None
 
     def release(self, node_id: str, session: LiveSession) -> None:
         if self._live.get(node_id) is session:
             del self._live[node_id]
+            for observer in self._observers:
+                observer.released(node_id)
 
     def get(self, node_id: str) -> LiveSession | None:
         return self._live.get(node_id)
