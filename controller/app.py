@@ -29,8 +29,9 @@ from .services.events import EventHub
 from .services.monitor import MonitorStore
 from .services.registry import SessionRegistry
 from .store.controller_store import ControllerStore
+from .store.records import LogChunk, NodeRecord
 from .store.schema import MIGRATIONS
-from .views import iso, loads, log_item
+from .views import iso, log_item
 
 if TYPE_CHECKING:
     from tether.common.http_deadlines import DeadlineH11Protocol
@@ -136,7 +137,7 @@ class Controller:
         self.hub.publish(f"command:{command_id}", "command.updated", data)
         self.hub.publish(f"commands:{node_id}", "command.updated", data)
 
-    def log_appended(self, command_id: str, row: dict[str, Any]) -> None:
+    def log_appended(self, command_id: str, row: LogChunk) -> None:
         item = log_item(row)
         self.hub.publish(f"logs:{command_id}", "log.chunk", item)  # sized by the hub
 
@@ -157,20 +158,17 @@ class Controller:
 
     # -- views ----------------------------------------------------------------------------
 
-    def node_view(self, row: dict[str, Any]) -> dict[str, Any]:
+    def node_view(self, row: NodeRecord) -> dict[str, Any]:
         """The API shape of a node: its stored row joined with its live session, if any.
-        Total: stored JSON is read with ``views.loads`` (never raises, JSON-safe), and the
-        live values come from typed bodies."""
-        node_id = row["node_id"]
+        Total: the record's JSON was decoded by the store (never raises, JSON-safe), and
+        the live values come from typed bodies."""
+        node_id = row.node_id
         conn = self.registry.get(node_id)
         th = self.config.thresholds
         now = time.time()
         session = None
-        last_seen = row["last_seen_at"]
-        runtime = {"state": row["runtime_state"] if isinstance(row["runtime_state"], str)
-                   else None,
-                   "version": row["runtime_version"] if isinstance(row["runtime_version"], str)
-                   else None}
+        last_seen = row.last_seen_at
+        runtime = {"state": row.runtime_state, "version": row.runtime_version}
         transport: dict[str, Any] | None = None
         resources: dict[str, Any] = {}
         if isinstance(conn, EdgeConnection) and conn.session_id is not None:
@@ -192,30 +190,26 @@ class Controller:
         else:
             # Without a session nobody knows the runtime's state: the stored one is only
             # what it was when the session ended.
-            runtime = {"state": "unknown", "version": row["runtime_version"],
-                       "last_state": row["runtime_state"]}
-            closed_at = row["closed_at"]
-            if isinstance(closed_at, bool) or not isinstance(closed_at, int | float):
-                closed_at = None
+            runtime = {"state": "unknown", "version": row.runtime_version,
+                       "last_state": row.runtime_state}
+            closed_at = row.closed_at
             live = liveness(session_open=False, last_frame_age_s=None, runtime_state=None,
                             closed_age_s=None if closed_at is None else now - closed_at,
-                            closed_by_goodbye=bool(row["closed_by_goodbye"]), thresholds=th)
-        labels = loads(row["labels"], {})
-        capabilities = loads(row["capabilities"], [])
+                            closed_by_goodbye=bool(row.closed_by_goodbye), thresholds=th)
         return {
             "node_id": node_id,
-            "labels": labels if isinstance(labels, dict) else {},
-            "enabled": bool(row["enabled"]),
+            "labels": row.labels,
+            "enabled": bool(row.enabled),
             "liveness": live.value,
             "session": session,
             "runtime": runtime,
             "transport": transport,
             "resources": resources,
             "last_seen_at": iso(last_seen),
-            "capabilities": capabilities if isinstance(capabilities, list) else [],
-            "policy": loads(row.get("policy")),
-            "apps": loads(row.get("apps"), {}),
-            "enrolled_at": iso(row["created_at"]),
+            "capabilities": row.capabilities,
+            "policy": row.policy,
+            "apps": row.apps,
+            "enrolled_at": iso(row.created_at),
         }
 
     # -- sweeper ---------------------------------------------------------------------------

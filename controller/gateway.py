@@ -727,8 +727,8 @@ class EdgeConnection:
                     self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
                                    for c in chunks])
                 for row in rows:
-                    if row["command_id"]:
-                        self.ctl.log_appended(row["command_id"], row)
+                    if row.command_id:
+                        self.ctl.log_appended(row.command_id, row)
             if not batch:
                 return
             effects = await self.ctl.store.apply_evt(node_id=self.node_id,

@@ -31,11 +31,12 @@ from tether.protocol.frames import COMMAND_STATES, valid_node_id
 from tether.protocol.keys import check_ed25519_public_key
 from tether.protocol.values import INT64_MAX
 
-from ..views import command_view, iso, log_item, node_event_view
+from ..views import command_view, dead_letter_view, iso, log_item, node_event_view, session_view
 
 if TYPE_CHECKING:
     from ..app import Controller
     from ..store.controller_store import LogPage
+    from ..store.records import NodeRecord
 
 MAX_BODY_BYTES = 1 << 20
 MAX_TTL_S = 365 * 86400
@@ -178,7 +179,7 @@ async def list_nodes(request: Request) -> Response:
     return JSONResponse({"items": [ctl.node_view(r) for r in await ctl.store.list_nodes()]})
 
 
-async def _node_row(request: Request) -> dict[str, Any]:
+async def _node_row(request: Request) -> NodeRecord:
     node_id = request.path_params["node_id"]
     row = await _ctl(request).store.get_node(node_id)
     if row is None:
@@ -215,17 +216,15 @@ async def enable_node(request: Request) -> Response:
 async def node_sessions(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
-    items = await _ctl(request).store.sessions(row["node_id"])
-    return JSONResponse({"items": [
-        {**s, "opened_at": iso(s["opened_at"]), "closed_at": iso(s["closed_at"]),
-         "resumed": bool(s["resumed"])} for s in items]})
+    items = await _ctl(request).store.sessions(row.node_id)
+    return JSONResponse({"items": [session_view(s) for s in items]})
 
 
 async def node_events(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
     limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
-    items = await _ctl(request).store.node_events(row["node_id"], limit=limit)
+    items = await _ctl(request).store.node_events(row.node_id, limit=limit)
     return JSONResponse({"items": [node_event_view(e) for e in items]})
 
 
@@ -236,9 +235,8 @@ async def node_dead_letters(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
     limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
-    rows, total = await _ctl(request).store.dead_letters(row["node_id"], limit=limit)
-    return JSONResponse({"total": total, "items": [
-        {**r, "at": iso(r["at"])} for r in rows]})
+    rows, total = await _ctl(request).store.dead_letters(row.node_id, limit=limit)
+    return JSONResponse({"total": total, "items": [dead_letter_view(r) for r in rows]})
 
 
 async def node_logs(request: Request) -> Response:
@@ -248,7 +246,7 @@ async def node_logs(request: Request) -> Response:
     row = await _node_row(request)
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
     limit, max_bytes = _log_page_bounds(request)
-    rows = await _ctl(request).store.node_logs(row["node_id"],
+    rows = await _ctl(request).store.node_logs(row.node_id,
                                                source=request.query_params.get("source"),
                                                after=after, limit=limit, max_bytes=max_bytes)
     return _log_page(rows, after)
@@ -279,7 +277,7 @@ async def node_monitor(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
     topic = request.query_params.get("topic")
-    return JSONResponse({"topics": _ctl(request).monitor.get(row["node_id"], topic)})
+    return JSONResponse({"topics": _ctl(request).monitor.get(row.node_id, topic)})
 
 
 async def submit_command(request: Request) -> Response:
@@ -356,11 +354,11 @@ async def control_command(request: Request) -> Response:
     row, sent = await ctl.store.control_command(request.path_params["command_id"], action,
                                                 actor=role)
     if sent:
-        live = ctl.registry.get(row["node_id"])
+        live = ctl.registry.get(row.node_id)
         if live is not None:
             live.wake_downlink()
     else:
-        ctl.command_changed(row["command_id"], row["state"], row["node_id"])
+        ctl.command_changed(row.command_id, row.state, row.node_id)
     return JSONResponse(command_view(row), status_code=202)
 
 

@@ -30,17 +30,21 @@ async def store(tmp_path: Path) -> AsyncIterator[ControllerStore]:
         await db.close()
 
 
+def _db(store: ControllerStore) -> Database:
+    db = store.driver.db  # type: ignore[attr-defined]  # the SQLite driver's Database
+    assert isinstance(db, Database)
+    return db
+
+
 def stored_bytes(store: ControllerStore, sql: str, *args: object) -> int:
     """What the rows really hold, read with a separate connection."""
-    with sqlite3.connect(store.db.path) as conn:
+    with sqlite3.connect(_db(store).path) as conn:
         return int(conn.execute(sql, args).fetchone()[0] or 0)
 
 
 async def events(store: ControllerStore, node_id: str, items: list[tuple[str, object]]
                  ) -> list[object]:
-    def fn(conn: sqlite3.Connection) -> list[object]:
-        return [store._node_event(conn, node_id, kind, data) for kind, data in items]
-    return await store.db.write(fn)
+    return list(await store.record_node_events(node_id, items))
 
 
 async def test_a_node_event_over_the_per_event_limit_is_refused_and_not_stored(
@@ -53,7 +57,7 @@ async def test_a_node_event_over_the_per_event_limit_is_refused_and_not_stored(
     first = refusals[0]
     assert first is not None and first.code == "quota_exceeded"  # type: ignore[attr-defined]
     assert stored_bytes(store, "SELECT sum(length(data)) FROM node_events") < 5_000
-    kinds = [e["kind"] for e in await store.node_events("n1")]
+    kinds = [e.kind for e in await store.node_events("n1")]
     assert kinds.count("node.event.refused") == 5 and "ok" in kinds
     usage = (await store.node_usage("n1"))["events"]
     assert usage["refused_items"] == 5 and usage["refused_bytes"] > 5_000_000
@@ -68,7 +72,7 @@ async def test_a_node_keeps_its_newest_events_within_its_byte_budget(
     real = stored_bytes(store, "SELECT sum(length(CAST(kind AS BLOB)) + length(CAST(data AS "
                                "BLOB))) FROM node_events WHERE node_id='n1'")
     assert real <= on_disk <= QUOTAS.node_events_bytes_per_node  # size counts what's stored
-    kept = [e["id"] for e in await store.node_events("n1", limit=1000)]
+    kept = [e.id for e in await store.node_events("n1", limit=1000)]
     assert len(kept) >= 15
     usage = await store.node_usage("n1")
     assert usage["events"]["pruned_items"] == 100 - len(kept)
@@ -85,20 +89,13 @@ async def test_a_node_past_its_event_row_budget_keeps_its_newest_rows_and_counts
     try:
         store = ControllerStore(db, quotas=StoreQuotas(node_events_per_node=100))
 
-        def batch(start: int, n: int) -> None:
-            def fn(conn: sqlite3.Connection) -> None:
-                charge = [0, 0]
-                for i in range(start, start + n):
-                    store._node_event(conn, "n1", "e", {"i": i}, batch=charge, now=1.0)
-                store._settle_events(conn, "n1", charge)
-            return fn
-
         for start in range(0, 1000, 37):  # batches that straddle the budget unevenly
-            await db.write(batch(start, 37))
-        kept = [e["data"] for e in await store.node_events("n1", limit=1000)]
+            await store.record_node_events("n1", [("e", {"i": i})
+                                                  for i in range(start, start + 37)])
+        kept = [e.data for e in await store.node_events("n1", limit=1000)]
         rows = stored_bytes(store, "SELECT count(*) FROM node_events WHERE node_id='n1'")
         assert rows == len(kept) <= 100
-        assert kept[0] == '{"i":1035}'  # newest first, and the newest are the ones kept
+        assert kept[0] == {"i": 1035}  # newest first, and the newest are the ones kept
         usage = (await store.node_usage("n1"))["events"]
         assert usage["items"] == rows
         assert usage["bytes"] == stored_bytes(
@@ -112,7 +109,7 @@ async def test_a_node_keeps_its_newest_logs_within_its_budgets_and_counts_the_re
         store: ControllerStore) -> None:
     chunk = b"z" * 100_000
     for c in range(3):  # three commands of 1 MB each: 3 MB past the 2 MiB node budget
-        await store.db.write(lambda conn, c=c: conn.execute(
+        await _db(store).write(lambda conn, c=c: conn.execute(
             "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
             "updated_at) VALUES (?, 'n1', 'exec', '{}', 'running', 0, 0)", (f"c{c}",)))
         for seq in range(10):
@@ -124,9 +121,9 @@ async def test_a_node_keeps_its_newest_logs_within_its_budgets_and_counts_the_re
     app = stored_bytes(store, "SELECT sum(length(data)) FROM logs WHERE command_id IS NULL")
     assert 0 < app <= QUOTAS.node_log_bytes_per_node
     newest = await store.node_logs("n1", source=None, after=0)
-    assert newest[-1]["seq"] == 19  # the oldest went first
-    assert (await store.command_logs("c0")) == []  # the oldest command's output is gone
-    assert (await store.command_logs("c2"))[-1]["seq"] == 9
+    assert newest[-1].seq == 19  # the oldest went first
+    assert len(await store.command_logs("c0")) == 0  # the oldest command's output is gone
+    assert (await store.command_logs("c2"))[-1].seq == 9
     usage = await store.node_usage("n1")
     assert usage["logs"]["bytes"] == stored_bytes(
         store, "SELECT sum(size) FROM logs WHERE node_id='n1'")
@@ -136,7 +133,7 @@ async def test_a_node_keeps_its_newest_logs_within_its_budgets_and_counts_the_re
 
 async def test_a_flood_of_empty_log_chunks_is_bounded_by_the_row_overhead(
         store: ControllerStore) -> None:
-    await store.db.write(lambda conn: conn.execute(
+    await _db(store).write(lambda conn: conn.execute(
         "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
         "updated_at) VALUES ('c1', 'n1', 'exec', '{}', 'running', 0, 0)"))
     per_row = ROW_OVERHEAD + len("stdout")
@@ -150,7 +147,7 @@ async def test_a_flood_of_empty_log_chunks_is_bounded_by_the_row_overhead(
 
 async def test_a_page_of_logs_is_bounded_in_bytes_and_holds_at_least_one_chunk(
         store: ControllerStore) -> None:
-    await store.db.write(lambda conn: conn.execute(
+    await _db(store).write(lambda conn: conn.execute(
         "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
         "updated_at) VALUES ('c1', 'n1', 'exec', '{}', 'running', 0, 0)"))
     await store.append_logs("n1", [("c1", "stdout", i, b"a" * 30_000, 0) for i in range(10)])
