@@ -5,9 +5,11 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench bench-quick clean sysdeps
 
-# System packages the test suite drives for real (a CONNECT proxy); installed with apt-get
-# when root and missing, otherwise the tests that need them say why they cannot run.
-SYSDEPS := tinyproxy mosquitto
+# System packages the test suite drives for real (a CONNECT proxy, an MQTT broker, the cluster's
+# PostgreSQL and NATS), as package:binary; installed with apt-get when root and a binary is
+# missing, otherwise the tests that need them say why they cannot run. A binary is looked for
+# on PATH and where Debian puts PostgreSQL's server binaries (/usr/lib/postgresql/<v>/bin).
+SYSDEPS := tinyproxy:tinyproxy mosquitto:mosquitto postgresql:initdb nats-server:nats-server
 
 $(BIN)/.installed: pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tether needs Python >= 3.11")'
@@ -24,12 +26,14 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 sysdeps:
-	@missing=""; for p in $(SYSDEPS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for dep in $(SYSDEPS); do pkg=$${dep%%:*}; bin=$${dep#*:}; \
+	  command -v $$bin >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/$$bin >/dev/null 2>&1 \
+	    || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	  else echo "missing system packages:$$missing (not root: install them for the proxy tests)"; fi; \
+	  else echo "missing system packages:$$missing (not root: install them for the tests that drive them)"; fi; \
 	fi
 
 test: lint sysdeps
