@@ -1,13 +1,22 @@
-"""Fixtures: a real controller process and enrolled node processes, torn down after use."""
+"""Fixtures: a real controller process and enrolled node processes, torn down after use; the
+cluster's PostgreSQL and NATS, started here on loopback (tools/servers.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
+from tether.tools.servers import NatsServer, PostgresServer, ServerUnavailable
+
 from .helpers import ControllerProc, NodeProc, wait_until
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -42,3 +51,75 @@ def make_node(tmp_path: Path, controller: ControllerProc
     finally:
         for node in nodes:
             node.cleanup()
+
+
+# -- PostgreSQL and NATS ------------------------------------------------------------------
+# Started by the tests themselves, never found already running. When one cannot start, the
+# test is skipped with the reason (pytest -ra prints it), except under CI, where everything
+# must run and the test fails with that reason.
+
+
+def server_unavailable(exc: ServerUnavailable) -> NoReturn:
+    """Skip with the reason, or fail under CI (the CI environment variable is set)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{exc.reason} (CI runs every test: install it, see 'make sysdeps')")
+    pytest.skip(exc.reason)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    # A private loop that is never made current: session fixtures outlive each test's loop,
+    # and the servers hold a Popen, not a loop-bound transport.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL for the session (fsync on). Tests take a database of their own through
+    ``pg_dsn``; a test that stops or restarts a server starts its own PostgresServer."""
+    server = PostgresServer()
+    try:
+        _run(server.start())
+    except ServerUnavailable as exc:
+        _run(server.close())
+        server_unavailable(exc)
+    try:
+        yield server
+    finally:
+        _run(server.close())
+
+
+@pytest.fixture
+async def pg_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
+    """The DSN of a new, empty database on the session's PostgreSQL, dropped after the test
+    (connections still open to it are ended)."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    dsn = await postgres_server.create_database(name)
+    try:
+        yield dsn
+    finally:
+        await postgres_server.drop_database(name)
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[NatsServer]:
+    """A nats-server of this test's own (JetStream off); ``restart()`` keeps its port."""
+    server = NatsServer()
+    try:
+        await server.start()
+    except ServerUnavailable as exc:
+        await server.close()
+        server_unavailable(exc)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    """``nats://127.0.0.1:<port>`` of this test's nats-server."""
+    return nats_server.url
