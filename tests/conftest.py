@@ -4,6 +4,7 @@ cluster's PostgreSQL and NATS, started here on loopback (tools/servers.py)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -67,13 +68,11 @@ def server_unavailable(exc: ServerUnavailable) -> NoReturn:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    # A private loop that is never made current: session fixtures outlive each test's loop,
-    # and the servers hold a Popen, not a loop-bound transport.
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
+    # On a loop of its own in another thread: a session fixture may first be set up from
+    # inside a test's running loop, and it outlives that loop (the servers hold a Popen, not
+    # a loop-bound transport, so any loop may stop them). Their start/stop waits are bounded.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-servers") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="session")
