@@ -35,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import psutil
+
 from tether.protocol.errors import TetherError
 
 POLL_S = 0.05  # readiness polling interval (a condition with a deadline, not a sleep-as-sync)
@@ -82,6 +84,17 @@ def _tail(path: Path) -> str:
     return data.decode(errors="replace").strip()
 
 
+def _signal_tree(pid: int, sig: int) -> None:
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+
+
 class _Process:
     """One server process: started detached from our signals, logging to a file, ended by a
     signal with a bounded wait (then SIGKILL)."""
@@ -98,12 +111,20 @@ class _Process:
     def exited(self) -> int | None:
         return None if self.popen is None else self.popen.poll()
 
+    def signal_tree(self, sig: int) -> None:
+        """``sig`` to the server and every process below it (PostgreSQL's backends each
+        start a session of their own, so a process group would miss them)."""
+        if self.popen is None or self.popen.poll() is not None:
+            raise ServerUnavailable("the server is not running")
+        _signal_tree(self.popen.pid, sig)
+
     async def end(self, sig: int, timeout_s: float) -> None:
         popen, self.popen = self.popen, None
         if popen is None or popen.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             popen.send_signal(sig)
+            _signal_tree(popen.pid, signal.SIGCONT)  # a frozen server must run to obey it
         try:
             await asyncio.to_thread(popen.wait, timeout_s)
         except subprocess.TimeoutExpired:
@@ -190,6 +211,14 @@ class PostgresServer:
     async def stop(self) -> None:
         """Fast shutdown (SIGINT: active sessions are disconnected); data and port kept."""
         await self._proc.end(signal.SIGINT, self.stop_timeout_s)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its children: it neither answers nor refuses, as a hung
+        server or a network partition looks to a client. :meth:`thaw` resumes it."""
+        self._proc.signal_tree(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._proc.signal_tree(signal.SIGCONT)
 
     async def close(self) -> None:
         """Stop, and remove the cluster's directory."""
@@ -375,6 +404,14 @@ class NatsServer:
         come back)."""
         await self.stop()
         await self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its children: it neither answers nor refuses, as a hung
+        server or a network partition looks to a client. :meth:`thaw` resumes it."""
+        self._proc.signal_tree(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._proc.signal_tree(signal.SIGCONT)
 
     async def close(self) -> None:
         await self.stop()

@@ -9,9 +9,12 @@ Contract (beside the one in ``sql.py``):
   rolled back alone and its exception re-raised to its caller; the others commit. A caller
   gets its result only after that COMMIT (durable: the server's ``fsync`` and
   ``synchronous_commit=on`` for ``durability="fsync"``).
-* The write queue is bounded (``max_pending``): producers wait when it is full. The pool is
-  bounded (``max_connections``); every statement has ``command_timeout_s`` and every
-  connection attempt ``connect_timeout_s``.
+* The write queue is bounded (``max_pending``): producers wait when it is full. The writer
+  has a connection of its own (so readers never starve it), reconnected after a failure;
+  reads share a pool: ``max_connections`` counts both. Every statement has
+  ``command_timeout_s`` and every connection attempt ``connect_timeout_s``.
+* A caller cancelled while its write is queued is dropped from the batch; one cancelled
+  while its batch runs may still have its effect committed.
 * A lost or refused connection, a timed-out statement, or a closed driver surfaces as
   ``StoreError(code="unavailable")``, never as a raw asyncpg exception; the pool reconnects
   on the next call once the server is back. SQL errors of a function's own statements
@@ -127,7 +130,8 @@ class PostgresDriver:
         self.migrate_timeout_s = migrate_timeout_s
         self._queue: asyncio.Queue[tuple[TxFunction, asyncio.Future[Any]]] = asyncio.Queue(
             maxsize=max_pending)
-        self._pool: asyncpg.Pool | None = None
+        self._pool: asyncpg.Pool | None = None  # readers and migrations
+        self._wconn: asyncpg.Connection | None = None  # the writer's; only its task uses it
         self._writer_task: asyncio.Task[None] | None = None
         self.batches_total = 0  # transactions committed by the writer (tests count groups)
         self.writes_total = 0
@@ -140,11 +144,8 @@ class PostgresDriver:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 self._pool = await asyncpg.create_pool(
-                    self.dsn, min_size=1, max_size=self.max_connections,
-                    command_timeout=self.command_timeout_s, timeout=self.connect_timeout_s,
-                    server_settings={
-                        "synchronous_commit": SYNCHRONOUS_COMMIT[self.durability],
-                        "application_name": "tether-controller"})
+                    self.dsn, min_size=0, max_size=self.max_connections - 1,
+                    **self._connect_options())
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
@@ -175,7 +176,34 @@ class PostgresDriver:
                 fut.set_exception(StoreError("store is closed", code="unavailable"))
         await self._close_pool()
 
+    def _connect_options(self) -> dict[str, Any]:
+        return {"command_timeout": self.command_timeout_s, "timeout": self.connect_timeout_s,
+                "server_settings": {
+                    "synchronous_commit": SYNCHRONOUS_COMMIT[self.durability],
+                    "application_name": "tether-controller"}}
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        if self._wconn is None or self._wconn.is_closed():
+            self._wconn = None
+            async with asyncio.timeout(self.connect_timeout_s):
+                self._wconn = await asyncpg.connect(self.dsn, **self._connect_options())
+        return self._wconn
+
+    def _drop_writer_connection(self) -> None:
+        # After a failure its state is unknown (a statement may still run): start afresh.
+        conn, self._wconn = self._wconn, None
+        if conn is not None:
+            conn.terminate()
+
     async def _close_pool(self) -> None:
+        conn, self._wconn = self._wconn, None
+        if conn is not None:
+            try:
+                await conn.close(timeout=self.command_timeout_s)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                conn.terminate()
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -254,6 +282,7 @@ class PostgresDriver:
             try:
                 await self._commit(batch)
             except asyncio.CancelledError:
+                self._drop_writer_connection()  # it may be mid-statement
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(StoreError("store is closed", code="unavailable"))
@@ -266,11 +295,10 @@ class PostgresDriver:
         live = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
         if not live:
             return
-        assert self._pool is not None
         outcomes: list[tuple[bool, Any]] = []
         try:
-            async with self._pool.acquire(timeout=self.connect_timeout_s) as conn, \
-                    conn.transaction():
+            conn = await self._writer_connection()
+            async with conn.transaction():
                 tx = PgTx(conn)
                 for fn, _ in live:
                     savepoint = conn.transaction()  # nested: a SAVEPOINT
@@ -287,6 +315,7 @@ class PostgresDriver:
                         outcomes.append((True, result))
         except Exception as exc:
             connection_lost = is_connection_error(exc)
+            self._drop_writer_connection()
             if not connection_lost:  # e.g. a deferred constraint failing at COMMIT
                 logger.exception("store batch failed", extra={"store": "postgres"})
             for _, fut in live:

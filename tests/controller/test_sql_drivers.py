@@ -255,6 +255,17 @@ async def test_three_replicas_opening_at_once_migrate_once(pg_dsn: str) -> None:
             await driver.close()
 
 
+async def test_close_finishes_the_writes_already_queued(drivers: Drivers) -> None:
+    driver = await drivers.items()
+    writes = [asyncio.ensure_future(driver.write(insert(i, f"n{i}"))) for i in range(50)]
+    # Tasks take their first step in the order they were created: every write is queued
+    # before close() starts.
+    await asyncio.ensure_future(driver.close())
+    assert [w.result() for w in writes] == [1] * 50
+    reopened = await drivers.items()
+    assert len(await names(reopened)) == 50
+
+
 async def test_a_write_after_close_is_unavailable(pg_dsn: str) -> None:
     driver = PostgresDriver(pg_dsn, migrations=[ITEMS["postgres"]])
     await driver.open()
@@ -264,47 +275,69 @@ async def test_a_write_after_close_is_unavailable(pg_dsn: str) -> None:
     assert info.value.code == "unavailable"
 
 
-async def test_a_stopped_server_is_unavailable_within_the_timeout_and_recovery_follows(
-        ) -> None:
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL of this test's own, to stop or freeze without disturbing the others."""
     server = PostgresServer()
     try:
         await server.start()
     except ServerUnavailable as exc:
         await server.close()
         server_unavailable(exc)
-    timeout_s = 2.0
-    driver = PostgresDriver(await server.create_database("down"),
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def assert_unavailable_within(timeout_s: float,
+                                    attempt: Callable[[], Awaitable[object]]) -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreError) as info:
+        await attempt()
+    assert info.value.code == "unavailable" and "postgresql" in info.value.message
+    assert time.monotonic() - started < 2 * timeout_s + 1
+
+
+async def wait_for_recovery(driver: SqlDriver, item_id: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:  # the connections are remade on a later call; poll with a deadline
+        try:
+            await driver.write(insert(item_id, "after"))
+            return
+        except StoreError as exc:
+            assert exc.code == "unavailable"
+            assert time.monotonic() < deadline, "the driver did not recover"
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+async def test_a_server_that_is_down_or_hung_is_unavailable_within_the_timeout_then_recovers(
+        own_postgres: PostgresServer, outage: str) -> None:
+    timeout_s = 1.0
+    driver = PostgresDriver(await own_postgres.create_database("outage"),
                             migrations=[ITEMS["postgres"]], connect_timeout_s=timeout_s,
                             command_timeout_s=timeout_s)
     try:
         await driver.open()
         await driver.write(insert(1, "before"))
-        await server.stop()
+        if outage == "stopped":
+            await own_postgres.stop()
+        else:
+            own_postgres.freeze()
 
-        attempts: list[Callable[[], Awaitable[object]]] = [
-            lambda: driver.write(insert(2, "while down")), lambda: names(driver)]
-        for attempt in attempts:
-            started = time.monotonic()
-            with pytest.raises(StoreError) as info:
-                await attempt()
-            assert info.value.code == "unavailable"
-            assert "postgresql" in info.value.message
-            assert time.monotonic() - started < 2 * timeout_s + 1
+        await assert_unavailable_within(timeout_s,
+                                        lambda: driver.write(insert(2, "while down")))
+        await assert_unavailable_within(timeout_s, lambda: names(driver))
 
-        await server.start()
-        deadline = time.monotonic() + 20
-        while True:  # the pool reconnects on a later call; poll with a deadline
-            try:
-                await driver.write(insert(3, "after"))
-                break
-            except StoreError as exc:
-                assert exc.code == "unavailable"
-                assert time.monotonic() < deadline, "the driver did not recover"
-                await asyncio.sleep(0.1)
+        if outage == "stopped":
+            await own_postgres.start()
+        else:
+            own_postgres.thaw()
+        await wait_for_recovery(driver, 3)
         assert await names(driver) == ["before", "after"]
     finally:
         await driver.close()
-        await server.close()
 
 
 async def test_opening_against_no_server_is_unavailable_within_the_timeout() -> None:
