@@ -295,24 +295,9 @@ class PostgresDriver:
         live = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
         if not live:
             return
-        outcomes: list[tuple[bool, Any]] = []
         try:
             conn = await self._writer_connection()
-            async with conn.transaction():
-                tx = PgTx(conn)
-                for fn, _ in live:
-                    savepoint = conn.transaction()  # nested: a SAVEPOINT
-                    await savepoint.start()
-                    try:
-                        result = await fn(tx)
-                    except Exception as exc:
-                        if is_connection_error(exc):
-                            raise  # the whole batch is lost: every caller hears unavailable
-                        await savepoint.rollback()
-                        outcomes.append((False, exc))
-                    else:
-                        await savepoint.commit()
-                        outcomes.append((True, result))
+            outcomes = await self._run_batch(conn, [fn for fn, _ in live])
         except Exception as exc:
             connection_lost = is_connection_error(exc)
             self._drop_writer_connection()
@@ -333,6 +318,39 @@ class PostgresDriver:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    @staticmethod
+    async def _run_batch(conn: asyncpg.Connection, fns: list[TxFunction]
+                         ) -> list[tuple[bool, Any]]:
+        """One transaction, a savepoint per function; (ok, result or exception) for each.
+
+        The transaction is driven by hand rather than with ``conn.transaction()`` so that
+        closing one savepoint and opening the next is one round trip (a simple-protocol
+        query may hold several statements): a function costs its own statements plus one.
+        A failed function costs one more (ROLLBACK TO, which keeps the savepoint). Raises
+        what a connection failure raises; any exception leaves the connection mid-
+        transaction, so the caller drops it."""
+        outcomes: list[tuple[bool, Any]] = []
+        tx = PgTx(conn)
+        await conn.execute("BEGIN; SAVEPOINT op")
+        for index, fn in enumerate(fns):
+            if index:
+                await conn.execute("RELEASE SAVEPOINT op; SAVEPOINT op")
+            try:
+                result = await fn(tx)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise  # the whole batch is lost: every caller hears unavailable
+                await conn.execute("ROLLBACK TO SAVEPOINT op")
+                outcomes.append((False, exc))
+            else:
+                outcomes.append((True, result))
+        # COMMIT of a transaction the server has aborted answers ROLLBACK, not an error.
+        status = await conn.execute("COMMIT")
+        if status != "COMMIT":
+            raise StoreError(f"postgresql ended the batch with {status}, not COMMIT",
+                             code="unavailable")
+        return outcomes
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreError:
         detail = type(exc).__name__ + (f": {exc}" if str(exc) else "")
