@@ -5,6 +5,8 @@ with its reason."""
 from __future__ import annotations
 
 import asyncio
+import glob
+from pathlib import Path
 
 import asyncpg
 import nats
@@ -76,6 +78,18 @@ async def test_a_missing_binary_is_reported_with_what_to_install(
     monkeypatch.setattr(servers, "find_binary", lambda name: None)
     with pytest.raises(ServerUnavailable, match=r"not installed.*apt-get install"):
         await server().start()
+
+
+def test_postgresql_binaries_are_found_where_debian_puts_them_when_not_on_path(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        server_unavailable(ServerUnavailable(
+            "postgresql is not installed under /usr/lib/postgresql: 'make test' installs it "
+            "when run as root (apt-get install postgresql)"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    found = servers.find_binary("initdb")
+    assert found is not None and found.startswith("/usr/lib/postgresql/")
+    assert servers.find_binary("no-such-binary") is None
 
 
 def test_an_unavailable_server_skips_with_its_reason_but_fails_under_ci(
