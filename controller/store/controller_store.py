@@ -23,7 +23,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
@@ -1060,3 +1060,9 @@ async def _page(tx: Tx, sql: str, params: tuple[Any, ...], after: int, limit: in
             cursor = int(row["id"])
         if len(rows) < want:
             return LogPage(tuple(out), more=False)
+
+
+if TYPE_CHECKING:  # ControllerStore implements the Store interface (checked by mypy)
+    from .interface import Store
+
+    _implements: type[Store] = ControllerStore
