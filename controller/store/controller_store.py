@@ -87,6 +87,16 @@ def _now() -> float:
     return time.time()
 
 
+def _text(value: str) -> str:
+    """Peer text as every engine can hold it: NUL (which PostgreSQL's TEXT refuses) becomes
+    U+FFFD, on every backend alike. JSON text needs nothing: it escapes NUL."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _opt_text(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
 MAX_DEAD_LETTER_REASON = 512
 _PAGE_STEP = 64  # log rows read per statement while filling a page (bounds what is loaded)
 
@@ -228,6 +238,8 @@ class ControllerStore:
     # -- nodes and sessions ----------------------------------------------------------------
 
     async def set_enabled(self, node_id: str, enabled: bool, *, actor: str) -> None:
+        node_id = _text(node_id)
+
         async def fn(tx: Tx) -> None:
             if not await tx.execute("UPDATE nodes SET enabled=$1 WHERE node_id=$2",
                                     int(enabled), node_id):
@@ -238,6 +250,8 @@ class ControllerStore:
 
     async def node_key(self, node_id: str) -> tuple[bytes, bool] | None:
         """(public key, enabled) or None for an unknown node."""
+        node_id = _text(node_id)
+
         async def fn(tx: Tx) -> tuple[bytes, bool] | None:
             row = await tx.fetchrow("SELECT public_key, enabled FROM nodes WHERE node_id=$1",
                                     node_id)
@@ -253,6 +267,8 @@ class ControllerStore:
         stream epochs and cursors (``domain/streams.py`` Rule 2, ``domain/commands.py``
         Rule 5), apply the node's downlink ack, sequence queued commands."""
         session_id = "s_" + uuid.uuid4().hex
+        previous_session = _opt_text(previous_session)
+        remote = _text(remote)
 
         async def fn(tx: Tx) -> SessionOpened:
             now = _now()
@@ -301,7 +317,8 @@ class ControllerStore:
                 "previous_session, runtime_version, sidecar_version) "
                 "VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
                 session_id, node_id, remote, now, int(resumed), previous_session,
-                str(runtime.get("version") or ""), str(sidecar.get("version") or ""))
+                _text(str(runtime.get("version") or "")),
+                _text(str(sidecar.get("version") or "")))
             known_labels = loads(node["labels"], {})
             merged = {**(known_labels if isinstance(known_labels, dict) else {}), **labels}
             version = runtime.get("version")
@@ -309,8 +326,8 @@ class ControllerStore:
                 "UPDATE nodes SET current_session=$1, last_seen_at=$2, closed_at=NULL, "
                 "closed_by_goodbye=0, runtime_state=$3, runtime_version=$4, sidecar=$5, "
                 "capabilities=$6, labels=$7 WHERE node_id=$8",
-                session_id, now, str(runtime.get("state") or "attached"),
-                None if version is None else str(version), json.dumps(sidecar),
+                session_id, now, _text(str(runtime.get("state") or "attached")),
+                None if version is None else _text(str(version)), json.dumps(sidecar),
                 json.dumps(list(capabilities)), json.dumps(merged), node_id)
             await self._flush(tx, node_id, events)
             await self._dispatch(tx, node_id, cmd_epoch, now, max_frame)
@@ -354,6 +371,8 @@ class ControllerStore:
 
     async def close_session(self, *, node_id: str, session_id: str, close_code: int | None,
                             reason: str, goodbye: bool) -> None:
+        reason = _text(reason)
+
         async def fn(tx: Tx) -> None:
             now = _now()
             await tx.execute("UPDATE edge_sessions SET closed_at=$1, close_code=$2, "
@@ -395,6 +414,8 @@ class ControllerStore:
         return await self.driver.read(fn)
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
+        node_id = _text(node_id)
+
         async def fn(tx: Tx) -> NodeRecord | None:
             row = await tx.fetchrow(f"SELECT {NodeRecord.COLUMNS} FROM nodes WHERE "
                                     "node_id=$1", node_id)
@@ -403,6 +424,8 @@ class ControllerStore:
 
     async def sessions(self, node_id: str, *, limit: int = 100) -> list[SessionRecord]:
         """The node's sessions, newest first."""
+        node_id = _text(node_id)
+
         async def fn(tx: Tx) -> list[SessionRecord]:
             return [SessionRecord.from_row(r) for r in await tx.fetch(
                 f"SELECT {SessionRecord.COLUMNS} FROM edge_sessions WHERE node_id=$1 "
@@ -518,6 +541,7 @@ class ControllerStore:
         nothing, when the command's ``cmd.deliver`` frame would be over ``max_frame``, the
         node's frame cap."""
         command_id = "c_" + uuid.uuid4().hex
+        node_id, kind, idem_key = _text(node_id), _text(kind), _opt_text(idem_key)
         by_key = "SELECT command_id FROM commands WHERE node_id=$1 AND idem_key=$2"
 
         async def fn(tx: Tx) -> tuple[CommandRecord, bool]:
@@ -571,6 +595,7 @@ class ControllerStore:
         to resume one that is not paused."""
         if action not in CONTROL_KINDS:
             raise ValueError(f"unknown control action {action!r}")
+        command_id = _text(command_id)
 
         async def fn(tx: Tx) -> tuple[CommandRecord, bool]:
             cmd = await tx.fetchrow("SELECT node_id, state, q FROM commands WHERE "
@@ -632,6 +657,8 @@ class ControllerStore:
         return CommandRecord.from_row(row, timeline)
 
     async def get_command(self, command_id: str) -> CommandRecord:
+        command_id = _text(command_id)
+
         async def fn(tx: Tx) -> CommandRecord:
             return await self._command(tx, command_id)
         return await self.driver.read(fn)
@@ -639,6 +666,8 @@ class ControllerStore:
     async def list_commands(self, *, node_id: str | None, state: str | None,
                             limit: int) -> tuple[list[CommandRecord], dict[str, int]]:
         """Newest first, without timelines; plus counts by state for the same filter."""
+        node_id, state = _opt_text(node_id), _opt_text(state)
+
         async def fn(tx: Tx) -> tuple[list[CommandRecord], dict[str, int]]:
             where: list[str] = []
             params: list[Any] = []
@@ -699,18 +728,18 @@ class ControllerStore:
                     await self._dead_letter(tx, node_id, frame, body, now)
                     continue
                 if frame.k is not None and not await tx.execute(_FIRST_USE_OF_KEY, node_id,
-                                                                frame.k, now):
+                                                                _text(frame.k), now):
                     continue  # the key was applied before: cursor moves, effect does not
                 if isinstance(body, CmdStatus):
                     effects.append(await self._apply_status(tx, node_id, body, now, events))
                 elif isinstance(body, NodeEvent):
-                    kind, data = body.kind, dict(body.data)
+                    kind, data = _text(body.kind), dict(body.data)
                     self._node_event(node_id, kind, data, now, events)
                     if kind in ("policy", "apps"):  # the latest report is the node's view
                         await tx.execute(f"UPDATE nodes SET {kind}=$1 WHERE node_id=$2",
                                          json.dumps(data, allow_nan=False), node_id)
                 else:  # a typed class A body this version records but does not interpret
-                    self._node_event(node_id, frame.t, body.to_body(), now, events)
+                    self._node_event(node_id, _text(frame.t), body.to_body(), now, events)
             await self._flush(tx, node_id, events)
             await tx.execute(_MOVE_EVT_CURSOR, frames[-1][0].q, node_id)
             return effects
@@ -721,8 +750,9 @@ class ControllerStore:
         """Record a poison frame; keep the newest ``max_dead_letters_per_node``."""
         await tx.execute("INSERT INTO dead_letters (node_id, stream, q, frame_type, "
                          "frame_id, reason, excerpt, at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                         node_id, frame.s or "", frame.q or 0, frame.t, frame.id,
-                         poison.reason[:MAX_DEAD_LETTER_REASON], poison.excerpt, now)
+                         node_id, _text(frame.s or ""), frame.q or 0, _text(frame.t),
+                         _opt_text(frame.id), _text(poison.reason[:MAX_DEAD_LETTER_REASON]),
+                         _text(poison.excerpt), now)
         await tx.execute("UPDATE nodes SET dead_letters_total = dead_letters_total + 1 "
                          "WHERE node_id=$1", node_id)
         await tx.execute("DELETE FROM dead_letters WHERE node_id=$1 AND id <= (SELECT id FROM "
@@ -732,6 +762,8 @@ class ControllerStore:
     async def dead_letters(self, node_id: str, *, limit: int = 100
                            ) -> tuple[list[DeadLetter], int]:
         """The node's newest dead letters (newest first) and how many it ever had."""
+        node_id = _text(node_id)
+
         async def fn(tx: Tx) -> tuple[list[DeadLetter], int]:
             rows = [DeadLetter.from_row(r) for r in await tx.fetch(
                 f"SELECT {DeadLetter.COLUMNS} FROM dead_letters WHERE node_id=$1 "
@@ -758,7 +790,7 @@ class ControllerStore:
                             events: _Events) -> StatusEffect:
         """``domain/commands.py`` Rule 1."""
         row = await tx.fetchrow("SELECT state, node_id FROM commands WHERE command_id=$1",
-                                st.command_id)
+                                _text(st.command_id))
         if row is None or row["node_id"] != node_id:
             self._node_event(node_id, "status.unknown_command",
                              {"command_id": st.command_id, "state": st.state}, now, events)
@@ -774,9 +806,9 @@ class ControllerStore:
             "error=COALESCE($4, error), started_ms=COALESCE($5, started_ms), "
             "finished_ms=COALESCE($6, finished_ms), result=COALESCE($7, result) "
             "WHERE command_id=$8",
-            st.state, now, st.exit_code, st.error, st.started_ms, st.finished_ms,
+            st.state, now, st.exit_code, _opt_text(st.error), st.started_ms, st.finished_ms,
             json.dumps(dict(st.result)) if st.result else None, st.command_id)
-        await _timeline(tx, st.command_id, st.state, now, st.error)
+        await _timeline(tx, st.command_id, st.state, now, _opt_text(st.error))
         return StatusEffect(st.command_id, st.state, applied=True)
 
     def node_event_refusal(self, kind: str, data: Any) -> Refusal | None:
@@ -939,6 +971,8 @@ class ControllerStore:
 
     async def node_events(self, node_id: str, *, limit: int = 100) -> list[NodeEventRecord]:
         """The node's newest events, newest first."""
+        node_id = _text(node_id)
+
         async def fn(tx: Tx) -> list[NodeEventRecord]:
             return [NodeEventRecord.from_row(r) for r in await tx.fetch(
                 "SELECT id, kind, data, at FROM node_events WHERE node_id=$1 ORDER BY id DESC "
@@ -969,6 +1003,7 @@ class ControllerStore:
             stored: list[LogChunk] = []
             charged = {"logs": [0, 0], "node_logs": [0, 0]}  # rows, bytes
             for command_id, source, seq, data, dropped in chunks:
+                command_id, source = _opt_text(command_id), _text(source)
                 if command_id is not None:
                     row = await tx.fetchrow("SELECT log_bytes, log_dropped_bytes FROM "
                                             "commands WHERE command_id=$1 AND node_id=$2",
@@ -1018,10 +1053,10 @@ class ControllerStore:
         data, though always the first chunk; ``.more`` says whether more follow."""
         sql = ("SELECT id, command_id, source, seq, data, dropped FROM logs WHERE node_id=$1 "
                "AND command_id IS NULL AND id>$2")
-        params: tuple[Any, ...] = (node_id,)
+        params: tuple[Any, ...] = (_text(node_id),)
         if source is not None:
             sql += " AND source=$3"
-            params = (node_id, source)
+            params = (_text(node_id), _text(source))
         return await self.driver.read(
             lambda tx: _page(tx, sql + f" ORDER BY id LIMIT ${len(params) + 2}", params,
                              after, limit, max_bytes))
@@ -1032,7 +1067,7 @@ class ControllerStore:
         sql = ("SELECT id, command_id, source, seq, data, dropped FROM logs WHERE "
                "command_id=$1 AND id>$2 ORDER BY id LIMIT $3")
         return await self.driver.read(
-            lambda tx: _page(tx, sql, (command_id,), after, limit, max_bytes))
+            lambda tx: _page(tx, sql, (_text(command_id),), after, limit, max_bytes))
 
 
 async def _page(tx: Tx, sql: str, params: tuple[Any, ...], after: int, limit: int,
