@@ -29,7 +29,7 @@ from tether.common.sqlitedb import Database
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.deliver import encode_deliver, refused_placeholder
-from tether.protocol.errors import AuthError, Conflict, NotFound, TetherError
+from tether.protocol.errors import AuthError, Conflict, NotFound, StoreError, TetherError
 from tether.protocol.frames import CONTROL_KINDS, Body, CmdStatus, Frame, NodeEvent
 from tether.protocol.streams import MAX_EPOCH
 
@@ -98,12 +98,20 @@ def _opt_text(value: str | None) -> str | None:
 
 
 MAX_DEAD_LETTER_REASON = 512
+_MAX_STATUS_RETRIES = 8  # compare-and-set rounds of one status (each lost one = a commit)
 _PAGE_STEP = 64  # log rows read per statement while filling a page (bounds what is loaded)
 
 _INSERT_EVENT = "INSERT INTO node_events (node_id, kind, data, at, size) VALUES ($1,$2,$3,$4,$5)"
 _FIRST_USE_OF_KEY = ("INSERT INTO idempotency_keys (node_id, k, at) VALUES ($1,$2,$3) "
                      "ON CONFLICT (node_id, k) DO NOTHING")
-_FENCE = "SELECT current_session FROM nodes WHERE node_id=$1"
+# Row locks, for PostgreSQL only: there, concurrent transactions (other replicas) meet, and
+# the locks order them (a node, then its cmd cursor, then commands: one order, so no
+# deadlock); SQLite's single writer already runs transactions one after the other.
+_FOR_UPDATE = {"sqlite": "", "postgres": " FOR UPDATE"}
+_FENCE = {"sqlite": "SELECT current_session FROM nodes WHERE node_id=$1",
+          # shared: one session's batches do not wait for each other, but a hello that
+          # takes the node waits for them, and a batch after it sees its commit (Fenced)
+          "postgres": "SELECT current_session FROM nodes WHERE node_id=$1 FOR SHARE"}
 _MOVE_EVT_CURSOR = "UPDATE stream_cursors SET applied=$1 WHERE node_id=$2 AND stream='evt'"
 
 
@@ -201,7 +209,8 @@ class ControllerStore:
         the id belongs to another key. Re-enrolling the same key updates its labels."""
         async def fn(tx: Tx) -> None:
             row = await tx.fetchrow("SELECT expires_at, uses_left, labels FROM join_tokens "
-                                    "WHERE token_hash=$1", token_hash(join_token))
+                                    f"WHERE token_hash=$1{_FOR_UPDATE[tx.dialect]}",
+                                    token_hash(join_token))
             if row is None:
                 raise AuthError("join token is unknown; create one with "
                                 "'tether join-token create'", code="invalid_token")
@@ -274,7 +283,7 @@ class ControllerStore:
             now = _now()
             events = _Events()
             node = await tx.fetchrow("SELECT current_session, labels FROM nodes "
-                                     "WHERE node_id=$1", node_id)
+                                     f"WHERE node_id=$1{_FOR_UPDATE[tx.dialect]}", node_id)
             if node is None:
                 raise NotFound(f"node {node_id!r} is not enrolled")
             superseded = node["current_session"]
@@ -330,7 +339,7 @@ class ControllerStore:
                 None if version is None else _text(str(version)), json.dumps(sidecar),
                 json.dumps(list(capabilities)), json.dumps(merged), node_id)
             await self._flush(tx, node_id, events)
-            await self._dispatch(tx, node_id, cmd_epoch, now, max_frame)
+            await self._dispatch(tx, node_id, now, max_frame)
             return SessionOpened(session_id=session_id, resumed=resumed, cmd_epoch=cmd_epoch,
                                  evt_applied=evt_at.applied, evt_epoch_reset=evt_at.reset,
                                  cmd_epoch_rotated=rotate, superseded_session=superseded)
@@ -434,22 +443,24 @@ class ControllerStore:
 
     # -- downlink (cmd stream) -------------------------------------------------------------
 
-    async def _dispatch(self, tx: Tx, node_id: str, epoch: int, now: float,
+    async def _dispatch(self, tx: Tx, node_id: str, now: float,
                         max_frame: int = MAX_FRAME_BYTES) -> int:
         """Sequence the node's queued commands onto the cmd stream, oldest first, as
         ``domain/commands.py`` Rule 3 says: a command past its deadline becomes
         ``expired``, one whose frame cannot be built within ``max_frame`` (the node's frame
         cap) ``rejected``, and neither takes a sequence number. A stored frame over the cap
         (sequenced by an older version) is replaced by :func:`refused_placeholder` at the
-        same number."""
+        same number. The cmd cursor is locked first: what is queued is read after it."""
+        cursor = await tx.fetchrow("SELECT epoch, last FROM stream_cursors WHERE node_id=$1 "
+                                   f"AND stream='cmd'{_FOR_UPDATE[tx.dialect]}", node_id)
+        assert cursor is not None  # written with the node at enroll
+        epoch, last = int(cursor["epoch"]), int(cursor["last"])
         await self._refuse_oversized_frames(tx, node_id, max_frame, now)
         rows = await tx.fetch("SELECT command_id, kind, args, created_at, deadline FROM "
                               "commands WHERE node_id=$1 AND state='queued' AND q IS NULL "
                               "ORDER BY created_at, seq", node_id)
         if not rows:
             return 0
-        last = int(await tx.fetchval("SELECT last FROM stream_cursors WHERE node_id=$1 AND "
-                                     "stream='cmd'", node_id))
         count = 0
         for row in rows:
             command_id = row["command_id"]
@@ -506,11 +517,13 @@ class ControllerStore:
         delivered = [str(r[0]) for r in await tx.fetch(
             "SELECT command_id FROM commands WHERE node_id=$1 AND epoch=$2 AND q<=$3 AND "
             "q>$4 AND state='queued' ORDER BY q", node_id, epoch, n, applied)]
-        for command_id in delivered:
-            await tx.execute("UPDATE commands SET state='delivered', updated_at=$1 "
-                             "WHERE command_id=$2", now, command_id)
-            await _timeline(tx, command_id, "delivered", now)
-        return delivered
+        done = []
+        for command_id in delivered:  # unless a status moved it on since the read
+            if await tx.execute("UPDATE commands SET state='delivered', updated_at=$1 "
+                                "WHERE command_id=$2 AND state='queued'", now, command_id):
+                await _timeline(tx, command_id, "delivered", now)
+                done.append(command_id)
+        return done
 
     async def ack_cmd(self, node_id: str, session_id: str, epoch: int, n: int) -> list[str]:
         """The node applied the downlink up to ``n``: drop those frames, mark delivered."""
@@ -573,15 +586,9 @@ class ControllerStore:
             await _audit(tx, actor, "command.submit", command_id,
                          {"node_id": node_id, "kind": kind})
             if session["current_session"]:
-                await self._dispatch(tx, node_id, await self._cmd_epoch(tx, node_id), now,
-                                     max_frame)
+                await self._dispatch(tx, node_id, now, max_frame)
             return await self._command(tx, command_id), True
         return await self.driver.write(fn)
-
-    @staticmethod
-    async def _cmd_epoch(tx: Tx, node_id: str) -> int:
-        return int(await tx.fetchval("SELECT epoch FROM stream_cursors WHERE node_id=$1 "
-                                     "AND stream='cmd'", node_id))
 
     async def control_command(self, command_id: str, action: str, *,
                               actor: str) -> tuple[CommandRecord, bool]:
@@ -598,10 +605,16 @@ class ControllerStore:
         command_id = _text(command_id)
 
         async def fn(tx: Tx) -> tuple[CommandRecord, bool]:
-            cmd = await tx.fetchrow("SELECT node_id, state, q FROM commands WHERE "
-                                    "command_id=$1", command_id)
-            if cmd is None:
+            node_id = await tx.fetchval("SELECT node_id FROM commands WHERE command_id=$1",
+                                        command_id)
+            if node_id is None:
                 raise NotFound(f"command {command_id!r} does not exist")
+            # the node's cmd cursor first (the lock order of _dispatch), then its state
+            await tx.fetchval("SELECT last FROM stream_cursors WHERE node_id=$1 AND "
+                              f"stream='cmd'{_FOR_UPDATE[tx.dialect]}", node_id)
+            cmd = await tx.fetchrow("SELECT state, q FROM commands WHERE command_id=$1",
+                                    command_id)
+            assert cmd is not None  # commands are never deleted
             how = control_action(command_id, action, cmd["state"],
                                  sequenced=cmd["q"] is not None)
             now = _now()
@@ -615,15 +628,14 @@ class ControllerStore:
             control_id = "c_" + uuid.uuid4().hex
             await tx.execute("INSERT INTO commands (command_id, node_id, kind, args, state, "
                              "created_at, updated_at) VALUES ($1,$2,$3,$4,'queued',$5,$6)",
-                             control_id, cmd["node_id"], action,
+                             control_id, node_id, action,
                              json.dumps({"command_id": command_id}), now, now)
             await _timeline(tx, control_id, "queued", now)
             await _timeline(tx, command_id, cmd["state"], now,
                             f"{action} requested ({control_id})")
             if await tx.fetchval("SELECT current_session FROM nodes WHERE node_id=$1",
-                                 cmd["node_id"]):
-                await self._dispatch(tx, cmd["node_id"],
-                                     await self._cmd_epoch(tx, cmd["node_id"]), now)
+                                 node_id):
+                await self._dispatch(tx, node_id, now)
             return await self._command(tx, command_id), True
         return await self.driver.write(fn)
 
@@ -634,12 +646,15 @@ class ControllerStore:
             ids = [str(r[0]) for r in await tx.fetch(
                 "SELECT command_id FROM commands WHERE state='queued' AND q IS NULL AND "
                 "deadline IS NOT NULL AND deadline<=$1 ORDER BY seq", now)]
-            for command_id in ids:
-                await tx.execute("UPDATE commands SET state='expired', updated_at=$1, "
-                                 "error=$2 WHERE command_id=$3", now,
-                                 "deadline passed before delivery", command_id)
-                await _timeline(tx, command_id, "expired", now, "deadline passed")
-            return ids
+            expired = []
+            for command_id in ids:  # unless sequenced or ended since the read (a replica)
+                if await tx.execute("UPDATE commands SET state='expired', updated_at=$1, "
+                                    "error=$2 WHERE command_id=$3 AND state='queued' AND "
+                                    "q IS NULL", now, "deadline passed before delivery",
+                                    command_id):
+                    await _timeline(tx, command_id, "expired", now, "deadline passed")
+                    expired.append(command_id)
+            return expired
         return await self.driver.write(fn)
 
     @staticmethod
@@ -705,7 +720,7 @@ class ControllerStore:
 
     @staticmethod
     async def _fence(tx: Tx, node_id: str, session_id: str) -> None:
-        if await tx.fetchval(_FENCE, node_id) != session_id:
+        if await tx.fetchval(_FENCE[tx.dialect], node_id) != session_id:
             raise Fenced(f"session {session_id} no longer owns node {node_id}")
 
     async def apply_evt(self, *, node_id: str, session_id: str,
@@ -788,28 +803,36 @@ class ControllerStore:
 
     async def _apply_status(self, tx: Tx, node_id: str, st: CmdStatus, now: float,
                             events: _Events) -> StatusEffect:
-        """``domain/commands.py`` Rule 1."""
-        row = await tx.fetchrow("SELECT state, node_id FROM commands WHERE command_id=$1",
-                                _text(st.command_id))
-        if row is None or row["node_id"] != node_id:
-            self._node_event(node_id, "status.unknown_command",
-                             {"command_id": st.command_id, "state": st.state}, now, events)
-            return StatusEffect(st.command_id, st.state, applied=False)
-        decision = on_status(row["state"], st.state)
-        if not decision.apply:
-            await _timeline(tx, st.command_id, st.state, now, decision.detail)
-            return StatusEffect(st.command_id, decision.state, applied=False)
-        if decision.implied_delivered:
-            await _timeline(tx, st.command_id, "delivered", now, "implied by status")
-        await tx.execute(
-            "UPDATE commands SET state=$1, updated_at=$2, exit_code=COALESCE($3, exit_code), "
-            "error=COALESCE($4, error), started_ms=COALESCE($5, started_ms), "
-            "finished_ms=COALESCE($6, finished_ms), result=COALESCE($7, result) "
-            "WHERE command_id=$8",
-            st.state, now, st.exit_code, _opt_text(st.error), st.started_ms, st.finished_ms,
-            json.dumps(dict(st.result)) if st.result else None, st.command_id)
-        await _timeline(tx, st.command_id, st.state, now, _opt_text(st.error))
-        return StatusEffect(st.command_id, st.state, applied=True)
+        """``domain/commands.py`` Rule 1. The move is a compare-and-set on the state that
+        was read: when another transaction (a replica's control action) changed the
+        command in between, the decision is made again on what it committed."""
+        for _ in range(_MAX_STATUS_RETRIES):
+            row = await tx.fetchrow("SELECT state, node_id FROM commands WHERE "
+                                    "command_id=$1", _text(st.command_id))
+            if row is None or row["node_id"] != node_id:
+                self._node_event(node_id, "status.unknown_command",
+                                 {"command_id": st.command_id, "state": st.state}, now,
+                                 events)
+                return StatusEffect(st.command_id, st.state, applied=False)
+            decision = on_status(row["state"], st.state)
+            if not decision.apply:
+                await _timeline(tx, st.command_id, st.state, now, decision.detail)
+                return StatusEffect(st.command_id, decision.state, applied=False)
+            if await tx.execute(
+                    "UPDATE commands SET state=$1, updated_at=$2, "
+                    "exit_code=COALESCE($3, exit_code), error=COALESCE($4, error), "
+                    "started_ms=COALESCE($5, started_ms), "
+                    "finished_ms=COALESCE($6, finished_ms), result=COALESCE($7, result) "
+                    "WHERE command_id=$8 AND state=$9",
+                    st.state, now, st.exit_code, _opt_text(st.error), st.started_ms,
+                    st.finished_ms, json.dumps(dict(st.result)) if st.result else None,
+                    st.command_id, row["state"]):
+                if decision.implied_delivered:
+                    await _timeline(tx, st.command_id, "delivered", now, "implied by status")
+                await _timeline(tx, st.command_id, st.state, now, _opt_text(st.error))
+                return StatusEffect(st.command_id, st.state, applied=True)
+        raise StoreError(f"command {st.command_id} kept changing while a status was applied",
+                         code="unavailable")
 
     def node_event_refusal(self, kind: str, data: Any) -> Refusal | None:
         """None when a node event may be stored, else why not (quotas.py Rule 2): for the
