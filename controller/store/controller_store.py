@@ -620,9 +620,15 @@ class ControllerStore:
             now = _now()
             await _audit(tx, actor, f"command.{action}", command_id, None)
             if how is ControlAction.CANCEL_HERE:
-                await tx.execute("UPDATE commands SET state='cancelled', updated_at=$1, "
-                                 "error='cancelled before delivery' WHERE command_id=$2",
-                                 now, command_id)
+                if not await tx.execute("UPDATE commands SET state='cancelled', "
+                                        "updated_at=$1, error='cancelled before delivery' "
+                                        "WHERE command_id=$2 AND state='queued' AND "
+                                        "q IS NULL", now, command_id):
+                    # expired since the read (the sweeper of another replica)
+                    state = await tx.fetchval("SELECT state FROM commands WHERE "
+                                              "command_id=$1", command_id)
+                    control_action(command_id, action, state, sequenced=True)
+                    raise Conflict(f"command {command_id} is {state}", code="command_terminal")
                 await _timeline(tx, command_id, "cancelled", now, "cancelled before delivery")
                 return await self._command(tx, command_id), False
             control_id = "c_" + uuid.uuid4().hex
