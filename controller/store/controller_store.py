@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,27 @@ _MOVE_EVT_CURSOR = "UPDATE stream_cursors SET applied=$1 WHERE node_id=$2 AND st
 class ControllerStore(CommandTransactions, LogTransactions):
     """The store (:class:`~tether.controller.store.interface.Store`) over one SQL driver
     (see :class:`~tether.controller.store.base.StoreBase` for its construction)."""
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def probe(self) -> tuple[float, float]:
+        """Milliseconds of one read and of one (empty) durable commit: for ``diag``."""
+        async def read(tx: Tx) -> None:
+            await tx.fetchval("SELECT 1")
+
+        async def write(tx: Tx) -> None:
+            return None
+        start = time.perf_counter()
+        await self.driver.read(read)
+        read_ms = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        await self.driver.write(write)
+        return read_ms, (time.perf_counter() - start) * 1000
+
+    def write_stats(self) -> dict[str, int]:
+        """The driver's write queue and group-commit counters (0 when it keeps none)."""
+        return {name: int(getattr(self.driver, name, 0))
+                for name in ("pending", "batches_total", "writes_total")}
 
     # -- meta and tokens ------------------------------------------------------------------
 

@@ -44,6 +44,11 @@ class Store(Protocol):
 
     quotas: StoreQuotas
 
+    # -- health
+    async def probe(self) -> tuple[float, float]: ...
+
+    def write_stats(self) -> dict[str, int]: ...
+
     # -- meta and tokens
     async def controller_id(self) -> str: ...
 

@@ -80,6 +80,21 @@ class SqliteDriver:
     async def open(self) -> None:
         await self.db.open()
 
+    @property
+    def pending(self) -> int:
+        """Writes queued for the next group commits."""
+        return self.db.pending
+
+    @property
+    def batches_total(self) -> int:
+        """Group commits done."""
+        return self.db.batches_total
+
+    @property
+    def writes_total(self) -> int:
+        """Transaction functions committed."""
+        return self.db.writes_total
+
     async def close(self) -> None:
         await self.db.close()
 
