@@ -63,6 +63,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # Refused at connect (a wrong password or role, a database that does not exist): the
+    # store cannot be reached as configured; the message names the cause for the operator.
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
 )
 
 
@@ -219,7 +223,8 @@ class PostgresDriver:
         assert self._pool is not None
         try:
             async with asyncio.timeout(self.migrate_timeout_s), \
-                    self._pool.acquire() as conn, conn.transaction():
+                    self._pool.acquire(timeout=self.connect_timeout_s) as conn, \
+                    conn.transaction():
                 # Serialises replicas that start together; released at COMMIT.
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY,
                                    timeout=self.migrate_timeout_s)

@@ -351,6 +351,14 @@ async def test_opening_against_no_server_is_unavailable_within_the_timeout() -> 
     assert info.value.code == "unavailable" and time.monotonic() - started < 5
 
 
+async def test_a_database_that_does_not_exist_is_unavailable_and_named(
+        postgres_server: PostgresServer) -> None:
+    driver = PostgresDriver(postgres_server.dsn("no_such_db"), migrations=[])
+    with pytest.raises(StoreError, match="no_such_db") as info:
+        await driver.open()
+    assert info.value.code == "unavailable"
+
+
 @pytest.mark.parametrize(("status", "rows"), [
     ("INSERT 0 3", 3), ("UPDATE 2", 2), ("DELETE 0", 0), ("SELECT 5", 5),
     ("CREATE TABLE", 0), ("BEGIN", 0),
