@@ -9,6 +9,9 @@ Rule 2: records are values. Their containers (``labels``, ``args``...) are plain
 values for the API to serialise; nobody mutates them (the store builds new ones per read).
 Rule 3: a record never carries an engine's row type: callers cannot tell SQLite from
 PostgreSQL.
+Rule 4 (transition): a record also reads by column name, as the rows of earlier versions did
+(``record["node_id"]``, ``record.get("policy")``, ``{**record}``), so code written against
+them keeps working while it moves to attributes; the values are the decoded ones.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .sql import Row
@@ -115,8 +118,25 @@ def _time(value: object) -> float | None:
 # -- records --------------------------------------------------------------------------------
 
 
+class _ByColumn:
+    """Rule 4: read access by column name (a read-only mapping of the fields)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.keys() else default
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True)
-class NodeRecord:
+class NodeRecord(_ByColumn):
     """A node as stored (its live session, if any, is the gateway's to add)."""
 
     node_id: str
@@ -154,7 +174,7 @@ class NodeRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionRecord:
+class SessionRecord(_ByColumn):
     """One edge session of a node's history."""
 
     session_id: str
@@ -176,7 +196,7 @@ class SessionRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandEvent:
+class CommandEvent(_ByColumn):
     """One entry of a command's timeline."""
 
     state: str
@@ -185,7 +205,7 @@ class CommandEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandRecord:
+class CommandRecord(_ByColumn):
     """A command; ``timeline`` is empty in lists (only single reads load it)."""
 
     command_id: str
@@ -227,7 +247,7 @@ class CommandRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeEventRecord:
+class NodeEventRecord(_ByColumn):
     """One stored node event (``data`` decoded; None when unreadable)."""
 
     id: int
@@ -242,7 +262,7 @@ class NodeEventRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class LogChunk:
+class LogChunk(_ByColumn):
     """One stored log chunk (class C): its exact bytes."""
 
     id: int
@@ -273,7 +293,7 @@ class LogPage:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(_ByColumn):
     """A class A frame refused for its content (docs/protocol.md §5, poison frames)."""
 
     id: int
