@@ -86,7 +86,8 @@ def session_view(row: SessionRecord) -> dict[str, Any]:
     """One session of a node's history (``GET /api/v1/nodes/{id}/sessions``)."""
     return {"session_id": row.session_id, "opened_at": iso(row.opened_at),
             "closed_at": iso(row.closed_at), "close_code": row.close_code,
-            "reason": row.reason, "resumed": row.resumed, "remote": row.remote}
+            "reason": row.reason, "resumed": row.resumed, "remote": row.remote,
+            "replica_id": row.replica_id}
 
 
 def dead_letter_view(row: DeadLetter) -> dict[str, Any]:

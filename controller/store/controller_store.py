@@ -209,11 +209,13 @@ class ControllerStore(CommandTransactions, LogTransactions):
     async def open_session(self, *, node_id: str, remote: str, previous_session: str | None,
                            evt_epoch: int, cmd_acked: int, runtime: dict[str, Any],
                            sidecar: dict[str, Any], capabilities: Sequence[str],
-                           labels: dict[str, str],
-                           max_frame: int = MAX_FRAME_BYTES) -> SessionOpened:
-        """Record a new session as the node's owner (fencing the previous one), reconcile
+                           labels: dict[str, str], max_frame: int = MAX_FRAME_BYTES,
+                           replica_id: str | None = None) -> SessionOpened:
+        """Record a new session as the node's owner (fencing the previous one, which is
+        closed with 4409 at this session's open time, whichever replica held it), reconcile
         stream epochs and cursors (``domain/streams.py`` Rule 2, ``domain/commands.py``
-        Rule 5), apply the node's downlink ack, sequence queued commands."""
+        Rule 5), apply the node's downlink ack, sequence queued commands. ``replica_id``
+        names the replica that holds the new session (None: a single controller)."""
         session_id = "s_" + uuid.uuid4().hex
         previous_session = opt_peer_text(previous_session)
         remote = peer_text(remote)
@@ -221,8 +223,9 @@ class ControllerStore(CommandTransactions, LogTransactions):
         async def fn(tx: Tx) -> SessionOpened:
             now = wall_now()
             events = EventBatch()
-            node = await tx.fetchrow("SELECT current_session, labels FROM nodes "
-                                     f"WHERE node_id=$1{FOR_UPDATE[tx.dialect]}", node_id)
+            node = await tx.fetchrow("SELECT current_session, current_replica, labels FROM "
+                                     f"nodes WHERE node_id=$1{FOR_UPDATE[tx.dialect]}",
+                                     node_id)
             if node is None:
                 raise NotFound(f"node {node_id!r} is not enrolled")
             superseded = node["current_session"]
@@ -262,26 +265,28 @@ class ControllerStore(CommandTransactions, LogTransactions):
                 await self._ack_cmd(tx, node_id, cmd_epoch, cmd_acked, now)
             await tx.execute(
                 "INSERT INTO edge_sessions (session_id, node_id, remote, opened_at, resumed, "
-                "previous_session, runtime_version, sidecar_version) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                "previous_session, runtime_version, sidecar_version, replica_id) "
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
                 session_id, node_id, remote, now, int(resumed), previous_session,
                 peer_text(str(runtime.get("version") or "")),
-                peer_text(str(sidecar.get("version") or "")))
+                peer_text(str(sidecar.get("version") or "")), replica_id)
             known_labels = loads(node["labels"], {})
             merged = {**(known_labels if isinstance(known_labels, dict) else {}), **labels}
             version = runtime.get("version")
             await tx.execute(
                 "UPDATE nodes SET current_session=$1, last_seen_at=$2, closed_at=NULL, "
                 "closed_by_goodbye=0, runtime_state=$3, runtime_version=$4, sidecar=$5, "
-                "capabilities=$6, labels=$7 WHERE node_id=$8",
+                "capabilities=$6, labels=$7, current_replica=$9 WHERE node_id=$8",
                 session_id, now, peer_text(str(runtime.get("state") or "attached")),
                 None if version is None else peer_text(str(version)), json.dumps(sidecar),
-                json.dumps(list(capabilities)), json.dumps(merged), node_id)
+                json.dumps(list(capabilities)), json.dumps(merged), node_id, replica_id)
             await self._flush(tx, node_id, events)
             await self._dispatch(tx, node_id, now, max_frame)
             return SessionOpened(session_id=session_id, resumed=resumed, cmd_epoch=cmd_epoch,
                                  evt_applied=evt_at.applied, evt_epoch_reset=evt_at.reset,
-                                 cmd_epoch_rotated=rotate, superseded_session=superseded)
+                                 cmd_epoch_rotated=rotate, superseded_session=superseded,
+                                 superseded_replica=node["current_replica"] if superseded
+                                 else None)
         return await self.driver.write(fn)
 
     async def note_cmd_sent(self, node_id: str, session_id: str, epoch: int, q: int) -> None:
@@ -304,21 +309,32 @@ class ControllerStore(CommandTransactions, LogTransactions):
             await tx.execute("UPDATE edge_sessions SET closed_at=$1, close_code=$2, "
                              "reason=$3 WHERE session_id=$4 AND closed_at IS NULL",
                              now, close_code, reason, session_id)
-            await tx.execute("UPDATE nodes SET current_session=NULL, closed_at=$1, "
-                             "last_seen_at=$1, closed_by_goodbye=$2 WHERE node_id=$3 AND "
-                             "current_session=$4", now, int(goodbye), node_id, session_id)
+            await tx.execute("UPDATE nodes SET current_session=NULL, current_replica=NULL, "
+                             "closed_at=$1, last_seen_at=$1, closed_by_goodbye=$2 "
+                             "WHERE node_id=$3 AND current_session=$4", now, int(goodbye),
+                             node_id, session_id)
         await self.driver.write(fn)
 
-    async def close_orphan_sessions(self) -> int:
+    async def close_orphan_sessions(self, replica_id: str | None = None) -> int:
         """At start: sessions left open by a crashed controller are closed (reason
-        ``controller_restart``), their nodes become stale from that moment."""
+        ``controller_restart``), their nodes become stale from that moment. With
+        ``replica_id``, only the sessions that replica held (the other replicas' sessions
+        are live); without, every open session (a single controller)."""
         async def fn(tx: Tx) -> int:
             now = wall_now()
+            if replica_id is None:
+                closed = await tx.execute("UPDATE edge_sessions SET closed_at=$1, "
+                                          "reason='controller_restart' WHERE "
+                                          "closed_at IS NULL", now)
+                await tx.execute("UPDATE nodes SET current_session=NULL, "
+                                 "current_replica=NULL, closed_at=$1 "
+                                 "WHERE current_session IS NOT NULL", now)
+                return closed
             closed = await tx.execute("UPDATE edge_sessions SET closed_at=$1, "
-                                      "reason='controller_restart' WHERE closed_at IS NULL",
-                                      now)
-            await tx.execute("UPDATE nodes SET current_session=NULL, closed_at=$1 "
-                             "WHERE current_session IS NOT NULL", now)
+                                      "reason='controller_restart' WHERE closed_at IS NULL "
+                                      "AND replica_id=$2", now, replica_id)
+            await tx.execute("UPDATE nodes SET current_session=NULL, current_replica=NULL, "
+                             "closed_at=$1 WHERE current_replica=$2", now, replica_id)
             return closed
         return await self.driver.write(fn)
 

@@ -154,10 +154,11 @@ class NodeRecord(_ByColumn):
     policy: Any  # the node's last report, any JSON value, None when it never sent one
     apps: dict[str, Any]
     dead_letters_total: int
+    current_replica: str | None = None  # the replica holding current_session, if named
 
     COLUMNS = ("node_id, labels, enabled, created_at, current_session, last_seen_at, "
                "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
-               "capabilities, policy, apps, dead_letters_total")
+               "capabilities, policy, apps, dead_letters_total, current_replica")
 
     @classmethod
     def from_row(cls, row: Row) -> NodeRecord:
@@ -170,7 +171,8 @@ class NodeRecord(_ByColumn):
                    runtime_version=_text(row["runtime_version"]),
                    sidecar=_map(row["sidecar"]), capabilities=_list(row["capabilities"]),
                    policy=loads(row["policy"]), apps=_map(row["apps"]),
-                   dead_letters_total=_count(row["dead_letters_total"]))
+                   dead_letters_total=_count(row["dead_letters_total"]),
+                   current_replica=_text(row["current_replica"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,15 +186,17 @@ class SessionRecord(_ByColumn):
     reason: str | None
     resumed: bool
     remote: str | None
+    replica_id: str | None = None  # the replica that held it; None: a single controller
 
-    COLUMNS = "session_id, opened_at, closed_at, close_code, reason, resumed, remote"
+    COLUMNS = ("session_id, opened_at, closed_at, close_code, reason, resumed, remote, "
+               "replica_id")
 
     @classmethod
     def from_row(cls, row: Row) -> SessionRecord:
         return cls(session_id=str(row["session_id"]), opened_at=_time(row["opened_at"]),
                    closed_at=_time(row["closed_at"]), close_code=_int(row["close_code"]),
                    reason=_text(row["reason"]), resumed=bool(row["resumed"]),
-                   remote=_text(row["remote"]))
+                   remote=_text(row["remote"]), replica_id=_text(row["replica_id"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +330,7 @@ class SessionOpened:
     evt_epoch_reset: bool
     cmd_epoch_rotated: bool
     superseded_session: str | None
+    superseded_replica: str | None = None  # the replica that held the superseded session
 
 
 @dataclass(frozen=True, slots=True)

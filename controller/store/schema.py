@@ -171,6 +171,14 @@ SQLITE_MIGRATIONS = [
     ALTER TABLE edge_sessions_v6 RENAME TO edge_sessions;
     CREATE INDEX edge_sessions_node ON edge_sessions (node_id, opened_at)
     """,
+    # 7: the replica that holds each session (NULL: a single controller), and the node's
+    # current holder, so that a session's history names its replica and a replica that
+    # restarts closes only the sessions it held
+    """
+    ALTER TABLE edge_sessions ADD COLUMN replica_id TEXT;
+    ALTER TABLE nodes ADD COLUMN current_replica TEXT;
+    CREATE INDEX edge_sessions_open ON edge_sessions (replica_id) WHERE closed_at IS NULL
+    """,
 ]
 
 MIGRATIONS = SQLITE_MIGRATIONS  # the name callers used before there were two dialects
@@ -253,5 +261,11 @@ POSTGRES_MIGRATIONS = [
         stream TEXT NOT NULL, q BIGINT NOT NULL, frame_type TEXT NOT NULL, frame_id TEXT,
         reason TEXT NOT NULL, excerpt TEXT NOT NULL, at DOUBLE PRECISION NOT NULL);
     CREATE INDEX dead_letters_node ON dead_letters (node_id, id)
+    """,
+    # 2: = SQLITE_MIGRATIONS 7 (replica ids)
+    """
+    ALTER TABLE edge_sessions ADD COLUMN replica_id TEXT;
+    ALTER TABLE nodes ADD COLUMN current_replica TEXT;
+    CREATE INDEX edge_sessions_open ON edge_sessions (replica_id) WHERE closed_at IS NULL
     """,
 ]

@@ -21,6 +21,7 @@ NODE: dict[str, Any] = {
     "current_session": None, "last_seen_at": None, "closed_at": 2.0, "closed_by_goodbye": 0,
     "runtime_state": "ready", "runtime_version": "1", "sidecar": '{"v": 1}',
     "capabilities": '["exec"]', "policy": None, "apps": None, "dead_letters_total": 0,
+    "current_replica": None,
 }
 
 
@@ -75,6 +76,7 @@ def test_a_record_reads_by_column_name_as_the_rows_of_earlier_versions_did() -> 
     assert {**letter}["reason"] == "r" and dict(letter)["q"] == 2
     session = SessionRecord.from_row({"session_id": "s", "opened_at": 0.0,
                                       "closed_at": None, "close_code": None,
-                                      "reason": None, "resumed": 1, "remote": "r"})
+                                      "reason": None, "resumed": 1, "remote": "r",
+                                      "replica_id": None})
     assert session_view(session) == {**session, "opened_at": "1970-01-01T00:00:00.000Z",
                                      "closed_at": None, "resumed": True}

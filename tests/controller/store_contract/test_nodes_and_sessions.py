@@ -174,3 +174,38 @@ async def test_reading_stored_json_that_is_not_json_gives_defaults(
     assert node is not None
     assert (node.labels, node.capabilities, node.policy, node.apps) == ({}, [], None, {})
     assert [n.node_id for n in await store.list_nodes()] == ["n1"]
+
+
+async def test_a_sessions_history_names_its_replica_and_a_takeover_closes_the_dead_one(
+        store: ControllerStore) -> None:
+    await enrolled(store)
+    held = await store.open_session(
+        node_id="n1", remote="r", previous_session=None, evt_epoch=7, cmd_acked=0,
+        runtime={}, sidecar={}, capabilities=[], labels={}, replica_id="replica-a")
+    taken = await store.open_session(
+        node_id="n1", remote="r", previous_session=held.session_id, evt_epoch=7,
+        cmd_acked=0, runtime={}, sidecar={}, capabilities=[], labels={},
+        replica_id="replica-b")
+    assert taken.superseded_session == held.session_id
+    assert taken.superseded_replica == "replica-a"
+    node = await store.get_node("n1")
+    assert node is not None and node.current_replica == "replica-b"
+    new, old = await store.sessions("n1")
+    assert (new.replica_id, old.replica_id) == ("replica-b", "replica-a")
+    assert old.closed_at is not None and new.opened_at is not None
+    assert old.closed_at <= new.opened_at  # closed no later than the new one opened
+
+
+async def test_a_restarting_replica_closes_only_the_sessions_it_held(
+        store: ControllerStore) -> None:
+    for node_id, replica in (("n1", "replica-a"), ("n2", "replica-b")):
+        await enrolled(store, node_id)
+        await store.open_session(
+            node_id=node_id, remote="r", previous_session=None, evt_epoch=7, cmd_acked=0,
+            runtime={}, sidecar={}, capabilities=[], labels={}, replica_id=replica)
+    assert await store.close_orphan_sessions("replica-a") == 1
+    n1, n2 = await store.get_node("n1"), await store.get_node("n2")
+    assert n1 is not None and n1.current_session is None
+    assert n2 is not None and n2.current_session is not None  # replica-b's is live
+    assert (await store.sessions("n1"))[0].reason == "controller_restart"
+    assert (await store.sessions("n2"))[0].closed_at is None

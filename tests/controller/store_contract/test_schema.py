@@ -35,6 +35,12 @@ def postgres_columns_parsed() -> Columns:
     """Tables and columns as POSTGRES_MIGRATIONS declare them (no server needed)."""
     out: Columns = {}
     for statement in (s for m in POSTGRES_MIGRATIONS for s in _split_sql(m)):
+        added = re.match(r"ALTER TABLE (\w+) ADD COLUMN (\w+) (.*)\Z", statement, re.S)
+        if added is not None:
+            table, name, rest = added.groups()
+            kind = next(v for k, v in POSTGRES_TYPES.items() if rest.lower().startswith(k))
+            out[table][name] = (kind, "NOT NULL" in rest)
+            continue
         created = re.match(r"CREATE TABLE (\w+) \((.*)\)\Z", statement, re.S)
         if created is None:
             assert statement.startswith("CREATE "), statement  # indexes only
