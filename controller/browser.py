@@ -340,7 +340,7 @@ async def _snapshot_pages(controller: BrowserServices, topic: str
                         first = False
                 if not chunks:
                     return
-                after = chunks[-1]["id"]
+                after = chunks[-1].id
         elif kind == "monitor":
             packets = [(name, p) for name, ring in controller.monitor.get(key).items()
                        for p in ring]

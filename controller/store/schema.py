@@ -1,6 +1,18 @@
-"""Controller schema, as versioned migrations (index + 1 == PRAGMA user_version)."""
+"""Controller schema, as versioned migrations, one list per SQL dialect.
 
-MIGRATIONS = [
+``SQLITE_MIGRATIONS``: index + 1 == ``PRAGMA user_version``; 1-5 are as released (stores
+written by earlier versions upgrade through them), 6 on gives the portable schema.
+``POSTGRES_MIGRATIONS``: a fresh history giving the same logical schema as all of
+``SQLITE_MIGRATIONS`` (same tables, same columns; tests/controller/store_contract checks
+it): ``BIGINT`` for every integer (epochs are signed 64-bit), ``DOUBLE PRECISION`` for
+times, ``BYTEA`` for bytes, ``TEXT`` for text and JSON text, identity columns for ids.
+
+Rules both follow (controller/store/sql.py): no reliance on ``rowid``; insertion order is
+an explicit ``seq`` / ``id`` column; every epoch is an INTEGER (a node's unsigned 64-bit
+epoch is stored as the signed integer with the same bits, ``domain/streams.py``).
+"""
+
+SQLITE_MIGRATIONS = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE operator_tokens (
@@ -106,5 +118,154 @@ MIGRATIONS = [
     ALTER TABLE nodes ADD COLUMN dead_letters_total INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE stream_cursors ADD COLUMN sent INTEGER NOT NULL DEFAULT 0;
     UPDATE stream_cursors SET sent = last
+    """,
+    # 6: the portable schema (issue 12). Epochs become INTEGER (the evt epoch was kept as
+    # text; a text epoch that is not a signed 64-bit integer, which only a foreign node could
+    # have sent, is forgotten: the next hello records it afresh). Commands and sessions get
+    # an explicit insertion order (``seq``) instead of the implicit rowid.
+    """
+    CREATE TABLE stream_cursors_v6 (
+        node_id TEXT NOT NULL, stream TEXT NOT NULL, epoch INTEGER,
+        applied INTEGER NOT NULL DEFAULT 0, last INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (node_id, stream));
+    INSERT INTO stream_cursors_v6 (node_id, stream, epoch, applied, last, sent)
+        SELECT node_id, stream,
+               CASE WHEN typeof(epoch) = 'integer' THEN epoch
+                    WHEN typeof(epoch) = 'text'
+                         AND CAST(CAST(epoch AS INTEGER) AS TEXT) = epoch
+                    THEN CAST(epoch AS INTEGER) END,
+               applied, last, sent FROM stream_cursors;
+    DROP TABLE stream_cursors;
+    ALTER TABLE stream_cursors_v6 RENAME TO stream_cursors;
+    CREATE TABLE commands_v6 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL UNIQUE,
+        node_id TEXT NOT NULL, kind TEXT NOT NULL,
+        args TEXT NOT NULL, state TEXT NOT NULL, epoch INTEGER, q INTEGER,
+        created_at REAL NOT NULL, deadline REAL, idem_key TEXT,
+        exit_code INTEGER, error TEXT, result TEXT, started_ms INTEGER, finished_ms INTEGER,
+        updated_at REAL NOT NULL, log_bytes INTEGER NOT NULL DEFAULT 0,
+        log_dropped_bytes INTEGER NOT NULL DEFAULT 0);
+    INSERT INTO commands_v6 (seq, command_id, node_id, kind, args, state, epoch, q,
+        created_at, deadline, idem_key, exit_code, error, result, started_ms, finished_ms,
+        updated_at, log_bytes, log_dropped_bytes)
+        SELECT rowid, command_id, node_id, kind, args, state, epoch, q,
+        created_at, deadline, idem_key, exit_code, error, result, started_ms, finished_ms,
+        updated_at, log_bytes, log_dropped_bytes FROM commands ORDER BY rowid;
+    DROP TABLE commands;
+    ALTER TABLE commands_v6 RENAME TO commands;
+    CREATE INDEX commands_queue ON commands (node_id, state, created_at);
+    CREATE INDEX commands_seq ON commands (node_id, epoch, q);
+    CREATE UNIQUE INDEX commands_idem ON commands (node_id, idem_key);
+    CREATE TABLE edge_sessions_v6 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL UNIQUE,
+        node_id TEXT NOT NULL, remote TEXT,
+        opened_at REAL NOT NULL, closed_at REAL, close_code INTEGER, reason TEXT,
+        resumed INTEGER NOT NULL, previous_session TEXT, runtime_version TEXT,
+        sidecar_version TEXT);
+    INSERT INTO edge_sessions_v6 (seq, session_id, node_id, remote, opened_at, closed_at,
+        close_code, reason, resumed, previous_session, runtime_version, sidecar_version)
+        SELECT rowid, session_id, node_id, remote, opened_at, closed_at,
+        close_code, reason, resumed, previous_session, runtime_version, sidecar_version
+        FROM edge_sessions ORDER BY rowid;
+    DROP TABLE edge_sessions;
+    ALTER TABLE edge_sessions_v6 RENAME TO edge_sessions;
+    CREATE INDEX edge_sessions_node ON edge_sessions (node_id, opened_at)
+    """,
+    # 7: the replica that holds each session (NULL: a single controller), and the node's
+    # current holder, so that a session's history names its replica and a replica that
+    # restarts closes only the sessions it held
+    """
+    ALTER TABLE edge_sessions ADD COLUMN replica_id TEXT;
+    ALTER TABLE nodes ADD COLUMN current_replica TEXT;
+    CREATE INDEX edge_sessions_open ON edge_sessions (replica_id) WHERE closed_at IS NULL
+    """,
+]
+
+MIGRATIONS = SQLITE_MIGRATIONS  # the name callers used before there were two dialects
+
+POSTGRES_MIGRATIONS = [
+    # 1: the schema of SQLITE_MIGRATIONS 1-6, in PostgreSQL's types
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE operator_tokens (
+        token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, label TEXT,
+        created_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE join_tokens (
+        token_hash TEXT PRIMARY KEY, expires_at DOUBLE PRECISION NOT NULL,
+        uses_left BIGINT NOT NULL, labels TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY, public_key BYTEA NOT NULL, labels TEXT NOT NULL,
+        enabled BIGINT NOT NULL DEFAULT 1, created_at DOUBLE PRECISION NOT NULL,
+        current_session TEXT, last_seen_at DOUBLE PRECISION, closed_at DOUBLE PRECISION,
+        closed_by_goodbye BIGINT NOT NULL DEFAULT 0,
+        runtime_state TEXT, runtime_version TEXT, sidecar TEXT, capabilities TEXT,
+        policy TEXT, apps TEXT, dead_letters_total BIGINT NOT NULL DEFAULT 0);
+    CREATE TABLE stream_cursors (
+        node_id TEXT NOT NULL, stream TEXT NOT NULL, epoch BIGINT,
+        applied BIGINT NOT NULL DEFAULT 0, last BIGINT NOT NULL DEFAULT 0,
+        sent BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (node_id, stream));
+    CREATE TABLE edge_sessions (
+        seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        session_id TEXT NOT NULL UNIQUE, node_id TEXT NOT NULL, remote TEXT,
+        opened_at DOUBLE PRECISION NOT NULL, closed_at DOUBLE PRECISION, close_code BIGINT,
+        reason TEXT, resumed BIGINT NOT NULL, previous_session TEXT, runtime_version TEXT,
+        sidecar_version TEXT);
+    CREATE INDEX edge_sessions_node ON edge_sessions (node_id, opened_at);
+    CREATE TABLE commands (
+        seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        command_id TEXT NOT NULL UNIQUE, node_id TEXT NOT NULL, kind TEXT NOT NULL,
+        args TEXT NOT NULL, state TEXT NOT NULL, epoch BIGINT, q BIGINT,
+        created_at DOUBLE PRECISION NOT NULL, deadline DOUBLE PRECISION, idem_key TEXT,
+        exit_code BIGINT, error TEXT, result TEXT, started_ms BIGINT, finished_ms BIGINT,
+        updated_at DOUBLE PRECISION NOT NULL, log_bytes BIGINT NOT NULL DEFAULT 0,
+        log_dropped_bytes BIGINT NOT NULL DEFAULT 0);
+    CREATE INDEX commands_queue ON commands (node_id, state, created_at);
+    CREATE INDEX commands_seq ON commands (node_id, epoch, q);
+    CREATE UNIQUE INDEX commands_idem ON commands (node_id, idem_key);
+    CREATE TABLE idempotency_keys (
+        node_id TEXT NOT NULL, k TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (node_id, k));
+    CREATE INDEX idempotency_keys_at ON idempotency_keys (at);
+    CREATE TABLE command_events (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, command_id TEXT NOT NULL,
+        state TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, detail TEXT);
+    CREATE INDEX command_events_cmd ON command_events (command_id, id);
+    CREATE TABLE downlink_outbox (
+        node_id TEXT NOT NULL, epoch BIGINT NOT NULL, q BIGINT NOT NULL,
+        frame BYTEA NOT NULL, command_id TEXT,
+        PRIMARY KEY (node_id, epoch, q));
+    CREATE TABLE logs (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, command_id TEXT,
+        node_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, data BYTEA NOT NULL,
+        dropped BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL,
+        size BIGINT NOT NULL DEFAULT 0);
+    CREATE INDEX logs_cmd ON logs (command_id, id);
+    CREATE INDEX logs_node ON logs (node_id, id);
+    CREATE INDEX logs_node_level ON logs (node_id, id) WHERE command_id IS NULL;
+    CREATE TABLE node_events (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, node_id TEXT NOT NULL,
+        kind TEXT NOT NULL, data TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,
+        size BIGINT NOT NULL DEFAULT 0);
+    CREATE INDEX node_events_node ON node_events (node_id, id);
+    CREATE TABLE audit_log (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT, detail TEXT);
+    CREATE TABLE node_usage (
+        node_id TEXT NOT NULL, what TEXT NOT NULL,
+        items BIGINT NOT NULL DEFAULT 0, bytes BIGINT NOT NULL DEFAULT 0,
+        pruned_items BIGINT NOT NULL DEFAULT 0, pruned_bytes BIGINT NOT NULL DEFAULT 0,
+        refused_items BIGINT NOT NULL DEFAULT 0, refused_bytes BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (node_id, what));
+    CREATE TABLE dead_letters (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, node_id TEXT NOT NULL,
+        stream TEXT NOT NULL, q BIGINT NOT NULL, frame_type TEXT NOT NULL, frame_id TEXT,
+        reason TEXT NOT NULL, excerpt TEXT NOT NULL, at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX dead_letters_node ON dead_letters (node_id, id)
+    """,
+    # 2: = SQLITE_MIGRATIONS 7 (replica ids)
+    """
+    ALTER TABLE edge_sessions ADD COLUMN replica_id TEXT;
+    ALTER TABLE nodes ADD COLUMN current_replica TEXT;
+    CREATE INDEX edge_sessions_open ON edge_sessions (replica_id) WHERE closed_at IS NULL
     """,
 ]

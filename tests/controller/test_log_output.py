@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from tether.controller.store.records import LogChunk
 from tether.controller.views import log_item
 from tether.protocol.codec import encode_batch, encode_msgpack
 from tether.protocol.frames import Frame
@@ -77,13 +78,14 @@ async def test_output_that_is_not_utf8_is_served_byte_exact_in_data_b64(
 
 
 def test_log_item_keeps_valid_utf8_as_text_alone() -> None:
-    item = log_item({"id": 7, "source": "stdout", "seq": 1, "data": "é\n".encode()})
+    item = log_item(LogChunk(id=7, command_id=None, source="stdout", seq=1,
+                             data="é\n".encode(), dropped=0))
     assert item == {"id": 7, "source": "stdout", "seq": 1, "data": "é\n", "dropped": 0}
 
 
 def test_log_item_adds_the_exact_bytes_when_they_are_not_utf8() -> None:
-    item = log_item({"id": 7, "source": "stdout", "seq": 1, "data": b"\xff\x00",
-                     "dropped": 2})
+    item = log_item(LogChunk(id=7, command_id=None, source="stdout", seq=1,
+                             data=b"\xff\x00", dropped=2))
     assert item["data"] == "\ufffd\x00"
     assert item["data_b64"] == "_wA"
     assert item["dropped"] == 2

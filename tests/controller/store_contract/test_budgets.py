@@ -1,9 +1,8 @@
-"""Byte budgets per node for what peers make the controller store (issue 11 item 3,
-store/quotas.py), against a real SQLite store on disk, in process."""
+"""Store contract: byte budgets per node for what peers make the controller store (issue 11
+item 3, store/quotas.py), on every backend, in process."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,9 @@ from tether.common.sqlitedb import Database
 from tether.controller.store.controller_store import ControllerStore
 from tether.controller.store.quotas import ROW_OVERHEAD, StoreQuotas, node_event_refusal
 from tether.controller.store.schema import MIGRATIONS
+from tether.controller.store.sql import Tx
+
+from .conftest import open_driver
 
 QUOTAS = StoreQuotas(node_event_max_bytes=64 << 10, node_events_bytes_per_node=1 << 20,
                      node_events_per_node=10_000, log_bytes_per_command=1 << 20,
@@ -21,26 +23,32 @@ QUOTAS = StoreQuotas(node_event_max_bytes=64 << 10, node_events_bytes_per_node=1
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ControllerStore]:
-    db = Database(tmp_path / "c.db", migrations=MIGRATIONS, durability="process")
-    await db.open()
+async def store(backend: tuple[str, str]) -> AsyncIterator[ControllerStore]:
+    driver = await open_driver(*backend)
     try:
-        yield ControllerStore(db, quotas=QUOTAS)
+        yield ControllerStore(driver, quotas=QUOTAS)
     finally:
-        await db.close()
+        await driver.close()
 
 
-def stored_bytes(store: ControllerStore, sql: str, *args: object) -> int:
-    """What the rows really hold, read with a separate connection."""
-    with sqlite3.connect(store.db.path) as conn:
-        return int(conn.execute(sql, args).fetchone()[0] or 0)
+async def stored_bytes(store: ControllerStore, sql: str, *args: object) -> int:
+    """What the rows really hold (portable SQL, ``$n`` parameters)."""
+    async def fn(tx: Tx) -> int:
+        return int(await tx.fetchval(sql, *args) or 0)
+    return await store.driver.read(fn)
+
+
+async def insert_command(store: ControllerStore, command_id: str) -> None:
+    async def fn(tx: Tx) -> None:
+        await tx.execute("INSERT INTO commands (command_id, node_id, kind, args, state, "
+                         "created_at, updated_at) VALUES ($1, 'n1', 'exec', '{}', 'running', "
+                         "0, 0)", command_id)
+    await store.driver.write(fn)
 
 
 async def events(store: ControllerStore, node_id: str, items: list[tuple[str, object]]
                  ) -> list[object]:
-    def fn(conn: sqlite3.Connection) -> list[object]:
-        return [store._node_event(conn, node_id, kind, data) for kind, data in items]
-    return await store.db.write(fn)
+    return list(await store.record_node_events(node_id, items))
 
 
 async def test_a_node_event_over_the_per_event_limit_is_refused_and_not_stored(
@@ -52,8 +60,8 @@ async def test_a_node_event_over_the_per_event_limit_is_refused_and_not_stored(
     assert [r is not None for r in refusals] == [True] * 5 + [False]
     first = refusals[0]
     assert first is not None and first.code == "quota_exceeded"  # type: ignore[attr-defined]
-    assert stored_bytes(store, "SELECT sum(length(data)) FROM node_events") < 5_000
-    kinds = [e["kind"] for e in await store.node_events("n1")]
+    assert await stored_bytes(store, "SELECT sum(length(data)) FROM node_events") < 5_000
+    kinds = [e.kind for e in await store.node_events("n1")]
     assert kinds.count("node.event.refused") == 5 and "ok" in kinds
     usage = (await store.node_usage("n1"))["events"]
     assert usage["refused_items"] == 5 and usage["refused_bytes"] > 5_000_000
@@ -64,11 +72,13 @@ async def test_a_node_keeps_its_newest_events_within_its_byte_budget(
     blob = "y" * 50_000
     await events(store, "n1", [("e", {"i": i, "blob": blob}) for i in range(100)])  # ~5 MB
     await events(store, "n2", [("e", {"i": 0})])
-    on_disk = stored_bytes(store, "SELECT sum(size) FROM node_events WHERE node_id='n1'")
-    real = stored_bytes(store, "SELECT sum(length(CAST(kind AS BLOB)) + length(CAST(data AS "
-                               "BLOB))) FROM node_events WHERE node_id='n1'")
+    on_disk = await stored_bytes(store, "SELECT sum(size) FROM node_events WHERE node_id='n1'")
+    # the UTF-8 bytes of the text columns (SQLite before 3.43 has no octet_length)
+    utf8 = "octet_length({})" if store.driver.dialect == "postgres" else "length(CAST({} AS BLOB))"
+    real = await stored_bytes(store, f"SELECT sum({utf8.format('kind')} + {utf8.format('data')}) "
+                                     "FROM node_events WHERE node_id='n1'")
     assert real <= on_disk <= QUOTAS.node_events_bytes_per_node  # size counts what's stored
-    kept = [e["id"] for e in await store.node_events("n1", limit=1000)]
+    kept = [e.id for e in await store.node_events("n1", limit=1000)]
     assert len(kept) >= 15
     usage = await store.node_usage("n1")
     assert usage["events"]["pruned_items"] == 100 - len(kept)
@@ -77,58 +87,48 @@ async def test_a_node_keeps_its_newest_events_within_its_byte_budget(
 
 
 async def test_a_node_past_its_event_row_budget_keeps_its_newest_rows_and_counts_the_rest(
-        tmp_path: Path) -> None:
+        backend: tuple[str, str]) -> None:
     """The row-count prune (small events; settled once per batch): the newest rows stay,
     the totals match the table exactly, and every pruned row is counted."""
-    db = Database(tmp_path / "rows.db", migrations=MIGRATIONS, durability="process")
-    await db.open()
+    driver = await open_driver(*backend)
     try:
-        store = ControllerStore(db, quotas=StoreQuotas(node_events_per_node=100))
-
-        def batch(start: int, n: int) -> None:
-            def fn(conn: sqlite3.Connection) -> None:
-                charge = [0, 0]
-                for i in range(start, start + n):
-                    store._node_event(conn, "n1", "e", {"i": i}, batch=charge, now=1.0)
-                store._settle_events(conn, "n1", charge)
-            return fn
+        store = ControllerStore(driver, quotas=StoreQuotas(node_events_per_node=100))
 
         for start in range(0, 1000, 37):  # batches that straddle the budget unevenly
-            await db.write(batch(start, 37))
-        kept = [e["data"] for e in await store.node_events("n1", limit=1000)]
-        rows = stored_bytes(store, "SELECT count(*) FROM node_events WHERE node_id='n1'")
+            await store.record_node_events("n1", [("e", {"i": i})
+                                                  for i in range(start, start + 37)])
+        kept = [e.data for e in await store.node_events("n1", limit=1000)]
+        rows = await stored_bytes(store, "SELECT count(*) FROM node_events WHERE node_id='n1'")
         assert rows == len(kept) <= 100
-        assert kept[0] == '{"i":1035}'  # newest first, and the newest are the ones kept
+        assert kept[0] == {"i": 1035}  # newest first, and the newest are the ones kept
         usage = (await store.node_usage("n1"))["events"]
         assert usage["items"] == rows
-        assert usage["bytes"] == stored_bytes(
+        assert usage["bytes"] == await stored_bytes(
             store, "SELECT sum(size) FROM node_events WHERE node_id='n1'")
         assert usage["pruned_items"] == 1036 - rows  # 28 batches of 37: every row counted
     finally:
-        await db.close()
+        await driver.close()
 
 
 async def test_a_node_keeps_its_newest_logs_within_its_budgets_and_counts_the_rest(
         store: ControllerStore) -> None:
     chunk = b"z" * 100_000
     for c in range(3):  # three commands of 1 MB each: 3 MB past the 2 MiB node budget
-        await store.db.write(lambda conn, c=c: conn.execute(
-            "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
-            "updated_at) VALUES (?, 'n1', 'exec', '{}', 'running', 0, 0)", (f"c{c}",)))
+        await insert_command(store, f"c{c}")
         for seq in range(10):
             await store.append_logs("n1", [(f"c{c}", "stdout", seq, chunk, 0)])
     for seq in range(20):  # app logs: 2 MB past their 512 KiB budget
         await store.append_logs("n1", [(None, "app:web", seq, chunk, 0)])
-    total = stored_bytes(store, "SELECT sum(length(data)) FROM logs WHERE node_id='n1'")
+    total = await stored_bytes(store, "SELECT sum(length(data)) FROM logs WHERE node_id='n1'")
     assert total <= QUOTAS.log_bytes_per_node
-    app = stored_bytes(store, "SELECT sum(length(data)) FROM logs WHERE command_id IS NULL")
+    app = await stored_bytes(store, "SELECT sum(length(data)) FROM logs WHERE command_id IS NULL")
     assert 0 < app <= QUOTAS.node_log_bytes_per_node
     newest = await store.node_logs("n1", source=None, after=0)
-    assert newest[-1]["seq"] == 19  # the oldest went first
-    assert (await store.command_logs("c0")) == []  # the oldest command's output is gone
-    assert (await store.command_logs("c2"))[-1]["seq"] == 9
+    assert newest[-1].seq == 19  # the oldest went first
+    assert len(await store.command_logs("c0")) == 0  # the oldest command's output is gone
+    assert (await store.command_logs("c2"))[-1].seq == 9
     usage = await store.node_usage("n1")
-    assert usage["logs"]["bytes"] == stored_bytes(
+    assert usage["logs"]["bytes"] == await stored_bytes(
         store, "SELECT sum(size) FROM logs WHERE node_id='n1'")
     assert usage["logs"]["pruned_bytes"] >= 3_000_000 + 2_000_000 - (2 << 20)
     assert usage["node_logs"]["items"] == len(newest)
@@ -136,23 +136,19 @@ async def test_a_node_keeps_its_newest_logs_within_its_budgets_and_counts_the_re
 
 async def test_a_flood_of_empty_log_chunks_is_bounded_by_the_row_overhead(
         store: ControllerStore) -> None:
-    await store.db.write(lambda conn: conn.execute(
-        "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
-        "updated_at) VALUES ('c1', 'n1', 'exec', '{}', 'running', 0, 0)"))
+    await insert_command(store, "c1")
     per_row = ROW_OVERHEAD + len("stdout")
     rows = QUOTAS.log_bytes_per_node // per_row
     batch = [("c1", "stdout", i, b"", 0) for i in range(1000)]
     for _ in range(rows // 1000 + 5):
         await store.append_logs("n1", batch)
-    count = stored_bytes(store, "SELECT count(*) FROM logs")
+    count = await stored_bytes(store, "SELECT count(*) FROM logs")
     assert count <= rows
 
 
 async def test_a_page_of_logs_is_bounded_in_bytes_and_holds_at_least_one_chunk(
         store: ControllerStore) -> None:
-    await store.db.write(lambda conn: conn.execute(
-        "INSERT INTO commands (command_id, node_id, kind, args, state, created_at, "
-        "updated_at) VALUES ('c1', 'n1', 'exec', '{}', 'running', 0, 0)"))
+    await insert_command(store, "c1")
     await store.append_logs("n1", [("c1", "stdout", i, b"a" * 30_000, 0) for i in range(10)])
     page = await store.command_logs("c1", max_bytes=100_000)
     assert len(page) == 3 and page.more  # stops before the chunk that would pass the bound
@@ -166,7 +162,7 @@ async def test_a_page_of_logs_is_bounded_in_bytes_and_holds_at_least_one_chunk(
     assert len(page) == 9 and page.more
 
 
-async def test_a_store_from_before_the_budgets_is_migrated_with_its_usage_counted(
+async def test_a_sqlite_store_from_before_the_budgets_is_migrated_with_its_usage_counted(
         tmp_path: Path) -> None:
     old = Database(tmp_path / "c.db", migrations=MIGRATIONS[:3], durability="process")
     await old.open()
@@ -180,6 +176,6 @@ async def test_a_store_from_before_the_budgets_is_migrated_with_its_usage_counte
         store = ControllerStore(db, quotas=QUOTAS)
         assert (await store.node_usage("n1"))["events"]["items"] == 5
         await events(store, "n1", [("e", {"n": 1})])  # the next event enforces the budget
-        assert stored_bytes(store, "SELECT sum(size) FROM node_events") <= (1 << 20)
+        assert await stored_bytes(store, "SELECT sum(size) FROM node_events") <= (1 << 20)
     finally:
         await db.close()
