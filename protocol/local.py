@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .codec import MAX_FRAME_BYTES, decode_msgpack, encode_msgpack
-from .errors import BadFrame, FrameTooLarge
+from .errors import BadFrame, FrameTooLarge, LocalProtocolError
 from .fields import (
     MAX_ID_LEN,
     MAX_PID,
@@ -46,6 +46,16 @@ LOCAL_OVERHEAD = 64 * 1024  # local frames may wrap an edge frame of max_frame b
 def encode_local(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
     data = encode_msgpack(frame, max_frame_bytes=max_frame_bytes + LOCAL_OVERHEAD)
     return HEADER.pack(len(data)) + data
+
+
+def frame_local(payload: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """The local framing of a frame encoded already (:func:`encode_msgpack`,
+    :func:`~tether.protocol.codec.encode_sequenced`): what :func:`encode_local` gives for
+    it. Raises LocalProtocolError past the same limit."""
+    if len(payload) > max_frame_bytes + LOCAL_OVERHEAD:
+        raise LocalProtocolError(f"frame is {len(payload)} bytes, over the "
+                                 f"{max_frame_bytes + LOCAL_OVERHEAD}-byte local limit")
+    return HEADER.pack(len(payload)) + payload
 
 
 class LocalDecoder:

@@ -9,10 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.protocol.codec import encode_msgpack
-from tether.protocol.errors import BadFrame, FrameTooLarge
+from tether.protocol.codec import MAX_FRAME_BYTES, encode_msgpack
+from tether.protocol.errors import BadFrame, FrameTooLarge, LocalProtocolError
 from tether.protocol.frames import Frame
-from tether.protocol.local import HEADER, LocalDecoder, encode_local
+from tether.protocol.local import (
+    HEADER,
+    LOCAL_OVERHEAD,
+    LocalDecoder,
+    encode_local,
+    frame_local,
+)
 
 FRAMES = [Frame(t="local.attach", b={"node_id": "n1", "pid": 7}),
           Frame(t="node.event", s="evt", q=1, b={"kind": "k", "data": {"v": "x" * 300}}),
@@ -47,3 +53,10 @@ def test_a_header_announcing_too_much_is_refused_before_anything_is_buffered() -
 def test_undecodable_bytes_are_a_bad_frame() -> None:
     with pytest.raises(BadFrame):
         LocalDecoder().feed(HEADER.pack(3) + b"\xc1\xc1\xc1")
+
+
+def test_framing_a_frame_encoded_already_gives_what_encode_local_gives() -> None:
+    frame = Frame(t="node.event", b={"kind": "k"}, s="evt", q=7)
+    assert frame_local(encode_msgpack(frame)) == encode_local(frame)
+    with pytest.raises(LocalProtocolError):
+        frame_local(b"x" * (MAX_FRAME_BYTES + LOCAL_OVERHEAD + 1))
