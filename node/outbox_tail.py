@@ -1,9 +1,9 @@
-"""The outbox's tail in memory: the committed, unacked ``evt`` rows, kept as the outbox holds
-them (type, encoded body) and handed out encoded for the link.
+"""The outbox's tail in memory: the committed, unacked ``evt`` rows, kept encoded for the link.
 
 The uplink sends a frame appended a moment ago from here instead of reading it back from
-SQLite (a thread hop) and decoding it. The outbox stays the source of truth; this is a cache
-of its rows.
+SQLite (a thread hop) and decoding it; the frame is encoded as it is cached (off the path
+from an ack to the next send), around the body bytes the row holds. The outbox stays the
+source of truth; this is a cache of its rows.
 
 Rule 1 (only what is committed): an entry is added after the COMMIT that holds its row
 (:class:`~tether.node.store.NodeStore` adds what a write appended once that write returned),
@@ -26,6 +26,7 @@ from collections.abc import Iterable
 
 from tether.protocol.classes import EVT_STREAM
 from tether.protocol.codec import encode_sequenced
+from tether.protocol.errors import LocalProtocolError
 from tether.protocol.local import frame_local
 
 MAX_TAIL_FRAMES = 16384
@@ -38,43 +39,42 @@ class OutboxTail:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self.generation: int | None = 0  # None: nothing is cached (an epoch is changing)
-        self._frames: dict[int, tuple[str, bytes]] = {}
+        self._frames: dict[int, bytes] = {}
         self._bytes = 0
         self._floor = 0  # every entry is above this (acked) sequence number
 
     def add(self, rows: Iterable[tuple[int, str, bytes]], generation: int) -> None:
         """Cache committed outbox rows (q, t, encoded body) written in ``generation``."""
-        if generation != self.generation:
-            return
-        frames = self._frames
         for q, t, body in rows:
-            if q <= self._floor or q in frames:
-                continue
-            if len(frames) >= self.max_frames or self._bytes + len(body) > self.max_bytes:
-                return
-            frames[q] = (t, body)
-            self._bytes += len(body)
+            self.add_one(q, t, body, generation)
 
     def add_one(self, q: int, t: str, body: bytes, generation: int) -> None:
-        """:meth:`add` for one row."""
+        """:meth:`add` for one row. A row whose frame is over the local limit is not cached
+        (the outbox read meets the error, as any encoding of it would)."""
         frames = self._frames
         if (generation != self.generation or q <= self._floor or q in frames
                 or len(frames) >= self.max_frames or self._bytes + len(body) > self.max_bytes):
             return
-        frames[q] = (t, body)
-        self._bytes += len(body)
+        try:
+            data = frame_local(encode_sequenced(t, EVT_STREAM, q, body))
+        except LocalProtocolError:
+            return
+        if self._bytes + len(data) > self.max_bytes:
+            return
+        frames[q] = data
+        self._bytes += len(data)
 
     def run(self, first: int, last: int) -> list[bytes]:
         """The frames ``first``, ``first + 1``, ... up to ``last``, encoded for the link
         (what ``encode_local`` gives for each), while each is cached; empty when ``first``
-        is not. Raises LocalProtocolError for a frame over the local limit."""
+        is not."""
         out: list[bytes] = []
         frames = self._frames
         for q in range(first, last + 1):
-            row = frames.get(q)
-            if row is None:
+            data = frames.get(q)
+            if data is None:
                 break
-            out.append(frame_local(encode_sequenced(row[0], EVT_STREAM, q, row[1])))
+            out.append(data)
         return out
 
     def drop_through(self, n: int) -> None:
@@ -84,13 +84,13 @@ class OutboxTail:
         frames = self._frames
         if n - self._floor > len(frames):
             kept = {q: d for q, d in frames.items() if q > n}
-            self._bytes = sum(len(row[1]) for row in kept.values())
+            self._bytes = sum(len(d) for d in kept.values())
             self._frames = kept
         else:
             for q in range(self._floor + 1, n + 1):
-                row = frames.pop(q, None)
-                if row is not None:
-                    self._bytes -= len(row[1])
+                data = frames.pop(q, None)
+                if data is not None:
+                    self._bytes -= len(data)
         self._floor = n
 
     def reset(self, generation: int | None) -> None:

@@ -72,7 +72,7 @@ def test_past_its_bounds_the_newest_row_is_not_cached_and_is_read_from_the_outbo
     by_count = OutboxTail(max_frames=2)
     by_count.add([(q, "node.event", body(q)) for q in range(1, 5)], generation=0)
     assert by_count.run(1, 4) == [wire(1, 1), wire(2, 2)]
-    by_bytes = OutboxTail(max_bytes=2 * len(body(1)))
+    by_bytes = OutboxTail(max_bytes=2 * len(wire(1, 1)))
     for q in range(1, 5):
         by_bytes.add_one(q, "node.event", body(q), generation=0)
     assert by_bytes.run(1, 4) == [wire(1, 1), wire(2, 2)]
