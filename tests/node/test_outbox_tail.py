@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from tether.node.config import NodeConfig
-from tether.node.outbox_tail import OutboxTail
+from tether.node.outbox_tail import ENTRY_OVERHEAD, OutboxTail
 from tether.node.runtime import NodeRuntime
 from tether.node.store import NodeStore
 from tether.protocol.codec import encode_sequenced
@@ -72,7 +72,7 @@ def test_past_its_bounds_the_newest_row_is_not_cached_and_is_read_from_the_outbo
     by_count = OutboxTail(max_frames=2)
     by_count.add([(q, "node.event", body(q)) for q in range(1, 5)], generation=0)
     assert by_count.run(1, 4) == [wire(1, 1), wire(2, 2)]
-    by_bytes = OutboxTail(max_bytes=2 * len(wire(1, 1)))
+    by_bytes = OutboxTail(max_bytes=2 * (len(wire(1, 1)) + ENTRY_OVERHEAD))
     for q in range(1, 5):
         by_bytes.add_one(q, "node.event", body(q), generation=0)
     assert by_bytes.run(1, 4) == [wire(1, 1), wire(2, 2)]
