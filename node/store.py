@@ -9,9 +9,11 @@ one transaction, before it is acked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import msgpack
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import EVT_STREAM
 from tether.protocol.codec import encode_sequenced
-from tether.protocol.errors import BadFrame, TetherError
+from tether.protocol.errors import BadFrame, StoreError, TetherError
 from tether.protocol.fields import MAX_ERROR_LEN, MAX_ID_LEN, MAX_KIND_LEN, bounded_text
 from tether.protocol.frames import (
     CONTROL_KINDS,
@@ -76,6 +78,33 @@ def _fit_error(error: str | None) -> str | None:
     return error[:MAX_ERROR_LEN - 1] + "…"
 
 
+class _Appends:
+    """``append_event`` calls gathered for one write closure. Rows join on the event loop
+    until the writer thread closes the group as it starts inserting them (a lock orders
+    the two); a call that finds it closed starts the next group."""
+
+    __slots__ = ("_closed", "_lock", "futures", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+        self.futures: list[asyncio.Future[int]] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def join(self, t: str, body: dict[str, Any], future: asyncio.Future[int]) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self.rows.append((t, body))
+            self.futures.append(future)
+            return True
+
+    def close(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            self._closed = True
+        return self.rows
+
+
 @dataclass(slots=True)
 class StreamState:
     evt_epoch: int
@@ -110,6 +139,8 @@ class NodeStore:
         self._fresh_w: list[tuple[int, str, bytes]] = []
         self._generation_w = 0
         self.tail = OutboxTail()
+        self._appends: _Appends | None = None
+        self._append_writes: set[asyncio.Task[None]] = set()  # owned: close() awaits them
 
     def _forget_evt_last(self) -> None:
         self._evt_last_w = None
@@ -141,6 +172,8 @@ class NodeStore:
         return await self.db.write(fn)
 
     async def close(self) -> None:
+        """Finish the writes queued (appends included), then close the database."""
+        await asyncio.gather(*self._append_writes, return_exceptions=True)
         await self.db.close()
 
     # -- outbox (evt) -------------------------------------------------------------------
@@ -186,13 +219,74 @@ class NodeStore:
         return self._append(conn, status.TYPE, status.to_body())
 
     async def append_event(self, t: str, body: dict[str, Any]) -> int:
-        """Queue one class A evt frame; returns its sequence number. (The hot path of
-        class A: :meth:`_write` by hand, one coroutine fewer.)"""
-        def fn(conn: sqlite3.Connection) -> tuple[int, bytes, int]:
-            return (*self._insert(conn, t, body), self._generation_w)
-        q, packed, generation = await self.db.write(fn, savepoint=False)
-        self.tail.add_one(q, t, packed, generation)
-        return q
+        """Queue one class A evt frame; returns its sequence number once it is committed.
+
+        The hot path of class A: calls made while a write of appends waits for the writer
+        thread join it (:class:`_Appends`), so that many appends cost one closure and one
+        ``executemany``; each caller still returns only after the COMMIT that holds its
+        row, and a body that cannot be encoded fails alone. A caller cancelled while its
+        row waits does not take it out of the group: the row may still be committed (as
+        a write cancelled once the writer took it always could be)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        group = self._appends
+        if group is None or not group.join(t, body, future):
+            group = self._appends = _Appends()
+            group.join(t, body, future)
+            task = asyncio.create_task(self._write_appends(group), name="node-store-appends")
+            self._append_writes.add(task)
+            task.add_done_callback(self._append_writes.discard)
+        return await future
+
+    async def _write_appends(self, group: _Appends) -> None:
+        try:
+            q0, packed, generation = await self.db.write(
+                lambda conn: self._insert_appends(conn, group))
+        except Exception as exc:
+            for future in group.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # cancelled: the callers must not wait for good
+            group.close()
+            for future in group.futures:
+                if not future.done():
+                    future.set_exception(StoreError(
+                        "the write of this event was cancelled (the node is stopping); it "
+                        "may or may not be in the outbox", code="unavailable"))
+            raise
+        q = q0
+        tail = self.tail
+        for (t, _), future, body in zip(group.rows, group.futures, packed, strict=True):
+            if isinstance(body, Exception):
+                if not future.done():
+                    future.set_exception(body)
+                continue
+            tail.add_one(q, t, body, generation)
+            if not future.done():
+                future.set_result(q)
+            q += 1
+
+    def _insert_appends(self, conn: sqlite3.Connection,
+                        group: _Appends) -> tuple[int, list[bytes | Exception], int]:
+        """Writer thread: close ``group`` and insert its rows in one statement."""
+        rows = group.close()
+        last = self._evt_last_w
+        if last is None:
+            last = self._read_evt_last(conn)
+        packed: list[bytes | Exception] = []
+        params: list[tuple[int, str, bytes, float]] = []
+        now = time.time()
+        for t, body in rows:
+            try:
+                data: bytes = msgpack.packb(body, use_bin_type=True)
+            except Exception as exc:
+                packed.append(exc)
+                continue
+            packed.append(data)
+            params.append((last + 1 + len(params), t, data, now))
+        conn.executemany("INSERT INTO uplink_outbox VALUES (?,?,?,?)", params)
+        self._evt_last_w = last + len(params)
+        return last + 1, packed, self._generation_w
 
     def encoded_run(self, first: int, last: int) -> list[bytes]:
         """Frames ``first``..``last`` from memory, encoded for the link, as far as they are
