@@ -445,10 +445,7 @@ class NodeRuntime:
             # first one memory lacks (after a restart, a new epoch, past its bounds), the
             # rest are read from the outbox on the next pass (node/outbox_tail.py).
             encoded = self.store.encoded_run(todo.start, todo.stop - 1)
-            if encoded:
-                if len(encoded) < len(todo):
-                    self._uplink_wake.set()
-            else:
+            if not encoded:
                 after = self.evt.sent
                 encoded = await self.store.outbox_encoded_after(after, len(todo))
                 if self.evt.sent != after:  # a reconnect moved the cursor meanwhile: what
@@ -456,6 +453,8 @@ class NodeRuntime:
                     continue
                 if not encoded:
                     continue
+            if len(encoded) < len(todo):  # the rest on the next pass
+                self._uplink_wake.set()
             before = self.evt.sent
             self.evt.mark_sent(before + len(encoded))  # first: the ack may come back first
             if not await self.link.send_encoded(encoded):  # the link is gone: send again

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tether.node.config import NodeConfig
 from tether.node.outbox_tail import ENTRY_OVERHEAD, OutboxTail
@@ -19,6 +21,7 @@ from tether.node.store import NodeStore
 from tether.protocol.codec import encode_sequenced
 from tether.protocol.frames import CmdDeliver, Frame
 from tether.protocol.local import LocalDecoder, encode_local, frame_local
+from tether.protocol.streams import StreamSender
 
 
 def body(i: int) -> bytes:
@@ -276,3 +279,115 @@ async def test_frames_the_tail_lacks_are_read_from_the_outbox_in_their_place(
         uplink.cancel()
         await asyncio.gather(uplink, return_exceptions=True)
         await runtime.store.close()
+
+
+# --- any interleaving: what the controller applies is the outbox, in order ------------------
+
+
+class ModelController:
+    """The controller's side of ``evt``, as the stream rules have it: each connection
+    starts after the cursor the node was told, and must bring the next frame every time."""
+
+    def __init__(self) -> None:
+        self.applied: list[int] = []  # the event numbers applied, in order
+        self.cursor = 0
+
+    def connection(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            assert frame.q == self.cursor + 1, f"q={frame.q} after {self.cursor}: gap or dup"
+            self.cursor += 1
+            self.applied.append(frame.b["data"]["n"])
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 6)),
+    st.tuples(st.just("ack"), st.integers(0, 8)),
+    # 0: the controller kept all it was sent; 1: what it had not acked was lost on the
+    # way; 2: as 1, and the node's last write failed as the session went
+    st.tuples(st.just("reconnect"), st.integers(0, 2)),
+    st.tuples(st.just("new_epoch"), st.just(0)),
+), max_size=14)
+
+
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, max_frames=st.integers(1, 6), window=st.integers(1, 5))
+@example(ops=[("append", 3), ("ack", 1), ("new_epoch", 0), ("append", 2)], max_frames=6,
+         window=5)  # rows cached under the old numbering, and new rows under the same q
+def test_over_any_appends_acks_reconnects_and_epochs_each_event_is_applied_once_in_order(
+        tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int]], max_frames: int,
+        window: int) -> None:
+    async def scenario() -> None:
+        runtime = NodeRuntime(NodeConfig(state_dir=tmp_path_factory.mktemp("n"),
+                                         durability="process", evt_window=window),
+                              identity=None)  # type: ignore[arg-type]
+        await runtime.store.open()
+        runtime.store.tail = OutboxTail(max_frames=max_frames)
+        link = RecordingLink()
+        runtime.link = link  # type: ignore[assignment]
+        controller = ModelController()
+        epoch_base = 0  # events the controller applied in earlier evt epochs
+        emitted = 0
+        uplink = asyncio.create_task(runtime._uplink_loop())
+
+        def settled() -> bool:
+            controller.connection(link.connections[-1][len_seen[0]:])
+            len_seen[0] = len(link.connections[-1])
+            todo = runtime.evt.next_to_send()
+            return not runtime._uplink_wake.is_set() and not todo
+
+        len_seen = [0]
+        try:
+            for op, arg in ops:
+                if op == "append":
+                    for _ in range(arg):
+                        emitted += 1
+                        await runtime.emit_event("k", {"n": emitted})
+                elif op == "ack":
+                    n = min(controller.cursor, runtime.evt.acked + arg)
+                    runtime._note_evt_ack(n)
+                    await runtime.store.ack_evt(n)
+                else:  # the session goes away (and maybe the controller's store with it)
+                    if arg == 2:
+                        link.fail_send = link.sends + 1
+                        emitted += 1
+                        await runtime.emit_event("k", {"n": emitted})
+                        for _ in range(100):
+                            if link.sends >= link.fail_send:
+                                break
+                            await asyncio.sleep(0.001)
+                    link.fail_send = None  # (a write that fails ends the session)
+                    link.connected.clear()
+                    runtime.evt.disconnected()
+                    settled()
+                    if arg or op == "new_epoch":  # frames not acked did not make it
+                        controller.cursor = runtime.evt.acked
+                        del controller.applied[epoch_base + controller.cursor:]
+                    await runtime.store.ack_evt(runtime.evt.acked)  # as _acked_loop does
+                    if op == "new_epoch":  # as on_welcome does on StreamRegressed
+                        state = await runtime.store.rotate_evt_epoch()
+                        runtime.evt = StreamSender(last=state.evt_last, acked=0,
+                                                   window=window)
+                        epoch_base += controller.cursor
+                        controller.cursor = 0
+                    link.connections.append([])
+                    len_seen[0] = 0
+                    runtime.evt.connected(controller.cursor)
+                    await runtime.store.ack_evt(runtime.evt.acked)
+                    link.connected.set()
+                    runtime._uplink_wake.set()
+                async with asyncio.timeout(5):
+                    while not settled():
+                        await asyncio.sleep(0.001)
+            while runtime.evt.acked < runtime.evt.last:  # the controller catches up
+                runtime._note_evt_ack(controller.cursor)
+                async with asyncio.timeout(5):
+                    while not settled():
+                        await asyncio.sleep(0.001)
+            assert controller.applied == list(range(1, emitted + 1))
+        finally:
+            uplink.cancel()
+            await asyncio.gather(uplink, return_exceptions=True)
+            await runtime.store.close()
+
+    asyncio.run(scenario())
