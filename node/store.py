@@ -242,6 +242,7 @@ class NodeStore:
             q0, packed, generation = await self.db.write(
                 lambda conn: self._insert_appends(conn, group))
         except Exception as exc:
+            group.close()  # (the writer may never have taken it) later calls start anew
             for future in group.futures:
                 if not future.done():
                     future.set_exception(exc)

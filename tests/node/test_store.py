@@ -7,9 +7,11 @@ import sqlite3
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from tether.node.policy import Policy
 from tether.node.store import NodeStore
+from tether.protocol.errors import StoreError
 from tether.protocol.fields import MAX_ERROR_LEN
 from tether.protocol.frames import CmdDeliver, CmdStatus, Frame
 
@@ -311,3 +313,13 @@ async def test_closing_the_store_finishes_the_appends_already_made(tmp_path: Pat
     reopened = NodeStore(tmp_path / "n.db")
     assert (await reopened.open()).evt_last == 5
     await reopened.close()
+
+
+async def test_appends_to_a_closed_store_each_fail_and_none_waits_for_good(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    await store.close()
+    for _ in range(2):  # the second must not join the first's dead write
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(store.append_event("node.event", {"kind": "k"}), 5)
