@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -204,17 +204,26 @@ class SidecarLink:
         buffer, or (False) the link is gone and the caller keeps them for the next session."""
         if not frames or not self.connected.is_set():
             return False
+        return await self.send_encoded(encode_local(frame) for frame in frames)
+
+    async def send_encoded(self, payloads: Iterable[bytes]) -> bool:
+        """:meth:`send_many` for frames encoded already (:func:`encode_local`, or
+        :func:`frame_local` of a spliced frame), taken lazily: same contract."""
+        if not self.connected.is_set():
+            return False
         parts: list[bytes] = []
         size = 0
-        for frame in frames:
-            data = encode_local(frame)
+        sent_any = False
+        for data in payloads:
             parts.append(data)
             size += len(data)
             if size >= WRITE_CHUNK:  # bounded memory however large the frames are
                 if not await self._write_bytes(b"".join(parts)):
                     return False
-                parts, size = [], 0
-        return not parts or await self._write_bytes(b"".join(parts))
+                parts, size, sent_any = [], 0, True
+        if not parts:
+            return sent_any
+        return await self._write_bytes(b"".join(parts))
 
     async def send_local(self, frame: Frame) -> bool:
         return await self._write(frame)

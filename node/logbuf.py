@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from tether.protocol.frames import LogChunk
 
@@ -66,12 +67,20 @@ class LogBuffer:
             self._droppable.append(self._next(command_id, source, piece))
             self._droppable_bytes += len(piece)
 
-    async def put(self, command_id: str | None, source: str, data: bytes) -> None:
+    async def put(self, command_id: str | None, source: str, data: bytes, *,
+                  wake: Callable[[], None] | None = None) -> None:
         """Buffer ``data``, waiting for room first: returns once every byte is buffered.
-        A piece larger than ``max_bytes`` still goes, alone, once the buffer is empty."""
+        A piece larger than ``max_bytes`` still goes, alone, once the buffer is empty.
+
+        Rule: ``wake`` (the link's wake-up) is called before every wait for room. Data
+        over ``max_chunk_bytes`` goes in as several pieces, and an earlier piece may have
+        gone in just before a later one waits: unless the link is woken then, it never
+        takes that piece, no room ever comes back, and both sides wait for good."""
         for start in range(0, len(data), self.max_chunk_bytes):
             piece = data[start:start + self.max_chunk_bytes]
             while self._waiting_bytes and self._waiting_bytes + len(piece) > self.max_bytes:
+                if wake is not None:
+                    wake()
                 self._room.clear()
                 await self._room.wait()
             self._waiting.append(self._next(command_id, source, piece))

@@ -441,12 +441,24 @@ class NodeRuntime:
                 self._uplink_wake.set()
             if not todo:
                 continue
-            frames = await self.store.outbox_after(self.evt.sent, len(todo))
-            if frames:
-                before = self.evt.sent
-                self.evt.mark_sent(frames[-1].q or 0)  # first: the ack may come back first
-                if not await self.link.send_many(frames):  # the link is gone: send again
-                    self.evt.sent = max(before, self.evt.acked)  # (a reconnect resets it)
+            # Frames committed a moment ago go from memory, encoded at append; from the
+            # first one memory lacks (after a restart, a new epoch, past its bounds), the
+            # rest are read from the outbox on the next pass (node/outbox_tail.py).
+            encoded = self.store.encoded_run(todo.start, todo.stop - 1)
+            if not encoded:
+                after = self.evt.sent
+                encoded = await self.store.outbox_encoded_after(after, len(todo))
+                if self.evt.sent != after:  # a reconnect moved the cursor meanwhile: what
+                    self._uplink_wake.set()  # was read would leave a gap; read again
+                    continue
+                if not encoded:
+                    continue
+            if len(encoded) < len(todo):  # the rest on the next pass
+                self._uplink_wake.set()
+            before = self.evt.sent
+            self.evt.mark_sent(before + len(encoded))  # first: the ack may come back first
+            if not await self.link.send_encoded(encoded):  # the link is gone: send again
+                self.evt.sent = max(before, self.evt.acked)  # (a reconnect resets it)
 
     async def _acked_loop(self) -> None:
         """Records the controller's ``evt`` cursor and drops acked outbox rows, off the

@@ -9,20 +9,23 @@ one transaction, before it is acked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import EVT_STREAM
-from tether.protocol.errors import BadFrame, TetherError
+from tether.protocol.codec import encode_sequenced
+from tether.protocol.errors import BadFrame, StoreError, TetherError
 from tether.protocol.fields import MAX_ERROR_LEN, MAX_ID_LEN, MAX_KIND_LEN, bounded_text
 from tether.protocol.frames import (
     CONTROL_KINDS,
@@ -31,7 +34,12 @@ from tether.protocol.frames import (
     CmdStatus,
     Frame,
 )
+from tether.protocol.local import frame_local
 from tether.protocol.streams import MAX_EPOCH
+
+from .outbox_tail import OutboxTail
+
+T = TypeVar("T")
 
 MIGRATIONS = [
     """
@@ -70,6 +78,33 @@ def _fit_error(error: str | None) -> str | None:
     return error[:MAX_ERROR_LEN - 1] + "…"
 
 
+class _Appends:
+    """``append_event`` calls gathered for one write closure. Rows join on the event loop
+    until the writer thread closes the group as it starts inserting them (a lock orders
+    the two); a call that finds it closed starts the next group."""
+
+    __slots__ = ("_closed", "_lock", "futures", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, dict[str, Any]]] = []
+        self.futures: list[asyncio.Future[int]] = []
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def join(self, t: str, body: dict[str, Any], future: asyncio.Future[int]) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            self.rows.append((t, body))
+            self.futures.append(future)
+            return True
+
+    def close(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            self._closed = True
+        return self.rows
+
+
 @dataclass(slots=True)
 class StreamState:
     evt_epoch: int
@@ -98,6 +133,14 @@ class NodeStore:
         # rollback, so that it never runs ahead of what is on disk.
         self._evt_last_w: int | None = None
         self.db.on_rollback = self._forget_evt_last
+        # The rows the running closure appended (writer thread only; see _write), and the
+        # generation of the outbox's sequence numbers as the writer thread sees it (a new
+        # evt epoch moves it).
+        self._fresh_w: list[tuple[int, str, bytes]] = []
+        self._generation_w = 0
+        self.tail = OutboxTail()
+        self._appends: _Appends | None = None
+        self._append_writes: set[asyncio.Task[None]] = set()  # owned: close() awaits them
 
     def _forget_evt_last(self) -> None:
         self._evt_last_w = None
@@ -129,27 +172,127 @@ class NodeStore:
         return await self.db.write(fn)
 
     async def close(self) -> None:
+        """Finish the writes queued (appends included), then close the database."""
+        await asyncio.gather(*self._append_writes, return_exceptions=True)
         await self.db.close()
 
     # -- outbox (evt) -------------------------------------------------------------------
 
-    def _append(self, conn: sqlite3.Connection, t: str, body: dict[str, Any]) -> int:
-        """Insert one outbox row (one statement); writer thread only."""
+    def _insert(self, conn: sqlite3.Connection, t: str,
+                body: dict[str, Any]) -> tuple[int, bytes]:
+        """Insert one outbox row (one statement); writer thread only. Returns its sequence
+        number and encoded body: encoded once, the row holds it and the frame the link
+        sends is spliced around it."""
         last = self._evt_last_w
         if last is None:
             last = self._read_evt_last(conn)
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
         conn.execute("INSERT INTO uplink_outbox VALUES (?,?,?,?)",
-                     (last + 1, t, msgpack.packb(body, use_bin_type=True), time.time()))
+                     (last + 1, t, packed, time.time()))
         self._evt_last_w = last + 1
-        return last + 1
+        return last + 1, packed
+
+    def _append(self, conn: sqlite3.Connection, t: str, body: dict[str, Any]) -> int:
+        """:meth:`_insert`, the row noted for :attr:`tail` (see :meth:`_write`)."""
+        q, packed = self._insert(conn, t, body)
+        self._fresh_w.append((q, t, packed))
+        return q
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], *,
+                     savepoint: bool = True) -> T:
+        """:meth:`Database.write` for a closure that may append to the outbox: what it
+        appended reaches :attr:`tail` once its COMMIT is done (outbox_tail.py, Rule 1).
+        A closure that raises was rolled back: what it appended is forgotten with it."""
+        def run(conn: sqlite3.Connection) -> tuple[T, list[tuple[int, str, bytes]], int]:
+            self._fresh_w = []
+            try:
+                result = fn(conn)
+                return result, self._fresh_w, self._generation_w
+            finally:
+                self._fresh_w = []
+        result, fresh, generation = await self.db.write(run, savepoint=savepoint)
+        if fresh:
+            self.tail.add(fresh, generation)
+        return result
 
     def _status(self, conn: sqlite3.Connection, status: CmdStatus) -> int:
         return self._append(conn, status.TYPE, status.to_body())
 
     async def append_event(self, t: str, body: dict[str, Any]) -> int:
-        """Queue one class A evt frame; returns its sequence number."""
-        return await self.db.write(lambda conn: self._append(conn, t, body),
-                                   savepoint=False)
+        """Queue one class A evt frame; returns its sequence number once it is committed.
+
+        The hot path of class A: calls made while a write of appends waits for the writer
+        thread join it (:class:`_Appends`), so that many appends cost one closure and one
+        ``executemany``; each caller still returns only after the COMMIT that holds its
+        row, and a body that cannot be encoded fails alone. A caller cancelled while its
+        row waits does not take it out of the group: the row may still be committed (as
+        a write cancelled once the writer took it always could be)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        group = self._appends
+        if group is None or not group.join(t, body, future):
+            group = self._appends = _Appends()
+            group.join(t, body, future)
+            task = asyncio.create_task(self._write_appends(group), name="node-store-appends")
+            self._append_writes.add(task)
+            task.add_done_callback(self._append_writes.discard)
+        return await future
+
+    async def _write_appends(self, group: _Appends) -> None:
+        try:
+            q0, packed, generation = await self.db.write(
+                lambda conn: self._insert_appends(conn, group))
+        except Exception as exc:
+            group.close()  # (the writer may never have taken it) later calls start anew
+            for future in group.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # cancelled: the callers must not wait for good
+            group.close()
+            for future in group.futures:
+                if not future.done():
+                    future.set_exception(StoreError(
+                        "the write of this event was cancelled (the node is stopping); it "
+                        "may or may not be in the outbox", code="unavailable"))
+            raise
+        q = q0
+        tail = self.tail
+        for (t, _), future, body in zip(group.rows, group.futures, packed, strict=True):
+            if isinstance(body, Exception):
+                if not future.done():
+                    future.set_exception(body)
+                continue
+            tail.add_one(q, t, body, generation)
+            if not future.done():
+                future.set_result(q)
+            q += 1
+
+    def _insert_appends(self, conn: sqlite3.Connection,
+                        group: _Appends) -> tuple[int, list[bytes | Exception], int]:
+        """Writer thread: close ``group`` and insert its rows in one statement."""
+        rows = group.close()
+        last = self._evt_last_w
+        if last is None:
+            last = self._read_evt_last(conn)
+        packed: list[bytes | Exception] = []
+        params: list[tuple[int, str, bytes, float]] = []
+        now = time.time()
+        for t, body in rows:
+            try:
+                data: bytes = msgpack.packb(body, use_bin_type=True)
+            except Exception as exc:
+                packed.append(exc)
+                continue
+            packed.append(data)
+            params.append((last + 1 + len(params), t, data, now))
+        conn.executemany("INSERT INTO uplink_outbox VALUES (?,?,?,?)", params)
+        self._evt_last_w = last + len(params)
+        return last + 1, packed, self._generation_w
+
+    def encoded_run(self, first: int, last: int) -> list[bytes]:
+        """Frames ``first``..``last`` from memory, encoded for the link, as far as they are
+        there in a row (outbox_tail.py); the rest is for :meth:`outbox_after`."""
+        return self.tail.run(first, last)
 
     async def outbox_after(self, after: int, limit: int, *,
                            max_bytes: int = 1 << 20) -> list[Frame]:
@@ -161,6 +304,23 @@ class NodeStore:
             for q, t, body in conn.execute("SELECT q, t, body FROM uplink_outbox WHERE q>? "
                                            "ORDER BY q LIMIT ?", (after, limit)):
                 out.append(Frame(t=t, b=msgpack.unpackb(body, raw=False), s=EVT_STREAM, q=q))
+                size += len(body)
+                if size >= max_bytes:
+                    break
+            return out
+        return await self.db.read(fn)
+
+    async def outbox_encoded_after(self, after: int, limit: int, *,
+                                   max_bytes: int = 1 << 20) -> list[bytes]:
+        """:meth:`outbox_after`, each frame encoded for the link as the uplink sends it: the
+        envelope is spliced around the stored body, which is not decoded. Raises
+        LocalProtocolError for a frame over the local limit (as encoding it would)."""
+        def fn(conn: sqlite3.Connection) -> list[bytes]:
+            out: list[bytes] = []
+            size = 0
+            for q, t, body in conn.execute("SELECT q, t, body FROM uplink_outbox WHERE q>? "
+                                           "ORDER BY q LIMIT ?", (after, limit)):
+                out.append(frame_local(encode_sequenced(t, EVT_STREAM, q, body)))
                 size += len(body)
                 if size >= max_bytes:
                     break
@@ -182,12 +342,15 @@ class NodeStore:
             conn.execute("UPDATE meta SET value=MAX(CAST(value AS INTEGER), ?) "
                          "WHERE key='evt_acked'", (n,))
             return True
-        return await self.db.write(fn)
+        if not await self.db.write(fn):
+            return False
+        self.tail.drop_through(n)
+        return True
 
     async def rotate_evt_epoch(self) -> StreamState:
         """The controller's cursor does not fit this epoch (it lost or restored its store):
         start a new epoch and re-sequence every unacked frame from 1, in order."""
-        def fn(conn: sqlite3.Connection) -> None:
+        def fn(conn: sqlite3.Connection) -> int:
             rows = conn.execute("SELECT t, body, created_at FROM uplink_outbox ORDER BY q"
                                 ).fetchall()
             conn.execute("DELETE FROM uplink_outbox")
@@ -199,7 +362,12 @@ class NodeStore:
             conn.execute("UPDATE meta SET value=0 WHERE key='evt_acked'")
             self._evt_last_w = len(rows)
             self._incident(conn, "protocol", "controller cursor did not fit: new evt epoch")
-        await self.db.write(fn)
+            self._generation_w += 1  # appends from here on carry the new numbering
+            return self._generation_w
+        # Nothing is cached from now until the new numbering is known (outbox_tail.py,
+        # Rule 2); should the write fail, nothing is cached for good, which is only slower.
+        self.tail.reset(None)
+        self.tail.reset(await self.db.write(fn))
         return await self.stream_state()
 
     async def stream_state(self) -> StreamState:
@@ -294,7 +462,7 @@ class NodeStore:
             last = self._evt_last_w
             return Applied(to_run, to_control,
                            self._read_evt_last(conn) if last is None else last)
-        return await self.db.write(fn)
+        return await self._write(fn)
 
     def _reject_malformed(self, conn: sqlite3.Connection, frame: Frame, exc: Exception,
                           received_ms: int) -> None:
@@ -348,7 +516,7 @@ class NodeStore:
                 return None
             return self._status(conn, CmdStatus(command_id=command_id, state="running",
                                                 started_ms=now))
-        return await self.db.write(fn)
+        return await self._write(fn)
 
     async def finish_command(self, command_id: str, state: str, *,
                              exit_code: int | None = None, error: str | None = None,
@@ -364,7 +532,7 @@ class NodeStore:
                 return None
             return self._finish(conn, command_id, state, exit_code=exit_code, error=error,
                                 result=result)
-        return await self.db.write(fn)
+        return await self._write(fn)
 
     async def set_paused(self, command_id: str, paused: bool) -> int | None:
         """running -> paused (or back) with its status queued; None if it was not in the
@@ -377,7 +545,7 @@ class NodeStore:
             if cur.rowcount != 1:
                 return None
             return self._status(conn, CmdStatus(command_id=command_id, state=dst))
-        return await self.db.write(fn)
+        return await self._write(fn)
 
     async def command_state(self, command_id: str) -> str | None:
         def fn(conn: sqlite3.Connection) -> str | None:
@@ -398,7 +566,7 @@ class NodeStore:
             return [{"command_id": r[0], "kind": r[1], "args": json.loads(r[2])}
                     for r in conn.execute("SELECT command_id, kind, args FROM commands "
                                           "WHERE state='delivered' ORDER BY q")]
-        return await self.db.write(fn)
+        return await self._write(fn)
 
     async def command_counts(self) -> dict[str, int]:
         return await self.db.read(lambda conn: {r[0]: r[1] for r in conn.execute(

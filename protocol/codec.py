@@ -12,6 +12,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from typing import Any
@@ -60,6 +61,35 @@ def encode_batch(payloads: list[bytes]) -> bytes:
         raise LocalProtocolError(f"a batch carries 1 to {MAX_BATCH_FRAMES} frames, not {n}")
     header = bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
     return _BATCH_PREFIX + header + b"".join(payloads)
+
+
+_EMPTY_MAP = b"\x80"
+_KEY_B: bytes = msgpack.packb("b")
+
+
+@functools.lru_cache(maxsize=64)
+def _sequenced_head(t: str, s: str) -> bytes:
+    if not isinstance(t, str) or not t or len(t) > 64:
+        raise LocalProtocolError("frame type 't' must be a non-empty string of at most 64 chars")
+    if not isinstance(s, str) or not s:
+        raise LocalProtocolError("a sequenced frame needs a stream name")
+    head: bytes = msgpack.packb("t") + msgpack.packb(t) + msgpack.packb("s") \
+        + msgpack.packb(s) + msgpack.packb("q")
+    return head
+
+
+def encode_sequenced(t: str, s: str, q: int, body: bytes) -> bytes:
+    """The bytes :func:`encode_msgpack` gives for ``Frame(t=t, s=s, q=q, b=...)`` whose body
+    MessagePack-encodes (``use_bin_type=True``) to ``body``: the envelope is spliced around
+    the body's bytes, which are not decoded or encoded again (a durable outbox keeps its
+    bodies encoded). The envelope's rules are checked as :class:`Frame` checks them; the
+    body is trusted to be one encoded map, and the size is the caller's to bound."""
+    if isinstance(q, bool) or not isinstance(q, int) or q < 1:
+        raise LocalProtocolError("sequence 'q' must be an integer >= 1")
+    head: bytes = _sequenced_head(t, s) + msgpack.packb(q)
+    if body == _EMPTY_MAP:  # to_wire leaves an empty body out
+        return b"\x83" + head
+    return b"\x84" + head + _KEY_B + body
 
 
 def unbatch(frame: Frame, *, max_frames: int = MAX_BATCH_FRAMES) -> list[Frame]:

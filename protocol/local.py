@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .codec import MAX_FRAME_BYTES, decode_msgpack, encode_msgpack
-from .errors import BadFrame, FrameTooLarge
+from .errors import BadFrame, FrameTooLarge, LocalProtocolError
 from .fields import (
     MAX_ID_LEN,
     MAX_PID,
@@ -48,6 +48,33 @@ def encode_local(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> byt
     return HEADER.pack(len(data)) + data
 
 
+def frame_local(payload: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """The local framing of a frame encoded already (:func:`encode_msgpack`,
+    :func:`~tether.protocol.codec.encode_sequenced`): what :func:`encode_local` gives for
+    it. Raises LocalProtocolError past the same limit."""
+    if len(payload) > max_frame_bytes + LOCAL_OVERHEAD:
+        raise LocalProtocolError(f"frame is {len(payload)} bytes, over the "
+                                 f"{max_frame_bytes + LOCAL_OVERHEAD}-byte local limit")
+    return HEADER.pack(len(payload)) + payload
+
+
+def peek_type(payload: bytes) -> str | None:
+    """The frame type of an encoded frame without decoding it, when the frame starts the way
+    :func:`encode_msgpack` starts every frame (a map whose first key is ``t``, its value a
+    short string); None otherwise (decode it to know). The rest of the frame is not looked
+    at, so this says nothing of whether the frame is valid: it is for a relay that passes
+    frames it does not act on to a peer that checks them."""
+    if len(payload) < 4 or not 0x81 <= payload[0] <= 0x8F or payload[1:3] != b"\xa1t":
+        return None
+    n = payload[3] - 0xA0
+    if not 1 <= n <= 31 or len(payload) < 4 + n:
+        return None
+    try:
+        return payload[4:4 + n].decode()
+    except UnicodeDecodeError:
+        return None
+
+
 class LocalDecoder:
     """Feed bytes with :meth:`feed`; take complete frames from :meth:`frames`.
 
@@ -64,19 +91,30 @@ class LocalDecoder:
     def feed_raw(self, data: bytes) -> list[tuple[Frame, bytes]]:
         """Like :meth:`feed`, each frame with its MessagePack encoding as it arrived (a relay
         can pass those bytes on without encoding the frame again)."""
+        return [(self.decode(payload), payload) for payload in self.feed_payloads(data)]
+
+    def feed_payloads(self, data: bytes) -> list[bytes]:
+        """Like :meth:`feed_raw`, the frames left encoded: each is decoded (and checked) only
+        if the caller asks :meth:`decode`. The length limit holds all the same."""
         self._buf += data
-        out: list[tuple[Frame, bytes]] = []
-        while len(self._buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buf)
+        out: list[bytes] = []
+        buf = self._buf
+        start = 0
+        while len(buf) - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(buf, start)
             if size > self.max_bytes:
                 raise FrameTooLarge(f"local frame of {size} bytes exceeds {self.max_bytes}")
-            end = HEADER.size + size
-            if len(self._buf) < end:
+            end = start + HEADER.size + size
+            if len(buf) < end:
                 break
-            payload = bytes(self._buf[HEADER.size:end])
-            del self._buf[:end]
-            out.append((decode_msgpack(payload, max_frame_bytes=self.max_bytes), payload))
+            out.append(bytes(buf[start + HEADER.size:end]))
+            start = end
+        del buf[:start]
         return out
+
+    def decode(self, payload: bytes) -> Frame:
+        """One payload of :meth:`feed_payloads` as a frame; BadFrame when it is not one."""
+        return decode_msgpack(payload, max_frame_bytes=self.max_bytes)
 
     @property
     def buffered(self) -> int:

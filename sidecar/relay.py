@@ -35,6 +35,7 @@ from tether.protocol.local import (
     LocalReconnect,
     LocalState,
     encode_local,
+    peek_type,
 )
 
 from .config import SidecarConfig
@@ -242,14 +243,24 @@ class Sidecar:
 
     async def _serve_runtime(self, conn: RuntimeConn, reader: asyncio.StreamReader) -> None:
         """Edge frames are relayed as the bytes the runtime encoded, everything one read
-        brought in one :meth:`ControllerLink.send_raw` (order kept across local frames)."""
+        brought in one :meth:`ControllerLink.send_raw` (order kept across local frames).
+
+        Rule 4: the sidecar decodes only the frames it acts on (``local.*``, and
+        ``edge.ack`` for its cmd cursor); any other edge frame is relayed as it came,
+        undecoded (its type is read from its first bytes): the controller parses it at its
+        own boundary, as it would a frame straight from the runtime."""
         decoder = conn.decoder
         while True:
             data = await reader.read(READ_CHUNK)
             if not data:
                 return
             relay: list[bytes] = []
-            for frame, raw in decoder.feed_raw(data):
+            for raw in decoder.feed_payloads(data):
+                t = peek_type(raw)
+                if t is not None and not t.startswith("local.") and t != "edge.ack":
+                    relay.append(raw)
+                    continue
+                frame = decoder.decode(raw)
                 if not frame.t.startswith("local."):
                     self._note_uplink(frame)
                     relay.append(raw)

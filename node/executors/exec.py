@@ -215,8 +215,9 @@ class ExecRunner:
         else:
             self._waiting_room += 1
             try:
-                self.on_output()  # what is buffered already goes while this waits
-                await self.logs.put(self.command_id, label, data)
+                # Before each wait for room the link is woken, so what is buffered goes
+                # (earlier pieces of this very ``data`` included) and room comes back.
+                await self.logs.put(self.command_id, label, data, wake=self.on_output)
             finally:
                 self._waiting_room -= 1
         self.on_output()

@@ -5,7 +5,6 @@ the bytes, and app logs (which no one waits on) still drop their oldest."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from tether.node.executors.exec import ExecRunner
 from tether.node.logbuf import LogBuffer
@@ -60,18 +59,15 @@ def test_app_logs_drop_their_oldest_in_count_and_bytes_and_never_a_commands_outp
 
 
 async def test_a_runner_whose_reader_falls_behind_loses_no_byte_of_a_large_output() -> None:
-    logs = LogBuffer(max_bytes=4096, max_chunks=2)
+    logs = LogBuffer(max_bytes=4096, max_chunks=2, max_chunk_bytes=1024)  # many pieces a read
     got = bytearray()
     woken = asyncio.Event()
     runner = ExecRunner("c1", {"argv": ["seq", "1", "100000"]}, logs=logs,
                         on_output=woken.set)
 
-    async def slow_link() -> None:  # takes what is buffered when woken, one batch a time
+    async def slow_link() -> None:  # takes what is buffered only when woken, one batch
         while True:
-            # Also every 50 ms: this test is about bytes, not wake-ups (one CI run hung at
-            # 60 s here under load and it did not reproduce; see the session note).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), 0.05)
+            await woken.wait()
             woken.clear()
             for chunk in logs.take():
                 got.extend(chunk.data)
@@ -88,3 +84,28 @@ async def test_a_runner_whose_reader_falls_behind_loses_no_byte_of_a_large_outpu
     assert got == b"".join(f"{i}\n".encode() for i in range(1, 100001))
     assert outcome.result == {"stdout_bytes": len(got), "stderr_bytes": 0}
     assert logs.dropped_total == 0
+
+
+async def test_a_delivery_of_two_pieces_wakes_the_link_for_the_first_before_waiting_for_room(
+        ) -> None:
+    """The interleaving of the one hang seen in CI, driven step by step: output of more
+    than one piece, whose first piece itself had to wait for room. The first piece goes in
+    once room came back, the second finds no room; the link, which takes only when woken,
+    must have been woken after the first went in, or both sides wait for ever."""
+    logs = LogBuffer(max_bytes=10, max_chunk_bytes=8)
+    woken = asyncio.Event()
+    runner = ExecRunner("c1", {"argv": ["true"]}, logs=logs, on_output=woken.set)
+    await logs.put("c1", "stdout", b"earlier!")  # 8 of 10 bytes: the next piece waits
+    deliver = asyncio.create_task(runner._deliver("stdout", b"A" * 8 + b"B" * 8))
+    got: list[bytes] = []
+    for _ in range(4):  # a link that takes what is buffered only when woken
+        await settle()
+        if deliver.done() or not woken.is_set():
+            break
+        woken.clear()
+        got.extend(chunk.data for chunk in logs.take())
+        logs.sent()
+    await settle()
+    assert deliver.done(), "the producer waits for room that only a wake-up could bring"
+    got.extend(chunk.data for chunk in logs.take())
+    assert got == [b"earlier!", b"A" * 8, b"B" * 8]

@@ -7,9 +7,11 @@ import sqlite3
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from tether.node.policy import Policy
 from tether.node.store import NodeStore
+from tether.protocol.errors import StoreError
 from tether.protocol.fields import MAX_ERROR_LEN
 from tether.protocol.frames import CmdDeliver, CmdStatus, Frame
 
@@ -245,3 +247,79 @@ async def test_a_status_whose_error_is_over_the_wire_limit_is_cut_to_fit_not_dea
     assert finals["c2"].error is not None and len(finals["c2"].error) <= MAX_ERROR_LEN
     assert finals["c2"].error.startswith("not found: yyy") and finals["c2"].error.endswith("…")
     await store.close()
+
+
+# --- appends made together share one write ------------------------------------------------
+
+
+async def test_appends_made_together_are_numbered_in_call_order_and_return_once_committed(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    seen: list[tuple[int, list[int]]] = []
+
+    async def append(i: int) -> None:
+        q = await store.append_event("node.event", {"kind": "k", "data": {"i": i}})
+        seen.append((q, [f.q or 0 for f in await store.outbox_after(q - 1, 1)]))
+
+    await asyncio.gather(*[append(i) for i in range(50)])
+    assert sorted(q for q, _ in seen) == list(range(1, 51))
+    assert all(rows == [q] for q, rows in seen)  # committed (readable) when it returned
+    frames = await store.outbox_after(0, 100)
+    assert [f.b["data"]["i"] for f in frames] == list(range(50))
+    assert store.db.batches_total < 10  # together, not one write each
+    await store.close()
+
+
+async def test_a_body_that_cannot_be_encoded_fails_alone_and_leaves_no_hole(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    results = await asyncio.gather(
+        store.append_event("node.event", {"kind": "k", "data": {"i": 0}}),
+        store.append_event("node.event", {"kind": "k", "data": {"bad": object()}}),
+        store.append_event("node.event", {"kind": "k", "data": {"i": 2}}),
+        return_exceptions=True)
+    assert results[0] == 1 and isinstance(results[1], TypeError) and results[2] == 2
+    assert [f.b["data"]["i"] for f in await store.outbox_after(0, 100)] == [0, 2]
+    await store.close()
+
+
+async def test_appends_whose_shared_insert_fails_all_fail_and_the_numbering_goes_on(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    await store.db.write(lambda conn: conn.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON uplink_outbox WHEN NEW.t = 'boom' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    results = await asyncio.gather(
+        store.append_event("node.event", {"kind": "k", "data": {}}),
+        store.append_event("boom", {"kind": "k", "data": {}}), return_exceptions=True)
+    assert all(isinstance(r, sqlite3.DatabaseError) for r in results)  # one statement
+    assert await store.outbox_after(0, 100) == []
+    assert len(store.tail) == 0
+    assert await store.append_event("node.event", {"kind": "k", "data": {}}) == 1
+    await store.close()
+
+
+async def test_closing_the_store_finishes_the_appends_already_made(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    appends = [asyncio.ensure_future(store.append_event("node.event", {"kind": "k"}))
+               for _ in range(5)]
+    await asyncio.sleep(0)  # they joined a write that is queued, not yet run
+    await store.close()
+    assert sorted([a.result() for a in appends]) == [1, 2, 3, 4, 5]
+    reopened = NodeStore(tmp_path / "n.db")
+    assert (await reopened.open()).evt_last == 5
+    await reopened.close()
+
+
+async def test_appends_to_a_closed_store_each_fail_and_none_waits_for_good(
+        tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    await store.close()
+    for _ in range(2):  # the second must not join the first's dead write
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(store.append_event("node.event", {"kind": "k"}), 5)

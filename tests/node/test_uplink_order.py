@@ -4,13 +4,14 @@ overtakes its output, even when the output grows while earlier chunks are being 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tether.node.config import NodeConfig
 from tether.node.runtime import NodeRuntime
 from tether.protocol.frames import Frame
+from tether.protocol.local import LocalDecoder
 
 
 class HoldingLink:
@@ -29,6 +30,9 @@ class HoldingLink:
             await hook()
         self.sent.extend(frames)
         return True
+
+    async def send_encoded(self, payloads: Iterable[bytes]) -> bool:
+        return await self.send_many(LocalDecoder().feed(b"".join(payloads)))
 
 
 async def test_a_status_queued_while_output_is_in_flight_goes_after_the_output_that_preceded_it(

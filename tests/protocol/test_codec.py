@@ -23,6 +23,7 @@ from tether.protocol.codec import (
     encode_batch,
     encode_json,
     encode_msgpack,
+    encode_sequenced,
     to_json_value,
     unbatch,
 )
@@ -459,3 +460,23 @@ def test_a_batch_is_one_to_max_frames_long_and_never_nested() -> None:
     for body in ({}, {"frames": []}, {"frames": {"t": "x"}}, {"frames": [1]}):
         with pytest.raises(BadFrame):
             unbatch(Frame(t=BATCH_TYPE, b=body))
+
+
+# --- a sequenced frame spliced around a body encoded already -------------------------------
+
+
+@PROPERTY
+@given(t=st.text(min_size=1, max_size=64), s=st.text(min_size=1, max_size=10),
+       q=st.integers(min_value=1, max_value=2**64 - 1), body=bodies)
+def test_a_frame_spliced_around_its_encoded_body_is_byte_for_byte_the_encoded_frame(
+        t: str, s: str, q: int, body: dict[str, Any]) -> None:
+    packed = msgpack.packb(body, use_bin_type=True)
+    assert encode_sequenced(t, s, q, packed) == encode_msgpack(Frame(t=t, s=s, q=q, b=body))
+
+
+@pytest.mark.parametrize(("t", "s", "q"), [("", "evt", 1), ("x" * 65, "evt", 1),
+                                           ("node.event", "evt", 0), ("node.event", "", 1),
+                                           ("node.event", "evt", True)])
+def test_a_spliced_frame_keeps_the_envelope_rules(t: str, s: str, q: int) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_sequenced(t, s, q, msgpack.packb({}))
