@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,16 +49,19 @@ async def test_a_missing_executable_fails_with_a_clear_error() -> None:
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     outcome = await runner({"argv": ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
-                            "timeout_s": 0.3}).run()
+                            "timeout_s": 1.0}).run()  # time for sh to write the pid
     assert outcome.state == "failed" and "timeout" in (outcome.error or "")
     child = int(pidfile.read_text())
-    # The grandchild got the group's SIGTERM too: it is gone (or a zombie being reaped).
-    try:
-        os.kill(child, 0)
-        status = Path(f"/proc/{child}/status").read_text()
-        assert "State:\tZ" in status
-    except ProcessLookupError:
-        pass
+
+    def gone_or_zombie() -> bool:
+        try:
+            return "State:\tZ" in Path(f"/proc/{child}/status").read_text()
+        except FileNotFoundError:
+            return True
+
+    # The grandchild got the group's signal too: it ends (on a loaded machine, a moment
+    # after the runner returns), and is gone or a zombie being reaped.
+    await until(gone_or_zombie)
 
 
 async def test_cancel_stops_a_running_process() -> None:
