@@ -3,6 +3,13 @@
 Where a frame enters (``_read_loop``), where it is persisted (``_apply_loop`` ->
 ``ControllerStore.apply_evt``) and where it is acked (right after that commit) are all here.
 
+:class:`EdgeConnection` is the I/O shell of a sans-I/O core,
+:class:`~tether.protocol.edge_session.EdgeSession`: the core steps the handshake table for
+every event (each frame, the deadline, the close) and keeps both streams' cursors; the shell
+reads and writes the socket, runs the timers and tasks, calls the store, and executes what
+the core returns. Steady-state frames go to the handler registered for their type
+(:func:`handles`).
+
 Rule 1: a class A ``evt`` frame is acked only after the commit that holds its effect and the
 cursor. Rule 2: once fenced (superseded or closing), nothing this connection received is
 applied. Rule 3: every task of a connection lives in its TaskGroup and ends with it.
