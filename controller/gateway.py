@@ -361,18 +361,17 @@ class EdgeConnection:
                 await self._close_ws(effect.code, effect.reason)
         if self.node_id:
             self.svc.registry.release(self.node_id, self)
-        superseded = close is not None and close.code == CloseCode.SUPERSEDED
         for effect in effects:
             if isinstance(effect, End):
-                await self._record_end(effect, superseded=superseded)
+                await self._record_end(effect)
 
-    async def _record_end(self, end: End, *, superseded: bool) -> None:
+    async def _record_end(self, end: End) -> None:
         """Record the session's end (the table's END): in the store unless a newer session
         took the node (its hello closed this one in the history), then pushed and logged."""
         if self.session_id is None:
             return
         code, reason = end.code, end.reason
-        if not superseded:
+        if code != CloseCode.SUPERSEDED:
             with contextlib.suppress(TetherError):
                 sent = self.core.cmd_sent_to_store()
                 if sent is not None:  # the sent mark, if its task was cut
@@ -390,14 +389,18 @@ class EdgeConnection:
                                                   "code": code, "reason": reason})
 
     async def supersede(self) -> None:
-        """A newer session took this node: fence, then close with 4409."""
+        """A newer session took this node: fence, end the core's session (no frame read
+        after this is handled), then close with 4409; ``_finish`` records the end."""
         self.fenced = True
+        self.core.closed(CloseCode.SUPERSEDED, "superseded by a newer session", by_peer=False)
         self.closing = _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         await self._close_ws(CloseCode.SUPERSEDED, "superseded by a newer session")
 
     async def disable(self) -> None:
-        """The operator disabled this node: fence and close with 4403."""
+        """The operator disabled this node: fence, end the core's session and close with
+        4403; ``_finish`` records the end."""
         self.fenced = True
+        self.core.closed(CloseCode.FORBIDDEN, "node disabled by operator", by_peer=False)
         self.closing = _Close(CloseCode.FORBIDDEN, "node disabled by operator")
         await self._close_ws(CloseCode.FORBIDDEN, "node disabled by operator")
 
