@@ -3,6 +3,13 @@
 Where a frame enters (``_read_loop``), where it is persisted (``_apply_loop`` ->
 ``ControllerStore.apply_evt``) and where it is acked (right after that commit) are all here.
 
+:class:`EdgeConnection` is the I/O shell of a sans-I/O core,
+:class:`~tether.protocol.edge_session.EdgeSession`: the core steps the handshake table for
+every event (each frame, the deadline, the close) and keeps both streams' cursors; the shell
+reads and writes the socket, runs the timers and tasks, calls the store, and executes what
+the core returns. Steady-state frames go to the handler registered for their type
+(:func:`handles`).
+
 Rule 1: a class A ``evt`` frame is acked only after the commit that holds its effect and the
 cursor. Rule 2: once fenced (superseded or closing), nothing this connection received is
 applied. Rule 3: every task of a connection lives in its TaskGroup and ends with it.
@@ -15,7 +22,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +38,7 @@ from tether.protocol.codec import (
     encode_msgpack,
     unbatch,
 )
+from tether.protocol.edge_session import HANDLE, Close, EdgeSession, End
 from tether.protocol.errors import (
     BadFrame,
     CloseCode,
@@ -58,9 +66,9 @@ from tether.protocol.frames import (
     parse_body,
     valid_node_id,
 )
-from tether.protocol.handshake import INITIAL, Event, Role, event_for, step
+from tether.protocol.handshake import Action
 from tether.protocol.signing import verify_hello
-from tether.protocol.streams import StreamReceiver, Verdict
+from tether.protocol.streams import Verdict
 
 from .config import ControllerConfig
 from .services.admission import Admission
@@ -97,6 +105,13 @@ class _Close(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class _Timeout(_Close):
+    """The phase's deadline ran out: the core steps TIMEOUT (close 4408)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(CloseCode.TIMEOUT, reason)
 
 
 def _now_ms() -> int:
@@ -174,6 +189,34 @@ async def edge_session(websocket: WebSocket, gateway: EdgeGateway) -> None:
         gateway.connections.discard(conn)
 
 
+_Handler = Callable[["EdgeConnection", Frame], Awaitable[None]]
+# Frame type -> its handler, filled by @handles on EdgeConnection's methods: a new frame type
+# is one registration. _on_frame looks a type up once; a type nobody registered gets an
+# error frame (_unhandled).
+_HANDLERS: dict[str, _Handler] = {}
+
+
+def handles(*frame_types: str) -> Callable[[_Handler], _Handler]:
+    """Register the decorated method as the handler of ``frame_types`` (each type at most
+    once: a second registration raises ValueError at import)."""
+    def register(handler: _Handler) -> _Handler:
+        for frame_type in frame_types:
+            if frame_type in _HANDLERS:
+                raise ValueError(f"frame type {frame_type!r} already has a handler")
+            _HANDLERS[frame_type] = handler
+        return handler
+    return register
+
+
+async def _unhandled(conn: EdgeConnection, frame: Frame) -> None:
+    """A steady-state frame of a type with no handler: an error frame, and the session
+    carries on (a newer node may speak types this controller does not)."""
+    t = frame.t
+    code = "unsupported_type" if delivery_class(t) is not None else "unknown_type"
+    await conn._send(ErrorBody(code=code, message=f"frame type {t!r} is not handled by "
+                               "this controller").frame(re=frame.id))
+
+
 class EdgeConnection:
     """One node's edge connection: handshake, then its session until the socket closes.
 
@@ -183,14 +226,13 @@ class EdgeConnection:
     __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_hello",
                  "_idle_deadline", "_msg_bytes", "_note_task",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
-                 "closing",
-                 "cmd_ack_seen", "cmd_acked", "cmd_epoch", "cmd_noted", "cmd_sent", "evt",
+                 "closing", "core",
                  "fenced",
-                 "goodbye", "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
+                 "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
                  "opened_mono", "outbox", "pending_evt", "pending_evt_bytes", "pending_log_bytes",
                  "pending_logs",
                  "remote", "resources",
-                 "resumed", "runtime", "session_id", "sidecar", "state", "svc",
+                 "resumed", "runtime", "session_id", "sidecar", "svc",
                  "transport", "ws")
 
     def __init__(self, ws: WebSocket, services: EdgeServices) -> None:
@@ -201,9 +243,9 @@ class EdgeConnection:
         self.node_id: str = ""
         self.session_id: str | None = None
         self.remote = f"{ws.client.host}:{ws.client.port}" if ws.client else "unknown"
-        self.state = INITIAL[Role.CONTROLLER]
+        # the protocol state (handshake table, evt and cmd streams): this class is its shell
+        self.core = EdgeSession(cmd_window=cfg.cmd_window)
         self.fenced = False
-        self.goodbye = False
         self.closing: _Close | None = None
         self.opened_mono = time.monotonic()
         self.last_frame_mono = self.opened_mono
@@ -213,20 +255,12 @@ class EdgeConnection:
         self.outbox: dict[str, Any] = {}
         self.transport: dict[str, Any] = {}
         self.resumed = False
-        # uplink (evt) receive side
-        self.evt = StreamReceiver()
         # parsed once, on arrival; a body that broke the value rules is Poisoned
         self.pending_evt: list[tuple[Frame, Body | Poisoned]] = []
         # Their bytes as they arrived on the wire (a batch's bytes spread over its frames):
         # the read loop parks past max_pending_evt_frames or max_pending_evt_bytes.
         self.pending_evt_bytes = 0
         self._msg_bytes = 0  # the size of the WebSocket message being handled, per frame
-        # downlink (cmd) send side: the outbox lives in the store
-        self.cmd_epoch = 0
-        self.cmd_acked = 0
-        self.cmd_sent = 0
-        self.cmd_noted = 0  # cmd_sent as last recorded in the store (the sent mark)
-        self.cmd_ack_seen = 0
         # class C: stored by the apply task before any evt frame that came after them
         self.pending_logs: list[LogChunk] = []
         self.pending_log_bytes = 0
@@ -310,26 +344,43 @@ class EdgeConnection:
         await self._finish(close or self.closing)
 
     async def _finish(self, close: _Close | None) -> None:
+        """The connection ends (called once): the core steps the ending, TIMEOUT for a
+        deadline and CLOSE otherwise (nothing more after a goodbye, which ended it already),
+        and this executes the effects it returns: the close, then the end's record."""
         self.fenced = True
-        if close is not None:
-            await self._close_ws(close.code, close.reason)
+        core = self.core
+        if close is None:
+            core.closed(self._remote_code, "connection closed by node", by_peer=True)
+        elif isinstance(close, _Timeout):
+            core.timeout(close.reason)
+        else:
+            core.closed(close.code, close.reason, by_peer=False)
+        effects = core.take_effects()
+        for effect in effects:
+            if isinstance(effect, Close):
+                await self._close_ws(effect.code, effect.reason)
         if self.node_id:
             self.svc.registry.release(self.node_id, self)
+        for effect in effects:
+            if isinstance(effect, End):
+                await self._record_end(effect)
+
+    async def _record_end(self, end: End) -> None:
+        """Record the session's end (the table's END): in the store unless a newer session
+        took the node (its hello closed this one in the history), then pushed and logged."""
         if self.session_id is None:
             return
-        code = close.code if close else self._remote_code
-        reason = close.reason if close else "connection closed by node"
-        if self.goodbye:
-            reason = "goodbye"
-        if not (close and close.code == CloseCode.SUPERSEDED):
+        code, reason = end.code, end.reason
+        if code != CloseCode.SUPERSEDED:
             with contextlib.suppress(TetherError):
-                if self.cmd_sent > self.cmd_noted:  # the sent mark, if its task was cut
+                sent = self.core.cmd_sent_to_store()
+                if sent is not None:  # the sent mark, if its task was cut
                     await self.svc.store.note_cmd_sent(self.node_id, self.session_id,
-                                                       self.cmd_epoch, self.cmd_sent)
+                                                       self.core.cmd_epoch, sent)
                 await self.svc.store.close_session(node_id=self.node_id,
                                                    session_id=self.session_id,
                                                    close_code=code, reason=reason,
-                                                   goodbye=self.goodbye)
+                                                   goodbye=end.goodbye)
         self.svc.node_changed(self.node_id, "session.closed",
                               {"session_id": self.session_id, "close_code": code,
                                "reason": reason})
@@ -338,14 +389,18 @@ class EdgeConnection:
                                                   "code": code, "reason": reason})
 
     async def supersede(self) -> None:
-        """A newer session took this node: fence, then close with 4409."""
+        """A newer session took this node: fence, end the core's session (no frame read
+        after this is handled), then close with 4409; ``_finish`` records the end."""
         self.fenced = True
+        self.core.closed(CloseCode.SUPERSEDED, "superseded by a newer session", by_peer=False)
         self.closing = _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         await self._close_ws(CloseCode.SUPERSEDED, "superseded by a newer session")
 
     async def disable(self) -> None:
-        """The operator disabled this node: fence and close with 4403."""
+        """The operator disabled this node: fence, end the core's session and close with
+        4403; ``_finish`` records the end."""
         self.fenced = True
+        self.core.closed(CloseCode.FORBIDDEN, "node disabled by operator", by_peer=False)
         self.closing = _Close(CloseCode.FORBIDDEN, "node disabled by operator")
         await self._close_ws(CloseCode.FORBIDDEN, "node disabled by operator")
 
@@ -420,20 +475,6 @@ class EdgeConnection:
     async def _send(self, frame: Frame) -> None:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
 
-    async def _receive(self, timeout_s: float) -> Frame | None:
-        """The hello :meth:`_await_hello` read before the slot was taken; else the next
-        frame within ``timeout_s``, or None when the peer closed. Raises _Close on bad input
-        or silence."""
-        if self._hello is not None:
-            frame, self._hello = self._hello, None
-            return frame
-        try:
-            async with asyncio.timeout(timeout_s):
-                msg = await self.ws.receive()
-        except TimeoutError:
-            raise _Close(CloseCode.TIMEOUT, f"no hello within {timeout_s:g} s") from None
-        return self._frame_from(msg)
-
     async def _await_hello(self) -> Frame | None:
         """The first frame, an ``edge.hello`` by its type, or None when the peer closed
         first. Waits in the hello gate (services/admission.py): for its allowance, which
@@ -454,12 +495,18 @@ class EdgeConnection:
                 timed_out = False
         except TimeoutError:
             # cut short by the gate (pressure, caps) or its own allowance: either way late
-            raise _Close(CloseCode.TIMEOUT, f"no hello in time (waited "
-                         f"{loop.time() - entered:.1f} s of at most {allowance_s:g} s)") from None
+            raise _Timeout(f"no hello in time (waited {loop.time() - entered:.1f} s of at "
+                           f"most {allowance_s:g} s)") from None
         finally:
             gate.leave(self, timed_out=timed_out)
         frame = self._frame_from(msg)
-        if frame is not None and frame.t != Hello.TYPE:
+        if frame is None:
+            return None
+        try:
+            actions = self.core.receive(frame.t)
+        except RemoteProtocolError:
+            actions = ()
+        if Action.VERIFY_HELLO not in actions:  # anything but a hello first (handshake.py)
             raise _Close(CloseCode.PROTOCOL_ERROR, f"expected edge.hello first, got {frame.t!r}")
         return frame
 
@@ -491,17 +538,16 @@ class EdgeConnection:
         return nonce
 
     async def _handshake(self, nonce: bytes) -> None:
+        """The table's VERIFY_HELLO for the hello :meth:`_await_hello` read: welcome the
+        node, or raise _Close (4400 unparsable, 4426 protocol, 4401 unknown id or bad
+        signature, 4403 disabled, 4409 superseded while opening, 1001 stopping)."""
         cid = self.svc.controller_id()
-        frame = await self._receive(self.svc.config.handshake_timeout_s)
-        if frame is None:
-            raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
-        if frame.t != Hello.TYPE:
-            raise _Close(CloseCode.PROTOCOL_ERROR, f"expected edge.hello first, got {frame.t!r}")
+        frame, self._hello = self._hello, None
+        assert frame is not None  # run() does not come here without one
         try:
             hello = Hello.parse(frame)
         except BadFrame as exc:
             raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
-        self.state, _ = step(Role.CONTROLLER, self.state, Event.HELLO)
         if hello.protocol != PROTOCOL_VERSION:
             raise _Close(CloseCode.UNSUPPORTED_PROTOCOL, f"protocol {hello.protocol} is not "
                          f"supported; this controller speaks {PROTOCOL_VERSION}")
@@ -540,10 +586,9 @@ class EdgeConnection:
             raise _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         self.session_id = opened.session_id
         self.resumed = opened.resumed
-        self.evt = StreamReceiver(epoch=hello.epoch, applied=opened.evt_applied)
-        self.cmd_epoch = opened.cmd_epoch
         acked = 0 if opened.cmd_epoch_rotated else int(hello.acks.get("cmd", 0))
-        self.cmd_acked = self.cmd_sent = self.cmd_ack_seen = self.cmd_noted = acked
+        self.core.welcomed(evt_epoch=hello.epoch, evt_applied=opened.evt_applied,
+                           cmd_epoch=opened.cmd_epoch, cmd_acked=acked)
         th = self.svc.config.thresholds
         await self._send(Welcome(
             session_id=opened.session_id, resumed=opened.resumed, epoch=opened.cmd_epoch,
@@ -589,9 +634,8 @@ class EdgeConnection:
                     del frame  # an idle session does not keep its last frame while it waits
         except TimeoutError:
             if self._sending:
-                raise _Close(CloseCode.TIMEOUT,
-                             f"node is not reading (a send waited over {idle_s:g} s)") from None
-            raise _Close(CloseCode.TIMEOUT, f"no frame within {idle_s:g} s") from None
+                raise _Timeout(f"node is not reading (a send waited over {idle_s:g} s)") from None
+            raise _Timeout(f"no frame within {idle_s:g} s") from None
         finally:
             self._idle_deadline = None
 
@@ -606,82 +650,102 @@ class EdgeConnection:
         return True
 
     async def _on_frame(self, frame: Frame) -> None:
+        """Step the core's table for ``frame`` and act on its answer: HANDLE dispatches to
+        the handler registered for the type (one lookup, :func:`handles`); a goodbye lets
+        the apply task commit and ack what was accepted, then ends the session (the core
+        queued its close and end); a frame the table refuses closes with 4400."""
         try:
-            self.state, _ = step(Role.CONTROLLER, self.state, event_for(frame.t))
+            actions = self.core.receive(frame.t)
         except RemoteProtocolError as exc:
             raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
-        if frame.t == "edge.goodbye":
-            self.goodbye = True
+        if actions is HANDLE:
+            await _HANDLERS.get(frame.t, _unhandled)(self, frame)
+        elif Action.CLOSE_NORMAL in actions:
             await self._flush_evt()
             raise _Close(CloseCode.NORMAL_CLOSURE, "goodbye")
-        await self._handle(frame)
 
-    async def _handle(self, frame: Frame) -> None:
-        t = frame.t
-        if FRAME_STREAM.get(t) == EVT_STREAM:
-            await self._on_evt(frame)
-        elif t == "edge.heartbeat":
-            self._check_cursors(frame)
-            hb = self._parse_or_error(Heartbeat, frame)
-            if hb is None:
-                return
-            if hb.runtime.state:
-                self._set_runtime(hb.runtime.to_map())
-            self.outbox = hb.outbox.to_map()
-            transport = hb.transport.to_map()
-            if transport:
-                self.transport = transport
-            self._saw_cmd_ack(hb.acks.get(CMD_STREAM))
-            await self._send(HeartbeatAck(time_ms=_now_ms(),
-                                          acks={EVT_STREAM: self.evt.applied}).frame(re=frame.id))
-        elif t == "edge.ack":
-            self._saw_cmd_ack(self._check_cursors(frame).acks.get(CMD_STREAM))
-        elif t == "edge.resume":
-            self._on_resume(self._check_cursors(frame).acks.get(CMD_STREAM, 0))
-        elif t == "edge.runtime":
-            rt = self._parse_or_error(RuntimeState, frame)
-            if rt is not None:
-                self._set_runtime({"state": rt.state, "version": rt.version})
-        elif t == "log.chunk":
-            chunk = self._parse_or_error(LogChunk, frame)
-            if chunk is not None:
-                self.pending_logs.append(chunk)
-                self.pending_log_bytes += len(chunk.data)
-                self._wake_apply()
-                if len(self.pending_logs) >= MAX_LOG_QUEUE or \
-                        self.pending_log_bytes >= MAX_LOG_QUEUE_BYTES:
-                    self._room = asyncio.get_running_loop().create_future()
-                    try:
-                        await self._room  # backpressure: stop reading until they are taken
-                    finally:
-                        self._room = None
-        elif t == "node.resources":  # class B: latest wins, pushed to node:<id>
-            resources = self._parse_or_error(NodeResources, frame)
-            if resources is not None:
-                self.resources = resources.to_body()
-                self.svc.bus.publish(f"node:{self.node_id}", "resources.updated",
-                                     {"node_id": self.node_id, "resources": self.resources})
-        elif t == "monitor.packet":  # class C: kept in memory within byte budgets (oldest
-            packet = self._parse_or_error(MonitorPacket, frame)  # dropped), pushed to
-            if packet is not None:  # monitor:<id> charged at its size
-                item = {"node_id": self.node_id, **packet.to_body()}
-                size = data_size(item)
-                self.svc.monitor.add(self.node_id, item, size=size)
-                self.svc.bus.publish(f"monitor:{self.node_id}", "monitor.packet", item,
-                                     size=size)
-        elif t == "error":  # logged, never answered (two peers must not trade errors)
-            logger.warning("node reported an error", extra={
-                "node_id": self.node_id, "code": excerpt(frame.b.get("code"), 64),
-                "detail": excerpt(frame.b.get("message"), 200)})
-        elif t == "cmd.deliver" or t in ("edge.challenge", "edge.welcome",
-                                         "edge.heartbeat_ack"):
-            raise _Close(CloseCode.PROTOCOL_ERROR, f"{t!r} is a controller-to-node frame")
-        else:
-            known = delivery_class(t) is not None
-            await self._send(ErrorBody(
-                code="unsupported_type" if known else "unknown_type",
-                message=f"frame type {t!r} is not handled by this controller").frame(
-                    re=frame.id))
+    @handles("edge.heartbeat")
+    async def _on_heartbeat(self, frame: Frame) -> None:
+        self._check_cursors(frame)
+        hb = self._parse_or_error(Heartbeat, frame)
+        if hb is None:
+            return
+        if hb.runtime.state:
+            self._set_runtime(hb.runtime.to_map())
+        self.outbox = hb.outbox.to_map()
+        transport = hb.transport.to_map()
+        if transport:
+            self.transport = transport
+        self._saw_cmd_ack(hb.acks.get(CMD_STREAM))
+        await self._send(HeartbeatAck(time_ms=_now_ms(),
+                                      acks={EVT_STREAM: self.core.evt.applied}).frame(re=frame.id))
+
+    @handles("edge.ack")
+    async def _on_ack(self, frame: Frame) -> None:
+        self._saw_cmd_ack(self._check_cursors(frame).acks.get(CMD_STREAM))
+
+    @handles("edge.resume")
+    async def _on_resume(self, frame: Frame) -> None:
+        """The node's runtime re-attached having applied up to its cursor: re-send after
+        it (4400 for a cursor beyond what this session sent)."""
+        try:
+            self.core.on_resume(self._check_cursors(frame).acks.get(CMD_STREAM, 0))
+        except RemoteProtocolError as exc:
+            raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
+        self.wake_downlink()
+
+    @handles("edge.runtime")
+    async def _on_runtime(self, frame: Frame) -> None:
+        rt = self._parse_or_error(RuntimeState, frame)
+        if rt is not None:
+            self._set_runtime({"state": rt.state, "version": rt.version})
+
+    @handles("log.chunk")
+    async def _on_log_chunk(self, frame: Frame) -> None:
+        chunk = self._parse_or_error(LogChunk, frame)
+        if chunk is not None:
+            self.pending_logs.append(chunk)
+            self.pending_log_bytes += len(chunk.data)
+            self._wake_apply()
+            if len(self.pending_logs) >= MAX_LOG_QUEUE or \
+                    self.pending_log_bytes >= MAX_LOG_QUEUE_BYTES:
+                self._room = asyncio.get_running_loop().create_future()
+                try:
+                    await self._room  # backpressure: stop reading until they are taken
+                finally:
+                    self._room = None
+
+    @handles("node.resources")
+    async def _on_resources(self, frame: Frame) -> None:
+        """Class B: latest wins, pushed to node:<id>."""
+        resources = self._parse_or_error(NodeResources, frame)
+        if resources is not None:
+            self.resources = resources.to_body()
+            self.svc.bus.publish(f"node:{self.node_id}", "resources.updated",
+                                 {"node_id": self.node_id, "resources": self.resources})
+
+    @handles("monitor.packet")
+    async def _on_monitor_packet(self, frame: Frame) -> None:
+        """Class C: kept in memory within byte budgets (oldest dropped), pushed to
+        monitor:<id> charged at its size."""
+        packet = self._parse_or_error(MonitorPacket, frame)
+        if packet is not None:
+            item = {"node_id": self.node_id, **packet.to_body()}
+            size = data_size(item)
+            self.svc.monitor.add(self.node_id, item, size=size)
+            self.svc.bus.publish(f"monitor:{self.node_id}", "monitor.packet", item, size=size)
+
+    @handles("error")
+    async def _on_error(self, frame: Frame) -> None:
+        """Logged, never answered (two peers must not trade errors)."""
+        logger.warning("node reported an error", extra={
+            "node_id": self.node_id, "code": excerpt(frame.b.get("code"), 64),
+            "detail": excerpt(frame.b.get("message"), 200)})
+
+    # edge.challenge and edge.welcome never come here: the table refuses them (4400)
+    @handles("cmd.deliver", "edge.heartbeat_ack")
+    async def _on_downlink_frame(self, frame: Frame) -> None:
+        raise _Close(CloseCode.PROTOCOL_ERROR, f"{frame.t!r} is a controller-to-node frame")
 
     @staticmethod
     def _check_cursors(frame: Frame) -> Ack:
@@ -719,6 +783,7 @@ class EdgeConnection:
             if state == "attached":
                 self.wake_downlink()
 
+    @handles(*(t for t, stream in FRAME_STREAM.items() if stream == EVT_STREAM))
     async def _on_evt(self, frame: Frame) -> None:
         """A class A frame on ``evt``. Without a stream and sequence it cannot be placed:
         4400. A body that breaks the value rules is a poison frame (docs/protocol.md §5):
@@ -727,7 +792,7 @@ class EdgeConnection:
         if frame.s != EVT_STREAM or frame.q is None:
             raise _Close(CloseCode.PROTOCOL_ERROR,
                          f"{frame.t!r} must travel on stream 'evt' with a sequence")
-        verdict = self.evt.classify(frame.q)
+        verdict = self.core.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
             body: Body | Poisoned
             try:
@@ -746,30 +811,18 @@ class EdgeConnection:
                 finally:
                     self._room = None
         else:
-            await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
+            await self._send(Ack(acks={EVT_STREAM: self.core.evt.applied}).frame())
 
     def _saw_cmd_ack(self, n: int | None) -> None:
-        """A cumulative ``cmd`` ack (edge.ack, heartbeat or resume). Rule: the node can only
-        have applied what this session sent it (``cmd_sent``, moved before each send), so
-        an ack beyond it is a protocol error (4400), never a reason to mark commands that
+        """A cumulative ``cmd`` ack (edge.ack or heartbeat). Rule: the node can only have
+        applied what this session sent it (the sender's ``sent``, moved before each send),
+        so an ack beyond it is a protocol error (4400), never a reason to mark commands that
         were queued but never sent ``delivered``."""
-        if n is None:
-            return
-        if n > self.cmd_sent:
-            raise _Close(CloseCode.PROTOCOL_ERROR, f"ack for cmd q={n} is beyond "
-                         f"q={self.cmd_sent}, the last sent on this session")
-        if n > self.cmd_ack_seen:
-            self.cmd_ack_seen = n
-            self.wake_downlink()
-
-    def _on_resume(self, n: int) -> None:
-        """The node's runtime re-attached having applied up to ``n``: re-send after it."""
-        if n > self.cmd_sent:
-            raise _Close(CloseCode.PROTOCOL_ERROR, f"resume from cmd q={n} is beyond "
-                         f"q={self.cmd_sent}, the last sent on this session")
-        self._saw_cmd_ack(n)
-        self.cmd_sent = max(n, self.cmd_acked)
-        self.wake_downlink()
+        try:
+            if self.core.on_cmd_ack(n):
+                self.wake_downlink()
+        except RemoteProtocolError as exc:
+            raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
     async def _flush_evt(self) -> None:
         """Before closing on goodbye: let the apply task commit and ack everything that was
@@ -816,10 +869,11 @@ class EdgeConnection:
                                                      session_id=self.session_id or "",
                                                      frames=batch)
         except BaseException:
-            self.evt.rollback()
+            self.core.evt.rollback()
             raise
-        self.evt.committed(batch[-1][0].q or 0)
-        await self._send(Ack(acks={EVT_STREAM: self.evt.applied}).frame())
+        evt = self.core.evt
+        evt.committed(batch[-1][0].q or 0)
+        await self._send(Ack(acks={EVT_STREAM: evt.applied}).frame())
         for frame, body in batch:
             if isinstance(body, Poisoned):  # after the ack: the node may drop it now
                 logger.warning("poison frame recorded as a dead letter", extra={
@@ -845,28 +899,27 @@ class EdgeConnection:
             await self._send(self._pending_errors.pop(0))
         if self.fenced:
             return
-        if self.cmd_ack_seen > self.cmd_acked:
-            n = self.cmd_ack_seen
+        core = self.core
+        n = core.cmd_ack_to_store()
+        if n is not None:
             delivered = await self.svc.store.ack_cmd(self.node_id, self.session_id or "",
-                                                     self.cmd_epoch, n)
-            self.cmd_acked = n
-            self.cmd_sent = max(self.cmd_sent, n)
+                                                     core.cmd_epoch, n)
+            core.stored_cmd_ack(n)
             for command_id in delivered:
                 command_changed(self.svc.bus, command_id, "delivered", self.node_id)
         if self.runtime.get("state") != "attached":
             return  # nobody to deliver to; edge.resume names the cursor on re-attach
-        room = self.cmd_acked + self.svc.config.cmd_window - self.cmd_sent
+        room = core.cmd.room()
         if room <= 0:
             return
-        rows = await self.svc.store.downlink_after(self.node_id, self.cmd_epoch,
-                                                   self.cmd_sent, room)
+        rows = await self.svc.store.downlink_after(self.node_id, core.cmd_epoch,
+                                                   core.cmd.sent, room)
         for q, data in rows:
             if self.fenced:
                 break
-            # before the send: the node may ack it before this task runs again
-            self.cmd_sent = q
+            core.cmd_sending(q)  # before the send: the node may ack it before this returns
             await self._send_bytes(data)
-        if (self.cmd_sent > self.cmd_noted and self._tg is not None
+        if (core.cmd_sent_to_store() is not None and self._tg is not None
                 and (self._note_task is None or self._note_task.done())):
             self._note_task = self._tg.create_task(self._note_run(), name="edge-note-sent")
 
@@ -874,10 +927,10 @@ class EdgeConnection:
         """Record the sent mark until it is current, off the delivery path (a crash before
         it is recorded only makes the node's next hello look ahead: an epoch reset)."""
         try:
-            while self.cmd_sent > self.cmd_noted and not self.fenced:
-                sent = self.cmd_sent
+            core = self.core
+            while (sent := core.cmd_sent_to_store()) is not None and not self.fenced:
                 await self.svc.store.note_cmd_sent(self.node_id, self.session_id or "",
-                                                   self.cmd_epoch, sent)
-                self.cmd_noted = max(self.cmd_noted, sent)
+                                                   core.cmd_epoch, sent)
+                core.stored_cmd_sent(sent)
         finally:
             self._note_task = None

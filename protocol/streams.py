@@ -133,6 +133,33 @@ class StreamSender:
         self.sent = max(self.sent, n)
         return first, n
 
+    def resume(self, n: int) -> tuple[int, int] | None:
+        """The peer, still on this connection, says it applied up to ``n`` and wants what
+        follows again (its runtime re-attached behind the same transport): acks ``n`` like
+        :meth:`on_ack`, then rewinds ``sent`` to ``acked``, so that everything above it is
+        sent again (Sender rule 2). Raises RemoteProtocolError (4400) for ``n`` beyond
+        ``sent``, moving nothing. Returns the range newly acknowledged, or None."""
+        if n > self.sent:
+            raise RemoteProtocolError(
+                f"resume from q={n} is beyond q={self.sent}, the last sent (last assigned "
+                f"q={self.last})", code="protocol_error")
+        newly = self.on_ack(n)
+        self.sent = self.acked
+        return newly
+
+    def outbox_holds(self, q: int) -> None:
+        """The durable outbox holds ``q``: for a sender whose outbox is kept elsewhere (the
+        controller's store assigns the sequence numbers) and read in order, ``last`` is at
+        least ``q``."""
+        if q > self.last:
+            self.last = q
+
+    def room(self) -> int:
+        """How many frames after ``sent`` the window allows now, whatever ``last`` is: for a
+        sender that reads its durable outbox in order from ``sent + 1`` (see
+        :meth:`outbox_holds`) without knowing its end."""
+        return max(0, self.acked + self.window - self.sent)
+
     def next_to_send(self) -> range:
         """Sequences that may be sent now (window permitting); the caller sends them in order
         and then calls :meth:`mark_sent`."""
