@@ -1,8 +1,8 @@
 """Every crash the fuzzers found, pinned with the input that caused it.
 
-Where the fix belongs to another slice of issue 11, the test is marked
-``xfail(strict=True)`` naming the slice: it starts to pass (and must then lose its mark)
-when that fix lands.
+Every one is fixed, so every test here passes. A crash found while its fix is being made
+elsewhere would be pinned with ``xfail(strict=True)`` and listed in
+``targets_asgi.KNOWN_ELSEWHERE`` (empty today), so both must go when the fix lands.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def test_a_ws_frame_whose_id_is_a_lone_surrogate_gets_4400_not_an_unhandled_erro
         assert msg["type"] == "websocket.close" and msg["code"] == 4400, msg
 
 
-# --- REST crashes found by fuzz_rest.py, fixed in other slices -----------------------------
-# Each is one entry of targets_asgi.KNOWN_ELSEWHERE: when the fix lands, the test passes,
-# strict xfail fails it, and both the mark and the entry go.
+# --- REST crashes found by fuzz_rest.py (all fixed) -----------------------------------------
+# While a fix is pending, its case is an entry of targets_asgi.KNOWN_ELSEWHERE and a strict
+# xfail here; when the fix lands, the test passes, strict xfail fails it, and both go.
 
 def _rest_case(path: str, body: bytes | None, *, auth: bool = True,
                read_after: tuple[str, ...] = ()) -> None:
