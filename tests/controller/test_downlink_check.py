@@ -76,15 +76,20 @@ async def edge(served: InProcess) -> AsyncIterator[Edge]:
 
 def count_calls(obj: Any, name: str) -> list[tuple[Any, ...]]:
     """Wrap the coroutine method ``obj.name`` on the instance; returns the list of the
-    arguments of each call, appended as they happen."""
+    arguments of each call, appended as each returns."""
     calls: list[tuple[Any, ...]] = []
     inner: Callable[..., Awaitable[Any]] = getattr(obj, name)
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
+        result = await inner(*args, **kwargs)
         calls.append(args)
-        return await inner(*args, **kwargs)
+        return result
     setattr(obj, name, counted)
     return calls
+
+
+async def returned(calls: list[tuple[Any, ...]], times: int) -> bool:
+    return len(calls) >= times
 
 
 async def submit_without_nudge(served: InProcess, node_id: str) -> str:
@@ -98,8 +103,10 @@ async def submit_without_nudge(served: InProcess, node_id: str) -> str:
 async def test_a_command_queued_without_a_nudge_reaches_the_live_session_within_the_period(
         served: InProcess, edge: Edge) -> None:
     [ident] = await enroll(served, "n-lost-nudge")
+    reads = count_calls(served.controller.store, "downlink_after")
     client = await edge.session(ident)
-    await client.heartbeat()  # the session is in its steady state, its downlink idle
+    # the session's first pass read its (empty) outbox: only a wake-up sends from now on
+    await eventually(lambda: returned(reads, 1), what="the first downlink pass")
     sweeper = served.controller.sweeper
     assert sweeper.downlink_wakes_total == 0
     command_id = await submit_without_nudge(served, ident.node_id)
@@ -112,16 +119,14 @@ async def test_a_command_queued_without_a_nudge_reaches_the_live_session_within_
 async def test_idle_sessions_cost_one_store_query_per_check_and_none_each(
         served: InProcess, edge: Edge) -> None:
     idents = await enroll(served, "n-idle-1", "n-idle-2", "n-idle-3")
-    clients = [await edge.session(ident) for ident in idents]
-    for client in clients:
-        await client.heartbeat()  # welcomed, and their first downlink passes are done
     store = served.controller.store
-    pending_calls = count_calls(store, "downlink_pending")
     reads = count_calls(store, "downlink_after")
+    clients = [await edge.session(ident) for ident in idents]
+    await eventually(lambda: returned(reads, 3), what="each session's first downlink pass")
+    reads.clear()
+    pending_calls = count_calls(store, "downlink_pending")
 
-    async def checked(times: int) -> bool:
-        return len(pending_calls) >= times
-    await eventually(lambda: checked(3), timeout_s=CHECK_S * 3 + 5.0,
+    await eventually(lambda: returned(pending_calls, 3), timeout_s=CHECK_S * 3 + 5.0,
                      what="three downlink checks")
     assert reads == []  # three checks over three idle sessions: no read per session
     command_id = await submit_without_nudge(served, idents[1].node_id)
