@@ -94,7 +94,8 @@ def build(config: ControllerConfig) -> Controller:
         controller_id=run.get_controller_id))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
-                      touch_interval_s=config.touch_interval_s)
+                      touch_interval_s=config.touch_interval_s,
+                      downlink_check_s=config.downlink_check_s)
     return Controller(config=config, run=run, db=db, store=store, registry=registry,
                       router=router, bus=bus, monitor=monitor, admission=admission,
                       liveness=liveness, nodes=NodeViews(registry, config.thresholds),

@@ -54,6 +54,7 @@ class ControllerConfig:
     # from memory; this only bounds how stale the stored time is after a controller crash).
     # Each node's row is written at most once per interval: 10,000 nodes cost 333 rows/s.
     touch_interval_s: float = 30.0
+    downlink_check_s: float = 5.0  # bounds how long a lost nudge delays a queued command
     log_format: str = "text"
     allowed_origins: tuple[str, ...] = ()
     ws_max_queue: int = 1024  # events queued per /ws client before it is cut off (4429)

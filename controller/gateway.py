@@ -443,6 +443,21 @@ class EdgeConnection:
             self._downlink_task = self._tg.create_task(self._downlink_run(),
                                                        name="edge-downlink")
 
+    def check_downlink(self, epoch: int, last_q: int) -> bool:
+        """The periodic downlink check (services/sweeper.py), against a lost nudge: the
+        store holds this node's downlink frames up to ``last_q`` in ``epoch``. Wakes the
+        downlink if this session could send some and has not (welcomed, not ending, in
+        that epoch, its runtime attached, room in the window); True if it did. Touches
+        nothing but memory: the sweeper asked the store once for every session."""
+        if self.session_id is None or self.fenced or self.closing is not None:
+            return False
+        core = self.core
+        if (epoch != core.cmd_epoch or last_q <= core.cmd.sent or core.cmd.room() <= 0
+                or self.runtime.get("state") != "attached"):
+            return False
+        self.wake_downlink()
+        return True
+
     def _wake_apply(self) -> None:
         if self._tg is not None and (self._apply_task is None or self._apply_task.done()):
             self._apply_task = self._tg.create_task(self._apply_run(), name="edge-apply")

@@ -3,9 +3,16 @@
 Each tick: queued commands past their deadline expire (pushed); live sessions silent past
 ``stale_after_s`` are closed (4408, by their own read loop); nodes closed ``offline_after_s``
 ago turn offline (pushed); every ``touch_interval_s`` the last-seen times of sessions that
-heard something are written; hourly, old idempotency keys are pruned. A tick that fails is
-logged and the next one tries again. It also measures the event loop's lag: how late its
-sleep ended.
+heard something are written; every ``downlink_check_s`` the sessions with downlink frames
+they were not woken for are woken (a lost nudge: a cluster's nudge travels over NATS and can
+be lost while everything stays connected); hourly, old idempotency keys are pruned. A tick
+that fails is logged and the next one tries again. It also measures the event loop's lag:
+how late its sleep ended.
+
+The downlink check costs one store query per check for all sessions (``downlink_pending``,
+whose cost follows the outbox of unacked frames: nothing when idle) and no store call, task
+or timer per session: a session whose frames are pending is woken, and its own downlink pass
+reads them. A nudge lost is thus healed within ``downlink_check_s`` plus a sweep.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ class SweptSession(Protocol):
 
     def expire_if_idle(self, now_mono: float) -> bool: ...
 
+    def check_downlink(self, epoch: int, last_q: int) -> bool: ...
+
 
 # node_id -> (last_frame_mono, runtime state) as last written by a touch
 Touched = dict[str, tuple[float, str | None]]
@@ -51,6 +60,8 @@ class SweepStore(Protocol):
     async def prune_idempotency_keys(self, *, older_than_s: float = ...) -> int: ...
 
     async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None: ...
+
+    async def downlink_pending(self) -> dict[str, tuple[int, int]]: ...
 
 
 def changed_since_touch(sessions: Iterable[SweptSession], touched: Touched,
@@ -79,7 +90,7 @@ class Sweeper:
 
     def __init__(self, store: SweepStore, bus: EventBus, sessions: Iterable[SweptSession],
                  *, expire_closed: Callable[[], object], sweep_interval_s: float,
-                 touch_interval_s: float,
+                 touch_interval_s: float, downlink_check_s: float = 5.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._bus = bus
@@ -87,6 +98,8 @@ class Sweeper:
         self._expire_closed = expire_closed
         self.sweep_interval_s = sweep_interval_s
         self.touch_interval_s = touch_interval_s
+        self.downlink_check_s = downlink_check_s
+        self.downlink_wakes_total = 0  # sessions woken by the check: nudges lost (or raced)
         self._monotonic = monotonic
         self.loop_lag_ms = 0.0
         self.loop_lag_max_ms = 0.0
@@ -112,6 +125,7 @@ class Sweeper:
         self._tick += 1
         touch_every = max(1, round(self.touch_interval_s / self.sweep_interval_s))
         hourly = max(1, round(3600 / self.sweep_interval_s))
+        downlink_every = max(1, round(self.downlink_check_s / self.sweep_interval_s))
         for command_id in await self._store.expire_due():
             command_expired(self._bus, command_id)
         now_mono = self._monotonic()
@@ -124,3 +138,22 @@ class Sweeper:
             seen, marks = changed_since_touch(self._sessions, self._touched, now_mono)
             await self._store.touch_nodes(seen)
             self._touched = marks  # only once written: a failed touch is tried again
+        if self._tick % downlink_every == 0:
+            await self.check_downlinks()
+
+    async def check_downlinks(self) -> int:
+        """Wake each session the store holds downlink frames for that it has not sent (one
+        store query for all); returns how many were woken."""
+        pending = await self._store.downlink_pending()
+        if not pending:
+            return 0
+        woken = 0
+        for conn in self._sessions:
+            mark = pending.get(conn.node_id)
+            if mark is not None and conn.check_downlink(*mark):
+                woken += 1
+        if woken:
+            self.downlink_wakes_total += woken
+            logger.info("downlink woken by the periodic check (a nudge was lost or raced)",
+                        extra={"count": woken})
+        return woken

@@ -153,6 +153,21 @@ class CommandTransactions(StoreBase):
                 "ORDER BY q LIMIT $4", node_id, epoch, after, limit)]
         return await self.driver.read(fn)
 
+    async def downlink_pending(self) -> dict[str, tuple[int, int]]:
+        """Every node with a current session and frames in its downlink outbox (sent or
+        not: the outbox keeps a frame until its ack), as node_id -> (epoch, highest q).
+
+        One query for the whole fleet, for the gateway's periodic downlink check (a lost
+        nudge): a session whose ``sent`` is below that q has work it was not woken for. Its
+        cost follows the outbox, which holds only unacked frames, so an idle fleet's is
+        an empty scan."""
+        async def fn(tx: Tx) -> dict[str, tuple[int, int]]:
+            return {str(r[0]): (int(r[1]), int(r[2])) for r in await tx.fetch(
+                "SELECT o.node_id, o.epoch, MAX(o.q) FROM downlink_outbox o JOIN nodes n "
+                "ON n.node_id=o.node_id WHERE n.current_session IS NOT NULL "
+                "GROUP BY o.node_id, o.epoch ORDER BY o.node_id, o.epoch")}
+        return await self.driver.read(fn)
+
     async def submit_command(self, *, node_id: str, kind: str, args: dict[str, Any],
                              ttl_s: float | None, idem_key: str | None,
                              actor: str, max_frame: int = MAX_FRAME_BYTES

@@ -96,6 +96,8 @@ class Store(Protocol):
     async def downlink_after(self, node_id: str, epoch: int, after: int,
                              limit: int) -> list[tuple[int, bytes]]: ...
 
+    async def downlink_pending(self) -> dict[str, tuple[int, int]]: ...
+
     async def submit_command(self, *, node_id: str, kind: str, args: dict[str, Any],
                              ttl_s: float | None, idem_key: str | None, actor: str,
                              max_frame: int = MAX_FRAME_BYTES

@@ -195,3 +195,27 @@ async def test_stored_args_that_no_longer_build_a_frame_reject_the_command_at_de
     assert rejected.args == {}  # reading it is total all the same
     frames = await store.downlink_after("n1", opened.cmd_epoch, 0, 10)
     assert [decode_msgpack(f).b["command_id"] for _, f in frames] == [good.command_id]
+
+
+async def test_downlink_pending_names_each_node_with_a_session_and_unacked_frames(
+        store: ControllerStore) -> None:
+    for node_id in ("n1", "n2", "n3"):
+        await enrolled(store, node_id)
+    assert await store.downlink_pending() == {}
+    first = await hello(store, "n1")
+    await hello(store, "n2")
+    assert await store.downlink_pending() == {}  # sessions, but nothing queued
+    await submit(store, node_id="n1")
+    await submit(store, node_id="n1")
+    await submit(store, node_id="n3")  # offline: queued, not sequenced, not pending
+    assert await store.downlink_pending() == {"n1": (first.cmd_epoch, 2)}
+    await store.note_cmd_sent("n1", first.session_id, first.cmd_epoch, 2)
+    await store.ack_cmd("n1", first.session_id, first.cmd_epoch, 1)
+    assert await store.downlink_pending() == {"n1": (first.cmd_epoch, 2)}  # q=2 unacked
+    await store.close_session(node_id="n1", session_id=first.session_id, close_code=1006,
+                              reason="lost", goodbye=False)
+    assert await store.downlink_pending() == {}  # its frames wait for its next session
+    again = await hello(store, "n1", cmd_acked=1)
+    assert await store.downlink_pending() == {"n1": (again.cmd_epoch, 2)}
+    await store.ack_cmd("n1", again.session_id, again.cmd_epoch, 2)
+    assert await store.downlink_pending() == {}
