@@ -22,6 +22,15 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"TETHER_{name}", default)
 
 
+def _replica_id(text: str) -> str:
+    from tether.controller.services.replica import check_replica_id
+
+    try:
+        return check_replica_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _operator_flags(p: argparse.ArgumentParser, *, table: bool = True) -> None:
     p.add_argument("--url", help="controller URL (env TETHER_URL; default: the local one)")
     p.add_argument("--token", help="operator token (env TETHER_TOKEN; default: local admin)")
@@ -44,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(_env("PORT", "8700") or 8700))
     serve.add_argument("--data-dir", type=Path,
                        default=Path(_env("DATA_DIR", ".tether/controller") or ""))
+    serve.add_argument("--store", default=_env("STORE"),
+                       help="postgresql://user:pass@host/db to share state between replicas "
+                            "(default: the SQLite file in the data dir)")
+    serve.add_argument("--bus", default=_env("BUS"),
+                       help="nats://host:4222 (comma-separated for several) to route between "
+                            "replicas (default: none, one controller)")
+    serve.add_argument("--replica-id", type=_replica_id, default=_env("REPLICA_ID"),
+                       help="this replica's name in session history and on NATS, 1-64 of "
+                            "[A-Za-z0-9_:-] (default: generated once, kept in the data dir)")
     serve.add_argument("--durability", choices=["fsync", "process"],
                        default=_env("DURABILITY", "fsync"),
                        help="fsync: an ack survives power loss (default); process: survives "
@@ -304,6 +322,8 @@ def dispatch(args: argparse.Namespace) -> int:
             raise CliError(str(exc), 2) from None
         return serve(ControllerConfig(
             data_dir=args.data_dir, host=args.host, port=args.port,
+            store_url=args.store or None, bus_url=args.bus or None,
+            replica_id=args.replica_id or None,
             durability=args.durability, thresholds=thresholds, tls_cert=args.tls_cert,
             tls_key=args.tls_key, log_format=args.log_format,
             handshake_timeout_s=args.handshake_timeout_s,

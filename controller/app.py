@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from tether.common import __version__
-from tether.common.sqlitedb import Database
+from tether.protocol.errors import StoreError
 
 from .api import routes as api
 from .browser import BrowserServices, browser_endpoint
@@ -27,22 +27,42 @@ from .config import ControllerConfig
 from .gateway import EdgeGateway, EdgeServices, edge_endpoint, edge_session
 from .services.admin_token import ensure_admin_token
 from .services.admission import Admission, HelloGate
-from .services.bus import LocalBus
+from .services.bus import EventBus, LocalBus
 from .services.commands import CommandService
 from .services.liveness import NodeLiveness
 from .services.monitor import MonitorStore
+from .services.nats_bus import NatsBus
+from .services.nats_link import NatsLink, NatsUnavailable
+from .services.nats_router import NatsRouter
 from .services.nodes import NodeViews
-from .services.probe import SqliteProbe
+from .services.probe import DriverProbe
 from .services.registry import SessionRegistry
-from .services.router import LocalRouter
+from .services.replica import redact_url, stable_replica_id
+from .services.router import LocalRouter, Router
 from .services.runstate import RunState
 from .services.sweeper import Sweeper
 from .store.controller_store import ControllerStore
-from .store.schema import MIGRATIONS
+from .store.factory import is_postgres, make_driver
+from .store.sql import SqlDriver
 
 logger = logging.getLogger(__name__)
 
 EDGE_PATH = "/v1/edge/connect"
+
+
+class StartError(Exception):
+    """The controller cannot start: its store or its NATS cannot be reached. The message is
+    one line for the operator (no traceback; server.py exits non-zero with it)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Cluster:
+    """The NATS services of a replica (``--bus``): started link, bus, router; closed in
+    reverse."""
+
+    link: NatsLink
+    bus: NatsBus
+    router: NatsRouter
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -51,11 +71,13 @@ class Controller:
 
     config: ControllerConfig
     run: RunState
-    db: Database
+    replica_id: str
+    driver: SqlDriver
     store: ControllerStore
     registry: SessionRegistry
-    router: LocalRouter
-    bus: LocalBus
+    router: Router
+    bus: EventBus
+    cluster: Cluster | None  # None: one controller, the in-process router and bus
     monitor: MonitorStore
     admission: Admission
     liveness: NodeLiveness
@@ -64,16 +86,35 @@ class Controller:
     gateway: EdgeGateway
     sweeper: Sweeper
 
+    @property
+    def shared_store(self) -> bool:
+        """True when other replicas may use the store (PostgreSQL); a SQLite file is held
+        by one process (its lock file)."""
+        return is_postgres(self.config.store)
+
 
 def build(config: ControllerConfig) -> Controller:
-    """Construct and wire the services; nothing is opened or started (see :func:`start`)."""
+    """Construct and wire the services; nothing is opened or started (see :func:`start`).
+    The store is ``config.store`` (SQLite file or PostgreSQL URL); with ``config.bus_url``,
+    routing and events go over NATS (services/nats_*.py), else they stay in-process."""
     run = RunState()
-    db = Database(config.db_path, migrations=MIGRATIONS, durability=config.durability)
-    store = ControllerStore(db, quotas=config.store_quotas,
+    replica_id = config.replica_id or stable_replica_id(config.replica_id_path)
+    driver = make_driver(config.store, durability=config.durability)
+    store = ControllerStore(driver, quotas=config.store_quotas,
                             max_dead_letters_per_node=config.max_dead_letters_per_node)
     registry = SessionRegistry()
-    router = LocalRouter(registry)
-    bus = LocalBus()
+    cluster: Cluster | None = None
+    router: Router
+    bus: EventBus
+    if config.bus_url:
+        servers = config.bus_url.split(",")
+        link = NatsLink(servers if len(servers) > 1 else servers[0], replica_id=replica_id)
+        cluster = Cluster(link=link, bus=NatsBus(link),
+                          router=NatsRouter(registry, link,
+                                            max_frame_bytes=config.max_frame_bytes))
+        router, bus = cluster.router, cluster.bus
+    else:
+        router, bus = LocalRouter(registry), LocalBus()
     monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
                            max_bytes_total=config.max_monitor_bytes_total)
     admission = Admission(slots=config.max_concurrent_handshakes,
@@ -91,49 +132,101 @@ def build(config: ControllerConfig) -> Controller:
     gateway = EdgeGateway(EdgeServices(
         store=store, registry=registry, bus=bus, monitor=monitor, admission=admission,
         config=config, node_changed=liveness.node_changed, stopping=run.is_stopping,
-        controller_id=run.get_controller_id))
+        controller_id=run.get_controller_id, replica_id=replica_id))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.touch_interval_s,
                       downlink_check_s=config.downlink_check_s)
-    return Controller(config=config, run=run, db=db, store=store, registry=registry,
-                      router=router, bus=bus, monitor=monitor, admission=admission,
+    return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
+                      store=store, registry=registry, router=router, bus=bus,
+                      cluster=cluster, monitor=monitor, admission=admission,
                       liveness=liveness, nodes=NodeViews(registry, config.thresholds),
                       commands=commands, gateway=gateway, sweeper=sweeper)
 
 
+async def _open_store(ctl: Controller) -> None:
+    try:
+        await ctl.driver.open()
+    except StoreError as exc:
+        where = (redact_url(str(ctl.config.store)) if ctl.shared_store
+                 else str(ctl.config.store))
+        raise StartError(f"cannot open the store at {where}: {exc}") from None
+
+
+async def _open_cluster(cluster: Cluster) -> None:
+    try:
+        await cluster.link.start()
+    except NatsUnavailable as exc:
+        raise StartError(redact_url(exc.reason)) from None
+    await cluster.bus.start()
+    await cluster.router.start()
+
+
+async def _close_cluster(cluster: Cluster) -> None:
+    await cluster.router.close()
+    await cluster.bus.close()
+    await cluster.link.close()
+
+
 async def start(ctl: Controller) -> asyncio.Task[None]:
-    """Open the store, make sure the admin token exists, close sessions a previous run left
-    open, and start the sweeper (returned: its owner cancels and awaits it in :func:`stop`)."""
+    """Open the store, make sure the admin token exists, close the sessions this replica
+    left open (every open session on a store of its own), connect to NATS (link, bus,
+    router, in that order), and start the sweeper (returned: its owner cancels and awaits
+    it in :func:`stop`). Raises :class:`StartError` when the store or NATS cannot be
+    reached, having closed whatever it had opened."""
     ctl.config.data_dir.mkdir(parents=True, exist_ok=True)
-    await ctl.db.open()
-    ctl.run.controller_id = await ctl.store.controller_id()
-    await ensure_admin_token(ctl.store, ctl.config.admin_token_path)
-    orphans = await ctl.store.close_orphan_sessions()
-    if orphans:
-        logger.info("closed sessions left open by the previous run", extra={"count": orphans})
+    await _open_store(ctl)
+    try:
+        ctl.run.controller_id = await ctl.store.controller_id()
+        await ensure_admin_token(ctl.store, ctl.config.admin_token_path)
+        orphans = await ctl.store.close_orphan_sessions(
+            ctl.replica_id if ctl.shared_store else None)
+        if orphans:
+            logger.info("closed sessions left open by the previous run",
+                        extra={"count": orphans, "replica_id": ctl.replica_id})
+        if ctl.cluster is not None:
+            try:
+                await _open_cluster(ctl.cluster)
+            except BaseException:
+                await _close_cluster(ctl.cluster)
+                raise
+    except StoreError as exc:
+        await ctl.driver.close()
+        raise StartError(f"cannot use the store: {exc}") from None
+    except BaseException:
+        await ctl.driver.close()
+        raise
     sweeper = asyncio.create_task(ctl.sweeper.run(), name="liveness-sweeper")
-    logger.info("controller started", extra={"controller_id": ctl.run.controller_id,
-                                             "data_dir": str(ctl.config.data_dir)})
+    logger.info("controller started", extra={
+        "controller_id": ctl.run.controller_id, "replica_id": ctl.replica_id,
+        "data_dir": str(ctl.config.data_dir),
+        "store": redact_url(str(ctl.config.store)) if ctl.shared_store else "sqlite",
+        "bus": redact_url(ctl.config.bus_url) if ctl.config.bus_url else "local"})
     return sweeper
 
 
 async def stop(ctl: Controller, sweeper: asyncio.Task[None] | None) -> None:
     """Refuse new edge sessions, stop the sweeper, close every edge session with 1001,
-    then close the store: the reverse of :func:`start`."""
+    close NATS (router, bus, link), then close the store: the reverse of :func:`start`."""
     ctl.run.stopping = True
     if sweeper is not None:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
     await ctl.gateway.close_sessions()
-    await ctl.db.close()
+    if ctl.cluster is not None:
+        await _close_cluster(ctl.cluster)
+    await ctl.driver.close()
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     controller: Controller = app.state.controller
-    sweeper = await start(controller)
+    try:
+        sweeper = await start(controller)
+    except StartError as exc:
+        controller.run.start_error = str(exc)  # server.py reports it, one line
+        raise
     try:
         yield
     finally:
@@ -177,7 +270,7 @@ def create_app(config: ControllerConfig) -> Starlette:
     app.state.api = api.ApiServices(
         store=ctl.store, commands=ctl.commands, nodes=ctl.nodes, router=ctl.router,
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, admission=ctl.admission,
-        probe=SqliteProbe(ctl.db), run=ctl.run, loop_lag=ctl.sweeper,
+        probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
         edge_pending=ctl.gateway.pending_bytes, durability=config.durability)
     app.state.version = __version__
     return app

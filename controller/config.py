@@ -15,6 +15,13 @@ from .store.quotas import StoreQuotas
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
     data_dir: Path = Path(".tether/controller")
+    # The cluster (docs/operations.md): a ``postgresql://`` URL shared by the replicas, or
+    # None for the SQLite file in ``data_dir`` (zero setup, one controller); a ``nats://``
+    # URL (comma-separated for several servers) routing between replicas, or None for the
+    # in-process router and bus; this replica's id (None: the one kept in ``data_dir``).
+    store_url: str | None = None
+    bus_url: str | None = None
+    replica_id: str | None = None
     host: str = "127.0.0.1"
     port: int = 8700
     durability: str = "fsync"
@@ -72,6 +79,15 @@ class ControllerConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "controller.db"
+
+    @property
+    def store(self) -> str | Path:
+        """What :func:`~tether.controller.store.factory.make_driver` opens."""
+        return self.store_url if self.store_url else self.db_path
+
+    @property
+    def replica_id_path(self) -> Path:
+        return self.data_dir / "replica.id"
 
     @property
     def admin_token_path(self) -> Path:

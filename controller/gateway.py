@@ -136,6 +136,7 @@ class EdgeServices:
     node_changed: Callable[[str, str, dict[str, Any]], None]
     stopping: Callable[[], bool]
     controller_id: Callable[[], str]
+    replica_id: str | None = None  # this replica's, recorded with each session it opens
 
 
 class EdgeGateway:
@@ -596,7 +597,8 @@ class EdgeConnection:
             node_id=self.node_id, remote=self.remote, previous_session=hello.session_id,
             evt_epoch=hello.epoch, cmd_acked=int(hello.acks.get("cmd", 0)),
             runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
-            labels=dict(hello.labels), max_frame=self.max_frame)
+            labels=dict(hello.labels), max_frame=self.max_frame,
+            replica_id=self.svc.replica_id)
         if self.fenced:  # superseded while opening
             raise _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         self.session_id = opened.session_id

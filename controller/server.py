@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.common.http_deadlines import deadline_protocol
 
-from .app import Controller, create_app, edge_fast_path
+from .app import Controller, StartError, create_app, edge_fast_path
 from .config import ControllerConfig
 from .wsproto import LeanWebSocketProtocol
 
@@ -66,6 +67,27 @@ class _Server(uvicorn.Server):
         logger.info("controller listening", extra={"url": self.url})
 
 
+def start_errors_in_one_line(app: ASGIApp, controller: Controller) -> ASGIApp:
+    """``app`` whose lifespan reports a :class:`StartError` (the store or NATS cannot be
+    reached) as its one-line message instead of a traceback: uvicorn logs what
+    ``lifespan.startup.failed`` carries, and the error itself is not re-raised to it."""
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+
+        async def send_plainly(message: Message) -> None:
+            error = controller.run.start_error
+            if message["type"] == "lifespan.startup.failed" and error is not None:
+                message = {**message, "message": f"controller cannot start: {error}"}
+            await send(message)
+        try:
+            await app(scope, receive, send_plainly)
+        except StartError:
+            pass  # reported through lifespan.startup.failed above
+    return asgi
+
+
 def build_server(config: ControllerConfig) -> _Server:
     kwargs: dict[str, Any] = {}
     if config.tls_cert:
@@ -78,7 +100,7 @@ def build_server(config: ControllerConfig) -> _Server:
                              max_pending_headers=config.max_pending_headers)
     app.state.controller.run.http_protocol = http
     uv_config = uvicorn.Config(
-        edge_fast_path(app),
+        start_errors_in_one_line(edge_fast_path(app), app.state.controller),
         host=config.host,
         port=config.port,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
@@ -125,7 +147,13 @@ def serve(config: ControllerConfig) -> int:
     raise_file_limit()
     (config.data_dir / "controller.url").unlink(missing_ok=True)
     server = build_server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's exit on a failed lifespan start (its status 3)
+        if server.controller.run.start_error is None:
+            raise
+    if server.controller.run.start_error is not None:
+        return 1  # said in one line by the lifespan (start_errors_in_one_line)
     if server.url is None:
         logger.error("controller did not start; see the messages above",
                      extra={"port": config.port})

@@ -17,6 +17,7 @@ class RunState:
     controller_id: str = ""  # known once the store is open
     started_at: float = field(default_factory=time.time)
     stopping: bool = False  # set first thing on shutdown: new edge sessions get 1001
+    start_error: str | None = None  # why the start failed (app.StartError), for server.py
     # the HTTP protocol class serving this controller (server.py), for its counters
     http_protocol: type[DeadlineH11Protocol] | None = None
 
