@@ -4,6 +4,13 @@
 every steady-state frame to its :class:`LinkHandler` (the relay), and reconnects with
 full-jitter backoff, reacting to each close code as PROTOCOL.md §7 says. It holds no durable
 state: cursors and the outbox belong to the node runtime.
+
+The protocol decisions are the node session core's
+(:class:`~tether.protocol.session.NodeSession`): every frame, each phase's deadline
+(TIMEOUT) and the transport's close (CLOSE) are stepped through the node role's handshake
+table; the link sends the hello, accepts the welcome or hands the frame on as the table
+answers, and executes the Close and the one End an ending queues (the End is what the
+reconnect decision reads).
 """
 
 from __future__ import annotations
@@ -403,10 +410,10 @@ class ControllerLink:
     async def _recv(self, ws: ClientConnection, core: NodeSession,
                     timeout_s: float) -> tuple[Frame, tuple[Action, ...]]:
         """The next frame and what the core's table answered for it (HANDLE, SEND_HELLO or
-        ACCEPT_WELCOME). Raises
-        :class:`_Ended` once the core ended the session: nothing within ``timeout_s`` (the
-        phase's deadline: 4408), the controller's goodbye (1000), a frame that is not
-        msgpack, too large or not allowed now (4400, 1009)."""
+        ACCEPT_WELCOME). Raises :class:`_Ended` once the core ended the session: nothing
+        within ``timeout_s`` (the phase's deadline, stepped as TIMEOUT: 4408), the
+        controller's goodbye (1000), a frame that is not msgpack, too large or not allowed
+        now (4400, 1009)."""
         try:
             async with asyncio.timeout(timeout_s):
                 data = await ws.recv()
