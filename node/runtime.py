@@ -100,7 +100,7 @@ class NodeRuntime:
             to_run = await self.store.recover()
             self._outbox_grew(await self.store.append_event(
                 "node.event", {"kind": "policy", "data": self.policy.summary()}))
-            self.evt.last = (await self.store.stream_state()).evt_last
+            self.evt.outbox_holds((await self.store.stream_state()).evt_last)
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 helpers = [tg.create_task(self._apply_loop(), name="node-apply"),
@@ -302,7 +302,7 @@ class NodeRuntime:
 
     def _outbox_grew(self, last: int | None) -> None:
         if last is not None and last > self.evt.last:
-            self.evt.last = last
+            self.evt.outbox_holds(last)
         self._uplink_wake.set()
 
     def _spawn(self, command: dict[str, Any]) -> None:
@@ -458,7 +458,7 @@ class NodeRuntime:
             before = self.evt.sent
             self.evt.mark_sent(before + len(encoded))  # first: the ack may come back first
             if not await self.link.send_encoded(encoded):  # the link is gone: send again
-                self.evt.sent = max(before, self.evt.acked)  # (a reconnect resets it)
+                self.evt.rewind_to(before)  # (unless a reconnect rewound it further)
 
     async def _acked_loop(self) -> None:
         """Records the controller's ``evt`` cursor and drops acked outbox rows, off the

@@ -3,7 +3,8 @@
 :class:`EdgeSession` is what the gateway's ``EdgeConnection`` (the I/O shell: the socket,
 timers, tasks and store calls) asks before it acts. It owns the handshake state, stepped
 through :func:`~tether.protocol.handshake.step` for every event, frames, timeouts and the
-transport's close included, and the two streams of the session: the ``evt``
+transport's close included (:class:`~tether.protocol.session.SessionCore`, which the node's
+side shares), and the two streams of the session: the ``evt``
 :class:`~tether.protocol.streams.StreamReceiver` and the ``cmd``
 :class:`~tether.protocol.streams.StreamSender`, the same class the node uses for its uplink
 and the one the stateful lossy-link tests drive.
@@ -23,10 +24,9 @@ as durable marks, never as a second cursor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .errors import CloseCode, RemoteProtocolError
-from .handshake import INITIAL, Action, Event, Role, State, event_for, step
+from .errors import RemoteProtocolError
+from .handshake import Event, Role, State, step
+from .session import Close, Effect, End, SessionCore
 from .streams import StreamReceiver, StreamSender
 
 # The table's answer to a steady-state frame, that very tuple: the shell compares by identity
@@ -34,28 +34,7 @@ from .streams import StreamReceiver, StreamSender
 HANDLE = step(Role.CONTROLLER, State.ESTABLISHED, Event.FRAME)[1]
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close the transport with ``code`` and ``reason``."""
-
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class End:
-    """Record the session's end: ``code`` is the close code sent or received (None when the
-    peer's close carried none), ``goodbye`` whether the node said goodbye first."""
-
-    code: int | None
-    reason: str
-    goodbye: bool = False
-
-
-Effect = Close | End
-
-
-class EdgeSession:
+class EdgeSession(SessionCore):
     """One edge session's protocol state, controller side. Pure: no sockets, tasks, clock
     or disk; the shell passes in what it read and executes what this returns.
 
@@ -64,12 +43,12 @@ class EdgeSession:
     the phase's deadline ran out or the transport closes; :meth:`take_effects` after an
     ending, to execute its :class:`Close` and :class:`End`."""
 
-    __slots__ = ("_effects", "cmd", "cmd_acked_stored", "cmd_epoch", "cmd_sent_stored",
-                 "evt", "goodbye", "state")
+    ROLE = Role.CONTROLLER
+
+    __slots__ = ("cmd", "cmd_acked_stored", "cmd_epoch", "cmd_sent_stored", "evt")
 
     def __init__(self, *, cmd_window: int = 256) -> None:
-        self.state = INITIAL[Role.CONTROLLER]
-        self.goodbye = False
+        super().__init__()
         self.evt = StreamReceiver()
         self.cmd = StreamSender(window=cmd_window)
         self.cmd_epoch = 0
@@ -77,65 +56,6 @@ class EdgeSession:
         # delivered) and the sent mark (a later hello cursor beyond it is an epoch reset)
         self.cmd_acked_stored = 0
         self.cmd_sent_stored = 0
-        self._effects: list[Effect] = []
-
-    # -- the handshake table ---------------------------------------------------------------
-
-    def receive(self, frame_type: str) -> tuple[Action, ...]:
-        """Step the table for a received frame; its actions. :data:`HANDLE` (that very tuple)
-        for a steady-state frame; ``(VERIFY_HELLO,)`` for the hello; for a goodbye the
-        ending's effects are queued. ``()`` once CLOSED: the frame is not handled (Rule 2).
-        Raises RemoteProtocolError (4400) for a frame the state does not allow: anything
-        but a hello first, or a second hello."""
-        if self.state is State.CLOSED:
-            return ()
-        event = event_for(frame_type)
-        self.state, actions = step(Role.CONTROLLER, self.state, event)
-        if event is Event.GOODBYE:
-            self.goodbye = True
-            self._queue(actions, CloseCode.NORMAL_CLOSURE, "goodbye")
-        return actions
-
-    def timeout(self, reason: str) -> None:
-        """The phase's deadline ran out (no hello in time, or silence past stale_after_s):
-        queues Close(4408) and End, unless the session already ended."""
-        if self.state is State.CLOSED:
-            return
-        self.state, actions = step(Role.CONTROLLER, self.state, Event.TIMEOUT)
-        self._queue(actions, CloseCode.TIMEOUT, reason)
-
-    def closed(self, code: int | None, reason: str, *, by_peer: bool) -> None:
-        """The transport closes: ``by_peer`` when the node closed it (``code`` is its close
-        code, if it sent one), else because this side closes it for ``code`` (a protocol
-        error, superseded, shutting down...), so a :class:`Close` is queued before the
-        :class:`End` the table gives. Nothing happens if the session already ended."""
-        if self.state is State.CLOSED:
-            return
-        self.state, actions = step(Role.CONTROLLER, self.state, Event.CLOSE)
-        if not by_peer and code is not None:
-            self._effects.append(Close(code, reason))
-        self._queue(actions, code, reason)
-
-    def take_effects(self) -> list[Effect]:
-        """The effects queued since the last call, in order; the shell executes each once."""
-        effects, self._effects = self._effects, []
-        return effects
-
-    def _queue(self, actions: tuple[Action, ...], code: int | None, reason: str) -> None:
-        """The table's ending actions as effects; the close code sent is the one recorded."""
-        for action in actions:
-            if action is Action.CLOSE_TIMEOUT:
-                code = CloseCode.TIMEOUT
-                self._effects.append(Close(code, reason))
-            elif action is Action.CLOSE_NORMAL:
-                code = CloseCode.NORMAL_CLOSURE
-                self._effects.append(Close(code, reason))
-            elif action is Action.END:
-                self._effects.append(End(code, reason, self.goodbye))
-
-    @property
-    def ended(self) -> bool:
-        return self.state is State.CLOSED
 
     # -- the streams -------------------------------------------------------------------------
 

@@ -7,9 +7,10 @@ nothing (frames on a closed or superseded connection are never applied).
 
 ``step(role, state, event) -> (state, actions)``; a missing (state, event) key raises
 RemoteProtocolError naming both. The docs' diagram is generated from :data:`TRANSITIONS`.
-The controller's side is driven by :class:`~tether.protocol.edge_session.EdgeSession`,
-which steps every event (timeouts and the transport's close too) and turns the actions into
-what the gateway executes.
+Both sides are driven by :class:`~tether.protocol.session.SessionCore`, which steps every
+event (timeouts and the transport's close too) and turns the actions into what its shell
+executes: :class:`~tether.protocol.edge_session.EdgeSession` for the gateway,
+:class:`~tether.protocol.session.NodeSession` for the sidecar's link.
 """
 
 from __future__ import annotations

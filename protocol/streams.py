@@ -169,6 +169,15 @@ class StreamSender:
     def mark_sent(self, q: int) -> None:
         self.sent = max(self.sent, q)
 
+    def rewind_to(self, q: int) -> None:
+        """Writing the frames after ``q`` failed (the connection is gone): they count as not
+        sent, so that they are sent again (Sender rule 2). ``sent`` goes back to ``q``, never
+        below ``acked`` (what the peer applied is not sent again) and never forward: a
+        reconnect that rewound it further meanwhile (:meth:`disconnected`,
+        :meth:`connected`) stands, and nothing above the new connection's cursor is skipped."""
+        if q < self.sent:
+            self.sent = max(q, self.acked)
+
     @property
     def unacked(self) -> int:
         return self.last - self.acked

@@ -4,6 +4,13 @@
 every steady-state frame to its :class:`LinkHandler` (the relay), and reconnects with
 full-jitter backoff, reacting to each close code as PROTOCOL.md §7 says. It holds no durable
 state: cursors and the outbox belong to the node runtime.
+
+The protocol decisions are the node session core's
+(:class:`~tether.protocol.session.NodeSession`): every frame, each phase's deadline
+(TIMEOUT) and the transport's close (CLOSE) are stepped through the node role's handshake
+table; the link sends the hello, accepts the welcome or hands the frame on as the table
+answers, and executes the Close and the one End an ending queues (the End is what the
+reconnect decision reads).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -52,7 +59,8 @@ from tether.protocol.frames import (
     Hello,
     Welcome,
 )
-from tether.protocol.handshake import INITIAL, Event, Role, event_for, step
+from tether.protocol.handshake import Action, State
+from tether.protocol.session import NODE_HANDLE, Close, End, NodeSession
 from tether.protocol.signing import sign_hello
 
 logger = logging.getLogger(__name__)
@@ -347,73 +355,106 @@ class ControllerLink:
                 self._fail_over()
                 return CloseCode.PIN_MISMATCH, mismatch, 0.0
         self._ws = ws
-        code: int | None = None
-        reason: str | None = None
+        core = NodeSession()
+        recorded: tuple[int, str] | None = None
+        transport_error: str | None = None
+        ended: End | None = None
         try:
-            await self._handshake(ws)
+            await self._handshake(ws, core)
             self._set(state="connected", session_id=self._welcome.session_id if self._welcome
                       else None, connected_since=time.time())
             async with asyncio.TaskGroup() as tg:
                 hb = tg.create_task(self._heartbeat_loop(), name="link-heartbeat")
                 try:
-                    await self._read_loop(ws)
+                    await self._read_loop(ws, core)
                 finally:
                     hb.cancel()
         except* ReconnectNeeded as group:
-            code, reason = CloseCode.PROTOCOL_ERROR, str(group.exceptions[0])
-            with contextlib.suppress(Exception):
-                await ws.close(CloseCode.NORMAL_CLOSURE, "reconnecting")
-        except* _LocalClose as group:
-            first = group.exceptions[0]
-            if isinstance(first, _LocalClose):
-                code, reason = first.code, first.reason
-                with contextlib.suppress(Exception):
-                    await ws.close(first.code, first.reason[:120])
+            # the handler wants a fresh session: closed politely, recorded as its complaint
+            core.closed(CloseCode.NORMAL_CLOSURE, "reconnecting", by_peer=False)
+            recorded = CloseCode.PROTOCOL_ERROR, str(group.exceptions[0])
+        except* _Ended:
+            pass  # the core queued how: a Close and the End
         except* websockets.ConnectionClosed:
             pass
         except* (OSError, TimeoutError) as group:
-            reason = f"transport error: {group.exceptions[0]}"
+            transport_error = f"transport error: {group.exceptions[0]}"
         finally:
             self.connected.clear()
             self._ws = None
             self._welcome = None
             self._hb_sent.clear()
+            ended = await self._act(ws, core)
             with contextlib.suppress(Exception):
                 await ws.close()
-        if code is None:
-            code = ws.close_code
-            reason = reason or ws.close_reason
-        return code, reason, time.monotonic() - started
+        if ended is None:  # the transport closed under the session (the peer, the network)
+            core.closed(ws.close_code, transport_error or ws.close_reason or "", by_peer=True)
+            ended = await self._act(ws, core)
+        code, reason = recorded or (ended.code if ended else None,
+                                    ended.reason if ended else None)
+        return code, reason or None, time.monotonic() - started
 
-    async def _recv(self, ws: ClientConnection, timeout_s: float) -> Frame:
+    @staticmethod
+    async def _act(ws: ClientConnection, core: NodeSession) -> End | None:
+        """Execute the effects the core queued: close the transport as told; the session's
+        End (the core queues one per session), if it ended."""
+        ended: End | None = None
+        for effect in core.take_effects():
+            if isinstance(effect, Close):
+                with contextlib.suppress(Exception):
+                    await ws.close(effect.code, effect.reason[:120])
+            else:
+                ended = effect
+        return ended
+
+    async def _recv(self, ws: ClientConnection, core: NodeSession,
+                    timeout_s: float) -> tuple[Frame, tuple[Action, ...]]:
+        """The next frame and what the core's table answered for it (HANDLE, SEND_HELLO or
+        ACCEPT_WELCOME). Raises :class:`_Ended` once the core ended the session: nothing
+        within ``timeout_s`` (the phase's deadline, stepped as TIMEOUT: 4408), the
+        controller's goodbye (1000), a frame that is not msgpack, too large or not allowed
+        now (4400, 1009)."""
         try:
             async with asyncio.timeout(timeout_s):
                 data = await ws.recv()
         except TimeoutError:
-            raise _LocalClose(CloseCode.TIMEOUT,
-                              f"nothing from the controller for {timeout_s:g} s") from None
+            core.timeout(f"nothing from the controller for {timeout_s:g} s")
+            raise _Ended from None
         if isinstance(data, str):
-            raise _LocalClose(CloseCode.PROTOCOL_ERROR, "text frame on a msgpack session")
+            _refuse(core, CloseCode.PROTOCOL_ERROR, "text frame on a msgpack session")
         try:
-            return decode_msgpack(data, max_frame_bytes=self.max_frame_bytes)
+            frame = decode_msgpack(data, max_frame_bytes=self.max_frame_bytes)
         except FrameTooLarge as exc:
-            raise _LocalClose(CloseCode.FRAME_TOO_LARGE, exc.message) from None
+            _refuse(core, CloseCode.FRAME_TOO_LARGE, exc.message)
         except BadFrame as exc:
-            raise _LocalClose(CloseCode.PROTOCOL_ERROR, exc.message) from None
+            _refuse(core, CloseCode.PROTOCOL_ERROR, exc.message)
+        try:
+            actions = core.receive(frame.t)
+        except RemoteProtocolError as exc:
+            _refuse(core, CloseCode.PROTOCOL_ERROR, f"{frame.t!r}: {exc.message}")
+        if not actions or core.ended:  # the goodbye ended it (or it had ended)
+            raise _Ended
+        return frame, actions
 
-    async def _handshake(self, ws: ClientConnection) -> None:
-        state = INITIAL[Role.NODE]
-        frame = await self._recv(ws, self.handshake_timeout_s)
-        if frame.t != Challenge.TYPE:
-            raise _LocalClose(CloseCode.PROTOCOL_ERROR, f"expected edge.challenge, got {frame.t!r}")
+    async def _handshake(self, ws: ClientConnection, core: NodeSession) -> None:
+        """Until the welcome: each frame the table allows, acted on as it says (the
+        challenge: send the hello; the welcome: accept it)."""
+        while core.state is not State.ESTABLISHED:
+            frame, actions = await self._recv(ws, core, self.handshake_timeout_s)
+            for action in actions:
+                if action is Action.SEND_HELLO:
+                    await self._send_hello(ws, core, frame)
+                elif action is Action.ACCEPT_WELCOME:
+                    await self.handler.on_welcome(self._accept_welcome(core, frame))
+
+    async def _send_hello(self, ws: ClientConnection, core: NodeSession,
+                          frame: Frame) -> None:
         try:
             challenge = Challenge.parse(frame)
         except BadFrame as exc:
-            raise _LocalClose(CloseCode.PROTOCOL_ERROR, exc.message) from None
-        state, _ = step(Role.NODE, state, Event.CHALLENGE)
+            _refuse(core, CloseCode.PROTOCOL_ERROR, exc.message)
         if 1 not in challenge.protocols:
-            raise _LocalClose(CloseCode.UNSUPPORTED_PROTOCOL,
-                              "controller does not speak protocol 1")
+            _refuse(core, CloseCode.UNSUPPORTED_PROTOCOL, "controller does not speak protocol 1")
         hs = await self.handler.hello_state()
         sig = sign_hello(self.key, challenge.nonce, challenge.controller_id, self.node_id)
         hello = Hello(node_id=self.node_id, sig=sig, epoch=hs.epoch,
@@ -422,27 +463,27 @@ class ControllerLink:
                       capabilities=hs.capabilities, labels=hs.labels,
                       max_frame=self.max_frame_bytes)
         await ws.send(encode_msgpack(hello.frame(), max_frame_bytes=self.max_frame_bytes))
-        frame = await self._recv(ws, self.handshake_timeout_s)
+
+    def _accept_welcome(self, core: NodeSession, frame: Frame) -> Welcome:
         try:
-            state, _ = step(Role.NODE, state, event_for(frame.t))
             welcome = Welcome.parse(frame)
-        except (RemoteProtocolError, BadFrame) as exc:
-            raise _LocalClose(CloseCode.PROTOCOL_ERROR, exc.message) from None
+        except BadFrame as exc:
+            _refuse(core, CloseCode.PROTOCOL_ERROR, exc.message)
         self._welcome = welcome
         self.connected.set()  # before on_welcome, so that it can replay at once
-        await self.handler.on_welcome(welcome)
+        return welcome
 
-    async def _read_loop(self, ws: ClientConnection) -> None:
+    async def _read_loop(self, ws: ClientConnection, core: NodeSession) -> None:
         assert self._welcome is not None
         # Heartbeat acks arrive at least every heartbeat_s; silence past stale_after_s
         # means the path is dead even if TCP has not noticed.
         idle_s = self._welcome.stale_after_s
         while True:
-            frame = await self._recv(ws, idle_s)
+            frame, actions = await self._recv(ws, core, idle_s)
+            if actions is not NODE_HANDLE:  # the table allows nothing else once established
+                continue
             if frame.t == HeartbeatAck.TYPE:
                 self._on_heartbeat_ack(frame)
-            if frame.t == "edge.goodbye":
-                raise _LocalClose(CloseCode.NORMAL_CLOSURE, "controller said goodbye")
             await self.handler.on_frame(frame)
 
     async def _heartbeat_loop(self) -> None:
@@ -478,10 +519,14 @@ class ControllerLink:
             self._on_status(self.status)
 
 
-class _LocalClose(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
+class _Ended(Exception):
+    """The session's core ended it; its queued effects say how (:meth:`ControllerLink._act`)."""
+
+
+def _refuse(core: NodeSession, code: int, reason: str) -> NoReturn:
+    """This side closes the session for ``code``: stepped as the transport's CLOSE."""
+    core.closed(code, reason, by_peer=False)
+    raise _Ended
 
 
 def is_final(close_code: int | None) -> bool:

@@ -211,6 +211,36 @@ def test_a_disconnect_rewinds_sent_to_acked() -> None:
     assert list(tx.next_to_send()) == [3, 4, 5, 6]
 
 
+def test_a_failed_write_rewinds_sent_so_those_frames_are_sent_again() -> None:
+    tx = StreamSender(last=6, acked=2, sent=3)
+    tx.mark_sent(6)  # marked before the write: the ack may come back first
+    tx.rewind_to(3)  # the write of 4..6 failed
+    assert (tx.acked, tx.sent) == (2, 3)
+    assert list(tx.next_to_send()) == [4, 5, 6]
+
+
+def test_a_failed_write_never_rewinds_below_what_the_peer_acked_meanwhile() -> None:
+    tx = StreamSender(last=6, acked=2, sent=2)
+    tx.mark_sent(6)
+    tx.on_ack(5)  # the peer applied part of it before the write reported failure
+    tx.rewind_to(2)
+    assert (tx.acked, tx.sent) == (5, 5)
+    assert list(tx.next_to_send()) == [6]
+
+
+def test_a_failed_write_reported_after_a_reconnect_never_moves_sent_forward() -> None:
+    tx = StreamSender(last=9, acked=2, sent=5)  # 3..5 written on the old connection
+    tx.mark_sent(8)  # then 6..8, whose write is still under way...
+    tx.disconnected()
+    tx.connected(3)  # ...when the new connection starts from the peer's cursor
+    tx.rewind_to(5)  # the old write's failure arrives late: 4 and 5 are not skipped
+    assert (tx.acked, tx.sent) == (3, 3)
+    tx.mark_sent(5)
+    tx.rewind_to(6)  # a rewind past sent is no rewind
+    assert tx.sent == 5
+    assert list(tx.next_to_send()) == [6, 7, 8, 9]
+
+
 @pytest.mark.parametrize(("acked", "last", "peer"), [(3, 6, 2), (0, 6, 7), (3, 3, 4),
                                                      (5, 9, 0)])
 def test_a_peer_cursor_behind_what_it_acked_or_ahead_of_last_raises_stream_regressed(
