@@ -132,7 +132,7 @@ def build(config: ControllerConfig) -> Controller:
     gateway = EdgeGateway(EdgeServices(
         store=store, registry=registry, bus=bus, monitor=monitor, admission=admission,
         config=config, node_changed=liveness.node_changed, stopping=run.is_stopping,
-        controller_id=run.get_controller_id, replica_id=replica_id))
+        controller_id=run.get_controller_id, replica_id=replica_id, router=router))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.touch_interval_s,

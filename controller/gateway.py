@@ -77,6 +77,7 @@ from .services.events import data_size
 from .services.monitor import MonitorStore
 from .services.presence import SessionSnapshot
 from .services.registry import SessionRegistry
+from .services.router import Router
 from .services.topics import command_changed, log_appended
 from .store.controller_store import ControllerStore, Fenced, Poisoned
 
@@ -137,6 +138,8 @@ class EdgeServices:
     stopping: Callable[[], bool]
     controller_id: Callable[[], str]
     replica_id: str | None = None  # this replica's, recorded with each session it opens
+    # tells the replica whose session a hello here superseded to close it (4409)
+    router: Router | None = None
 
 
 class EdgeGateway:
@@ -226,7 +229,8 @@ class EdgeConnection:
 
     __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_hello",
                  "_idle_deadline", "_msg_bytes", "_note_task",
-                 "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending", "_tg",
+                 "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending",
+                 "_superseded", "_tg",
                  "closing", "core",
                  "fenced",
                  "last_frame_mono", "logs_dropped_total", "max_frame", "node_id",
@@ -282,6 +286,8 @@ class EdgeConnection:
         # error frames answering bad non-sequenced frames, sent by the downlink task
         self._pending_errors: list[Frame] = []
         self._hello: Frame | None = None  # read before the admission slot, see run()
+        # the session another replica held, fenced by this one's open (told in run())
+        self._superseded: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -326,6 +332,10 @@ class EdgeConnection:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 try:
+                    if self._superseded is not None:
+                        tg.create_task(self._supersede_elsewhere(self._superseded),
+                                       name="edge-supersede")
+                        self._superseded = None
                     self.wake_downlink()
                     await self._read_loop()
                 finally:
@@ -396,6 +406,26 @@ class EdgeConnection:
         self.core.closed(CloseCode.SUPERSEDED, "superseded by a newer session", by_peer=False)
         self.closing = _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         await self._close_ws(CloseCode.SUPERSEDED, "superseded by a newer session")
+
+    async def _supersede_elsewhere(self, session_id: str) -> None:
+        """This session's open fenced ``session_id``, held by another replica, in the store:
+        tell that replica to close it with 4409 (services/router.py), off the handshake so
+        a slow or partitioned replica never delays a welcome. Best effort: should the word
+        not arrive, the old session's next class A write is refused by the store's fence
+        (Fenced), which ends it with 4409 too. Never raises."""
+        router = self.svc.router
+        if router is None:
+            return
+        try:
+            done = await router.supersede(self.node_id, session_id)
+        except Exception:
+            logger.warning("telling another replica of a superseded session failed",
+                           exc_info=True, extra={"node_id": self.node_id,
+                                                 "superseded": session_id})
+            return
+        logger.info("superseded a session held by another replica", extra={
+            "node_id": self.node_id, "session_id": self.session_id,
+            "superseded": session_id, "closed": done})
 
     async def disable(self) -> None:
         """The operator disabled this node: fence, end the core's session and close with
@@ -601,6 +631,9 @@ class EdgeConnection:
             replica_id=self.svc.replica_id)
         if self.fenced:  # superseded while opening
             raise _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
+        if (opened.superseded_session is not None
+                and opened.superseded_replica != self.svc.replica_id):
+            self._superseded = opened.superseded_session  # held elsewhere: told in run()
         self.session_id = opened.session_id
         self.resumed = opened.resumed
         acked = 0 if opened.cmd_epoch_rotated else int(hello.acks.get("cmd", 0))

@@ -7,7 +7,10 @@ token) from the moment its registry claims ``N`` until it releases it, and recei
 * ``….nudge`` (empty payload, no reply): wake the session's downlink;
 * ``….send`` (one MessagePack frame, request/reply): hand a class E frame to the session;
   the reply ``1`` says the session wrote it;
-* ``….disable`` (empty payload, request/reply): close the session with 4403; reply ``1``.
+* ``….disable`` (empty payload, request/reply): close the session with 4403; reply ``1``;
+* ``….supersede`` (a session id, request/reply): a hello on another replica took the node
+  from that session in the store; if the session held here is exactly that one, close it
+  with 4409 and reply ``1`` (a newer session of the node held here is never touched).
 
 Every replica also subscribes to ``<prefix>.rescan``: wake the downlink of every session
 held here (sent after a replica lost nudges it could not even queue).
@@ -22,15 +25,17 @@ Guarantees:
   instead). After each reconnection the replica also wakes every session it holds, which
   covers nudges addressed to it that were lost on the way while the connection broke. A
   nudge that still gets lost waits for the session's next downlink pass.
-* Rule 3 (``send`` and ``disable`` answer within their timeout): a replica replies only when
-  its session did it (``1``); no reply is silence, so a replica that is just handing a node
-  over cannot answer for the replica taking it. No subscriber at all is NATS's "no
-  responders", answered at once; otherwise the requester gives up after ``send_timeout_s``
-  (``disable_timeout_s``) and says False. A class E frame may therefore be written and the
-  answer lost: class E is best effort by contract (PROTOCOL.md §3).
+* Rule 3 (``send``, ``disable`` and ``supersede`` answer within their timeout): a replica
+  replies only when its session did it (``1``); no reply is silence, so a replica that is
+  just handing a node over cannot answer for the replica taking it. No subscriber at all is
+  NATS's "no responders", answered at once; otherwise the requester gives up after
+  ``send_timeout_s`` (``disable_timeout_s``, ``supersede_timeout_s``) and says False. A
+  class E frame may therefore be written and the answer lost: class E is best effort by
+  contract (PROTOCOL.md §3).
 * Rule 4 (hostile input): a message on a node subject is parsed once, bounded by
-  ``max_frame_bytes``; a verb that is not one of the three, a payload that is not a frame,
-  or a frame that is not class E is counted (``malformed_total``) and dropped. Each
+  ``max_frame_bytes``; a verb that is not one of the four, a payload that is not a frame, a
+  frame that is not class E, or a session id that is not short printable ASCII is counted
+  (``malformed_total``) and dropped. Each
   handler runs under ``handler_timeout_s``. A node's messages are handled in order, one at a
   time (one nats-py subscription task per node held, its queue bounded by
   ``max_pending_per_node``: past it nats-py drops and the link counts a slow consumer).
@@ -63,8 +68,9 @@ from .router import LocalRouter, check_ephemeral
 
 logger = logging.getLogger(__name__)
 
-NUDGE, SEND, DISABLE = "nudge", "send", "disable"
+NUDGE, SEND, DISABLE, SUPERSEDE = "nudge", "send", "disable", "supersede"
 REPLY_DONE = b"1"
+MAX_SESSION_ID_BYTES = 128  # session ids are "s_" and 32 hex digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +81,9 @@ class NatsRouterStats:
     nudges_sent_total: int  # queued for another replica
     nudges_unsent_total: int  # could not be queued (kept and published after a reconnect)
     nudges_received_total: int
-    remote_calls_total: int  # send/disable requests made to other replicas
+    remote_calls_total: int  # send/disable/supersede requests made to other replicas
     remote_calls_done_total: int  # of those, answered "done"
-    served_total: int  # send/disable requests this replica did for another
+    served_total: int  # send/disable/supersede requests this replica did for another
     malformed_total: int
     handler_errors_total: int
 
@@ -88,6 +94,7 @@ class NatsRouter:
 
     def __init__(self, registry: SessionRegistry, link: NatsLink, *,
                  send_timeout_s: float = 2.0, disable_timeout_s: float = 6.0,
+                 supersede_timeout_s: float = 6.0,
                  handler_timeout_s: float = 10.0, max_frame_bytes: int = MAX_FRAME_BYTES,
                  max_unsent_nudges: int = 65_536, max_pending_per_node: int = 256) -> None:
         self._registry = registry
@@ -97,6 +104,7 @@ class NatsRouter:
         self._rescan_subject = f"{link.prefix}.rescan"
         self.send_timeout_s = send_timeout_s
         self.disable_timeout_s = disable_timeout_s
+        self.supersede_timeout_s = supersede_timeout_s
         self.handler_timeout_s = handler_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.max_unsent_nudges = max_unsent_nudges
@@ -230,6 +238,17 @@ class NatsRouter:
             return await self._local.disable(node_id)
         return await self._request(node_id, DISABLE, b"", self.disable_timeout_s)
 
+    async def supersede(self, node_id: str, session_id: str) -> bool:
+        """Rule 1 does not apply as is: the caller usually holds the node here itself (its
+        new session), so a session held here that is not ``session_id`` sends the request
+        over NATS, where only the replica holding exactly ``session_id`` answers."""
+        if await self._local.supersede(node_id, session_id):
+            return True
+        payload = session_id.encode()
+        if len(payload) > MAX_SESSION_ID_BYTES:
+            return False  # not a session id this store hands out
+        return await self._request(node_id, SUPERSEDE, payload, self.supersede_timeout_s)
+
     async def _request(self, node_id: str, verb: str, payload: bytes, timeout_s: float) -> bool:
         subject = self._subject(node_id, verb)
         if subject is None or not self._link.connected:
@@ -280,6 +299,12 @@ class NatsRouter:
                 done = False
         elif verb == DISABLE:
             done = await self._local.disable(node_id)
+        elif verb == SUPERSEDE:
+            session_id = _session_id_of(msg.data)
+            if session_id is None:
+                self.malformed_total += 1
+                return
+            done = await self._local.supersede(node_id, session_id)
         else:
             self.malformed_total += 1
             return
@@ -323,3 +348,15 @@ class NatsRouter:
             remote_calls_done_total=self.remote_calls_done_total,
             served_total=self.served_total, malformed_total=self.malformed_total,
             handler_errors_total=self.handler_errors_total)
+
+
+def _session_id_of(payload: bytes) -> str | None:
+    """The session id ``payload`` names (printable ASCII, at most MAX_SESSION_ID_BYTES), or
+    None."""
+    if not 0 < len(payload) <= MAX_SESSION_ID_BYTES:
+        return None
+    try:
+        text = payload.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None

@@ -40,6 +40,13 @@ class Router(Protocol):
         False when no live session held it."""
         ...
 
+    async def supersede(self, node_id: str, session_id: str) -> bool:
+        """A newer session took ``node_id`` in the store (its hello fenced ``session_id``
+        there): the live session that is exactly ``session_id``, wherever it is served, is
+        closed with 4409. False when no live session is that one (it ended already, or a
+        newer one holds the node: that one is never touched)."""
+        ...
+
 
 def check_ephemeral(frame: Frame) -> None:
     """Raise LocalProtocolError unless ``frame`` is class E (PROTOCOL.md §3)."""
@@ -73,4 +80,11 @@ class LocalRouter:
         if session is None:
             return False
         await session.disable()
+        return True
+
+    async def supersede(self, node_id: str, session_id: str) -> bool:
+        session = self._registry.get(node_id)
+        if session is None or session.session_id != session_id:
+            return False
+        await session.supersede()
         return True

@@ -14,6 +14,10 @@ with ``commands.py``, ``budgets.py`` and ``logs.py``.
 
 Fencing rule: effects of an edge session are applied only while ``nodes.current_session``
 names that session; a superseded or closed session's frames raise :class:`Fenced`.
+Ownership: each hello's claim of a node adds one to ``nodes.owner_epoch`` (a compare-and-set
+on the value it read, under the node's row lock), and the session records the epoch it
+holds the node in. A session id names exactly one claim, so the fence on the session id is
+the fence on that epoch.
 """
 
 from __future__ import annotations
@@ -223,12 +227,14 @@ class ControllerStore(CommandTransactions, LogTransactions):
         async def fn(tx: Tx) -> SessionOpened:
             now = wall_now()
             events = EventBatch()
-            node = await tx.fetchrow("SELECT current_session, current_replica, labels FROM "
-                                     f"nodes WHERE node_id=$1{FOR_UPDATE[tx.dialect]}",
-                                     node_id)
+            node = await tx.fetchrow("SELECT current_session, current_replica, labels, "
+                                     "owner_epoch FROM nodes WHERE "
+                                     f"node_id=$1{FOR_UPDATE[tx.dialect]}", node_id)
             if node is None:
                 raise NotFound(f"node {node_id!r} is not enrolled")
             superseded = node["current_session"]
+            claimed = int(node["owner_epoch"])
+            owner_epoch = claimed + 1
             if superseded:
                 await tx.execute("UPDATE edge_sessions SET closed_at=$1, close_code=4409, "
                                  "reason='superseded' WHERE session_id=$2 AND "
@@ -265,28 +271,34 @@ class ControllerStore(CommandTransactions, LogTransactions):
                 await self._ack_cmd(tx, node_id, cmd_epoch, cmd_acked, now)
             await tx.execute(
                 "INSERT INTO edge_sessions (session_id, node_id, remote, opened_at, resumed, "
-                "previous_session, runtime_version, sidecar_version, replica_id) "
-                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                "previous_session, runtime_version, sidecar_version, replica_id, owner_epoch) "
+                "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
                 session_id, node_id, remote, now, int(resumed), previous_session,
                 peer_text(str(runtime.get("version") or "")),
-                peer_text(str(sidecar.get("version") or "")), replica_id)
+                peer_text(str(sidecar.get("version") or "")), replica_id, owner_epoch)
             known_labels = loads(node["labels"], {})
             merged = {**(known_labels if isinstance(known_labels, dict) else {}), **labels}
             version = runtime.get("version")
-            await tx.execute(
-                "UPDATE nodes SET current_session=$1, last_seen_at=$2, closed_at=NULL, "
-                "closed_by_goodbye=0, runtime_state=$3, runtime_version=$4, sidecar=$5, "
-                "capabilities=$6, labels=$7, current_replica=$9 WHERE node_id=$8",
-                session_id, now, peer_text(str(runtime.get("state") or "attached")),
-                None if version is None else peer_text(str(version)), json.dumps(sidecar),
-                json.dumps(list(capabilities)), json.dumps(merged), node_id, replica_id)
+            # the claim: a compare-and-set on the epoch read above (under the row lock it
+            # cannot lose; should it ever, nothing of this hello is committed)
+            if not await tx.execute(
+                    "UPDATE nodes SET current_session=$1, last_seen_at=$2, closed_at=NULL, "
+                    "closed_by_goodbye=0, runtime_state=$3, runtime_version=$4, sidecar=$5, "
+                    "capabilities=$6, labels=$7, current_replica=$9, owner_epoch=$10 "
+                    "WHERE node_id=$8 AND owner_epoch=$11",
+                    session_id, now, peer_text(str(runtime.get("state") or "attached")),
+                    None if version is None else peer_text(str(version)),
+                    json.dumps(sidecar), json.dumps(list(capabilities)), json.dumps(merged),
+                    node_id, replica_id, owner_epoch, claimed):
+                raise StoreError(f"node {node_id!r} was claimed by another hello meanwhile; "
+                                 "the node retries", code="unavailable")
             await self._flush(tx, node_id, events)
             await self._dispatch(tx, node_id, now, max_frame)
             return SessionOpened(session_id=session_id, resumed=resumed, cmd_epoch=cmd_epoch,
                                  evt_applied=evt_at.applied, evt_epoch_reset=evt_at.reset,
                                  cmd_epoch_rotated=rotate, superseded_session=superseded,
                                  superseded_replica=node["current_replica"] if superseded
-                                 else None)
+                                 else None, owner_epoch=owner_epoch)
         return await self.driver.write(fn)
 
     async def note_cmd_sent(self, node_id: str, session_id: str, epoch: int, q: int) -> None:

@@ -331,6 +331,7 @@ class SessionOpened:
     cmd_epoch_rotated: bool
     superseded_session: str | None
     superseded_replica: str | None = None  # the replica that held the superseded session
+    owner_epoch: int = 0  # the node's ownership epoch this session claimed (one more each)
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,6 +179,12 @@ SQLITE_MIGRATIONS = [
     ALTER TABLE nodes ADD COLUMN current_replica TEXT;
     CREATE INDEX edge_sessions_open ON edge_sessions (replica_id) WHERE closed_at IS NULL
     """,
+    # 8: the ownership epoch: each hello's claim of a node adds one (compare-and-set on the
+    # value it read), and its session records the epoch it holds the node in
+    """
+    ALTER TABLE nodes ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE edge_sessions ADD COLUMN owner_epoch INTEGER
+    """,
 ]
 
 MIGRATIONS = SQLITE_MIGRATIONS  # the name callers used before there were two dialects
@@ -267,5 +273,10 @@ POSTGRES_MIGRATIONS = [
     ALTER TABLE edge_sessions ADD COLUMN replica_id TEXT;
     ALTER TABLE nodes ADD COLUMN current_replica TEXT;
     CREATE INDEX edge_sessions_open ON edge_sessions (replica_id) WHERE closed_at IS NULL
+    """,
+    # 3: = SQLITE_MIGRATIONS 8 (the ownership epoch)
+    """
+    ALTER TABLE nodes ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE edge_sessions ADD COLUMN owner_epoch BIGINT
     """,
 ]
