@@ -33,6 +33,9 @@ class RecordingRouter:
     async def disable(self, node_id: str) -> bool:
         raise AssertionError("the command service never disables nodes")
 
+    async def supersede(self, node_id: str, session_id: str) -> bool:
+        raise AssertionError("the command service never supersedes sessions")
+
 
 @dataclass
 class RecordingBus:
