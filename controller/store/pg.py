@@ -11,7 +11,8 @@ Contract (beside the one in ``sql.py``):
   ``synchronous_commit=on`` for ``durability="fsync"``).
 * The write queue is bounded (``max_pending``): producers wait when it is full. The writer
   has a connection of its own (so readers never starve it), reconnected after a failure;
-  reads share a pool: ``max_connections`` counts both. Every statement has
+  reads share a pool: ``max_connections`` counts both (a replica's leader lock,
+  :class:`AdvisoryLock`, holds one more). Every statement has
   ``command_timeout_s`` and every connection attempt ``connect_timeout_s``.
 * A caller cancelled while its write is queued is dropped from the batch; one cancelled
   while its batch runs may still have its effect committed.
@@ -281,14 +282,17 @@ class PostgresDriver:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    async def connect(self) -> asyncpg.Connection:
+    async def connect(self, *, server_settings: dict[str, str] | None = None
+                      ) -> asyncpg.Connection:
         """A dedicated connection, outside the pool, with the driver's DSN, timeouts and
-        settings (``unavailable`` if it cannot be opened within ``connect_timeout_s``): for
-        what lives as long as a connection, like a session-level advisory lock. The caller
-        closes it."""
+        settings, plus ``server_settings`` (``unavailable`` if it cannot be opened within
+        ``connect_timeout_s``): for what lives as long as a connection, like a session-level
+        advisory lock. The caller closes it."""
+        options = self._connect_options()
+        options["server_settings"] = {**options["server_settings"], **(server_settings or {})}
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                return await asyncpg.connect(self.dsn, **self._connect_options())
+                return await asyncpg.connect(self.dsn, **options)
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
@@ -383,6 +387,12 @@ class PostgresDriver:
                           "reachable", code="unavailable")
 
 
+# The lock's connection: the server probes it when idle, so a leader cut off by the network
+# (its socket never closed) loses the lock within about 10 + 5 * 3 s, not the kernel's hours.
+LOCK_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                   "tcp_keepalives_count": "3"}
+
+
 class AdvisoryLock:
     """A PostgreSQL session-level advisory lock (``pg_try_advisory_lock(key)``) held on a
     connection of its own: it is held exactly as long as that connection lives, so a
@@ -407,7 +417,7 @@ class AdvisoryLock:
         try:
             if self._conn is None or self._conn.is_closed():
                 self._conn = None
-                self._conn = await self._driver.connect()
+                self._conn = await self._driver.connect(server_settings=LOCK_KEEPALIVES)
             self._held = bool(await self._conn.fetchval(
                 "SELECT pg_try_advisory_lock($1)", self.key,
                 timeout=self._driver.command_timeout_s))
