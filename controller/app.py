@@ -128,6 +128,7 @@ def build(config: ControllerConfig) -> Controller:
                                           max_per_address=config.max_prehello_per_address,
                                           max_waiting=config.max_prehello))
     liveness = NodeLiveness(registry, bus, config.thresholds)
+    leadership = Leadership(leader_lock(driver), replica_id=replica_id)
     commands = CommandService(store, router, bus, presence=registry,
                               liveness=liveness.liveness,
                               max_frame_bytes=config.max_frame_bytes)
@@ -135,7 +136,6 @@ def build(config: ControllerConfig) -> Controller:
         store=store, registry=registry, bus=bus, monitor=monitor, admission=admission,
         config=config, node_changed=liveness.node_changed, stopping=run.is_stopping,
         controller_id=run.get_controller_id, replica_id=replica_id))
-    leadership = Leadership(leader_lock(driver), replica_id=replica_id)
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.touch_interval_s,
