@@ -29,6 +29,7 @@ from .services.admin_token import ensure_admin_token
 from .services.admission import Admission, HelloGate
 from .services.bus import EventBus, LocalBus
 from .services.commands import CommandService
+from .services.leader import Leadership
 from .services.liveness import NodeLiveness
 from .services.monitor import MonitorStore
 from .services.nats_bus import NatsBus
@@ -42,7 +43,7 @@ from .services.router import LocalRouter, Router
 from .services.runstate import RunState
 from .services.sweeper import Sweeper
 from .store.controller_store import ControllerStore
-from .store.factory import is_postgres, make_driver
+from .store.factory import is_postgres, leader_lock, make_driver
 from .store.sql import SqlDriver
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class Controller:
     nodes: NodeViews
     commands: CommandService
     gateway: EdgeGateway
+    leadership: Leadership
     sweeper: Sweeper
 
     @property
@@ -126,6 +128,7 @@ def build(config: ControllerConfig) -> Controller:
                                           max_per_address=config.max_prehello_per_address,
                                           max_waiting=config.max_prehello))
     liveness = NodeLiveness(registry, bus, config.thresholds)
+    leadership = Leadership(leader_lock(driver), replica_id=replica_id)
     commands = CommandService(store, router, bus, presence=registry,
                               liveness=liveness.liveness,
                               max_frame_bytes=config.max_frame_bytes)
@@ -136,12 +139,14 @@ def build(config: ControllerConfig) -> Controller:
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.touch_interval_s,
-                      downlink_check_s=config.downlink_check_s)
+                      downlink_check_s=config.downlink_check_s,
+                      is_leader=lambda: leadership.is_leader)
     return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
                       store=store, registry=registry, router=router, bus=bus,
                       cluster=cluster, monitor=monitor, admission=admission,
                       liveness=liveness, nodes=NodeViews(registry, config.thresholds),
-                      commands=commands, gateway=gateway, sweeper=sweeper)
+                      commands=commands, gateway=gateway, leadership=leadership,
+                      sweeper=sweeper)
 
 
 async def _open_store(ctl: Controller) -> None:
@@ -171,9 +176,10 @@ async def _close_cluster(cluster: Cluster) -> None:
 async def start(ctl: Controller) -> asyncio.Task[None]:
     """Open the store, make sure the admin token exists, close the sessions this replica
     left open (every open session on a store of its own), connect to NATS (link, bus,
-    router, in that order), and start the sweeper (returned: its owner cancels and awaits
-    it in :func:`stop`). Raises :class:`StartError` when the store or NATS cannot be
-    reached, having closed whatever it had opened."""
+    router, in that order), start contending for leadership (services/leader.py) and start
+    the sweeper (returned: its owner cancels and awaits it in :func:`stop`). Raises
+    :class:`StartError` when the store or NATS cannot be reached, having closed whatever it
+    had opened."""
     ctl.config.data_dir.mkdir(parents=True, exist_ok=True)
     await _open_store(ctl)
     try:
@@ -196,6 +202,7 @@ async def start(ctl: Controller) -> asyncio.Task[None]:
     except BaseException:
         await ctl.driver.close()
         raise
+    await ctl.leadership.start()
     sweeper = asyncio.create_task(ctl.sweeper.run(), name="liveness-sweeper")
     logger.info("controller started", extra={
         "controller_id": ctl.run.controller_id, "replica_id": ctl.replica_id,
@@ -206,13 +213,15 @@ async def start(ctl: Controller) -> asyncio.Task[None]:
 
 
 async def stop(ctl: Controller, sweeper: asyncio.Task[None] | None) -> None:
-    """Refuse new edge sessions, stop the sweeper, close every edge session with 1001,
-    close NATS (router, bus, link), then close the store: the reverse of :func:`start`."""
+    """Refuse new edge sessions, stop the sweeper, give leadership up, close every edge
+    session with 1001, close NATS (router, bus, link), then close the store: the reverse
+    of :func:`start`."""
     ctl.run.stopping = True
     if sweeper is not None:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+    await ctl.leadership.stop()
     await ctl.gateway.close_sessions()
     if ctl.cluster is not None:
         await _close_cluster(ctl.cluster)

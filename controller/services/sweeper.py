@@ -13,6 +13,12 @@ The downlink check costs one store query per check for all sessions (``downlink_
 whose cost follows the outbox of unacked frames: nothing when idle) and no store call, task
 or timer per session: a session whose frames are pending is woken, and its own downlink pass
 reads them. A nudge lost is thus healed within ``downlink_check_s`` plus a sweep.
+
+In a cluster every replica runs a sweeper, split in two. The fleet-wide duties (command
+expiry, idempotency-key pruning) run only while ``is_leader()`` (services/leader.py: one
+replica at a time, handed over when it dies; they are idempotent, so a handover that
+overlaps does no harm). The duties about this replica's own sessions (idle expiry, touch,
+its nodes turning offline, the downlink check of its sessions) run on every replica.
 """
 
 from __future__ import annotations
@@ -91,11 +97,13 @@ class Sweeper:
     def __init__(self, store: SweepStore, bus: EventBus, sessions: Iterable[SweptSession],
                  *, expire_closed: Callable[[], object], sweep_interval_s: float,
                  touch_interval_s: float, downlink_check_s: float = 5.0,
+                 is_leader: Callable[[], bool] = lambda: True,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._bus = bus
         self._sessions = sessions
         self._expire_closed = expire_closed
+        self._is_leader = is_leader
         self.sweep_interval_s = sweep_interval_s
         self.touch_interval_s = touch_interval_s
         self.downlink_check_s = downlink_check_s
@@ -126,13 +134,15 @@ class Sweeper:
         touch_every = max(1, round(self.touch_interval_s / self.sweep_interval_s))
         hourly = max(1, round(3600 / self.sweep_interval_s))
         downlink_every = max(1, round(self.downlink_check_s / self.sweep_interval_s))
-        for command_id in await self._store.expire_due():
-            command_expired(self._bus, command_id)
+        leader = self._is_leader()  # once per tick: its duties run whole or not at all
+        if leader:
+            for command_id in await self._store.expire_due():
+                command_expired(self._bus, command_id)
         now_mono = self._monotonic()
         for conn in self._sessions:
             conn.expire_if_idle(now_mono)
         self._expire_closed()
-        if self._tick % hourly == 0:
+        if leader and self._tick % hourly == 0:
             await self._store.prune_idempotency_keys()
         if self._tick % touch_every == 0:
             seen, marks = changed_since_touch(self._sessions, self._touched, now_mono)

@@ -9,12 +9,16 @@ SQLite file: :class:`~tether.controller.store.sqlite.SqliteDriver` with
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether.common.sqlitedb import Database
 
 from .schema import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from .sql import SqlDriver
 from .sqlite import SqliteDriver
+
+if TYPE_CHECKING:
+    from .pg import AdvisoryLock
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -31,3 +35,13 @@ def make_driver(store: str | Path, *, durability: str = "fsync") -> SqlDriver:
                               durability=durability)
     return SqliteDriver(Database(Path(store), migrations=SQLITE_MIGRATIONS,
                                  durability=durability))
+
+
+def leader_lock(driver: SqlDriver) -> AdvisoryLock | None:
+    """The lock that makes a replica leader (services/leader.py): PostgreSQL's advisory
+    lock on a connection of its own; None on SQLite (one process per store: always leader)."""
+    if driver.dialect != "postgres":
+        return None
+    from .pg import LEADER_LOCK_KEY, PostgresDriver
+    assert isinstance(driver, PostgresDriver)
+    return driver.advisory_lock(LEADER_LOCK_KEY)

@@ -11,7 +11,8 @@ Contract (beside the one in ``sql.py``):
   ``synchronous_commit=on`` for ``durability="fsync"``).
 * The write queue is bounded (``max_pending``): producers wait when it is full. The writer
   has a connection of its own (so readers never starve it), reconnected after a failure;
-  reads share a pool: ``max_connections`` counts both. Every statement has
+  reads share a pool: ``max_connections`` counts both (a replica's leader lock,
+  :class:`AdvisoryLock`, holds one more). Every statement has
   ``command_timeout_s`` and every connection attempt ``connect_timeout_s``.
 * A caller cancelled while its write is queued is dropped from the batch; one cancelled
   while its batch runs may still have its effect committed.
@@ -51,6 +52,8 @@ SYNCHRONOUS_COMMIT = {"fsync": "on", "process": "off"}
 
 # pg_advisory_xact_lock key of schema migrations: b"tether\0\1" as a signed 64-bit integer.
 MIGRATION_LOCK_KEY = int.from_bytes(b"tether\x00\x01", "big", signed=True)
+# pg_try_advisory_lock key of the leader (services/leader.py): b"tether\0\2".
+LEADER_LOCK_KEY = int.from_bytes(b"tether\x00\x02", "big", signed=True)
 
 # What "the server cannot be reached" looks like from asyncpg: the socket (OSError), a
 # connection lost or refused, a server shutting down or not yet accepting, a statement past
@@ -279,6 +282,27 @@ class PostgresDriver:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    async def connect(self, *, server_settings: dict[str, str] | None = None
+                      ) -> asyncpg.Connection:
+        """A dedicated connection, outside the pool, with the driver's DSN, timeouts and
+        settings, plus ``server_settings`` (``unavailable`` if it cannot be opened within
+        ``connect_timeout_s``): for what lives as long as a connection, like a session-level
+        advisory lock. The caller closes it."""
+        options = self._connect_options()
+        options["server_settings"] = {**options["server_settings"], **(server_settings or {})}
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                return await asyncpg.connect(self.dsn, **options)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            raise self._unavailable("cannot connect", exc) from exc
+
+    def advisory_lock(self, key: int) -> AdvisoryLock:
+        """A session-level advisory lock on ``key``, on a dedicated connection (not yet
+        connected; see :class:`AdvisoryLock`)."""
+        return AdvisoryLock(self, key)
+
     async def _writer_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
@@ -361,3 +385,80 @@ class PostgresDriver:
         detail = type(exc).__name__ + (f": {exc}" if str(exc) else "")
         return StoreError(f"postgresql {what} ({detail}); check that the server is up and "
                           "reachable", code="unavailable")
+
+
+# The lock's connection: the server probes it when idle, so a leader cut off by the network
+# (its socket never closed) loses the lock within about 10 + 5 * 3 s, not the kernel's hours.
+LOCK_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                   "tcp_keepalives_count": "3"}
+
+
+class AdvisoryLock:
+    """A PostgreSQL session-level advisory lock (``pg_try_advisory_lock(key)``) held on a
+    connection of its own: it is held exactly as long as that connection lives, so a
+    process that dies (or whose connection the server ends) releases it, and another may
+    take it. Advisory locks are per database.
+
+    No method raises when the server cannot be reached: the lock is then not held (and
+    :meth:`try_acquire` answers False); its connection is dropped and the next attempt
+    opens a new one. Every wait is bounded by the driver's ``connect_timeout_s`` or
+    ``command_timeout_s``. One task at a time uses it (its owner, services/leader.py)."""
+
+    def __init__(self, driver: PostgresDriver, key: int) -> None:
+        self._driver = driver
+        self.key = key
+        self._conn: asyncpg.Connection | None = None
+        self._held = False
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if no other session holds it; True when this one holds it now."""
+        if self._held and await self.held():
+            return True
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = None
+                self._conn = await self._driver.connect(server_settings=LOCK_KEEPALIVES)
+            self._held = bool(await self._conn.fetchval(
+                "SELECT pg_try_advisory_lock($1)", self.key,
+                timeout=self._driver.command_timeout_s))
+        except StoreError as exc:
+            logger.debug("advisory lock: %s", exc)
+            self._drop()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            self._drop()
+        return self._held
+
+    async def held(self) -> bool:
+        """Whether the lock is still held: its connection answers (a round trip, bounded
+        by ``command_timeout_s``). A lost connection means a lost lock."""
+        if not self._held or self._conn is None or self._conn.is_closed():
+            self._drop()
+            return False
+        try:
+            await self._conn.fetchval("SELECT 1", timeout=self._driver.command_timeout_s)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            self._drop()
+            return False
+        return True
+
+    async def release(self) -> None:
+        """Give the lock up: its connection is closed (the server releases the lock with
+        it), bounded; then terminated if it did not close in time."""
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is None:
+            return
+        try:
+            await conn.close(timeout=self._driver.command_timeout_s)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            conn.terminate()
+
+    def _drop(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            conn.terminate()
