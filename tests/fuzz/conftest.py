@@ -14,3 +14,16 @@ from .asgi import Controller
 def ctl() -> Iterator[Controller]:
     with Controller() as controller:
         yield controller
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_shared_rest_target() -> Iterator[None]:
+    """The REST target (``targets_asgi.controller()``) is built on first use and shared by
+    the corpus replays; close it when the session ends, while the interpreter's thread pools
+    still run (at exit they are shut down before ``atexit`` handlers, and the app's sweeper
+    would log a failed sweep into the end of the test output)."""
+    yield
+    from . import targets_asgi
+
+    targets_asgi._close()
+    targets_asgi._ctl = None
