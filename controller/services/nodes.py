@@ -51,6 +51,16 @@ class NodeViews:
                          "clock_offset_ms": tr.get("clock_offset_ms"),
                          "logs_dropped_total": live_session.logs_dropped_total}
             resources = dict(live_session.resources)
+        elif isinstance(row.get("current_session"), str) and _is_time(last_seen):
+            # Open on another replica (the store names the session; its owner touches
+            # last_seen_at and the runtime state every touch_interval_s, well inside
+            # stale_after_s): judged from what the owner last wrote.
+            runtime = {"state": row["runtime_state"], "version": row["runtime_version"]}
+            live = liveness(session_open=True, last_frame_age_s=max(0.0, now - last_seen),
+                            runtime_state=row["runtime_state"], closed_age_s=None,
+                            closed_by_goodbye=False, thresholds=th)
+            session = {"session_id": row["current_session"],
+                       "replica": row.get("current_replica")}
         else:
             # Without a session nobody knows the runtime's state: the stored one is only
             # what it was when the session ended.
@@ -79,3 +89,7 @@ class NodeViews:
             "apps": loads(row.get("apps"), {}),
             "enrolled_at": iso(row["created_at"]),
         }
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

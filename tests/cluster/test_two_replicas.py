@@ -77,5 +77,8 @@ async def test_a_command_submitted_on_replica_b_runs_on_the_node_replica_a_holds
         assert marker.read_text().split() == ["ran"]  # delivered once, by A
         sessions = on_b_as_a.get("/api/v1/nodes/n-x/sessions").json()["items"]
         assert [s["replica_id"] for s in sessions] == ["r-a"]
+        seen_from_b = on_b_as_a.get("/api/v1/nodes/n-x").json()
+        assert seen_from_b["liveness"] == "online"  # held by A, judged from A's touches
+        assert seen_from_b["session"]["replica"] == "r-a"
     finally:
         node.cleanup()

@@ -1,0 +1,59 @@
+"""A node's view on a replica that does not hold its session (services/nodes.py): judged
+from what the owner last wrote to the shared store, not reported offline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.controller.services.nodes import NodeViews
+from tether.controller.services.presence import SessionSnapshot
+from tether.protocol.liveness import Thresholds
+
+NOW = 1_000_000.0
+TH = Thresholds(heartbeat_s=15, stale_after_s=60, offline_after_s=300)
+
+
+class HeldElsewhere:
+    def snapshot(self, node_id: str) -> SessionSnapshot | None:
+        return None  # this replica holds no session for any node
+
+
+def row(**over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "node_id": "n1", "labels": {}, "enabled": True, "created_at": NOW - 3600,
+        "current_session": "s_other", "current_replica": "r-a", "last_seen_at": NOW - 5,
+        "closed_at": None, "closed_by_goodbye": False, "runtime_state": "attached",
+        "runtime_version": "0.1.0", "sidecar": {}, "capabilities": [], "policy": None,
+        "apps": {}}
+    base.update(over)
+    return base
+
+
+views = NodeViews(HeldElsewhere(), TH, wall=lambda: NOW)
+
+
+def test_a_node_held_by_another_replica_is_online_by_the_owners_last_touch() -> None:
+    view = views.view(row())
+    assert view["liveness"] == "online"
+    assert view["session"] == {"session_id": "s_other", "replica": "r-a"}
+    assert view["runtime"]["state"] == "attached"
+
+
+def test_it_turns_stale_when_the_owner_stops_touching_it_and_degraded_when_detached(
+        ) -> None:
+    assert views.view(row(last_seen_at=NOW - 61))["liveness"] == "stale"
+    assert views.view(row(runtime_state="detached"))["liveness"] == "degraded"
+
+
+def test_a_node_with_no_open_session_anywhere_is_judged_by_its_close_as_before() -> None:
+    closed = row(current_session=None, current_replica=None, closed_at=NOW - 10,
+                 closed_by_goodbye=True)
+    assert views.view(closed)["liveness"] == "offline"
+    assert views.view(closed)["session"] is None
+
+
+def test_hostile_stored_values_never_make_the_view_fail() -> None:
+    for bad in ({"last_seen_at": None}, {"last_seen_at": True}, {"last_seen_at": "x"},
+                {"current_session": 5}, {"runtime_state": None}):
+        assert views.view(row(**bad))["liveness"] in {"online", "stale", "offline",
+                                                      "degraded"}
