@@ -15,21 +15,14 @@ from typing import Any
 
 import pytest
 
+from tether.common.sqlitedb import Database
 from tether.controller.store.pg import PostgresDriver, rows_changed
 from tether.controller.store.sql import SqlDriver, Tx
+from tether.controller.store.sqlite import SqliteDriver
 from tether.protocol.errors import StoreError
-from tether.tools.servers import PostgresServer, ServerUnavailable
+from tether.tools.servers import PostgresServer
 
-from ..conftest import server_unavailable
-
-# HOOK (store slice): the SQLite driver joins this suite when it is on the branch. Until then
-# its parameter is skipped with this reason, printed by pytest -ra.
-try:
-    from tether.common.sqlitedb import Database
-    from tether.controller.store.sqlite import SqliteDriver
-    SQLITE_MISSING: str | None = None
-except ImportError:  # pragma: no cover - until the store slice is merged
-    SQLITE_MISSING = "controller/store/sqlite.py (SqliteDriver) is not on this branch yet"
+from ..conftest import started
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -68,11 +61,7 @@ class Drivers:
         return await self.open([ITEMS[self.dialect]])
 
 
-@pytest.fixture(params=[
-    "postgres",
-    pytest.param("sqlite", marks=[pytest.mark.skip(reason=SQLITE_MISSING)]
-                 if SQLITE_MISSING else []),
-])
+@pytest.fixture(params=["postgres", "sqlite"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
     """(dialect, where): this test's database. Sync, so that pg_dsn (an async fixture) is
     only set up, through getfixturevalue, for the postgres parameter."""
@@ -278,16 +267,8 @@ async def test_a_write_after_close_is_unavailable(pg_dsn: str) -> None:
 @pytest.fixture
 async def own_postgres() -> AsyncIterator[PostgresServer]:
     """A PostgreSQL of this test's own, to stop or freeze without disturbing the others."""
-    server = PostgresServer()
-    try:
-        await server.start()
-    except ServerUnavailable as exc:
-        await server.close()
-        server_unavailable(exc)
-    try:
+    async with started(PostgresServer()) as server:
         yield server
-    finally:
-        await server.close()
 
 
 async def assert_unavailable_within(timeout_s: float,
