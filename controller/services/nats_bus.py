@@ -30,7 +30,6 @@ Delivery:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +41,8 @@ from tether.protocol.codec import MAX_CONTAINER_LEN
 from tether.protocol.errors import BadFrame
 from tether.protocol.values import Limits, plain_map
 
-from .bus import BusStats
-from .events import EventHub, Subscriber
+from .bus import LocalBus
+from .events import EventHub
 from .nats_link import MAX_TOKEN_LEN, NatsLink, subject_token, token_text
 
 logger = logging.getLogger(__name__)
@@ -67,14 +66,15 @@ class NatsBusStats:
     echo_total: int  # dropped: carried this replica's own id
 
 
-class NatsBus:
-    """:class:`~.bus.EventBus` across replicas (module docstring for the rules). Call
-    :meth:`start` after the link's, :meth:`close` before the link's."""
+class NatsBus(LocalBus):
+    """:class:`~.bus.EventBus` across replicas (module docstring for the rules): the local
+    bus, plus a copy of each event to the other replicas. Call :meth:`start` after the
+    link's, :meth:`close` before the link's."""
 
     def __init__(self, link: NatsLink, hub: EventHub | None = None, *,
                  max_event_bytes: int = 512 << 10, max_inbound_msgs: int = 65_536,
                  max_inbound_bytes: int = 64 << 20) -> None:
-        self.hub = hub or EventHub()
+        super().__init__(hub)
         self._link = link
         self._subject_prefix = f"{link.prefix}.ev."
         self.max_event_bytes = max_event_bytes
@@ -113,7 +113,7 @@ class NatsBus:
 
     def publish(self, topic: str, kind: str, data: dict[str, Any], *,
                 size: int | None = None) -> None:
-        self.hub.publish(topic, kind, data, size=size)  # Rule 1: here, now, once
+        super().publish(topic, kind, data, size=size)  # Rule 1: here, now, once
         if not self._link.connected:
             self.dropped_total += 1
             return
@@ -135,21 +135,6 @@ class NatsBus:
             self.sent_total += 1
         else:
             self.dropped_total += 1
-
-    def subscribe(self, sub: Subscriber, topics: Iterable[str]) -> None:
-        self.hub.subscribe(sub, list(topics))
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        self.hub.unsubscribe(sub)
-
-    def count_unencodable(self) -> None:
-        self.hub.unencodable_total += 1
-
-    def stats(self) -> BusStats:
-        hub = self.hub
-        return BusStats(subscribers=hub.subscribers, published_total=hub.published_total,
-                        cut_off_total=hub.cut_off_total,
-                        unencodable_total=hub.unencodable_total)
 
     def nats_stats(self) -> NatsBusStats:
         return NatsBusStats(
