@@ -20,6 +20,7 @@ and the temporary directory is given to that user.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import glob
@@ -133,7 +134,55 @@ class _Process:
             await asyncio.to_thread(popen.wait, 5.0)
 
 
-class PostgresServer:
+class _Server(abc.ABC):
+    """What both servers share: a process tree owned by ``_proc``, a temp directory, the
+    async context manager, stop by ``STOP_SIGNAL``, freeze/thaw, and close. Subclasses set
+    ``dir``, ``stop_timeout_s`` and implement :meth:`start`."""
+
+    STOP_SIGNAL = signal.SIGTERM
+    dir: Path | None
+    stop_timeout_s: float
+    _proc: _Process
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start the server (each starts its own way) and wait until it answers."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def stop(self) -> None:
+        """Stop the process; its data and port are kept for :meth:`start`."""
+        await self._proc.end(self.STOP_SIGNAL, self.stop_timeout_s)
+
+    async def restart(self) -> None:
+        """Stop, then start on the same port (connected clients see the server go away and
+        come back)."""
+        await self.stop()
+        await self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its children: it neither answers nor refuses, as a hung
+        server or a network partition looks to a client. :meth:`thaw` resumes it."""
+        self._proc.signal_tree(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._proc.signal_tree(signal.SIGCONT)
+
+    async def close(self) -> None:
+        """Stop, and remove the server's directory."""
+        await self.stop()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+class PostgresServer(_Server):
     """A private PostgreSQL cluster on ``127.0.0.1:<port>`` with trust authentication for
     user :attr:`user` (loopback only), its unix socket inside its own directory.
 
@@ -141,6 +190,7 @@ class PostgresServer:
     with ``--no-sync`` (a fresh cluster has nothing to lose)."""
 
     user = "tether"
+    STOP_SIGNAL = signal.SIGINT  # fast shutdown: active sessions are disconnected
 
     def __init__(self, *, fsync: bool = True, max_connections: int = 100,
                  start_timeout_s: float = 30.0, stop_timeout_s: float = 10.0,
@@ -174,14 +224,6 @@ class PostgresServer:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
     async def start(self) -> None:
         """initdb (first start only), then run ``postgres`` and wait until it answers a
         query. A later ``start()`` after ``stop()`` keeps the data and the port."""
@@ -207,25 +249,6 @@ class PostgresServer:
                 if not first or "could not bind" not in exc.reason.lower():
                     raise
         raise ServerUnavailable("postgresql could not bind a free loopback port in 3 tries")
-
-    async def stop(self) -> None:
-        """Fast shutdown (SIGINT: active sessions are disconnected); data and port kept."""
-        await self._proc.end(signal.SIGINT, self.stop_timeout_s)
-
-    def freeze(self) -> None:
-        """SIGSTOP the server and its children: it neither answers nor refuses, as a hung
-        server or a network partition looks to a client. :meth:`thaw` resumes it."""
-        self._proc.signal_tree(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self._proc.signal_tree(signal.SIGCONT)
-
-    async def close(self) -> None:
-        """Stop, and remove the cluster's directory."""
-        await self.stop()
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
 
     async def create_database(self, name: str) -> str:
         """A new, empty database; returns its DSN. ``name`` must be a plain identifier."""
@@ -338,7 +361,7 @@ def _check_identifier(name: str) -> None:
         raise ValueError(f"database name {name!r} must be 1-63 letters, digits or '_'")
 
 
-class NatsServer:
+class NatsServer(_Server):
     """A private ``nats-server`` on ``127.0.0.1:<port>``; JetStream off unless asked.
 
     :meth:`restart` keeps the port, so clients configured with :attr:`url` reconnect to it."""
@@ -364,14 +387,6 @@ class NatsServer:
         assert self.dir is not None
         return self.dir / "nats-server.log"
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
     async def start(self) -> None:
         """Run nats-server and wait until it greets a client with INFO."""
         if self._proc.exited() is None and self._proc.popen is not None:
@@ -394,30 +409,6 @@ class NatsServer:
                 if not first or "address already in use" not in exc.reason.lower():
                     raise
         raise ServerUnavailable("nats-server could not bind a free loopback port in 3 tries")
-
-    async def stop(self) -> None:
-        """Graceful stop (SIGTERM), port kept for :meth:`start`."""
-        await self._proc.end(signal.SIGTERM, self.stop_timeout_s)
-
-    async def restart(self) -> None:
-        """Stop, then start on the same port (connected clients see the server go away and
-        come back)."""
-        await self.stop()
-        await self.start()
-
-    def freeze(self) -> None:
-        """SIGSTOP the server and its children: it neither answers nor refuses, as a hung
-        server or a network partition looks to a client. :meth:`thaw` resumes it."""
-        self._proc.signal_tree(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self._proc.signal_tree(signal.SIGCONT)
-
-    async def close(self) -> None:
-        await self.stop()
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
 
     async def _launch(self, binary: str) -> None:
         assert self.dir is not None and self.port is not None
