@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -103,10 +104,13 @@ async def pg_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
         await postgres_server.drop_database(name)
 
 
-@pytest.fixture
-async def nats_server() -> AsyncIterator[NatsServer]:
-    """A nats-server of this test's own (JetStream off); ``restart()`` keeps its port."""
-    server = NatsServer()
+ServerT = TypeVar("ServerT", PostgresServer, NatsServer)
+
+
+@contextlib.asynccontextmanager
+async def started(server: ServerT) -> AsyncIterator[ServerT]:
+    """``server`` started for one test and closed after it; when it cannot start, the test
+    is skipped with the reason (failed under CI, see :func:`server_unavailable`)."""
     try:
         await server.start()
     except ServerUnavailable as exc:
@@ -116,6 +120,13 @@ async def nats_server() -> AsyncIterator[NatsServer]:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[NatsServer]:
+    """A nats-server of this test's own (JetStream off); ``restart()`` keeps its port."""
+    async with started(NatsServer()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import time
@@ -286,3 +287,52 @@ async def json_expect_close(ws: ClientConnection, timeout_s: float = NET_TIMEOUT
         assert exc.rcvd is not None, f"no close frame from the controller ({exc!r})"
         return exc.rcvd.code
     raise AssertionError("unreachable")
+
+
+# -- a controller served in this process (tests that reach its services directly) ---------
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """A controller served by uvicorn on this test's loop, with its services at hand."""
+
+    controller: Any  # tether.controller.app.Controller
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(config: Any) -> AsyncIterator[InProcess]:
+    """Serve ``config`` (a ControllerConfig) on its port (0: any), yield once it listens,
+    and stop it (lifespan shutdown included) on exit."""
+    from tether.controller.server import build_server
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    server = build_server(config)
+    task = asyncio.create_task(server.serve(), name="controller-under-test")
+    try:
+        async with asyncio.timeout(NET_TIMEOUT_S * 2):
+            while server.url is None:
+                assert not task.done(), "the controller stopped while starting"
+                await asyncio.sleep(0.01)
+        yield InProcess(server.controller, server.url)
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(NET_TIMEOUT_S * 3):
+            await task
+
+
+async def enroll_in_process(served: InProcess, *node_ids: str) -> list[Identity]:
+    """Enroll ``node_ids`` with fresh keys through the served controller's REST API."""
+    token = served.controller.config.admin_token_path.read_text().strip()
+    idents = [Identity(node_id, generate_private_key()) for node_id in node_ids]
+    async with httpx.AsyncClient(base_url=served.url, timeout=NET_TIMEOUT_S) as http:
+        resp = await http.post("/api/v1/join-tokens", json={"uses": len(idents)},
+                               headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 201, resp.text
+        join = resp.json()["token"]
+        for ident in idents:
+            resp = await http.post("/v1/edge/enroll", json={
+                "join_token": join, "node_id": ident.node_id,
+                "public_key": ident.public_b64})
+            assert resp.status_code == 201, resp.text
+    return idents

@@ -8,24 +8,25 @@ edge clients; the sweeper's and the session's halves also alone, without I/O."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
 
 from tether.controller.config import ControllerConfig
 from tether.controller.gateway import EdgeConnection
-from tether.controller.server import build_server
 from tether.controller.services.sweeper import Sweeper
-from tether.protocol.signing import generate_private_key
 
-from .conftest import NET_TIMEOUT_S, Edge, Identity, eventually
-from .test_router import InProcess
+from .conftest import (
+    Edge,
+    InProcess,
+    enroll_in_process,
+    eventually,
+    serve_in_process,
+)
 
 CHECK_S = 0.2  # the period the served controller checks at
 EXEC = {"argv": ["true"]}
@@ -35,34 +36,8 @@ EXEC = {"argv": ["true"]}
 async def served(tmp_path: Path) -> AsyncIterator[InProcess]:
     config = ControllerConfig(data_dir=tmp_path / "ctl", durability="process", port=0,
                               sweep_interval_s=0.05, downlink_check_s=CHECK_S)
-    config.data_dir.mkdir(parents=True)
-    server = build_server(config)
-    task = asyncio.create_task(server.serve(), name="controller-under-test")
-    try:
-        async with asyncio.timeout(NET_TIMEOUT_S * 2):
-            while server.url is None:
-                assert not task.done(), "the controller stopped while starting"
-                await asyncio.sleep(0.01)
-        yield InProcess(server.controller, server.url)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(NET_TIMEOUT_S * 3):
-            await task
-
-
-async def enroll(served: InProcess, *node_ids: str) -> list[Identity]:
-    token = served.controller.config.admin_token_path.read_text().strip()
-    idents = [Identity(node_id, generate_private_key()) for node_id in node_ids]
-    async with httpx.AsyncClient(base_url=served.url, timeout=NET_TIMEOUT_S) as http:
-        resp = await http.post("/api/v1/join-tokens", json={"uses": len(idents)},
-                               headers={"Authorization": f"Bearer {token}"})
-        assert resp.status_code == 201, resp.text
-        join = resp.json()["token"]
-        for ident in idents:
-            resp = await http.post("/v1/edge/enroll", json={
-                "join_token": join, "node_id": ident.node_id, "public_key": ident.public_b64})
-            assert resp.status_code == 201, resp.text
-    return idents
+    async with serve_in_process(config) as served:
+        yield served
 
 
 @pytest.fixture
@@ -102,7 +77,7 @@ async def submit_without_nudge(served: InProcess, node_id: str) -> str:
 
 async def test_a_command_queued_without_a_nudge_reaches_the_live_session_within_the_period(
         served: InProcess, edge: Edge) -> None:
-    [ident] = await enroll(served, "n-lost-nudge")
+    [ident] = await enroll_in_process(served, "n-lost-nudge")
     reads = count_calls(served.controller.store, "downlink_after")
     client = await edge.session(ident)
     # the session's first pass read its (empty) outbox: only a wake-up sends from now on
@@ -118,7 +93,7 @@ async def test_a_command_queued_without_a_nudge_reaches_the_live_session_within_
 
 async def test_idle_sessions_cost_one_store_query_per_check_and_none_each(
         served: InProcess, edge: Edge) -> None:
-    idents = await enroll(served, "n-idle-1", "n-idle-2", "n-idle-3")
+    idents = await enroll_in_process(served, "n-idle-1", "n-idle-2", "n-idle-3")
     store = served.controller.store
     reads = count_calls(store, "downlink_after")
     clients = [await edge.session(ident) for ident in idents]

@@ -5,60 +5,36 @@ it reaches a session."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tether.controller.app import Controller
 from tether.controller.config import ControllerConfig
-from tether.controller.server import build_server
 from tether.protocol.errors import LocalProtocolError
 from tether.protocol.frames import Frame
-from tether.protocol.signing import generate_private_key
 
-from .conftest import NET_TIMEOUT_S, Edge, Identity, eventually
-
-
-class InProcess:
-    def __init__(self, controller: Controller, url: str) -> None:
-        self.controller = controller
-        self.url = url
+from .conftest import (
+    Edge,
+    Identity,
+    InProcess,
+    enroll_in_process,
+    eventually,
+    serve_in_process,
+)
 
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[InProcess]:
     config = ControllerConfig(data_dir=tmp_path / "ctl", durability="process", port=0)
-    config.data_dir.mkdir(parents=True)
-    server = build_server(config)
-    task = asyncio.create_task(server.serve(), name="controller-under-test")
-    try:
-        async with asyncio.timeout(NET_TIMEOUT_S * 2):
-            while server.url is None:
-                assert not task.done(), "the controller stopped while starting"
-                await asyncio.sleep(0.01)
-        yield InProcess(server.controller, server.url)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(NET_TIMEOUT_S * 3):
-            await task
+    async with serve_in_process(config) as served:
+        yield served
 
 
 @pytest.fixture
 async def session(served: InProcess) -> AsyncIterator[tuple[Edge, Identity]]:
     """An enrolled node with a welcomed raw edge session on the in-process controller."""
-    token = served.controller.config.admin_token_path.read_text().strip()
-    ident = Identity("n-router", generate_private_key())
-    async with httpx.AsyncClient(base_url=served.url, timeout=NET_TIMEOUT_S) as http:
-        resp = await http.post("/api/v1/join-tokens", json={"uses": 1},
-                               headers={"Authorization": f"Bearer {token}"})
-        assert resp.status_code == 201, resp.text
-        resp = await http.post("/v1/edge/enroll", json={
-            "join_token": resp.json()["token"], "node_id": ident.node_id,
-            "public_key": ident.public_b64})
-        assert resp.status_code == 201, resp.text
+    [ident] = await enroll_in_process(served, "n-router")
     edge = Edge(served.url)
     try:
         yield edge, ident
