@@ -144,7 +144,8 @@ def build(config: ControllerConfig) -> Controller:
     return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
                       store=store, registry=registry, router=router, bus=bus,
                       cluster=cluster, monitor=monitor, admission=admission,
-                      liveness=liveness, nodes=NodeViews(registry, config.thresholds),
+                      liveness=liveness, nodes=NodeViews(registry, config.thresholds,
+                                                         replica_id=replica_id),
                       commands=commands, gateway=gateway, leadership=leadership,
                       sweeper=sweeper)
 

@@ -18,8 +18,10 @@ class NodeViews:
     bodies."""
 
     def __init__(self, presence: Presence, thresholds: Thresholds, *,
+                 replica_id: str | None = None,
                  wall: Callable[[], float] = time.time) -> None:
         self._presence = presence
+        self._replica_id = replica_id
         self._thresholds = thresholds
         self._wall = wall
 
@@ -51,8 +53,10 @@ class NodeViews:
                          "clock_offset_ms": tr.get("clock_offset_ms"),
                          "logs_dropped_total": live_session.logs_dropped_total}
             resources = dict(live_session.resources)
-        elif isinstance(row.get("current_session"), str) and _is_time(last_seen):
-            # Open on another replica (the store names the session; its owner touches
+        elif (isinstance(row.get("current_session"), str) and _is_time(last_seen)
+              and row.get("current_replica") not in (None, self._replica_id)):
+            # Open on another replica (the store names it: a session of this replica that
+            # presence no longer holds is one whose close is being recorded); its owner touches
             # last_seen_at and the runtime state every touch_interval_s, well inside
             # stale_after_s): judged from what the owner last wrote.
             runtime = {"state": row["runtime_state"], "version": row["runtime_version"]}

@@ -29,7 +29,7 @@ def row(**over: Any) -> dict[str, Any]:
     return base
 
 
-views = NodeViews(HeldElsewhere(), TH, wall=lambda: NOW)
+views = NodeViews(HeldElsewhere(), TH, replica_id="r-b", wall=lambda: NOW)
 
 
 def test_a_node_held_by_another_replica_is_online_by_the_owners_last_touch() -> None:
@@ -50,6 +50,13 @@ def test_a_node_with_no_open_session_anywhere_is_judged_by_its_close_as_before()
                  closed_by_goodbye=True)
     assert views.view(closed)["liveness"] == "offline"
     assert views.view(closed)["session"] is None
+
+
+def test_a_session_of_this_replica_that_presence_has_let_go_is_not_shown_live() -> None:
+    """Between the registry releasing a session and the store recording its close, the
+    row still names it: it is this replica's own, ending, never judged from touches."""
+    assert views.view(row(current_replica="r-b"))["liveness"] == "offline"
+    assert views.view(row(current_replica=None))["liveness"] == "offline"
 
 
 def test_hostile_stored_values_never_make_the_view_fail() -> None:
