@@ -67,10 +67,15 @@ class Run:
 
     b: ControllerProc
     api_b: httpx.AsyncClient
+    apis: tuple[httpx.AsyncClient, ...]  # of every replica
     submitted: list[Submitted] = field(default_factory=list)
     seen_on_b: dict[str, list[str]] = field(default_factory=dict)  # command id -> states
     phase: str = "before"
     ran_while_down: str | None = None  # a command of A's node that ran while NATS was down
+    going: asyncio.Event = field(default_factory=asyncio.Event)  # clear: the driver pauses
+
+    def __post_init__(self) -> None:
+        self.going.set()
 
     def seen_done(self, command_id: str) -> bool:
         return "succeeded" in self.seen_on_b.get(command_id, ())
@@ -113,6 +118,7 @@ async def drive(clients: dict[str, httpx.AsyncClient], targets: list[str], marke
     ``clients`` in turn; the real node's command appends its tag to ``marker``."""
     vias = list(clients)
     for i in itertools.count():
+        await run.going.wait()
         if stop.is_set():
             return
         node_id = targets[i % len(targets)]
@@ -185,7 +191,7 @@ async def run_through_outage(
     async with clients(a, b, c) as (api_a, api_b, api_c), \
             Fleet(a.url, a.token, prefix="sa", seed=1) as fleet_a, \
             Fleet(b.url, b.token, prefix="sb", seed=2) as fleet_b:
-        run = Run(b, api_b)
+        run = Run(b, api_b, (api_a, api_b, api_c))
         node = await real_node(a, api_a, tmp_path)
         node.start()
         try:
@@ -216,6 +222,7 @@ async def run_through_outage(
                     await eventually(lambda: _all_succeeded(api_b, run.in_phase("during")),
                                      timeout_s=PROMPTLY_S,
                                      what="commands submitted during the outage to run")
+                run.going.set()
                 run.phase = "after"
                 await _probe(api_a, api_b, run, marker)
                 await eventually(lambda: _async(len(run.in_phase("after")) >= 3 * len(targets)),
@@ -267,6 +274,13 @@ async def _ran_while_down(run: Run) -> bool:
                 run.ran_while_down = s.command_id
                 return True
     return False
+
+
+async def _all_disconnected(run: Run) -> bool:
+    for api in run.apis:
+        if (await metrics(api))["tether_nats_connected"] != 0:
+            return False
+    return True
 
 
 async def _all_succeeded(api: httpx.AsyncClient, commands: list[Submitted]) -> bool:
@@ -328,7 +342,18 @@ async def test_nats_restarted_mid_run_loses_no_command_and_no_event_and_routing_
         make_replica: Callable[..., ControllerProc], nats_server: NatsServer,
         tmp_path: Path) -> None:
     async def restart(run: Run) -> None:
-        await nats_server.restart()
+        # nats_server.restart(), held open until the replicas have noticed: a bare restart
+        # is over before they do, and the commands "during" it would never see NATS down
+        await nats_server.stop()
+        await eventually(lambda: _all_disconnected(run), timeout_s=30,
+                         what="every replica to see NATS gone")
+        submitted = len(run.submitted)
+        await eventually(lambda: _async(len(run.submitted) >= submitted + 7), timeout_s=30,
+                         what="commands submitted while NATS is down")
+        # Then no more until they have run: under a steady stream, each command's ack wakes
+        # its node's downlink, which would carry the earlier ones along without any nudge.
+        run.going.clear()
+        await nats_server.start()
 
     # the periodic downlink check is slowed far past PROMPTLY_S: the commands submitted
     # during the restart run promptly only because their nudges are replayed, and A wakes
