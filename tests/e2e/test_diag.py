@@ -18,7 +18,10 @@ import pytest
 from tether.protocol.signing import generate_private_key, private_key_raw
 
 from ..helpers import ControllerProc, NodeProc, Proc, tether_cmd, wait_until
+from .conftest import Backend
 from .test_transport_options import free_port
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 
 def diag(*args: str) -> tuple[int, dict[str, Any]]:
@@ -183,7 +186,7 @@ def test_diag_node_shows_the_node_screen(controller: ControllerProc, tmp_path: P
 
 
 def test_diag_controller_reports_sessions_store_ws_and_loop_lag(
-        controller: ControllerProc, tmp_path: Path) -> None:
+        controller: ControllerProc, backend: Backend, tmp_path: Path) -> None:
     node = NodeProc(tmp_path / "n-dc", "n-dc")
     node.enroll(controller)
     node.start()
@@ -198,7 +201,7 @@ def test_diag_controller_reports_sessions_store_ws_and_loop_lag(
         info = json.loads(out.stdout)
         assert info["sessions"]["open"] == 1
         assert info["sessions"]["nodes_by_liveness"] == {"online": 1, "offline": 1}
-        assert info["store"]["commit_ms"] > 0 and info["store"]["durability"] == "fsync"
+        assert info["store"]["commit_ms"] > 0 and info["store"]["durability"] == backend.durability
         assert info["event_loop"]["lag_ms"] >= 0
         table = subprocess.run(tether_cmd("diag", "controller", *flags),
                                capture_output=True, text=True, timeout=60)
