@@ -1,8 +1,9 @@
 """End-to-end controllers on either backend.
 
-One mechanism: a module that sets ``pytestmark = pytest.mark.both_backends`` runs each of its
-tests that starts a controller twice, ``[sqlite]`` and ``[postgres+nats]``. The ``controller``
-fixture and the ``make_controller`` factory here start it on the ``backend`` of the test:
+One mechanism: a test marked ``both_backends`` (a whole module with ``pytestmark =
+pytest.mark.both_backends``) that starts a controller runs twice, ``[sqlite]`` and
+``[postgres+nats]``. The ``controller`` fixture and the ``make_controller`` factory here start
+it on the ``backend`` of the test:
 
 * ``sqlite``: the zero-setup default, the store in the controller's data dir;
 * ``postgres+nats``: a database of the test's own on the session's PostgreSQL (``pg_dsn``)
@@ -10,18 +11,25 @@ fixture and the ``make_controller`` factory here start it on the ``backend`` of 
   (``--durability process`` like tests/cluster). When either cannot start, that test is
   skipped with the reason (failed under CI), and its ``[sqlite]`` twin still runs.
 
-Every other test (unmarked module, or no controller) runs once, on SQLite. The core modules
-(marked) are those that drive the controller's store and its routing of commands, output,
-liveness, sessions and events end to end. Left on SQLite only, with why:
+Every other test (unmarked, or starting no controller) runs once, on SQLite.
 
-* test_cli_and_demo: ``tether demo`` is the zero-setup SQLite path by definition;
-* test_fleet: a thousand simulated nodes, the cost; the cluster harness (tools/cluster.py)
-  runs a fleet against the replicas;
-* test_flood, test_overload, test_frame_cap's neighbours test_transport_options,
-  test_reconnect_spread, test_enroll_pinning, test_ws_slow_client: the edge's socket
-  handling, TLS and the sidecar's dialling, the same code whichever store is behind;
+Marked, whole modules: test_core_mesh, test_execution, test_exec_output, test_offline_runtime,
+test_frame_cap, test_enroll_conflict, test_ws_slow_client (the controller's store and its
+routing of commands, output, liveness, sessions, join tokens and /ws events); single tests
+of test_sidecar, test_diag and test_cli_and_demo (those whose answer comes from the store or
+the routing, each module says which). Left on SQLite only, with why:
+
+* test_cli_and_demo's demo and CLI-only tests: ``tether demo`` is SQLite by definition;
+* test_fleet: a thousand simulated nodes, for its cost; tests/cluster drives fleets against
+  replicas on PostgreSQL + NATS;
+* test_flood, test_overload, test_transport_options, test_reconnect_spread,
+  test_enroll_pinning, test_readiness: the edge's socket handling, TLS, the sidecar's dialling
+  and the node's readiness, the same code whichever store and bus are behind;
 * test_apps, test_exec_policy, test_clean_stop, test_diag_node_exit: the node's own
   processes and policy, where the controller only carries commands.
+
+The added cost is the marked tests' run time once more (a PostgreSQL controller starts about
+as fast as a SQLite one); PostgreSQL itself starts once per session.
 """
 
 from __future__ import annotations

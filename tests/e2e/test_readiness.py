@@ -14,8 +14,6 @@ import pytest
 
 from ..helpers import ControllerProc, NodeProc, Proc, wait_until
 
-pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
-
 
 @pytest.fixture
 def proxy(controller: ControllerProc, tmp_path: Path) -> Iterator[tuple[Proc, str]]:
