@@ -9,7 +9,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from ..helpers import ControllerProc, NodeProc, Proc, tether_cmd, wait_until
+
+# The demo is SQLite by definition; the tests of join tokens and of a controller's graceful
+# stop, kept in the store, run on both backends (tests/e2e/conftest.py).
+both_backends = pytest.mark.both_backends
 
 
 def test_demo_brings_up_an_online_node_and_exec_needs_no_flags(tmp_path: Path) -> None:
@@ -54,6 +60,7 @@ def test_operator_commands_against_a_dead_port_fail_in_one_line(tmp_path: Path) 
     assert out.stderr.count("\n") == 1 and "cannot reach the controller" in out.stderr
 
 
+@both_backends
 def test_join_token_create_and_node_listing_print_tables_and_json(
         controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
     flags = ["--url", controller.url, "--token", controller.token]
@@ -75,6 +82,7 @@ def test_join_token_create_and_node_listing_print_tables_and_json(
     assert unknown.returncode == 1 and "not enrolled" in unknown.stderr
 
 
+@both_backends
 def test_a_controller_stopped_with_sigterm_closes_sessions_with_1001_and_nodes_come_back(
         controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
     make_node("n-restart")
@@ -93,6 +101,7 @@ def test_a_controller_stopped_with_sigterm_closes_sessions_with_1001_and_nodes_c
     assert old["close_code"] == 1001
 
 
+@both_backends
 def test_enrolling_with_a_used_token_fails_with_the_controllers_reason(
         controller: ControllerProc, tmp_path: Path) -> None:
     token = controller.api().post("/api/v1/join-tokens", json={"uses": 1}).json()["token"]

@@ -12,9 +12,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tether.protocol.frames import TERMINAL_STATES
 
 from ..helpers import Api, ControllerProc, NodeProc, tether_cmd, wait_until
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 
 def marker_command(marker: Path, tag: str) -> dict[str, object]:

@@ -18,7 +18,13 @@ import pytest
 from tether.protocol.signing import generate_private_key, private_key_raw
 
 from ..helpers import ControllerProc, NodeProc, Proc, tether_cmd, wait_until
+from .conftest import Backend
 from .test_transport_options import free_port
+
+# The probes whose answer comes from the controller's store or routing (the node's key, its
+# session history, a ping routed to it, the session counts) run on both backends (tests/e2e/
+# conftest.py); the client-side failure messages and the node's own screen on SQLite only.
+both_backends = pytest.mark.both_backends
 
 
 def diag(*args: str) -> tuple[int, dict[str, Any]]:
@@ -31,6 +37,7 @@ def failed_step(report: dict[str, Any]) -> dict[str, Any]:
     return next(s for s in report["steps"] if not s["ok"])
 
 
+@both_backends
 def test_diag_ws_walks_every_step_to_a_heartbeat_with_a_node_key(
         controller: ControllerProc, tmp_path: Path) -> None:
     node = NodeProc(tmp_path / "n-diag", "n-diag")
@@ -75,6 +82,7 @@ def test_diag_ws_against_a_non_tether_http_server_fails_at_the_upgrade(plain_htt
     assert "not a Tether controller" in step["hint"] or "not look like" in step["hint"]
 
 
+@both_backends
 def test_diag_ws_with_a_key_the_controller_does_not_know_fails_at_hello(
         controller: ControllerProc, tmp_path: Path) -> None:
     node = NodeProc(tmp_path / "n-wrongkey", "n-wrongkey")
@@ -131,6 +139,7 @@ def route_json(controller: ControllerProc, node_id: str, *extra: str) -> tuple[i
     return out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr
 
 
+@both_backends
 def test_diag_route_pings_through_the_controller_and_reports_each_hop(
         controller: ControllerProc, tmp_path: Path) -> None:
     node = NodeProc(tmp_path / "n-route", "n-route")
@@ -160,6 +169,7 @@ def test_diag_route_pings_through_the_controller_and_reports_each_hop(
         node.cleanup()
 
 
+@both_backends
 def test_diag_route_to_an_unknown_node_says_so(controller: ControllerProc) -> None:
     out = subprocess.run(tether_cmd("diag", "route", "--url", controller.url, "--token",
                                     controller.token, "ghost"),
@@ -182,8 +192,9 @@ def test_diag_node_shows_the_node_screen(controller: ControllerProc, tmp_path: P
         node.cleanup()
 
 
+@both_backends
 def test_diag_controller_reports_sessions_store_ws_and_loop_lag(
-        controller: ControllerProc, tmp_path: Path) -> None:
+        controller: ControllerProc, backend: Backend, tmp_path: Path) -> None:
     node = NodeProc(tmp_path / "n-dc", "n-dc")
     node.enroll(controller)
     node.start()
@@ -198,7 +209,7 @@ def test_diag_controller_reports_sessions_store_ws_and_loop_lag(
         info = json.loads(out.stdout)
         assert info["sessions"]["open"] == 1
         assert info["sessions"]["nodes_by_liveness"] == {"online": 1, "offline": 1}
-        assert info["store"]["commit_ms"] > 0 and info["store"]["durability"] == "fsync"
+        assert info["store"]["commit_ms"] > 0 and info["store"]["durability"] == backend.durability
         assert info["event_loop"]["lag_ms"] >= 0
         table = subprocess.run(tether_cmd("diag", "controller", *flags),
                                capture_output=True, text=True, timeout=60)
@@ -265,6 +276,7 @@ def test_diag_route_and_controller_through_a_blackholed_route_say_traffic_is_swa
     assert "a proxy or firewall swallows traffic" in err
 
 
+@both_backends
 def test_diag_route_to_a_node_whose_sidecar_is_frozen_names_the_hop_that_did_not_answer(
         controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
     node = make_node("n-frozen")

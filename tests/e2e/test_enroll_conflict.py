@@ -6,7 +6,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ..helpers import ControllerProc, tether_cmd
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 
 def enroll(ctl: ControllerProc, state: Path, node_id: str) -> subprocess.CompletedProcess[str]:

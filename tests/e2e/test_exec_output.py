@@ -8,7 +8,11 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from ..helpers import ControllerProc, NodeProc, tether_cmd
+import pytest
+
+from ..helpers import FAST, ControllerProc, NodeProc, tether_cmd
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 EXIT_OUTPUT_DROPPED = 3
 
@@ -64,10 +68,8 @@ def test_output_past_the_policy_cap_is_counted_on_stderr_with_exit_code_3(
 
 
 def test_output_past_the_controllers_per_command_cap_is_counted_and_a_failure_keeps_its_code(
-        tmp_path: Path) -> None:
-    ctl = ControllerProc(tmp_path / "ctl-cap")
-    ctl.extra += ["--max-log-bytes-per-command", "100000"]
-    ctl.start()
+        make_controller: Callable[..., ControllerProc], tmp_path: Path) -> None:
+    ctl = make_controller("ctl-cap", extra=[*FAST, "--max-log-bytes-per-command", "100000"])
     node = NodeProc(tmp_path / "n-ccap", "n-ccap")
     try:
         node.enroll(ctl)
@@ -97,14 +99,12 @@ def test_output_past_the_controllers_per_command_cap_is_counted_and_a_failure_ke
             followed.stderr.decode()
     finally:
         node.cleanup()
-        ctl.terminate()
 
 
 def test_a_cli_cut_off_from_the_live_stream_fills_in_over_rest_and_loses_nothing(
-        tmp_path: Path) -> None:
-    ctl = ControllerProc(tmp_path / "ctl-slow")
-    ctl.extra += ["--ws-max-queue", "2"]  # the CLI is cut off (4429) again and again
-    ctl.start()
+        make_controller: Callable[..., ControllerProc], tmp_path: Path) -> None:
+    # the CLI is cut off (4429) again and again
+    ctl = make_controller("ctl-slow", extra=[*FAST, "--ws-max-queue", "2"])
     node = NodeProc(tmp_path / "n-cut", "n-cut")
     try:
         node.enroll(ctl)
@@ -116,4 +116,3 @@ def test_a_cli_cut_off_from_the_live_stream_fills_in_over_rest_and_loses_nothing
         assert diag["ws"]["cut_off_total"] >= 1  # it was cut off, and still got every line
     finally:
         node.cleanup()
-        ctl.terminate()

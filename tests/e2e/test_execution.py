@@ -8,9 +8,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tether.protocol.frames import TERMINAL_STATES
 
 from ..helpers import Api, ControllerProc, NodeProc, tether_cmd, wait_until
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 
 def logs(api: Api, command_id: str) -> list[dict[str, object]]:

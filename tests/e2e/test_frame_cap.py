@@ -7,11 +7,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.deliver import encode_deliver
 from tether.protocol.frames import TERMINAL_STATES
 
 from ..helpers import ControllerProc, NodeProc, wait_until
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 MAX_BODY_BYTES = 1 << 20  # the REST body limit (controller/api/routes.py)
 

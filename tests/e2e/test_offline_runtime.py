@@ -7,7 +7,11 @@ import json
 import subprocess
 from collections.abc import Callable
 
+import pytest
+
 from ..helpers import ControllerProc, NodeProc, tether_cmd, wait_until
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 
 def test_an_offline_node_shows_its_runtime_as_unknown(

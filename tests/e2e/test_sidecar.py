@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +25,14 @@ from .test_core_mesh import (
 # (the sidecar's edge.runtime), never from a timeout.
 SLOW = ["--heartbeat-s", "1", "--stale-after-s", "60", "--offline-after-s", "120"]
 
+# The tests of what the controller sees and stores run on both backends (tests/e2e/
+# conftest.py); those of the node's own socket and pid file on SQLite only.
+both_backends = pytest.mark.both_backends
+
 
 @pytest.fixture
-def slow_controller(tmp_path: Path) -> Iterator[ControllerProc]:
-    ctl = ControllerProc(tmp_path / "ctl", extra=SLOW)
-    ctl.start()
-    yield ctl
-    ctl.terminate()
+def slow_controller(make_controller: Callable[..., ControllerProc]) -> ControllerProc:
+    return make_controller("ctl", extra=SLOW)
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def node(slow_controller: ControllerProc, tmp_path: Path) -> Iterator[NodeProc]:
     n.cleanup()
 
 
+@both_backends
 def test_kill_9_of_the_runtime_keeps_the_session_and_queued_commands_run_once_it_returns(
         slow_controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
     api = slow_controller.api()
@@ -69,6 +71,7 @@ def test_kill_9_of_the_runtime_keeps_the_session_and_queued_commands_run_once_it
     assert node.sidecar_pid() == sidecar
 
 
+@both_backends
 def test_node_restart_restarts_only_the_runtime_and_keeps_the_session(
         slow_controller: ControllerProc, node: NodeProc) -> None:
     api = slow_controller.api()
@@ -94,6 +97,7 @@ def test_a_second_runtime_for_the_same_state_dir_is_refused(node: NodeProc) -> N
     assert "already runs" in second.stderr
 
 
+@both_backends
 def test_kill_9_of_the_sidecar_mid_stream_loses_nothing_and_the_new_session_resumes(
         slow_controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
     api = slow_controller.api()
@@ -119,6 +123,7 @@ def test_kill_9_of_the_sidecar_mid_stream_loses_nothing_and_the_new_session_resu
     assert view["liveness"] == "online"
 
 
+@both_backends
 def test_node_stop_stops_the_runtime_and_the_sidecar_and_the_node_is_offline_at_once(
         slow_controller: ControllerProc, node: NodeProc) -> None:
     api = slow_controller.api()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from ..helpers import FAST, ControllerProc, NodeProc, wait_until
+
+pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 LINES = 400  # ~8 MB in ~20 KB lines at a pace a reading client follows easily
 
@@ -25,13 +27,10 @@ def rss_kib(pid: int) -> int:
 
 
 @pytest.fixture
-def ctl(tmp_path: Path) -> Iterator[ControllerProc]:
-    c = ControllerProc(tmp_path / "ctl", extra=[
+def ctl(make_controller: Callable[..., ControllerProc]) -> ControllerProc:
+    return make_controller("ctl", extra=[
         *FAST, "--ws-max-queue", "128", "--ws-max-queue-bytes", str(4 << 20),
         "--max-log-bytes-per-command", str(64 << 20)])
-    c.start()
-    yield c
-    c.terminate()
 
 
 async def subscribed(url: str, token: str, topics: list[str],
