@@ -281,6 +281,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         store=ctl.store, commands=ctl.commands, nodes=ctl.nodes, router=ctl.router,
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, admission=ctl.admission,
         probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
-        edge_pending=ctl.gateway.pending_bytes, durability=config.durability)
+        edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
+        is_leader=lambda: ctl.leadership.is_leader)
     app.state.version = __version__
     return app
