@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # PostgreSQL and NATS), as package:binary; installed with apt-get when root and a binary is
 # missing, otherwise the tests that need them say why they cannot run. A binary is looked for
 # on PATH and where Debian puts PostgreSQL's server binaries (/usr/lib/postgresql/<v>/bin).
-SYSDEPS := tinyproxy:tinyproxy mosquitto:mosquitto postgresql:initdb nats-server:nats-server
+SYSDEPS := tinyproxy:tinyproxy mosquitto:mosquitto postgresql:initdb nats-server:nats-server nginx:nginx
 
 $(BIN)/.installed: pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tether needs Python >= 3.11")'

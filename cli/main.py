@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "after 8 s of waiting) they get 4429 with a retry_after")
     serve.add_argument("--allowed-origin", action="append", default=[],
                        help="extra Origin allowed on /ws (repeatable)")
+    serve.add_argument("--downlink-check-s", type=float, default=5.0,
+                       help="how often sessions with queued commands they were not woken for "
+                            "are woken: bounds how long a nudge lost between replicas delays "
+                            "a command (default 5)")
     serve.add_argument("--ws-max-queue", type=int, default=1024,
                        help="events queued per /ws client before a slow one is cut off")
     serve.add_argument("--ws-max-queue-bytes", type=int, default=16 << 20)
@@ -345,7 +349,8 @@ def dispatch(args: argparse.Namespace) -> int:
             max_dead_letters_per_node=args.max_dead_letters_per_node,
             max_pending_evt_bytes=args.max_pending_evt_bytes,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
-            ws_max_queue_bytes=args.ws_max_queue_bytes))
+            ws_max_queue_bytes=args.ws_max_queue_bytes,
+            downlink_check_s=args.downlink_check_s))
     if noun == "join-token":
         return op.join_token_create(args)
     if noun == "node":

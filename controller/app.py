@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .services.liveness import NodeLiveness
 from .services.monitor import MonitorStore
 from .services.nats_bus import NatsBus
 from .services.nats_link import NatsLink, NatsUnavailable
+from .services.nats_metrics import nats_samples
 from .services.nats_router import NatsRouter
 from .services.nodes import NodeViews
 from .services.probe import DriverProbe
@@ -282,6 +284,8 @@ def create_app(config: ControllerConfig) -> Starlette:
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, admission=ctl.admission,
         probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
         edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
-        is_leader=lambda: ctl.leadership.is_leader)
+        is_leader=lambda: ctl.leadership.is_leader,
+        nats_samples=None if ctl.cluster is None else functools.partial(
+            nats_samples, ctl.cluster.link, ctl.cluster.bus, ctl.cluster.router))
     app.state.version = __version__
     return app

@@ -159,7 +159,10 @@ class Fleet:
         self.prefix = prefix
         self.connect_timeout_s = connect_timeout_s
         self.nodes: list[SimNode] = []
+        # idle connections kept less than uvicorn's 5 s keep-alive: at equal values a reused
+        # one may be closed by the server as the request goes out (RemoteProtocolError)
         self.http = httpx.AsyncClient(base_url=url, timeout=30,
+                                      limits=httpx.Limits(keepalive_expiry=2.0),
                                       headers={"Authorization": f"Bearer {token}"})
         self._stack = contextlib.AsyncExitStack()
         self._tg: asyncio.TaskGroup | None = None

@@ -118,6 +118,8 @@ class ApiServices:
     edge_pending: Callable[[], tuple[int, int]]
     durability: str
     is_leader: Callable[[], bool] = lambda: True  # runs the fleet-wide singletons now
+    # (metric, type, value) of the replica's NATS link, router and bus; None without --bus
+    nats_samples: Callable[[], list[tuple[str, str, int]]] | None = None
 
 
 def _ctl(request: Request) -> ApiServices:
@@ -526,6 +528,8 @@ async def metrics(request: Request) -> Response:
         lines.append(f"# TYPE {metric} {kind}")
         lines += [f'{metric}{{what="{what}"}} {row[key] or 0}'
                   for what, row in sorted(usage.items())]
+    for name, kind, value in ctl.nats_samples() if ctl.nats_samples is not None else ():
+        lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 

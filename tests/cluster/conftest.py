@@ -19,15 +19,16 @@ from ..helpers import FAST, ControllerProc
 
 @pytest.fixture
 def make_replica(tmp_path: Path, pg_dsn: str, nats_url: str
-                 ) -> Iterator[Callable[[str], ControllerProc]]:
-    """make_replica(replica_id): a started controller process on the test's PostgreSQL
-    database and nats-server, data dir ``tmp_path/<replica_id>``; stopped after the test."""
+                 ) -> Iterator[Callable[..., ControllerProc]]:
+    """make_replica(replica_id, *flags): a started controller process on the test's
+    PostgreSQL database and nats-server, data dir ``tmp_path/<replica_id>``, with more
+    ``serve`` flags if given; stopped after the test."""
     replicas: list[ControllerProc] = []
 
-    def make(replica_id: str) -> ControllerProc:
+    def make(replica_id: str, *flags: str) -> ControllerProc:
         ctl = ControllerProc(tmp_path / replica_id, extra=[
             *FAST, "--durability", "process", "--store", pg_dsn, "--bus", nats_url,
-            "--replica-id", replica_id])
+            "--replica-id", replica_id, *flags])
         replicas.append(ctl)
         ctl.start()
         return ctl
