@@ -482,6 +482,15 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
             f"/ws         {w['subscribers']} subscribers, {w['cut_off_total']} cut off, "
             f"{w['events_published_total']} events",
             f"event loop  lag {lp['lag_ms']} ms (max {lp['lag_max_ms']} ms)"]
+        cluster = info.get("cluster") or {}
+        if cluster.get("nats") is not None:
+            n = cluster["nats"]
+            lines.append(
+                f"cluster     {'leader' if cluster['leader'] else 'not leader'}; NATS "
+                f"{'connected' if n['connected'] else 'DISCONNECTED'}, "
+                f"{n['reconnects_total']} reconnects, {n['queued']} queued, "
+                f"{n['dropped_total']} dropped; {cluster['downlink_wakes_total']} "
+                "downlink wakes")
     except (KeyError, TypeError, AttributeError) as exc:
         raise CliError(f"{api.url}/api/v1/diag answered in a shape this CLI does not know "
                        f"({exc!r}): is the controller another version? --json shows what it "

@@ -284,6 +284,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, admission=ctl.admission,
         probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
         edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
+        is_leader=lambda: ctl.leadership.is_leader,
         nats_samples=None if ctl.cluster is None else functools.partial(
             nats_samples, ctl.cluster.link, ctl.cluster.bus, ctl.cluster.router))
     app.state.version = __version__

@@ -44,6 +44,7 @@ from tether.protocol.errors import (
     CloseCode,
     FrameTooLarge,
     RemoteProtocolError,
+    StoreError,
     TetherError,
     close_reason,
 )
@@ -106,6 +107,18 @@ class _Close(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def _store_failed(exc: StoreError, where: str, **context: object) -> _Close:
+    """The close for a store failure, with the error table's code: ``unavailable`` (the
+    store cannot be reached: PostgreSQL down or failing over) is 1013, for the node to back
+    off and retry, and one warning line; anything else stays a logged, traced 1011."""
+    if exc.code == "unavailable":
+        logger.warning(f"{where} ended: the store is unavailable",
+                       extra={**context, "detail": exc.message})
+        return _Close(exc.close_code, "store unavailable")
+    logger.error(f"{where} failed", exc_info=exc, extra=context)
+    return _Close(exc.close_code, "internal error")
 
 
 class _Timeout(_Close):
@@ -321,6 +334,9 @@ class EdgeConnection:
         except _Close as exc:
             await self._finish(exc)
             return
+        except StoreError as exc:
+            await self._finish(_store_failed(exc, "edge handshake", remote=self.remote))
+            return
         except Exception:
             logger.exception("edge handshake failed", extra={"remote": self.remote})
             await self._finish(_Close(CloseCode.INTERNAL_ERROR, "internal error"))
@@ -348,6 +364,11 @@ class EdgeConnection:
             close = first if isinstance(first, _Close) else None
         except* Fenced:
             close = _Close(CloseCode.SUPERSEDED, "superseded")
+        except* StoreError as group:
+            first_error = group.exceptions[0]
+            assert isinstance(first_error, StoreError)
+            close = _store_failed(first_error, "edge session", node_id=self.node_id,
+                                  session_id=self.session_id)
         except* Exception as group:
             logger.error("edge session failed", exc_info=group.exceptions[0],
                          extra={"node_id": self.node_id, "session_id": self.session_id})
@@ -911,8 +932,8 @@ class EdgeConnection:
                     self.node_id, [(c.command_id, c.source, c.seq, c.data, c.dropped)
                                    for c in chunks])
                 for row in rows:
-                    if row["command_id"]:
-                        log_appended(self.svc.bus, row["command_id"], row)
+                    if row.command_id:
+                        log_appended(self.svc.bus, row.command_id, row)
             if not batch:
                 return
             effects = await self.svc.store.apply_evt(node_id=self.node_id,

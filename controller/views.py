@@ -20,19 +20,9 @@ from .store.records import (
     SessionRecord,
     fix_text,
 )
-from .store.records import loads as _loads_text
 
-__all__ = ["command_view", "dead_letter_view", "iso", "loads", "log_item", "node_event_view",
+__all__ = ["command_view", "dead_letter_view", "iso", "log_item", "node_event_view",
            "session_view"]
-
-
-def loads(value: object, default: Any = None) -> Any:
-    """A JSON value of a record as it is (the store decoded it), or stored JSON text read
-    with :func:`tether.controller.store.records.loads` (never raises; ``default`` for
-    what is not JSON): for code written against the rows of earlier versions."""
-    if isinstance(value, dict | list | int | float) and not isinstance(value, bool):
-        return value
-    return _loads_text(value, default)
 
 
 def iso(ts: object) -> str | None:

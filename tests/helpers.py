@@ -223,3 +223,11 @@ class Api:
                          json={"kind": kind, "args": args or {}, **body})
         assert resp.status_code == 202, resp.text
         return resp.json()  # type: ignore[no-any-return]
+
+
+def metric(text: str, name: str) -> float:
+    """The one sample of an unlabelled metric ``name`` in Prometheus text."""
+    values = [float(line.split()[1]) for line in text.splitlines()
+              if line.split()[:1] == [name]]
+    assert len(values) == 1, (name, values)
+    return values[0]

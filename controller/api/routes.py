@@ -26,6 +26,7 @@ from tether.protocol.errors import (
     BadFrame,
     InvalidRequest,
     NotFound,
+    StoreError,
     TetherError,
     http_status_for,
 )
@@ -42,10 +43,18 @@ from ..services.presence import Presence
 from ..services.probe import StoreProbe
 from ..services.router import Router
 from ..services.runstate import RunState
-from ..views import command_view, iso, log_item, node_event_view
+from ..views import (
+    command_view,
+    dead_letter_view,
+    iso,
+    log_item,
+    node_event_view,
+    session_view,
+)
 
 if TYPE_CHECKING:
     from ..store.controller_store import ControllerStore, LogPage
+    from ..store.records import NodeRecord
 
 MAX_BODY_BYTES = 1 << 20
 MAX_TTL_S = 365 * 86400
@@ -80,10 +89,12 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 
 
 class LoopLag(Protocol):
-    """The event loop's lag as last measured (services/sweeper.py)."""
+    """The event loop's lag as last measured, and the sessions the downlink check woke
+    (services/sweeper.py: nudges lost, or raced)."""
 
     loop_lag_ms: float
     loop_lag_max_ms: float
+    downlink_wakes_total: int
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -106,6 +117,7 @@ class ApiServices:
     loop_lag: LoopLag
     edge_pending: Callable[[], tuple[int, int]]
     durability: str
+    is_leader: Callable[[], bool] = lambda: True  # runs the fleet-wide singletons now
     # (metric, type, value) of the replica's NATS link, router and bus; None without --bus
     nats_samples: Callable[[], list[tuple[str, str, int]]] | None = None
 
@@ -220,7 +232,7 @@ async def list_nodes(request: Request) -> Response:
     return JSONResponse({"items": [ctl.nodes.view(r) for r in await ctl.store.list_nodes()]})
 
 
-async def _node_row(request: Request) -> dict[str, Any]:
+async def _node_row(request: Request) -> NodeRecord:
     node_id = request.path_params["node_id"]
     row = await _ctl(request).store.get_node(node_id)
     if row is None:
@@ -256,17 +268,15 @@ async def enable_node(request: Request) -> Response:
 async def node_sessions(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
-    items = await _ctl(request).store.sessions(row["node_id"])
-    return JSONResponse({"items": [
-        {**s, "opened_at": iso(s["opened_at"]), "closed_at": iso(s["closed_at"]),
-         "resumed": bool(s["resumed"])} for s in items]})
+    items = await _ctl(request).store.sessions(row.node_id)
+    return JSONResponse({"items": [session_view(s) for s in items]})
 
 
 async def node_events(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
     limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
-    items = await _ctl(request).store.node_events(row["node_id"], limit=limit)
+    items = await _ctl(request).store.node_events(row.node_id, limit=limit)
     return JSONResponse({"items": [node_event_view(e) for e in items]})
 
 
@@ -277,9 +287,8 @@ async def node_dead_letters(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
     limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
-    rows, total = await _ctl(request).store.dead_letters(row["node_id"], limit=limit)
-    return JSONResponse({"total": total, "items": [
-        {**r, "at": iso(r["at"])} for r in rows]})
+    rows, total = await _ctl(request).store.dead_letters(row.node_id, limit=limit)
+    return JSONResponse({"total": total, "items": [dead_letter_view(r) for r in rows]})
 
 
 async def node_logs(request: Request) -> Response:
@@ -289,7 +298,7 @@ async def node_logs(request: Request) -> Response:
     row = await _node_row(request)
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
     limit, max_bytes = _log_page_bounds(request)
-    rows = await _ctl(request).store.node_logs(row["node_id"],
+    rows = await _ctl(request).store.node_logs(row.node_id,
                                                source=request.query_params.get("source"),
                                                after=after, limit=limit, max_bytes=max_bytes)
     return _log_page(rows, after)
@@ -320,7 +329,7 @@ async def node_monitor(request: Request) -> Response:
     await _operator(request)
     row = await _node_row(request)
     topic = request.query_params.get("topic")
-    return JSONResponse({"topics": _ctl(request).monitor.get(row["node_id"], topic)})
+    return JSONResponse({"topics": _ctl(request).monitor.get(row.node_id, topic)})
 
 
 async def submit_command(request: Request) -> Response:
@@ -428,6 +437,11 @@ async def diag(request: Request) -> Response:
                "unencodable_total": bus.unencodable_total},
         "event_loop": {"lag_ms": ctl.loop_lag.loop_lag_ms,
                        "lag_max_ms": ctl.loop_lag.loop_lag_max_ms},
+        "cluster": {"leader": ctl.is_leader(),
+                    "downlink_wakes_total": ctl.loop_lag.downlink_wakes_total,
+                    "nats": None if ctl.nats_samples is None else {
+                        name.removeprefix("tether_nats_"): value
+                        for name, _, value in ctl.nats_samples()}},
         "edge": {"dead_letters_total": dead_letters_total,
                  "pending_evt_bytes": pending_evt_bytes,
                  "pending_log_bytes": pending_log_bytes,
@@ -458,7 +472,15 @@ _USAGE_METRICS = (  # (metric, node_usage key, Prometheus type)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the controller's counters and gauges."""
     ctl = _ctl(request)
-    dead_letters_total = await ctl.store.dead_letters_total()
+    # What the store holds is read last and may be missing: while the store cannot be
+    # reached, /metrics still answers with every in-memory figure and tether_store_up 0.
+    try:
+        dead_letters_total: int | None = await ctl.store.dead_letters_total()
+        usage = await ctl.store.node_usage()
+    except StoreError as exc:
+        if exc.code != "unavailable":
+            raise
+        dead_letters_total, usage = None, {}
     gate, mon, bus, db = ctl.admission.hello, ctl.monitor, ctl.bus.stats(), ctl.probe.counters()
     pending_evt_bytes, pending_log_bytes = ctl.edge_pending()
     lines = [
@@ -471,8 +493,7 @@ async def metrics(request: Request) -> Response:
         "# TYPE tether_store_write_queue gauge", f"tether_store_write_queue {db['write_queue']}",
         "# TYPE tether_events_published_total counter",
         f"tether_events_published_total {bus.published_total}",
-        "# TYPE tether_dead_letters_total counter",
-        f"tether_dead_letters_total {dead_letters_total}",
+        "# TYPE tether_store_up gauge", f"tether_store_up {int(dead_letters_total is not None)}",
         "# TYPE tether_ws_events_unencodable_total counter",
         f"tether_ws_events_unencodable_total {bus.unencodable_total}",
         "# TYPE tether_ws_cut_off_total counter",
@@ -496,9 +517,14 @@ async def metrics(request: Request) -> Response:
     ]
     for name, value in ctl.run.http_counters().items():
         lines += [f"# TYPE tether_http_{name} counter", f"tether_http_{name} {value}"]
+    lines += ["# TYPE tether_leader gauge", f"tether_leader {int(ctl.is_leader())}",
+              "# TYPE tether_downlink_wakes_total counter",
+              f"tether_downlink_wakes_total {ctl.loop_lag.downlink_wakes_total}"]
+    if dead_letters_total is not None:
+        lines += ["# TYPE tether_dead_letters_total counter",
+                  f"tether_dead_letters_total {dead_letters_total}"]
     # the store's budgets per ``what`` ('events', 'logs', 'node_logs'), summed over nodes
-    usage = await ctl.store.node_usage()
-    for metric, key, kind in _USAGE_METRICS:
+    for metric, key, kind in _USAGE_METRICS if usage else ():
         lines.append(f"# TYPE {metric} {kind}")
         lines += [f'{metric}{{what="{what}"}} {row[key] or 0}'
                   for what, row in sorted(usage.items())]

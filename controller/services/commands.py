@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from tether.protocol.errors import Conflict, NotFound
 
+from ..store.records import CommandRecord, LogPage, NodeRecord
 from .bus import EventBus
 from .presence import Presence
 from .router import Router
@@ -28,20 +29,20 @@ class CommandStore(Protocol):
 
     async def submit_command(self, *, node_id: str, kind: str, args: dict[str, Any],
                              ttl_s: float | None, idem_key: str | None, actor: str,
-                             max_frame: int = ...) -> tuple[dict[str, Any], bool]: ...
+                             max_frame: int = ...) -> tuple[CommandRecord, bool]: ...
 
     async def control_command(self, command_id: str, action: str, *,
-                              actor: str) -> tuple[dict[str, Any], bool]: ...
+                              actor: str) -> tuple[CommandRecord, bool]: ...
 
-    async def get_command(self, command_id: str) -> dict[str, Any]: ...
+    async def get_command(self, command_id: str) -> CommandRecord: ...
 
     async def list_commands(self, *, node_id: str | None, state: str | None,
-                            limit: int) -> tuple[list[dict[str, Any]], dict[str, int]]: ...
+                            limit: int) -> tuple[list[CommandRecord], dict[str, int]]: ...
 
     async def command_logs(self, command_id: str, *, after: int = 0, limit: int = 1000,
-                           max_bytes: int | None = None) -> Any: ...
+                           max_bytes: int | None = None) -> LogPage: ...
 
-    async def get_node(self, node_id: str) -> dict[str, Any] | None: ...
+    async def get_node(self, node_id: str) -> NodeRecord | None: ...
 
 
 class CommandService:
@@ -61,7 +62,7 @@ class CommandService:
 
     async def submit(self, node_id: str, *, kind: str, args: dict[str, Any],
                      ttl_s: float | None, idem_key: str | None, actor: str,
-                     offline: str = "queue") -> tuple[dict[str, Any], bool]:
+                     offline: str = "queue") -> tuple[CommandRecord, bool]:
         """Queue a command (``kind`` and ``args`` already checked by ``command_args``).
         Returns (command, created): with a known ``idem_key`` the existing command, and
         nothing is written, nudged or published.
@@ -85,11 +86,11 @@ class CommandService:
             max_frame=live.max_frame if live is not None else self._max_frame_bytes)
         if created:
             self._router.nudge(node_id)
-            command_changed(self._bus, command["command_id"], command["state"], node_id)
+            command_changed(self._bus, command.command_id, command.state, node_id)
         return command, created
 
     async def control(self, command_id: str, action: str, *, actor: str
-                      ) -> dict[str, Any]:
+                      ) -> CommandRecord:
         """cancel, pause or resume a command; returns it. A command not yet sequenced is
         cancelled at once (published); otherwise a control command follows it on the
         node's stream (the node is nudged, and publishes the outcome itself).
@@ -100,23 +101,23 @@ class CommandService:
             raise ValueError(f"unknown control action {action!r}")
         row, sent = await self._store.control_command(command_id, action, actor=actor)
         if sent:
-            self._router.nudge(row["node_id"])
+            self._router.nudge(row.node_id)
         else:
-            command_changed(self._bus, row["command_id"], row["state"], row["node_id"])
+            command_changed(self._bus, row.command_id, row.state, row.node_id)
         return row
 
-    async def get(self, command_id: str) -> dict[str, Any]:
+    async def get(self, command_id: str) -> CommandRecord:
         """The command with its timeline. Raises NotFound."""
         return await self._store.get_command(command_id)
 
     async def list_commands(self, *, node_id: str | None, state: str | None, limit: int
-                   ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+                   ) -> tuple[list[CommandRecord], dict[str, int]]:
         """Newest first, at most ``limit``, and counts by state for the same filter."""
         return await self._store.list_commands(node_id=node_id, state=state, limit=limit)
 
     async def logs(self, command_id: str, *, after: int, limit: int,
-                   max_bytes: int | None, must_exist: bool = True) -> Any:
-        """A page of the command's output (store ``LogPage``). Raises NotFound for an
+                   max_bytes: int | None, must_exist: bool = True) -> LogPage:
+        """A page of the command's output. Raises NotFound for an
         unknown command when ``must_exist`` (else its page is empty)."""
         if must_exist:
             await self._store.get_command(command_id)

@@ -8,13 +8,14 @@ from typing import Any
 
 from tether.protocol.liveness import Thresholds, liveness
 
-from ..views import iso, loads
+from ..store.records import NodeRecord
+from ..views import iso
 from .presence import Presence
 
 
 class NodeViews:
-    """Reads sessions through :class:`~.presence.Presence` only. Total: stored JSON is read
-    with ``views.loads`` (never raises, JSON-safe), and the live values come from typed
+    """Reads sessions through :class:`~.presence.Presence` only. Total: the record's values
+    are decoded and checked by the store (records.py), and the live values come from typed
     bodies."""
 
     def __init__(self, presence: Presence, thresholds: Thresholds, *,
@@ -25,13 +26,13 @@ class NodeViews:
         self._thresholds = thresholds
         self._wall = wall
 
-    def view(self, row: dict[str, Any]) -> dict[str, Any]:
-        node_id = row["node_id"]
+    def view(self, row: NodeRecord) -> dict[str, Any]:
+        node_id = row.node_id
         live_session = self._presence.snapshot(node_id)
         th = self._thresholds
         now = self._wall()
         session = None
-        last_seen = row["last_seen_at"]
+        last_seen = row.last_seen_at
         runtime: dict[str, Any]
         transport: dict[str, Any] | None = None
         resources: dict[str, Any] = {}
@@ -53,47 +54,39 @@ class NodeViews:
                          "clock_offset_ms": tr.get("clock_offset_ms"),
                          "logs_dropped_total": live_session.logs_dropped_total}
             resources = dict(live_session.resources)
-        elif (isinstance(row.get("current_session"), str) and _is_time(last_seen)
-              and row.get("current_replica") not in (None, self._replica_id)):
+        elif (row.current_session is not None and last_seen is not None
+              and row.current_replica not in (None, self._replica_id)):
             # Open on another replica (the store names it: a session of this replica that
             # presence no longer holds is one whose close is being recorded); its owner touches
             # last_seen_at and the runtime state every touch_interval_s, well inside
             # stale_after_s): judged from what the owner last wrote.
-            runtime = {"state": row["runtime_state"], "version": row["runtime_version"]}
+            runtime = {"state": row.runtime_state, "version": row.runtime_version}
             live = liveness(session_open=True, last_frame_age_s=max(0.0, now - last_seen),
-                            runtime_state=row["runtime_state"], closed_age_s=None,
+                            runtime_state=row.runtime_state, closed_age_s=None,
                             closed_by_goodbye=False, thresholds=th)
-            session = {"session_id": row["current_session"],
-                       "replica": row.get("current_replica")}
+            session = {"session_id": row.current_session, "replica": row.current_replica}
         else:
             # Without a session nobody knows the runtime's state: the stored one is only
             # what it was when the session ended.
-            runtime = {"state": "unknown", "version": row["runtime_version"],
-                       "last_state": row["runtime_state"]}
-            closed_at = row["closed_at"]
-            if isinstance(closed_at, bool) or not isinstance(closed_at, int | float):
-                closed_at = None
+            runtime = {"state": "unknown", "version": row.runtime_version,
+                       "last_state": row.runtime_state}
+            closed_at = row.closed_at
             live = liveness(session_open=False, last_frame_age_s=None, runtime_state=None,
                             closed_age_s=None if closed_at is None else now - closed_at,
-                            closed_by_goodbye=bool(row["closed_by_goodbye"]), thresholds=th)
-        labels = loads(row["labels"], {})
-        capabilities = loads(row["capabilities"], [])
+                            closed_by_goodbye=row.closed_by_goodbye, thresholds=th)
         return {
             "node_id": node_id,
-            "labels": labels if isinstance(labels, dict) else {},
-            "enabled": bool(row["enabled"]),
+            "labels": row.labels,
+            "enabled": row.enabled,
             "liveness": live.value,
             "session": session,
             "runtime": runtime,
             "transport": transport,
             "resources": resources,
             "last_seen_at": iso(last_seen),
-            "capabilities": capabilities if isinstance(capabilities, list) else [],
-            "policy": loads(row.get("policy")),
-            "apps": loads(row.get("apps"), {}),
-            "enrolled_at": iso(row["created_at"]),
+            "capabilities": row.capabilities,
+            "policy": row.policy,
+            "apps": row.apps,
+            "enrolled_at": iso(row.created_at),
         }
 
-
-def _is_time(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

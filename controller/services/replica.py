@@ -41,19 +41,34 @@ def stable_replica_id(path: Path) -> str:
     return replica_id
 
 
+# Query parameters that carry a secret: libpq's ``password``/``sslpassword`` (a DSN may
+# carry them as ``?password=``), and ``token``/``pass`` for other URL styles.
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "pass", "token", "nkey", "jwt"})
+
+
 def redact_url(url: str) -> str:
-    """``url`` without its password (``postgresql://u:***@host/db``), for logs and errors;
-    every URL of a comma-separated list (NATS servers) alike."""
+    """``url`` without its secrets, for logs and errors: a password (``u:***@host``), a
+    NATS token given as the user alone (``nats://***@host``) and secret query parameters
+    (``?password=***``); every URL of a comma-separated list (NATS servers) alike. What
+    cannot be parsed is not echoed at all."""
     return ",".join(_redact_one(part) for part in url.split(","))
 
 
 def _redact_one(url: str) -> str:
     try:
         parts = urlsplit(url)
+        password, user = parts.password, parts.username
     except ValueError:
         return "<unparsable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    if "@" in parts.netloc:
+        host = parts.netloc.rpartition("@")[2]
+        if password is not None:
+            parts = parts._replace(netloc=f"{user}:***@{host}")
+        elif parts.scheme.startswith("nats") or parts.scheme == "tls":
+            parts = parts._replace(netloc=f"***@{host}")  # nats://<token>@host
+    if parts.query:
+        parts = parts._replace(query="&".join(
+            f"{key}=***" if key.lower() in _SECRET_PARAMS else field
+            for field in parts.query.split("&")
+            for key in (field.partition("=")[0],)))
+    return urlunsplit(parts)

@@ -29,6 +29,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from tether.protocol.errors import StoreError
+
+from ..store.records import Touch
 from .bus import EventBus
 from .topics import command_expired
 
@@ -65,27 +68,27 @@ class SweepStore(Protocol):
 
     async def prune_idempotency_keys(self, *, older_than_s: float = ...) -> int: ...
 
-    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None: ...
+    async def touch_nodes(self, seen: dict[str, Touch]) -> None: ...
 
     async def downlink_pending(self) -> dict[str, tuple[int, int]]: ...
 
 
 def changed_since_touch(sessions: Iterable[SweptSession], touched: Touched,
                         now_mono: float, *, now: float | None = None
-                        ) -> tuple[dict[str, tuple[float, str | None]], Touched]:
+                        ) -> tuple[dict[str, Touch], Touched]:
     """Last-seen time (wall clock) and runtime state of each live session that heard a
     frame or changed state since ``touched`` (what the last touch wrote), and what this
     touch writes, for the next: an idle fleet costs no writes, and a busy one at most one
     row per node per touch interval. Nodes without a live session are forgotten."""
     now = time.time() if now is None else now
-    seen: dict[str, tuple[float, str | None]] = {}
+    seen: dict[str, Touch] = {}
     marks: Touched = {}
     for c in sessions:
         if c.session_id is None:
             continue
         mark = marks[c.node_id] = (c.last_frame_mono, c.runtime.get("state"))
         if touched.get(c.node_id) != mark:
-            seen[c.node_id] = (now - (now_mono - mark[0]), mark[1])
+            seen[c.node_id] = Touch(now - (now_mono - mark[0]), mark[1], c.session_id)
     return seen, marks
 
 
@@ -113,6 +116,7 @@ class Sweeper:
         self.loop_lag_max_ms = 0.0
         self._tick = 0
         self._touched: Touched = {}
+        self._store_down = False  # the last tick found the store unavailable (logged once)
 
     async def run(self) -> None:
         """Tick until cancelled (its owner, app.py's lifespan, cancels and awaits it)."""
@@ -125,8 +129,17 @@ class Sweeper:
             self.loop_lag_max_ms = max(self.loop_lag_max_ms, self.loop_lag_ms)
             try:
                 await self.tick()
+            except StoreError as exc:
+                if exc.code != "unavailable":
+                    logger.exception("sweep failed; will retry")
+                elif not self._store_down:  # once per outage, without a traceback
+                    logger.warning("sweep skipped: the store is unavailable; will retry",
+                                   extra={"detail": exc.message})
+                self._store_down = exc.code == "unavailable"
             except Exception:
                 logger.exception("sweep failed; will retry")
+            else:
+                self._store_down = False
 
     async def tick(self) -> None:
         """One sweep (the module docstring)."""

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..store.records import LogChunk
 from ..views import log_item
 from .bus import EventBus
 
@@ -22,6 +21,6 @@ def command_expired(bus: EventBus, command_id: str) -> None:
                 {"command_id": command_id, "state": "expired"})
 
 
-def log_appended(bus: EventBus, command_id: str, row: dict[str, Any]) -> None:
+def log_appended(bus: EventBus, command_id: str, row: LogChunk) -> None:
     """A stored log chunk of ``command_id``: pushed to ``logs:<id>`` (sized by the hub)."""
     bus.publish(f"logs:{command_id}", "log.chunk", log_item(row))

@@ -58,6 +58,7 @@ from .records import (
     SessionOpened,
     SessionRecord,
     StatusEffect,
+    Touch,
     loads,
 )
 from .sql import Tx
@@ -350,15 +351,19 @@ class ControllerStore(CommandTransactions, LogTransactions):
             return closed
         return await self.driver.write(fn)
 
-    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None:
-        """Persist last-seen times and runtime states of live sessions (one batch)."""
+    async def touch_nodes(self, seen: dict[str, Touch]) -> None:
+        """Persist last-seen times and runtime states of live sessions (one batch). Fenced:
+        a node's row is touched only while its current session is the touch's (a replica
+        that lost the node cannot keep it looking alive)."""
         if not seen:
             return
 
         async def fn(tx: Tx) -> None:
             await tx.executemany("UPDATE nodes SET last_seen_at=$1, runtime_state="
-                                 "COALESCE($2, runtime_state) WHERE node_id=$3",
-                                 [(at, state, node) for node, (at, state) in seen.items()])
+                                 "COALESCE($2, runtime_state) WHERE node_id=$3 AND "
+                                 "current_session=$4",
+                                 [(t.at, t.state, node, t.session_id)
+                                  for node, t in seen.items()])
         await self.driver.write(fn)
 
     async def list_nodes(self) -> list[NodeRecord]:

@@ -36,6 +36,7 @@ from .records import (
     SessionOpened,
     SessionRecord,
     StatusEffect,
+    Touch,
 )
 
 
@@ -81,7 +82,7 @@ class Store(Protocol):
 
     async def close_orphan_sessions(self, replica_id: str | None = None) -> int: ...
 
-    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None: ...
+    async def touch_nodes(self, seen: dict[str, Touch]) -> None: ...
 
     async def list_nodes(self) -> list[NodeRecord]: ...
 

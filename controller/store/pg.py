@@ -66,6 +66,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # The connection's protocol state broke under it ("cannot switch to state 15; another
+    # operation is in progress"), as when the server shuts down mid-batch: the connection
+    # is dropped like a lost one, and callers hear unavailable, not a failed write.
+    asyncpg.InternalClientError,
     # Refused at connect (a wrong password or role, a database that does not exist): the
     # store cannot be reached as configured; the message names the cause for the operator.
     asyncpg.InvalidAuthorizationSpecificationError,

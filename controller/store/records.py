@@ -9,9 +9,9 @@ Rule 2: records are values. Their containers (``labels``, ``args``...) are plain
 values for the API to serialise; nobody mutates them (the store builds new ones per read).
 Rule 3: a record never carries an engine's row type: callers cannot tell SQLite from
 PostgreSQL.
-Rule 4 (transition): a record also reads by column name, as the rows of earlier versions did
-(``record["node_id"]``, ``record.get("policy")``, ``{**record}``), so code written against
-them keeps working while it moves to attributes; the values are the decoded ones.
+Rule 4: a record is read by attribute only (``record.node_id``): it is no mapping, so code
+written against the raw rows of earlier versions fails at once instead of meeting decoded
+values where it expected text.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import logging
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .sql import Row
 
@@ -118,25 +118,8 @@ def _time(value: object) -> float | None:
 # -- records --------------------------------------------------------------------------------
 
 
-class _ByColumn:
-    """Rule 4: read access by column name (a read-only mapping of the fields)."""
-
-    __slots__ = ()
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.keys():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in self.keys() else default
-
-    def keys(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self))  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True, slots=True)
-class NodeRecord(_ByColumn):
+class NodeRecord:
     """A node as stored (its live session, if any, is the gateway's to add)."""
 
     node_id: str
@@ -176,7 +159,7 @@ class NodeRecord(_ByColumn):
 
 
 @dataclass(frozen=True, slots=True)
-class SessionRecord(_ByColumn):
+class SessionRecord:
     """One edge session of a node's history."""
 
     session_id: str
@@ -200,7 +183,7 @@ class SessionRecord(_ByColumn):
 
 
 @dataclass(frozen=True, slots=True)
-class CommandEvent(_ByColumn):
+class CommandEvent:
     """One entry of a command's timeline."""
 
     state: str
@@ -209,7 +192,7 @@ class CommandEvent(_ByColumn):
 
 
 @dataclass(frozen=True, slots=True)
-class CommandRecord(_ByColumn):
+class CommandRecord:
     """A command; ``timeline`` is empty in lists (only single reads load it)."""
 
     command_id: str
@@ -251,7 +234,7 @@ class CommandRecord(_ByColumn):
 
 
 @dataclass(frozen=True, slots=True)
-class NodeEventRecord(_ByColumn):
+class NodeEventRecord:
     """One stored node event (``data`` decoded; None when unreadable)."""
 
     id: int
@@ -266,7 +249,7 @@ class NodeEventRecord(_ByColumn):
 
 
 @dataclass(frozen=True, slots=True)
-class LogChunk(_ByColumn):
+class LogChunk:
     """One stored log chunk (class C): its exact bytes."""
 
     id: int
@@ -297,7 +280,7 @@ class LogPage:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter(_ByColumn):
+class DeadLetter:
     """A class A frame refused for its content (docs/protocol.md §5, poison frames)."""
 
     id: int
@@ -332,6 +315,16 @@ class SessionOpened:
     superseded_session: str | None
     superseded_replica: str | None = None  # the replica that held the superseded session
     owner_epoch: int = 0  # the node's ownership epoch this session claimed (one more each)
+
+
+class Touch(NamedTuple):
+    """What a touch writes for one node: when its session last heard a frame (wall clock),
+    the runtime state it reported (None: keep the stored one), and the session it is
+    about: a session that no longer holds the node writes nothing."""
+
+    at: float
+    state: str | None
+    session_id: str
 
 
 @dataclass(frozen=True, slots=True)

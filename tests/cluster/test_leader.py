@@ -24,10 +24,11 @@ from tether.controller.services.leader import Leadership
 from tether.controller.services.sweeper import Sweeper
 from tether.controller.store.controller_store import ControllerStore
 from tether.controller.store.pg import LEADER_LOCK_KEY, PostgresDriver
+from tether.controller.store.records import Touch
 from tether.controller.store.schema import POSTGRES_MIGRATIONS
 
 from ..controller.store_contract.helpers import enrolled
-from ..helpers import Api, ControllerProc, NodeProc, wait_until
+from ..helpers import Api, ControllerProc, NodeProc, metric, wait_until
 from .test_two_replicas import ws_subscribed
 
 RETRY_S = 0.2
@@ -128,7 +129,7 @@ class CountingStore:
         self.calls.append("prune")
         return 0
 
-    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None:
+    async def touch_nodes(self, seen: dict[str, Touch]) -> None:
         self.calls.append("touch")
 
     async def downlink_pending(self) -> dict[str, tuple[int, int]]:
@@ -206,7 +207,14 @@ async def test_the_replica_that_takes_a_node_over_closes_the_dead_session_no_lat
 
 
 def leads(ctl: ControllerProc) -> bool:
-    return "leader: this replica runs" in ctl.log()
+    """What the replica's /metrics says (``tether_leader``), and its log agrees."""
+    metrics = ctl.api().get("/metrics")
+    assert metrics.status_code == 200, metrics.text
+    leader = metric(metrics.text, "tether_leader")
+    assert leader in (0, 1)
+    if leader:
+        assert "leader: this replica runs" in ctl.log()
+    return bool(leader)
 
 
 async def updates_until_expired(ws: ClientConnection, command_id: str

@@ -8,45 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tether.protocol.frames import Frame
-from tether.protocol.signing import generate_private_key
-
-from ..controller.conftest import NET_TIMEOUT_S, Edge, EdgeClient, Identity, eventually
+from ..controller.conftest import NET_TIMEOUT_S, Edge, EdgeClient, eventually
 from ..helpers import ControllerProc
+from .conftest import enrolled, event
 
 PROMPTLY_S = 2.5  # under stale_after_s (3 s, FAST): a silent session would end 4408 then
-
-
-@pytest.fixture
-async def edges() -> AsyncIterator[Callable[[ControllerProc], Edge]]:
-    made: list[Edge] = []
-
-    def make(ctl: ControllerProc) -> Edge:
-        made.append(Edge(ctl.url))
-        return made[-1]
-    try:
-        yield make
-    finally:
-        for edge in made:
-            await edge.aclose()
-
-
-async def enrolled(ctl: ControllerProc, api: httpx.AsyncClient, node_id: str) -> Identity:
-    ident = Identity(node_id, generate_private_key())
-    join = await api.post("/api/v1/join-tokens", json={"uses": 1})
-    assert join.status_code == 201, join.text
-    resp = await api.post("/v1/edge/enroll", json={
-        "join_token": join.json()["token"], "node_id": node_id,
-        "public_key": ident.public_b64, "labels": {}})
-    assert resp.status_code == 201, resp.text
-    return ident
 
 
 async def history(api: httpx.AsyncClient, node_id: str) -> list[dict[str, Any]]:
@@ -55,17 +27,13 @@ async def history(api: httpx.AsyncClient, node_id: str) -> list[dict[str, Any]]:
     return resp.json()["items"]  # type: ignore[no-any-return]
 
 
-def event(q: int, kind: str) -> Frame:
-    return Frame(t="node.event", s="evt", q=q, id=f"ev-{q}", b={"kind": kind, "data": {}})
-
-
 async def test_a_hello_on_replica_b_ends_replica_a_s_session_with_4409_and_applies_nothing_after(
         make_replica: Callable[[str], ControllerProc],
         edges: Callable[[ControllerProc], Edge]) -> None:
     a, b = make_replica("r-a"), make_replica("r-b")
     async with httpx.AsyncClient(base_url=a.url, timeout=NET_TIMEOUT_S, headers={
             "Authorization": f"Bearer {a.token}"}) as api:
-        ident = await enrolled(a, api, "n-own")
+        ident = await enrolled(api, "n-own")
         old = await edges(a).session(ident)
         await old.send(event(1, "before.takeover"))
         assert (await old.recv_type("edge.ack")).b["acks"] == {"evt": 1}
@@ -112,7 +80,7 @@ async def test_a_silent_session_on_another_replica_is_closed_with_4409_when_its_
     a, b = make_replica("r-a"), make_replica("r-b")
     async with httpx.AsyncClient(base_url=a.url, timeout=NET_TIMEOUT_S, headers={
             "Authorization": f"Bearer {a.token}"}) as api:
-        ident = await enrolled(a, api, "n-hop")
+        ident = await enrolled(api, "n-hop")
         clients: list[EdgeClient] = []
         for ctl in (a, b, a, b):
             clients.append(await edges(ctl).session(ident))

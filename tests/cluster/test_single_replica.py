@@ -13,7 +13,7 @@ from typing import Any
 
 from tether.protocol.frames import TERMINAL_STATES
 
-from ..helpers import Api, ControllerProc, NodeProc, tether_cmd, wait_until
+from ..helpers import Api, ControllerProc, NodeProc, metric, tether_cmd, wait_until
 
 
 def finished(api: Api, command_id: str) -> dict[str, Any]:
@@ -44,7 +44,17 @@ def test_exec_and_diag_ping_run_with_statuses_and_output_on_postgresql_and_nats(
     assert [s["replica_id"] for s in sessions] == ["r-a"]
     diag = api.get("/api/v1/diag")
     assert diag.status_code == 200, diag.text
-    assert api.get("/metrics").status_code == 200
+    cluster = diag.json()["cluster"]
+    assert cluster["leader"] is True and cluster["nats"]["connected"] == 1
+    table = subprocess.run(tether_cmd("diag", "controller", "--url", controller.url,
+                                      "--token", controller.token),
+                           capture_output=True, text=True, timeout=60)
+    assert "cluster     leader; NATS connected, 0 reconnects" in table.stdout, table
+    metrics = api.get("/metrics")
+    assert metrics.status_code == 200
+    assert metric(metrics.text, "tether_leader") == 1  # alone: it leads
+    assert metric(metrics.text, "tether_nats_connected") == 1
+    assert metric(metrics.text, "tether_nats_published_total") > 0  # the events above
 
 
 def test_after_a_controller_restart_the_node_is_back_and_a_queued_command_runs_once(

@@ -15,6 +15,7 @@ from tether.controller.app import Controller, build, start, stop
 from tether.controller.config import ControllerConfig
 from tether.controller.services.commands import CommandService
 from tether.controller.services.presence import SessionSnapshot
+from tether.controller.store.records import CommandRecord
 from tether.protocol.errors import Conflict, NotFound
 from tether.protocol.frames import Frame
 from tether.protocol.signing import generate_private_key, public_key_raw
@@ -82,7 +83,7 @@ async def fx(tmp_path: Path) -> AsyncIterator[Fixture]:
         await stop(ctl, sweeper)
 
 
-async def submit(fx: Fixture, **kw: Any) -> tuple[dict[str, Any], bool]:
+async def submit(fx: Fixture, **kw: Any) -> tuple[CommandRecord, bool]:
     args: dict[str, Any] = {"kind": "diag.ping", "args": {}, "ttl_s": None,
                             "idem_key": None, "actor": "admin", **kw}
     return await fx.service.submit(fx.node_id, **args)
@@ -91,14 +92,14 @@ async def submit(fx: Fixture, **kw: Any) -> tuple[dict[str, Any], bool]:
 async def test_a_submitted_command_is_stored_then_its_node_nudged_then_published(
         fx: Fixture) -> None:
     command, created = await submit(fx)
-    assert created and command["state"] == "queued"
-    assert (await fx.service.get(command["command_id"]))["state"] == "queued"  # stored
+    assert created and command.state == "queued"
+    assert (await fx.service.get(command.command_id)).state == "queued"  # stored
     assert fx.router.nudged == [fx.node_id]
     assert fx.bus.events == [
-        (f"command:{command['command_id']}", "command.updated",
-         {"command_id": command["command_id"], "node_id": fx.node_id, "state": "queued"}),
+        (f"command:{command.command_id}", "command.updated",
+         {"command_id": command.command_id, "node_id": fx.node_id, "state": "queued"}),
         (f"commands:{fx.node_id}", "command.updated",
-         {"command_id": command["command_id"], "node_id": fx.node_id, "state": "queued"})]
+         {"command_id": command.command_id, "node_id": fx.node_id, "state": "queued"})]
 
 
 async def test_a_repeated_idempotency_key_returns_the_command_and_nudges_nobody(
@@ -107,7 +108,7 @@ async def test_a_repeated_idempotency_key_returns_the_command_and_nudges_nobody(
     fx.router.nudged.clear()
     fx.bus.events.clear()
     again, created = await submit(fx, idem_key="k1")
-    assert not created and again["command_id"] == first["command_id"]
+    assert not created and again.command_id == first.command_id
     assert fx.router.nudged == [] and fx.bus.events == []
 
 
@@ -134,23 +135,23 @@ async def test_cancelling_a_command_not_yet_sent_publishes_it_cancelled_without_
     command, _ = await submit(fx)
     fx.router.nudged.clear()
     fx.bus.events.clear()
-    row = await fx.service.control(command["command_id"], "cancel", actor="admin")
-    assert row["state"] == "cancelled"
+    row = await fx.service.control(command.command_id, "cancel", actor="admin")
+    assert row.state == "cancelled"
     assert fx.router.nudged == []
-    assert (f"command:{command['command_id']}", "command.updated",
-            {"command_id": command["command_id"], "node_id": fx.node_id,
+    assert (f"command:{command.command_id}", "command.updated",
+            {"command_id": command.command_id, "node_id": fx.node_id,
              "state": "cancelled"}) in fx.bus.events
 
 
 async def test_control_of_a_terminal_command_is_a_409_and_nudges_nobody(
         fx: Fixture) -> None:
     command, _ = await submit(fx)
-    await fx.service.control(command["command_id"], "cancel", actor="admin")
+    await fx.service.control(command.command_id, "cancel", actor="admin")
     fx.router.nudged.clear()
     fx.bus.events.clear()
     for action in ("cancel", "pause", "resume"):
         with pytest.raises(Conflict) as refused:
-            await fx.service.control(command["command_id"], action, actor="admin")
+            await fx.service.control(command.command_id, action, actor="admin")
         assert refused.value.code == "command_terminal"
         assert refused.value.http_status == 409
     assert fx.router.nudged == [] and fx.bus.events == []

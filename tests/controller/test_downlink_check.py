@@ -19,6 +19,7 @@ import pytest
 from tether.controller.config import ControllerConfig
 from tether.controller.gateway import EdgeConnection
 from tether.controller.services.sweeper import Sweeper
+from tether.controller.store.records import Touch
 
 from .conftest import (
     Edge,
@@ -124,7 +125,7 @@ class PendingStore:
     async def prune_idempotency_keys(self, *, older_than_s: float = 0) -> int:
         return 0
 
-    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None:
+    async def touch_nodes(self, seen: dict[str, Touch]) -> None:
         pass
 
     async def downlink_pending(self) -> dict[str, tuple[int, int]]:

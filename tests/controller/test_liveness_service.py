@@ -12,6 +12,7 @@ import pytest
 from tether.controller.services.liveness import NodeLiveness
 from tether.controller.services.presence import SessionSnapshot
 from tether.controller.services.sweeper import Sweeper
+from tether.controller.store.records import Touch
 from tether.protocol.liveness import Thresholds
 
 TH = Thresholds(heartbeat_s=1, stale_after_s=3, offline_after_s=6)
@@ -98,7 +99,7 @@ class Store:
     async def prune_idempotency_keys(self, *, older_than_s: float = 0) -> int:
         return 0
 
-    async def touch_nodes(self, seen: dict[str, tuple[float, str | None]]) -> None:
+    async def touch_nodes(self, seen: dict[str, Touch]) -> None:
         if self.fail_touches:
             self.fail_touches -= 1
             raise OSError("disk full")

@@ -7,6 +7,7 @@ from typing import Any
 
 from tether.controller.services.nodes import NodeViews
 from tether.controller.services.presence import SessionSnapshot
+from tether.controller.store.records import NodeRecord
 from tether.protocol.liveness import Thresholds
 
 NOW = 1_000_000.0
@@ -18,15 +19,15 @@ class HeldElsewhere:
         return None  # this replica holds no session for any node
 
 
-def row(**over: Any) -> dict[str, Any]:
+def row(**over: Any) -> NodeRecord:
     base: dict[str, Any] = {
         "node_id": "n1", "labels": {}, "enabled": True, "created_at": NOW - 3600,
         "current_session": "s_other", "current_replica": "r-a", "last_seen_at": NOW - 5,
         "closed_at": None, "closed_by_goodbye": False, "runtime_state": "attached",
         "runtime_version": "0.1.0", "sidecar": {}, "capabilities": [], "policy": None,
-        "apps": {}}
+        "apps": {}, "dead_letters_total": 0}
     base.update(over)
-    return base
+    return NodeRecord(**base)
 
 
 views = NodeViews(HeldElsewhere(), TH, replica_id="r-b", wall=lambda: NOW)
@@ -60,7 +61,17 @@ def test_a_session_of_this_replica_that_presence_has_let_go_is_not_shown_live() 
 
 
 def test_hostile_stored_values_never_make_the_view_fail() -> None:
+    """Whatever a row holds, the record read from it (records.py rule 1) makes a view."""
+    stored = {"node_id": "n1", "labels": "{}", "enabled": 1, "created_at": NOW - 3600,
+              "current_session": "s_other", "current_replica": "r-a",
+              "last_seen_at": NOW - 5, "closed_at": None, "closed_by_goodbye": 0,
+              "runtime_state": "attached", "runtime_version": "0.1.0", "sidecar": "{}",
+              "capabilities": "[]", "policy": None, "apps": "{}", "dead_letters_total": 0}
     for bad in ({"last_seen_at": None}, {"last_seen_at": True}, {"last_seen_at": "x"},
-                {"current_session": 5}, {"runtime_state": None}):
-        assert views.view(row(**bad))["liveness"] in {"online", "stale", "offline",
-                                                      "degraded"}
+                {"last_seen_at": float("nan")}, {"current_session": 5},
+                {"runtime_state": None}, {"labels": "{not json"}, {"labels": "[1]"},
+                {"capabilities": '{"a": 1}'}, {"closed_at": "soon"}, {"apps": "\ud800"}):
+        view = views.view(NodeRecord.from_row({**stored, **bad}))
+        assert view["liveness"] in {"online", "stale", "offline", "degraded"}, bad
+        assert isinstance(view["labels"], dict) and isinstance(view["apps"], dict)
+        assert isinstance(view["capabilities"], list)

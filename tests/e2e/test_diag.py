@@ -214,6 +214,8 @@ def test_diag_controller_reports_sessions_store_ws_and_loop_lag(
         table = subprocess.run(tether_cmd("diag", "controller", *flags),
                                capture_output=True, text=True, timeout=60)
         assert "sessions    1 open" in table.stdout and "event loop  lag" in table.stdout
+        assert info["cluster"] == {"leader": True, "downlink_wakes_total": 0, "nats": None}
+        assert "cluster " not in table.stdout  # one controller: no cluster line
         dead = subprocess.run(tether_cmd("diag", "controller", "--url",
                                          f"http://127.0.0.1:{free_port()}", "--token", "x"),
                               capture_output=True, text=True, timeout=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tether.controller.store.controller_store import ControllerStore, Fenced
-from tether.controller.store.records import NodeRecord
+from tether.controller.store.records import NodeRecord, Touch
 from tether.controller.store.sql import Tx
 from tether.protocol.errors import AuthError, Conflict, NotFound
 
@@ -135,12 +135,31 @@ async def test_sessions_left_open_by_a_crash_are_closed_at_start(
 
 async def test_touch_stores_last_seen_and_runtime_state(store: ControllerStore) -> None:
     await enrolled(store)
-    await store.touch_nodes({"n1": (1234.5, "busy")})
+    opened = await hello(store)
+    await store.touch_nodes({"n1": Touch(1234.5, "busy", opened.session_id)})
     node = await store.get_node("n1")
     assert node is not None and node.last_seen_at == 1234.5 and node.runtime_state == "busy"
-    await store.touch_nodes({"n1": (1300.0, None)})  # no state: the stored one stays
+    await store.touch_nodes({"n1": Touch(1300.0, None, opened.session_id)})  # keep state
     node = await store.get_node("n1")
-    assert node is not None and node.runtime_state == "busy"
+    assert node is not None and node.last_seen_at == 1300.0 and node.runtime_state == "busy"
+
+
+async def test_a_touch_from_a_session_that_lost_the_node_writes_nothing(
+        store: ControllerStore) -> None:
+    """Fenced like every other write of a session: a replica still holding a superseded
+    session cannot keep the node looking alive, or overwrite the new session's state."""
+    await enrolled(store)
+    old = await hello(store)
+    new = await hello(store, previous=old.session_id)
+    await store.touch_nodes({"n1": Touch(2000.0, "ready", new.session_id)})
+    await store.touch_nodes({"n1": Touch(9999.0, "zombie", old.session_id)})
+    node = await store.get_node("n1")
+    assert node is not None and (node.last_seen_at, node.runtime_state) == (2000.0, "ready")
+    await store.close_session(node_id="n1", session_id=new.session_id, close_code=1000,
+                              reason="bye", goodbye=True)
+    await store.touch_nodes({"n1": Touch(9999.0, "zombie", new.session_id)})  # closed
+    node = await store.get_node("n1")
+    assert node is not None and node.runtime_state == "ready"
 
 
 @pytest.mark.parametrize("epoch", [1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1])
