@@ -138,7 +138,7 @@ def build(config: ControllerConfig) -> Controller:
         controller_id=run.get_controller_id, replica_id=replica_id, router=router))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
-                      touch_interval_s=config.touch_interval_s,
+                      touch_interval_s=config.node_touch_interval_s,
                       downlink_check_s=config.downlink_check_s,
                       is_leader=lambda: leadership.is_leader)
     return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
@@ -281,6 +281,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         store=ctl.store, commands=ctl.commands, nodes=ctl.nodes, router=ctl.router,
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, admission=ctl.admission,
         probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
-        edge_pending=ctl.gateway.pending_bytes, durability=config.durability)
+        edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
+        replica_id=ctl.replica_id)
     app.state.version = __version__
     return app

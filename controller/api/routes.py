@@ -106,6 +106,7 @@ class ApiServices:
     loop_lag: LoopLag
     edge_pending: Callable[[], tuple[int, int]]
     durability: str
+    replica_id: str = ""  # this replica's (health names it: who answered behind a balancer)
 
 
 def _ctl(request: Request) -> ApiServices:
@@ -168,6 +169,7 @@ def _number(value: Any, name: str, *, lo: float, hi: float) -> float:
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__,
                          "controller_id": _ctl(request).run.controller_id,
+                         "replica_id": _ctl(request).replica_id,  # which one answered
                          "time_ms": int(time.time() * 1000)})
 
 
