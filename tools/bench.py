@@ -84,7 +84,7 @@ PLANS = {
     "full": Plan(nodes=4, frames=60_000, rtt=((100, 1000), (1000, 5000)),
                  fleet=FleetPlan(sizes=(1000, 5000, 10_000), storm_at=5000, window_s=30.0,
                                  heartbeat_s=15.0, fanout_clients=200, fanout_rounds=25),
-                 cluster=ClusterPlan(sessions=3000, events_per_node=100)),
+                 cluster=ClusterPlan(sessions=1000, events_per_node=50)),
 }
 
 
