@@ -5,11 +5,13 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint bench bench-quick clean sysdeps
 
-# System packages the test suite drives for real (a CONNECT proxy, an MQTT broker, the cluster's
-# PostgreSQL and NATS), as package:binary; installed with apt-get when root and a binary is
-# missing, otherwise the tests that need them say why they cannot run. A binary is looked for
-# on PATH and where Debian puts PostgreSQL's server binaries (/usr/lib/postgresql/<v>/bin).
-SYSDEPS := tinyproxy:tinyproxy mosquitto:mosquitto postgresql:initdb nats-server:nats-server nginx:nginx
+# System packages the test suite drives for real (a CONNECT proxy, an MQTT broker, the
+# cluster's PostgreSQL and NATS, HAProxy in front of its replicas, nginx to check the doc's
+# recipe), as package:binary; installed with apt-get when root and a binary is missing,
+# otherwise the tests that need them say why they cannot run. A binary is looked for on PATH
+# and where Debian puts PostgreSQL's server binaries (/usr/lib/postgresql/<v>/bin).
+SYSDEPS := tinyproxy:tinyproxy mosquitto:mosquitto postgresql:initdb nats-server:nats-server \
+           haproxy:haproxy nginx:nginx
 
 $(BIN)/.installed: pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tether needs Python >= 3.11")'

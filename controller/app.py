@@ -140,7 +140,7 @@ def build(config: ControllerConfig) -> Controller:
         controller_id=run.get_controller_id, replica_id=replica_id, router=router))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
-                      touch_interval_s=config.touch_interval_s,
+                      touch_interval_s=config.node_touch_interval_s,
                       downlink_check_s=config.downlink_check_s,
                       is_leader=lambda: leadership.is_leader)
     return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
@@ -286,6 +286,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
         is_leader=lambda: ctl.leadership.is_leader,
         nats_samples=None if ctl.cluster is None else functools.partial(
-            nats_samples, ctl.cluster.link, ctl.cluster.bus, ctl.cluster.router))
+            nats_samples, ctl.cluster.link, ctl.cluster.bus, ctl.cluster.router),
+        replica_id=ctl.replica_id)
     app.state.version = __version__
     return app

@@ -77,6 +77,14 @@ class ControllerConfig:
                            node_log_bytes_per_node=self.max_node_log_bytes_per_node)
 
     @property
+    def node_touch_interval_s(self) -> float:
+        """How often the sweeper writes its sessions' last-seen times: ``touch_interval_s``,
+        but at most half of ``stale_after_s``. The other replicas judge the nodes this one
+        holds from those times (services/nodes.py), so a node touched less often than it
+        goes stale would show ``stale`` on every other replica while it is connected."""
+        return min(self.touch_interval_s, self.thresholds.stale_after_s / 2)
+
+    @property
     def db_path(self) -> Path:
         return self.data_dir / "controller.db"
 

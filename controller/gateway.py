@@ -234,6 +234,18 @@ async def _unhandled(conn: EdgeConnection, frame: Frame) -> None:
                                "this controller").frame(re=frame.id))
 
 
+
+def hello_expirer(deadline: asyncio.Timeout) -> Callable[[], None]:
+    """What the hello gate calls to cut a connection's wait short: its deadline, moved to
+    now. A wait whose own allowance has just run out (its timeout expiring, its task not yet
+    resumed) is late already and is left alone: rescheduling an expiring timeout raises,
+    and that would fail the connection whose arrival made the gate cut (seen under load,
+    with thousands of nodes dialling through one balancer address)."""
+    def expire() -> None:
+        if not deadline.expired():
+            deadline.reschedule(asyncio.get_running_loop().time())
+    return expire
+
 class EdgeConnection:
     """One node's edge connection: handshake, then its session until the socket closes.
 
@@ -555,8 +567,7 @@ class EdgeConnection:
         entered = loop.time()
         try:
             async with asyncio.timeout(None) as deadline:
-                allowance_s = gate.enter(self, address,
-                                         lambda: deadline.reschedule(loop.time()))
+                allowance_s = gate.enter(self, address, hello_expirer(deadline))
                 deadline.reschedule(entered + allowance_s)
                 msg = await self.ws.receive()
                 timed_out = False

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from tether.tools.servers import NatsServer, PostgresServer, ServerUnavailable
+from tether.tools.servers import HaproxyServer, NatsServer, PostgresServer, ServerUnavailable
 
 from .helpers import ControllerProc, NodeProc, wait_until
 
@@ -104,7 +104,7 @@ async def pg_dsn(postgres_server: PostgresServer) -> AsyncIterator[str]:
         await postgres_server.drop_database(name)
 
 
-ServerT = TypeVar("ServerT", PostgresServer, NatsServer)
+ServerT = TypeVar("ServerT", PostgresServer, NatsServer, HaproxyServer)
 
 
 @contextlib.asynccontextmanager

@@ -15,6 +15,9 @@ its row (``value: null`` with a ``note``), never an invented figure. Benchmarks:
 * ``hello_under_flood``: a node's dial-to-welcome time, and the controller's RSS, with
   2,000 silent pre-hello WebSockets and 1,000 half-header sockets open (``--tiny``: 40 and
   20); see :mod:`tether.tools.bench_flood`;
+* ``cluster``: three replicas on PostgreSQL and NATS behind HAProxy, simulated nodes dialling
+  it: sessions held, acked ``node.event`` throughput, seconds from a replica's kill -9 until
+  its nodes are online elsewhere, and frames lost; see :mod:`tether.tools.cluster`;
 * ``media``: not yet (the media plane lands in a later issue); the row says so.
 
 Sizes: ``--quick`` (under 2 minutes), the default full run, or ``--tiny`` (seconds; the
@@ -37,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,7 @@ from tether.protocol.frames import Frame
 from .bench_fleet import FleetPlan, run_fleet
 from .bench_flood import run_flood
 from .bench_util import ControllerProcess, peer_port, percentile, row, spawn_peer
+from .cluster import ClusterPlan, run_cluster
 
 
 @dataclass(frozen=True)
@@ -64,19 +68,23 @@ class Plan:
     rtt: tuple[tuple[int, int], ...]  # (rate per s, commands)
     fleet: FleetPlan
     flood: tuple[int, int] = (2000, 1000)  # silent pre-hello WebSockets, half headers
+    cluster: ClusterPlan = field(default_factory=lambda: ClusterPlan(sessions=15,
+                                                                     events_per_node=5))
 
 
 PLANS = {
     "tiny": Plan(nodes=1, frames=50, rtt=((100, 5), (1000, 10)),
                  fleet=FleetPlan(sizes=(20,), storm_at=20, window_s=1.5, heartbeat_s=1.0,
                                  fanout_clients=3, fanout_rounds=2, settle_s=0.2),
-                 flood=(40, 20)),
+                 flood=(40, 20), cluster=ClusterPlan(sessions=15, events_per_node=5)),
     "quick": Plan(nodes=2, frames=20_000, rtt=((100, 300), (1000, 2000)),
                   fleet=FleetPlan(sizes=(1000,), storm_at=1000, window_s=15.0,
-                                  heartbeat_s=15.0, fanout_clients=200, fanout_rounds=10)),
+                                  heartbeat_s=15.0, fanout_clients=200, fanout_rounds=10),
+                  cluster=ClusterPlan(sessions=300, events_per_node=50)),
     "full": Plan(nodes=4, frames=60_000, rtt=((100, 1000), (1000, 5000)),
                  fleet=FleetPlan(sizes=(1000, 5000, 10_000), storm_at=5000, window_s=30.0,
-                                 heartbeat_s=15.0, fanout_clients=200, fanout_rounds=25)),
+                                 heartbeat_s=15.0, fanout_clients=200, fanout_rounds=25),
+                 cluster=ClusterPlan(sessions=1000, events_per_node=50)),
 }
 
 
@@ -347,7 +355,7 @@ def _machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-SUITES = ("core", "peers", "fleet", "flood", "media")
+SUITES = ("core", "peers", "fleet", "flood", "cluster", "media")
 
 
 def _raise_fd_limit() -> None:
@@ -449,6 +457,13 @@ def run(args: argparse.Namespace) -> int:
                   "half-header sockets open ...", file=sys.stderr)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 results += runner.run(run_flood(root, silent=silent, half=half))
+        if "cluster" in suites:
+            c = plan.cluster
+            print(f"bench: 3 replicas on PostgreSQL + NATS behind HAProxy, {c.sessions} nodes, "
+                  f"{c.events_per_node} events each, then kill -9 of one replica ...",
+                  file=sys.stderr)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                results += runner.run(run_cluster(root, c))
         if "media" in suites:
             results.append(row("media", "tether", "file_mb_per_s", None, "MB/s",
                                note="not yet: the media plane (WebRTC file channel) lands "

@@ -54,7 +54,13 @@ class SimNode:
     link: ControllerLink | None = None
     produced: int = 0
     applied_commands: set[str] = field(default_factory=set)
+    # A command delivered again under the epoch it was applied in: the controller sequenced
+    # it twice (a bug). Under a later epoch it is a resend after a crash (docs/protocol.md:
+    # an epoch reset re-sends what was unacked) that the node skips by id, as the real node
+    # does (node/store.py): ``redelivered_commands``.
     duplicate_commands: int = 0
+    redelivered_commands: int = 0
+    applied_epochs: dict[str, int] = field(default_factory=dict)
     heartbeat_rtts: list[tuple[float, float]] = field(default_factory=list)  # (mono, ms)
 
     # -- LinkHandler --
@@ -93,12 +99,17 @@ class SimNode:
         elif frame.t == "cmd.deliver" and frame.q is not None:
             if self.cmd.classify(frame.q) is Verdict.APPLY:
                 cmd = CmdDeliver.parse(frame)
-                if cmd.command_id in self.applied_commands:
+                applied_in = self.applied_epochs.get(cmd.command_id)
+                if applied_in is None:
+                    self.applied_commands.add(cmd.command_id)
+                    self.applied_epochs[cmd.command_id] = self.cmd.epoch
+                    now = int(time.time() * 1000)
+                    self._queue(CmdStatus(command_id=cmd.command_id, state="succeeded",
+                                          result={"received_ms": now, "sent_ms": now}).frame())
+                elif applied_in == self.cmd.epoch:
                     self.duplicate_commands += 1
-                self.applied_commands.add(cmd.command_id)
-                now = int(time.time() * 1000)
-                self._queue(CmdStatus(command_id=cmd.command_id, state="succeeded",
-                                      result={"received_ms": now, "sent_ms": now}).frame())
+                else:
+                    self.redelivered_commands += 1
                 self.cmd.committed(frame.q)
             assert self.link is not None
             await self.link.send(Ack(acks={CMD_STREAM: self.cmd.applied}).frame())

@@ -1,5 +1,5 @@
-"""PostgreSQL and NATS started on loopback for the tests and ``tether bench``, in temporary
-directories, never relying on a server that is already running.
+"""PostgreSQL, NATS and HAProxy started on loopback for the tests and ``tether bench``, in
+temporary directories, never relying on a server that is already running.
 
 Contract:
 
@@ -26,6 +26,7 @@ import contextlib
 import glob
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -56,9 +57,9 @@ class ServerUnavailable(TetherError):
 
 
 def find_binary(name: str) -> str | None:
-    """``name`` on PATH, else in Debian's ``/usr/lib/postgresql/<version>/bin`` (the newest
-    version first), else None."""
-    found = shutil.which(name)
+    """``name`` on PATH, else in ``/usr/sbin`` (haproxy, off a non-root PATH), else in
+    Debian's ``/usr/lib/postgresql/<version>/bin`` (the newest version first), else None."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin")
     if found:
         return found
     candidates = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
@@ -445,5 +446,144 @@ class NatsServer(_Server):
                     writer.close()
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
+        except (OSError, TimeoutError):
+            return False
+
+
+def haproxy_config(port: int, backends: list[tuple[str, str]], *, check_inter_ms: int = 2000,
+                   bind: str = "127.0.0.1", maxconn: int = 20_000) -> str:
+    """An HAProxy configuration for replicas of one controller behind one address.
+
+    ``backends`` is ``[(replica_id, "host:port"), ...]``. What it says, and why:
+
+    * ``mode http``: HAProxy sees the WebSocket upgrade and switches the connection to a
+      tunnel, which ``timeout tunnel`` then bounds (a node's session lasts hours; its
+      heartbeats keep it well inside the hour);
+    * ``balance roundrobin`` and no stickiness: any replica takes any node; a hello on
+      another replica supersedes the old session (4409), so nothing needs to pin a node;
+    * ``option redispatch`` with ``retries 3``: a dial to a replica that just died goes to
+      another one instead of failing back to the node;
+    * the health check asks ``GET /api/v1/health`` (no authentication) every
+      ``check_inter_ms``; two failures take a replica out, one success puts it back.
+    """
+    servers = "\n".join(f"    server {name} {address}" for name, address in backends)
+    return f"""global
+    maxconn {maxconn}
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+    option redispatch
+    retries 3
+
+frontend tether
+    bind {bind}:{port}
+    default_backend replicas
+
+backend replicas
+    balance roundrobin
+    option httpchk GET /api/v1/health
+    default-server check inter {check_inter_ms}ms fall 2 rise 1
+{servers}
+"""
+
+
+class HaproxyServer(_Server):
+    """``haproxy -f <cfg> -db`` on ``127.0.0.1:<port>`` in front of ``backends`` (see
+    :func:`haproxy_config`); :meth:`start` returns once it accepts TCP connections (its
+    health checks may not have found a replica up yet: callers wait on what they need)."""
+
+    STOP_SIGNAL = signal.SIGUSR1  # soft stop: no new connections, existing ones finish
+    # (bounded by stop_timeout_s, then SIGKILL)
+
+    def __init__(self, backends: list[tuple[str, str]], *, check_inter_ms: int = 500,
+                 start_timeout_s: float = 15.0, stop_timeout_s: float = 5.0,
+                 base_dir: Path | None = None) -> None:
+        self.backends = list(backends)
+        self.check_inter_ms = check_inter_ms
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._base_dir = base_dir
+        self.dir: Path | None = None
+        self.port: int | None = None
+        self._proc = _Process()
+        # Two descriptors per proxied connection, within the hard limit (haproxy refuses to
+        # start when its maxconn needs more than it may raise its own limit to).
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        self.maxconn = 20_000 if hard == resource.RLIM_INFINITY else \
+            max(256, min(20_000, (hard - 100) // 2))
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>`` (a node dials ``ws://`` on the same address)."""
+        if self.port is None:
+            raise ServerUnavailable("haproxy has not been started")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "haproxy.log"
+
+    async def start(self) -> None:
+        """Write the configuration and run haproxy in the foreground (``-db``)."""
+        if self._proc.exited() is None and self._proc.popen is not None:
+            return
+        binary = find_binary("haproxy")
+        if binary is None:
+            raise ServerUnavailable("haproxy is not installed: 'make test' installs it when "
+                                    "run as root (apt-get install haproxy)")
+        if self.dir is None:
+            base = str(self._base_dir) if self._base_dir is not None else None
+            self.dir = Path(tempfile.mkdtemp(prefix="tether-haproxy-", dir=base))
+        first = self.port is None
+        for _attempt in range(3 if first else 1):
+            if first:
+                self.port = free_port()
+            try:
+                await self._launch(binary)
+                return
+            except ServerUnavailable as exc:
+                if not first or "cannot bind" not in exc.reason.lower():
+                    raise
+        raise ServerUnavailable("haproxy could not bind a free loopback port in 3 tries")
+
+    async def _launch(self, binary: str) -> None:
+        assert self.dir is not None and self.port is not None
+        cfg = self.dir / "haproxy.cfg"
+        cfg.write_text(haproxy_config(self.port, self.backends,
+                                      check_inter_ms=self.check_inter_ms,
+                                      maxconn=self.maxconn))
+        start_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._proc.spawn([binary, "-f", str(cfg), "-db"], self.log_path, self.dir)
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            code = self._proc.exited()
+            if code is not None:
+                self._proc.popen = None
+                log = self.log_path.read_bytes()[start_offset:].decode(errors="replace")
+                raise ServerUnavailable(
+                    f"haproxy exited with {code} at start: {log[-LOG_TAIL_BYTES:].strip()}")
+            if await self._accepts():
+                return
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise ServerUnavailable(
+                    f"haproxy did not accept connections within {self.start_timeout_s}s: "
+                    f"{_tail(self.log_path)}")
+            await asyncio.sleep(POLL_S)
+
+    async def _accepts(self) -> bool:
+        assert self.port is not None
+        try:
+            async with asyncio.timeout(2):
+                _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return True
         except (OSError, TimeoutError):
             return False

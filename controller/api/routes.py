@@ -120,6 +120,7 @@ class ApiServices:
     is_leader: Callable[[], bool] = lambda: True  # runs the fleet-wide singletons now
     # (metric, type, value) of the replica's NATS link, router and bus; None without --bus
     nats_samples: Callable[[], list[tuple[str, str, int]]] | None = None
+    replica_id: str = ""  # this replica's (health names it: who answered behind a balancer)
 
 
 def _ctl(request: Request) -> ApiServices:
@@ -182,6 +183,7 @@ def _number(value: Any, name: str, *, lo: float, hi: float) -> float:
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": __version__,
                          "controller_id": _ctl(request).run.controller_id,
+                         "replica_id": _ctl(request).replica_id,  # which one answered
                          "time_ms": int(time.time() * 1000)})
 
 

@@ -57,6 +57,7 @@ async def test_health_needs_no_auth_and_reports_ok_and_the_version(
     body = resp.json()
     assert body["status"] == "ok"
     assert body["version"] == __version__
+    assert isinstance(body["replica_id"], str)  # behind a load balancer: who answered
 
 
 async def test_every_other_route_without_a_token_is_401(anon: httpx.AsyncClient) -> None:

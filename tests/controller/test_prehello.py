@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tether.controller.gateway import hello_expirer
+
 from ..helpers import FAST, ControllerProc
 from .conftest import Edge, EdgeClient
 
@@ -68,3 +70,24 @@ async def test_under_pressure_the_hello_deadline_tightens_for_those_already_wait
     codes = await asyncio.gather(*(c.expect_close(timeout_s=3) for c in silent[:-1]))
     assert {c.code for c in codes} == {4408}
     assert time.monotonic() - t0 < HELLO_TIMEOUT_S / 2
+
+
+async def test_the_gate_cutting_a_wait_whose_own_allowance_just_ran_out_changes_nothing(
+        ) -> None:
+    # the timeout has fired (expiring) but its task has not resumed yet: the gate, run by a
+    # newer connection's arrival, cuts it then; that must not fail the newer connection
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(None) as deadline:
+            expire = hello_expirer(deadline)
+            deadline.reschedule(loop.time())
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                assert deadline.expired()
+                expire()
+                raise
+    with pytest.raises(TimeoutError):  # one still waiting is cut at once
+        async with asyncio.timeout(None) as waiting:
+            hello_expirer(waiting)()
+            await asyncio.sleep(5)

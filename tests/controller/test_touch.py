@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+from tether.controller.config import ControllerConfig
 from tether.controller.services.sweeper import changed_since_touch
+from tether.protocol.liveness import Thresholds
 
 
 def conn(node_id: str, last_frame: float, state: str = "attached") -> SimpleNamespace:
@@ -28,3 +30,11 @@ def test_only_sessions_that_heard_a_frame_or_changed_state_are_touched_again() -
     assert set(again) == {"b", "c"} and again["c"][1] == "detached"
     # last seen = the wall clock 6 s before "now" (mono 24 vs 30), not the touch time
     assert abs(again["b"][0] - (time.time() - 6.0)) < 2.0
+
+
+def test_sessions_are_touched_at_least_twice_per_stale_period_so_other_replicas_see_them_online(
+        ) -> None:
+    assert ControllerConfig().node_touch_interval_s == 30.0  # the defaults: stale after 60 s
+    fast = ControllerConfig(thresholds=Thresholds(heartbeat_s=0.5, stale_after_s=3.0,
+                                                  offline_after_s=6.0))
+    assert fast.node_touch_interval_s == 1.5

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tether.tools import servers
 from tether.tools.bench_util import percentile, row
+from tether.tools.cluster import ClusterPlan, run_cluster
 
 from ..helpers import tether_cmd
 
@@ -26,6 +28,10 @@ PINNED = {
     ("reconnect_storm", "tether", "lost"),
     ("hello_under_flood", "tether", "seconds_to_welcome"),
     ("hello_under_flood", "tether", "rss_mib"),
+    ("cluster", "tether", "sessions"),
+    ("cluster", "tether", "msgs_per_s"),
+    ("cluster", "tether", "seconds_to_all_online_after_kill"),
+    ("cluster", "tether", "lost"),
 }
 
 
@@ -62,6 +68,10 @@ def test_bench_tiny_writes_the_pinned_json_shape(tmp_path: Path) -> None:
     flood = {r["metric"]: r for r in report["results"] if r["benchmark"] == "hello_under_flood"}
     assert flood["seconds_to_welcome"]["value"] is not None  # welcomed through the flood
     assert flood["seconds_to_welcome"]["silent_still_open"] == 40
+    cluster = {r["metric"]: r for r in report["results"] if r["benchmark"] == "cluster"}
+    assert all(r["replicas"] == 3 for r in cluster.values()), cluster
+    if cluster["lost"]["value"] is not None:  # PostgreSQL, NATS and HAProxy all started
+        assert cluster["lost"]["value"] == 0 and cluster["sessions"]["value"] > 0, cluster
 
 
 def test_a_row_without_a_figure_must_say_why() -> None:
@@ -74,3 +84,15 @@ def test_percentiles_are_nearest_rank_and_none_without_samples() -> None:
     assert percentile([], 99) is None
     assert percentile([5.0, 1.0, 3.0], 50) == 3.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+async def test_cluster_rows_say_why_when_a_server_cannot_start(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(servers, "find_binary", lambda name: None)
+    rows = await run_cluster(tmp_path, ClusterPlan(sessions=3, events_per_node=1))
+    assert [r["metric"] for r in rows] == ["sessions", "msgs_per_s",
+                                           "seconds_to_all_online_after_kill", "lost"]
+    for r in rows:
+        assert (r["benchmark"], r["system"], r["replicas"], r["value"]) == (
+            "cluster", "tether", 3, None), r
+        assert r["note"].startswith("unavailable: postgresql is not installed"), r

@@ -13,9 +13,9 @@ import nats
 import pytest
 
 from tether.tools import servers
-from tether.tools.servers import NatsServer, PostgresServer, ServerUnavailable
+from tether.tools.servers import HaproxyServer, NatsServer, PostgresServer, ServerUnavailable
 
-from ..conftest import server_unavailable
+from ..conftest import server_unavailable, started
 
 
 async def test_pg_dsn_is_a_fresh_database_on_a_durable_server_that_runs_unprivileged(
@@ -100,3 +100,64 @@ def test_an_unavailable_server_skips_with_its_reason_but_fails_under_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=r"nats-server is not installed.*CI"):
         server_unavailable(ServerUnavailable("nats-server is not installed"))
+
+
+async def _http_backend(name: str) -> asyncio.Server:
+    """A loopback HTTP/1.1 server answering every request with 200 and its ``name`` (the
+    health check's ``GET /api/v1/health`` too), closing each connection after the answer."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            body = name.encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                         % len(body) + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_the_haproxy_config_balances_without_stickiness_and_checks_health() -> None:
+    cfg = servers.haproxy_config(8080, [("r-1", "127.0.0.1:9001"), ("r-2", "127.0.0.1:9002")],
+                                 check_inter_ms=250)
+    lines = {line.strip() for line in cfg.splitlines()}
+    assert {"mode http", "balance roundrobin", "option redispatch", "retries 3",
+            "timeout tunnel 1h", "option httpchk GET /api/v1/health",
+            "default-server check inter 250ms fall 2 rise 1", "bind 127.0.0.1:8080",
+            "server r-1 127.0.0.1:9001", "server r-2 127.0.0.1:9002"} <= lines
+    assert not [line for line in lines if "cookie" in line or "stick" in line]
+
+
+async def test_haproxy_round_robins_and_takes_a_dead_backend_out() -> None:
+    import httpx
+
+    backends = {name: await _http_backend(name) for name in ("r-1", "r-2")}
+    addresses = [(name, f"127.0.0.1:{srv.sockets[0].getsockname()[1]}")
+                 for name, srv in backends.items()]
+    try:
+        async with started(HaproxyServer(addresses, check_inter_ms=100)) as lb, \
+                httpx.AsyncClient(base_url=lb.url, timeout=5) as http:
+            async def answers(count: int) -> list[str]:
+                return [(await http.get("/x")).text for _ in range(count)]
+
+            async with asyncio.timeout(15):  # until both passed their first check
+                while set(await answers(4)) != {"r-1", "r-2"}:
+                    await asyncio.sleep(0.05)
+            backends["r-1"].close()
+            await backends["r-1"].wait_closed()
+            # a refused dial is redispatched at once; the check then takes r-1 out
+            assert set(await answers(6)) == {"r-2"}
+    finally:
+        for srv in backends.values():
+            srv.close()
+
+
+async def test_a_missing_haproxy_is_reported_with_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers, "find_binary", lambda name: None)
+    server = HaproxyServer([("r-1", "127.0.0.1:1")])
+    with pytest.raises(ServerUnavailable, match=r"not installed.*apt-get install haproxy"):
+        await server.start()
+    await server.close()
