@@ -38,7 +38,7 @@ from .services.nats_link import NatsLink, NatsUnavailable
 from .services.nats_metrics import nats_samples
 from .services.nats_router import NatsRouter
 from .services.nodes import NodeViews
-from .services.probe import DriverProbe
+from .services.probe import CachedStoreFigures, DriverProbe
 from .services.registry import SessionRegistry
 from .services.replica import redact_url, stable_replica_id
 from .services.router import LocalRouter, Router
@@ -284,6 +284,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, admission=ctl.admission,
         probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
         edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
+        store_figures=CachedStoreFigures(ctl.store),
         is_leader=lambda: ctl.leadership.is_leader,
         nats_samples=None if ctl.cluster is None else functools.partial(
             nats_samples, ctl.cluster.link, ctl.cluster.bus, ctl.cluster.router),

@@ -26,7 +26,6 @@ from tether.protocol.errors import (
     BadFrame,
     InvalidRequest,
     NotFound,
-    StoreError,
     TetherError,
     http_status_for,
 )
@@ -40,7 +39,7 @@ from ..services.commands import CommandService
 from ..services.monitor import MonitorStore
 from ..services.nodes import NodeViews
 from ..services.presence import Presence
-from ..services.probe import StoreProbe
+from ..services.probe import CachedStoreFigures, StoreProbe
 from ..services.router import Router
 from ..services.runstate import RunState
 from ..views import (
@@ -117,6 +116,7 @@ class ApiServices:
     loop_lag: LoopLag
     edge_pending: Callable[[], tuple[int, int]]
     durability: str
+    store_figures: CachedStoreFigures  # what /metrics reads from the store, cached
     is_leader: Callable[[], bool] = lambda: True  # runs the fleet-wide singletons now
     # (metric, type, value) of the replica's NATS link, router and bus; None without --bus
     nats_samples: Callable[[], list[tuple[str, str, int]]] | None = None
@@ -474,15 +474,12 @@ _USAGE_METRICS = (  # (metric, node_usage key, Prometheus type)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of the controller's counters and gauges."""
     ctl = _ctl(request)
-    # What the store holds is read last and may be missing: while the store cannot be
-    # reached, /metrics still answers with every in-memory figure and tether_store_up 0.
-    try:
-        dead_letters_total: int | None = await ctl.store.dead_letters_total()
-        usage = await ctl.store.node_usage()
-    except StoreError as exc:
-        if exc.code != "unavailable":
-            raise
-        dead_letters_total, usage = None, {}
+    # What the store holds may be missing: while the store cannot be reached, /metrics
+    # still answers with every in-memory figure and tether_store_up 0. Read at most once per
+    # few seconds (services/probe.py): /metrics needs no token.
+    figures = await ctl.store_figures.get()
+    dead_letters_total, usage = (figures.dead_letters_total if figures.up else None,
+                                 figures.usage)
     gate, mon, bus, db = ctl.admission.hello, ctl.monitor, ctl.bus.stats(), ctl.probe.counters()
     pending_evt_bytes, pending_log_bytes = ctl.edge_pending()
     lines = [

@@ -4,7 +4,13 @@ store itself, whichever engine holds it (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tether.protocol.errors import StoreError
 
 
 class StoreProbe(Protocol):
@@ -37,3 +43,51 @@ class DriverProbe:
         stats = self._store.write_stats()
         return {"write_queue": stats["pending"], "batches_total": stats["batches_total"],
                 "writes_total": stats["writes_total"]}
+
+
+class FigureStore(Protocol):
+    async def dead_letters_total(self) -> int: ...
+
+    async def node_usage(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFigures:
+    """What /metrics reads from the store; ``up`` is False (and the figures empty) while
+    the store cannot be reached."""
+
+    up: bool
+    dead_letters_total: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class CachedStoreFigures:
+    """The store's figures for /metrics, read at most once per ``ttl_s`` whatever the
+    scrape rate: /metrics needs no token, so without this anyone could turn requests into
+    store reads. Concurrent scrapes share one read (a lock); an outage is remembered for
+    ``ttl_s`` too, so scrapes during it do not each wait for the store's timeout."""
+
+    def __init__(self, store: FigureStore, *, ttl_s: float = 2.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._lock = asyncio.Lock()
+        self._cached: StoreFigures | None = None
+        self._read_at = 0.0
+        self.reads_total = 0
+
+    async def get(self) -> StoreFigures:
+        async with self._lock:
+            if self._cached is None or self._monotonic() - self._read_at >= self._ttl_s:
+                self.reads_total += 1
+                try:
+                    self._cached = StoreFigures(
+                        up=True, dead_letters_total=await self._store.dead_letters_total(),
+                        usage=await self._store.node_usage())
+                except StoreError as exc:
+                    if exc.code != "unavailable":
+                        raise
+                    self._cached = StoreFigures(up=False)
+                self._read_at = self._monotonic()
+            return self._cached

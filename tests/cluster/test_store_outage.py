@@ -85,8 +85,9 @@ async def test_with_postgresql_down_sessions_end_1013_metrics_answer_and_nothing
                 return (await again.recv_type("edge.ack")).b["acks"]  # type: ignore[no-any-return]
             assert await eventually(welcomed, timeout_s=30, what="a welcome") == {"evt": 2}
 
-            scraped = await api.get("/metrics")
-            assert metric(scraped.text, "tether_store_up") == 1
+            async def store_up() -> bool:  # the figures are read at most every 2 s
+                return metric((await api.get("/metrics")).text, "tether_store_up") == 1
+            await eventually(store_up, timeout_s=10, what="tether_store_up 1")
             events = (await api.get("/api/v1/nodes/n-out/events")).json()["items"]
             assert sorted(e["kind"] for e in events) == ["before", "during"]
     finally:
