@@ -45,8 +45,8 @@ class NodeViews:
     async def view_one(self, row: NodeRecord) -> dict[str, Any]:
         """:meth:`view`, with the live session of a node another replica holds, read from
         that replica (one peek, bounded by the router's timeout) when it answers."""
-        if self._remote_session is not None and self._presence.snapshot(row.node_id) is None \
-                and self._held_elsewhere(row):
+        if self._remote_session is not None and self._held_elsewhere(row) \
+                and self._presence.snapshot(row.node_id) is None:
             peeked = await self._remote_session(row.node_id)
             if peeked is not None and peeked.session is not None \
                     and peeked.session.session_id is not None:
