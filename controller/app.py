@@ -38,6 +38,7 @@ from .services.nats_link import NatsLink, NatsUnavailable
 from .services.nats_metrics import nats_samples
 from .services.nats_router import NatsRouter
 from .services.nodes import NodeViews
+from .services.peek import LocalPeek, Peeks, RemotePeek
 from .services.probe import CachedStoreFigures, DriverProbe
 from .services.registry import SessionRegistry
 from .services.replica import redact_url, stable_replica_id
@@ -82,6 +83,7 @@ class Controller:
     bus: EventBus
     cluster: Cluster | None  # None: one controller, the in-process router and bus
     monitor: MonitorStore
+    peeks: Peeks  # a node's live session and monitor packets, from whichever replica holds it
     admission: Admission
     liveness: NodeLiveness
     nodes: NodeViews
@@ -107,20 +109,24 @@ def build(config: ControllerConfig) -> Controller:
     store = ControllerStore(driver, quotas=config.store_quotas,
                             max_dead_letters_per_node=config.max_dead_letters_per_node)
     registry = SessionRegistry()
+    monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
+                           max_bytes_total=config.max_monitor_bytes_total)
+    local_peek = LocalPeek(registry, monitor, replica_id)
     cluster: Cluster | None = None
     router: Router
     bus: EventBus
+    remote_peek: RemotePeek | None = None  # one controller: nothing is held elsewhere
     if config.bus_url:
         servers = config.bus_url.split(",")
         link = NatsLink(servers if len(servers) > 1 else servers[0], replica_id=replica_id)
         cluster = Cluster(link=link, bus=NatsBus(link),
                           router=NatsRouter(registry, link,
-                                            max_frame_bytes=config.max_frame_bytes))
-        router, bus = cluster.router, cluster.bus
+                                            max_frame_bytes=config.max_frame_bytes,
+                                            peek=local_peek))
+        router, bus, remote_peek = cluster.router, cluster.bus, cluster.router.peek
     else:
-        router, bus = LocalRouter(registry), LocalBus()
-    monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
-                           max_bytes_total=config.max_monitor_bytes_total)
+        router, bus = LocalRouter(registry, local_peek), LocalBus()
+    peeks = Peeks(registry, monitor, remote_peek)
     admission = Admission(slots=config.max_concurrent_handshakes,
                           max_waiting=config.max_waiting_handshakes,
                           max_wait_s=config.max_handshake_wait_s,
@@ -145,9 +151,10 @@ def build(config: ControllerConfig) -> Controller:
                       is_leader=lambda: leadership.is_leader)
     return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
                       store=store, registry=registry, router=router, bus=bus,
-                      cluster=cluster, monitor=monitor, admission=admission,
+                      cluster=cluster, monitor=monitor, peeks=peeks, admission=admission,
                       liveness=liveness, nodes=NodeViews(registry, config.thresholds,
-                                                         replica_id=replica_id),
+                                                         replica_id=replica_id,
+                                                         remote_session=peeks.session),
                       commands=commands, gateway=gateway, leadership=leadership,
                       sweeper=sweeper)
 
@@ -277,11 +284,12 @@ def create_app(config: ControllerConfig) -> Starlette:
     app.state.controller = ctl
     app.state.edge = ctl.gateway
     app.state.browser = BrowserServices(store=ctl.store, commands=ctl.commands,
-                                        nodes=ctl.nodes, bus=ctl.bus, monitor=ctl.monitor,
+                                        nodes=ctl.nodes, bus=ctl.bus, peeks=ctl.peeks,
                                         config=config)
     app.state.api = api.ApiServices(
         store=ctl.store, commands=ctl.commands, nodes=ctl.nodes, router=ctl.router,
-        bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, admission=ctl.admission,
+        bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, peeks=ctl.peeks,
+        admission=ctl.admission,
         probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
         edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
         store_figures=CachedStoreFigures(ctl.store),

@@ -45,8 +45,8 @@ from .config import ControllerConfig
 from .services.bus import EventBus
 from .services.commands import CommandService
 from .services.events import Subscriber, data_size
-from .services.monitor import MonitorStore
 from .services.nodes import NodeViews
+from .services.peek import Peeks
 from .views import command_view, log_item
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class BrowserServices:
     commands: CommandService
     nodes: NodeViews
     bus: EventBus
-    monitor: MonitorStore
+    peeks: Peeks  # a node's live session and monitor packets from the replica holding it
     config: ControllerConfig
 
 
@@ -319,7 +319,7 @@ async def _snapshot_pages(controller: BrowserServices, topic: str
         elif kind in ("node", "command"):
             if kind == "node":
                 row = await store.get_node(key)
-                one = None if row is None else controller.nodes.view(row)
+                one = None if row is None else await controller.nodes.view_one(row)
             else:
                 one = command_view(await commands.get(key))
             too_large = data_size(one) > MAX_SNAPSHOT_ITEM_BYTES
@@ -342,13 +342,14 @@ async def _snapshot_pages(controller: BrowserServices, topic: str
                     return
                 after = chunks[-1].id
         elif kind == "monitor":
-            packets = [(name, p) for name, ring in controller.monitor.get(key).items()
-                       for p in ring]
+            topics, cut = await controller.peeks.monitor(key)
+            packets = [(name, p) for name, ring in topics.items() for p in ring]
             for part, omitted in _split(packets):
                 grouped: dict[str, list[Any]] = {}
                 for name, p in part:
                     grouped.setdefault(name, []).append(p)
-                yield {"topics": grouped}, omitted
+                yield {"topics": grouped}, omitted + cut  # the holder's cut: left out too
+                cut = 0
         else:
             yield None, 0
     except NotFound:

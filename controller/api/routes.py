@@ -38,6 +38,7 @@ from ..services.bus import EventBus
 from ..services.commands import CommandService
 from ..services.monitor import MonitorStore
 from ..services.nodes import NodeViews
+from ..services.peek import Peeks
 from ..services.presence import Presence
 from ..services.probe import CachedStoreFigures, StoreProbe
 from ..services.router import Router
@@ -110,6 +111,7 @@ class ApiServices:
     bus: EventBus
     presence: Presence
     monitor: MonitorStore
+    peeks: Peeks  # a node's live session and monitor packets from the replica holding it
     admission: Admission
     probe: StoreProbe
     run: RunState
@@ -244,7 +246,7 @@ async def _node_row(request: Request) -> NodeRecord:
 
 async def get_node(request: Request) -> Response:
     await _operator(request)
-    return JSONResponse(_ctl(request).nodes.view(await _node_row(request)))
+    return JSONResponse(await _ctl(request).nodes.view_one(await _node_row(request)))
 
 
 async def _set_enabled(request: Request, enabled: bool) -> Response:
@@ -327,11 +329,17 @@ def _log_page(rows: LogPage, after: int) -> Response:
 
 
 async def node_monitor(request: Request) -> Response:
-    """GET /api/v1/nodes/{id}/monitor[?topic=T]: the last packets per topic."""
+    """GET /api/v1/nodes/{id}/monitor[?topic=T]: the last packets per topic, from the
+    replica holding the node (services/peek.py); ``cut`` says how many of its packets did
+    not fit its reply (absent when none)."""
     await _operator(request)
     row = await _node_row(request)
     topic = request.query_params.get("topic")
-    return JSONResponse({"topics": _ctl(request).monitor.get(row.node_id, topic)})
+    topics, cut = await _ctl(request).peeks.monitor(row.node_id, topic)
+    body: dict[str, Any] = {"topics": topics}
+    if cut:
+        body["cut"] = cut
+    return JSONResponse(body)
 
 
 async def submit_command(request: Request) -> Response:

@@ -11,6 +11,9 @@ away and comes back (docs/operations.md, the failure table).
 * ``tether_nats_events_dropped_total`` counts ``/ws`` events the other replicas never got
   (at most once across replicas, nats_bus.py Rule 3); ``tether_nats_events_received_total``
   going up again shows the fan-out is back.
+* ``tether_nats_peeks_total`` counts reads of another replica's memory for one node
+  (services/peek.py); those not in ``tether_nats_peeks_answered_total`` showed this
+  replica's own (nobody answered, or ``tether_nats_peek_replies_malformed_total``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def nats_samples(link: NatsLink, bus: NatsBus, router: NatsRouter) -> list[Sampl
         ("tether_nats_remote_calls_total", "counter", rs.remote_calls_total),
         ("tether_nats_remote_calls_done_total", "counter", rs.remote_calls_done_total),
         ("tether_nats_router_malformed_total", "counter", rs.malformed_total),
+        ("tether_nats_peeks_total", "counter", rs.peeks_total),
+        ("tether_nats_peeks_answered_total", "counter", rs.peeks_answered_total),
+        ("tether_nats_peek_replies_malformed_total", "counter",
+         rs.peek_replies_malformed_total),
+        ("tether_nats_peeks_served_total", "counter", rs.peeks_served_total),
         ("tether_nats_events_sent_total", "counter", bs.sent_total),
         ("tether_nats_events_dropped_total", "counter", bs.dropped_total),
         ("tether_nats_events_received_total", "counter", bs.received_total),

@@ -10,7 +10,10 @@ token) from the moment its registry claims ``N`` until it releases it, and recei
 * ``….disable`` (empty payload, request/reply): close the session with 4403; reply ``1``;
 * ``….supersede`` (a session id, request/reply): a hello on another replica took the node
   from that session in the store; if the session held here is exactly that one, close it
-  with 4409 and reply ``1`` (a newer session of the node held here is never touched).
+  with 4409 and reply ``1`` (a newer session of the node held here is never touched);
+* ``….peek`` (a peek request, request/reply): what this replica holds in memory for the
+  node, its live session and, when asked, its monitor packets, as one bounded MessagePack
+  map (services/peek.py: the wire form, its bounds and its parser).
 
 Every replica also subscribes to ``<prefix>.rescan``: wake the downlink of every session
 held here (sent after a replica lost nudges it could not even queue).
@@ -31,11 +34,15 @@ Guarantees:
   NATS's "no responders", answered at once; otherwise the requester gives up after
   ``send_timeout_s`` (``disable_timeout_s``, ``supersede_timeout_s``) and says False. A
   class E frame may therefore be written and the answer lost: class E is best effort by
-  contract (PROTOCOL.md §3).
+  contract (PROTOCOL.md §3). A ``peek`` is answered the same way (only by the replica
+  whose registry holds the node, services/peek.py Rule 1) within ``peek_timeout_s``
+  (short: a read waits on it); no answer is None, and the reader shows its own memory.
 * Rule 4 (hostile input): a message on a node subject is parsed once, bounded by
   ``max_frame_bytes``; a verb that is not one of the four, a payload that is not a frame, a
-  frame that is not class E, or a session id that is not short printable ASCII is counted
-  (``malformed_total``) and dropped. Each
+  frame that is not class E, a session id that is not short printable ASCII, or a peek
+  request that is not one is counted (``malformed_total``) and dropped; a peek reply that
+  is not one (services/peek.py Rule 3) is counted (``peek_replies_malformed_total``) and
+  taken as no answer. Each
   handler runs under ``handler_timeout_s``. A node's messages are handled in order, one at a
   time (one nats-py subscription task per node held, its queue bounded by
   ``max_pending_per_node``: past it nats-py drops and the link counts a slow consumer).
@@ -63,12 +70,22 @@ from tether.protocol.errors import LocalProtocolError, RemoteProtocolError
 from tether.protocol.frames import Frame
 
 from .nats_link import MAX_TOKEN_LEN, NatsLink, subject_token
+from .peek import (
+    MAX_REPLY_BYTES,
+    NodePeek,
+    PeekRequest,
+    PeekSource,
+    encode_reply,
+    encode_request,
+    parse_reply,
+    parse_request,
+)
 from .registry import SessionRegistry
 from .router import LocalRouter, check_ephemeral
 
 logger = logging.getLogger(__name__)
 
-NUDGE, SEND, DISABLE, SUPERSEDE = "nudge", "send", "disable", "supersede"
+NUDGE, SEND, DISABLE, SUPERSEDE, PEEK = "nudge", "send", "disable", "supersede", "peek"
 REPLY_DONE = b"1"
 MAX_SESSION_ID_BYTES = 128  # session ids are "s_" and 32 hex digits
 
@@ -86,6 +103,10 @@ class NatsRouterStats:
     served_total: int  # send/disable/supersede requests this replica did for another
     malformed_total: int
     handler_errors_total: int
+    peeks_total: int = 0  # peek requests made to other replicas
+    peeks_answered_total: int = 0  # of those, answered with a well-formed reply
+    peek_replies_malformed_total: int = 0  # replies dropped (services/peek.py Rule 3)
+    peeks_served_total: int = 0  # peeks this replica answered for another
 
 
 class NatsRouter:
@@ -96,15 +117,19 @@ class NatsRouter:
                  send_timeout_s: float = 2.0, disable_timeout_s: float = 6.0,
                  supersede_timeout_s: float = 6.0,
                  handler_timeout_s: float = 10.0, max_frame_bytes: int = MAX_FRAME_BYTES,
-                 max_unsent_nudges: int = 65_536, max_pending_per_node: int = 256) -> None:
+                 max_unsent_nudges: int = 65_536, max_pending_per_node: int = 256,
+                 peek: PeekSource | None = None, peek_timeout_s: float = 1.0,
+                 max_peek_reply_bytes: int = MAX_REPLY_BYTES) -> None:
         self._registry = registry
-        self._local = LocalRouter(registry)
+        self._local = LocalRouter(registry, peek)
         self._link = link
         self._node_prefix = f"{link.prefix}.node."
         self._rescan_subject = f"{link.prefix}.rescan"
         self.send_timeout_s = send_timeout_s
         self.disable_timeout_s = disable_timeout_s
         self.supersede_timeout_s = supersede_timeout_s
+        self.peek_timeout_s = peek_timeout_s
+        self.max_peek_reply_bytes = max_peek_reply_bytes
         self.handler_timeout_s = handler_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.max_unsent_nudges = max_unsent_nudges
@@ -125,6 +150,10 @@ class NatsRouter:
         self.served_total = 0
         self.malformed_total = 0
         self.handler_errors_total = 0
+        self.peeks_total = 0
+        self.peeks_answered_total = 0
+        self.peek_replies_malformed_total = 0
+        self.peeks_served_total = 0
         registry.observe(self)
         link.on_reconnect(self._after_reconnect)
 
@@ -249,20 +278,46 @@ class NatsRouter:
             return False  # not a session id this store hands out
         return await self._request(node_id, SUPERSEDE, payload, self.supersede_timeout_s)
 
+    async def peek(self, node_id: str, request: PeekRequest) -> NodePeek | None:
+        """What the replica holding ``node_id`` has in memory for it (services/peek.py):
+        read here when this replica holds it (Rule 1), else asked over NATS within
+        ``peek_timeout_s``. None when nobody answered or the reply was malformed (counted).
+        Never raises for what another replica sends."""
+        if self._registry.get(node_id) is not None:
+            return await self._local.peek(node_id, request)
+        self.peeks_total += 1
+        data = await self._ask(node_id, PEEK, encode_request(request), self.peek_timeout_s)
+        if data is None:
+            return None
+        peeked = parse_reply(data, node_id=node_id, max_bytes=self.max_peek_reply_bytes)
+        if peeked is None:
+            self.peek_replies_malformed_total += 1
+            return None
+        self.peeks_answered_total += 1
+        return peeked
+
     async def _request(self, node_id: str, verb: str, payload: bytes, timeout_s: float) -> bool:
-        subject = self._subject(node_id, verb)
-        if subject is None or not self._link.connected:
+        if not self._link.connected or self._subject(node_id, verb) is None:
             return False
         self.remote_calls_total += 1
+        done = await self._ask(node_id, verb, payload, timeout_s) == REPLY_DONE
+        if done:
+            self.remote_calls_done_total += 1
+        return done
+
+    async def _ask(self, node_id: str, verb: str, payload: bytes, timeout_s: float
+                   ) -> bytes | None:
+        """The reply's payload, or None: no responders, timeout, disconnected."""
+        subject = self._subject(node_id, verb)
+        if subject is None or not self._link.connected:
+            return None
         try:
             async with asyncio.timeout(timeout_s + 1):  # nats-py's own timeout comes first
                 reply = await self._link.nc.request(subject, payload, timeout=timeout_s)
         except (TimeoutError, nats.errors.Error):  # no responders, timeout, disconnected
-            return False
-        done = reply.data == REPLY_DONE
-        if done:
-            self.remote_calls_done_total += 1
-        return done
+            return None
+        data: bytes = reply.data
+        return data
 
     def _subject(self, node_id: str, verb: str) -> str | None:
         token = subject_token(node_id)
@@ -305,12 +360,27 @@ class NatsRouter:
                 self.malformed_total += 1
                 return
             done = await self._local.supersede(node_id, session_id)
+        elif verb == PEEK:
+            await self._serve_peek(node_id, msg)
+            return
         else:
             self.malformed_total += 1
             return
         self.served_total += 1
         if done and msg.reply:
             await msg.respond(REPLY_DONE)
+
+    async def _serve_peek(self, node_id: str, msg: Msg) -> None:
+        """Answer a peek when a session here holds the node; stay silent otherwise (Rule 3)."""
+        request = parse_request(msg.data)
+        if request is None:
+            self.malformed_total += 1
+            return
+        peeked = await self._local.peek(node_id, request)
+        if peeked is None or not msg.reply:
+            return
+        self.peeks_served_total += 1
+        await msg.respond(encode_reply(peeked, max_bytes=self.max_peek_reply_bytes))
 
     def _frame_of(self, payload: bytes) -> Frame | None:
         """The class E frame ``payload`` holds, or None."""
@@ -347,7 +417,10 @@ class NatsRouter:
             remote_calls_total=self.remote_calls_total,
             remote_calls_done_total=self.remote_calls_done_total,
             served_total=self.served_total, malformed_total=self.malformed_total,
-            handler_errors_total=self.handler_errors_total)
+            handler_errors_total=self.handler_errors_total, peeks_total=self.peeks_total,
+            peeks_answered_total=self.peeks_answered_total,
+            peek_replies_malformed_total=self.peek_replies_malformed_total,
+            peeks_served_total=self.peeks_served_total)
 
 
 def _session_id_of(payload: bytes) -> str | None:

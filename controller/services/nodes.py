@@ -1,16 +1,23 @@
-"""The API shape of a node: its stored row joined with its live session, if any."""
+"""The API shape of a node: its stored row joined with its live session, if any.
+
+A list is built from the store and this replica's presence only. One node's view
+(:meth:`NodeViews.view_one`) of a node another replica holds also asks that replica for its
+live session (services/peek.py), so its transport, resources and runtime show from every
+replica; when nobody answers it is the list's view.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tether.protocol.liveness import Thresholds, liveness
 
 from ..store.records import NodeRecord
 from ..views import iso
-from .presence import Presence
+from .peek import NodePeek
+from .presence import Presence, SessionSnapshot
 
 
 class NodeViews:
@@ -20,15 +27,39 @@ class NodeViews:
 
     def __init__(self, presence: Presence, thresholds: Thresholds, *,
                  replica_id: str | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 remote_session: Callable[[str], Awaitable[NodePeek | None]] | None = None
+                 ) -> None:
         self._presence = presence
+        self._remote_session = remote_session
         self._replica_id = replica_id
         self._thresholds = thresholds
         self._wall = wall
 
+    def _held_elsewhere(self, row: NodeRecord) -> bool:
+        """The store names an open session of another replica (a session of this replica
+        that presence no longer holds is one whose close is being recorded)."""
+        return (row.current_session is not None and row.last_seen_at is not None
+                and row.current_replica not in (None, self._replica_id))
+
+    async def view_one(self, row: NodeRecord) -> dict[str, Any]:
+        """:meth:`view`, with the live session of a node another replica holds, read from
+        that replica (one peek, bounded by the router's timeout) when it answers."""
+        if self._remote_session is not None and self._held_elsewhere(row) \
+                and self._presence.snapshot(row.node_id) is None:
+            peeked = await self._remote_session(row.node_id)
+            if peeked is not None and peeked.session is not None \
+                    and peeked.session.session_id is not None:
+                return self._view(row, peeked.session, peeked.replica_id)
+        return self.view(row)
+
     def view(self, row: NodeRecord) -> dict[str, Any]:
+        return self._view(row, self._presence.snapshot(row.node_id), None)
+
+    def _view(self, row: NodeRecord, live_session: SessionSnapshot | None,
+              replica: str | None) -> dict[str, Any]:
+        """``replica`` names the replica that holds ``live_session`` when it is not this one."""
         node_id = row.node_id
-        live_session = self._presence.snapshot(node_id)
         th = self._thresholds
         now = self._wall()
         session = None
@@ -46,6 +77,8 @@ class NodeViews:
             session = {"session_id": live_session.session_id,
                        "opened_at": iso(live_session.opened_at),
                        "remote": live_session.remote, "resumed": live_session.resumed}
+            if replica is not None:
+                session["replica"] = replica
             tr = live_session.transport
             transport = {"sidecar": dict(live_session.sidecar),
                          "outbox": dict(live_session.outbox),
@@ -54,12 +87,10 @@ class NodeViews:
                          "clock_offset_ms": tr.get("clock_offset_ms"),
                          "logs_dropped_total": live_session.logs_dropped_total}
             resources = dict(live_session.resources)
-        elif (row.current_session is not None and last_seen is not None
-              and row.current_replica not in (None, self._replica_id)):
-            # Open on another replica (the store names it: a session of this replica that
-            # presence no longer holds is one whose close is being recorded); its owner touches
-            # last_seen_at and the runtime state every touch_interval_s, well inside
-            # stale_after_s): judged from what the owner last wrote.
+        elif self._held_elsewhere(row):
+            # Open on another replica; its owner touches last_seen_at and the runtime state
+            # every touch_interval_s, well inside stale_after_s: judged from what the owner
+            # last wrote.
             runtime = {"state": row.runtime_state, "version": row.runtime_version}
             live = liveness(session_open=True, last_frame_age_s=max(0.0, now - last_seen),
                             runtime_state=row.runtime_state, closed_age_s=None,

@@ -19,6 +19,7 @@ from tether.protocol.classes import DeliveryClass, delivery_class
 from tether.protocol.errors import LocalProtocolError
 from tether.protocol.frames import Frame
 
+from .peek import NodePeek, PeekRequest, PeekSource
 from .registry import SessionRegistry
 
 
@@ -58,10 +59,12 @@ def check_ephemeral(frame: Frame) -> None:
 
 
 class LocalRouter:
-    """:class:`Router` over the sessions of this process."""
+    """:class:`Router` over the sessions of this process. ``peek`` reads what this process
+    holds in memory for a node (services/peek.py); without it :meth:`peek` answers None."""
 
-    def __init__(self, registry: SessionRegistry) -> None:
+    def __init__(self, registry: SessionRegistry, peek: PeekSource | None = None) -> None:
         self._registry = registry
+        self._peek = peek
 
     def nudge(self, node_id: str) -> None:
         session = self._registry.get(node_id)
@@ -88,3 +91,10 @@ class LocalRouter:
             return False
         await session.supersede()
         return True
+
+    async def peek(self, node_id: str, request: PeekRequest) -> NodePeek | None:
+        """What this process holds in memory for ``node_id`` (its live session, its monitor
+        packets when asked); None when no session here holds it (services/peek.py Rule 1)."""
+        if self._peek is None or self._registry.get(node_id) is None:
+            return None
+        return self._peek(node_id, request)

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from tether.controller.services.nats_bus import NatsBus
 from tether.controller.services.nats_router import NatsRouter
+from tether.controller.services.peek import PeekRequest
 from tether.controller.services.registry import SessionRegistry
 from tether.protocol.frames import Frame
 from tether.tools.servers import ServerUnavailable
@@ -205,6 +206,7 @@ async def subjects_the_code_uses(node_id: str, topic: str) -> set[str]:
     await router.send(node_id, Frame(t="rtc.offer", id="o-1", b={"sdp": "v=0"}))
     await router.disable(node_id)
     await router.supersede(node_id, "s_" + "0" * 32)
+    await router.peek(node_id, PeekRequest(monitor=True))
     bus.publish(topic, "node.changed", {"node_id": node_id})
     link.refuse = True
     router.nudge(node_id)  # lost past max_unsent_nudges: a rescan after the reconnect

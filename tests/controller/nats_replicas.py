@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from tether.controller.services.events import Event, Subscriber
+from tether.controller.services.monitor import MonitorStore
 from tether.controller.services.nats_bus import NatsBus
 from tether.controller.services.nats_link import NatsLink
 from tether.controller.services.nats_router import NatsRouter
+from tether.controller.services.peek import LocalPeek
 from tether.controller.services.presence import SessionSnapshot
 from tether.controller.services.registry import SessionRegistry
 from tether.protocol.frames import Frame
@@ -62,7 +64,9 @@ class Replica:
                                      **link_options}
         self.link = NatsLink(url, replica_id=name, **options)  # type: ignore[arg-type]
         self.bus = NatsBus(self.link)
-        self.router = NatsRouter(self.registry, self.link, send_timeout_s=NET_TIMEOUT_S / 2)
+        self.monitor = MonitorStore()  # what a peek reads (services/peek.py)
+        self.router = NatsRouter(self.registry, self.link, send_timeout_s=NET_TIMEOUT_S / 2,
+                                 peek=LocalPeek(self.registry, self.monitor, name))
 
     async def start(self) -> None:
         await self.link.start()

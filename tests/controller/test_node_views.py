@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from tether.controller.services.nodes import NodeViews
+from tether.controller.services.peek import NodePeek
 from tether.controller.services.presence import SessionSnapshot
 from tether.controller.store.records import NodeRecord
+from tether.controller.views import iso
 from tether.protocol.liveness import Thresholds
 
 NOW = 1_000_000.0
@@ -75,3 +77,38 @@ def test_hostile_stored_values_never_make_the_view_fail() -> None:
         assert view["liveness"] in {"online", "stale", "offline", "degraded"}, bad
         assert isinstance(view["labels"], dict) and isinstance(view["apps"], dict)
         assert isinstance(view["capabilities"], list)
+
+
+LIVE = SessionSnapshot(node_id="n1", session_id="s_other", last_frame_age_s=1.0,
+                       opened_at=NOW - 60, runtime={"state": "attached", "version": "0.1.0"},
+                       transport={"rtt_ms": 12.5, "reconnects": 3})
+
+
+async def test_one_nodes_view_shows_the_live_session_the_owner_reports() -> None:
+    asked: list[str] = []
+
+    async def remote(node_id: str) -> NodePeek | None:
+        asked.append(node_id)
+        return NodePeek("r-a", LIVE)
+
+    one = NodeViews(HeldElsewhere(), TH, replica_id="r-b", wall=lambda: NOW,
+                    remote_session=remote)
+    view = await one.view_one(row())
+    assert view["session"]["replica"] == "r-a"
+    assert view["transport"]["rtt_ms"] == 12.5
+    assert view["last_seen_at"] == iso(NOW - 1.0)
+    # a node no replica holds is not asked about, and a list never asks
+    assert (await one.view_one(row(current_session=None, current_replica=None)))[
+        "transport"] is None
+    assert one.view(row())["transport"] is None
+    assert asked == ["n1"]
+
+
+async def test_one_nodes_view_is_judged_from_the_store_when_the_owner_does_not_answer(
+        ) -> None:
+    async def silent(node_id: str) -> NodePeek | None:
+        return None
+
+    one = NodeViews(HeldElsewhere(), TH, replica_id="r-b", wall=lambda: NOW,
+                    remote_session=silent)
+    assert await one.view_one(row()) == views.view(row())
