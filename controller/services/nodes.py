@@ -58,7 +58,8 @@ class NodeViews:
 
     def _view(self, row: NodeRecord, live_session: SessionSnapshot | None,
               replica: str | None) -> dict[str, Any]:
-        """``replica`` names the replica that holds ``live_session`` when it is not this one."""
+        """``replica`` names the replica that holds ``live_session`` when it is not this one;
+        ``session.replica`` always names the holder (this replica's id for its own)."""
         node_id = row.node_id
         th = self._thresholds
         now = self._wall()
@@ -76,9 +77,8 @@ class NodeViews:
                             closed_by_goodbye=False, thresholds=th)
             session = {"session_id": live_session.session_id,
                        "opened_at": iso(live_session.opened_at),
-                       "remote": live_session.remote, "resumed": live_session.resumed}
-            if replica is not None:
-                session["replica"] = replica
+                       "remote": live_session.remote, "resumed": live_session.resumed,
+                       "replica": replica if replica is not None else self._replica_id}
             tr = live_session.transport
             transport = {"sidecar": dict(live_session.sidecar),
                          "outbox": dict(live_session.outbox),

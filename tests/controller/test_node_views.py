@@ -112,3 +112,15 @@ async def test_one_nodes_view_is_judged_from_the_store_when_the_owner_does_not_a
     one = NodeViews(HeldElsewhere(), TH, replica_id="r-b", wall=lambda: NOW,
                     remote_session=silent)
     assert await one.view_one(row()) == views.view(row())
+
+
+class HeldHere:
+    def snapshot(self, node_id: str) -> SessionSnapshot | None:
+        return LIVE
+
+
+def test_a_node_held_here_names_this_replica_as_its_sessions_holder() -> None:
+    """session.replica names the holder whichever replica answers, itself included."""
+    here = NodeViews(HeldHere(), TH, replica_id="r-b", wall=lambda: NOW)
+    view = here.view(row(current_replica="r-b"))
+    assert view["session"]["replica"] == "r-b" and view["transport"]["rtt_ms"] == 12.5
