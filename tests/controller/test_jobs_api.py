@@ -208,3 +208,18 @@ async def test_jobs_need_an_operator_token_and_unknown_targets_are_404(
         "kind": "diag.ping", "selector": {"labels": {"env": "nowhere"}}}), 404)
     assert_error(await api.get("/api/v1/jobs/j_nope"), 404)
     assert_error(await api.post("/api/v1/jobs/j_nope/cancel"), 404)
+
+
+async def test_a_job_waiting_for_a_slot_survives_a_controller_restart(
+        controller: ControllerProc, api: httpx.AsyncClient) -> None:
+    async with labelled_fleet(controller.url, controller.token) as fleet:
+        for node_id in ("r-1", "r-2"):
+            await fleet.enroll(node_id, {"grp": "r"})  # offline: r-1's command waits
+        job = await post_job(api, selector={"labels": {"grp": "r"}}, max_in_flight=1)
+        assert node_states(job) == {"r-1": "queued", "r-2": "pending"}
+        controller.terminate()
+        controller.start()  # same data dir and port: the driver starts from the store
+        await fleet.start("r-1")
+        await fleet.start("r-2")
+        done = await job_when(api, job["job_id"], "done")
+        assert node_states(done) == {"r-1": "succeeded", "r-2": "succeeded"}
