@@ -19,7 +19,7 @@ from typing import Any
 
 from tether.protocol.errors import Conflict, NotFound
 
-from ..domain.jobs import in_flight, release_slots, shown_state
+from ..domain.jobs import in_flight, job_state, release_slots, shown_state
 from ..domain.jobs import summary as summarize
 from .base import FOR_UPDATE, StoreBase, add_audit, opt_peer_text, peer_text, wall_now
 from .records import _int, _text, _time, loads
@@ -176,7 +176,11 @@ class JobTransactions(StoreBase):
                                       f"{FOR_UPDATE[tx.dialect]}", job_id)
             if state is None:
                 raise NotFound(f"job {job_id!r} does not exist; see 'tether jobs list'")
-            if state == "done":
+            parts = [JobPart.from_row(r) for r in await tx.fetch(
+                f"{_PARTS} WHERE jn.job_id=$1", job_id)]
+            # done by Rule 4 even before the driver records it (its parts all ended)
+            if state == "done" or (state == "running"
+                                   and job_state(state, (p.state for p in parts)) == "done"):
                 raise Conflict(f"job {job_id} is already done", code="job_done")
             if state == "running":
                 now = wall_now()

@@ -223,3 +223,24 @@ async def test_a_job_waiting_for_a_slot_survives_a_controller_restart(
         await fleet.start("r-2")
         done = await job_when(api, job["job_id"], "done")
         assert node_states(done) == {"r-1": "succeeded", "r-2": "succeeded"}
+
+
+async def test_a_done_job_cannot_be_cancelled_and_a_cancel_twice_changes_nothing(
+        api: httpx.AsyncClient, fleet: LabelledFleet) -> None:
+    await fleet.enroll("d-1", {"grp": "d"})
+    await fleet.start("d-1")
+    job = await post_job(api, nodes=["d-1"])
+    await job_when(api, job["job_id"], "done")
+    assert_error(await api.post(f"/api/v1/jobs/{job['job_id']}/cancel"), 409, "job_done")
+    await fleet.enroll("d-2", {"grp": "d"})  # offline: its job stays running
+    other = await post_job(api, nodes=["d-2"])
+    for _ in range(2):
+        resp = await api.post(f"/api/v1/jobs/{other['job_id']}/cancel")
+        assert resp.status_code == 202 and resp.json()["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("params", [{"label": "env"}, {"label": "=lab"},
+                                    {"liveness": "asleep"}, {"liveness": "online,"}])
+async def test_a_bad_node_filter_is_a_400(api: httpx.AsyncClient,
+                                          params: dict[str, str]) -> None:
+    assert_error(await api.get("/api/v1/nodes", params=params), 400, "invalid_request")
