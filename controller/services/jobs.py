@@ -56,6 +56,8 @@ from .commands import CommandService
 logger = logging.getLogger(__name__)
 
 EVENT_NODES = 100  # parts per job.updated event: keeps each event a few KiB
+FIRST_RELEASE = 500  # parts the POST releases itself (the driver releases the rest at once)
+SUBMIT_CONCURRENCY = 64  # part submissions in flight at a time (group commit batches them)
 
 
 class JobStore(Protocol):
@@ -65,7 +67,8 @@ class JobStore(Protocol):
                          offline: str, max_in_flight: int | None, ttl_s: float | None,
                          actor: str, parts: Sequence[tuple[str, str]]) -> JobRecord: ...
 
-    async def claim_job_parts(self, job_id: str) -> list[str]: ...
+    async def claim_job_parts(self, job_id: str, *, limit: int | None = ...
+                              ) -> list[str]: ...
 
     async def set_job_part(self, job_id: str, node_id: str, *, state: str,
                            command_id: str | None = ..., detail: str | None = ...
@@ -160,18 +163,22 @@ class JobService:
             kind=spec.kind, args=spec.args, selector=sel.to_json(), offline=spec.offline,
             max_in_flight=spec.max_in_flight, ttl_s=spec.ttl_s, actor=actor,
             parts=[(n, initial_part(live, spec.offline)) for n, live in chosen])
-        await self.release(job)
+        await self.release(job, limit=FIRST_RELEASE)  # the request stays short
         job = await self._store.get_job(job.job_id)
         self.publish(job, {p.node_id for p in job.parts})
         self.wake()
         return job
 
-    async def release(self, job: JobRecord) -> int:
-        """Claim what may be released of ``job`` now and submit those commands; returns
-        how many parts were recorded."""
+    async def release(self, job: JobRecord, *, limit: int | None = None) -> int:
+        """Claim what may be released of ``job`` now (at most ``limit`` new parts) and
+        submit those commands, :data:`SUBMIT_CONCURRENCY` at a time; returns how many
+        parts were recorded."""
+        claimed = await self._store.claim_job_parts(job.job_id, limit=limit)
         done = 0
-        for node_id in await self._store.claim_job_parts(job.job_id):
-            done += await self._submit_part(job, node_id)
+        for i in range(0, len(claimed), SUBMIT_CONCURRENCY):
+            done += sum(await asyncio.gather(*(
+                self._submit_part(job, node_id)
+                for node_id in claimed[i:i + SUBMIT_CONCURRENCY])))
         return done
 
     async def _submit_part(self, job: JobRecord, node_id: str) -> int:

@@ -122,9 +122,10 @@ class JobTransactions(StoreBase):
             return await self._job(tx, job_id)
         return await self.driver.write(fn)
 
-    async def claim_job_parts(self, job_id: str) -> list[str]:
-        """Release what ``domain/jobs.py`` Rule 3 allows of a running job's pending parts
-        (they become ``releasing``) and return every part now ``releasing``, lowest
+    async def claim_job_parts(self, job_id: str, *, limit: int | None = None) -> list[str]:
+        """Release what ``domain/jobs.py`` Rule 3 allows of a running job's pending parts,
+        at most ``limit`` of them (they become ``releasing``), and return every part now
+        ``releasing``, lowest
         ``pos`` first: the caller submits their commands (idempotently) and records each
         with :meth:`set_job_part`. A part left ``releasing`` by a caller that died is
         returned again to the next claim."""
@@ -139,7 +140,8 @@ class JobTransactions(StoreBase):
             parts = [JobPart.from_row(r) for r in rows]
             flying = in_flight((p.stored, p.command_state) for p in parts)
             pending = [p.node_id for p in parts if p.stored == "pending"]
-            take = pending[:release_slots(_int(job["max_in_flight"]), flying, len(pending))]
+            slots = release_slots(_int(job["max_in_flight"]), flying, len(pending))
+            take = pending[:slots if limit is None else min(slots, limit)]
             if take:
                 now = wall_now()
                 await tx.executemany("UPDATE job_nodes SET state='releasing', updated_at=$1 "

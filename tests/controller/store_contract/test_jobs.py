@@ -100,3 +100,12 @@ async def test_unfinished_jobs_are_the_ones_the_driver_looks_after(
     ended = await job(store, ["n1"], states=["skipped"])
     await store.finish_job(ended)
     assert [j.job_id for j in await store.unfinished_jobs()] == [running]
+
+
+async def test_a_claim_with_a_limit_takes_no_more_new_parts_than_it(
+        store: ControllerStore) -> None:
+    nodes = [await enrolled(store, f"n{i}") for i in range(5)]
+    job_id = await job(store, nodes)
+    assert await store.claim_job_parts(job_id, limit=2) == ["n0", "n1"]
+    # the next claim returns those still releasing, and the rest it may take
+    assert await store.claim_job_parts(job_id) == nodes
