@@ -222,6 +222,8 @@ def exec_command(args: argparse.Namespace) -> int:
         return exec_on_many(args, many)
     if args.node is None:
         raise CliError("no node: tether exec NODE -- ARGV, or -l KEY=VALUE for many", 2)
+    if args.offline == "skip":
+        raise CliError("--offline skip is for many nodes (-l); for one node use fail", 2)
     argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
     if argv[:1] == ["--"]:
         argv = argv[1:]
