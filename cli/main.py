@@ -190,7 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     nodes = nouns.add_parser("nodes", help="the fleet").add_subparsers(dest="verb",
                                                                         required=True)
-    _operator_flags(nodes.add_parser("list", help="all nodes"))
+    nlist = nodes.add_parser("list", help="all nodes, or those matching -l / --liveness")
+    nlist.add_argument("-l", "--label", action="append",
+                       help="only nodes with this label, KEY=VALUE (repeatable: all must hold)")
+    nlist.add_argument("--liveness", action="append",
+                       choices=["online", "degraded", "stale", "offline"],
+                       help="only nodes in this liveness state (repeatable: any of them)")
+    _operator_flags(nlist)
     show = nodes.add_parser("show", help="one node")
     show.add_argument("node_id")
     _operator_flags(show)
@@ -203,12 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
                "itself failed; 3 when the command succeeded but some of its output was "
                "dropped past an output cap (a failed command keeps its own code; either way "
                "stderr says how many bytes were dropped).")
-    ex.add_argument("node")
+    ex.add_argument("node", nargs="?", help="the node (leave out with -l/--liveness)")
+    ex.add_argument("-l", "--label", action="append",
+                    help="run on every node with this label, KEY=VALUE (repeatable), as a "
+                         "job: output prefixed with each node's id, then a summary table")
+    ex.add_argument("--liveness", action="append",
+                    choices=["online", "degraded", "stale", "offline"],
+                    help="with -l: only nodes in this liveness state (repeatable)")
+    ex.add_argument("--max-in-flight", type=int,
+                    help="with -l: at most this many nodes running it at once")
     ex.add_argument("--no-wait", action="store_true", help="print the command id and return")
     ex.add_argument("--timeout", help="kill it after this long on the node, e.g. 30s")
     ex.add_argument("--ttl", help="expire it if not delivered within this long")
-    ex.add_argument("--offline", choices=["queue", "fail"], default="queue",
-                    help="queue (default): wait for an offline node; fail: refuse at once")
+    ex.add_argument("--offline", choices=["queue", "fail", "skip"], default="queue",
+                    help="queue (default): wait for an offline node; fail: refuse at once "
+                         "(with -l: that node's part fails); skip (-l only): leave it out")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     _operator_flags(ex, table=False)
 
@@ -221,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
         control = cmds.add_parser(verb, help=f"{verb} a command on its node, at once")
         control.add_argument("command_id")
         _operator_flags(control)
+
+    jobs = nouns.add_parser("jobs", help="one command over many nodes").add_subparsers(
+        dest="verb", required=True)
+    jlist = jobs.add_parser("list", help="recent jobs, newest first, with their summaries")
+    jlist.add_argument("--limit", type=int, default=50, help="at most this many jobs")
+    _operator_flags(jlist)
+    for verb, text in (("show", "a job and each node's result"),
+                       ("cancel", "cancel a job: parts not started never start, running "
+                                  "commands are cancelled")):
+        jp = jobs.add_parser(verb, help=text)
+        jp.add_argument("job_id")
+        _operator_flags(jp)
 
     logs = nouns.add_parser(
         "logs", help="a command's output",
@@ -371,6 +398,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return op.nodes_list(args) if verb == "list" else op.nodes_show(args)
     if noun == "exec":
         return op.exec_command(args)
+    if noun == "jobs":
+        from .jobs import jobs_command
+
+        return jobs_command(args)
     if noun == "commands":
         return op.commands_show(args) if verb == "show" else op.commands_control(args)
     if noun == "logs":

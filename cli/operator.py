@@ -66,7 +66,9 @@ def join_token_create(args: argparse.Namespace) -> int:
 # -- nodes -------------------------------------------------------------------------------------
 
 def nodes_list(args: argparse.Namespace) -> int:
-    items = api_from(args).get("/api/v1/nodes")["items"]
+    from .jobs import nodes_filter_params  # -l / --liveness: filtered by the controller
+
+    items = api_from(args).get("/api/v1/nodes", params=nodes_filter_params(args))["items"]
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
@@ -210,6 +212,18 @@ def exit_code_of(cmd: dict[str, Any]) -> int:
 
 
 def exec_command(args: argparse.Namespace) -> int:
+    if getattr(args, "label", None) or getattr(args, "liveness", None):
+        from .jobs import exec_on_many  # a job over the selected nodes (cli/jobs.py)
+
+        many = ([args.node] if args.node else []) + args.argv
+        many = many[1:] if many[:1] == ["--"] else many
+        if not many:
+            raise CliError("nothing to run: tether exec -l KEY=VALUE -- ARGV...", 2)
+        return exec_on_many(args, many)
+    if args.node is None:
+        raise CliError("no node: tether exec NODE -- ARGV, or -l KEY=VALUE for many", 2)
+    if args.offline == "skip":
+        raise CliError("--offline skip is for many nodes (-l); for one node use fail", 2)
     argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
     if argv[:1] == ["--"]:
         argv = argv[1:]

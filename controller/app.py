@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 from tether.common import __version__
 from tether.protocol.errors import StoreError
 
+from .api import jobs as api_jobs
 from .api import routes as api
 from .browser import BrowserServices, browser_endpoint
 from .config import ControllerConfig
@@ -30,6 +31,7 @@ from .services.admin_token import ensure_admin_token
 from .services.admission import Admission, HelloGate
 from .services.bus import EventBus, LocalBus
 from .services.commands import CommandService
+from .services.jobs import JobDriver, JobService
 from .services.leader import Leadership
 from .services.liveness import NodeLiveness
 from .services.monitor import MonitorStore
@@ -91,6 +93,8 @@ class Controller:
     gateway: EdgeGateway
     leadership: Leadership
     sweeper: Sweeper
+    jobs: JobService
+    job_driver: JobDriver  # runs while leader (services/jobs.py)
 
     @property
     def shared_store(self) -> bool:
@@ -149,14 +153,17 @@ def build(config: ControllerConfig) -> Controller:
                       touch_interval_s=config.node_touch_interval_s,
                       downlink_check_s=config.downlink_check_s,
                       is_leader=lambda: leadership.is_leader)
+    nodes = NodeViews(registry, config.thresholds, replica_id=replica_id,
+                      remote_session=peeks.session)
+    jobs = JobService(store, commands, bus, view=nodes.view)
+    job_driver = JobDriver(jobs, store, is_leader=lambda: leadership.is_leader)
+    jobs.wake = job_driver.wake
     return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
                       store=store, registry=registry, router=router, bus=bus,
                       cluster=cluster, monitor=monitor, peeks=peeks, admission=admission,
-                      liveness=liveness, nodes=NodeViews(registry, config.thresholds,
-                                                         replica_id=replica_id,
-                                                         remote_session=peeks.session),
+                      liveness=liveness, nodes=nodes,
                       commands=commands, gateway=gateway, leadership=leadership,
-                      sweeper=sweeper)
+                      sweeper=sweeper, jobs=jobs, job_driver=job_driver)
 
 
 async def _open_store(ctl: Controller) -> None:
@@ -214,6 +221,7 @@ async def start(ctl: Controller) -> asyncio.Task[None]:
         raise
     await ctl.leadership.start()
     sweeper = asyncio.create_task(ctl.sweeper.run(), name="liveness-sweeper")
+    ctl.job_driver.start()
     logger.info("controller started", extra={
         "controller_id": ctl.run.controller_id, "replica_id": ctl.replica_id,
         "data_dir": str(ctl.config.data_dir),
@@ -227,6 +235,7 @@ async def stop(ctl: Controller, sweeper: asyncio.Task[None] | None) -> None:
     session with 1001, close NATS (router, bus, link), then close the store: the reverse
     of :func:`start`."""
     ctl.run.stopping = True
+    await ctl.job_driver.stop()  # started after the sweeper: stopped before it
     if sweeper is not None:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -278,6 +287,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         WebSocketRoute("/ws", browser_endpoint),
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
+        *api_jobs.ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=_lifespan,
                     exception_handlers=api.EXCEPTION_HANDLERS)
@@ -285,7 +295,7 @@ def create_app(config: ControllerConfig) -> Starlette:
     app.state.edge = ctl.gateway
     app.state.browser = BrowserServices(store=ctl.store, commands=ctl.commands,
                                         nodes=ctl.nodes, bus=ctl.bus, peeks=ctl.peeks,
-                                        config=config)
+                                        config=config, jobs=ctl.jobs)
     app.state.api = api.ApiServices(
         store=ctl.store, commands=ctl.commands, nodes=ctl.nodes, router=ctl.router,
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, peeks=ctl.peeks,
@@ -297,5 +307,6 @@ def create_app(config: ControllerConfig) -> Starlette:
         nats_samples=None if ctl.cluster is None else functools.partial(
             nats_samples, ctl.cluster.link, ctl.cluster.bus, ctl.cluster.router),
         replica_id=ctl.replica_id)
+    app.state.jobs = ctl.jobs
     app.state.version = __version__
     return app

@@ -45,6 +45,7 @@ from .config import ControllerConfig
 from .services.bus import EventBus
 from .services.commands import CommandService
 from .services.events import Subscriber, data_size
+from .services.jobs import JobService, job_view
 from .services.nodes import NodeViews
 from .services.peek import Peeks
 from .views import command_view, log_item
@@ -63,10 +64,11 @@ SNAPSHOT_PAGE_ITEMS = 500
 SNAPSHOT_PAGE_BYTES = 256 << 10  # items' compact JSON size per snapshot frame
 MAX_SNAPSHOT_ITEM_BYTES = MAX_FRAME_BYTES - (16 << 10)  # larger: left out, counted
 NODE_TOPICS = ("node", "commands", "monitor")  # <kind>:<node_id>
-COMMAND_TOPICS = ("command", "logs")  # <kind>:<command_id>
+COMMAND_TOPICS = ("command", "logs", "job")  # <kind>:<command_id or job_id>
 COMMAND_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOPICS_HELP = ("topics must be a list of at most 256 of 'nodes', 'node:<id>', "
-               "'command:<id>', 'commands:<node_id>', 'logs:<id>' or 'monitor:<id>'")
+               "'command:<id>', 'commands:<node_id>', 'logs:<id>', 'monitor:<id>', "
+               "'jobs' or 'job:<id>'")
 
 
 def topic_error(topic: object) -> str | None:
@@ -75,7 +77,7 @@ def topic_error(topic: object) -> str | None:
         return f"a topic must be text, not {type(topic).__name__}"
     if len(topic) > MAX_TOPIC_CHARS:
         return f"a topic is at most {MAX_TOPIC_CHARS} characters, got {len(topic)}"
-    if topic == "nodes":
+    if topic in ("nodes", "jobs"):
         return None
     kind, sep, key = topic.partition(":")
     if sep and kind in NODE_TOPICS and valid_node_id(key):
@@ -97,6 +99,7 @@ class BrowserServices:
     bus: EventBus
     peeks: Peeks  # a node's live session and monitor packets from the replica holding it
     config: ControllerConfig
+    jobs: JobService | None = None  # the 'jobs' and 'job:<id>' topics (services/jobs.py)
 
 
 class _Close(Exception):
@@ -322,6 +325,14 @@ async def _snapshot_pages(controller: BrowserServices, topic: str
                 one = None if row is None else await controller.nodes.view_one(row)
             else:
                 one = command_view(await commands.get(key))
+            too_large = data_size(one) > MAX_SNAPSHOT_ITEM_BYTES
+            yield (None, 1) if too_large else (one, 0)
+        elif topic == "jobs" and controller.jobs is not None:
+            jobs = await controller.jobs.list_jobs(limit=100)
+            for part, omitted in _split(job_view(j, with_nodes=False) for j in jobs):
+                yield {"items": part}, omitted
+        elif kind == "job" and controller.jobs is not None:
+            one = job_view(await controller.jobs.get(key))
             too_large = data_size(one) > MAX_SNAPSHOT_ITEM_BYTES
             yield (None, 1) if too_large else (one, 0)
         elif kind == "commands":

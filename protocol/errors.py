@@ -142,6 +142,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "command_not_running": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "command_not_paused": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "node_offline": ErrorSpec(_C.PROTOCOL_ERROR, 409),
+    "job_done": ErrorSpec(_C.PROTOCOL_ERROR, 409),  # cancel of a job that already ended
     "store_corrupt": ErrorSpec(_C.INTERNAL_ERROR, 500),
     "store_locked": ErrorSpec(_C.INTERNAL_ERROR, 500),
     "unavailable": ErrorSpec(_C.TRY_AGAIN_LATER, 503),

@@ -33,6 +33,7 @@ from tether.protocol.frames import COMMAND_STATES, valid_node_id
 from tether.protocol.keys import check_ed25519_public_key
 from tether.protocol.values import INT64_MAX
 
+from ..domain.jobs import LIVENESS_STATES, matches
 from ..services.admission import Admission
 from ..services.bus import EventBus
 from ..services.commands import CommandService
@@ -231,9 +232,31 @@ async def enroll(request: Request) -> Response:
 
 
 async def list_nodes(request: Request) -> Response:
+    """GET /api/v1/nodes[?label=K=V ...&liveness=S,S]: every node, or those holding
+    every ``label`` and in one of the ``liveness`` states (domain/jobs.py Rule 1)."""
     await _operator(request)
     ctl = _ctl(request)
-    return JSONResponse({"items": [ctl.nodes.view(r) for r in await ctl.store.list_nodes()]})
+    want_labels, want_liveness = _node_filter(request)
+    views = [ctl.nodes.view(r) for r in await ctl.store.list_nodes()]
+    return JSONResponse({"items": [v for v in views if matches(
+        v["labels"], v["liveness"], want_labels=want_labels, want_liveness=want_liveness)]})
+
+
+def _node_filter(request: Request) -> tuple[dict[str, str], frozenset[str] | None]:
+    labels: dict[str, str] = {}
+    for item in request.query_params.getlist("label")[:64]:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"'label' must be KEY=VALUE, got {item[:64]!r}")
+        labels[key] = value
+    raw = request.query_params.get("liveness")
+    if raw is None:
+        return labels, None
+    states = frozenset(raw.split(","))
+    if not states <= set(LIVENESS_STATES):
+        raise InvalidRequest(f"'liveness' must be a comma-separated list of "
+                             f"{', '.join(LIVENESS_STATES)}")
+    return labels, states
 
 
 async def _node_row(request: Request) -> NodeRecord:

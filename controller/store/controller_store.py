@@ -49,6 +49,7 @@ from .base import (
 )
 from .budgets import EventBatch
 from .commands import CommandTransactions
+from .jobs import JobTransactions
 from .logs import LogTransactions
 from .records import (
     DeadLetter,
@@ -74,7 +75,7 @@ _FIRST_USE_OF_KEY = ("INSERT INTO idempotency_keys (node_id, k, at) VALUES ($1,$
 _MOVE_EVT_CURSOR = "UPDATE stream_cursors SET applied=$1 WHERE node_id=$2 AND stream='evt'"
 
 
-class ControllerStore(CommandTransactions, LogTransactions):
+class ControllerStore(CommandTransactions, LogTransactions, JobTransactions):
     """The store (:class:`~tether.controller.store.interface.Store`) over one SQL driver
     (see :class:`~tether.controller.store.base.StoreBase` for its construction)."""
 
