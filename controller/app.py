@@ -141,9 +141,12 @@ def build(config: ControllerConfig) -> Controller:
                                           max_waiting=config.max_prehello))
     liveness = NodeLiveness(registry, bus, config.thresholds)
     leadership = Leadership(leader_lock(driver), replica_id=replica_id)
+    nodes = NodeViews(registry, config.thresholds, replica_id=replica_id,
+                      remote_session=peeks.session)
     commands = CommandService(store, router, bus, presence=registry,
                               liveness=liveness.liveness,
-                              max_frame_bytes=config.max_frame_bytes)
+                              max_frame_bytes=config.max_frame_bytes,
+                              stored_liveness=lambda row: nodes.view(row)["liveness"])
     gateway = EdgeGateway(EdgeServices(
         store=store, registry=registry, bus=bus, monitor=monitor, admission=admission,
         config=config, node_changed=liveness.node_changed, stopping=run.is_stopping,
@@ -153,8 +156,6 @@ def build(config: ControllerConfig) -> Controller:
                       touch_interval_s=config.node_touch_interval_s,
                       downlink_check_s=config.downlink_check_s,
                       is_leader=lambda: leadership.is_leader)
-    nodes = NodeViews(registry, config.thresholds, replica_id=replica_id,
-                      remote_session=peeks.session)
     jobs = JobService(store, commands, bus, view=nodes.view)
     job_driver = JobDriver(jobs, store, is_leader=lambda: leadership.is_leader)
     jobs.wake = job_driver.wake

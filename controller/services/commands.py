@@ -46,18 +46,22 @@ class CommandStore(Protocol):
 
 
 class CommandService:
-    """``liveness(node_id)`` is the node's liveness now (services/liveness.py), for
+    """``liveness(node_id)`` is the node's liveness now as this process sees it
+    (services/liveness.py), and ``stored_liveness(row)`` as the store shows it (a node held
+    by another replica is judged from its owner's touches: services/nodes.py), both for
     ``offline="fail"``; ``presence`` gives a live session's frame cap, and
     ``max_frame_bytes`` is the controller's, for a node with no session."""
 
     def __init__(self, store: CommandStore, router: Router, bus: EventBus, *,
                  presence: Presence, liveness: Callable[[str], str],
-                 max_frame_bytes: int) -> None:
+                 max_frame_bytes: int,
+                 stored_liveness: Callable[[NodeRecord], str] | None = None) -> None:
         self._store = store
         self._router = router
         self._bus = bus
         self._presence = presence
         self._liveness = liveness
+        self._stored_liveness = stored_liveness
         self._max_frame_bytes = max_frame_bytes
 
     async def submit(self, node_id: str, *, kind: str, args: dict[str, Any],
@@ -74,9 +78,13 @@ class CommandService:
         if offline == "fail":
             liveness = self._liveness(node_id)
             if liveness != "online":
-                if await self._store.get_node(node_id) is None:  # an unknown node: 404
+                row = await self._store.get_node(node_id)
+                if row is None:  # an unknown node: 404
                     raise NotFound(f"node {node_id!r} is not enrolled; see 'tether nodes "
                                    "list'")
+                if self._stored_liveness is not None:  # held by another replica?
+                    liveness = self._stored_liveness(row)
+            if liveness != "online":
                 raise Conflict(f"node {node_id!r} is {liveness}; not queued because "
                                "offline is 'fail'", code="node_offline")
         live = self._presence.snapshot(node_id)

@@ -77,6 +77,11 @@ async def test_a_command_submitted_on_replica_b_runs_on_the_node_replica_a_holds
         assert marker.read_text().split() == ["ran"]  # delivered once, by A
         sessions = on_b_as_a.get("/api/v1/nodes/n-x/sessions").json()["items"]
         assert [s["replica_id"] for s in sessions] == ["r-a"]
+        # offline="fail" judges a node held by another replica from the store, not only
+        # from this replica's sessions: B accepts it (it refused it as offline)
+        ping = on_b_as_a.submit("n-x", "diag.ping", offline="fail")
+        await asyncio.to_thread(wait_until, lambda: on_b_as_a.command(
+            ping["command_id"])["state"] == "succeeded", what="the ping through B")
         seen_from_b = on_b_as_a.get("/api/v1/nodes/n-x").json()
         assert seen_from_b["liveness"] == "online"  # held by A, judged from A's touches
         assert seen_from_b["session"]["replica"] == "r-a"
