@@ -47,6 +47,7 @@ from .services.sweeper import Sweeper
 from .store.controller_store import ControllerStore
 from .store.factory import is_postgres, leader_lock, make_driver
 from .store.sql import SqlDriver
+from .web import routes as dashboard_routes
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         WebSocketRoute("/ws", browser_endpoint),
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
+        *dashboard_routes(),
     ]
     app = Starlette(routes=routes, lifespan=_lifespan,
                     exception_handlers=api.EXCEPTION_HANDLERS)

@@ -1,0 +1,213 @@
+"""The browser dashboard in a real browser (issue 13, "Done when"): headless Chromium from
+Debian's ``chromium`` package, driven by Playwright, against a real controller and real
+node processes.
+
+One walk through what an operator does: sign in; see a node come online; run ``echo hello``
+from a node's console and see it stream in; ping two nodes at once and see each result;
+stop a node and see its badge change with no reload; and, from a page on another origin,
+be refused on ``/ws`` with no welcome. Everything waits on conditions (Playwright's
+``expect``), never on sleeps. Screenshots go to the test's tmp dir, and to ``docs/img/``
+when ``TETHER_DOCS_SCREENSHOTS=1`` (a test run never rewrites tracked files otherwise).
+
+When Chromium or Playwright is missing, the test is skipped with the reason (failed under
+CI: ``server_unavailable``); ``make test`` installs both (SYSDEPS, the test extras).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.tools.servers import ServerUnavailable
+
+from ..conftest import server_unavailable
+from ..helpers import ControllerProc, NodeProc
+
+pytestmark = pytest.mark.both_backends
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+WAIT_MS = 20_000
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium (Debian's), or the skip-with-reason path when there is none."""
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        server_unavailable(ServerUnavailable(
+            "playwright is not installed: pip install -e '.[test]'"))
+    if not Path(CHROMIUM).exists():
+        server_unavailable(ServerUnavailable(
+            f"{CHROMIUM} is missing: apt-get install chromium (make sysdeps)"))
+    with sync_playwright() as p:
+        try:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=["--no-sandbox"])  # root in CI containers
+        except PlaywrightError as exc:
+            server_unavailable(ServerUnavailable(f"chromium cannot start: {exc.message}"))
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@contextlib.contextmanager
+def other_origin() -> Iterator[str]:
+    """A second tiny HTTP server on another port (another origin): its one page is what a
+    hostile site would serve. Owned here, shut down on exit."""
+    page = b"<!doctype html><title>elsewhere</title><p>another site</p>"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="other-origin", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+def shoot(page: Any, tmp_path: Path, name: str) -> None:
+    page.screenshot(path=str(tmp_path / f"{name}.png"))
+    if os.environ.get("TETHER_DOCS_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS_IMG / f"dashboard-{name}.png"))
+
+
+def sign_in(page: Any, controller: ControllerProc) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(controller.url + "/")
+    token = page.locator("input[type=password]")
+    expect(token).to_be_visible(timeout=WAIT_MS)
+    token.fill(controller.token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+
+
+def test_an_operator_drives_the_fleet_from_a_real_browser(
+        browser: Any, controller: ControllerProc, make_node: Callable[..., NodeProc],
+        tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sign_in(page, controller)
+    page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
+
+    # A node comes online while the operator watches.
+    make_node("web-a")
+    row_a = page.locator('[data-node-id="web-a"]')
+    expect(row_a).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
+    node_b = make_node("web-b")
+    row_b = page.locator('[data-node-id="web-b"]')
+    expect(row_b).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
+    shoot(page, tmp_path, "fleet")
+
+    # The console: `echo hello` streams in.
+    row_a.locator("a[href]").click()
+    argv = page.locator("input[name=argv]")
+    expect(argv).to_be_visible(timeout=WAIT_MS)
+    argv.fill("echo hello")
+    argv.press("Enter")
+    output = page.locator("[data-command-output]")
+    expect(output).to_contain_text("hello", timeout=WAIT_MS)
+    expect(page.locator(".console [data-state]")).to_have_attribute("data-state", "succeeded",
+                                                                    timeout=WAIT_MS)
+    shoot(page, tmp_path, "node")
+    # Output is text, never markup: a node's bytes cannot run script here.
+    argv.fill("""echo '<img src=x onerror="window.__pwned=1">'""")
+    argv.press("Enter")
+    expect(output).to_contain_text('<img src=x onerror="window.__pwned=1">', timeout=WAIT_MS)
+    assert output.locator("img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+    # Bulk: diag.ping over both nodes, a result for each.
+    page.locator("a.back").click()
+    for row in (row_a, row_b):
+        row.locator("input[type=checkbox]").check()
+    page.locator('[data-bulk="diag.ping"]').click()
+    for node_id in ("web-a", "web-b"):
+        expect(page.locator(f'[data-bulk-node="{node_id}"]')).to_have_attribute(
+            "data-state", "succeeded", timeout=WAIT_MS)
+    shoot(page, tmp_path, "bulk")
+
+    # A node stops: its badge changes live, with no reload.
+    node_b.cleanup()  # the runtime says goodbye, then its sidecar stops
+    expect(row_b).to_have_attribute("data-liveness", re.compile("^(stale|offline)$"),
+                                    timeout=WAIT_MS)
+    expect(row_a).to_have_attribute("data-liveness", "online")
+    assert page.evaluate("window.__sameDocument") is True
+    assert not errors, errors
+    context.close()
+
+
+def test_a_page_on_another_origin_is_refused_on_ws(browser: Any,
+                                                   controller: ControllerProc) -> None:
+    """Cross-site WebSocket hijacking: a page elsewhere opens /ws with the operator's token
+    (the worst case: it has it) and is closed with 4403 (or never connected) before any
+    welcome."""
+    context = browser.new_context()
+    page = context.new_page()
+    with other_origin() as elsewhere:
+        page.goto(elsewhere + "/")
+        outcome = page.evaluate("""([url, token]) => new Promise((resolve) => {
+            const frames = [];
+            const ws = new WebSocket(url, "tether.v1.json");
+            ws.onopen = () => ws.send(JSON.stringify({t: "hello", b: {token}}));
+            ws.onmessage = (m) => frames.push(JSON.parse(m.data).t);
+            ws.onclose = (e) => resolve({code: e.code, frames});
+            ws.onerror = () => {};
+        })""", [f"ws://127.0.0.1:{controller.port}/ws", controller.token])
+    context.close()
+    assert outcome["code"] in (4403, 1006), outcome  # 1006: refused before the handshake
+    assert "welcome" not in outcome["frames"], outcome
+
+
+def test_the_console_splits_a_command_line_as_a_shell_would(
+        browser: Any, controller: ControllerProc) -> None:
+    """js/shlex.js, run in the browser, against what Python's shlex.split answers."""
+    import shlex
+
+    cases = ["echo hello", "  a\tb  ", "echo 'a b' \"c d\" e\\ f", "printf '%s\\n' \"x\\\"y\"",
+             "a''b", 'a""', "x 'it''s'", "tab\there", "é ü 'ñ'", ""]
+    page = browser.new_page()
+    page.goto(controller.url + "/")
+    got = page.evaluate("""async (cases) => {
+        const { split } = await import("/static/js/shlex.js");
+        return cases.map((c) => split(c));
+    }""", cases)
+    assert got == [shlex.split(c) for c in cases]
+    refused = page.evaluate(r"""async () => {
+        const { split, SplitError } = await import("/static/js/shlex.js");
+        return ["echo 'open", 'echo "open', "trailing\\"].map((c) => {
+            try { return split(c); } catch (e) { return e instanceof SplitError; }
+        });
+    }""")
+    assert refused == [True, True, True]  # unterminated quotes, a trailing backslash
+    page.close()
