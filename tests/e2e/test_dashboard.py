@@ -31,16 +31,16 @@ from tether.tools.servers import ServerUnavailable
 from ..conftest import server_unavailable
 from ..helpers import ControllerProc, NodeProc
 
-pytestmark = pytest.mark.both_backends
-
 CHROMIUM = "/usr/bin/chromium"
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 WAIT_MS = 20_000
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
-    """A headless Chromium (Debian's), or the skip-with-reason path when there is none."""
+def browser(controller: ControllerProc) -> Iterator[Any]:
+    """A headless Chromium (Debian's), or the skip-with-reason path when there is none.
+    It takes ``controller`` so that the controller (and PostgreSQL's async fixtures) is set
+    up first: sync Playwright runs an event loop of its own in this thread while open."""
     try:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
@@ -108,6 +108,7 @@ def sign_in(page: Any, controller: ControllerProc) -> None:
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
 
 
+@pytest.mark.both_backends
 def test_an_operator_drives_the_fleet_from_a_real_browser(
         browser: Any, controller: ControllerProc, make_node: Callable[..., NodeProc],
         tmp_path: Path) -> None:
@@ -117,6 +118,8 @@ def test_an_operator_drives_the_fleet_from_a_real_browser(
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if (
+        msg.type == "error" and "Content Security Policy" in msg.text) else None)
     sign_in(page, controller)
     page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
 
