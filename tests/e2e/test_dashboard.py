@@ -166,6 +166,14 @@ def test_an_operator_drives_the_fleet_from_a_real_browser(
                                     timeout=WAIT_MS)
     expect(row_a).to_have_attribute("data-liveness", "online")
     assert page.evaluate("window.__sameDocument") is True
+
+    # Dark mode by the toggle (the headless default is light), and a phone's width.
+    page.locator("#theme").click()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    shoot(page, tmp_path, "fleet-dark")
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(row_a.locator("a[href]")).to_be_visible()
+    shoot(page, tmp_path, "phone")
     assert not errors, errors
     context.close()
 
@@ -213,4 +221,60 @@ def test_the_console_splits_a_command_line_as_a_shell_would(
         });
     }""")
     assert refused == [True, True, True]  # unterminated quotes, a trailing backslash
+    page.close()
+
+
+def enroll_many(controller: ControllerProc, count: int,
+                labels: Callable[[int], dict[str, str]]) -> list[str]:
+    """``count`` nodes enrolled over REST (keys only, no process): offline rows."""
+    import base64
+
+    from tether.protocol.signing import generate_private_key, public_key_raw
+
+    api = controller.api()
+    join = api.post("/api/v1/join-tokens", json={"uses": count}).json()["token"]
+    ids = []
+    for i in range(count):
+        node_id = f"sim-{i:04d}"
+        key = base64.urlsafe_b64encode(public_key_raw(generate_private_key())).rstrip(b"=")
+        resp = api.client.post("/v1/edge/enroll", json={
+            "join_token": join, "node_id": node_id, "public_key": key.decode(),
+            "labels": labels(i)})
+        assert resp.status_code == 201, resp.text
+        ids.append(node_id)
+    return ids
+
+
+def test_the_fleet_list_is_virtualised_filtered_and_shows_labels_as_text(
+        browser: Any, controller: ControllerProc, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    hostile = '<img src=x onerror="window.__pwned=1">'
+    ids = enroll_many(controller, 400, lambda i: {
+        "env": "lab" if i % 2 else "prod", **({"note": hostile} if i == 7 else {})})
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    sign_in(page, controller)
+    expect(page.locator(".counts")).to_contain_text("400 nodes", timeout=WAIT_MS)
+    rows = page.locator(".vlist [data-node-id]")
+    assert 5 < rows.count() < 60  # only the rows in view (and a few around) are in the DOM
+    assert page.locator('[data-node-id="sim-0399"]').count() == 0
+    # Scrolling brings the last rows in; each carries its state and a link to its page.
+    page.locator(".vlist").evaluate("el => { el.scrollTop = el.scrollHeight; }")
+    last = page.locator('[data-node-id="sim-0399"]')
+    expect(last).to_have_attribute("data-liveness", "offline", timeout=WAIT_MS)
+    assert last.locator("a[href]").get_attribute("href") == "#/node/sim-0399"
+    assert 5 < rows.count() < 60
+    # A label filter, saved as a view, survives a reload (localStorage).
+    page.locator("input[name=label-filter]").fill("env=lab, note")
+    expect(page.locator(".counts")).to_contain_text("1 shown", timeout=WAIT_MS)
+    row = page.locator('[data-node-id="sim-0007"]')
+    expect(row).to_contain_text(f"note={hostile}")
+    assert row.locator("img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    page.once("dialog", lambda d: d.accept("lab notes"))
+    page.get_by_role("button", name="Save view").click()
+    page.reload()
+    page.locator("select[name=view]").select_option(label="lab notes")
+    expect(page.locator(".counts")).to_contain_text("1 shown", timeout=WAIT_MS)
+    assert len(ids) == 400
     page.close()

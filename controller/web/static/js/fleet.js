@@ -334,9 +334,17 @@ export function mountFleet(root, live) {
       if (typeof id !== "string") return;
       const old = nodes.get(id);
       if (!old || kind === "session.opened" || kind === "runtime.changed") refresh(id);
-      if (old && typeof data.liveness === "string" && STATES.includes(data.liveness)) {
-        if (old.liveness !== data.liveness) {
-          nodes.set(id, { ...old, liveness: data.liveness, since_ms: atMs || Date.now(), _v: old._v + 1 });
+      if (old && kind === "session.closed") {
+        // What the node view says of a closed session, without a request per node (a
+        // mass disconnect would otherwise cost one GET per node).
+        nodes.set(id, { ...old, session: null, transport: null, resources: {},
+          last_seen_at: new Date(atMs || Date.now()).toISOString(), _v: old._v + 1 });
+        invalidate();
+      }
+      const cur = nodes.get(id);
+      if (cur && typeof data.liveness === "string" && STATES.includes(data.liveness)) {
+        if (cur.liveness !== data.liveness) {
+          nodes.set(id, { ...cur, liveness: data.liveness, since_ms: atMs || Date.now(), _v: cur._v + 1 });
           invalidate();
         }
       }
