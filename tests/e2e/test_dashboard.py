@@ -149,9 +149,28 @@ def test_an_operator_drives_the_fleet_from_a_real_browser(
     expect(output).to_contain_text('<img src=x onerror="window.__pwned=1">', timeout=WAIT_MS)
     assert output.locator("img").count() == 0
     assert page.evaluate("window.__pwned") is None
+    # Pause, resume and cancel a running command from the console.
+    state = page.locator(".console [data-state]")
+    argv.fill("sleep 60")
+    argv.press("Enter")
+    expect(state).to_have_attribute("data-state", "running", timeout=WAIT_MS)
+    for button, after in (("Pause", "paused"), ("Resume", "running"), ("Cancel", "cancelled")):
+        page.get_by_role("button", name=button).click()
+        expect(state).to_have_attribute("data-state", after, timeout=WAIT_MS)
+
+    # The commands page: recent commands; a click shows one's output.
+    page.locator('a[data-nav="commands"]').click()
+    echo_row = page.locator("tr[data-command-id]", has_text="exec echo hello")
+    expect(echo_row).to_have_attribute("data-state", "succeeded", timeout=WAIT_MS)
+    expect(page.locator("tr[data-command-id]", has_text="exec sleep 60")).to_have_attribute(
+        "data-state", "cancelled")
+    echo_row.click()
+    expect(page.locator(".detail [data-command-output]")).to_have_text("hello\n",
+                                                                       timeout=WAIT_MS)
+    shoot(page, tmp_path, "commands")
+    page.locator('a[data-nav="fleet"]').click()
 
     # Bulk: diag.ping over both nodes, a result for each.
-    page.locator("a.back").click()
     for row in (row_a, row_b):
         row.locator("input[type=checkbox]").check()
     page.locator('[data-bulk="diag.ping"]').click()
@@ -166,6 +185,20 @@ def test_an_operator_drives_the_fleet_from_a_real_browser(
                                     timeout=WAIT_MS)
     expect(row_a).to_have_attribute("data-liveness", "online")
     assert page.evaluate("window.__sameDocument") is True
+
+    # Disable and enable from its page; delete where the controller has the route (the
+    # page says so where it does not).
+    row_b.locator("a[href]").click()
+    page.get_by_role("button", name="Disable").click()
+    expect(page.locator(".tag")).to_have_text("disabled", timeout=WAIT_MS)
+    page.get_by_role("button", name="Enable").click()
+    expect(page.locator(".tag")).to_have_text("enabled", timeout=WAIT_MS)
+    page.once("dialog", lambda d: d.accept())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("body")).to_contain_text(
+        re.compile("cannot delete nodes yet|web-a"), timeout=WAIT_MS)
+    page.goto(controller.url + "/#/")
+    expect(row_a).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
 
     # Dark mode by the toggle (the headless default is light), and a phone's width.
     page.locator("#theme").click()
@@ -277,4 +310,28 @@ def test_the_fleet_list_is_virtualised_filtered_and_shows_labels_as_text(
     page.locator("select[name=view]").select_option(label="lab notes")
     expect(page.locator(".counts")).to_contain_text("1 shown", timeout=WAIT_MS)
     assert len(ids) == 400
+    page.close()
+
+
+def test_the_dashboard_resyncs_after_the_controller_restarts(
+        browser: Any, controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    """/ws drops when the controller restarts: the page reconnects by itself, subscribes
+    again and shows the fleet as it is now (the snapshot), then follows its events."""
+    from playwright.sync_api import expect
+
+    node = make_node("web-c")
+    page = browser.new_page()
+    sign_in(page, controller)
+    row = page.locator('[data-node-id="web-c"]')
+    expect(row).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
+    page.evaluate("window.__sameDocument = true")
+    controller.terminate()
+    expect(page.locator("#conn")).not_to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    controller.start()  # the same port and data dir
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    expect(row).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
+    node.cleanup()
+    expect(row).to_have_attribute("data-liveness", re.compile("^(stale|offline)$"),
+                                  timeout=WAIT_MS)
+    assert page.evaluate("window.__sameDocument") is True
     page.close()

@@ -29,7 +29,7 @@ export function mountCommands(root, live, openId) {
     jobs,
     h("div", { class: "split" },
       h("section", { class: "card" }, h("table", { class: "commands" },
-        h("thead", null, h("tr", null, ["Command", "Node", "Kind", "State", "Created", "Timeline"].map((c) => h("th", null, c)))),
+        h("thead", null, h("tr", null, ["Command", "Node", "State", "Created", "Timeline"].map((c) => h("th", null, c)))),
         rowsEl)),
       detail));
 
@@ -42,9 +42,9 @@ export function mountCommands(root, live, openId) {
     setText(counts, `${list.length} recent`);
     replace(rowsEl, list.map((c) => h("tr", { class: openCmd && openCmd.id === c.command_id ? "open" : null,
       dataset: { commandId: c.command_id, state: c.state }, on: { click: () => open(c.command_id) } },
-      h("td", null, h("a", { href: `#/commands/${enc(c.command_id)}` }, c.command_id)),
-      h("td", null, h("a", { href: `#/node/${enc(c.node_id)}` }, c.node_id)),
-      h("td", null, c.kind === "exec" && c.args && Array.isArray(c.args.argv) ? `exec ${c.args.argv.join(" ")}` : text(c.kind)),
+      h("td", { class: "what" }, h("a", { href: `#/commands/${enc(c.command_id)}`, title: c.command_id },
+        c.kind === "exec" && c.args && Array.isArray(c.args.argv) ? `exec ${c.args.argv.join(" ")}` : text(c.kind))),
+      h("td", { class: "nowrap" }, h("a", { href: `#/node/${enc(c.node_id)}` }, c.node_id)),
       h("td", null, h("span", { class: `badge cmd ${c.state}` }, text(c.state))),
       h("td", { class: "muted" }, c.created_at ? `${ago(parseTime(c.created_at))} ago` : "—"),
       h("td", { class: "timeline" }, (c.timeline || []).map((e) => h("span", { class: `step ${e.state}`, title: `${e.at || ""} ${e.detail || ""}` }, e.state))))));
@@ -82,7 +82,7 @@ export function mountCommands(root, live, openId) {
   function showDetail(c) {
     detail.hidden = false;
     replace(detail,
-      h("header", null, h("h2", null, c.command_id), h("button", { type: "button", class: "ghost close", "aria-label": "close", on: { click: close } }, "×")),
+      h("header", null, h("h2", { class: "title mono" }, c.command_id), h("button", { type: "button", class: "ghost close", "aria-label": "close", on: { click: close } }, "×")),
       h("dl", { class: "kv" },
         h("dt", null, "Node"), h("dd", null, h("a", { href: `#/node/${enc(c.node_id)}` }, c.node_id)),
         h("dt", null, "Kind"), h("dd", null, text(c.kind)),
@@ -151,7 +151,7 @@ export function mountCommands(root, live, openId) {
     for (const c of (data && data.items) || []) follow(c);
     schedule();
     if (openId) open(openId);
-  }).catch((err) => replace(rowsEl, h("tr", null, h("td", { colspan: 6, class: "error" }, err.message))));
+  }).catch((err) => replace(rowsEl, h("tr", null, h("td", { colspan: 5, class: "error" }, err.message))));
   loadJobs();
 
   return () => { if (frame) cancelAnimationFrame(frame); };

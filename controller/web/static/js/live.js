@@ -37,6 +37,7 @@ export class Live {
     this.opts = opts;
     this.handlers = new Map(); // topic -> Set of {snapshot, event}
     this.pending = new Map(); // topic -> merged snapshot so far
+    this.inflight = new Map(); // subscribe frame id -> its topics, until answered
     this.ws = null;
     this.attempt = 0;
     this.closed = false;
@@ -83,8 +84,22 @@ export class Live {
       for (const hd of this.handlers.get(b.topic) || []) {
         hd.event && hd.event(b.kind, b.data, b.at_ms, b.topic);
       }
+    } else if (frame.t === "subscribed") {
+      this.inflight.delete(frame.re);
     } else if (frame.t === "error") {
-      console.warn("tether /ws error", b.code, b.message);
+      // A refused subscribe refuses all its topics: retry them one by one, so one topic
+      // this controller does not serve (e.g. job:<id> before jobs exist) cannot cost the
+      // others their resync; a lone refused topic is dropped.
+      const topics = this.inflight.get(frame.re);
+      this.inflight.delete(frame.re);
+      if (topics && topics.length > 1) {
+        for (const t of topics) this.sendSubscribe([t]);
+      } else if (topics) {
+        this.handlers.delete(topics[0]);
+        console.warn("tether /ws: topic refused", topics[0], b.code, b.message);
+      } else {
+        console.warn("tether /ws error", b.code, b.message);
+      }
     }
   }
 
@@ -93,6 +108,7 @@ export class Live {
     clearInterval(this.pinger);
     this.ready = false;
     this.pending.clear();
+    this.inflight.clear();
     if (this.closed) return;
     if (ev.code === 4401 || ev.code === 4403) { // a refusal: retrying cannot help
       this.status("refused", ev.reason);
@@ -110,7 +126,10 @@ export class Live {
 
   sendSubscribe(topics) {
     for (let i = 0; i < topics.length; i += 200) {
-      this.send({ t: "subscribe", id: `s${this.nextId++}`, b: { topics: topics.slice(i, i + 200) } });
+      const id = `s${this.nextId++}`;
+      const batch = topics.slice(i, i + 200);
+      this.inflight.set(id, batch);
+      this.send({ t: "subscribe", id, b: { topics: batch } });
     }
   }
 
