@@ -335,3 +335,50 @@ def test_the_dashboard_resyncs_after_the_controller_restarts(
                                   timeout=WAIT_MS)
     assert page.evaluate("window.__sameDocument") is True
     page.close()
+
+
+def test_bulk_actions_follow_a_job_by_the_pinned_contract(
+        browser: Any, controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    """Bulk actions go through POST /api/v1/jobs when it exists. Here the jobs API answers
+    by its pinned shapes (202 {job_id}; GET -> {job_id, state, nodes: {id: {command_id,
+    state}}, summary}) from a stand-in in the browser, naming real commands, so the page's
+    job path is proven whether or not this controller has jobs yet; each node's result
+    comes from its real command over /ws."""
+    from playwright.sync_api import expect
+
+    for node_id in ("job-a", "job-b"):
+        make_node(node_id)
+    api = controller.api()
+    page = browser.new_page()
+    posted: list[dict[str, Any]] = []
+    job: dict[str, Any] = {}
+
+    def jobs_api(route: Any) -> None:
+        request = route.request
+        if request.method == "POST":
+            body = request.post_data_json
+            posted.append(body)
+            nodes = {n: {"command_id": api.submit(n, body["kind"], body["args"])["command_id"],
+                         "state": "queued"} for n in body["nodes"]}
+            job.update(job_id="job_1", state="running", nodes=nodes,
+                       summary={"queued": len(nodes)})
+            route.fulfill(status=202, json={"job_id": "job_1"})
+        else:
+            route.fulfill(status=200, json=job)
+
+    page.route(re.compile(r".*/api/v1/jobs(/job_1)?$"), jobs_api)
+    sign_in(page, controller)
+    for node_id in ("job-a", "job-b"):
+        row = page.locator(f'[data-node-id="{node_id}"]')
+        expect(row).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
+        row.locator("input[type=checkbox]").check()
+    page.locator('[data-bulk="diag.ping"]').click()
+    expect(page.locator("[data-job-id]")).to_have_attribute("data-job-id", "job_1",
+                                                             timeout=WAIT_MS)
+    for node_id in ("job-a", "job-b"):
+        expect(page.locator(f'[data-bulk-node="{node_id}"]')).to_have_attribute(
+            "data-state", "succeeded", timeout=WAIT_MS)
+    assert posted == [{"nodes": ["job-a", "job-b"], "kind": "diag.ping", "args": {},
+                       "offline": "skip"}]
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    page.close()
