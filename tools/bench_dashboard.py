@@ -100,9 +100,11 @@ async def run_fleet_page(root: Path, plan: PagePlan) -> list[dict[str, Any]]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        return _unavailable(plan, "playwright is not installed (pip install -e '.[test]')")
+        return _unavailable(plan, "unavailable: playwright is not installed "
+                                  "(pip install -e '.[test]')")
     if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - one stat before anything runs
-        return _unavailable(plan, f"{CHROMIUM} is missing (apt-get install chromium)")
+        return _unavailable(plan, f"unavailable: {CHROMIUM} is missing "
+                                  "(apt-get install chromium)")
     async with ControllerProcess(root, "dashboard", "fsync") as ctl, \
             Fleet(ctl.url, ctl.token, prefix="p", seed=11, connect_timeout_s=60) as fleet:
         sims = await fleet.add(plan.nodes)
@@ -148,4 +150,5 @@ async def run_fleet_page(root: Path, plan: PagePlan) -> list[dict[str, Any]]:
             row("fleet_page", "tether", "liveness_to_dom_p50_ms", percentile(samples, 50), "ms",
                 **common),
             row("fleet_page", "tether", "liveness_to_dom_p99_ms", percentile(samples, 99), "ms",
-                **common, **({} if samples else {"note": "no change reached the DOM"}))]
+                **common, **({} if samples else {
+                    "note": "unavailable: no change reached the DOM"}))]
