@@ -37,6 +37,7 @@ export async function runBulk(container, live, nodeIds, kind, rawArgs) {
     if (!args.argv.length) return;
   }
   const rows = new Map();
+  let followed = 0;
   const summary = h("span", { class: "muted" }, "submitting…");
   const body = h("div", { class: "bulk-list" });
   const title = kind === "exec" ? `exec ${args.argv.join(" ")}` : kind;
@@ -54,7 +55,7 @@ export async function runBulk(container, live, nodeIds, kind, rawArgs) {
       const el = h("div", { class: "bulk-row", dataset: { bulkNode: nodeId, state: "pending" } },
         h("a", { href: `#/node/${enc(nodeId)}` }, nodeId), state, result);
       body.appendChild(el);
-      r = { el, state, result, followed: null };
+      r = { el, state, result, followed: null, live: false };
       rows.set(nodeId, r);
     }
     return r;
@@ -73,7 +74,9 @@ export async function runBulk(container, live, nodeIds, kind, rawArgs) {
     const r = row(nodeId);
     if (!commandId || r.followed === commandId) return;
     r.followed = commandId;
-    if ([...rows.values()].filter((x) => x.followed).length > MAX_FOLLOWED) return;
+    followed += 1;
+    if (followed > MAX_FOLLOWED) return; // beyond: the job's own events and reads say it
+    r.live = true;
     live.subscribe([`command:${commandId}`], {
       snapshot(cmd) { if (cmd) show(nodeId, cmd.state, resultText(cmd)); },
       event(_kind, data) {
@@ -100,12 +103,22 @@ export async function runBulk(container, live, nodeIds, kind, rawArgs) {
   }
   if (jobId) {
     card.dataset.jobId = jobId;
-    const readJob = () => get(`/api/v1/jobs/${enc(jobId)}`).then((job) => {
-      for (const [nodeId, n] of Object.entries(job.nodes || {})) {
-        if (!(rows.get(nodeId) && rows.get(nodeId).followed)) show(nodeId, n.state || "pending");
-        follow(nodeId, n.command_id);
-      }
-    }).catch((err) => setText(summary, err.message));
+    // One read at a time: events that arrive meanwhile ask for one more read after it.
+    let reading = false;
+    let again = false;
+    const readJob = () => {
+      if (reading) { again = true; return; }
+      reading = true;
+      get(`/api/v1/jobs/${enc(jobId)}`).then((job) => {
+        for (const [nodeId, n] of Object.entries(job.nodes || {})) {
+          if (!(rows.get(nodeId) && rows.get(nodeId).live)) show(nodeId, n.state || "pending");
+          follow(nodeId, n.command_id);
+        }
+      }).catch((err) => setText(summary, err.message)).finally(() => {
+        reading = false;
+        if (again) { again = false; readJob(); }
+      });
+    };
     live.subscribe([`job:${jobId}`], { snapshot: readJob, event: readJob });
     readJob();
     return;
