@@ -10,8 +10,9 @@ BIN    := $(VENV)/bin
 # recipe), as package:binary; installed with apt-get when root and a binary is missing,
 # otherwise the tests that need them say why they cannot run. A binary is looked for on PATH
 # and where Debian puts PostgreSQL's server binaries (/usr/lib/postgresql/<v>/bin).
+# chromium: the dashboard's real-browser test (tests/e2e/test_dashboard.py, via Playwright).
 SYSDEPS := tinyproxy:tinyproxy mosquitto:mosquitto postgresql:initdb nats-server:nats-server \
-           haproxy:haproxy nginx:nginx
+           haproxy:haproxy nginx:nginx chromium:chromium
 
 $(BIN)/.installed: pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tether needs Python >= 3.11")'

@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--quick", action="store_true", help="a smaller run, under 2 minutes")
     size.add_argument("--tiny", action="store_true", help="seconds; checks the plumbing only")
     bench.add_argument("--only", action="append",
-                       choices=["core", "peers", "fleet", "flood", "cluster", "media"],
+                       choices=["core", "peers", "fleet", "flood", "cluster", "media",
+                                "dashboard"],
                        help="run only these suites (repeatable)")
     bench.add_argument("--json", action="store_true", help="print the JSON report")
     bench.add_argument("--out", type=Path, help="write the JSON report here")

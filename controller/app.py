@@ -50,6 +50,7 @@ from .services.sweeper import Sweeper
 from .store.controller_store import ControllerStore
 from .store.factory import is_postgres, leader_lock, make_driver
 from .store.sql import SqlDriver
+from .web import routes as dashboard_routes
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
         *api_jobs.ROUTES,
+        *dashboard_routes(),
     ]
     app = Starlette(routes=routes, lifespan=_lifespan,
                     exception_handlers=api.EXCEPTION_HANDLERS)

@@ -53,6 +53,7 @@ from tether.node.config import EVT_WINDOW
 from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
 from tether.protocol.frames import Frame
 
+from .bench_dashboard import PAGE_PLANS, run_fleet_page
 from .bench_fleet import FleetPlan, run_fleet
 from .bench_flood import run_flood
 from .bench_util import ControllerProcess, peer_port, percentile, row, spawn_peer
@@ -355,7 +356,7 @@ def _machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-SUITES = ("core", "peers", "fleet", "flood", "cluster", "media")
+SUITES = ("core", "peers", "fleet", "flood", "cluster", "media", "dashboard")
 
 
 def _raise_fd_limit() -> None:
@@ -464,6 +465,12 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 results += runner.run(run_cluster(root, c))
+        if "dashboard" in suites:
+            page = PAGE_PLANS[size]
+            print(f"bench: the fleet page in Chromium over {page.nodes} nodes, {page.rounds} "
+                  "liveness changes ...", file=sys.stderr)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                results += runner.run(run_fleet_page(root, page))
         if "media" in suites:
             results.append(row("media", "tether", "file_mb_per_s", None, "MB/s",
                                note="not yet: the media plane (WebRTC file channel) lands "

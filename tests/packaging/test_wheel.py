@@ -71,6 +71,9 @@ def test_the_wheel_ships_every_package_and_its_commands_run(tmp_path: Path) -> N
                if n.endswith("/__init__.py")}
     assert source_packages() <= shipped, f"missing: {source_packages() - shipped}"
     assert "tether/protocol/py.typed" in names
+    static = {str(p.relative_to(ROOT / "controller")) for p in
+              (ROOT / "controller" / "web" / "static").rglob("*") if p.is_file()}
+    assert {f"tether/controller/{rel}" for rel in static} <= set(names)  # the dashboard
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,

@@ -32,6 +32,8 @@ PINNED = {
     ("cluster", "tether", "msgs_per_s"),
     ("cluster", "tether", "seconds_to_all_online_after_kill"),
     ("cluster", "tether", "lost"),
+    ("fleet_page", "tether", "first_paint_ms"),
+    ("fleet_page", "tether", "liveness_to_dom_p99_ms"),
 }
 
 
