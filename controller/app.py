@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -22,7 +23,9 @@ from starlette.websockets import WebSocket
 from tether.common import __version__
 from tether.protocol.errors import StoreError
 
+from .api import admin as admin_api
 from .api import routes as api
+from .api.auth import AuditMiddleware
 from .browser import BrowserServices, browser_endpoint
 from .config import ControllerConfig
 from .gateway import EdgeGateway, EdgeServices, edge_endpoint, edge_session
@@ -271,9 +274,11 @@ def create_app(config: ControllerConfig) -> Starlette:
         WebSocketRoute("/ws", browser_endpoint),
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
+        *admin_api.ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=_lifespan,
-                    exception_handlers=api.EXCEPTION_HANDLERS)
+                    exception_handlers=api.EXCEPTION_HANDLERS,
+                    middleware=[Middleware(AuditMiddleware)])
     app.state.controller = ctl
     app.state.edge = ctl.gateway
     app.state.browser = BrowserServices(store=ctl.store, commands=ctl.commands,
