@@ -1,6 +1,6 @@
 """Operator tokens, the audit log, join-token list/revoke and node removal:
 ``tether token create|list|revoke``, ``tether audit``, ``tether join-token list|revoke``,
-``tether nodes delete``. Each needs an ``admin`` token (docs/security.md)."""
+``tether nodes delete|disable|enable``. Each needs an ``admin`` token (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -49,11 +49,16 @@ def add_nodes_verbs(nodes: Any, flags: Flags) -> None:
                               "key and its data; the id can enroll again (admin)")
     delete.add_argument("node_id")
     flags(delete)
+    for verb, what in (("disable", "close its session (4403) and refuse it until enabled"),
+                       ("enable", "accept its sessions again")):
+        p = nodes.add_parser(verb, help=f"{what} (admin)")
+        p.add_argument("node_id")
+        flags(p)
 
 
 def handles(noun: str, verb: str | None) -> bool:
     return (noun in ("token", "audit") or (noun == "join-token" and verb in ("list", "revoke"))
-            or (noun == "nodes" and verb == "delete"))
+            or (noun == "nodes" and verb in ("delete", "disable", "enable")))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if noun == "join-token":
         out = api.request("DELETE", f"/api/v1/join-tokens/{args.token_id}")
         return _done(args, out, f"revoked {args.token_id}")
+    if verb in ("disable", "enable"):
+        out = api.post(f"/api/v1/nodes/{args.node_id}/{verb}")
+        return _done(args, out, f"{verb}d {args.node_id}")
     out = api.request("DELETE", f"/api/v1/nodes/{args.node_id}")
     return _done(args, out, f"deleted {args.node_id}" + (
         " (its session was closed)" if out.get("session_closed") else ""))

@@ -52,6 +52,7 @@ def test_a_viewer_token_reads_but_cannot_exec_and_a_revoked_one_is_refused(
 def test_deleting_a_node_stops_its_session_and_the_same_id_enrolls_and_comes_back(
         controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
     node = make_node("n1")
+    assert cli(controller, "nodes", "enable", "n1").stdout == "enabled n1\n"
     deleted = cli(controller, "nodes", "delete", "n1")
     assert deleted.returncode == 0, deleted.stderr
     assert "deleted n1 (its session was closed)" in deleted.stdout
