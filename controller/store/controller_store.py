@@ -118,7 +118,7 @@ class ControllerStore(CommandTransactions, LogTransactions,
         async def fn(tx: Tx) -> str | None:
             if have_file_token is not None and await tx.fetchval(
                     "SELECT role FROM operator_tokens WHERE token_hash=$1 AND "
-                    "revoked_at IS NULL AND expires_at IS NULL",
+                    "role='admin' AND revoked_at IS NULL AND expires_at IS NULL",
                     token_hash(have_file_token)) is not None:
                 return None  # a revoked file token is replaced: the way back in
             token = "tok_" + secrets.token_urlsafe(32)
