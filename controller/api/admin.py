@@ -1,8 +1,9 @@
 """Operator tokens, the audit log, join tokens and node removal under /api/v1 (issue 13).
 
-Who may call what (docs/security.md): every route here needs ``admin``. Bodies are parsed
-once into frozen values (:class:`TokenRequest`) with their bounds; anything else is 400
-``invalid_request`` naming the field.
+Who may call what (docs/security.md): every route here needs ``admin``, except
+``GET /api/v1/whoami`` (any valid token: what a UI shows, and which buttons it offers).
+Bodies are parsed once into frozen values (:class:`TokenRequest`) with their bounds;
+anything else is 400 ``invalid_request`` naming the field.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def audit_view(a: AuditRecord) -> dict[str, Any]:
     return {"id": a.id, "at": iso(a.at), "actor": a.actor, "role": a.role,
             "token_id": a.token_id, "action": a.action, "target": a.target,
             "status": a.status, "detail": a.detail}
+
+
+async def whoami(request: Request) -> Response:
+    """GET /api/v1/whoami: the caller's token id, name and role."""
+    caller = await _role(request)
+    return JSONResponse({"token_id": caller.token_id, "name": caller.name,
+                         "role": caller.role})
 
 
 async def create_token(request: Request) -> Response:
@@ -154,4 +162,5 @@ ROUTES = [
     Route("/api/v1/join-tokens/{token_id}", revoke_join_token, methods=["DELETE"]),
     Route("/api/v1/nodes/{node_id}", delete_node, methods=["DELETE"]),
     Route("/api/v1/audit", audit, methods=["GET"]),
+    Route("/api/v1/whoami", whoami, methods=["GET"]),
 ]

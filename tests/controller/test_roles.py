@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tether.protocol.signing import generate_private_key
 
-from ..helpers import ControllerProc
+from ..helpers import FAST, ControllerProc
 from .conftest import (
     NET_TIMEOUT_S,
     Edge,
@@ -44,7 +45,7 @@ MUTATING: list[tuple[str, str, Any, str]] = [  # (method, path, body, role neede
     ("POST", "/api/v1/tokens", {"role": "viewer"}, "admin"),
     ("DELETE", "/api/v1/tokens/{token}", None, "admin"),
 ]
-READS = ["/api/v1/nodes", "/api/v1/nodes/{node}", "/api/v1/nodes/{node}/sessions",
+READS = ["/api/v1/whoami", "/api/v1/nodes", "/api/v1/nodes/{node}", "/api/v1/nodes/{node}/sessions",
          "/api/v1/nodes/{node}/events", "/api/v1/nodes/{node}/monitor",
          "/api/v1/nodes/{node}/logs", "/api/v1/nodes/{node}/dead-letters",
          "/api/v1/commands", "/api/v1/commands/{command}",
@@ -168,6 +169,17 @@ async def test_a_revoked_token_gets_401_at_its_next_request(
     listed = {t["token_id"]: t for t in (await api.get("/api/v1/tokens")).json()["items"]}
     assert listed[made["token_id"]]["state"] == "revoked"
     assert_error(await api.delete("/api/v1/tokens/tk_nosuchtoken"), 404, "not_found")
+
+
+async def test_whoami_names_the_callers_token_and_role(
+        api: httpx.AsyncClient, as_role: Callable[[str], Awaitable[httpx.AsyncClient]]
+        ) -> None:
+    viewer = await as_role("viewer")
+    me = (await viewer.get("/api/v1/whoami")).json()
+    assert me["role"] == "viewer" and me["name"] == "test viewer"
+    assert me["token_id"].startswith("tk_")
+    admin = (await api.get("/api/v1/whoami")).json()
+    assert (admin["role"], admin["name"]) == ("admin", "admin")
 
 
 async def test_an_expired_token_gets_401(api: httpx.AsyncClient,
@@ -349,3 +361,21 @@ async def test_a_hostile_origin_is_refused_with_4403_even_with_a_valid_token(
         await ws.send(json.dumps({"t": "hello", "id": "h", "b": {
             "token": controller.token}}))
     assert await json_expect_close(ws) == 4403
+
+
+async def test_an_allowed_origin_is_accepted_and_every_other_site_refused(
+        tmp_path: Path) -> None:
+    ctl = ControllerProc(tmp_path / "ctl", extra=[*FAST, "--allowed-origin",
+                                                  "https://dash.example"])
+    ctl.start()
+    try:
+        url = ctl.url.replace("http", "ws", 1) + "/ws"
+        ws = await browser_connect(url, origin="https://dash.example")
+        await ws.send(json.dumps({"t": "hello", "id": "h", "b": {"token": ctl.token}}))
+        assert (await json_recv(ws))["t"] == "welcome"
+        await ws.close()
+        for origin in ("https://dash.example.evil", "http://dash.example"):
+            ws = await browser_connect(url, origin=origin)
+            assert await json_expect_close(ws) == 4403, origin
+    finally:
+        ctl.terminate()
