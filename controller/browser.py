@@ -42,7 +42,7 @@ from tether.protocol.errors import (
 from tether.protocol.frames import Frame, valid_node_id
 
 from .config import ControllerConfig
-from .domain.roles import Caller
+from .domain.roles import Caller, role_at_least
 from .services.bus import EventBus
 from .services.commands import CommandService
 from .services.events import Subscriber, data_size
@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+# Frames any role may send; every other frame changes something and needs ``operator``
+# (deny by default: a frame type added later is guarded until it is listed here).
+READ_ONLY_FRAMES = frozenset({"subscribe", "ping"})
 TOKEN_RECHECK_S = 30.0  # a revoked or expired token's open /ws is closed within this
 IDLE_TIMEOUT_S = 300.0
 SEND_TIMEOUT_S = 10.0
@@ -137,7 +140,7 @@ async def browser_endpoint(ws: WebSocket) -> None:
             pusher = tg.create_task(_push(ws, controller.bus, sub, sending), name="ws-push")
             recheck = tg.create_task(_recheck_token(controller, token), name="ws-token")
             try:
-                await _read(ws, controller, sub, sending)
+                await _read(ws, controller, sub, sending, caller)
             finally:
                 pusher.cancel()
                 recheck.cancel()
@@ -220,11 +223,16 @@ async def _recheck_token(controller: BrowserServices, token: str) -> None:
 
 
 async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
-                sending: asyncio.Lock) -> None:
+                sending: asyncio.Lock, caller: Caller) -> None:
     while True:
         frame = await _receive(ws, IDLE_TIMEOUT_S, controller.config.max_frame_bytes)
         if frame is None:
             return
+        if frame.t not in READ_ONLY_FRAMES and not role_at_least(caller.role, "operator"):
+            await _send(ws, Frame(t="error", re=frame.id, b={
+                "code": "forbidden", "message": f"{frame.t[:40]!r} needs the 'operator' "
+                f"role or above; this token is {caller.role!r}"}))
+            continue
         if frame.t == "subscribe":
             topics = frame.b.get("topics")
             error = _subscribe_error(topics, sub.topics)

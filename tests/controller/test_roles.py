@@ -352,6 +352,23 @@ async def test_a_viewer_subscribes_on_ws_and_a_revoked_token_cannot_say_hello(
     assert await json_expect_close(ws) == 4401
 
 
+async def test_on_ws_a_viewer_may_only_subscribe_and_ping(
+        api: httpx.AsyncClient, ws_url: str) -> None:
+    """Any other frame changes something: ``forbidden`` for a viewer, whatever its type
+    (one added later included); an operator gets past the role check."""
+    for role, code in (("viewer", "forbidden"), ("operator", "unknown_type")):
+        made = await new_token(api, role)
+        ws = await browser_connect(ws_url)
+        await ws.send(json.dumps({"t": "hello", "id": "h", "b": {"token": made["token"]}}))
+        assert (await json_recv(ws))["t"] == "welcome"
+        await ws.send(json.dumps({"t": "shell.open", "id": "x", "b": {"node_id": "n-1"}}))
+        error = await json_recv(ws)
+        assert (error["t"], error["re"], error["b"]["code"]) == ("error", "x", code)
+        await ws.send(json.dumps({"t": "ping", "id": "p"}))
+        assert (await json_recv(ws))["t"] == "pong"
+        await ws.close()
+
+
 @pytest.mark.parametrize("origin", ["http://evil.example", "null",
                                     "http://127.0.0.1.evil.example"])
 async def test_a_hostile_origin_is_refused_with_4403_even_with_a_valid_token(
