@@ -8,7 +8,8 @@ never compared as text, so no comparison of the secret itself leaks timing.
 
 A token's public id is ``tk_`` (operator) or ``jt_`` (join) and the first 16 hex digits of
 that hash: known to whoever holds the token, harmless to show (64 bits of a hash say nothing
-usable about a 256-bit secret), the same for rows written before ids existed (migration 9).
+usable about a 256-bit secret), the same for rows written before ids existed (SQLite migration 10,
+PostgreSQL 5).
 """
 
 from __future__ import annotations

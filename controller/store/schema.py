@@ -185,10 +185,11 @@ SQLITE_MIGRATIONS = [
     ALTER TABLE nodes ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE edge_sessions ADD COLUMN owner_epoch INTEGER
     """,
-    # 9: roles and audit (issue 13). Operator and join tokens get a public id (the first 16
-    # hex digits of the SHA-256 they are stored as: the same for rows from before), operator
-    # tokens an expiry and a revocation time; audit rows name the token and role of a request
-    # and the HTTP status it got. Tokens were already stored as SHA-256, never in plain.
+    # 10 (it follows jobs' 9): roles and audit (issue 13). Operator and join tokens get a
+    # public id (the first 16 hex digits of the SHA-256 they are stored as: the same for rows
+    # from before), operator tokens an expiry and a revocation time; audit rows name the
+    # token and role of a request and the HTTP status it got. Tokens were already stored as
+    # SHA-256, never in plain.
     """
     ALTER TABLE operator_tokens ADD COLUMN token_id TEXT;
     ALTER TABLE operator_tokens ADD COLUMN expires_at REAL;
@@ -296,7 +297,8 @@ POSTGRES_MIGRATIONS = [
     ALTER TABLE nodes ADD COLUMN owner_epoch BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE edge_sessions ADD COLUMN owner_epoch BIGINT
     """,
-    # 4: = SQLITE_MIGRATIONS 9 (token ids, expiry and revocation; who the audit rows name)
+    # 5 (it follows jobs' 4): = SQLITE_MIGRATIONS 10 (token ids, expiry and revocation; who
+    # the audit rows name)
     """
     ALTER TABLE operator_tokens ADD COLUMN token_id TEXT;
     ALTER TABLE operator_tokens ADD COLUMN expires_at DOUBLE PRECISION;
