@@ -14,6 +14,7 @@ from tether.common.logsetup import setup_logging
 from tether.common.terminal import terminal_safe
 from tether.protocol.errors import TetherError
 
+from . import admin as admin_cli
 from . import operator as op
 from .client import CliError
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     jtc.add_argument("--uses", type=int, default=1)
     jtc.add_argument("--label", action="append", help="k=v applied to nodes it enrolls")
     _operator_flags(jtc)
+    admin_cli.add_join_token_verbs(jt, _operator_flags)
 
     node = nouns.add_parser("node", help="run and inspect this machine's node").add_subparsers(
         dest="verb", required=True)
@@ -200,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = nodes.add_parser("show", help="one node")
     show.add_argument("node_id")
     _operator_flags(show)
+    admin_cli.add_nodes_verbs(nodes, _operator_flags)
+    admin_cli.add_nouns(nouns, _operator_flags)
 
     ex = nouns.add_parser(
         "exec", help="run a command on a node and stream its output",
@@ -379,6 +383,8 @@ def dispatch(args: argparse.Namespace) -> int:
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes,
             downlink_check_s=args.downlink_check_s))
+    if admin_cli.handles(noun, verb):
+        return admin_cli.run(args)
     if noun == "join-token":
         return op.join_token_create(args)
     if noun == "node":

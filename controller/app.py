@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -22,8 +23,10 @@ from starlette.websockets import WebSocket
 from tether.common import __version__
 from tether.protocol.errors import StoreError
 
+from .api import admin as admin_api
 from .api import jobs as api_jobs
 from .api import routes as api
+from .api.auth import AuditMiddleware
 from .browser import BrowserServices, browser_endpoint
 from .config import ControllerConfig
 from .gateway import EdgeGateway, EdgeServices, edge_endpoint, edge_session
@@ -290,10 +293,12 @@ def create_app(config: ControllerConfig) -> Starlette:
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
         *api_jobs.ROUTES,
+        *admin_api.ROUTES,
         *dashboard_routes(),
     ]
     app = Starlette(routes=routes, lifespan=_lifespan,
-                    exception_handlers=api.EXCEPTION_HANDLERS)
+                    exception_handlers=api.EXCEPTION_HANDLERS,
+                    middleware=[Middleware(AuditMiddleware)])
     app.state.controller = ctl
     app.state.edge = ctl.gateway
     app.state.browser = BrowserServices(store=ctl.store, commands=ctl.commands,

@@ -42,6 +42,7 @@ from tether.protocol.errors import (
 from tether.protocol.frames import Frame, valid_node_id
 
 from .config import ControllerConfig
+from .domain.roles import Caller, role_at_least
 from .services.bus import EventBus
 from .services.commands import CommandService
 from .services.events import Subscriber, data_size
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+# Frames any role may send; every other frame changes something and needs ``operator``
+# (deny by default: a frame type added later is guarded until it is listed here).
+READ_ONLY_FRAMES = frozenset({"subscribe", "ping"})
+TOKEN_RECHECK_S = 30.0  # a revoked or expired token's open /ws is closed within this
 IDLE_TIMEOUT_S = 300.0
 SEND_TIMEOUT_S = 10.0
 MAX_TOPICS = 256  # per client, and per subscribe frame
@@ -132,14 +137,16 @@ async def browser_endpoint(ws: WebSocket) -> None:
                      max_bytes=controller.config.ws_max_queue_bytes)
     sending = asyncio.Lock()  # held by the pusher per event and by a snapshot while sent
     try:
-        role = await _hello(ws, controller)
-        await _send(ws, Frame(t="welcome", b={"role": role}))
+        caller, token = await _hello(ws, controller)
+        await _send(ws, Frame(t="welcome", b={"role": caller.role}))
         async with asyncio.TaskGroup() as tg:
             pusher = tg.create_task(_push(ws, controller.bus, sub, sending), name="ws-push")
+            recheck = tg.create_task(_recheck_token(controller, token), name="ws-token")
             try:
-                await _read(ws, controller, sub, sending)
+                await _read(ws, controller, sub, sending, caller)
             finally:
                 pusher.cancel()
+                recheck.cancel()
         code, reason = CloseCode.NORMAL_CLOSURE, "bye"
     except* _Close as group:
         first = group.exceptions[0]
@@ -188,25 +195,47 @@ async def _receive(ws: WebSocket, timeout_s: float, max_bytes: int) -> Frame | N
         raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
 
-async def _hello(ws: WebSocket, controller: BrowserServices) -> str:
+async def _hello(ws: WebSocket, controller: BrowserServices) -> tuple[Caller, str]:
+    """The caller and its token. Every valid token may subscribe (``viewer`` and up);
+    a frame that changes anything must check ``role_at_least(caller.role, ...)``."""
     frame = await _receive(ws, HELLO_TIMEOUT_S, controller.config.max_frame_bytes)
     if frame is None:
         raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
     if frame.t != "hello":
         raise _Close(CloseCode.PROTOCOL_ERROR, f"expected hello first, got {frame.t!r}")
     token = frame.b.get("token")
-    role = await controller.store.operator_role(token) if isinstance(token, str) else None
-    if role is None:
-        raise _Close(CloseCode.AUTH_FAILED, "operator token is not valid")
-    return role
+    caller, why = (await controller.store.operator_caller(token) if isinstance(token, str)
+                   else (None, "not text"))
+    if caller is None:
+        raise _Close(CloseCode.AUTH_FAILED, f"operator token is not valid ({why})")
+    return caller, token
+
+
+async def _recheck_token(controller: BrowserServices, token: str) -> None:
+    """Close the client with 4401 within ``TOKEN_RECHECK_S`` of its token being revoked
+    or expiring (one store read per client per period; a store outage is not a reason to
+    drop clients, so only a definite answer closes)."""
+    while True:
+        await asyncio.sleep(TOKEN_RECHECK_S)
+        try:
+            caller, why = await controller.store.operator_caller(token)
+        except Exception:  # the store is unreachable: judge again next period
+            continue
+        if caller is None:
+            raise _Close(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
 
 
 async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
-                sending: asyncio.Lock) -> None:
+                sending: asyncio.Lock, caller: Caller) -> None:
     while True:
         frame = await _receive(ws, IDLE_TIMEOUT_S, controller.config.max_frame_bytes)
         if frame is None:
             return
+        if frame.t not in READ_ONLY_FRAMES and not role_at_least(caller.role, "operator"):
+            await _send(ws, Frame(t="error", re=frame.id, b={
+                "code": "forbidden", "message": f"{frame.t[:40]!r} needs the 'operator' "
+                f"role or above; this token is {caller.role!r}"}))
+            continue
         if frame.t == "subscribe":
             topics = frame.b.get("topics")
             error = _subscribe_error(topics, sub.topics)

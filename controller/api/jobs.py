@@ -19,7 +19,16 @@ from tether.protocol.frames import valid_node_id
 
 from ..domain.jobs import LIVENESS_STATES, MAX_JOB_NODES, OFFLINE_POLICIES, Selector
 from ..services.jobs import JobService, JobSpec, job_view
-from .routes import MAX_TTL_S, _check_args, _json_body, _number, _operator, _query_int, _str_map
+from .routes import (
+    MAX_TTL_S,
+    _check_args,
+    _json_body,
+    _number,
+    _operator,
+    _query_int,
+    _role,
+    _str_map,
+)
 
 
 def _jobs(request: Request) -> JobService:
@@ -86,14 +95,14 @@ async def submit_job(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     """GET /api/v1/jobs[?limit=N]: newest first, with summaries, without nodes."""
-    await _operator(request)
+    await _role(request)
     limit = _query_int(request, "limit", 100, lo=1, hi=1000)
     rows = await _jobs(request).list_jobs(limit=limit)
     return JSONResponse({"items": [job_view(r, with_nodes=False) for r in rows]})
 
 
 async def get_job(request: Request) -> Response:
-    await _operator(request)
+    await _role(request)
     return JSONResponse(job_view(await _jobs(request).get(request.path_params["job_id"])))
 
 

@@ -22,7 +22,6 @@ from tether.common import __version__
 from tether.common.bodies import read_json_object
 from tether.protocol.deliver import command_args, command_kind
 from tether.protocol.errors import (
-    AuthError,
     BadFrame,
     InvalidRequest,
     NotFound,
@@ -34,6 +33,7 @@ from tether.protocol.keys import check_ed25519_public_key
 from tether.protocol.values import INT64_MAX
 
 from ..domain.jobs import LIVENESS_STATES, matches
+from ..domain.roles import Caller
 from ..services.admission import Admission
 from ..services.bus import EventBus
 from ..services.commands import CommandService
@@ -44,6 +44,7 @@ from ..services.presence import Presence
 from ..services.probe import CachedStoreFigures, StoreProbe
 from ..services.router import Router
 from ..services.runstate import RunState
+from ..store.auth import join_token_id
 from ..views import (
     command_view,
     dead_letter_view,
@@ -52,6 +53,7 @@ from ..views import (
     node_event_view,
     session_view,
 )
+from .auth import require_role
 
 if TYPE_CHECKING:
     from ..store.controller_store import ControllerStore, LogPage
@@ -130,18 +132,18 @@ def _ctl(request: Request) -> ApiServices:
     return request.app.state.api  # type: ignore[no-any-return]
 
 
+async def _role(request: Request, at_least: str = "viewer") -> Caller:
+    """The caller, whose token is valid and whose role is ``at_least`` or above: 401
+    ``unauthorized`` or 403 ``forbidden`` otherwise (api/auth.py). Every route calls it
+    (or :func:`_operator`): reads with ``viewer``, commands with ``operator``, tokens and
+    node management with ``admin``."""
+    return await require_role(request, at_least)
+
+
 async def _operator(request: Request) -> str:
-    """The caller's role; raises 401 unless a valid Bearer operator token is sent."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("missing operator token: send 'Authorization: Bearer <token>' "
-                        "(see <data-dir>/admin.token)", code="unauthorized")
-    role = await _ctl(request).store.operator_role(token.strip())
-    if role is None:
-        raise AuthError("operator token is not valid for this controller",
-                        code="unauthorized")
-    return role
+    """The caller as the audit log names it; raises 401/403 unless its token is valid and
+    its role is ``operator`` or above (what running commands, jobs and shells needs)."""
+    return (await require_role(request, "operator")).actor
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -191,7 +193,7 @@ async def health(request: Request) -> Response:
 
 
 async def create_join_token(request: Request) -> Response:
-    role = await _operator(request)
+    role = (await _role(request, "admin")).actor
     body = await _json_body(request)
     ttl_s = _number(body.get("ttl_s", 3600), "ttl_s", lo=1, hi=MAX_TTL_S)
     uses_raw = body.get("uses", 1)
@@ -200,8 +202,8 @@ async def create_join_token(request: Request) -> Response:
     labels = _str_map(body.get("labels"), "labels")
     token, expires_at = await _ctl(request).store.create_join_token(
         ttl_s=ttl_s, uses=uses_raw, labels=labels, actor=role)
-    return JSONResponse({"token": token, "expires_at": iso(expires_at), "uses": uses_raw},
-                        status_code=201)
+    return JSONResponse({"token": token, "expires_at": iso(expires_at), "uses": uses_raw,
+                         "token_id": join_token_id(token)}, status_code=201)
 
 
 async def enroll(request: Request) -> Response:
@@ -234,7 +236,7 @@ async def enroll(request: Request) -> Response:
 async def list_nodes(request: Request) -> Response:
     """GET /api/v1/nodes[?label=K=V ...&liveness=S,S]: every node, or those holding
     every ``label`` and in one of the ``liveness`` states (domain/jobs.py Rule 1)."""
-    await _operator(request)
+    await _role(request)
     ctl = _ctl(request)
     want_labels, want_liveness = _node_filter(request)
     views = [ctl.nodes.view(r) for r in await ctl.store.list_nodes()]
@@ -268,12 +270,12 @@ async def _node_row(request: Request) -> NodeRecord:
 
 
 async def get_node(request: Request) -> Response:
-    await _operator(request)
+    await _role(request)
     return JSONResponse(await _ctl(request).nodes.view_one(await _node_row(request)))
 
 
 async def _set_enabled(request: Request, enabled: bool) -> Response:
-    role = await _operator(request)
+    role = (await _role(request, "admin")).actor
     ctl = _ctl(request)
     node_id = request.path_params["node_id"]
     await ctl.store.set_enabled(node_id, enabled, actor=role)
@@ -293,14 +295,14 @@ async def enable_node(request: Request) -> Response:
 
 
 async def node_sessions(request: Request) -> Response:
-    await _operator(request)
+    await _role(request)
     row = await _node_row(request)
     items = await _ctl(request).store.sessions(row.node_id)
     return JSONResponse({"items": [session_view(s) for s in items]})
 
 
 async def node_events(request: Request) -> Response:
-    await _operator(request)
+    await _role(request)
     row = await _node_row(request)
     limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
     items = await _ctl(request).store.node_events(row.node_id, limit=limit)
@@ -311,7 +313,7 @@ async def node_dead_letters(request: Request) -> Response:
     """GET /api/v1/nodes/{id}/dead-letters[?limit=N]: the poison frames this node sent
     (docs/protocol.md §5), newest first, and how many it ever sent (``total``; only the
     newest are kept)."""
-    await _operator(request)
+    await _role(request)
     row = await _node_row(request)
     limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
     rows, total = await _ctl(request).store.dead_letters(row.node_id, limit=limit)
@@ -321,7 +323,7 @@ async def node_dead_letters(request: Request) -> Response:
 async def node_logs(request: Request) -> Response:
     """GET /api/v1/nodes/{id}/logs[?source=APP&after=ID&limit=N&max_bytes=B]: a page of
     app and runtime output (:func:`_log_page`)."""
-    await _operator(request)
+    await _role(request)
     row = await _node_row(request)
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
     limit, max_bytes = _log_page_bounds(request)
@@ -355,7 +357,7 @@ async def node_monitor(request: Request) -> Response:
     """GET /api/v1/nodes/{id}/monitor[?topic=T]: the last packets per topic, from the
     replica holding the node (services/peek.py); ``cut`` says how many of its packets did
     not fit its reply (absent when none)."""
-    await _operator(request)
+    await _role(request)
     row = await _node_row(request)
     topic = request.query_params.get("topic")
     topics, cut = await _ctl(request).peeks.monitor(row.node_id, topic)
@@ -403,7 +405,7 @@ def _check_args(kind: object, args: object) -> tuple[str, dict[str, Any]]:
 
 async def list_commands(request: Request) -> Response:
     """GET /api/v1/commands?node_id=&state=&limit= : newest first, with counts by state."""
-    await _operator(request)
+    await _role(request)
     q = request.query_params
     limit = _query_int(request, "limit", 100, lo=1, hi=10_000)
     state = q.get("state")
@@ -415,7 +417,7 @@ async def list_commands(request: Request) -> Response:
 
 
 async def get_command(request: Request) -> Response:
-    await _operator(request)
+    await _role(request)
     row = await _ctl(request).commands.get(request.path_params["command_id"])
     return JSONResponse(command_view(row))
 
@@ -432,7 +434,7 @@ async def control_command(request: Request) -> Response:
 async def command_logs(request: Request) -> Response:
     """GET /api/v1/commands/{id}/logs[?after=ID&limit=N&max_bytes=B]: a page of output
     (:func:`_log_page`)."""
-    await _operator(request)
+    await _role(request)
     command_id = request.path_params["command_id"]
     after = _query_int(request, "after", 0, lo=0, hi=INT64_MAX)
     limit, max_bytes = _log_page_bounds(request)
@@ -443,7 +445,7 @@ async def command_logs(request: Request) -> Response:
 
 async def diag(request: Request) -> Response:
     """GET /api/v1/diag: what `tether diag controller` shows."""
-    await _operator(request)
+    await _role(request)
     ctl = _ctl(request)
     by_liveness: dict[str, int] = {}
     for row in await ctl.store.list_nodes():

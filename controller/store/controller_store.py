@@ -36,6 +36,7 @@ from tether.protocol.frames import Body, CmdStatus, Frame, NodeEvent
 
 from ..domain.commands import cmd_epoch_fits, on_status
 from ..domain.streams import evt_epoch_at_hello, from_stored, to_stored
+from .auth import AuthTransactions, join_token_id, operator_token_id, purge_node
 from .base import (
     FOR_UPDATE,
     Fenced,
@@ -75,7 +76,8 @@ _FIRST_USE_OF_KEY = ("INSERT INTO idempotency_keys (node_id, k, at) VALUES ($1,$
 _MOVE_EVT_CURSOR = "UPDATE stream_cursors SET applied=$1 WHERE node_id=$2 AND stream='evt'"
 
 
-class ControllerStore(CommandTransactions, LogTransactions, JobTransactions):
+class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
+                      AuthTransactions):
     """The store (:class:`~tether.controller.store.interface.Store`) over one SQL driver
     (see :class:`~tether.controller.store.base.StoreBase` for its construction)."""
 
@@ -116,22 +118,21 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions):
         the file when there is none (first start, or the file was removed)."""
         async def fn(tx: Tx) -> str | None:
             if have_file_token is not None and await tx.fetchval(
-                    "SELECT role FROM operator_tokens WHERE token_hash=$1",
+                    "SELECT role FROM operator_tokens WHERE token_hash=$1 AND "
+                    "role='admin' AND revoked_at IS NULL AND expires_at IS NULL",
                     token_hash(have_file_token)) is not None:
-                return None
+                return None  # a revoked file token is replaced: the way back in
             token = "tok_" + secrets.token_urlsafe(32)
             await tx.execute("INSERT INTO operator_tokens (token_hash, role, label, "
-                             "created_at) VALUES ($1, 'admin', 'admin', $2)",
-                             token_hash(token), wall_now())
+                             "created_at, token_id) VALUES ($1, 'admin', 'admin', $2, $3)",
+                             token_hash(token), wall_now(), operator_token_id(token))
             return token
         return await self.driver.write(fn)
 
     async def operator_role(self, token: str) -> str | None:
-        async def fn(tx: Tx) -> str | None:
-            role = await tx.fetchval("SELECT role FROM operator_tokens WHERE token_hash=$1",
-                                     token_hash(token))
-            return None if role is None else str(role)
-        return await self.driver.read(fn)
+        """The role of ``token`` while it is valid (not revoked, not expired), else None."""
+        caller, _ = await self.operator_caller(token)
+        return None if caller is None else caller.role
 
     async def create_join_token(self, *, ttl_s: float, uses: int, labels: dict[str, str],
                                 actor: str) -> tuple[str, float]:
@@ -140,8 +141,9 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions):
 
         async def fn(tx: Tx) -> None:
             await tx.execute("INSERT INTO join_tokens (token_hash, expires_at, uses_left, "
-                             "labels, created_at) VALUES ($1,$2,$3,$4,$5)",
-                             token_hash(token), expires_at, uses, json.dumps(labels), wall_now())
+                             "labels, created_at, token_id) VALUES ($1,$2,$3,$4,$5,$6)",
+                             token_hash(token), expires_at, uses, json.dumps(labels),
+                             wall_now(), join_token_id(token))
             await add_audit(tx, actor, "join_token.create", None, {"uses": uses, "ttl_s": ttl_s})
         await self.driver.write(fn)
         return token, expires_at
@@ -176,6 +178,8 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions):
             await tx.execute("UPDATE join_tokens SET uses_left = uses_left - 1 "
                              "WHERE token_hash=$1", token_hash(join_token))
             if existing is None:
+                # a clean slate: rows a deleted node's last session wrote after its delete
+                await purge_node(tx, node_id)
                 await tx.execute("INSERT INTO nodes (node_id, public_key, labels, created_at) "
                                  "VALUES ($1,$2,$3,$4)", node_id, public_key,
                                  json.dumps(merged), wall_now())

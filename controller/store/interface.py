@@ -24,6 +24,8 @@ from typing import Any, Protocol
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.frames import Body, Frame
 
+from ..domain.roles import Caller
+from .auth import AuditRecord, JoinTokenRecord, TokenRecord
 from .quotas import Refusal, StoreQuotas
 from .records import (
     CommandRecord,
@@ -150,3 +152,25 @@ class Store(Protocol):
 
     async def command_logs(self, command_id: str, *, after: int = 0, limit: int = 1000,
                            max_bytes: int | None = None) -> LogPage: ...
+
+    # -- roles, tokens, audit, node removal (store/auth.py)
+    async def operator_caller(self, token: str) -> tuple[Caller | None, str]: ...
+
+    async def create_operator_token(self, *, role: str, name: str | None,
+                                    ttl_s: float | None, actor: Caller
+                                    ) -> tuple[str, TokenRecord]: ...
+
+    async def list_operator_tokens(self) -> list[TokenRecord]: ...
+
+    async def revoke_operator_token(self, token_id: str, *, actor: Caller) -> None: ...
+
+    async def list_join_tokens(self) -> list[JoinTokenRecord]: ...
+
+    async def revoke_join_token(self, token_id: str, *, actor: Caller) -> None: ...
+
+    async def delete_node(self, node_id: str, *, actor: Caller) -> None: ...
+
+    async def record_request(self, caller: Caller, action: str, target: str | None,
+                             status: int) -> None: ...
+
+    async def audit_page(self, *, before: int | None, limit: int) -> list[AuditRecord]: ...

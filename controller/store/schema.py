@@ -204,6 +204,24 @@ SQLITE_MIGRATIONS = [
         PRIMARY KEY (job_id, node_id));
     CREATE INDEX job_nodes_pos ON job_nodes (job_id, pos)
     """,
+    # 10: roles and audit (issue 13). Operator and join tokens get a
+    # public id (the first 16 hex digits of the SHA-256 they are stored as: the same for rows
+    # from before), operator tokens an expiry and a revocation time; audit rows name the
+    # token and role of a request and the HTTP status it got. Tokens were already stored as
+    # SHA-256, never in plain.
+    """
+    ALTER TABLE operator_tokens ADD COLUMN token_id TEXT;
+    ALTER TABLE operator_tokens ADD COLUMN expires_at REAL;
+    ALTER TABLE operator_tokens ADD COLUMN revoked_at REAL;
+    UPDATE operator_tokens SET token_id = 'tk_' || substr(token_hash, 1, 16);
+    CREATE UNIQUE INDEX operator_tokens_id ON operator_tokens (token_id);
+    ALTER TABLE join_tokens ADD COLUMN token_id TEXT;
+    UPDATE join_tokens SET token_id = 'jt_' || substr(token_hash, 1, 16);
+    CREATE UNIQUE INDEX join_tokens_id ON join_tokens (token_id);
+    ALTER TABLE audit_log ADD COLUMN token_id TEXT;
+    ALTER TABLE audit_log ADD COLUMN role TEXT;
+    ALTER TABLE audit_log ADD COLUMN status INTEGER
+    """,
 ]
 
 MIGRATIONS = SQLITE_MIGRATIONS  # the name callers used before there were two dialects
@@ -312,5 +330,20 @@ POSTGRES_MIGRATIONS = [
         state TEXT NOT NULL, command_id TEXT, detail TEXT,
         updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (job_id, node_id));
     CREATE INDEX job_nodes_pos ON job_nodes (job_id, pos)
+    """,
+    # 5: = SQLITE_MIGRATIONS 10 (token ids, expiry and revocation; who
+    # the audit rows name)
+    """
+    ALTER TABLE operator_tokens ADD COLUMN token_id TEXT;
+    ALTER TABLE operator_tokens ADD COLUMN expires_at DOUBLE PRECISION;
+    ALTER TABLE operator_tokens ADD COLUMN revoked_at DOUBLE PRECISION;
+    UPDATE operator_tokens SET token_id = 'tk_' || substr(token_hash, 1, 16);
+    CREATE UNIQUE INDEX operator_tokens_id ON operator_tokens (token_id);
+    ALTER TABLE join_tokens ADD COLUMN token_id TEXT;
+    UPDATE join_tokens SET token_id = 'jt_' || substr(token_hash, 1, 16);
+    CREATE UNIQUE INDEX join_tokens_id ON join_tokens (token_id);
+    ALTER TABLE audit_log ADD COLUMN token_id TEXT;
+    ALTER TABLE audit_log ADD COLUMN role TEXT;
+    ALTER TABLE audit_log ADD COLUMN status BIGINT
     """,
 ]

@@ -43,7 +43,8 @@ def postgres_columns_parsed() -> Columns:
             continue
         created = re.match(r"CREATE TABLE (\w+) \((.*)\)\Z", statement, re.S)
         if created is None:
-            assert statement.startswith("CREATE "), statement  # indexes only
+            # indexes, and data carried into new columns
+            assert statement.startswith(("CREATE ", "UPDATE ")), statement
             continue
         table, body = created.groups()
         parts, depth, current = [], 0, ""
