@@ -74,17 +74,17 @@ class Plan:
 
 
 PLANS = {
-    "tiny": Plan(nodes=1, frames=50, rtt=((100, 5), (1000, 10)),
+    "tiny": Plan(nodes=1, frames=50, rtt=((100, 5),),
                  fleet=FleetPlan(sizes=(20,), storm_at=20, window_s=1.5, heartbeat_s=1.0,
                                  fanout_clients=3, fanout_rounds=2, settle_s=0.2),
                  flood=(40, 20), cluster=ClusterPlan(sessions=15, events_per_node=5)),
-    "quick": Plan(nodes=2, frames=20_000, rtt=((100, 300), (1000, 2000)),
+    "quick": Plan(nodes=2, frames=20_000, rtt=((100, 300),),
                   fleet=FleetPlan(sizes=(1000,), storm_at=1000, window_s=15.0,
                                   heartbeat_s=15.0, fanout_clients=200, fanout_rounds=10),
                   cluster=ClusterPlan(sessions=300, events_per_node=50)),
-    "full": Plan(nodes=4, frames=60_000, rtt=((100, 1000), (1000, 5000)),
+    "full": Plan(nodes=4, frames=60_000, rtt=((100, 1000),),
                  fleet=FleetPlan(sizes=(1000, 5000, 10_000), storm_at=5000, window_s=30.0,
-                                 heartbeat_s=15.0, fanout_clients=200, fanout_rounds=25),
+                                 heartbeat_s=15.0, fanout_clients=1000, fanout_rounds=25),
                  cluster=ClusterPlan(sessions=1000, events_per_node=50)),
 }
 

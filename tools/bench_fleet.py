@@ -16,7 +16,12 @@ size is measured with the smaller ones still connected:
   duplicate sessions (open sessions on the controller beyond the fleet);
 * ``ws_fanout`` (at the first size): ``clients`` browsers on ``/ws`` subscribed to
   ``nodes``; one node drops and reconnects ``rounds`` times; each event's delivery latency
-  is the client's receive time minus the event's ``at_ms`` (same machine clock).
+  is the client's receive time minus the event's ``at_ms`` (same machine clock);
+* ``job_fanout`` (at the first size): one job, ``diag.ping`` on every node of that size,
+  through the REST API (``POST /api/v1/jobs``) until ``GET /api/v1/jobs/{id}`` says every
+  node's result is back: seconds from the POST to the last result, and the command path's
+  sustained rate (results per second over that time). The generator offers the whole load
+  at once (one request), so the rate is the controller's, not the client's.
 """
 
 from __future__ import annotations
@@ -55,16 +60,29 @@ def _cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
-async def _ws_client(url: str, token: str) -> ClientConnection:
-    ws = await connect(url.replace("http", "ws", 1) + "/ws", open_timeout=30,
-                       subprotocols=[JSON_SUBPROTOCOL])  # type: ignore[list-item]
+async def _ws_client(url: str, token: str, gate: asyncio.Semaphore) -> ClientConnection:
+    """A /ws client subscribed to ``nodes``, its snapshot read. ``gate`` bounds how many
+    connect at once: each snapshot is the whole fleet, and what is measured is the events
+    after it, not a thundering herd of snapshots."""
+    async with gate:
+        ws = await connect(url.replace("http", "ws", 1) + "/ws", open_timeout=60,
+                           subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
+                           max_size=None)
+        try:
+            await _subscribe_nodes(ws, token)
+        except BaseException:
+            await ws.close()
+            raise
+    return ws
+
+
+async def _subscribe_nodes(ws: ClientConnection, token: str) -> None:
     await ws.send(encode_json(Frame(t="hello", b={"token": token})))
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         await ws.recv()
         await ws.send(encode_json(Frame(t="subscribe", b={"topics": ["nodes"]})))
         while decode_json(await ws.recv()).t != "subscribed":  # the snapshot first
             pass
-    return ws
 
 
 async def _fanout(fleet: Fleet, url: str, token: str, clients: int,
@@ -73,7 +91,9 @@ async def _fanout(fleet: Fleet, url: str, token: str, clients: int,
     node that drops and reconnects ``rounds`` times: 2 events x rounds x clients samples."""
     (trigger,) = await fleet.add(1)
     await fleet.wait_online([trigger])
-    conns = list(await asyncio.gather(*(_ws_client(url, token) for _ in range(clients))))
+    gate = asyncio.Semaphore(16)
+    conns = list(await asyncio.gather(*(_ws_client(url, token, gate)
+                                        for _ in range(clients))))
     expected = 2 * rounds
     samples: list[float] = []
     seen = [0] * clients
@@ -103,6 +123,28 @@ async def _fanout(fleet: Fleet, url: str, token: str, clients: int,
         await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
     return {"clients": clients, "events": expected, "deliveries": len(samples),
             "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
+
+
+async def _job_fanout(fleet: Fleet, nodes: list[str], *, timeout_s: float = 300
+                      ) -> dict[str, Any]:
+    """One ``diag.ping`` job over ``nodes`` (all online), timed from its POST until every
+    node's command has succeeded, read back through the REST API."""
+    t0 = time.monotonic()
+    resp = await fleet.http.post("/api/v1/jobs", json={
+        "nodes": nodes, "kind": "diag.ping", "args": {}, "offline": "fail"})
+    resp.raise_for_status()
+    job_id = resp.json()["job_id"]
+    async with asyncio.timeout(timeout_s):
+        while True:
+            job = (await fleet.http.get(f"/api/v1/jobs/{job_id}")).json()
+            if job["state"] != "running":
+                break
+            await asyncio.sleep(0.05)
+    seconds = time.monotonic() - t0
+    succeeded = int(job["summary"].get("succeeded", 0))
+    return {"nodes": len(nodes), "succeeded": succeeded, "state": job["state"],
+            "seconds_to_all_results": round(seconds, 3),
+            "commands_per_s": round(succeeded / seconds, 1)}
 
 
 async def _idle_floor(root: Path, peer: str, count: int) -> float:
@@ -196,6 +238,13 @@ async def run_fleet(root: Path, plan: FleetPlan) -> list[dict[str, Any]]:
                         results.append(row("ws_fanout", "tether", metric, fan[metric], "ms",
                                            clients=fan["clients"], events=fan["events"],
                                            deliveries=fan["deliveries"], sessions=size))
+                if size == plan.sizes[0]:
+                    job = await _job_fanout(fleet, [s.node_id for s in fleet.nodes][:size])
+                    for metric, unit in (("seconds_to_all_results", "s"),
+                                         ("commands_per_s", "commands/s")):
+                        results.append(row("job_fanout", "tether", metric, job[metric], unit,
+                                           nodes=job["nodes"], succeeded=job["succeeded"],
+                                           job_state=job["state"], sessions=size))
                 if size == plan.storm_at:
                     results += await _storm(fleet, ctl.url, ctl.token)
     return results
