@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 from tether.common import __version__
 from tether.protocol.errors import StoreError
 
+from .api import io as io_api
 from .api import routes as api
 from .browser import BrowserServices, browser_endpoint
 from .config import ControllerConfig
@@ -269,6 +270,8 @@ def create_app(config: ControllerConfig) -> Starlette:
     routes = [
         WebSocketRoute(EDGE_PATH, edge_endpoint),
         WebSocketRoute("/ws", browser_endpoint),
+        WebSocketRoute("/api/v1/nodes/{node_id}/shell", io_api.shell_endpoint),
+        WebSocketRoute("/api/v1/commands/{command_id}/io", io_api.command_io_endpoint),
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
     ]
