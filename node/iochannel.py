@@ -43,6 +43,7 @@ from tether.protocol.iostream import DEFAULT_WINDOW, KEEPALIVE_S, LEASE_S, IoSen
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.5
+ANSWER_S = 1.0
 
 
 class IoChannel:
@@ -61,6 +62,7 @@ class IoChannel:
         self._clock = clock
         self.heard_at = clock()
         self._acked_at = -1e9
+        self._answered_at = -1e9
         self.in_accepted = 0  # last input seq queued
         self.in_applied = 0  # last input seq written to the process
         self._inbox: deque[IoInput] = deque()
@@ -81,13 +83,19 @@ class IoChannel:
             await self._on_input(body)
         elif isinstance(body, IoAck):
             try:
-                self.out.on_ack(body.seq, body.window, self._clock())
+                moved = self.out.on_ack(body.seq, body.window, self._clock())
             except LocalProtocolError as exc:
                 self.dropped_total += 1
                 logger.warning("io ack beyond what was sent", extra={
                     "command_id": self.command_id, "detail": exc.message})
                 return
             self._room.set()
+            if not moved and self._clock() - self._answered_at >= ANSWER_S:
+                # an ack that acks nothing new is a hello or a keepalive from an end that
+                # may have just attached: answer with this end's window (at most once per
+                # ANSWER_S, so two ends never trade acks in a loop)
+                self._answered_at = self._clock()
+                await self.ack()
         else:
             self.dropped_total += 1  # io.output is node -> controller only
 

@@ -52,8 +52,10 @@ from tether.protocol.deliver import command_args
 from tether.protocol.errors import (
     BadFrame,
     CloseCode,
+    Conflict,
     FrameTooLarge,
     LocalProtocolError,
+    NotFound,
     TetherError,
     close_reason,
 )
@@ -82,6 +84,7 @@ HELLO_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 10.0
 POLL_S = 10.0
 TICK_S = 0.5
+SHELL_TTL_S = 30.0  # a shell not delivered by then expires instead of starting late
 MAX_CLIENT_FRAME = 256 << 10  # one client frame: 64 KiB of input is ~88 KiB as base64
 
 
@@ -223,6 +226,9 @@ async def _serve(ws: WebSocket, *, shell: bool) -> None:
         await stream.send("credit", {"bytes": CLIENT_WINDOW})
         await _check_done(stream)
         if stream.final is None:
+            # Say hello to the node's end at once: it answers with its window (a stream
+            # that started before this attach announced it to nobody).
+            await _ack_node(stream)
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(_from_client(stream)),
                          tg.create_task(_from_node(stream)),
@@ -276,8 +282,17 @@ async def _open_shell(ws: WebSocket, api: ApiServices, actor: str) -> _Stream:
         args = command_args("shell", dict(frame.b))
     except BadFrame as exc:
         raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
-    command, _ = await api.commands.submit(node_id, kind="shell", args=args, ttl_s=30.0,
-                                           idem_key=None, actor=actor, offline="fail")
+    # Online as the node views judge it (the stored row when another replica holds the
+    # session), not as this replica's memory alone does.
+    row = await api.store.get_node(node_id)
+    if row is None:
+        raise NotFound(f"node {node_id!r} is not enrolled; see 'tether nodes list'")
+    liveness = api.nodes.view(row).get("liveness")
+    if liveness != "online":
+        raise Conflict(f"node {node_id!r} is {liveness}; a shell needs it online",
+                       code="node_offline")
+    command, _ = await api.commands.submit(node_id, kind="shell", args=args,
+                                           ttl_s=SHELL_TTL_S, idem_key=None, actor=actor)
     logger.info("shell opened", extra={"node_id": node_id, "command_id": command.command_id,
                                        "actor": actor})
     return _Stream(ws=ws, api=api, node_id=node_id, command_id=command.command_id,
