@@ -92,10 +92,9 @@ async def _send(ws: ClientConnection, t: str, body: dict[str, Any]) -> None:
     await ws.send(encode_json(Frame(t=t, b=body)))
 
 
-async def _pump_stdin(ws: ClientConnection, fd: int, credit: _Credit,
-                      *, eof_as_input: bool = True) -> None:
+async def _pump_stdin(ws: ClientConnection, fd: int, credit: _Credit) -> None:
     """Local ``fd`` -> ``input`` frames, each within the credit; at end of file an ``eof``
-    input (when ``eof_as_input``)."""
+    input."""
     loop = asyncio.get_running_loop()
     pollable = True
     while True:
@@ -121,8 +120,7 @@ async def _pump_stdin(ws: ClientConnection, fd: int, credit: _Credit,
         if len(data) < room:
             credit.grant(room - len(data))
         if not data:
-            if eof_as_input:
-                await _send(ws, "input", {"data": b"", "eof": True})
+            await _send(ws, "input", {"data": b"", "eof": True})
             return
         await _send(ws, "input", {"data": data})
 
@@ -263,8 +261,9 @@ async def shell_session(api: Api, node_id: str, argv: list[str] | None, *,
         loop.add_signal_handler(signal.SIGWINCH, resized)
         try:
             async with asyncio.TaskGroup() as tg:
-                typing = tg.create_task(_pump_stdin(ws, stdin_fd, credit,
-                                                    eof_as_input=False))
+                # local end of input (a pipe: `echo ls | tether shell n`) is the terminal's
+                # EOF (Ctrl-D) on the node; a terminal in raw mode never ends
+                typing = tg.create_task(_pump_stdin(ws, stdin_fd, credit))
                 try:
                     async for message in ws:
                         frame = decode_json(message)

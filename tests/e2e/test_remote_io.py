@@ -255,3 +255,13 @@ def test_stdin_and_a_shell_work_through_a_replica_that_does_not_hold_the_node(
             term.close()
     finally:
         node.cleanup()
+
+
+def test_a_shell_fed_from_a_pipe_runs_it_and_ends_with_the_pipe(
+        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+    make_node("n-pipe")
+    out = subprocess.run(cli(controller, "shell", "n-pipe", "--", "sh"),
+                         input=b"echo piped-$((2*3))\nexit 9\n", capture_output=True,
+                         timeout=60)
+    assert out.returncode == 9, out.stderr
+    assert b"piped-6" in out.stdout
