@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -232,16 +233,22 @@ def exec_command(args: argparse.Namespace) -> int:
         print(cmd["command_id"])
         return 0
     writer = OutputWriter()
+    # From here a Ctrl-C is for the remote command: one caught before the loop takes over
+    # is handed to it (exec_attached), not lost to a KeyboardInterrupt.
+    early: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
     try:
         final = asyncio.run(exec_attached(
             api, cmd["command_id"], writer, stdin_fd=stdin_fd,
-            detach_on_interrupt=args.detach,
+            detach_on_interrupt=args.detach, early_interrupts=early,
             on_interrupt=lambda: print("\ntether: interrupt sent to the remote command "
                                        "(Ctrl-C again to detach)", file=sys.stderr)))
     except (KeyboardInterrupt, Detached):
         print(f"\ndetached; the command goes on: tether logs -f {cmd['command_id']}",
               file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if final["state"] != "succeeded":
         detail = final.get("error") or ""
         print(f"tether: command {final['state']}{': ' + terminal_safe(detail) if detail else ''}",

@@ -160,15 +160,19 @@ class _ExecIo:
 
 async def exec_attached(api: Api, command_id: str, writer: OutputWriter, *,
                         stdin_fd: int | None, detach_on_interrupt: bool,
-                        on_interrupt: Callable[[], None]) -> dict[str, Any]:
+                        on_interrupt: Callable[[], None],
+                        early_interrupts: list[int] | None = None) -> dict[str, Any]:
     """Follow the command's output to its end (``follow``) while its io stream carries
     stdin (from ``stdin_fd``) and Ctrl-C. Returns the final command; raises Detached (a
     second Ctrl-C, Ctrl-C with ``detach_on_interrupt``, or a Ctrl-C the node could not be
-    reached with: a queued command, an offline node)."""
+    reached with: a queued command, an offline node). ``early_interrupts`` holds one item
+    per Ctrl-C the caller caught between submitting and calling this: they count."""
     loop = asyncio.get_running_loop()
     state = _ExecIo(detach_on_interrupt=detach_on_interrupt, on_interrupt=on_interrupt)
     final: dict[str, Any] | None = None
     loop.add_signal_handler(signal.SIGINT, state.interrupted)
+    for _ in early_interrupts or ():
+        state.interrupted()
     try:
         async with asyncio.TaskGroup() as tg:
             follower = tg.create_task(follow(api, command_id, writer))

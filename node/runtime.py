@@ -170,6 +170,9 @@ class NodeRuntime:
         self.accepting = False
         await self.apps.stop_all()  # a new runtime starts them again (never adopts)
         await self._report_apps()
+        for runner in list(self.runners.values()):
+            if isinstance(runner, ShellRunner):  # nothing to drain: an operator's terminal
+                runner.cancel(ExecOutcome("failed", error="hung up: the node is stopping"))
         if self.runners:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.drain_timeout_s):

@@ -55,11 +55,17 @@ def test_piped_stdin_reaches_the_remote_cat_and_its_end_ends_it(
     assert out.stdout.split()[0].decode() == hashlib.sha256(big).hexdigest()
 
 
-def test_an_empty_stdin_is_an_immediate_end_of_file(
-        controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
+def test_an_empty_stdin_is_an_immediate_end_of_file_and_a_file_streams_whole(
+        controller: ControllerProc, make_node: Callable[..., NodeProc],
+        tmp_path: Path) -> None:
     make_node("n-null")
     out = run_exec(controller, "n-null", "cat", stdin=subprocess.DEVNULL)
     assert (out.returncode, out.stdout) == (0, b"")
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"line\n" * 50_000)  # a regular file cannot be polled: read as it is
+    with data.open("rb") as f:
+        out = run_exec(controller, "n-null", "wc", "-c", stdin=f)
+    assert (out.returncode, out.stdout.strip()) == (0, b"250000"), out.stderr
 
 
 def test_the_exit_code_is_the_remote_one_and_a_missing_program_is_127(
