@@ -15,7 +15,7 @@ every ``POLL_S`` as the backstop for a lost event).
 Client frames (JSON, sub-protocol ``tether.v1.json``): ``hello {token}`` first unless the
 upgrade carried ``Authorization: Bearer``; on the shell endpoint ``open {argv?, rows, cols,
 term?, env?, cwd?}``; then ``input {data, eof?}`` (base64url), ``resize {rows, cols}``,
-``signal {signal}``, ``ping``. Server frames: ``welcome {role}``, ``opened {command_id,
+``signal {signal}``, ``ping``. Server frames: ``welcome {actor}``, ``opened {command_id,
 node_id}``, ``credit {bytes}``, ``output {data}``, ``signalled {signal, delivered}``
 (``delivered`` false: no live session holds the node, nothing was signalled), ``exit
 {state, exit_code, error}`` (then close 1000), ``error {code, message}``, ``ping``
@@ -217,7 +217,7 @@ async def _serve(ws: WebSocket, *, shell: bool) -> None:
     stream: _Stream | None = None
     try:
         actor = await _authenticate(ws)
-        await _send_plain(ws, "welcome", {"role": actor})
+        await _send_plain(ws, "welcome", {"actor": actor})
         stream = await (_open_shell(ws, api, actor) if shell
                         else _attach(ws, api, actor))
         stream.subscribe()

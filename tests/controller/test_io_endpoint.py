@@ -108,7 +108,7 @@ async def test_the_endpoint_needs_an_operator_token_in_the_header_or_the_hello(
         assert info.value.rcvd is not None and info.value.rcvd.code == 4401
     ws = await dial(controller, path, header=False)
     await send(ws, "hello", token=controller.token)
-    assert (await recv(ws, "welcome")).b["role"]
+    assert (await recv(ws, "welcome")).b["actor"]
     await ws.close()
 
 
