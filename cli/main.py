@@ -228,8 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--offline", choices=["queue", "fail", "skip"], default="queue",
                     help="queue (default): wait for an offline node; fail: refuse at once "
                          "(with -l: that node's part fails); skip (-l only): leave it out")
+    ex.add_argument("--detach", action="store_true",
+                    help="Ctrl-C detaches (the command goes on) instead of interrupting it")
+    stdin = ex.add_mutually_exclusive_group()
+    stdin.add_argument("-i", "--stdin", action="store_true",
+                       help="stream stdin to the command even from a terminal (default: "
+                            "only when stdin is a pipe or a file)")
+    stdin.add_argument("-n", "--no-stdin", action="store_true",
+                       help="do not stream stdin (the command reads /dev/null)")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     _operator_flags(ex, table=False)
+
+    sh = nouns.add_parser(
+        "shell", help="an interactive shell on a node (a pty over its session)",
+        description="Opens a pty on NODE running ARGV (default: the node's login shell), "
+                    "over the node's existing session: no inbound port on the node. The "
+                    "node's policy may deny it (deny_kinds: [\"shell\"]).",
+        epilog="exit status: the remote shell's (a signal N gives 128+N); 1 when tether "
+               "itself failed or the policy refused the shell.")
+    sh.add_argument("node")
+    sh.add_argument("argv", nargs=argparse.REMAINDER, help="-- ARGV: what to run instead")
+    _operator_flags(sh, table=False)
 
     cmds = nouns.add_parser("commands", help="inspect and cancel commands").add_subparsers(
         dest="verb", required=True)
@@ -409,6 +428,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from .jobs import jobs_command
 
         return jobs_command(args)
+    if noun == "shell":
+        return op.shell_command(args)
     if noun == "commands":
         return op.commands_show(args) if verb == "show" else op.commands_control(args)
     if noun == "logs":

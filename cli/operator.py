@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -14,6 +16,7 @@ from tether.protocol.frames import TERMINAL_STATES
 
 from .client import Api, CliError, resolve_token, resolve_url
 from .output import EXIT_OUTPUT_DROPPED, OutputWriter, dropped_line, follow
+from .remote_io import Detached, exec_attached, run_shell
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -236,19 +239,58 @@ def exec_command(args: argparse.Namespace) -> int:
     if args.ttl is not None:
         body["ttl_s"] = parse_duration(args.ttl)
     body["offline"] = args.offline
+    stdin_fd = _stdin_to_stream(args)
+    if stdin_fd is not None:
+        body["args"]["stdin"] = True
     cmd = api.post(f"/api/v1/nodes/{args.node}/commands", json=body)
     if args.no_wait:
         print(cmd["command_id"])
         return 0
     writer = OutputWriter()
+    # From here a Ctrl-C is for the remote command: one caught before the loop takes over
+    # is handed to it (exec_attached), not lost to a KeyboardInterrupt.
+    early: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
     try:
-        final = asyncio.run(follow(api, cmd["command_id"], writer))
-    except KeyboardInterrupt:
-        print(f"\ndetached; the command goes on: tether commands show {cmd['command_id']}",
+        final = asyncio.run(exec_attached(
+            api, cmd["command_id"], writer, stdin_fd=stdin_fd,
+            detach_on_interrupt=args.detach, early_interrupts=early,
+            on_interrupt=lambda: print("\ntether: interrupt sent to the remote command "
+                                       "(Ctrl-C again to detach)", file=sys.stderr)))
+    except (KeyboardInterrupt, Detached):
+        print(f"\ndetached; the command goes on: tether logs -f {cmd['command_id']}",
               file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if final["state"] != "succeeded":
         detail = final.get("error") or ""
         print(f"tether: command {final['state']}{': ' + terminal_safe(detail) if detail else ''}",
               file=sys.stderr)
     return _report_dropped(final, writer, exit_code_of(final))
+
+
+def _stdin_to_stream(args: argparse.Namespace) -> int | None:
+    """The fd whose bytes become the remote command's stdin, or None: ``-n`` never, ``-i``
+    always, else when stdin is not a terminal (a pipe or a file, as ``ssh host cmd``
+    reads it); never with ``--no-wait`` (nobody would feed it)."""
+    if args.no_wait or args.no_stdin:
+        return None
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+    return fd if args.stdin or not os.isatty(fd) else None
+
+
+def shell_command(args: argparse.Namespace) -> int:
+    """An interactive shell on the node (a pty over its session); exits with the remote
+    shell's code."""
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    final = run_shell(api_from(args), args.node, argv or None)
+    if final.get("state") != "succeeded":
+        detail = final.get("error") or ""
+        if final.get("state") != "failed" or not isinstance(final.get("exit_code"), int):
+            print(f"tether: shell {final.get('state')}"
+                  f"{': ' + terminal_safe(detail) if detail else ''}", file=sys.stderr)
+    return exit_code_of({"state": final.get("state"), "exit_code": final.get("exit_code")})

@@ -24,6 +24,7 @@ from tether.common import __version__
 from tether.protocol.errors import StoreError
 
 from .api import admin as admin_api
+from .api import io as io_api
 from .api import jobs as api_jobs
 from .api import routes as api
 from .api.auth import AuditMiddleware
@@ -290,6 +291,8 @@ def create_app(config: ControllerConfig) -> Starlette:
     routes = [
         WebSocketRoute(EDGE_PATH, edge_endpoint),
         WebSocketRoute("/ws", browser_endpoint),
+        WebSocketRoute("/api/v1/nodes/{node_id}/shell", io_api.shell_endpoint),
+        WebSocketRoute("/api/v1/commands/{command_id}/io", io_api.command_io_endpoint),
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
         *api_jobs.ROUTES,

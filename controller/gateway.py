@@ -18,6 +18,7 @@ applied. Rule 3: every task of a connection lives in its TaskGroup and ends with
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -59,6 +60,8 @@ from tether.protocol.frames import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    IoAck,
+    IoOutput,
     LogChunk,
     MonitorPacket,
     NodeResources,
@@ -79,7 +82,7 @@ from .services.monitor import MonitorStore
 from .services.presence import SessionSnapshot
 from .services.registry import SessionRegistry
 from .services.router import Router
-from .services.topics import command_changed, log_appended
+from .services.topics import command_changed, io_published, log_appended
 from .store.controller_store import ControllerStore, Fenced, Poisoned
 
 logger = logging.getLogger(__name__)
@@ -816,6 +819,21 @@ class EdgeConnection:
             size = data_size(item)
             self.svc.monitor.add(self.node_id, item, size=size)
             self.svc.bus.publish(f"monitor:{self.node_id}", "monitor.packet", item, size=size)
+
+    @handles("io.output", "io.ack")
+    async def _on_io(self, frame: Frame) -> None:
+        """Class E, node -> operator: parsed once, then to the command's io topic, where
+        the io endpoint (api/io.py) that relays the stream reads it on whichever replica
+        (bytes as base64url: bus events are plain data). Nothing is kept here; the stream's
+        own window bounds what is in flight (docs/protocol.md "Interactive io")."""
+        body = self._parse_or_error(IoOutput if frame.t == "io.output" else IoAck, frame)
+        if body is None:
+            return
+        data = body.to_body()
+        if isinstance(body, IoOutput):
+            data["data"] = base64.urlsafe_b64encode(body.data).rstrip(b"=").decode()
+        io_published(self.svc.bus, self.node_id, frame.t, data,
+                     size=len(body.data) * 4 // 3 + 128 if isinstance(body, IoOutput) else 128)
 
     @handles("error")
     async def _on_error(self, frame: Frame) -> None:

@@ -132,6 +132,29 @@ def _no_nul(*values: str) -> bool:
     return not any("\0" in v for v in values)
 
 
+DEFAULT_TERM = "xterm-256color"
+
+
+def default_shell() -> str:
+    """What a ``shell`` without argv runs: the runtime's ``SHELL``, else /bin/sh."""
+    return os.environ.get("SHELL") or "/bin/sh"
+
+
+def shell_exec_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The exec args a ``shell`` command's args run as (the policy judges these, the
+    shell runner runs their plan): argv (default :func:`default_shell`), env with ``TERM``
+    (default ``xterm-256color``), cwd and timeout_s as sent."""
+    env = args.get("env")
+    out: dict[str, Any] = {
+        "argv": args.get("argv") or [default_shell()],
+        "env": {"TERM": str(args.get("term") or DEFAULT_TERM),
+                **(dict(env) if isinstance(env, Mapping) else {})}}
+    for key in ("cwd", "timeout_s"):
+        if args.get(key) is not None:
+            out[key] = args[key]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     allow_kinds: tuple[str, ...] | None = None  # None: every kind the node knows
@@ -212,17 +235,20 @@ class Policy:
     def check(self, kind: str, args: Mapping[str, Any]) -> str | None:
         """The rule that refuses this command, or None. Control kinds (cancel, pause,
         resume) are never refused: stopping work must always be possible. An ``exec`` is
-        judged by :meth:`plan_exec`."""
+        judged by :meth:`plan_exec`, and so is a ``shell``: allowed by default as ``exec``
+        is, refused by ``deny_kinds: ["shell"]`` (or an ``allow_kinds`` without it), and
+        what it runs (its argv, the node's login shell by default) is judged as an exec's
+        (:func:`shell_exec_args`)."""
         if kind in CONTROL_KINDS:
             return None
         if kind in self.deny_kinds:
             return f"kind {kind!r} is in deny_kinds"
         if self.allow_kinds is not None and kind not in self.allow_kinds:
             return f"kind {kind!r} is not in allow_kinds"
-        if kind != "exec":
+        if kind not in ("exec", "shell"):
             return None
         try:
-            self.plan_exec(args)
+            self.plan_exec(shell_exec_args(args) if kind == "shell" else args)
         except Refused as exc:
             return exc.message
         return None

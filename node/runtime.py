@@ -18,15 +18,28 @@ from typing import Any
 from tether.common import __version__
 from tether.common.loopback_http import serve_loopback
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
-from tether.protocol.errors import RemoteProtocolError
-from tether.protocol.frames import CONTROL_KINDS, Ack, ErrorBody, Frame, Welcome
+from tether.protocol.errors import BadFrame, RemoteProtocolError
+from tether.protocol.frames import (
+    CONTROL_KINDS,
+    IO_BODIES,
+    Ack,
+    ErrorBody,
+    Frame,
+    IoAck,
+    IoInput,
+    IoResize,
+    IoSignal,
+    Welcome,
+)
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
 
 from .apps import AppError, AppSupervisor, load_apps
 from .config import NodeConfig
 from .executors.exec import ExecOutcome, ExecRunner
+from .executors.shell import ShellRunner
 from .health import health_app
 from .identity import Identity
+from .iochannel import IoChannel
 from .link import LinkStopped, ReconnectNeeded, SidecarLink, SidecarRefused
 from .logbuf import LogBuffer
 from .monitor import MonitorBuffer
@@ -38,7 +51,7 @@ from .store import NodeStore
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps")
+CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io")
 
 
 class NodeRuntime:
@@ -69,7 +82,8 @@ class NodeRuntime:
         self._apps_dirty = asyncio.Event()
         self.max_concurrent = self.policy.max_concurrent or config.max_concurrent
         self._exec_slots = asyncio.Semaphore(self.max_concurrent)
-        self.runners: dict[str, ExecRunner] = {}
+        self.runners: dict[str, ExecRunner | ShellRunner] = {}
+        self.io_dropped_total = 0  # io.* frames for no running command, or malformed
         self._tg: asyncio.TaskGroup | None = None
         self._status_dirty = asyncio.Event()
         self.final_close: tuple[int, str] | None = None
@@ -156,6 +170,9 @@ class NodeRuntime:
         self.accepting = False
         await self.apps.stop_all()  # a new runtime starts them again (never adopts)
         await self._report_apps()
+        for runner in list(self.runners.values()):
+            if isinstance(runner, ShellRunner):  # nothing to drain: an operator's terminal
+                runner.cancel(ExecOutcome("failed", error="hung up: the node is stopping"))
         if self.runners:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.drain_timeout_s):
@@ -246,12 +263,40 @@ class NodeRuntime:
             n = acks.get(EVT_STREAM) if isinstance(acks, dict) else None
             if isinstance(n, int) and not isinstance(n, bool):
                 self._note_evt_ack(n)
+        elif t in IO_BODIES:
+            await self._on_io(frame)
         elif t == "error":
             logger.warning("controller reported an error", extra={
                 "code": frame.b.get("code"), "detail": str(frame.b.get("message"))[:200]})
         else:
             await self.link.send(ErrorBody(code="unknown_type", message=f"frame type {t!r} is "
                                            "not handled by this node").frame(re=frame.id))
+
+    async def _on_io(self, frame: Frame) -> None:
+        """Class E io frames (docs/protocol.md "Interactive io"): parsed once, then to the
+        running command they name. One for a command that is not running here (ended, not
+        started yet, never had a stream) is dropped and counted: the sender's retransmit
+        or its view of the command's end settles it."""
+        try:
+            body = IO_BODIES[frame.t].from_body(frame.b)
+        except BadFrame as exc:
+            self.io_dropped_total += 1
+            await self.link.send(ErrorBody(code="bad_frame", message=exc.message)
+                                 .frame(re=frame.id))
+            return
+        runner = self.runners.get(getattr(body, "command_id", ""))
+        if runner is None:
+            self.io_dropped_total += 1
+            return
+        if isinstance(body, IoSignal):
+            runner.signal(body.signal)
+        elif isinstance(body, IoResize):
+            if isinstance(runner, ShellRunner):
+                runner.resize(body.rows, body.cols)
+        elif isinstance(body, IoInput | IoAck) and runner.io is not None:
+            await runner.io.receive(body)
+        else:
+            self.io_dropped_total += 1
 
     async def on_disconnected(self) -> None:
         self.evt.disconnected()
@@ -324,11 +369,19 @@ class NodeRuntime:
             if started is None:
                 return  # cancelled before it started
             self._outbox_grew(started)
-            runner = ExecRunner(command_id, command["args"], logs=self.logs,
-                                on_output=self._uplink_wake.set,
-                                kill_grace_s=self.config.kill_grace_s,
-                                policy=self.policy,
-                                max_output_bytes=self.policy.max_output_bytes)
+            args = command["args"]
+            runner: ExecRunner | ShellRunner
+            if kind == "shell":
+                runner = ShellRunner(command_id, args, io=IoChannel(command_id, self.link.send),
+                                     policy=self.policy, kill_grace_s=self.config.kill_grace_s)
+            else:
+                runner = ExecRunner(command_id, args, logs=self.logs,
+                                    on_output=self._uplink_wake.set,
+                                    kill_grace_s=self.config.kill_grace_s,
+                                    policy=self.policy,
+                                    max_output_bytes=self.policy.max_output_bytes,
+                                    io=IoChannel(command_id, self.link.send)
+                                    if args.get("stdin") is True else None)
             self.runners[command_id] = runner
             try:
                 outcome = await runner.run()

@@ -39,6 +39,13 @@ FRAME_CLASS: dict[str, DeliveryClass] = {
     "bundle.status": DeliveryClass.A,
     "log.chunk": DeliveryClass.C,
     "monitor.packet": DeliveryClass.C,
+    # interactive io (exec stdin, shell): ordered and windowed by their own seq and io.ack,
+    # never stored; the command's start and end stay class A (docs/protocol.md)
+    "io.input": DeliveryClass.E,
+    "io.output": DeliveryClass.E,
+    "io.ack": DeliveryClass.E,
+    "io.resize": DeliveryClass.E,
+    "io.signal": DeliveryClass.E,
 }
 
 # Class A frame types and the one stream each travels on.

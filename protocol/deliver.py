@@ -26,7 +26,7 @@ from .codec import encode_msgpack
 from .errors import BadFrame, LocalProtocolError, TetherError
 from .fields import ARGS_LIMITS as FIELD_ARGS_LIMITS
 from .fields import MAX_ID_LEN
-from .frames import CmdDeliver
+from .frames import MAX_TERM_SIZE, CmdDeliver
 from .values import INT64_MAX, Limits, int_in, number_in, plain_map, plain_size, text, text_map
 
 MAX_KIND_LEN = 64
@@ -63,6 +63,8 @@ def command_args(kind: str, value: object) -> dict[str, Any]:
     args = plain_map(value, "args", ARGS_LIMITS)
     if kind == "exec":
         _exec_args(args)
+    elif kind == "shell":
+        _shell_args(args)
     elif kind in ("cancel", "pause", "resume"):
         text(args.get("command_id"), "command_id", min_len=1, max_len=MAX_ID_LEN)
     size = plain_size(args)
@@ -96,6 +98,22 @@ def _exec_args(args: Mapping[str, Any]) -> None:
         _no_nul(text(args["cwd"], "cwd", min_len=1, max_len=MAX_PATH_LEN), "cwd")
     if args.get("timeout_s") is not None:
         number_in(args["timeout_s"], "timeout_s", 0.001, MAX_TIMEOUT_S)
+    if args.get("stdin") is not None and not isinstance(args["stdin"], bool):
+        raise BadFrame("field 'stdin' must be a boolean (true: the process reads io.input)")
+
+
+MAX_TERM_LEN = 64
+
+
+def _shell_args(args: Mapping[str, Any]) -> None:
+    """``shell``: exec's fields with argv optional (the node's login shell by default),
+    plus the terminal: ``rows`` and ``cols`` (1 to MAX_TERM_SIZE) and ``term`` (TERM)."""
+    _exec_args({"argv": ["-"], **{k: v for k, v in args.items() if v is not None}})
+    for name in ("rows", "cols"):
+        if args.get(name) is not None:
+            int_in(args[name], name, 1, MAX_TERM_SIZE)
+    if args.get("term") is not None:
+        _no_nul(text(args["term"], "term", min_len=1, max_len=MAX_TERM_LEN), "term")
 
 
 def encode_deliver(*, command_id: str, kind: str, args: Mapping[str, Any], created_ms: int,

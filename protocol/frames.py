@@ -661,11 +661,143 @@ class NodeResources(Body):
                    at_ms=opt_field(b, "at_ms", nonneg_int))
 
 
+# --- interactive io (exec stdin, shell pty): class E, docs/protocol.md "Interactive io" ---
+
+MAX_IO_DATA = 64 << 10  # bytes of stdin or pty output in one io frame
+MAX_IO_WINDOW = 1 << 20  # the most bytes an io ack may let the peer have unacked
+MAX_TERM_SIZE = 4096  # rows and columns of a pty
+IO_SIGNALS = ("INT", "TERM", "HUP", "QUIT", "KILL")  # what io.signal may send
+
+
+def _command_ref(b: Mapping[str, Any]) -> str:
+    command_id: str = req_field(b, "command_id", bounded_text, min_len=1,
+                                max_len=MAX_ID_LEN)
+    return command_id
+
+
+def _io_data(b: Mapping[str, Any]) -> bytes:
+    data = b.get("data")
+    raw = b"" if data is None else as_bytes(data, "data")
+    if len(raw) > MAX_IO_DATA:
+        raise BadFrame(f"field 'data' is {len(raw)} bytes, over the {MAX_IO_DATA}-byte "
+                       "limit of one io frame")
+    return raw
+
+
+def _io_seq(b: Mapping[str, Any]) -> int:
+    return int_in(b.get("seq"), "seq", 1, INT64_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class IoInput(Body):
+    """Bytes for a command's stdin (or its pty), controller -> node, ``seq`` from 1 per
+    command; ``eof`` closes stdin after ``data``. Applied in ``seq`` order exactly once."""
+
+    TYPE: ClassVar[str] = "io.input"
+    command_id: str
+    seq: int
+    data: bytes = b""
+    eof: bool = False
+
+    def to_body(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "seq": self.seq, "data": self.data,
+                "eof": self.eof}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> IoInput:
+        eof = b.get("eof")
+        eof = False if eof is None else eof
+        if not isinstance(eof, bool):
+            raise BadFrame("field 'eof' must be a boolean")
+        return cls(command_id=_command_ref(b), seq=_io_seq(b), data=_io_data(b), eof=eof)
+
+
+@dataclass(frozen=True, slots=True)
+class IoOutput(Body):
+    """A shell's pty output, node -> controller, ``seq`` from 1 per command."""
+
+    TYPE: ClassVar[str] = "io.output"
+    command_id: str
+    seq: int
+    data: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "seq": self.seq, "data": self.data}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> IoOutput:
+        return cls(command_id=_command_ref(b), seq=_io_seq(b), data=_io_data(b))
+
+
+@dataclass(frozen=True, slots=True)
+class IoAck(Body):
+    """Either way: every frame of the command's stream up to ``seq`` was applied (0: none
+    yet), and the sender may have ``window`` bytes of data unacked beyond it. Sent again
+    as a keepalive while the stream is open."""
+
+    TYPE: ClassVar[str] = "io.ack"
+    command_id: str
+    seq: int
+    window: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "seq": self.seq, "window": self.window}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> IoAck:
+        return cls(command_id=_command_ref(b),
+                   seq=int_in(b.get("seq"), "seq", 0, INT64_MAX),
+                   window=int_in(b.get("window"), "window", 0, MAX_IO_WINDOW))
+
+
+@dataclass(frozen=True, slots=True)
+class IoResize(Body):
+    """A shell's window size, controller -> node: ``TIOCSWINSZ`` on its pty."""
+
+    TYPE: ClassVar[str] = "io.resize"
+    command_id: str
+    rows: int
+    cols: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "rows": self.rows, "cols": self.cols}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> IoResize:
+        return cls(command_id=_command_ref(b),
+                   rows=int_in(b.get("rows"), "rows", 1, MAX_TERM_SIZE),
+                   cols=int_in(b.get("cols"), "cols", 1, MAX_TERM_SIZE))
+
+
+@dataclass(frozen=True, slots=True)
+class IoSignal(Body):
+    """A signal for a running command's process group, controller -> node (Ctrl-C on
+    ``tether exec`` is ``INT``)."""
+
+    TYPE: ClassVar[str] = "io.signal"
+    command_id: str
+    signal: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {"command_id": self.command_id, "signal": self.signal}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> IoSignal:
+        sig = b.get("signal")
+        if sig not in IO_SIGNALS:
+            raise BadFrame(f"field 'signal' must be one of {', '.join(IO_SIGNALS)}")
+        return cls(command_id=_command_ref(b), signal=str(sig))
+
+
+IO_BODIES: dict[str, type[Body]] = {
+    cls.TYPE: cls for cls in (IoInput, IoOutput, IoAck, IoResize, IoSignal)}
+
+
 BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (Challenge, Hello, Welcome, Heartbeat, HeartbeatAck, Ack, Resume, RuntimeState,
                 Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent, MonitorPacket,
-                NodeResources)
+                NodeResources, IoInput, IoOutput, IoAck, IoResize, IoSignal)
 }
 
 

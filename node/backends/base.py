@@ -16,9 +16,15 @@ from tether.protocol.errors import TetherError
 
 
 class SpawnError(TetherError):
-    """The process could not start; ``message`` says why in one line."""
+    """The process could not start; ``message`` says why in one line. ``exit_code`` is
+    what a shell reports for the same failure (127 not found, 126 not executable), so
+    ``tether exec`` exits as ssh would."""
 
     default_code = "spawn_failed"
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +36,7 @@ class ProcessSpec:
     # program: a symlink on the way could be re-pointed between judgement and spawn).
     # argv[0] is still what the process sees (a multi-call binary picks its applet by it).
     executable: str | None = None
+    stdin: bool = False  # a pipe the caller writes (exec with stdin); else /dev/null
 
 
 class ProcessHandle(Protocol):
@@ -43,6 +50,10 @@ class ProcessHandle(Protocol):
 
     @property
     def stderr(self) -> asyncio.StreamReader: ...
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None:
+        """The process's stdin when the spec asked for a pipe, else None."""
 
     @property
     def returncode(self) -> int | None: ...

@@ -1,5 +1,6 @@
 """The native backend: child processes of the runtime, each in its own session and process
-group (so signals reach its children), stdin closed, stdout/stderr piped."""
+group (so signals reach its children), stdin closed (or piped, when the spec asks),
+stdout/stderr piped."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class NativeProcess:
         return self._stderr
 
     @property
+    def stdin(self) -> asyncio.StreamWriter | None:
+        return self._proc.stdin
+
+    @property
     def returncode(self) -> int | None:
         return self._proc.returncode
 
@@ -47,16 +52,17 @@ class NativeBackend:
     async def spawn(self, spec: ProcessSpec) -> ProcessHandle:
         argv = spec.argv
         env = {**os.environ, **spec.env}
+        stdin = asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, cwd=spec.cwd, env=env,
                 start_new_session=True, executable=spec.executable)
         except FileNotFoundError as exc:
             missing = argv[0] if exc.filename in (None, argv[0]) else exc.filename
-            raise SpawnError(f"not found: {missing}") from None
+            raise SpawnError(f"not found: {missing}", exit_code=127) from None
         except PermissionError:
-            raise SpawnError(f"permission denied: {argv[0]}") from None
+            raise SpawnError(f"permission denied: {argv[0]}", exit_code=126) from None
         except OSError as exc:
             raise SpawnError(f"cannot start {argv[0]}: {exc.strerror}") from None
         return NativeProcess(proc)

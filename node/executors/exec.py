@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends import NativeBackend, ProcessHandle, ProcessSpec, RuntimeBackend, SpawnError
+from ..iochannel import IoChannel
 from ..logbuf import LogBuffer
 from ..policy import Policy, Refused
 
@@ -35,8 +36,10 @@ class ExecRunner:
                  on_output: Callable[[], None], kill_grace_s: float = 5.0,
                  source: str | None = None, backend: RuntimeBackend | None = None,
                  policy: Policy | None = None,
-                 max_output_bytes: int | None = None) -> None:
+                 max_output_bytes: int | None = None, io: IoChannel | None = None) -> None:
         self.command_id = command_id
+        # exec with stdin: the process reads a pipe fed from this channel (io.input)
+        self.io = io
         self.args = args
         self.source = source  # log source for both streams (apps); None: stdout/stderr
         self.logs = logs
@@ -69,6 +72,14 @@ class ExecRunner:
         self.paused = True
         return True
 
+    def signal(self, name: str) -> bool:
+        """``SIG<name>`` to the process group (io.signal: Ctrl-C on ``tether exec`` is INT);
+        False when there is no process."""
+        if self._proc is None or self._stop.is_set():
+            return False
+        self._proc.signal_group(signal.Signals[f"SIG{name}"])
+        return True
+
     def resume(self) -> bool:
         """SIGCONT to the process group."""
         if self._proc is None:
@@ -95,16 +106,19 @@ class ExecRunner:
             return ExecOutcome("failed", error=f"rejected by policy: {exc.message}")
         timeout_s = plan.timeout_s
         spec = ProcessSpec(argv=plan.argv, env=plan.env, cwd=plan.cwd,
-                           executable=plan.executable)
+                           executable=plan.executable, stdin=self.io is not None)
         try:
             proc = await self.backend.spawn(spec)
         except SpawnError as exc:
-            return ExecOutcome("failed", error=exc.message)
+            return ExecOutcome("failed", exit_code=exc.exit_code, error=exc.message)
         self._proc = proc
         self.pid = proc.pid
         self.spawned.set()
         pumps = [asyncio.create_task(self._pump(proc.stdout, "stdout")),
                  asyncio.create_task(self._pump(proc.stderr, "stderr"))]
+        feeders = [] if self.io is None or proc.stdin is None else [
+            asyncio.create_task(self._feed(self.io, proc.stdin)),
+            asyncio.create_task(self.io.run())]
         waiter = asyncio.create_task(proc.wait())
         stopper = asyncio.create_task(self._stop.wait())
         outcome: ExecOutcome | None = None
@@ -118,9 +132,9 @@ class ExecRunner:
                 await self._terminate(proc, waiter)
             await self._drain(pumps, patient=outcome is None)
         finally:
-            for task in (*pumps, waiter, stopper):
+            for task in (*pumps, *feeders, waiter, stopper):
                 task.cancel()
-            await asyncio.gather(*pumps, waiter, stopper, return_exceptions=True)
+            await asyncio.gather(*pumps, *feeders, waiter, stopper, return_exceptions=True)
             if proc.returncode is None:  # we are being cancelled ourselves
                 proc.signal_group(signal.SIGKILL)
         if self.output_dropped_bytes:
@@ -138,6 +152,26 @@ class ExecRunner:
             return ExecOutcome("failed", exit_code=code, result=result,
                                error=f"killed by signal {signal.Signals(-code).name}")
         return ExecOutcome("failed", exit_code=code, error=f"exit code {code}", result=result)
+
+    async def _feed(self, io: IoChannel, stdin: asyncio.StreamWriter) -> None:
+        """Write io.input to the process's stdin in order, acking each once written (the
+        pipe's own buffer and ``drain`` are the backpressure); eof, or the operator's lease
+        running out, closes it. A process that closed its stdin takes nothing more: later
+        input is acked and dropped, as a pipe to a finished reader would."""
+        io.on_lease_lost = stdin.close
+        open_ = True
+        while True:
+            item = await io.next_input()
+            if open_ and item.data:
+                try:
+                    stdin.write(item.data)
+                    await stdin.drain()
+                except (ConnectionError, OSError, RuntimeError):
+                    open_ = False
+            if open_ and item.eof:
+                stdin.close()
+                open_ = False
+            await io.applied(item.seq)
 
     async def _drain(self, pumps: list[asyncio.Task[None]], *, patient: bool) -> None:
         """After the process ended: let the pumps read to the end of their pipes. When it

@@ -26,6 +26,11 @@ from tether.protocol.frames import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    IoAck,
+    IoInput,
+    IoOutput,
+    IoResize,
+    IoSignal,
     LogChunk,
     MonitorPacket,
     NodeEvent,
@@ -123,6 +128,17 @@ BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
                              load=st.lists(st.floats(0, 1e3), max_size=3).map(tuple),
                              memory=usages, disk=usages, processes=opt_count,
                              uptime_s=opt_seconds, at_ms=opt_count),
+    IoInput: st.builds(IoInput, command_id=st.text(min_size=1, max_size=16),
+                       seq=st.integers(1, 2**63 - 1), data=st.binary(max_size=64),
+                       eof=st.booleans()),
+    IoOutput: st.builds(IoOutput, command_id=st.text(min_size=1, max_size=16),
+                        seq=st.integers(1, 2**63 - 1), data=st.binary(max_size=64)),
+    IoAck: st.builds(IoAck, command_id=st.text(min_size=1, max_size=16), seq=non_negative,
+                     window=st.integers(0, 1 << 20)),
+    IoResize: st.builds(IoResize, command_id=st.text(min_size=1, max_size=16),
+                        rows=st.integers(1, 4096), cols=st.integers(1, 4096)),
+    IoSignal: st.builds(IoSignal, command_id=st.text(min_size=1, max_size=16),
+                        signal=st.sampled_from(["INT", "TERM", "HUP", "QUIT", "KILL"])),
 }
 any_body = st.one_of(*BODY_STRATEGIES.values())
 
@@ -252,6 +268,11 @@ VALID: dict[type[Body], dict[str, Any]] = {
                     "memory": {"total": 8, "available": 4, "percent": 50.0},
                     "disk": {"path": "/var/lib/tether", "total": 10, "free": 5, "percent": 50.0},
                     "processes": 90, "uptime_s": 12.5, "at_ms": 1},
+    IoInput: {"command_id": "c-1", "seq": 1, "data": b"ls\n", "eof": False},
+    IoOutput: {"command_id": "c-1", "seq": 1, "data": b"$ "},
+    IoAck: {"command_id": "c-1", "seq": 0, "window": 262144},
+    IoResize: {"command_id": "c-1", "rows": 24, "cols": 80},
+    IoSignal: {"command_id": "c-1", "signal": "INT"},
 }
 
 REQUIRED: dict[type[Body], list[str]] = {
@@ -271,6 +292,11 @@ REQUIRED: dict[type[Body], list[str]] = {
     NodeEvent: ["kind"],
     MonitorPacket: ["topic", "data", "seq"],
     NodeResources: [],
+    IoInput: ["command_id", "seq"],
+    IoOutput: ["command_id", "seq"],
+    IoAck: ["command_id", "seq", "window"],
+    IoResize: ["command_id", "rows", "cols"],
+    IoSignal: ["command_id", "signal"],
 }
 
 BAD_ACKS = [["evt"], {"evt": -1}, {"evt": "1"}, {"evt": True}, {"evt": 1.0}, {1: 1}, "evt"]
@@ -309,6 +335,18 @@ WRONG: list[tuple[type[Body], str, Any]] = [
     (LogChunk, "command_id", 1), (LogChunk, "dropped", "0"),
     (NodeEvent, "kind", 1), (NodeEvent, "data", "x"),
     (MonitorPacket, "topic", 1), (MonitorPacket, "data", [1]), (MonitorPacket, "seq", "1"),
+    # interactive io: hostile sizes, sequence numbers, window sizes and signals
+    (IoInput, "command_id", ""), (IoInput, "command_id", "c" * 129), (IoInput, "seq", 0),
+    (IoInput, "seq", -1), (IoInput, "seq", 2**63), (IoInput, "seq", True),
+    (IoInput, "data", b"x" * (64 * 1024 + 1)), (IoInput, "data", 5), (IoInput, "eof", 1),
+    (IoOutput, "seq", 0), (IoOutput, "data", b"x" * (64 * 1024 + 1)),
+    (IoOutput, "data", "not base64!"),
+    (IoAck, "seq", -1), (IoAck, "window", -1), (IoAck, "window", (1 << 20) + 1),
+    (IoAck, "window", 1.5),
+    (IoResize, "rows", 0), (IoResize, "cols", 0), (IoResize, "rows", 4097),
+    (IoResize, "cols", 65536), (IoResize, "rows", -24), (IoResize, "cols", 80.5),
+    (IoResize, "rows", "24"),
+    (IoSignal, "signal", "SIGINT"), (IoSignal, "signal", "STOP"), (IoSignal, "signal", 2),
 ]
 
 
