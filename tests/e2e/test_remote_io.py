@@ -23,7 +23,6 @@ import pytest
 from tether.protocol.frames import TERMINAL_STATES
 
 from ..helpers import ControllerProc, NodeProc, tether_cmd, wait_until
-from .conftest import Backend
 
 pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
@@ -231,34 +230,6 @@ def test_a_policy_that_denies_shells_refuses_one_and_the_cli_says_why(
         # exec stays allowed: denying shells is its own decision
         assert run_exec(controller, "n-noshell", "true", stdin=subprocess.DEVNULL
                         ).returncode == 0
-    finally:
-        node.cleanup()
-
-
-def test_stdin_and_a_shell_work_through_a_replica_that_does_not_hold_the_node(
-        make_controller: Callable[..., ControllerProc], backend: Backend,
-        tmp_path: Path) -> None:
-    """The operator on replica B, the node's session on replica A: input goes down through
-    the Router (NATS), output and acks come up through the EventBus."""
-    if backend.name == "sqlite":
-        pytest.skip("replicas share PostgreSQL and NATS; SQLite is one controller")
-    holder, other = make_controller("r-a"), make_controller("r-b")
-    node = NodeProc(tmp_path / "n-far", "n-far")
-    node.enroll(holder)
-    node.start()
-    try:
-        wait_until(lambda: other.api().liveness("n-far") == "online", what="online")
-        out = run_exec(other, "n-far", "cat", input_=b"across replicas\n")
-        assert (out.returncode, out.stdout) == (0, b"across replicas\n"), out.stderr
-        term = PtyCli(cli(other, "shell", "n-far", "--", "sh", "-i"))
-        try:
-            term.expect(rb"[#$] ")
-            term.type(b"echo far-$((40+2))\r")
-            term.expect(rb"far-42")
-            term.type(b"exit 5\r")
-            assert term.proc.wait(timeout=30) == 5
-        finally:
-            term.close()
     finally:
         node.cleanup()
 
