@@ -486,7 +486,7 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
         elif status.get("enrolled"):
             _print_node_status(status)
         if verdict.problem:
-            print(f"error: {verdict.problem}", file=sys.stderr)
+            print_error(args, "node_problem", verdict.problem, verdict.exit_code)
         return verdict.exit_code
     if verb not in ("route", "controller"):
         raise CliError(f"unknown diag probe {verb}", 2)
@@ -584,7 +584,9 @@ def _node(args: argparse.Namespace, verb: str) -> int:
     status = node_status(args.state_dir)
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0 if status.get("enrolled") else 1
+        if not status.get("enrolled"):
+            return print_error(args, "not_enrolled", f"no node enrolled in {args.state_dir}", 1)
+        return 0
     if not status.get("enrolled"):
         print(f"no node enrolled in {args.state_dir}")
         return 1

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from .client import Api, CliError
 from .demo import _tether, _wait_for
 from .render import human
@@ -70,7 +72,6 @@ def sim_node_ids(prefix: str, count: int) -> list[str]:
 def cleanup_nodes(api: Api, node_ids: list[str]) -> tuple[list[str], str | None]:
     """Delete ``node_ids``; returns (the ones deleted, the reason the rest were not, if
     any). A controller without ``DELETE /api/v1/nodes/{id}`` stops it at the first node."""
-    import httpx
 
     deleted: list[str] = []
     with httpx.Client(base_url=api.url, timeout=api.timeout_s, verify=api.verify,
@@ -116,9 +117,15 @@ def run_sim(args: argparse.Namespace, api_from: Any) -> int:
                                "controller and removes everything itself", 2)
             url, token = stack.enter_context(own_controller())
             api = Api(url=url, token=token)
-        report = asyncio.run(simulate(api.url, api.token, nodes=args.nodes,
-                                      events_per_node=args.events, duration_s=args.duration,
-                                      storm=args.storm, prefix=args.prefix))
+        try:
+            report = asyncio.run(simulate(api.url, api.token, nodes=args.nodes,
+                                          events_per_node=args.events,
+                                          duration_s=args.duration, storm=args.storm,
+                                          prefix=args.prefix))
+        except (httpx.HTTPError, OSError) as exc:
+            raise CliError(f"the simulation failed against {api.url}: {exc}; is the "
+                           "controller running, and does the token allow enrolling?",
+                           code="unreachable") from None
         report["controller"] = api.url if args.url else "its own (temporary, removed)"
         left: str | None = None
         if args.url and args.cleanup:
