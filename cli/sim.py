@@ -84,7 +84,7 @@ def cleanup_nodes(api: Api, node_ids: list[str]) -> tuple[list[str], str | None]
             if resp.status_code in (404, 405) and not deleted and _no_route(resp):
                 return deleted, ("this controller cannot delete nodes (no DELETE "
                                  "/api/v1/nodes/{id}; upgrade it), so the simulated nodes "
-                                 "stay")
+                                 f"{node_ids[0]} to {node_ids[-1]} stay")
             if resp.status_code == 404:
                 continue  # already gone
             if resp.status_code >= 400:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -161,3 +162,25 @@ def test_sim_cleanup_on_a_controller_without_node_delete_says_so(
 def test_sim_cleanup_without_url_is_a_usage_error(tmp_path: Path) -> None:
     sim = cli("sim", "--cleanup", "--nodes", "1", cwd=tmp_path)
     assert sim.returncode == 2 and "--cleanup is for --url" in sim.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary")
+def test_the_docs_self_signed_recipe_has_a_subject_alt_name_the_cli_accepts(
+        tmp_path: Path) -> None:
+    from cryptography import x509
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    recipe = docs.split("openssl req -x509", 1)[1].split("```", 1)[0]
+    subprocess.run("openssl req -x509" + recipe.replace("\\\n", " "), shell=True,
+                   cwd=tmp_path, check=True, capture_output=True, timeout=30)
+    cert = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    ctl = ControllerProc(tmp_path / "ctl", tls=(tmp_path / "cert.pem", tmp_path / "key.pem"))
+    ctl.start()
+    try:
+        listed = cli("nodes", "list", "--ca-file", str(tmp_path / "cert.pem"),
+                     env=op_env(ctl, tmp_path))
+        assert listed.returncode == 0, listed.stderr
+    finally:
+        ctl.terminate()
