@@ -496,13 +496,15 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
     api = op.api_from(args)
 
     async def diag_info() -> dict[str, Any]:
-        async with ControllerApi.open(api.url, api.token, timeout_s=args.timeout) as ctl:
+        async with ControllerApi.open(api.url, api.token, timeout_s=args.timeout,
+                                      verify=api.verify) as ctl:
             return await ctl.get("/api/v1/diag")
 
     try:
         if verb == "route":
             result = asyncio.run(route(api.url, api.token, args.node, count=args.count,
-                                       interval_s=args.interval, timeout_s=args.timeout))
+                                       interval_s=args.interval, timeout_s=args.timeout,
+                                       verify=api.verify))
         else:
             info = asyncio.run(diag_info())
     except StepFailed as exc:

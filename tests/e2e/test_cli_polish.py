@@ -78,8 +78,14 @@ def test_the_operator_cli_talks_https_with_a_ca_file_and_a_pin(
     wrong = cli("nodes", "list", "--ca-file", str(cert), "--pin-sha256", "ab" * 32,
                 "--json", env=env)
     assert wrong.returncode == 1 and "matches no configured pin" in wrong.stderr
-    assert cli("nodes", "list", "--ca-file", str(cert), "--pin-sha256", pin.upper(),
-               env=env).returncode == 0
+    trusted = ("--ca-file", str(cert), "--pin-sha256", pin.upper())
+    for command in (("nodes", "list"), ("commands", "list"), ("jobs", "list"),
+                    ("diag", "controller")):
+        done = cli(*command, *trusted, env=env)
+        assert done.returncode == 0, (command, done.stderr)
+    pinned_out = cli("diag", "controller", "--ca-file", str(cert), "--pin-sha256", "ab" * 32,
+                     env=env)
+    assert pinned_out.returncode == 1 and "pin" in pinned_out.stderr
 
 
 def test_a_context_carries_url_token_ca_and_pin_and_exec_streams_over_wss(
