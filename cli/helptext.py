@@ -55,6 +55,11 @@ HELP: dict[str, str] = {
     "tether sidecar run status_port": "0 picks a free port (written to "
                                       "<state-dir>/sidecar.status.url)",
     "tether nodes show node_id": "the node's id",
+    # verbs of the auth and shell work, declared in cli/admin.py and cli/main.py
+    "tether nodes delete node_id": "the node's id",
+    "tether nodes disable node_id": "the node's id",
+    "tether nodes enable node_id": "the node's id",
+    "tether shell node": "the node to open the shell on",
     "tether exec argv": "-- then the command and its arguments, run without a shell",
     "tether jobs show job_id": "the job's id",
     "tether jobs cancel job_id": "the job's id",
