@@ -117,7 +117,7 @@ class JobFollower:
         for attempt in range(30):
             try:
                 async with connect(self.api.ws_url, subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
-                                   open_timeout=10, close_timeout=2) as ws:
+                                   open_timeout=10, close_timeout=2, **self.api.ws_kwargs) as ws:
                     await ws.send(encode_json(Frame(t="hello", b={"token": self.api.token})))
                     await _expect(ws, "welcome")
                     await ws.send(encode_json(Frame(t="subscribe", id="job", b={

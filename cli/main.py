@@ -17,6 +17,11 @@ from tether.protocol.errors import TetherError
 from . import admin as admin_cli
 from . import operator as op
 from .client import CliError
+from .commands import add_commands_list_parser, commands_list
+from .context import add_context_parser, context_command
+from .errors import JsonErrorParser, print_error
+from .helptext import fill_help
+from .render import human
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -35,12 +40,21 @@ def _replica_id(text: str) -> str:
 def _operator_flags(p: argparse.ArgumentParser, *, table: bool = True) -> None:
     p.add_argument("--url", help="controller URL (env TETHER_URL; default: the local one)")
     p.add_argument("--token", help="operator token (env TETHER_TOKEN; default: local admin)")
+    p.add_argument("--ca-file", help="CA bundle to trust for an https:// controller "
+                                     "(default: the context's, else the system store)")
+    p.add_argument("--pin-sha256", action="append", default=[],
+                   help="accept only a controller certificate with this SHA-256 (hex of "
+                        "its DER form; repeatable; default: the context's pins)")
+    p.add_argument("--context", help="use this context of the CLI config (env "
+                                     "TETHER_CONTEXT; default: the current one). Precedence: "
+                                     "flags, then TETHER_URL/TETHER_TOKEN, then the context, "
+                                     "then the local controller's data dir")
     if table:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description="Tether realtime mesh")
+    parser = JsonErrorParser(prog="tether", description="Tether realtime mesh")
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     parser.add_argument("--log-format", choices=["text", "json"],
                         default=_env("LOG_FORMAT", "text"))
@@ -252,12 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmds = nouns.add_parser("commands", help="inspect and cancel commands").add_subparsers(
         dest="verb", required=True)
-    cshow = cmds.add_parser("show")
-    cshow.add_argument("command_id")
+    cshow = cmds.add_parser("show", help="a command: its args, state, exit code, timeline")
+    cshow.add_argument("command_id", help="the command's id (c_...)")
     _operator_flags(cshow)
+    add_commands_list_parser(cmds, _operator_flags)
     for verb in ("cancel", "pause", "resume"):
         control = cmds.add_parser(verb, help=f"{verb} a command on its node, at once")
-        control.add_argument("command_id")
+        control.add_argument("command_id", help="the command's id (c_...)")
         _operator_flags(control)
 
     jobs = nouns.add_parser("jobs", help="one command over many nodes").add_subparsers(
@@ -333,27 +348,33 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--storm", action="store_true",
                      help="then drop every session at once and time the way back")
     sim.add_argument("--prefix", default="sim", help="node id prefix")
+    sim.add_argument("--cleanup", action="store_true",
+                     help="with --url: delete the simulated nodes afterwards")
     _operator_flags(sim)
+    sim.description = ("Without --url, sim runs its own controller (temporary data dir, "
+                       "removed after), so it never mixes into a live fleet; TETHER_URL and "
+                       "contexts are ignored here.")
 
     demo = nouns.add_parser("demo", help="a controller and local nodes on loopback")
     demo.add_argument("--nodes", type=int, default=1)
     demo.add_argument("--port", type=int, default=8700)
     demo.add_argument("--dir", type=Path, default=Path(".tether"))
+    add_context_parser(nouns)
+    fill_help(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    JsonErrorParser.json_requested = "--json" in (sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     setup_logging(fmt=args.log_format, level=args.log_level)
     try:
         return dispatch(args)
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return print_error(args, exc.code, str(exc), exc.exit_code)
     except TetherError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return print_error(args, exc.code, exc.message, 1)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `tether nodes list | head`: the reader left, not an error
@@ -430,8 +451,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return jobs_command(args)
     if noun == "shell":
         return op.shell_command(args)
+    if noun == "commands" and verb == "list":
+        return commands_list(args)
     if noun == "commands":
         return op.commands_show(args) if verb == "show" else op.commands_control(args)
+    if noun == "context":
+        return context_command(args)
     if noun == "logs":
         return op.logs_command(args)
     if noun == "bench":
@@ -439,22 +464,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return run(args)
     if noun == "sim":
-        import asyncio
-        import logging
+        from .sim import run_sim
 
-        from tether.tools.fleet import simulate
-
-        logging.getLogger("tether.sidecar").setLevel(logging.WARNING)  # one line per node
-        api = op.api_from(args)
-        report = asyncio.run(simulate(api.url, api.token, nodes=args.nodes,
-                                      events_per_node=args.events, duration_s=args.duration,
-                                      storm=args.storm, prefix=args.prefix))
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            for key, value in report.items():
-                print(f"{key:<28} {value}")
-        return 0 if report["zero_loss"]["ok"] else 1
+        return run_sim(args, op.api_from)
     if noun == "diag":
         return _diag(args, verb)
     if noun == "demo":
@@ -501,7 +513,7 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
         elif status.get("enrolled"):
             _print_node_status(status)
         if verdict.problem:
-            print(f"error: {verdict.problem}", file=sys.stderr)
+            print_error(args, "node_problem", verdict.problem, verdict.exit_code)
         return verdict.exit_code
     if verb not in ("route", "controller"):
         raise CliError(f"unknown diag probe {verb}", 2)
@@ -511,13 +523,15 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
     api = op.api_from(args)
 
     async def diag_info() -> dict[str, Any]:
-        async with ControllerApi.open(api.url, api.token, timeout_s=args.timeout) as ctl:
+        async with ControllerApi.open(api.url, api.token, timeout_s=args.timeout,
+                                      verify=api.verify) as ctl:
             return await ctl.get("/api/v1/diag")
 
     try:
         if verb == "route":
             result = asyncio.run(route(api.url, api.token, args.node, count=args.count,
-                                       interval_s=args.interval, timeout_s=args.timeout))
+                                       interval_s=args.interval, timeout_s=args.timeout,
+                                       verify=api.verify))
         else:
             info = asyncio.run(diag_info())
     except StepFailed as exc:
@@ -599,7 +613,9 @@ def _node(args: argparse.Namespace, verb: str) -> int:
     status = node_status(args.state_dir)
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0 if status.get("enrolled") else 1
+        if not status.get("enrolled"):
+            return print_error(args, "not_enrolled", f"no node enrolled in {args.state_dir}", 1)
+        return 0
     if not status.get("enrolled"):
         print(f"no node enrolled in {args.state_dir}")
         return 1
@@ -619,11 +635,13 @@ def _print_node_status(status: dict[str, Any]) -> None:
     side = status.get("sidecar_process")
     _line(f"sidecar     {'running, pid ' + str(side['pid']) if side else 'not running'}")
     if transport:
-        _line(f"transport   {transport.get('state', '-')}  session {transport.get('session_id')}"
-              f"  reconnects {transport.get('reconnects')}  rtt {transport.get('rtt_ms')} ms"
-              f"  clock offset {transport.get('clock_offset_ms')} ms")
-        _line(f"last close  {transport.get('last_close_code')} "
-              f"{transport.get('last_close_reason') or ''}  backoff {transport.get('backoff_s')} s")
+        t = {k: human(v) for k, v in transport.items()}
+        _line(f"transport   {t.get('state', '-')}  session {t.get('session_id', '-')}"
+              f"  reconnects {t.get('reconnects', '-')}  rtt {t.get('rtt_ms', '-')} ms"
+              f"  clock offset {t.get('clock_offset_ms', '-')} ms")
+        close = (f"{t['last_close_code']} {transport.get('last_close_reason') or ''}".strip()
+                 if transport.get("last_close_code") is not None else "none")
+        _line(f"last close  {close}  backoff {t.get('backoff_s', '-')} s")
     tree = status.get("readiness")
     if tree:
         _line(f"ready       {'yes' if tree['ready'] else 'no: ' + '; '.join(tree['reasons'])}")
@@ -635,8 +653,10 @@ def _print_node_status(status: dict[str, Any]) -> None:
             verdict = "yes" if rule["allowed"] else f"no ({rule['reason']})"
             _line(f"  {op_name:<18} {verdict}")
     outbox = status.get("outbox") or {}
-    _line(f"outbox      {outbox.get('depth', 0)} unacked (oldest {outbox.get('oldest_age_s')} s)")
-    _line(f"commands    {status.get('commands') or {}}")
+    oldest = outbox.get("oldest_age_s")
+    _line(f"outbox      {human(outbox.get('depth', 0))} unacked"
+          + (f" (oldest {human(oldest)} s)" if oldest is not None else ""))
+    _line(f"commands    {human(status.get('commands')) if status.get('commands') else 'none'}")
     for inc in (status.get("live_incidents") or [])[-5:]:
         _line(f"incident    [{inc['class']}] {inc['message']}")
     for inc in (status.get("incidents") or [])[:5]:

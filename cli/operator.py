@@ -17,6 +17,7 @@ from tether.protocol.frames import TERMINAL_STATES
 from .client import Api, CliError, resolve_token, resolve_url
 from .output import EXIT_OUTPUT_DROPPED, OutputWriter, dropped_line, follow
 from .remote_io import Detached, exec_attached, run_shell
+from .render import human
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -39,12 +40,24 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
 
 
 def api_from(args: argparse.Namespace) -> Api:
-    return Api(url=resolve_url(args.url), token=resolve_token(args.token))
+    """The controller the flags, the environment or the current context name (per setting,
+    in that order: cli/context.py). A context supplies its token, CA file and pins only
+    when the URL came from it too: a token never goes to a controller it was not kept for."""
+    from .context import current_context
+
+    ctx = current_context(getattr(args, "context", None))
+    explicit = bool(args.url or os.environ.get("TETHER_URL"))
+    if explicit and ctx and (args.url or os.environ["TETHER_URL"]).rstrip("/") != \
+            str(ctx.get("url", "")).rstrip("/"):
+        ctx = {}
+    pins = tuple(getattr(args, "pin_sha256", None) or ctx.get("pins") or ())
+    return Api(url=resolve_url(args.url, context=ctx),
+               token=resolve_token(args.token, context=ctx),
+               ca_file=getattr(args, "ca_file", None) or ctx.get("ca_file"), pins=pins)
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    cells = [{c: terminal_safe(r.get(c)) if r.get(c) is not None else "-" for c in columns}
-             for r in rows]
+    cells = [{c: human(r.get(c)) for c in columns} for r in rows]
     widths = {c: max([len(c)] + [len(r[c]) for r in cells]) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns))
     for r in cells:
@@ -94,16 +107,16 @@ def nodes_show(args: argparse.Namespace) -> int:
     session = _map(node.get("session"))
     caps = node.get("capabilities")
     for key, value in [("node", node.get("node_id")), ("liveness", node.get("liveness")),
-                       ("runtime", node.get("runtime")), ("session", session.get("session_id")),
+                       ("runtime", _runtime_line(node.get("runtime"))),
+                       ("session", session.get("session_id")),
                        ("opened", session.get("opened_at")), ("remote", session.get("remote")),
                        ("resumed", session.get("resumed")),
                        ("last seen", node.get("last_seen_at")),
-                       ("capabilities", ", ".join(map(str, caps))
-                        if isinstance(caps, list) else caps),
+                       ("capabilities", caps),
                        ("labels", node.get("labels")),
                        ("resources", _resources_line(_map(node.get("resources")))),
                        ("apps", _apps_line(node.get("apps")))]:
-        print(f"{key:<13} {terminal_safe(value) if value is not None else '-'}")
+        print(f"{key:<13} {human(value)}")
     return 0
 
 
@@ -113,8 +126,17 @@ def _map(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _runtime_line(runtime: object) -> object:
+    """``attached 0.1.0`` from the runtime part of a node view (any other shape as is)."""
+    if not isinstance(runtime, dict):
+        return runtime
+    parts = [runtime.get("state"), runtime.get("version")]
+    return " ".join(human(p) for p in parts if p is not None) or None
+
+
 def _apps_line(apps: object) -> str | None:
-    line = ", ".join(f"{name} {_map(app).get('state')} (restarts {_map(app).get('restarts')})"
+    line = ", ".join(f"{name} {human(_map(app).get('state'))} "
+                     f"(restarts {human(_map(app).get('restarts'))})"
                      for name, app in _map(apps).items())
     return line or None
 
@@ -125,9 +147,10 @@ def _resources_line(res: dict[str, Any]) -> str | None:
     mem, disk = _map(res.get("memory")), _map(res.get("disk"))
     free = disk.get("free")
     free_text = f"{free // 2**20} MiB" if isinstance(free, int) else "? MiB"
-    return (f"cpu {res.get('cpu_percent')}% of {res.get('cpus')}, load {res.get('load')}, "
-            f"mem {mem.get('percent')}%, disk {disk.get('percent')}% "
-            f"({free_text} free), {res.get('processes')} processes")
+    return (f"cpu {human(res.get('cpu_percent'))}% of {human(res.get('cpus'))}, "
+            f"load {human(res.get('load'))}, mem {human(mem.get('percent'))}%, "
+            f"disk {human(disk.get('percent'))}% ({free_text} free), "
+            f"{human(res.get('processes'))} processes")
 
 
 def node_publish(args: argparse.Namespace) -> int:
@@ -160,7 +183,7 @@ def commands_show(args: argparse.Namespace) -> int:
         print(json.dumps(cmd, indent=2))
         return 0
     for key in ("command_id", "node_id", "kind", "args", "state", "exit_code", "error"):
-        print(f"{key:<11} {terminal_safe(cmd[key]) if cmd.get(key) is not None else '-'}")
+        print(f"{key:<11} {human(cmd.get(key))}")
     print("timeline:")
     timeline = cmd.get("timeline")
     print_table([{"state": _map(e).get("state"), "at": _map(e).get("at"),
@@ -246,20 +269,22 @@ def exec_command(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(cmd["command_id"])
         return 0
+    from .offline import detached_line, say_if_offline
+
     writer = OutputWriter()
     # From here a Ctrl-C is for the remote command: one caught before the loop takes over
     # is handed to it (exec_attached), not lost to a KeyboardInterrupt.
     early: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
     try:
+        say_if_offline(api, args.node, cmd)
         final = asyncio.run(exec_attached(
             api, cmd["command_id"], writer, stdin_fd=stdin_fd,
             detach_on_interrupt=args.detach, early_interrupts=early,
             on_interrupt=lambda: print("\ntether: interrupt sent to the remote command "
                                        "(Ctrl-C again to detach)", file=sys.stderr)))
     except (KeyboardInterrupt, Detached):
-        print(f"\ndetached; the command goes on: tether logs -f {cmd['command_id']}",
-              file=sys.stderr)
+        print("\n" + detached_line(cmd["command_id"]), file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -138,7 +138,7 @@ async def follow(api: Api, command_id: str, writer: OutputWriter) -> dict[str, A
     while True:
         try:
             async with connect(api.ws_url, subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
-                               open_timeout=10, close_timeout=2) as ws:
+                               open_timeout=10, close_timeout=2, **api.ws_kwargs) as ws:
                 await ws.send(encode_json(Frame(t="hello", b={"token": api.token})))
                 await _expect(ws, "welcome")
                 await ws.send(encode_json(Frame(t="subscribe", id="s1", b={

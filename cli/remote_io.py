@@ -55,7 +55,8 @@ async def _dial(api: Api, path: str) -> ClientConnection:
     return await connect(io_url(api, path), subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
                          additional_headers={"Authorization": f"Bearer {api.token}"},
                          open_timeout=OPEN_TIMEOUT_S, close_timeout=2, ping_interval=20,
-                         ping_timeout=60, max_size=4 << 20)
+                         ping_timeout=60, max_size=4 << 20,
+                         **api.ws_kwargs)  # the same trust (--ca-file, --pin-sha256)
 
 
 async def _expect(ws: ClientConnection, t: str) -> Frame:

@@ -96,9 +96,9 @@ class ControllerApi:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, url: str, token: str, *,
-                   timeout_s: float) -> AsyncIterator[ControllerApi]:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout_s,
+    async def open(cls, url: str, token: str, *, timeout_s: float,
+                   verify: ssl.SSLContext | bool = True) -> AsyncIterator[ControllerApi]:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s, verify=verify,
                                      headers={"Authorization": f"Bearer {token}"}) as http:
             yield cls(http, url, timeout_s)
 
@@ -179,15 +179,16 @@ async def _expect(ws: ClientConnection, t: str) -> Frame:
                              f"{frame.b.get('message')}", TOKEN_HINT)
 
 
-async def _open_stream(ws_url: str, token: str, node_id: str,
-                       timeout_s: float) -> ClientConnection:
+async def _open_stream(ws_url: str, token: str, node_id: str, timeout_s: float,
+                       tls: ssl.SSLContext | None = None) -> ClientConnection:
     """/ws, said hello to and subscribed to the node's command events within ``timeout_s``;
     raises StepFailed (and leaves nothing open) when it cannot be."""
     ws: ClientConnection | None = None
     try:
         async with asyncio.timeout(timeout_s):
             ws = await connect(ws_url, subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
-                               open_timeout=timeout_s)
+                               open_timeout=timeout_s,
+                               **({"ssl": tls} if tls and ws_url.startswith("wss") else {}))
             await ws.send(encode_json(Frame(t="hello", b={"token": token})))
             await _expect(ws, "welcome")
             await ws.send(encode_json(Frame(t="subscribe",
@@ -237,7 +238,8 @@ async def _clock_offset(api: ControllerApi) -> tuple[dict[str, Any], float]:
 
 
 async def route(url: str, token: str, node_id: str, *, count: int, interval_s: float,
-                timeout_s: float = 3.0) -> dict[str, Any]:
+                timeout_s: float = 3.0,
+                verify: ssl.SSLContext | bool = True) -> dict[str, Any]:
     """Ping ``node_id`` ``count`` times; returns ``{"ok", "summary", "pings"}``.
 
     Raises StepFailed when the probe cannot run at all (controller unreachable or not a
@@ -245,7 +247,7 @@ async def route(url: str, token: str, node_id: str, *, count: int, interval_s: f
     phase, opening /ws, each ping — is bounded by ``timeout_s``; a ping that times out is
     ``lost`` and names the hop it stalled at, and ``ok`` is true only when all answered.
     """
-    async with ControllerApi.open(url, token, timeout_s=timeout_s) as api:
+    async with ControllerApi.open(url, token, timeout_s=timeout_s, verify=verify) as api:
         health, operator_offset = await _clock_offset(api)
         if "controller_id" not in health:
             raise StepFailed(f"this does not look like a Tether controller (no controller_id "
@@ -263,7 +265,8 @@ async def route(url: str, token: str, node_id: str, *, count: int, interval_s: f
         done: dict[str, float] = {}
         waiters: dict[str, asyncio.Future[None]] = {}
         ws_url = url.replace("http", "ws", 1) + "/ws"
-        ws = await _open_stream(ws_url, token, node_id, timeout_s)
+        ws = await _open_stream(ws_url, token, node_id, timeout_s,
+                                verify if isinstance(verify, ssl.SSLContext) else None)
 
         async def reader() -> None:
             """Notes when each command ends (any terminal state) and wakes its waiter."""
