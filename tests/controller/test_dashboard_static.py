@@ -49,14 +49,14 @@ async def test_every_static_file_is_served_with_its_type_and_the_policy(
         resp = await client.get(f"/static/{path.relative_to(STATIC_DIR).as_posix()}")
         assert resp.status_code == 200, path
         assert_secured(resp.headers)
-        if path.suffix == ".js":
+        if path.suffix in (".js", ".mjs"):  # .mjs: vendored xterm.js, loaded as modules
             assert "javascript" in resp.headers["content-type"], path
 
 
 def test_no_script_builds_html_from_text() -> None:
     """Nothing a node sends may be parsed as markup: the scripts never use innerHTML,
     outerHTML, insertAdjacentHTML, document.write or eval."""
-    for path in STATIC_DIR.rglob("*.js"):
+    for path in [*STATIC_DIR.rglob("*.js"), *STATIC_DIR.rglob("*.mjs")]:  # vendored too
         source = path.read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
                      "eval(", "new Function"):

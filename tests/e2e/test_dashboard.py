@@ -382,3 +382,82 @@ def test_bulk_actions_follow_a_job_by_the_pinned_contract(
                        "offline": "skip"}]
     expect(page.locator("#conn")).to_have_attribute("data-state", "live")
     page.close()
+
+
+def test_the_node_page_web_terminal_runs_a_shell_resizes_and_returns_the_exit_code(
+        browser: Any, controller: ControllerProc, make_node: Callable[..., NodeProc],
+        tmp_path: Path) -> None:
+    """The node page's terminal (xterm.js, vendored) over /api/v1/nodes/{id}/shell: typed
+    input reaches the remote shell and its output comes back; a smaller window reaches the
+    remote pty (``stty size``); the idle terminal keeps its socket alive with pings; ``exit
+    3`` shows exit code 3; a viewer is shown the refusal. No CSP violation on the way
+    (xterm's <style> rules go to constructable stylesheets, js/terminal.js)."""
+    from playwright.sync_api import expect
+
+    make_node("term-a")
+    viewer = controller.api().post("/api/v1/tokens", json={
+        "role": "viewer", "name": "watcher", "ttl_s": 600}).json()["token"]
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if (
+        msg.type == "error" and "Content Security Policy" in msg.text) else None)
+    sign_in(page, controller)
+    row = page.locator('[data-node-id="term-a"]')
+    expect(row).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
+    row.locator("a[href]").click()
+
+    state = page.locator("[data-terminal-state]")
+    host = page.locator(".terminal-host")
+    screen = host.locator(".xterm-rows")
+    with page.expect_websocket(lambda ws: ws.url.endswith("/term-a/shell")) as opened:
+        page.locator('[data-terminal="open"]').click()
+    shell_ws = opened.value
+    expect(state).to_have_attribute("data-terminal-state", "open", timeout=WAIT_MS)
+
+    def run(line: str) -> None:
+        host.click()  # focus xterm's input
+        page.keyboard.type(line)
+        page.keyboard.press("Enter")
+
+    run("echo web-$((40+2))")
+    expect(screen).to_contain_text("web-42", timeout=WAIT_MS)
+
+    # The remote pty has the browser's size, and follows the window when it shrinks.
+    size = host.get_attribute("data-size")
+    assert size and re.fullmatch(r"\d+x\d+", size), size
+    run("stty size | tr ' ' x")
+    expect(screen).to_contain_text(size, timeout=WAIT_MS)
+    page.set_viewport_size({"width": 900, "height": 640})
+    expect(host).not_to_have_attribute("data-size", size, timeout=WAIT_MS)
+    smaller = host.get_attribute("data-size")
+    assert smaller and re.fullmatch(r"\d+x\d+", smaller), smaller
+    run("stty size | tr ' ' x")
+    expect(screen).to_contain_text(smaller, timeout=WAIT_MS)
+    shoot(page, tmp_path, "terminal")
+
+    # Idle, the page pings on its own (the keepalive), and the shell still answers after.
+    with shell_ws.expect_event("framesent", predicate=lambda p: '"t":"ping"' in str(p),
+                               timeout=15_000):
+        pass
+    run("echo still-$((6*7))")
+    expect(screen).to_contain_text("still-42", timeout=WAIT_MS)
+
+    run("exit 3")
+    expect(state).to_have_attribute("data-terminal-state", "exited", timeout=WAIT_MS)
+    expect(state).to_have_attribute("data-exit-code", "3")
+    expect(page.locator(".webterm")).to_contain_text("exit code 3")
+
+    # A viewer may look but not open a shell: the refusal is shown, nothing breaks.
+    watcher = context.new_page()
+    watcher.on("pageerror", lambda exc: errors.append(str(exc)))
+    watcher.goto(controller.url + "/#/node/term-a")
+    watcher.locator("input[type=password]").fill(viewer)
+    watcher.get_by_role("button", name="Sign in").click()
+    watcher.locator('[data-terminal="open"]').click()
+    refused = watcher.locator("[data-terminal-state]")
+    expect(refused).to_have_attribute("data-terminal-state", "refused", timeout=WAIT_MS)
+    expect(watcher.locator(".webterm")).to_contain_text(re.compile("4403|forbidden"))
+    assert not errors, errors
+    context.close()

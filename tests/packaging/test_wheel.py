@@ -74,6 +74,11 @@ def test_the_wheel_ships_every_package_and_its_commands_run(tmp_path: Path) -> N
     static = {str(p.relative_to(ROOT / "controller")) for p in
               (ROOT / "controller" / "web" / "static").rglob("*") if p.is_file()}
     assert {f"tether/controller/{rel}" for rel in static} <= set(names)  # the dashboard
+    xterm = "tether/controller/web/static/vendor/xterm/"  # the web terminal, vendored
+    assert {xterm + rel for rel in ("README.md", "xterm/lib/xterm.mjs", "xterm/css/xterm.css",
+                                    "xterm/LICENSE", "xterm/package.json",
+                                    "addon-fit/lib/addon-fit.mjs", "addon-fit/LICENSE",
+                                    "addon-fit/package.json")} <= set(names)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,

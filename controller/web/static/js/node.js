@@ -12,6 +12,7 @@ import { Spark } from "./chart.js";
 import { h, replace, setText } from "./dom.js";
 import { ago, bytes, ms, parseTime, text } from "./format.js";
 import { SplitError, split } from "./shlex.js";
+import { WebTerminal } from "./terminal.js";
 
 const MONITOR_KEEP = 20; // packets per topic kept on the page
 const MONITOR_SHOW = 5;
@@ -24,6 +25,40 @@ function section(title, ...children) {
 
 function kv(pairs) {
   return h("dl", { class: "kv" }, pairs.map(([k, v]) => [h("dt", null, k), h("dd", null, v)]));
+}
+
+/** The web terminal's card (js/terminal.js): Open starts a shell on the node (operator
+ * or admin; a viewer sees the refusal), Close hangs it up; leaving the page closes it. */
+function terminalPanel(live, nodeId) {
+  const host = h("div", { class: "terminal-host", hidden: true });
+  const state = h("span", { class: "badge cmd", dataset: { terminalState: "idle" } }, "idle");
+  const detail = h("span", { class: "muted" });
+  const openBtn = h("button", { type: "button", class: "primary", dataset: { terminal: "open" } }, "Open terminal");
+  const closeBtn = h("button", { type: "button", disabled: true, dataset: { terminal: "close" } }, "Close");
+  let session = null;
+  function show(value, text, extra) {
+    state.dataset.terminalState = value;
+    state.className = `badge cmd term-${value}`;
+    setText(state, value);
+    setText(detail, text || "");
+    if (extra && extra.exit_code !== undefined && extra.exit_code !== null) state.dataset.exitCode = String(extra.exit_code);
+    const live = value === "loading" || value === "connecting" || value === "open";
+    openBtn.disabled = live;
+    closeBtn.disabled = !live;
+  }
+  openBtn.addEventListener("click", () => {
+    if (session) session.dispose();
+    delete state.dataset.exitCode;
+    host.hidden = false;
+    replace(host);
+    session = new WebTerminal(host, nodeId, live.opts.token, show);
+    session.start();
+  });
+  closeBtn.addEventListener("click", () => session && session.close());
+  const el = h("section", { class: "card wide webterm" }, h("h2", null, "Terminal"),
+    h("div", { class: "console-bar" }, state, detail, h("span", { class: "spacer" }), openBtn, closeBtn),
+    host);
+  return { el, close: () => { if (session) session.dispose(); session = null; } };
 }
 
 export function mountNode(root, live, nodeId) {
@@ -61,6 +96,7 @@ export function mountNode(root, live, nodeId) {
   const form = h("form", { class: "console-form", on: { submit: (ev) => { ev.preventDefault(); runCommand(); } } },
     h("span", { class: "prompt" }, "$"), argv, h("button", { type: "submit", class: "primary" }, "Run"));
 
+  const terminal = terminalPanel(live, nodeId);
   replace(root,
     h("div", { class: "toolbar" },
       h("a", { href: "#/", class: "back" }, "← Fleet"),
@@ -74,6 +110,7 @@ export function mountNode(root, live, nodeId) {
         form,
         h("div", { class: "console-bar" }, cmdState, cmdInfo, h("span", { class: "spacer" }), pauseBtn, resumeBtn, cancelBtn),
         output),
+      terminal.el,
       section("Apps", apps),
       section("Monitor", monitor),
       section("Recent commands", commands),
@@ -358,6 +395,7 @@ export function mountNode(root, live, nodeId) {
   const ticker = setInterval(() => setText(since, sinceMs ? `for ${ago(sinceMs)}` : ""), 1000);
   return () => {
     clearInterval(ticker);
+    terminal.close();
     if (monitorFrame) cancelAnimationFrame(monitorFrame);
   };
 }
