@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tether.protocol.errors import Conflict, InvalidRequest, NotFound, TetherError
+from tether.protocol.errors import Conflict, InvalidRequest, NotFound, StoreError, TetherError
 from tether.protocol.frames import TERMINAL_STATES
 
 from ..domain.jobs import (
@@ -256,6 +256,7 @@ class JobDriver:
         self._wake = asyncio.Event()
         self._seen: dict[str, dict[str, tuple[str | None, str]]] = {}
         self._cancel_asked: dict[str, set[str]] = {}
+        self._store_down = False  # the last tick found the store unavailable (logged once)
         self.ticks_total = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -287,8 +288,17 @@ class JobDriver:
                 continue
             try:
                 await self.tick()
+            except StoreError as exc:
+                if exc.code != "unavailable":
+                    logger.exception("job driver tick failed; the next one retries")
+                elif not self._store_down:  # once per outage, without a traceback
+                    logger.warning("job driver waits: the store is unavailable",
+                                   extra={"detail": exc.message})
+                self._store_down = exc.code == "unavailable"
             except Exception:
                 logger.exception("job driver tick failed; the next one retries")
+            else:
+                self._store_down = False
 
     async def tick(self) -> None:
         """One pass over the unfinished jobs (see the class)."""
