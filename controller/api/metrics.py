@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -27,6 +27,9 @@ from starlette.routing import Route
 from ..services.metrics import EdgeCounters
 from ..services.probe import StoreFigures
 from .routes import ApiServices, _operator
+
+# The classic text format every Prometheus version scrapes (generate_latest writes it)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _USAGE_METRICS = (  # (metric, node_usage key, counter?)
     ("tether_store_kept_items", "items", False),
@@ -159,8 +162,9 @@ class ScrapeCollector(Collector):
             yield _by_label(GaugeMetricFamily(
                 "tether_nodes", "Enrolled nodes by liveness (all replicas)",
                 labels=["liveness"]), figures.nodes_by_liveness)
-        # the store's budgets per ``what`` ('events', 'logs', 'node_logs'), summed over nodes
-        for name, key, counter in _USAGE_METRICS if figures.usage else ():
+        # the store's budgets per ``what`` ('events', 'logs', 'node_logs'), summed over nodes:
+        # typed from the start, with a sample per budget once a node has used it
+        for name, key, counter in _USAGE_METRICS:
             family = (CounterMetricFamily if counter else GaugeMetricFamily)(
                 name, "Store budgets (store/quotas.py), summed over nodes", labels=["what"])
             for what, row in sorted(figures.usage.items()):
@@ -195,7 +199,7 @@ async def metrics(request: Request) -> Response:
     if svc.require_token:
         await _operator(request)
     svc.collector.figures = await svc.api.store_figures.get()
-    return Response(generate_latest(svc.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(svc.registry), media_type=CONTENT_TYPE)
 
 
 ROUTES = [Route("/metrics", metrics, methods=["GET"])]
