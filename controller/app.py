@@ -25,6 +25,7 @@ from tether.protocol.errors import StoreError
 
 from .api import jobs as api_jobs
 from .api import metrics as api_metrics
+from .api import openapi as api_openapi
 from .api import routes as api
 from .browser import BrowserServices, browser_endpoint
 from .config import ControllerConfig
@@ -297,6 +298,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         *api.ROUTES,
         *api_jobs.ROUTES,
         *api_metrics.ROUTES,
+        *api_openapi.ROUTES,
     ]
     app = Starlette(routes=routes, lifespan=_lifespan,
                     exception_handlers=api.EXCEPTION_HANDLERS)
