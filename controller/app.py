@@ -321,6 +321,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         replica_id=ctl.replica_id)
     app.state.metrics = api_metrics.MetricsServices.build(
         ctl.metrics, api=app.state.api, edge=ctl.gateway.services.counters,
+        ws=app.state.browser.counters,
         outbox_frames=ctl.gateway.outbox_frames,
         require_token=config.metrics_require_token)
     app.state.jobs = ctl.jobs

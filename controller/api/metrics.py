@@ -24,9 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..services.metrics import EdgeCounters
+from tether.protocol.errors import AuthError
+
+from ..services.metrics import EdgeCounters, WsCounters
 from ..services.probe import StoreFigures
-from .routes import ApiServices, _operator
+from .routes import ApiServices
 
 # The classic text format every Prometheus version scrapes (generate_latest writes it)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -60,10 +62,11 @@ class ScrapeCollector(Collector):
     """Samples read when scraped from the services' own counters (no I/O: the store's
     figures are the last :attr:`figures` the route read, see :func:`metrics`)."""
 
-    def __init__(self, api: ApiServices, edge: EdgeCounters,
+    def __init__(self, api: ApiServices, edge: EdgeCounters, ws: WsCounters,
                  outbox_frames: Callable[[], tuple[int, int]]) -> None:
         self._api = api
         self._edge = edge
+        self._ws = ws
         self._outbox_frames = outbox_frames
         self.figures = StoreFigures(up=False)
 
@@ -84,6 +87,11 @@ class ScrapeCollector(Collector):
                      len(ctl.presence))
         yield _gauge("tether_ws_subscribers", "/ws clients subscribed on this replica",
                      bus.subscribers)
+        yield _gauge("tether_ws_clients", "/ws clients connected to this replica",
+                     self._ws.clients)
+        yield _by_label(CounterMetricFamily(
+            "tether_ws_closed_total", "/ws connections closed, by close code (4429: too slow)",
+            labels=["code"]), self._ws.closed)
         yield _counter("tether_ws_cut_off_total",
                        "/ws clients dropped for being slow (queue overflow, 4429)",
                        bus.cut_off_total)
@@ -183,13 +191,23 @@ class MetricsServices:
 
     @classmethod
     def build(cls, registry: CollectorRegistry, *, api: ApiServices, edge: EdgeCounters,
-              outbox_frames: Callable[[], tuple[int, int]],
+              ws: WsCounters, outbox_frames: Callable[[], tuple[int, int]],
               require_token: bool = False) -> MetricsServices:
         """Register the scrape collector in ``registry`` (once per process)."""
-        collector = ScrapeCollector(api, edge, outbox_frames)
+        collector = ScrapeCollector(api, edge, ws, outbox_frames)
         registry.register(collector)
         return cls(registry=registry, collector=collector, api=api,
                    require_token=require_token)
+
+
+async def _any_operator(request: Request, api: ApiServices) -> None:
+    """Raise 401 unless the request carries a valid operator token, whatever its role (a
+    scraper's least token: with roles, a viewer's)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or \
+            await api.store.operator_role(token.strip()) is None:
+        raise AuthError("/metrics needs an operator token here (--metrics-require-token): "
+                        "send 'Authorization: Bearer <token>'", code="unauthorized")
 
 
 async def metrics(request: Request) -> Response:
@@ -197,7 +215,7 @@ async def metrics(request: Request) -> Response:
     without a valid operator token when ``--metrics-require-token`` is set."""
     svc: MetricsServices = request.app.state.metrics
     if svc.require_token:
-        await _operator(request)
+        await _any_operator(request, svc.api)
     svc.collector.figures = await svc.api.store_figures.get()
     return Response(generate_latest(svc.registry), media_type=CONTENT_TYPE)
 

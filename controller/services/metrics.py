@@ -80,6 +80,19 @@ class EdgeCounters:
             buckets=APPLY_BUCKETS, registry=registry)
 
 
+class WsCounters:
+    """``/ws`` clients of this process: ``clients`` connected now (past the sub-protocol
+    check), and ``closed`` by :func:`code_label` of the close code sent (4429: a slow client
+    dropped, its queue overflowed or a send waited too long; 4401 a bad token; 4403 a
+    foreign origin; 1006 the client went away)."""
+
+    __slots__ = ("clients", "closed")
+
+    def __init__(self) -> None:
+        self.clients = 0
+        self.closed: defaultdict[str, int] = defaultdict(int)
+
+
 class CommandLatency:
     """The command latency histograms; the store calls :meth:`delivered` and :meth:`done`
     after committing the transition (store/base.py ``CommandLatencySink``), so each command

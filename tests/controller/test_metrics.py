@@ -66,6 +66,8 @@ EXPECTED_TYPES = {
     "tether_command_queued_to_delivered_seconds": "histogram",
     "tether_command_delivered_to_done_seconds": "histogram",
     "tether_ws_subscribers": "gauge",
+    "tether_ws_clients": "gauge",
+    "tether_ws_closed": "counter",
     "tether_ws_cut_off": "counter",
     "tether_dead_letters": "counter",
     "tether_store_refused_items": "counter",
@@ -177,10 +179,11 @@ async def test_a_slow_ws_client_dropped_is_counted(
     assert code == 4429
     values = await samples(api)
     assert values["tether_ws_cut_off_total"] == 1
+    assert values['tether_ws_closed_total{code="4429"}'] == 1
     assert values['tether_edge_frames_total{direction="in",type="monitor.packet"}'] == 40
 
 
-async def test_ws_clients_are_counted_while_connected(
+async def test_ws_clients_are_counted_while_connected_and_their_close_by_code(
         controller: ControllerProc, api: httpx.AsyncClient) -> None:
     url = controller.url.replace("http", "ws", 1) + "/ws"
     async with connect(url, subprotocols=["tether.v1.json"],  # type: ignore[list-item]
@@ -190,7 +193,14 @@ async def test_ws_clients_are_counted_while_connected(
         await ws.send(json.dumps({"t": "subscribe", "b": {"topics": ["nodes"]}}))
         while json.loads(await asyncio.wait_for(ws.recv(), NET_TIMEOUT_S))["t"] != "subscribed":
             pass
-        assert (await samples(api))["tether_ws_subscribers"] == 1
+        values = await samples(api)
+        assert values["tether_ws_subscribers"] == 1 and values["tether_ws_clients"] == 1
+
+    async def closed() -> bool:
+        values = await samples(api)
+        return (values["tether_ws_clients"] == 0
+                and values.get('tether_ws_closed_total{code="1000"}') == 1)
+    await eventually(closed, what="the /ws client counted as gone, closed with 1000")
 
 
 def test_metrics_require_an_operator_token_when_configured(tmp_path: Path) -> None:
