@@ -39,7 +39,10 @@ COMMAND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 # RFC 6455 codes a peer may close with, and ours (protocol/errors.py): anything else is
 # 'other', so that a node choosing codes cannot grow the number of series.
-_KNOWN_CODES = frozenset({*range(1000, 1016), *(int(c) for c in CloseCode)})
+_RFC6455_REGISTERED = 16  # 1000 to 1015
+_KNOWN_CODES = frozenset({*range(CloseCode.NORMAL_CLOSURE,
+                                 CloseCode.NORMAL_CLOSURE + _RFC6455_REGISTERED),
+                          *(int(c) for c in CloseCode)})
 
 
 def code_label(code: int | None) -> str:

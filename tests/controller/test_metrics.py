@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import connect
 
+from tether.controller.services.metrics import code_label
 from tether.protocol.frames import Frame
 
 from ..helpers import FAST, ControllerProc, metric_types, parse_metrics
@@ -219,3 +220,27 @@ def test_metrics_require_an_operator_token_when_configured(tmp_path: Path) -> No
         assert parse_metrics(allowed.text)["tether_store_up"] == 1
     finally:
         ctl.terminate()
+
+
+async def test_frame_types_and_close_codes_a_node_chooses_cannot_grow_the_series(
+        edge: Edge, enroll: Enroll, api: httpx.AsyncClient) -> None:
+    client = await edge.session(await enroll())
+    for i in range(20):  # hostile: a new type per frame
+        await client.send(Frame(t=f"made.up{i}", id=f"m{i}", b={}))
+    for _ in range(20):
+        assert (await client.recv_type("error")).b["code"] == "unknown_type"
+    await client.ws.close(code=4321)  # a close code outside the table
+
+    async def closed() -> bool:
+        return (await samples(api)).get('tether_edge_sessions_closed_total{code="other"}') == 1
+    await eventually(closed, what="the session's odd close code counted as 'other'")
+    values = await samples(api)
+    assert values['tether_edge_frames_total{direction="in",type="other"}'] == 20
+    assert not [name for name in values if "made.up" in name or "4321" in name]
+
+
+def test_a_close_code_label_is_a_known_code_none_or_other() -> None:
+    assert [code_label(c) for c in (1000, 1006, 1015, 4401, 4429, 4995)] == [
+        "1000", "1006", "1015", "4401", "4429", "4995"]
+    assert {code_label(c) for c in (999, 1016, 3000, 4000, 4321, 4999, 65535, -1)} == {"other"}
+    assert code_label(None) == "none"
