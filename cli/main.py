@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ws-max-queue", type=int, default=1024,
                        help="events queued per /ws client before a slow one is cut off")
     serve.add_argument("--ws-max-queue-bytes", type=int, default=16 << 20)
+    serve.add_argument("--metrics-require-token", action="store_true",
+                       help="GET /metrics only with a valid operator token (any role); "
+                            "open to whoever reaches the port by default")
 
     jt = nouns.add_parser("join-token", help="join tokens for enrolling nodes").add_subparsers(
         dest="verb", required=True)
@@ -422,7 +425,8 @@ def dispatch(args: argparse.Namespace) -> int:
             max_pending_evt_bytes=args.max_pending_evt_bytes,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes,
-            downlink_check_s=args.downlink_check_s))
+            downlink_check_s=args.downlink_check_s,
+            metrics_require_token=args.metrics_require_token))
     if admin_cli.handles(noun, verb):
         return admin_cli.run(args)
     if noun == "join-token":

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
@@ -26,6 +27,8 @@ from tether.protocol.errors import StoreError
 from .api import admin as admin_api
 from .api import io as io_api
 from .api import jobs as api_jobs
+from .api import metrics as api_metrics
+from .api import openapi as api_openapi
 from .api import routes as api
 from .api.auth import AuditMiddleware
 from .browser import BrowserServices, browser_endpoint
@@ -38,6 +41,7 @@ from .services.commands import CommandService
 from .services.jobs import JobDriver, JobService
 from .services.leader import Leadership
 from .services.liveness import NodeLiveness
+from .services.metrics import CommandLatency, EdgeCounters, nodes_by_liveness
 from .services.monitor import MonitorStore
 from .services.nats_bus import NatsBus
 from .services.nats_link import NatsLink, NatsUnavailable
@@ -100,6 +104,7 @@ class Controller:
     sweeper: Sweeper
     jobs: JobService
     job_driver: JobDriver  # runs while leader (services/jobs.py)
+    metrics: CollectorRegistry  # this process's own, never the global one (services/metrics.py)
 
     @property
     def shared_store(self) -> bool:
@@ -115,8 +120,10 @@ def build(config: ControllerConfig) -> Controller:
     run = RunState()
     replica_id = config.replica_id or stable_replica_id(config.replica_id_path)
     driver = make_driver(config.store, durability=config.durability)
+    metrics = CollectorRegistry()
     store = ControllerStore(driver, quotas=config.store_quotas,
-                            max_dead_letters_per_node=config.max_dead_letters_per_node)
+                            max_dead_letters_per_node=config.max_dead_letters_per_node,
+                            command_latency=CommandLatency(metrics))
     registry = SessionRegistry()
     monitor = MonitorStore(max_bytes_per_node=config.max_monitor_bytes_per_node,
                            max_bytes_total=config.max_monitor_bytes_total)
@@ -155,7 +162,8 @@ def build(config: ControllerConfig) -> Controller:
     gateway = EdgeGateway(EdgeServices(
         store=store, registry=registry, bus=bus, monitor=monitor, admission=admission,
         config=config, node_changed=liveness.node_changed, stopping=run.is_stopping,
-        controller_id=run.get_controller_id, replica_id=replica_id, router=router))
+        controller_id=run.get_controller_id, replica_id=replica_id, router=router,
+        counters=EdgeCounters(metrics)))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.node_touch_interval_s,
@@ -169,7 +177,7 @@ def build(config: ControllerConfig) -> Controller:
                       cluster=cluster, monitor=monitor, peeks=peeks, admission=admission,
                       liveness=liveness, nodes=nodes,
                       commands=commands, gateway=gateway, leadership=leadership,
-                      sweeper=sweeper, jobs=jobs, job_driver=job_driver)
+                      sweeper=sweeper, jobs=jobs, job_driver=job_driver, metrics=metrics)
 
 
 async def _open_store(ctl: Controller) -> None:
@@ -297,6 +305,8 @@ def create_app(config: ControllerConfig) -> Starlette:
         *api.ROUTES,
         *api_jobs.ROUTES,
         *admin_api.ROUTES,
+        *api_metrics.ROUTES,
+        *api_openapi.ROUTES,
         *dashboard_routes(),
     ]
     app = Starlette(routes=routes, lifespan=_lifespan,
@@ -313,11 +323,17 @@ def create_app(config: ControllerConfig) -> Starlette:
         admission=ctl.admission,
         probe=DriverProbe(ctl.store), run=ctl.run, loop_lag=ctl.sweeper,
         edge_pending=ctl.gateway.pending_bytes, durability=config.durability,
-        store_figures=CachedStoreFigures(ctl.store),
+        store_figures=CachedStoreFigures(ctl.store, count_liveness=functools.partial(
+            nodes_by_liveness, ctl.store, ctl.nodes.view)),
         is_leader=lambda: ctl.leadership.is_leader,
         nats_samples=None if ctl.cluster is None else functools.partial(
             nats_samples, ctl.cluster.link, ctl.cluster.bus, ctl.cluster.router),
         replica_id=ctl.replica_id)
+    app.state.metrics = api_metrics.MetricsServices.build(
+        ctl.metrics, api=app.state.api, edge=ctl.gateway.services.counters,
+        ws=app.state.browser.counters,
+        outbox_frames=ctl.gateway.outbox_frames,
+        require_token=config.metrics_require_token)
     app.state.jobs = ctl.jobs
     app.state.version = __version__
     return app

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -47,6 +47,7 @@ from .services.bus import EventBus
 from .services.commands import CommandService
 from .services.events import Subscriber, data_size
 from .services.jobs import JobService, job_view
+from .services.metrics import WsCounters, code_label
 from .services.nodes import NodeViews
 from .services.peek import Peeks
 from .views import command_view, log_item
@@ -105,6 +106,7 @@ class BrowserServices:
     peeks: Peeks  # a node's live session and monitor packets from the replica holding it
     config: ControllerConfig
     jobs: JobService | None = None  # the 'jobs' and 'job:<id>' topics (services/jobs.py)
+    counters: WsCounters = field(default_factory=WsCounters)  # for /metrics
 
 
 class _Close(Exception):
@@ -132,10 +134,12 @@ async def browser_endpoint(ws: WebSocket) -> None:
     await ws.accept(subprotocol=JSON_SUBPROTOCOL)
     if not _origin_allowed(ws, controller.config.allowed_origins):
         await ws.close(CloseCode.FORBIDDEN, "origin not allowed")
+        controller.counters.closed[code_label(CloseCode.FORBIDDEN)] += 1
         return
     sub = Subscriber(max_queue=controller.config.ws_max_queue,
                      max_bytes=controller.config.ws_max_queue_bytes)
     sending = asyncio.Lock()  # held by the pusher per event and by a snapshot while sent
+    controller.counters.clients += 1
     try:
         caller, token = await _hello(ws, controller)
         await _send(ws, Frame(t="welcome", b={"role": caller.role}))
@@ -156,6 +160,8 @@ async def browser_endpoint(ws: WebSocket) -> None:
         code, reason = CloseCode.CONNECTION_LOST, "connection lost"
     finally:
         controller.bus.unsubscribe(sub)
+        controller.counters.clients -= 1
+    controller.counters.closed[code_label(code)] += 1
     if ws.application_state != WebSocketState.DISCONNECTED:
         # Bounded: a client that does not read would hold the close (and this task) forever.
         with contextlib.suppress(Exception):

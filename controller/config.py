@@ -66,6 +66,9 @@ class ControllerConfig:
     allowed_origins: tuple[str, ...] = ()
     ws_max_queue: int = 1024  # events queued per /ws client before it is cut off (4429)
     ws_max_queue_bytes: int = 16 << 20  # and bytes
+    # GET /metrics: open to whoever reaches the port (scrapers), or only with a valid
+    # operator token of any role (docs/security.md)
+    metrics_require_token: bool = False
 
     @property
     def store_quotas(self) -> StoreQuotas:

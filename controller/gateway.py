@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Message
@@ -78,6 +78,7 @@ from .config import ControllerConfig
 from .services.admission import Admission
 from .services.bus import EventBus
 from .services.events import data_size
+from .services.metrics import EdgeCounters, code_label
 from .services.monitor import MonitorStore
 from .services.presence import SessionSnapshot
 from .services.registry import SessionRegistry
@@ -156,6 +157,8 @@ class EdgeServices:
     replica_id: str | None = None  # this replica's, recorded with each session it opens
     # tells the replica whose session a hello here superseded to close it (4409)
     router: Router | None = None
+    # frames, sessions and handshakes counted for /metrics (services/metrics.py)
+    counters: EdgeCounters = field(default_factory=EdgeCounters)
 
 
 class EdgeGateway:
@@ -171,6 +174,13 @@ class EdgeGateway:
         conns = self.connections
         return (sum(c.pending_evt_bytes for c in conns),
                 sum(c.pending_log_bytes for c in conns))
+
+    def outbox_frames(self) -> tuple[int, int]:
+        """Over this process's sessions: (class A frames the nodes report unacked in their
+        outboxes, as of their last heartbeat; downlink frames sent and not yet acked)."""
+        conns = self.connections
+        return (sum(c.outbox.get("depth") or 0 for c in conns),
+                sum(c.core.cmd.sent - c.core.cmd.acked for c in conns))
 
     async def close_sessions(self) -> None:
         """Close every edge session with 1001 and wait (5 s at most) until each has
@@ -255,7 +265,7 @@ class EdgeConnection:
     Slotted: 10,000 idle sessions are 10,000 of these, and a ``__dict__`` of ~40 entries
     costs about 2 KiB each."""
 
-    __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_hello",
+    __slots__ = ("_apply_task", "_downlink_again", "_downlink_task", "_evt_first_mono", "_hello",
                  "_idle_deadline", "_msg_bytes", "_note_task",
                  "_pending_errors", "_remote_code", "_room", "_send_lock", "_sending",
                  "_superseded", "_tg",
@@ -293,6 +303,7 @@ class EdgeConnection:
         # Their bytes as they arrived on the wire (a batch's bytes spread over its frames):
         # the read loop parks past max_pending_evt_frames or max_pending_evt_bytes.
         self.pending_evt_bytes = 0
+        self._evt_first_mono = 0.0  # when the first of pending_evt arrived (apply latency)
         self._msg_bytes = 0  # the size of the WebSocket message being handled, per frame
         # class C: stored by the apply task before any evt frame that came after them
         self.pending_logs: list[LogChunk] = []
@@ -403,9 +414,15 @@ class EdgeConnection:
         else:
             core.closed(close.code, close.reason, by_peer=False)
         effects = core.take_effects()
+        counters = self.svc.counters
         for effect in effects:
             if isinstance(effect, Close):
                 await self._close_ws(effect.code, effect.reason)
+                if self.session_id is None and effect.code != CloseCode.NORMAL_CLOSURE:
+                    # refused before a welcome (1000: the node left before its hello)
+                    counters.handshakes_refused[code_label(effect.code)] += 1
+            elif self.session_id is not None:
+                counters.sessions_closed[code_label(effect.code)] += 1
         if self.node_id:
             self.svc.registry.release(self.node_id, self)
         for effect in effects:
@@ -489,6 +506,7 @@ class EdgeConnection:
                 await self._send_bytes(data)
         except (_Close, TimeoutError):
             return False
+        self.svc.counters.frames_out[frame.t] += 1
         return True
 
     def snapshot(self) -> SessionSnapshot:
@@ -556,6 +574,7 @@ class EdgeConnection:
 
     async def _send(self, frame: Frame) -> None:
         await self._send_bytes(encode_msgpack(frame, max_frame_bytes=self.max_frame))
+        self.svc.counters.frames_out[frame.t] += 1
 
     async def _await_hello(self) -> Frame | None:
         """The first frame, an ``edge.hello`` by its type, or None when the peer closed
@@ -589,6 +608,7 @@ class EdgeConnection:
             actions = ()
         if Action.VERIFY_HELLO not in actions:  # anything but a hello first (handshake.py)
             raise _Close(CloseCode.PROTOCOL_ERROR, f"expected edge.hello first, got {frame.t!r}")
+        self.svc.counters.frames_in[frame.t] += 1
         return frame
 
     def _frame_from(self, msg: Message) -> Frame | None:
@@ -682,6 +702,8 @@ class EdgeConnection:
             stale_after_s=th.stale_after_s, offline_after_s=th.offline_after_s,
             max_frame=self.max_frame, max_batch=MAX_BATCH_FRAMES).frame())
         self._downlink_again = True  # the steady state's first pass replays from the cursor
+        self.svc.counters.sessions_opened += 1
+        self.svc.counters.sessions_resumed += opened.resumed
         logger.info("edge session opened", extra={
             "node_id": self.node_id, "session_id": self.session_id, "resumed": self.resumed,
             "remote": self.remote})
@@ -744,8 +766,15 @@ class EdgeConnection:
         except RemoteProtocolError as exc:
             raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
         if actions is HANDLE:
-            await _HANDLERS.get(frame.t, _unhandled)(self, frame)
+            handler = _HANDLERS.get(frame.t)
+            if handler is not None:  # the one count per frame (services/metrics.py)
+                self.svc.counters.frames_in[frame.t] += 1
+                await handler(self, frame)
+            else:
+                self.svc.counters.frames_in["other"] += 1
+                await _unhandled(self, frame)
         elif Action.CLOSE_NORMAL in actions:
+            self.svc.counters.frames_in[frame.t] += 1
             await self._flush_evt()
             raise _Close(CloseCode.NORMAL_CLOSURE, "goodbye")
 
@@ -894,6 +923,8 @@ class EdgeConnection:
                          f"{frame.t!r} must travel on stream 'evt' with a sequence")
         verdict = self.core.evt.classify(frame.q)
         if verdict is Verdict.APPLY:
+            if not self.pending_evt:  # the batch's first frame: its latency starts here
+                self._evt_first_mono = self.last_frame_mono
             body: Body | Poisoned
             try:
                 body = parse_body(frame)
@@ -953,6 +984,7 @@ class EdgeConnection:
         # behind, and a chunk that arrives while these are stored arrived after this batch.
         chunks, self.pending_logs = self.pending_logs, []
         batch, self.pending_evt = self.pending_evt, []
+        first_mono = self._evt_first_mono
         self.pending_log_bytes = self.pending_evt_bytes = 0
         self._release_reader()
         try:
@@ -971,6 +1003,7 @@ class EdgeConnection:
         except BaseException:
             self.core.evt.rollback()
             raise
+        self.svc.counters.apply_seconds.observe(time.monotonic() - first_mono)
         evt = self.core.evt
         evt.committed(batch[-1][0].q or 0)
         await self._send(Ack(acks={EVT_STREAM: evt.applied}).frame())
@@ -1019,6 +1052,7 @@ class EdgeConnection:
                 break
             core.cmd_sending(q)  # before the send: the node may ack it before this returns
             await self._send_bytes(data)
+            self.svc.counters.frames_out["cmd.deliver"] += 1
         if (core.cmd_sent_to_store() is not None and self._tg is not None
                 and (self._note_task is None or self._note_task.done())):
             self._note_task = self._tg.create_task(self._note_run(), name="edge-note-sent")

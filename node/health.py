@@ -1,10 +1,12 @@
 """The runtime's loopback status endpoints: ``/healthz`` (the process answers),
-``/readyz`` (200 when ready, 503 with the reasons otherwise), ``/status`` (everything)."""
+``/readyz`` (200 when ready, 503 with the reasons otherwise), ``/status`` (everything),
+``/metrics`` (Prometheus text, node/metrics.py)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,13 +15,21 @@ from starlette.routing import Route
 from tether.common.bodies import read_json_object
 from tether.protocol.errors import TetherError
 
+from .metrics import node_registry
+
 if TYPE_CHECKING:
     from .runtime import NodeRuntime
 
 MAX_PUBLISH_BYTES = 64 * 1024
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def health_app(runtime: NodeRuntime) -> Starlette:
+    registry = node_registry(runtime)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=METRICS_CONTENT_TYPE)
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "node_id": runtime.identity.node_id})
 
@@ -46,7 +56,7 @@ def health_app(runtime: NodeRuntime) -> Starlette:
         return JSONResponse({"seq": seq}, status_code=202)
 
     return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
-                             Route("/status", status),
+                             Route("/status", status), Route("/metrics", metrics),
                              Route("/publish", publish, methods=["POST"])])
 
 

@@ -31,8 +31,11 @@ class Incidents:
 
     max_items: int = MAX_INCIDENTS
     items: deque[dict[str, Any]] = field(default_factory=deque)
+    # every incident recorded, by class, dropped from the ring or not (node/metrics.py)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def record(self, now: float, klass: str, message: str, **fields: Any) -> None:
+        self.counts[klass] = self.counts.get(klass, 0) + 1
         if len(self.items) >= self.max_items:
             self.items.popleft()
         self.items.append({"at": now, "class": klass, "message": message, **fields})

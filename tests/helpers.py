@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 
@@ -226,8 +227,29 @@ class Api:
 
 
 def metric(text: str, name: str) -> float:
-    """The one sample of an unlabelled metric ``name`` in Prometheus text."""
-    values = [float(line.split()[1]) for line in text.splitlines()
-              if line.split()[:1] == [name]]
-    assert len(values) == 1, (name, values)
-    return values[0]
+    """The one sample ``name`` (with its labels, as :func:`parse_metrics` keys it) in
+    Prometheus text."""
+    samples = parse_metrics(text)
+    assert name in samples, (name, sorted(samples))
+    return samples[name]
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus text exposition, read by prometheus-client's own parser,
+    keyed by its name and sorted labels (``tether_x_total{code="4401"}``); each family
+    appears once."""
+    families: set[str] = set()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name not in families, f"{family.name} exposed twice"
+        families.add(family.name)
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def metric_types(text: str) -> dict[str, str]:
+    """Each family's type (counter, gauge, histogram) by its name as the parser gives it
+    (a counter's without ``_total``)."""
+    return {f.name: f.type for f in text_string_to_metric_families(text)}

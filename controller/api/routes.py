@@ -494,77 +494,6 @@ async def diag(request: Request) -> Response:
     })
 
 
-_USAGE_METRICS = (  # (metric, node_usage key, Prometheus type)
-    ("tether_store_kept_items", "items", "gauge"),
-    ("tether_store_kept_bytes", "bytes", "gauge"),
-    ("tether_store_pruned_items_total", "pruned_items", "counter"),
-    ("tether_store_pruned_bytes_total", "pruned_bytes", "counter"),
-    ("tether_store_refused_items_total", "refused_items", "counter"),
-    ("tether_store_refused_bytes_total", "refused_bytes", "counter"),
-)
-
-
-async def metrics(request: Request) -> Response:
-    """Prometheus text exposition of the controller's counters and gauges."""
-    ctl = _ctl(request)
-    # What the store holds may be missing: while the store cannot be reached, /metrics
-    # still answers with every in-memory figure and tether_store_up 0. Read at most once per
-    # few seconds (services/probe.py): /metrics needs no token.
-    figures = await ctl.store_figures.get()
-    dead_letters_total, usage = (figures.dead_letters_total if figures.up else None,
-                                 figures.usage)
-    gate, mon, bus, db = ctl.admission.hello, ctl.monitor, ctl.bus.stats(), ctl.probe.counters()
-    pending_evt_bytes, pending_log_bytes = ctl.edge_pending()
-    lines = [
-        "# TYPE tether_edge_sessions gauge", f"tether_edge_sessions {len(ctl.presence)}",
-        "# TYPE tether_ws_subscribers gauge", f"tether_ws_subscribers {bus.subscribers}",
-        "# TYPE tether_store_batches_total counter",
-        f"tether_store_batches_total {db['batches_total']}",
-        "# TYPE tether_store_writes_total counter",
-        f"tether_store_writes_total {db['writes_total']}",
-        "# TYPE tether_store_write_queue gauge", f"tether_store_write_queue {db['write_queue']}",
-        "# TYPE tether_events_published_total counter",
-        f"tether_events_published_total {bus.published_total}",
-        "# TYPE tether_store_up gauge", f"tether_store_up {int(dead_letters_total is not None)}",
-        "# TYPE tether_ws_events_unencodable_total counter",
-        f"tether_ws_events_unencodable_total {bus.unencodable_total}",
-        "# TYPE tether_ws_cut_off_total counter",
-        f"tether_ws_cut_off_total {bus.cut_off_total}",
-        "# TYPE tether_monitor_bytes gauge", f"tether_monitor_bytes {mon.bytes_total}",
-        "# TYPE tether_monitor_dropped_packets_total counter",
-        f"tether_monitor_dropped_packets_total {mon.dropped_packets_total}",
-        "# TYPE tether_monitor_dropped_bytes_total counter",
-        f"tether_monitor_dropped_bytes_total {mon.dropped_bytes_total}",
-        "# TYPE tether_prehello_waiting gauge", f"tether_prehello_waiting {gate.waiting}",
-        "# TYPE tether_prehello_expired_total counter",
-        f"tether_prehello_expired_total {gate.expired_total}",
-        "# TYPE tether_prehello_evicted_total counter",
-        f"tether_prehello_evicted_total {gate.evicted_total}",
-        "# TYPE tether_edge_pending_evt_bytes gauge",  # awaiting the store, all sessions
-        f"tether_edge_pending_evt_bytes {pending_evt_bytes}",
-        "# TYPE tether_edge_pending_log_bytes gauge",
-        f"tether_edge_pending_log_bytes {pending_log_bytes}",
-        "# TYPE tether_handshakes_refused_total counter",
-        f"tether_handshakes_refused_total {ctl.admission.refused_total}",
-    ]
-    for name, value in ctl.run.http_counters().items():
-        lines += [f"# TYPE tether_http_{name} counter", f"tether_http_{name} {value}"]
-    lines += ["# TYPE tether_leader gauge", f"tether_leader {int(ctl.is_leader())}",
-              "# TYPE tether_downlink_wakes_total counter",
-              f"tether_downlink_wakes_total {ctl.loop_lag.downlink_wakes_total}"]
-    if dead_letters_total is not None:
-        lines += ["# TYPE tether_dead_letters_total counter",
-                  f"tether_dead_letters_total {dead_letters_total}"]
-    # the store's budgets per ``what`` ('events', 'logs', 'node_logs'), summed over nodes
-    for metric, key, kind in _USAGE_METRICS if usage else ():
-        lines.append(f"# TYPE {metric} {kind}")
-        lines += [f'{metric}{{what="{what}"}} {row[key] or 0}'
-                  for what, row in sorted(usage.items())]
-    for name, kind, value in ctl.nats_samples() if ctl.nats_samples is not None else ():
-        lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
-
-
 ROUTES = [
     Route("/api/v1/health", health, methods=["GET"]),
     Route("/api/v1/join-tokens", create_join_token, methods=["POST"]),
@@ -585,6 +514,5 @@ ROUTES = [
     Route("/api/v1/commands/{command_id}/resume", control_command, methods=["POST"]),
     Route("/api/v1/commands/{command_id}/logs", command_logs, methods=["GET"]),
     Route("/api/v1/diag", diag, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
 ]
 

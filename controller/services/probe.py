@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,17 +59,22 @@ class StoreFigures:
     up: bool
     dead_letters_total: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
+    nodes_by_liveness: dict[str, int] = field(default_factory=dict)  # every node, any replica
 
 
 class CachedStoreFigures:
     """The store's figures for /metrics, read at most once per ``ttl_s`` whatever the
     scrape rate: /metrics needs no token, so without this anyone could turn requests into
     store reads. Concurrent scrapes share one read (a lock); an outage is remembered for
-    ``ttl_s`` too, so scrapes during it do not each wait for the store's timeout."""
+    ``ttl_s`` too, so scrapes during it do not each wait for the store's timeout.
+    ``count_liveness`` (services/metrics.py ``nodes_by_liveness``) is read with them."""
 
     def __init__(self, store: FigureStore, *, ttl_s: float = 2.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 count_liveness: Callable[[], Awaitable[dict[str, int]]] | None = None
+                 ) -> None:
         self._store = store
+        self._count_liveness = count_liveness
         self._ttl_s = ttl_s
         self._monotonic = monotonic
         self._lock = asyncio.Lock()
@@ -84,7 +89,9 @@ class CachedStoreFigures:
                 try:
                     self._cached = StoreFigures(
                         up=True, dead_letters_total=await self._store.dead_letters_total(),
-                        usage=await self._store.node_usage())
+                        usage=await self._store.node_usage(),
+                        nodes_by_liveness=(await self._count_liveness()
+                                           if self._count_liveness is not None else {}))
                 except StoreError as exc:
                     if exc.code != "unavailable":
                         raise

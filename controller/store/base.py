@@ -12,7 +12,8 @@ import hashlib
 import json
 import secrets
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from tether.common.sqlitedb import Database
 from tether.protocol.errors import TetherError
@@ -74,6 +75,20 @@ async def add_audit(tx: Tx, actor: str, action: str, target: str | None,
                      json.dumps(detail))
 
 
+class CommandLatencySink(Protocol):
+    """Where the store reports command transitions it committed (services/metrics.py
+    ``CommandLatency``): seconds from submitted to delivered, and from delivered to a
+    terminal status the node reported."""
+
+    def delivered(self, seconds: float) -> None: ...
+
+    def done(self, seconds: float) -> None: ...
+
+
+# ("delivered" | "done", seconds), gathered in a transaction, reported once it committed
+Latencies = list[tuple[str, float]]
+
+
 class StoreBase:
     """The driver and the budgets every part of the store works with.
 
@@ -81,7 +96,8 @@ class StoreBase:
     :class:`SqliteDriver`). Whoever built the driver opens and closes it."""
 
     def __init__(self, driver: SqlDriver | Database, *, quotas: StoreQuotas | None = None,
-                 max_dead_letters_per_node: int = 1000) -> None:
+                 max_dead_letters_per_node: int = 1000,
+                 command_latency: CommandLatencySink | None = None) -> None:
         self.driver: SqlDriver = (SqliteDriver(driver) if isinstance(driver, Database)
                                   else driver)
         # byte budgets per node and their overflow policies: store/quotas.py
@@ -89,6 +105,15 @@ class StoreBase:
         # Dead letters kept per node: the newest; older ones are deleted, and every one is
         # counted in nodes.dead_letters_total.
         self.max_dead_letters_per_node = max_dead_letters_per_node
+        self.command_latency = command_latency
+
+    def _observe(self, latencies: Sequence[tuple[str, float]]) -> None:
+        """Report the transitions a committed transaction made (never before the commit: a
+        transaction retried or rolled back must not be counted)."""
+        sink = self.command_latency
+        if sink is not None:
+            for kind, seconds in latencies:
+                (sink.delivered if kind == "delivered" else sink.done)(seconds)
 
     @staticmethod
     async def _fence(tx: Tx, node_id: str, session_id: str) -> None:

@@ -19,6 +19,7 @@ from ..domain.commands import ControlAction, control_action, delivery
 from ..domain.commands import resequence as resequence_frames
 from .base import (
     FOR_UPDATE,
+    Latencies,
     StoreBase,
     add_audit,
     add_timeline,
@@ -117,8 +118,9 @@ class CommandTransactions(StoreBase):
                 await add_timeline(tx, command_id, "rejected", now, error)
 
     async def _ack_cmd(self, tx: Tx, node_id: str, epoch: int, n: int,
-                       now: float) -> list[str]:
-        """``domain/commands.py`` Rule 4."""
+                       now: float, latencies: Latencies | None = None) -> list[str]:
+        """``domain/commands.py`` Rule 4. Each command marked delivered adds its time since
+        submission to ``latencies``."""
         applied = await tx.fetchval("SELECT applied FROM stream_cursors WHERE node_id=$1 AND "
                                     "stream='cmd' AND epoch=$2", node_id, epoch)
         if applied is None or n <= applied:
@@ -127,23 +129,31 @@ class CommandTransactions(StoreBase):
                          "stream='cmd'", n, node_id)
         await tx.execute("DELETE FROM downlink_outbox WHERE node_id=$1 AND epoch=$2 AND "
                          "q<=$3", node_id, epoch, n)
-        delivered = [str(r[0]) for r in await tx.fetch(
-            "SELECT command_id FROM commands WHERE node_id=$1 AND epoch=$2 AND q<=$3 AND "
-            "q>$4 AND state='queued' ORDER BY q", node_id, epoch, n, applied)]
+        delivered = await tx.fetch(
+            "SELECT command_id, created_at FROM commands WHERE node_id=$1 AND epoch=$2 AND "
+            "q<=$3 AND q>$4 AND state='queued' ORDER BY q", node_id, epoch, n, applied)
         done = []
-        for command_id in delivered:  # unless a status moved it on since the read
+        for row in delivered:  # unless a status moved it on since the read
+            command_id = str(row[0])
             if await tx.execute("UPDATE commands SET state='delivered', updated_at=$1 "
                                 "WHERE command_id=$2 AND state='queued'", now, command_id):
                 await add_timeline(tx, command_id, "delivered", now)
                 done.append(command_id)
+                if latencies is not None:
+                    latencies.append(("delivered", now - float(row[1])))
         return done
 
     async def ack_cmd(self, node_id: str, session_id: str, epoch: int, n: int) -> list[str]:
         """The node applied the downlink up to ``n``: drop those frames, mark delivered."""
+        latencies: Latencies = []
+
         async def fn(tx: Tx) -> list[str]:
+            latencies.clear()  # a transaction run again starts over
             await self._fence(tx, node_id, session_id)
-            return await self._ack_cmd(tx, node_id, epoch, n, wall_now())
-        return await self.driver.write(fn)
+            return await self._ack_cmd(tx, node_id, epoch, n, wall_now(), latencies)
+        delivered = await self.driver.write(fn)
+        self._observe(latencies)
+        return delivered
 
     async def downlink_after(self, node_id: str, epoch: int, after: int,
                              limit: int) -> list[tuple[int, bytes]]:

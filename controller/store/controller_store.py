@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.errors import AuthError, Conflict, NotFound, StoreError
-from tether.protocol.frames import Body, CmdStatus, Frame, NodeEvent
+from tether.protocol.frames import TERMINAL_STATES, Body, CmdStatus, Frame, NodeEvent
 
 from ..domain.commands import cmd_epoch_fits, on_status
 from ..domain.streams import evt_epoch_at_hello, from_stored, to_stored
@@ -40,6 +40,7 @@ from .auth import AuthTransactions, join_token_id, operator_token_id, purge_node
 from .base import (
     FOR_UPDATE,
     Fenced,
+    Latencies,
     add_audit,
     add_timeline,
     new_epoch,
@@ -408,7 +409,10 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
         Contract: every value in a typed body fits the store (the value rules of
         ``protocol/frames.py``), so nothing here fails because of what a peer sent.
         Cost: the batch's node events are one ``executemany`` and one budget charge."""
+        latencies: Latencies = []
+
         async def fn(tx: Tx) -> list[StatusEffect]:
+            latencies.clear()  # a transaction run again starts over
             await self._fence(tx, node_id, session_id)
             now = wall_now()
             effects: list[StatusEffect] = []
@@ -421,7 +425,8 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                                                                 peer_text(frame.k), now):
                     continue  # the key was applied before: cursor moves, effect does not
                 if isinstance(body, CmdStatus):
-                    effects.append(await self._apply_status(tx, node_id, body, now, events))
+                    effects.append(await self._apply_status(tx, node_id, body, now, events,
+                                                            latencies))
                 elif isinstance(body, NodeEvent):
                     kind, data = peer_text(body.kind), dict(body.data)
                     self._node_event(node_id, kind, data, now, events)
@@ -433,7 +438,19 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
             await self._flush(tx, node_id, events)
             await tx.execute(_MOVE_EVT_CURSOR, frames[-1][0].q, node_id)
             return effects
-        return await self.driver.write(fn)
+        applied = await self.driver.write(fn)
+        self._observe(latencies)
+        return applied
+
+    @staticmethod
+    async def _delivered_to_done(tx: Tx, command_id: str, now: float,
+                                 latencies: Latencies) -> None:
+        """The time since the command's delivery (its first ``delivered`` in the timeline,
+        which an implied delivery has just added), for a command that ends now."""
+        delivered_at = await tx.fetchval("SELECT MIN(at) FROM command_events WHERE "
+                                         "command_id=$1 AND state='delivered'", command_id)
+        if delivered_at is not None:
+            latencies.append(("done", now - float(delivered_at)))
 
     async def _dead_letter(self, tx: Tx, node_id: str, frame: Frame, poison: Poisoned,
                            now: float) -> None:
@@ -477,12 +494,14 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
         return await self.driver.write(fn)
 
     async def _apply_status(self, tx: Tx, node_id: str, st: CmdStatus, now: float,
-                            events: EventBatch) -> StatusEffect:
+                            events: EventBatch, latencies: Latencies) -> StatusEffect:
         """``domain/commands.py`` Rule 1. The move is a compare-and-set on the state that
         was read: when another transaction (a replica's control action) changed the
-        command in between, the decision is made again on what it committed."""
+        command in between, the decision is made again on what it committed. The
+        transitions it makes (delivered, implied; delivered to terminal) go to
+        ``latencies``."""
         for _ in range(_MAX_STATUS_RETRIES):
-            row = await tx.fetchrow("SELECT state, node_id FROM commands WHERE "
+            row = await tx.fetchrow("SELECT state, node_id, created_at FROM commands WHERE "
                                     "command_id=$1", peer_text(st.command_id))
             if row is None or row["node_id"] != node_id:
                 self._node_event(node_id, "status.unknown_command",
@@ -504,6 +523,9 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                     st.command_id, row["state"]):
                 if decision.implied_delivered:
                     await add_timeline(tx, st.command_id, "delivered", now, "implied by status")
+                    latencies.append(("delivered", now - float(row["created_at"])))
+                if st.state in TERMINAL_STATES and self.command_latency is not None:
+                    await self._delivered_to_done(tx, st.command_id, now, latencies)
                 await add_timeline(tx, st.command_id, st.state, now, opt_peer_text(st.error))
                 return StatusEffect(st.command_id, st.state, applied=True)
         raise StoreError(f"command {st.command_id} kept changing while a status was applied",

@@ -14,7 +14,7 @@ import pytest
 
 from tether.protocol.frames import Frame
 
-from ..helpers import FAST, ControllerProc
+from ..helpers import FAST, ControllerProc, parse_metrics
 from .conftest import NET_TIMEOUT_S, Edge, Identity, eventually
 from .test_poison import acks_and_errors
 
@@ -40,24 +40,6 @@ def controller(tmp_path: Path) -> Iterator[ControllerProc]:
         yield ctl
     finally:
         ctl.terminate()
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text: every sample by its name (with labels), each name typed once."""
-    samples: dict[str, float] = {}
-    typed: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            name, kind = line.split()[2:4]
-            assert name not in typed, f"{name} typed twice"
-            assert kind in ("counter", "gauge"), line
-            assert kind == "gauge" or name.endswith("_total"), line
-            typed.add(name)
-        elif line:
-            name, value = line.rsplit(" ", 1)
-            assert name.split("{")[0] in typed, f"{name} has no TYPE line"
-            samples[name] = float(value)
-    return samples
 
 
 async def metrics(api: httpx.AsyncClient) -> dict[str, float]:

@@ -13,12 +13,13 @@ import pytest
 from tether.controller import gateway
 from tether.controller.config import ControllerConfig
 from tether.controller.gateway import EdgeConnection, handles
+from tether.controller.services.metrics import EdgeCounters
 from tether.protocol.classes import EVT_STREAM, FRAME_STREAM
 from tether.protocol.frames import Frame
 
 
 def connection() -> EdgeConnection:
-    services = SimpleNamespace(config=ControllerConfig())
+    services = SimpleNamespace(config=ControllerConfig(), counters=EdgeCounters())
     return EdgeConnection(SimpleNamespace(client=None), services)  # type: ignore[arg-type]
 
 
