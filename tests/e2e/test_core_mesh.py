@@ -189,7 +189,7 @@ def test_tether_exec_streams_output_and_exits_with_the_remote_exit_code(
     assert "oops" in bad.stderr
     missing = subprocess.run(tether_cmd("exec", *env_args, "n-cli", "--", "no-such-binary-x"),
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1
+    assert missing.returncode == 127  # as a shell says it: the program is not there
     assert "not found: no-such-binary-x" in missing.stderr
     no_wait = subprocess.run(tether_cmd("exec", *env_args, "--no-wait", "n-cli", "--", "true"),
                              capture_output=True, text=True, timeout=60)
