@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -66,6 +67,14 @@ def server_unavailable(exc: ServerUnavailable) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{exc.reason} (CI runs every test: install it, see 'make sysdeps')")
     pytest.skip(exc.reason)
+
+
+def require_binary(name: str, why: str) -> str:
+    """``name``'s path; when it is missing, skip with the reason (fail under CI)."""
+    found = shutil.which(name)
+    if found is None:
+        server_unavailable(ServerUnavailable(f"{name} is not installed ({why})"))
+    return found
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

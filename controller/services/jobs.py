@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tether.protocol.errors import Conflict, InvalidRequest, NotFound, StoreError, TetherError
+from tether.protocol.errors import Conflict, InvalidRequest, NotFound, TetherError
 from tether.protocol.frames import TERMINAL_STATES
 
 from ..domain.jobs import (
@@ -52,6 +52,7 @@ from ..store.records import NodeRecord
 from ..views import iso
 from .bus import EventBus
 from .commands import CommandService
+from .failures import RoundFailures
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,9 @@ class JobDriver:
         self._wake = asyncio.Event()
         self._seen: dict[str, dict[str, tuple[str | None, str]]] = {}
         self._cancel_asked: dict[str, set[str]] = {}
-        self._store_down = False  # the last tick found the store unavailable (logged once)
+        self._failures = RoundFailures(
+            logger, failed="job driver tick failed; the next one retries",
+            store_down="job driver waits: the store is unavailable")
         self.ticks_total = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -288,17 +291,10 @@ class JobDriver:
                 continue
             try:
                 await self.tick()
-            except StoreError as exc:
-                if exc.code != "unavailable":
-                    logger.exception("job driver tick failed; the next one retries")
-                elif not self._store_down:  # once per outage, without a traceback
-                    logger.warning("job driver waits: the store is unavailable",
-                                   extra={"detail": exc.message})
-                self._store_down = exc.code == "unavailable"
-            except Exception:
-                logger.exception("job driver tick failed; the next one retries")
+            except Exception as exc:
+                self._failures.failed(exc)
             else:
-                self._store_down = False
+                self._failures.succeeded()
 
     async def tick(self) -> None:
         """One pass over the unfinished jobs (see the class)."""

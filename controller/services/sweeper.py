@@ -29,10 +29,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from tether.protocol.errors import StoreError
-
 from ..store.records import Touch
 from .bus import EventBus
+from .failures import RoundFailures
 from .topics import command_expired
 
 logger = logging.getLogger(__name__)
@@ -116,7 +115,9 @@ class Sweeper:
         self.loop_lag_max_ms = 0.0
         self._tick = 0
         self._touched: Touched = {}
-        self._store_down = False  # the last tick found the store unavailable (logged once)
+        self._failures = RoundFailures(
+            logger, failed="sweep failed; will retry",
+            store_down="sweep skipped: the store is unavailable; will retry")
 
     async def run(self) -> None:
         """Tick until cancelled (its owner, app.py's lifespan, cancels and awaits it)."""
@@ -129,17 +130,10 @@ class Sweeper:
             self.loop_lag_max_ms = max(self.loop_lag_max_ms, self.loop_lag_ms)
             try:
                 await self.tick()
-            except StoreError as exc:
-                if exc.code != "unavailable":
-                    logger.exception("sweep failed; will retry")
-                elif not self._store_down:  # once per outage, without a traceback
-                    logger.warning("sweep skipped: the store is unavailable; will retry",
-                                   extra={"detail": exc.message})
-                self._store_down = exc.code == "unavailable"
-            except Exception:
-                logger.exception("sweep failed; will retry")
+            except Exception as exc:
+                self._failures.failed(exc)
             else:
-                self._store_down = False
+                self._failures.succeeded()
 
     async def tick(self) -> None:
         """One sweep (the module docstring)."""

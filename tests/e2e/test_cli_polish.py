@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import require_binary
 from ..helpers import ControllerProc, NodeProc, tether_cmd, wait_until
 from .test_transport_options import self_signed
 
@@ -170,11 +170,11 @@ def test_sim_cleanup_without_url_is_a_usage_error(tmp_path: Path) -> None:
     assert sim.returncode == 2 and "--cleanup is for --url" in sim.stderr
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary")
 def test_the_docs_self_signed_recipe_has_a_subject_alt_name_the_cli_accepts(
         tmp_path: Path) -> None:
     from cryptography import x509
 
+    require_binary("openssl", "the docs' certificate recipe runs it")
     docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     recipe = docs.split("openssl req -x509", 1)[1].split("```", 1)[0]
     subprocess.run("openssl req -x509" + recipe.replace("\\\n", " "), shell=True,

@@ -5,13 +5,14 @@ this test, not an operator's boot). ``systemd-analyze verify`` checks them where
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tether.cli.main import build_parser
+
+from ..conftest import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = sorted((ROOT / "packaging" / "systemd").glob("*.service"))
@@ -44,10 +45,10 @@ def test_the_units_commands_are_tether_command_lines(unit: Path) -> None:
         build_parser().parse_args(argv[1:])  # SystemExit(2) on a flag tether lacks
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 @pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
 def test_systemd_accepts_the_unit(unit: Path) -> None:
-    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+    analyze = require_binary("systemd-analyze", "the systemd package checks the units")
+    out = subprocess.run([analyze, "verify", str(unit)], capture_output=True,
                          text=True, timeout=30)
     problems = [line for line in (out.stdout + out.stderr).splitlines()
                 if line.strip() and "is not executable" not in line]  # not installed here
