@@ -142,7 +142,11 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "command_not_running": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "command_not_paused": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "node_offline": ErrorSpec(_C.PROTOCOL_ERROR, 409),
-    "job_done": ErrorSpec(_C.PROTOCOL_ERROR, 409),  # cancel of a job that already ended
+    "job_done": ErrorSpec(_C.PROTOCOL_ERROR, 409),
+    # rtc.*: a stale or superseded negotiation_id, or an unknown peer_session_id; the
+    # message is never applied (an error frame; the session and the peer stay)
+    "rtc_stale": ErrorSpec(_C.PROTOCOL_ERROR, 409),
+    "rtc_unknown_peer": ErrorSpec(_C.PROTOCOL_ERROR, 404),  # cancel of a job that already ended
     "store_corrupt": ErrorSpec(_C.INTERNAL_ERROR, 500),
     "store_locked": ErrorSpec(_C.INTERNAL_ERROR, 500),
     "unavailable": ErrorSpec(_C.TRY_AGAIN_LATER, 503),
