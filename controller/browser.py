@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -45,12 +45,13 @@ from .config import ControllerConfig
 from .domain.roles import Caller, role_at_least
 from .services.bus import EventBus
 from .services.commands import CommandService
-from .services.events import Subscriber, data_size
+from .services.events import Event, Subscriber, data_size
 from .services.jobs import JobService, job_view
 from .services.metrics import WsCounters, code_label
 from .services.nodes import NodeViews
 from .services.peek import Peeks
 from .views import command_view, log_item
+from .wsproto import FRAME_MESSAGE, FrameWriter, frame_text, frame_writer, text_frame
 
 if TYPE_CHECKING:
     from .store.controller_store import ControllerStore
@@ -139,6 +140,9 @@ async def browser_endpoint(ws: WebSocket) -> None:
     sub = Subscriber(max_queue=controller.config.ws_max_queue,
                      max_bytes=controller.config.ws_max_queue_bytes)
     sending = asyncio.Lock()  # held by the pusher per event and by a snapshot while sent
+    writer = frame_writer(ws.scope)
+    if writer is not None:
+        sub.direct = _deliver_now(writer, sending)
     controller.counters.clients += 1
     try:
         caller, token = await _hello(ws, controller)
@@ -176,6 +180,23 @@ async def _send(ws: WebSocket, frame: Frame) -> None:
     try:
         async with asyncio.timeout(SEND_TIMEOUT_S):
             await ws.send_text(text)
+    except TimeoutError:  # a client that does not read is too slow (§9): 4429
+        raise _Close(CloseCode.RATE_LIMITED,
+                     "client is not reading: too slow; reconnect and resubscribe") from None
+
+
+async def _send_frame(ws: WebSocket, frame: bytes) -> None:
+    """Send one WebSocket frame built by :func:`text_frame` (shared by every subscriber of
+    an event), straight to the server when it takes whole frames, else as its text."""
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            if frame_writer(ws.scope) and ws.application_state == WebSocketState.CONNECTED:
+                try:
+                    await ws._send({"type": FRAME_MESSAGE, "frame": frame})
+                except OSError:
+                    raise WebSocketDisconnect(code=1006) from None
+            else:
+                await ws.send_text(frame_text(frame))
     except TimeoutError:  # a client that does not read is too slow (§9): 4429
         raise _Close(CloseCode.RATE_LIMITED,
                      "client is not reading: too slow; reconnect and resubscribe") from None
@@ -263,6 +284,32 @@ async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
                 "code": "unknown_type", "message": f"frame type {frame.t!r} is not handled"}))
 
 
+def _event_wire(event: Event) -> bytes:
+    """The event's /ws frame, built by the first subscriber that sends it and shared by
+    the rest. Raises LocalProtocolError for an event that cannot be a frame."""
+    if event.wire is None:
+        event.wire = text_frame(encode_json(Frame(t="event", b={
+            "topic": event.topic, "kind": event.kind, "data": event.data,
+            "at_ms": round(event.at_ms, 3)})))
+    return event.wire
+
+
+def _deliver_now(writer: FrameWriter, sending: asyncio.Lock) -> Callable[[Event], bool]:
+    """The subscriber's fast path (``Subscriber.direct``): the publisher writes the event
+    to the client at once while nothing else is being sent on the connection (``sending``
+    free: no snapshot or earlier event in progress, so the order holds) and its transport
+    takes more; otherwise False and the event is queued for the pusher, which also owns
+    the unencodable case."""
+    def deliver(event: Event) -> bool:
+        if sending.locked():
+            return False
+        try:
+            return writer.write_frame(_event_wire(event))
+        except Exception:  # never the publisher's problem: queue it instead
+            return False
+    return deliver
+
+
 async def _push(ws: WebSocket, bus: EventBus, sub: Subscriber, sending: asyncio.Lock
                 ) -> None:
     while True:
@@ -272,13 +319,13 @@ async def _push(ws: WebSocket, bus: EventBus, sub: Subscriber, sending: asyncio.
                          "event queue overflowed: client too slow; reconnect and resubscribe")
         async with sending:
             try:
-                await _send(ws, Frame(t="event", b={"topic": event.topic, "kind": event.kind,
-                                                    "data": event.data,
-                                                    "at_ms": round(event.at_ms, 3)}))
+                wire = _event_wire(event)
             except LocalProtocolError as exc:  # one bad event must not cost the subscriber
                 bus.count_unencodable()
                 logger.warning("event skipped: it cannot be sent on /ws", extra={
                     "topic": event.topic, "kind": event.kind, "detail": exc.message[:200]})
+                continue
+            await _send_frame(ws, wire)
 
 
 def _subscribe_error(topics: object, held: set[str]) -> tuple[str, str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from tether.controller.services.events import EventHub, Subscriber, data_size
+from tether.controller.services.events import Event, EventHub, Subscriber, data_size
 
 
 def test_a_subscriber_is_cut_off_by_bytes_when_large_events_queue_up() -> None:
@@ -35,3 +35,28 @@ def test_the_size_of_an_event_is_its_json_size_and_measuring_never_raises() -> N
     assert data_size({"k": [1, 2.5, None, True]}) >= len('{"k":[1,2.5,null,true]}')
     assert data_size({"bad": math.nan}) > 0  # not plain data: charged its repr
     assert data_size({"big": 1 << 70}) > 0
+
+
+def test_a_direct_subscriber_is_served_at_once_and_queues_while_it_cannot_be() -> None:
+    """Subscriber.direct: tried only while nothing is queued (order holds); an event it
+    declines is queued, and every later one queues behind it until the queue drains."""
+    delivered: list[str] = []
+    accept = {"now": True}
+
+    def direct(event: Event) -> bool:
+        if accept["now"]:
+            delivered.append(event.kind)
+        return accept["now"]
+
+    hub = EventHub()
+    sub = Subscriber(direct=direct)
+    hub.subscribe(sub, ["t"])
+    hub.publish("t", "a", {})
+    accept["now"] = False
+    hub.publish("t", "b", {})
+    accept["now"] = True
+    hub.publish("t", "c", {})  # b is queued: c must follow it, not overtake it
+    assert delivered == ["a"]
+    assert [sub.queue.get_nowait().kind for _ in range(2)] == ["b", "c"]  # type: ignore[union-attr]
+    hub.publish("t", "d", {})  # queue drained: direct again
+    assert delivered == ["a", "d"]

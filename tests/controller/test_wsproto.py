@@ -11,7 +11,13 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tether.controller.wsproto import LeanWebSocketProtocol
+from tether.controller.wsproto import (
+    FRAME_MESSAGE,
+    LeanWebSocketProtocol,
+    frame_text,
+    frame_writer,
+    text_frame,
+)
 
 
 async def test_the_handshake_is_released_and_the_connection_still_echoes_and_closes() -> None:
@@ -53,3 +59,83 @@ async def test_the_handshake_is_released_and_the_connection_still_echoes_and_clo
     finally:
         server.should_exit = True
         await task
+
+
+async def test_prebuilt_frames_reach_the_client_in_order_with_the_ordinary_sends() -> None:
+    """A frame built once (text_frame) is written as it is, synchronously (write_frame)
+    and through the ASGI message; ordinary sends interleave in order; after the close
+    write_frame writes nothing and says so."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        writer = frame_writer(scope)
+        assert writer is not None
+        big = "x" * 70_000  # the 8-byte length form
+        seen["direct"] = writer.write_frame(text_frame("one"))
+        await send({"type": "websocket.send", "text": "two"})
+        await send({"type": FRAME_MESSAGE, "frame": text_frame(big)})
+        seen["direct2"] = writer.write_frame(text_frame("é" * 200))  # the 2-byte form
+        await send({"type": "websocket.close", "code": 1000})
+        seen["after_close"] = writer.write_frame(text_frame("late"))
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=LeanWebSocketProtocol,
+                            lifespan="off", log_level="warning", ws_per_message_deflate=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        got = []
+        async with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            try:
+                while True:
+                    got.append(await ws.recv())
+            except ConnectionClosed:
+                pass
+        assert got == ["one", "two", "x" * 70_000, "é" * 200]
+        assert seen == {"direct": True, "direct2": True, "after_close": False}
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_no_frame_writer_is_offered_on_a_compressed_connection() -> None:
+    """permessage-deflate negotiated: a prebuilt frame would be wrong on the wire, so the
+    endpoint is offered none (browser.py then sends text)."""
+    offered: list[object] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        offered.append(frame_writer(scope))
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "plain"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=LeanWebSocketProtocol,
+                            lifespan="off", log_level="warning", ws_per_message_deflate=True)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", compression="deflate") as ws:
+            assert await ws.recv() == "plain"
+        assert offered == [None]
+    finally:
+        server.should_exit = True
+        await task
+
+
+def test_frame_text_reads_back_what_text_frame_built_at_every_length_form() -> None:
+    for n in (0, 1, 125, 126, 65_535, 65_536, 200_000):
+        assert frame_text(text_frame("y" * n)) == "y" * n
