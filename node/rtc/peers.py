@@ -52,6 +52,8 @@ from aiortc.sdp import candidate_from_sdp
 from tether.protocol.errors import BadFrame
 from tether.protocol.frames import Frame
 from tether.protocol.rtc import (
+    MAX_REPORT_HISTORY,
+    MAX_REPORT_PEERS,
     RtcAnswer,
     RtcBody,
     RtcClose,
@@ -484,6 +486,7 @@ class RtcManager:
         self._tg: asyncio.TaskGroup | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._offers_made = 0
+        self.ready = asyncio.Event()  # set once run() holds its task group
 
     @property
     def tg(self) -> asyncio.TaskGroup:
@@ -497,12 +500,14 @@ class RtcManager:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                self.ready.set()
                 while True:
                     await asyncio.sleep(STATS_INTERVAL_S)
                     for peer in list(self.peers.values()):
                         await peer.refresh_stats()
         finally:
             self._tg = None
+            self.ready.clear()
             await asyncio.shield(self._close_all())
 
     async def _close_all(self) -> None:
@@ -647,3 +652,20 @@ class RtcManager:
                 "frames_total": self.frames_total,
                 "errors_total": dict(self.errors_total),
                 "history": [r.as_dict() for r in self.history]}
+
+    def report(self) -> dict[str, Any]:
+        """The ``node.rtc`` body (protocol/rtc.py ``NodeRtcReport``): the peers' state for
+        the controller, within that body's bounds."""
+        peers = []
+        for peer in list(self.peers.values())[:MAX_REPORT_PEERS]:
+            peers.append({
+                "peer_session_id": peer.peer_session_id, "remote": peer.remote,
+                "state": peer.state, "ice_state": peer.pc.iceConnectionState,
+                "candidate_pair": _pair_type(peer.pc),
+                "negotiations_total": peer.negotiations_total,
+                "connections_total": peer.connections_total,
+                "subflows": {name: {"state": f.state, "bytes_in": f.bytes_in,
+                                    "bytes_out": f.bytes_out, "errors_total": f.errors_total}
+                             for name, f in peer.subflows.items()}})
+        return {"peers": peers,
+                "history": [r.as_dict() for r in list(self.history)[-MAX_REPORT_HISTORY:]]}

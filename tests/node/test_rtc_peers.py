@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from tether.node.rtc.control import MAX_REQUEST_BYTES, CommandDispatcher
 from tether.node.rtc.ice import IceSettings, install_host_allowlist
 from tether.node.rtc.peers import RtcManager
 from tether.protocol.frames import Frame
+from tether.protocol.rtc import NodeRtcReport
 
 NODE = "n1"
 CLIENT = "client:c1"
@@ -55,9 +56,12 @@ async def until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
 class Browser:
     """The operator's end: an aiortc peer that offers, as a browser would."""
 
-    def __init__(self, manager: RtcManager, link: Link, psid: str = "p1",
-                 address: str = CLIENT) -> None:
-        self.manager, self.link, self.psid, self.address = manager, link, psid, address
+    def __init__(self, manager: RtcManager | None, link: Link, psid: str = "p1",
+                 address: str = CLIENT,
+                 deliver: Callable[[Frame], Awaitable[None]] | None = None) -> None:
+        self.link, self.psid, self.address = link, psid, address
+        assert manager is not None or deliver is not None
+        self.deliver = deliver or manager.receive  # type: ignore[union-attr]
         self.pc = RTCPeerConnection()
         self.video = self.pc.addTransceiver("video", direction="recvonly")
         self.control: RTCDataChannel = self.pc.createDataChannel("control")
@@ -86,7 +90,7 @@ class Browser:
         nid = nid if nid is not None else f"r{self.rounds}"
         await self.pc.setLocalDescription(await self.pc.createOffer())
         before = len(self.link.sent)
-        await self.manager.receive(Frame(t="rtc.offer", id=f"f{nid}", b=self.body(
+        await self.deliver(Frame(t="rtc.offer", id=f"f{nid}", b=self.body(
             nid, sdp=self.pc.localDescription.sdp, type="offer")))
         answer = await self.link.next("rtc.answer", before)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer.b["sdp"], "answer"))
@@ -149,6 +153,9 @@ async def test_control_channel_answers_diag_ping_and_the_policy_refuses_a_denied
         peer = manager.status()["peers"][0]
         assert peer["state"] == "connected" and peer["candidate_pair"] == "host"
         assert peer["subflows"]["control"]["state"] == "open"
+        report = NodeRtcReport.from_body(manager.report())
+        assert report.peers[0]["candidate_pair"] == "host"
+        assert report.peers[0]["subflows"]["control"]["bytes_in"] > 0
     finally:
         await browser.close()
 
