@@ -285,6 +285,7 @@ class Peer:
         mode). Start and stop are ``replaceTrack`` and direction changes, never a new
         connection, so the data channels stay up."""
         for transceiver in self.pc.getTransceivers():
+            _count_inbound(transceiver, self.subflows[transceiver.kind])
             offered = transceiver._offerDirection or "inactive"  # our side's best
             may_send = offered in ("sendonly", "sendrecv")
             may_receive = offered in ("recvonly", "sendrecv")
@@ -404,7 +405,8 @@ class Peer:
             sdp=pc.localDescription.sdp))
 
     async def refresh_stats(self) -> None:
-        """Bytes per media subflow from aiortc's stats (read every STATS_INTERVAL_S)."""
+        """Bytes sent per media subflow from aiortc's stats (read every STATS_INTERVAL_S;
+        bytes received are counted as they arrive, :func:`_count_inbound`)."""
         pc = self.pc
         for transceiver in pc.getTransceivers():
             flow = self.subflows.get(transceiver.kind)
@@ -414,10 +416,6 @@ class Peer:
                 sent = await transceiver.sender.getStats()
                 flow.bytes_out = sum(getattr(s, "bytesSent", 0) for s in sent.values()
                                      if s.type == "outbound-rtp")
-            with contextlib.suppress(Exception):
-                got = await transceiver.receiver.getStats()
-                flow.bytes_in = sum(getattr(s, "bytesReceived", 0) for s in got.values()
-                                    if s.type == "inbound-rtp")
 
     def status(self) -> dict[str, Any]:
         pc = self.pc
@@ -429,6 +427,23 @@ class Peer:
                 "negotiation_id": self.current, "created_at": self.created_at,
                 "last_error": self.last_error,
                 "subflows": {name: flow.as_dict() for name, flow in self.subflows.items()}}
+
+
+def _count_inbound(transceiver: RTCRtpTransceiver, flow: Subflow) -> None:
+    """Count the RTP payload bytes ``transceiver`` receives into ``flow`` (aiortc's
+    inbound stats have no byte count): its DTLS transport hands every packet to the
+    receiver's ``_handle_rtp_packet``, looked up on the instance, so a wrapper there sees
+    them all. Installed once per receiver."""
+    receiver = transceiver.receiver
+    if "_handle_rtp_packet" in vars(receiver):
+        return
+    handle = receiver._handle_rtp_packet
+
+    async def counted(packet: Any, arrival_time_ms: int) -> None:
+        flow.bytes_in += len(packet.payload)
+        await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = counted  # type: ignore[method-assign]
 
 
 def _set_direction(transceiver: RTCRtpTransceiver, send: bool, receive: bool) -> None:
