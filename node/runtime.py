@@ -357,11 +357,12 @@ class NodeRuntime:
         coalesced to one a second; refreshed each heartbeat while a peer is open). A node
         that never had a peer never sends one."""
         while True:
+            changed = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.heartbeat_s):
-                    await self._rtc_dirty.wait()
+                    changed = await self._rtc_dirty.wait()
             self._rtc_dirty.clear()
-            if self.rtc is not None and (self.rtc.peers or self.rtc.history):
+            if self.rtc is not None and (self.rtc.peers or changed):
                 await self.link.send(Frame(t="node.rtc", b=self.rtc.report()))
             self._status_dirty.set()
             await asyncio.sleep(RTC_REPORT_MIN_S)
