@@ -19,11 +19,13 @@ def add_rtc_arguments(run: argparse.ArgumentParser) -> None:
                      help="a TURN server, turn:host:port or turns:... (repeatable; env "
                           "TETHER_RTC_TURN), with --rtc-turn-username and the credential in "
                           "env TETHER_RTC_TURN_CREDENTIAL")
-    run.add_argument("--rtc-turn-username", default=os.environ.get("TETHER_RTC_TURN_USERNAME"))
+    run.add_argument("--rtc-turn-username", default=os.environ.get("TETHER_RTC_TURN_USERNAME"),
+                     help="the TURN servers' username (env TETHER_RTC_TURN_USERNAME)")
     run.add_argument("--rtc-video", default=os.environ.get("TETHER_RTC_VIDEO", "pattern"),
                      help="what the node's video sends: pattern (default), loopback, or a "
                           "file or device for aiortc's MediaPlayer")
-    run.add_argument("--max-rtc-peers", type=int, default=16)
+    run.add_argument("--max-rtc-peers", type=int, default=16,
+                     help="WebRTC peers open at once; one more is refused")
 
 
 def _listed(flags: list[str], env: str) -> list[str]:
