@@ -77,6 +77,9 @@ MAX_HISTORY = 32
 NEGOTIATE_TIMEOUT_S = 20.0  # one offer/answer step, candidate gathering included
 CLOSE_TIMEOUT_S = 10.0
 STATS_INTERVAL_S = 2.0
+# A peer whose connection failed or closed and got no new offer, or that never connected,
+# is closed (the other end told) after this long: a vanished browser frees its slot.
+LINGER_S = 60.0
 
 SendFrame = Callable[[Frame], Awaitable[bool]]
 # attach_file_channel(channel, workspace_dir): serves a ``file`` data channel
@@ -142,6 +145,7 @@ class Peer:
         self.pc = self._new_pc()
         self.subflows = new_subflows()
         self.created_at = time.time()
+        self.state_since = time.monotonic()  # when ``state`` last changed (the reaper's)
         self.negotiations_total = 0
         self.connections_total = 1
         self.current: str | int | None = None  # the round applied last
@@ -174,6 +178,7 @@ class Peer:
         self._stop_tasks()
         await _close_pc(old)
         self.connections_total += 1
+        self.state_since = time.monotonic()
         self.current = self.local_offer = None
         self.channels.clear()
         self.control = None
@@ -193,6 +198,7 @@ class Peer:
     def _on_state(self, pc: RTCPeerConnection) -> None:
         if pc is not self.pc:
             return
+        self.state_since = time.monotonic()
         if pc.connectionState == "failed":
             for flow in self.subflows.values():
                 if flow.state in ("open", "degraded"):
@@ -293,8 +299,7 @@ class Peer:
             flow = self.subflows[kind]
             if kind == "video" and may_send:
                 if transceiver.sender.track is None:
-                    transceiver.sender.replaceTrack(self.manager.video.track(
-                        self.received.get("video")))
+                    transceiver.sender.replaceTrack(self._video_track(flow))
                 flow.detail["sending"] = "pattern" if isinstance(
                     transceiver.sender.track, TestPatternTrack) else "source"
             elif kind == "audio" and may_send and self.manager.video.setting == "loopback" \
@@ -310,7 +315,17 @@ class Peer:
                     transceiver.sender.replaceTrack(None)
                 flow.detail.pop("sending", None)
             _set_direction(transceiver, may_send, may_receive)
-            flow.set("open" if may_send or may_receive else "idle")
+            if flow.state != "degraded" or not (may_send or may_receive):
+                flow.set("open" if may_send or may_receive else "idle")
+
+    def _video_track(self, flow: Subflow) -> MediaStreamTrack:
+        """The configured video, or the test pattern when the source fails (the video
+        subflow degraded with the reason; the offer is still answered)."""
+        try:
+            return self.manager.video.track(self.received.get("video"))
+        except Exception as exc:  # av/MediaPlayer: a missing file, a busy device...
+            flow.error(f"video source {self.manager.video.setting!r} failed: {exc}")
+            return TestPatternTrack()
 
     # -- negotiation --------------------------------------------------------------------
 
@@ -501,6 +516,9 @@ class RtcManager:
         self._tg: asyncio.TaskGroup | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._offers_made = 0
+        self._closing: set[Peer] = set()  # detached, their connection not closed yet
+        self.tick_s = STATS_INTERVAL_S
+        self.linger_s = LINGER_S
         self.ready = asyncio.Event()  # set once run() holds its task group
 
     @property
@@ -517,19 +535,30 @@ class RtcManager:
                 self._tg = tg
                 self.ready.set()
                 while True:
-                    await asyncio.sleep(STATS_INTERVAL_S)
+                    await asyncio.sleep(self.tick_s)
                     for peer in list(self.peers.values()):
                         await peer.refresh_stats()
+                        await self._reap(peer)
         finally:
             self._tg = None
             self.ready.clear()
             await asyncio.shield(self._close_all())
 
+    async def _reap(self, peer: Peer) -> None:
+        """Close a peer left failed, closed or never connected for ``linger_s``."""
+        state = peer.state
+        if state == "connected" or time.monotonic() - peer.state_since < self.linger_s:
+            return
+        why = (f"connection {state} and no new offer" if state in ("failed", "closed")
+               else "never connected")
+        await self.finish(peer, f"{why} within {self.linger_s:g} s", tell=True)
+
     async def _close_all(self) -> None:
-        for peer in list(self.peers.values()):
+        for peer in [*self.peers.values(), *self._closing]:
             with contextlib.suppress(Exception):
                 await _close_pc(peer.pc)
         self.peers.clear()
+        self._closing.clear()
 
     async def close(self, reason: str = "the node is stopping") -> None:
         """End every peer, telling each other end with ``rtc.close``."""
@@ -609,9 +638,9 @@ class RtcManager:
             await self.error(offer, "unavailable", f"this node has {self.max_peers} peers "
                              "open, its most; close one first", re=frame_id)
             return None
-        if old is not None:
+        if old is not None:  # closed in the background: the link's read path never waits
             await self.finish(old, f"replaced by peer session {offer.peer_session_id!r} "
-                              "from the same end")
+                              "from the same end", background=True)
         assert offer.from_ is not None
         return self._start(Peer(self, offer.peer_session_id, offer.from_, offer.node_id))
 
@@ -632,9 +661,11 @@ class RtcManager:
         await peer.offer(f"{self.node_id}-{self._offers_made}")
         return peer
 
-    async def finish(self, peer: Peer, reason: str, *, tell: bool = False) -> None:
+    async def finish(self, peer: Peer, reason: str, *, tell: bool = False,
+                     background: bool = False) -> None:
         """Close ``peer`` for good, recording ``reason``; its worker ends and its
-        connection's close is awaited (rule 6)."""
+        connection's close is awaited (rule 6), here or, with ``background``, in a task
+        of the manager's group (the peer is gone from :attr:`peers` at once either way)."""
         if self.peers.get(peer.peer_session_id) is not peer:
             return
         del self.peers[peer.peer_session_id]
@@ -647,14 +678,24 @@ class RtcManager:
                                      negotiation_id=peer.current or 0, from_=None,
                                      to=peer.remote, reason=reason[:200]))
         worker = self._workers.pop(peer.peer_session_id, None)
+        self._closing.add(peer)
+        if background:
+            self.tg.create_task(self._teardown(peer, worker),
+                                name=f"rtc-close:{peer.peer_session_id}")
+        else:
+            await self._teardown(peer, worker)
+
+    async def _teardown(self, peer: Peer, worker: asyncio.Task[None] | None) -> None:
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        elif worker is not None:
-            peer._stop_tasks()
-            await asyncio.shield(_close_pc(peer.pc))
+        peer._stop_tasks()
+        # Also when the worker never ran (cancelled before its first step): aiortc's own
+        # tasks end only with the connection.
+        await asyncio.shield(_close_pc(peer.pc))
         await peer.wait_tasks()
+        self._closing.discard(peer)
 
     def status(self) -> dict[str, Any]:
         """For /status, /metrics and the controller (bounded: at most max_peers peers

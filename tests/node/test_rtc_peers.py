@@ -283,7 +283,7 @@ async def test_a_new_peer_session_from_the_same_end_replaces_the_old_with_a_reas
         await second.negotiate()
         await connected(second)
         assert list(manager.peers) == ["p2"]
-        assert old_pc.connectionState == "closed"
+        await until(lambda: old_pc.connectionState == "closed")
         reasons = [r["reason"] for r in manager.status()["history"]
                    if r["peer_session_id"] == "p1"]
         assert reasons and "replaced by peer session 'p2'" in reasons[-1]

@@ -205,3 +205,44 @@ async def test_node_to_node_a_peer_the_node_opens_connects_with_control_and_file
         await asyncio.gather(*runners, return_exceptions=True)
         install_host_allowlist([])
 
+
+
+async def test_a_peer_left_failed_is_closed_after_the_linger_and_the_other_end_told(
+        node: tuple[RtcManager, Link]) -> None:
+    manager, link = node
+    manager.tick_s, manager.linger_s = 0.1, 0.3
+    browser = Browser(manager, link)
+    try:
+        await browser.negotiate()
+        await connected(browser)
+        await manager.peers["p1"].pc.close()  # failed, and no new offer comes
+        await until(lambda: not manager.peers)
+        close = link.of("rtc.close")[-1]
+        assert close.b["to"] == CLIENT and "no new offer within" in close.b["reason"]
+    finally:
+        await browser.close()
+
+
+async def test_a_video_source_that_fails_degrades_video_and_sends_the_pattern(
+        tmp_path: Path) -> None:
+    install_host_allowlist(["127.0.0.1"])
+    link = Link()
+    manager = RtcManager(node_id=NODE, send=link.send,
+                         video=VideoSource(str(tmp_path / "missing.mp4")),
+                         dispatcher=CommandDispatcher(policy=Policy()))
+    runner = asyncio.ensure_future(manager.run())
+    await manager.ready.wait()
+    browser = Browser(manager, link)
+    try:
+        await browser.negotiate()
+        await until(lambda: browser.frames_in >= 2)
+        video = manager.status()["peers"][0]["subflows"]["video"]
+        assert video["state"] == "degraded" and "missing.mp4" in video["last_error"]
+        assert video["sending"] == "pattern" and not link.of("error")
+        assert (await browser.ask({"id": 1, "kind": "diag.ping"}))["state"] == "succeeded"
+    finally:
+        await manager.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await browser.close()
+        install_host_allowlist([])
