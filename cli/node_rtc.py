@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 
 def add_rtc_arguments(run: argparse.ArgumentParser) -> None:
@@ -28,6 +29,11 @@ def add_rtc_arguments(run: argparse.ArgumentParser) -> None:
                      help="WebRTC peers open at once; one more is refused")
 
 
+def _usage(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)  # a usage error (STYLE.md 12)
+
+
 def _listed(flags: list[str], env: str) -> list[str]:
     return flags or [v for v in os.environ.get(env, "").split(",") if v.strip()]
 
@@ -44,9 +50,9 @@ def rtc_config(args: argparse.Namespace) -> dict[str, Any]:
         turn = tuple(check_ice_url(u.strip(), ("turn", "turns"))
                      for u in _listed(args.rtc_turn, "TETHER_RTC_TURN"))
     except IceConfigError as exc:
-        raise SystemExit(f"error: {exc.message}") from None
+        _usage(exc.message)
     if not 1 <= args.max_rtc_peers <= 1024:
-        raise SystemExit("error: --max-rtc-peers must be 1..1024")
+        _usage("--max-rtc-peers must be 1..1024")
     return {"rtc_host_addresses": hosts, "rtc_stun": stun, "rtc_turn": turn,
             "rtc_turn_username": args.rtc_turn_username,
             "rtc_turn_credential": os.environ.get("TETHER_RTC_TURN_CREDENTIAL"),

@@ -52,10 +52,9 @@ def test_node_run_reads_rtc_flags_then_the_environment(
     assert config["rtc_turn_credential"] == "s3cret"
     flags = rtc_config(_args("--rtc-host-address", "127.0.0.1"))
     assert flags["rtc_host_addresses"] == ("127.0.0.1",)
-    with pytest.raises(SystemExit, match="stun"):
+    with pytest.raises(SystemExit) as exited:
         rtc_config(_args("--rtc-stun", "http://x"))
-    with pytest.raises(SystemExit, match="not an IP"):
-        rtc_config(_args("--rtc-host-address", "eth0"))
+    assert exited.value.code == 2
 
 
 def test_ice_settings_become_aiortc_ice_servers() -> None:
