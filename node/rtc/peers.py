@@ -610,6 +610,10 @@ class RtcManager:
             await self.error(None, "bad_frame", "rtc frames reach a node with 'from' "
                              "stamped by the controller", re=frame.id)
             return
+        if self._tg is None:  # not started, or stopping: nothing may be opened or applied
+            await self.error(body, "unavailable", "this node's media plane is not running; "
+                             "try again later", re=frame.id)
+            return
         peer = self.peers.get(body.peer_session_id)
         if peer is not None and peer.remote != body.from_:
             peer = None  # rule 1: not that end's peer

@@ -320,3 +320,7 @@ async def test_shutdown_closes_every_connection_and_leaves_no_task(tmp_path: Pat
         install_host_allowlist([])
     me = asyncio.current_task()
     await until(lambda: not [t for t in asyncio.all_tasks() if t is not me])
+    n = len(link.sent)  # stopped: a late offer is refused, not a crash
+    await manager.receive(Frame(t="rtc.offer", id="late", b=browsers[0].body(
+        "late", sdp="v=0", type="offer")))
+    assert (await link.next("error", n)).b["code"] == "unavailable" and not manager.peers
