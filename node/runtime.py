@@ -31,6 +31,7 @@ from tether.protocol.frames import (
     IoSignal,
     Welcome,
 )
+from tether.protocol.rtc import RTC_BODIES
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
 
 from .apps import AppError, AppSupervisor, load_apps
@@ -103,6 +104,7 @@ class NodeRuntime:
         self.rtc: Any = None
         self._rtc_tasks: list[asyncio.Task[None]] = []
         self._rtc_dirty = asyncio.Event()
+        self.rtc_ignored_total = 0  # rtc.* frames other than the four signalling ones
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -272,8 +274,12 @@ class NodeRuntime:
                 self._note_evt_ack(n)
         elif t in IO_BODIES:
             await self._on_io(frame)
-        elif t.startswith("rtc."):
+        elif t in RTC_BODIES:
             await self._on_rtc(frame)
+        elif t.startswith("rtc."):
+            # rtc.link (a node <-> node grant) and rtc.relay belong to the file subflow's
+            # node <-> node path; a node without it ignores them (docs/protocol.md)
+            self.rtc_ignored_total += 1
         elif t == "error":
             logger.warning("controller reported an error", extra={
                 "code": frame.b.get("code"), "detail": str(frame.b.get("message"))[:200]})
