@@ -21,6 +21,7 @@ from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
 from .errors import JsonErrorParser, print_error
 from .helptext import fill_help
+from .node_rtc import add_rtc_arguments, rtc_config, rtc_lines
 from .render import human
 
 
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="loopback address for /healthz, /readyz, /status")
     run.add_argument("--status-port", type=int, default=0,
                      help="0 picks a free port (written to <state-dir>/runtime.status.url)")
+    add_rtc_arguments(run)
     for verb, help_text in (("stop", "stop the runtime and the sidecar (goodbye)"),
                             ("restart", "restart only the runtime; the session stays")):
         p = node.add_parser(verb, help=help_text)
@@ -603,7 +605,8 @@ def _node(args: argparse.Namespace, verb: str) -> int:
                                    max_concurrent=args.max_concurrent,
                                    policy_path=args.policy,
                                    status_host=args.status_host,
-                                   status_port=args.status_port))
+                                   status_port=args.status_port,
+                                   **rtc_config(args)))
     if verb == "publish":
         return op.node_publish(args)
     if verb in ("stop", "restart"):
@@ -661,6 +664,8 @@ def _print_node_status(status: dict[str, Any]) -> None:
     _line(f"outbox      {human(outbox.get('depth', 0))} unacked"
           + (f" (oldest {human(oldest)} s)" if oldest is not None else ""))
     _line(f"commands    {human(status.get('commands')) if status.get('commands') else 'none'}")
+    for text in rtc_lines(status.get("rtc")):
+        _line(text)
     for inc in (status.get("live_incidents") or [])[-5:]:
         _line(f"incident    [{inc['class']}] {inc['message']}")
     for inc in (status.get("incidents") or [])[:5]:

@@ -25,6 +25,17 @@ class NodeConfig:
     status_port: int = 0  # 0: ephemeral; the URL is written to runtime.status.url
     max_outbox: int = 100_000  # past it, new class A work is refused (queue_class_a)
     policy_path: Path | None = None  # default: <state-dir>/policy.json if it exists
+    # The media plane (node/rtc, docs/operations.md "ICE settings"): host candidates only
+    # from these addresses (empty: aioice's choice, which never offers 127.0.0.1), STUN and
+    # TURN servers, what the video transceiver sends, and the most peers at once.
+    rtc_host_addresses: tuple[str, ...] = ()
+    rtc_stun: tuple[str, ...] = ()
+    rtc_turn: tuple[str, ...] = ()
+    rtc_turn_username: str | None = None
+    rtc_turn_credential: str | None = None
+    rtc_video: str = "pattern"  # pattern | loopback | a file or device for MediaPlayer
+    max_rtc_peers: int = 16
+    workspace_path: Path | None = None  # default: <state-dir>/workspace (the file channel's)
 
     @property
     def db_path(self) -> Path:
@@ -41,6 +52,10 @@ class NodeConfig:
     @property
     def effective_policy_path(self) -> Path:
         return self.policy_path or self.state_dir / "policy.json"
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.workspace_path or self.state_dir / "workspace"
 
     @property
     def apps_path(self) -> Path:

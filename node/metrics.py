@@ -10,8 +10,9 @@ the sidecar last saw it, ``unknown`` before that).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from .runtime import NodeRuntime
 
 LINK_STATES = ("disconnected", "connecting", "connected", "stopped", "unknown")
+RTC_PEER_STATES = ("new", "connecting", "connected", "failed", "closed")
+RTC_SUBFLOWS = ("control", "file", "video", "audio")  # node/rtc/subflow.py SUBFLOWS
 
 
 class NodeCollector(Collector):
@@ -66,6 +69,43 @@ class NodeCollector(Collector):
         yield CounterMetricFamily("tether_node_monitor_dropped_total",
                                   "Monitor packets dropped over the buffer's bound",
                                   value=rt.monitor.dropped_total)
+        yield from self._rtc(rt.rtc.status() if rt.rtc is not None else {"peers": []})
+
+    @staticmethod
+    def _rtc(view: dict[str, Any]) -> Iterator[Metric]:
+        """The media plane (node/rtc): kept apart from readiness, never part of it."""
+        peers = GaugeMetricFamily("tether_node_rtc_peers", "WebRTC peers open, by state",
+                                  labels=["state"])
+        states = Counter(p["state"] for p in view["peers"])
+        for state in RTC_PEER_STATES:
+            peers.add_metric([state], states.get(state, 0))
+        yield peers
+        yield CounterMetricFamily("tether_node_rtc_negotiations_total",
+                                  "Offer/answer rounds of the peers open now",
+                                  value=sum(p["negotiations_total"] for p in view["peers"]))
+        flow_bytes = CounterMetricFamily("tether_node_rtc_subflow_bytes_total",
+                                         "Bytes per subflow of the peers open now",
+                                         labels=["subflow", "direction"])
+        flow_errors = CounterMetricFamily("tether_node_rtc_subflow_errors_total",
+                                          "Errors per subflow of the peers open now",
+                                          labels=["subflow"])
+        totals: Counter[tuple[str, str]] = Counter()
+        for peer in view["peers"]:
+            for name, flow in peer["subflows"].items():
+                totals[(name, "in")] += flow["bytes_in"]
+                totals[(name, "out")] += flow["bytes_out"]
+                totals[(name, "errors")] += flow["errors_total"]
+        for name in RTC_SUBFLOWS:
+            flow_bytes.add_metric([name, "in"], totals[(name, "in")])
+            flow_bytes.add_metric([name, "out"], totals[(name, "out")])
+            flow_errors.add_metric([name], totals[(name, "errors")])
+        yield flow_bytes
+        yield flow_errors
+        errors = CounterMetricFamily("tether_node_rtc_errors_total",
+                                     "rtc.* frames refused, by error code", labels=["code"])
+        for code, count in sorted(view.get("errors_total", {}).items()):
+            errors.add_metric([code], count)
+        yield errors
 
     @staticmethod
     def _transport(view: dict[str, object]) -> Iterator[Metric]:

@@ -31,6 +31,7 @@ from tether.protocol.frames import (
     IoSignal,
     Welcome,
 )
+from tether.protocol.rtc import RTC_BODIES
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
 
 from .apps import AppError, AppSupervisor, load_apps
@@ -51,7 +52,8 @@ from .store import NodeStore
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io")
+CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io", "rtc")
+RTC_REPORT_MIN_S = 1.0  # node.rtc reports are coalesced: at most one a second
 
 
 class NodeRuntime:
@@ -97,6 +99,12 @@ class NodeRuntime:
         self.stale_after_s = 60.0
         self._outbox_stats: dict[str, Any] = {"depth": 0, "oldest_age_s": 0.0}
         self.store_error: str | None = None
+        # node/rtc's RtcManager, made on the first rtc.* frame (aiortc loads only then);
+        # its task runs in the runtime's task group.
+        self.rtc: Any = None
+        self._rtc_tasks: list[asyncio.Task[None]] = []
+        self._rtc_dirty = asyncio.Event()
+        self.rtc_ignored_total = 0  # rtc.* frames other than the four signalling ones
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -168,6 +176,7 @@ class NodeRuntime:
 
     async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
         self.accepting = False
+        await self._stop_rtc()
         await self.apps.stop_all()  # a new runtime starts them again (never adopts)
         await self._report_apps()
         for runner in list(self.runners.values()):
@@ -265,6 +274,12 @@ class NodeRuntime:
                 self._note_evt_ack(n)
         elif t in IO_BODIES:
             await self._on_io(frame)
+        elif t in RTC_BODIES:
+            await self._on_rtc(frame)
+        elif t.startswith("rtc."):
+            # rtc.link (a node <-> node grant) and rtc.relay belong to the file subflow's
+            # node <-> node path; a node without it ignores them (docs/protocol.md)
+            self.rtc_ignored_total += 1
         elif t == "error":
             logger.warning("controller reported an error", extra={
                 "code": frame.b.get("code"), "detail": str(frame.b.get("message"))[:200]})
@@ -297,6 +312,74 @@ class NodeRuntime:
             await runner.io.receive(body)
         else:
             self.io_dropped_total += 1
+
+    async def _on_rtc(self, frame: Frame) -> None:
+        """Class E ``rtc.*`` (docs/protocol.md "Media plane (node side)"): to the peer
+        runtime, which parses it once and answers ``error`` for what it refuses."""
+        if self.rtc is None:
+            if self._tg is None or not self.accepting:
+                await self.link.send(ErrorBody(code="unavailable", message="the node is "
+                                               "stopping").frame(re=frame.id))
+                return
+            from .rtc.control import CommandDispatcher
+            from .rtc.ice import IceSettings, TurnServer, install_host_allowlist
+            from .rtc.media import VideoSource
+            from .rtc.peers import RtcManager
+
+            cfg = self.config
+            install_host_allowlist(cfg.rtc_host_addresses)
+            ice = IceSettings(host_addresses=cfg.rtc_host_addresses, stun_urls=cfg.rtc_stun,
+                              turn=tuple(TurnServer(url, cfg.rtc_turn_username,
+                                                    cfg.rtc_turn_credential)
+                                         for url in cfg.rtc_turn))
+            self.rtc = RtcManager(
+                node_id=self.identity.node_id, send=self.link.send,
+                dispatcher=CommandDispatcher(policy=self.policy, exec_slots=self._exec_slots,
+                                             kill_grace_s=cfg.kill_grace_s,
+                                             status=self._control_status,
+                                             apps_table=self.apps.table),
+                ice=ice, video=VideoSource(cfg.rtc_video), workspace_dir=cfg.workspace_dir,
+                max_peers=cfg.max_rtc_peers, on_change=self._rtc_dirty.set)
+            self._rtc_tasks = [self._tg.create_task(self.rtc.run(), name="node-rtc"),
+                               self._tg.create_task(self._rtc_report_loop(),
+                                                    name="node-rtc-report")]
+            await self.rtc.ready.wait()
+        await self.rtc.receive(frame)
+
+    async def _stop_rtc(self) -> None:
+        """Every peer closed (the other ends told), then the rtc tasks cancelled and
+        awaited: aiortc's own tasks end with their connections."""
+        if self.rtc is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.config.drain_timeout_s):
+                await self.rtc.close()
+        for task in self._rtc_tasks:
+            task.cancel()
+        await asyncio.gather(*self._rtc_tasks, return_exceptions=True)
+
+    async def _rtc_report_loop(self) -> None:
+        """The peers' status to the controller as class B ``node.rtc`` (latest wins,
+        coalesced to one a second; refreshed each heartbeat while a peer is open). A node
+        that never had a peer never sends one."""
+        while True:
+            changed = False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.heartbeat_s):
+                    changed = await self._rtc_dirty.wait()
+            self._rtc_dirty.clear()
+            if self.rtc is not None and (self.rtc.peers or changed):
+                await self.link.send(Frame(t="node.rtc", b=self.rtc.report()))
+            self._status_dirty.set()
+            await asyncio.sleep(RTC_REPORT_MIN_S)
+
+    def _control_status(self) -> dict[str, Any]:
+        """What ``status`` answers on a peer's control channel."""
+        tree = self.readiness()
+        return {"node_id": self.identity.node_id, "version": __version__,
+                "ready": tree["ready"], "reasons": tree["reasons"],
+                "running": len(self.runners),
+                "rtc": self.rtc.status() if self.rtc is not None else {"peers": []}}
 
     async def on_disconnected(self) -> None:
         self.evt.disconnected()
@@ -595,6 +678,7 @@ class NodeRuntime:
                      "waiting_bytes": self.logs.waiting_bytes},
             "monitor": {"buffered": len(self.monitor),
                         "dropped_total": self.monitor.dropped_total},
+            "rtc": self.rtc.status() if self.rtc is not None else {"peers": []},
         }
 
     def _write_status(self) -> None:

@@ -41,7 +41,8 @@ def node_status(state_dir: Path) -> dict[str, Any]:
     if live is not None:
         out.update(live=True, readiness=live["readiness"], matrix=live["matrix"],
                    transport=live["transport"], sidecar=live["sidecar"],
-                   live_incidents=live["incidents"], logs=live.get("logs"))
+                   live_incidents=live["incidents"], logs=live.get("logs"),
+                   rtc=live.get("rtc"))
     sidecar = _get_json(state_dir / "sidecar.status.url", "/status")
     if sidecar is not None:
         out["sidecar_process"] = {"pid": sidecar["pid"], "version": sidecar["version"],

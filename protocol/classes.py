@@ -33,6 +33,7 @@ FRAME_CLASS: dict[str, DeliveryClass] = {
     "edge.heartbeat_ack": DeliveryClass.B,
     "edge.runtime": DeliveryClass.B,
     "node.resources": DeliveryClass.B,
+    "node.rtc": DeliveryClass.B,  # the node's WebRTC peers (protocol/rtc.py NodeRtcReport)
     "cmd.deliver": DeliveryClass.A,
     "cmd.status": DeliveryClass.A,
     "node.event": DeliveryClass.A,

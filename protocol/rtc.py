@@ -230,3 +230,94 @@ def with_route(body: RtcBody, *, from_: str | None = None, to: str | None = None
     """``body`` with its routing fields replaced (the controller stamps ``from``; a node
     sets ``to``)."""
     return dataclasses.replace(body, from_=from_, to=to)
+
+
+# --- node.rtc (class B, node -> controller): the node's peers, latest wins ---------------
+
+MAX_REPORT_PEERS = 16
+MAX_REPORT_HISTORY = 8
+PEER_STATES = ("new", "connecting", "connected", "failed", "closed")
+ICE_STATES = ("new", "checking", "connected", "completed", "failed", "disconnected",
+              "closed")
+PAIR_TYPES = ("host", "srflx", "prflx", "relay")
+SUBFLOW_NAMES = ("control", "file", "video", "audio")
+SUBFLOW_STATES = ("idle", "open", "degraded", "failed", "closed")
+_MAX_COUNT = (1 << 63) - 1
+
+
+def _choice(m: Mapping[str, Any], name: str, allowed: tuple[str, ...],
+            *, optional: bool = False) -> str | None:
+    value = m.get(name)
+    if value is None and optional:
+        return None
+    if value not in allowed:
+        raise BadFrame(f"field {name!r} must be one of {', '.join(allowed)}")
+    return str(value)
+
+
+def _count(m: Mapping[str, Any], name: str) -> int:
+    value = m.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise BadFrame(f"field {name!r} must be an integer >= 0")
+    return value
+
+
+def _map(value: Any, name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BadFrame(f"field {name!r} must be a map")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRtcReport(Body):
+    """``node.rtc``: the node's peer sessions (at most :data:`MAX_REPORT_PEERS`) with
+    their state, ICE state, selected candidate-pair type, negotiation count and, per
+    subflow (``control``, ``file``, ``video``, ``audio``), state, bytes and errors; and
+    the last :data:`MAX_REPORT_HISTORY` replacements with their reasons. Class B: latest
+    wins; a controller that does not know it may ignore it. Parsed into plain maps,
+    every field checked and bounded; unknown fields dropped."""
+
+    TYPE: ClassVar[str] = "node.rtc"
+    peers: tuple[Mapping[str, Any], ...] = ()
+    history: tuple[Mapping[str, Any], ...] = ()
+
+    def to_body(self) -> dict[str, Any]:
+        return {"peers": [dict(p) for p in self.peers],
+                "history": [dict(h) for h in self.history]}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> NodeRtcReport:
+        peers = b.get("peers", [])
+        history = b.get("history", [])
+        if not isinstance(peers, list) or len(peers) > MAX_REPORT_PEERS:
+            raise BadFrame(f"field 'peers' must be a list of at most {MAX_REPORT_PEERS}")
+        if not isinstance(history, list) or len(history) > MAX_REPORT_HISTORY:
+            raise BadFrame(f"field 'history' must be a list of at most {MAX_REPORT_HISTORY}")
+        return cls(peers=tuple(cls._peer(_map(p, "peers")) for p in peers),
+                   history=tuple(cls._event(_map(h, "history")) for h in history))
+
+    @staticmethod
+    def _peer(p: Mapping[str, Any]) -> dict[str, Any]:
+        subflows = _map(p.get("subflows", {}), "subflows")
+        if not set(subflows) <= set(SUBFLOW_NAMES):
+            raise BadFrame(f"field 'subflows' keys must be of {', '.join(SUBFLOW_NAMES)}")
+        return {
+            "peer_session_id": _ident(p, "peer_session_id"),
+            "remote": _address(p, "remote"),
+            "state": _choice(p, "state", PEER_STATES),
+            "ice_state": _choice(p, "ice_state", ICE_STATES),
+            "candidate_pair": _choice(p, "candidate_pair", PAIR_TYPES, optional=True),
+            "negotiations_total": _count(p, "negotiations_total"),
+            "connections_total": _count(p, "connections_total"),
+            "subflows": {name: {"state": _choice(_map(flow, name), "state", SUBFLOW_STATES),
+                                **{k: _count(_map(flow, name), k) for k in
+                                   ("bytes_in", "bytes_out", "errors_total")}}
+                         for name, flow in subflows.items()}}
+
+    @staticmethod
+    def _event(h: Mapping[str, Any]) -> dict[str, Any]:
+        at = h.get("at")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < 1e11:
+            raise BadFrame("field 'at' must be a time in seconds")
+        return {"peer_session_id": _ident(h, "peer_session_id"), "at": float(at),
+                "reason": _text(h, "reason", MAX_REASON, required=True)}
