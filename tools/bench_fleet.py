@@ -35,10 +35,8 @@ from typing import Any
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
-from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
-from tether.protocol.frames import Frame
-
 from .bench_util import ControllerProcess, peer_port, percentile, row, spawn_peer
+from .bench_wsclient import LeanWsClient, connect_subscribed, session_sampler
 from .fleet import Fleet
 
 
@@ -60,67 +58,44 @@ def _cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
-async def _ws_client(url: str, token: str, gate: asyncio.Semaphore) -> ClientConnection:
-    """A /ws client subscribed to ``nodes``, its snapshot read. ``gate`` bounds how many
-    connect at once: each snapshot is the whole fleet, and what is measured is the events
-    after it, not a thundering herd of snapshots."""
-    async with gate:
-        ws = await connect(url.replace("http", "ws", 1) + "/ws", open_timeout=60,
-                           subprotocols=[JSON_SUBPROTOCOL],  # type: ignore[list-item]
-                           max_size=None)
-        try:
-            await _subscribe_nodes(ws, token)
-        except BaseException:
-            await ws.close()
-            raise
-    return ws
-
-
-async def _subscribe_nodes(ws: ClientConnection, token: str) -> None:
-    await ws.send(encode_json(Frame(t="hello", b={"token": token})))
-    async with asyncio.timeout(120):
-        await ws.recv()
-        await ws.send(encode_json(Frame(t="subscribe", b={"topics": ["nodes"]})))
-        while decode_json(await ws.recv()).t != "subscribed":  # the snapshot first
-            pass
-
-
 async def _fanout(fleet: Fleet, url: str, token: str, clients: int,
                   rounds: int) -> dict[str, Any]:
     """Latency (ms) from publish to each client's receipt of ``session.*`` events for one
-    node that drops and reconnects ``rounds`` times: 2 events x rounds x clients samples."""
+    node that drops and reconnects ``rounds`` times: 2 events x rounds x clients samples.
+    The clients are :class:`~tether.tools.bench_wsclient.LeanWsClient` (see there why)."""
     (trigger,) = await fleet.add(1)
     await fleet.wait_online([trigger])
     gate = asyncio.Semaphore(16)
-    conns = list(await asyncio.gather(*(_ws_client(url, token, gate)
-                                        for _ in range(clients))))
+
+    async def dial() -> LeanWsClient:
+        async with gate:
+            return await connect_subscribed(url, token)
+
+    conns = list(await asyncio.gather(*(dial() for _ in range(clients))))
     expected = 2 * rounds
     samples: list[float] = []
-    seen = [0] * clients
+    remaining = [clients]
+    all_seen = asyncio.get_running_loop().create_future()
 
-    async def read(i: int, ws: ClientConnection) -> None:
-        while seen[i] < expected:
-            raw = await ws.recv()
-            now_ms = time.time() * 1000
-            frame = decode_json(raw)
-            body = frame.b
-            if frame.t == "event" and (body.get("data") or {}).get("node_id") == \
-                    trigger.node_id and body.get("kind") in ("session.opened",
-                                                             "session.closed"):
-                samples.append(now_ms - float(body["at_ms"]))
-                seen[i] += 1
+    def one_done() -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0 and not all_seen.done():
+            all_seen.set_result(None)
 
+    make = session_sampler(trigger.node_id, samples, expected, one_done)
+    for conn in conns:
+        conn.on_text = make()
     try:
-        async with asyncio.timeout(120), asyncio.TaskGroup() as tg:
-            for i, ws in enumerate(conns):
-                tg.create_task(read(i, ws))
+        async with asyncio.timeout(120):
             assert trigger.link is not None
             for n in range(rounds):
                 trigger.link.drop_now()
                 await fleet.wait_online([trigger], min_welcomes=n + 2)
                 await asyncio.sleep(0.05)  # one change at a time: latency, not throughput
+            await all_seen
     finally:
-        await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
+        for conn in conns:
+            conn.close()
     return {"clients": clients, "events": expected, "deliveries": len(samples),
             "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
 
