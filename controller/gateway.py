@@ -23,8 +23,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from starlette.types import Message
@@ -71,6 +72,7 @@ from tether.protocol.frames import (
     valid_node_id,
 )
 from tether.protocol.handshake import Action
+from tether.protocol.rtc import NodeRtcReport
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import Verdict
 
@@ -220,6 +222,7 @@ async def edge_session(websocket: WebSocket, gateway: EdgeGateway) -> None:
 
 
 _Handler = Callable[["EdgeConnection", Frame], Awaitable[None]]
+_NO_RTC: Mapping[str, Any] = MappingProxyType({})  # shared: no memory per session
 # Frame type -> its handler, filled by @handles on EdgeConnection's methods: a new frame type
 # is one registration. _on_frame looks a type up once; a type nobody registered gets an
 # error frame (_unhandled).
@@ -275,7 +278,7 @@ class EdgeConnection:
                  "opened_mono", "outbox", "pending_evt", "pending_evt_bytes", "pending_log_bytes",
                  "pending_logs",
                  "remote", "resources",
-                 "resumed", "runtime", "session_id", "sidecar", "svc",
+                 "resumed", "rtc_report", "runtime", "session_id", "sidecar", "svc",
                  "transport", "ws")
 
     def __init__(self, ws: WebSocket, services: EdgeServices) -> None:
@@ -295,6 +298,7 @@ class EdgeConnection:
         self.runtime: dict[str, Any] = {"state": "attached", "version": None}
         self.sidecar: dict[str, Any] = {}
         self.resources: dict[str, Any] = {}
+        self.rtc_report: Mapping[str, Any] = _NO_RTC
         self.outbox: dict[str, Any] = {}
         self.transport: dict[str, Any] = {}
         self.resumed = False
@@ -519,7 +523,8 @@ class EdgeConnection:
             opened_at=time.time() - (mono - self.opened_mono), runtime=self.runtime,
             remote=self.remote, resumed=self.resumed, max_frame=self.max_frame,
             sidecar=self.sidecar, outbox=self.outbox, transport=self.transport,
-            resources=self.resources, logs_dropped_total=self.logs_dropped_total)
+            resources=self.resources, logs_dropped_total=self.logs_dropped_total,
+            rtc=self.rtc_report)
 
     def wake_downlink(self) -> None:
         """There may be downlink work (commands queued, acks to record, errors to send)."""
@@ -837,6 +842,16 @@ class EdgeConnection:
             self.resources = resources.to_body()
             self.svc.bus.publish(f"node:{self.node_id}", "resources.updated",
                                  {"node_id": self.node_id, "resources": self.resources})
+
+    @handles("node.rtc")
+    async def _on_rtc_report(self, frame: Frame) -> None:
+        """Class B: the node's media plane (its peers and subflows), latest wins, pushed to
+        node:<id>. Kept apart from readiness: nothing here changes the node's liveness."""
+        report = self._parse_or_error(NodeRtcReport, frame)
+        if report is not None:
+            self.rtc_report = report.to_body()
+            self.svc.bus.publish(f"node:{self.node_id}", "rtc.updated",
+                                 {"node_id": self.node_id, "rtc": self.rtc_report})
 
     @handles("monitor.packet")
     async def _on_monitor_packet(self, frame: Frame) -> None:

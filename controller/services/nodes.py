@@ -68,6 +68,7 @@ class NodeViews:
         runtime: dict[str, Any]
         transport: dict[str, Any] | None = None
         resources: dict[str, Any] = {}
+        rtc: dict[str, Any] | None = None
         if live_session is not None and live_session.session_id is not None:
             age = live_session.last_frame_age_s
             last_seen = now - age
@@ -87,6 +88,7 @@ class NodeViews:
                          "clock_offset_ms": tr.get("clock_offset_ms"),
                          "logs_dropped_total": live_session.logs_dropped_total}
             resources = dict(live_session.resources)
+            rtc = dict(live_session.rtc) or None
         elif self._held_elsewhere(row):
             # Open on another replica; its owner touches last_seen_at and the runtime state
             # every touch_interval_s, well inside stale_after_s: judged from what the owner
@@ -114,6 +116,8 @@ class NodeViews:
             "runtime": runtime,
             "transport": transport,
             "resources": resources,
+            # the media plane (node.rtc), apart from liveness: null until the node reports
+            "rtc": rtc,
             "last_seen_at": iso(last_seen),
             "capabilities": row.capabilities,
             "policy": row.policy,

@@ -59,6 +59,7 @@ from tether.protocol.fields import (
     seconds,
 )
 from tether.protocol.frames import MonitorPacket, NodeResources
+from tether.protocol.rtc import NodeRtcReport
 from tether.protocol.values import number_in, text
 
 from .monitor import MonitorStore
@@ -186,7 +187,7 @@ def session_map(session: SessionSnapshot) -> dict[str, Any]:
             "runtime": dict(session.runtime), "sidecar": dict(session.sidecar),
             "outbox": dict(session.outbox), "transport": dict(session.transport),
             "resources": dict(session.resources),
-            "logs_dropped_total": session.logs_dropped_total}
+            "logs_dropped_total": session.logs_dropped_total, "rtc": dict(session.rtc)}
 
 
 def encode_reply(peek: NodePeek, *, max_bytes: int = MAX_REPLY_BYTES) -> bytes:
@@ -241,7 +242,8 @@ def parse_reply(payload: bytes, *, node_id: str, max_bytes: int = MAX_REPLY_BYTE
 
 
 def _session_of(value: object, node_id: str) -> SessionSnapshot:
-    if not isinstance(value, dict) or set(value) != _SESSION_KEYS:
+    # "rtc" may be missing: a replica of an older release does not send it
+    if not isinstance(value, dict) or set(value) - {"rtc"} != _SESSION_KEYS - {"rtc"}:
         raise BadFrame("session must be a map of the snapshot's fields")
     session_id = value["session_id"]
     if session_id is not None:
@@ -264,7 +266,15 @@ def _session_of(value: object, node_id: str) -> SessionSnapshot:
         outbox=OutboxInfo.from_map(value["outbox"], "outbox").to_map(),
         transport=TransportInfo.from_map(value["transport"], "transport").to_map(),
         resources=NodeResources.from_body(_map(value["resources"], "resources")).to_body(),
-        logs_dropped_total=nonneg_int(value["logs_dropped_total"], "logs_dropped_total"))
+        logs_dropped_total=nonneg_int(value["logs_dropped_total"], "logs_dropped_total"),
+        rtc=_rtc_of(value.get("rtc")))
+
+
+def _rtc_of(value: object) -> dict[str, Any]:
+    """The holder's last node.rtc report, checked as the gateway checks it; {} for none."""
+    if value is None or value == {}:
+        return {}
+    return NodeRtcReport.from_body(_map(value, "rtc")).to_body()
 
 
 _SESSION_KEYS = frozenset(session_map(SessionSnapshot(

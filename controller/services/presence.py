@@ -35,6 +35,7 @@ class SessionSnapshot:
     transport: Mapping[str, Any] = field(default_factory=dict)
     resources: Mapping[str, Any] = field(default_factory=dict)
     logs_dropped_total: int = 0
+    rtc: Mapping[str, Any] = field(default_factory=dict)  # the node's last node.rtc report
 
 
 class Presence(Protocol):

@@ -34,7 +34,13 @@ SESSION = SessionSnapshot(
     transport={"rtt_ms": 12.5, "reconnects": 2, "clock_offset_ms": -3.0},
     resources={"cpu_percent": 12.0, "cpus": 4, "load": [0.5, 0.25, 0.125],
                "memory": {"available": 100, "total": 1000}},
-    logs_dropped_total=5)
+    logs_dropped_total=5,
+    rtc={"peers": [{"peer_session_id": "p-1", "remote": "client:c1", "state": "connected",
+                    "ice_state": "completed", "candidate_pair": "host",
+                    "negotiations_total": 2, "connections_total": 1,
+                    "subflows": {"control": {"state": "open", "bytes_in": 10,
+                                             "bytes_out": 20, "errors_total": 0}}}],
+         "history": [{"peer_session_id": "p-0", "at": 1.7e9, "reason": "replaced"}]})
 
 
 def packet(topic: str, seq: int, pad: int = 0) -> dict[str, Any]:
@@ -165,6 +171,11 @@ HOSTILE: list[tuple[str, bytes]] = [
     ("a huge remote", msgpack.packb(_bad_session(remote="x" * 1000))),
     ("an outbox depth past 2^63", msgpack.packb(_bad_session(outbox={"depth": 1 << 63}))),
     ("resources that are a list", msgpack.packb(_bad_session(resources=[1]))),
+    ("rtc that is a list", msgpack.packb(_bad_session(rtc=[1]))),
+    ("an rtc peer in a state nobody knows", msgpack.packb(_bad_session(rtc={"peers": [{
+        **SESSION.rtc["peers"][0], "state": "<script>"}]}))),
+    ("rtc with too many peers", msgpack.packb(_bad_session(rtc={"peers": [
+        SESSION.rtc["peers"][0]] * 10_000}))),
     ("monitor that is a list", msgpack.packb(reply(m=[packet("cpu", 1)]))),
     ("a topic that is empty", msgpack.packb(reply(m={"": [packet("", 1)]}))),
     ("a ring that is a map", msgpack.packb(reply(m={"cpu": {"a": 1}}))),
@@ -190,6 +201,12 @@ def test_a_hostile_reply_is_none_and_never_raises(payload: bytes) -> None:
 
 def test_the_well_formed_reply_the_hostile_ones_are_made_from_parses() -> None:
     assert parse_reply(msgpack.packb(reply()), node_id="n-1") is not None
+
+
+def test_a_reply_from_a_replica_that_knows_no_rtc_still_parses_with_none() -> None:
+    old = reply(s={k: v for k, v in session_map(SESSION).items() if k != "rtc"})
+    parsed = parse_reply(msgpack.packb(old), node_id="n-1")
+    assert parsed is not None and parsed.session is not None and parsed.session.rtc == {}
 
 
 # -- the holder and the reader -------------------------------------------------------------
