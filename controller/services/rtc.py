@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from tether.protocol.errors import BadFrame, Conflict, InvalidRequest
+from tether.protocol.errors import BadFrame, Conflict, InvalidRequest, LocalProtocolError
 from tether.protocol.frames import Frame, valid_node_id
 from tether.protocol.rtc import (
     RTC_BODIES,
@@ -63,7 +63,7 @@ SIGNAL_TYPES = tuple(RTC_BODIES)  # what a /ws client may send: offer, answer, i
 NODE_TYPES = (*SIGNAL_TYPES, RtcRelay.TYPE)  # what a node may send
 LINK_TTL_S = 600.0  # a grant must be used within this (services/rtc_state.py Rule 4)
 REFUSALS = ("bad_frame", "forbidden", "rate_limited", "node_offline", "rtc_unknown_peer",
-            "quota_exceeded", "relay_window", "not_for_client")
+            "quota_exceeded", "frame_too_large", "relay_window", "not_for_client")
 
 __all__ = ["LINK_TTL_S", "MAX_REFUSED_RUN", "NODE_TYPES", "SIGNAL_TYPES", "RtcCounters",
            "RtcService", "client_topic"]
@@ -106,6 +106,16 @@ class RtcService:
         self.counters = counters or RtcCounters()
         self._clock, self._monotonic, self._new_id = clock, monotonic, new_id
 
+    async def _to_node(self, node_id: str, frame: Frame) -> str | None:
+        """Hand ``frame`` to the node's live session: None when it took it, else the
+        refusal's code (``node_offline``, or ``frame_too_large`` past the frame cap the
+        node announced in its hello)."""
+        try:
+            taken = await self._router.send(node_id, frame)
+        except LocalProtocolError:
+            return "frame_too_large"
+        return None if taken else "node_offline"
+
     def _refuse(self, reason: str, code: str, message: str) -> tuple[str, str]:
         self.counters.refused.labels(reason).inc()
         return code, message
@@ -136,12 +146,15 @@ class RtcService:
         if refusal is not None:
             return self._refuse(refusal[0], *refusal)
         opened = client.opened(body)
-        if not await self._router.send(body.node_id,
-                                       with_route(body, from_=client.address).frame()):
+        failed = await self._to_node(body.node_id,
+                                     with_route(body, from_=client.address).frame())
+        if failed is not None:
             if opened:
                 client.peers.pop(body.peer_session_id, None)
-            return self._refuse("node_offline", "node_offline", (
-                f"node {body.node_id!r} has no live session; try again when it is online"))
+            return self._refuse(failed, failed, (
+                f"node {body.node_id!r} has no live session; try again when it is online"
+                if failed == "node_offline" else
+                f"the frame is over the frame cap node {body.node_id!r} announced"))
         self.counters.relayed.labels(frame.t).inc()
         return None
 
@@ -166,7 +179,7 @@ class RtcService:
             close = RtcClose(node_id=peer.node_id, peer_session_id=peer_session_id,
                              negotiation_id=peer.negotiation_id, from_=client.address,
                              to=None, reason="client gone")
-            if await self._router.send(peer.node_id, close.frame()):
+            if await self._to_node(peer.node_id, close.frame()) is None:
                 self.counters.relayed.labels(RtcClose.TYPE).inc()
 
     # -- nodes ------------------------------------------------------------------------
@@ -215,9 +228,13 @@ class RtcService:
         out = dataclasses.replace(body, from_=f"node:{node_id}", to=None)
         if to.startswith("client:"):
             self._bus.publish(client_topic(to), frame.t, out.to_body())
-        elif not await self._router.send(to.removeprefix("node:"), out.frame()):
-            return self._refuse("node_offline", "node_offline", (
-                f"{to!r} has no live session; the peer cannot be reached now"))
+        else:
+            failed = await self._to_node(to.removeprefix("node:"), out.frame())
+            if failed is not None:
+                return self._refuse(failed, failed, (
+                    f"{to!r} has no live session; the peer cannot be reached now"
+                    if failed == "node_offline" else
+                    f"the frame is over the frame cap {to!r} announced"))
         self.counters.relayed.labels(frame.t).inc()
         return None
 
@@ -237,7 +254,7 @@ class RtcService:
         for node, other in ((a, b), (b, a)):
             grant = RtcLink(node_id=b, peer_session_id=peer_session_id,
                             from_=f"node:{other}", expires_at_ms=expires_ms)
-            if not await self._router.send(node, grant.frame()):
+            if await self._to_node(node, grant.frame()) is not None:
                 raise Conflict(f"node {node!r} has no live session; both nodes must be "
                                "online to link them", code="node_offline")
         logger.info("rtc link granted", extra={"a": a, "b": b,

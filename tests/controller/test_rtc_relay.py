@@ -356,3 +356,17 @@ async def test_a_viewer_may_not_link_nodes(api: httpx.AsyncClient,
     audit = (await api.get("/api/v1/audit")).json()["items"]
     assert any(r["action"] == "POST /api/v1/rtc/links" and r["status"] == 403
                for r in audit), audit[:3]
+
+
+async def test_an_offer_over_the_frame_cap_the_node_announced_is_refused_and_all_stays(
+        ws_clients: Callable[..., Awaitable[ClientConnection]], edge: Edge,
+        enroll: Enroll) -> None:
+    node = await edge.session(await enroll("n-small"), max_frame=4096)
+    ws = await ws_clients()
+    big = offer("n-small")
+    big["b"]["sdp"] = "a=x\r\n" * 2000  # 10 KB: valid, but over what this node takes
+    await send(ws, big)
+    assert (await reply_to(ws, "o-p-1"))["b"]["code"] == "frame_too_large"
+    await stays_open(ws)
+    await send(ws, offer("n-small"))  # the peer was not recorded: it opens now
+    assert (await node_recv(node, "rtc.offer")).b["sdp"] == SDP
