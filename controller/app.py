@@ -30,6 +30,7 @@ from .api import jobs as api_jobs
 from .api import metrics as api_metrics
 from .api import openapi as api_openapi
 from .api import routes as api
+from .api import rtc as api_rtc
 from .api.auth import AuditMiddleware
 from .browser import BrowserServices, browser_endpoint
 from .config import ControllerConfig
@@ -53,6 +54,7 @@ from .services.probe import CachedStoreFigures, DriverProbe
 from .services.registry import SessionRegistry
 from .services.replica import redact_url, stable_replica_id
 from .services.router import LocalRouter, Router
+from .services.rtc import RtcCounters, RtcService
 from .services.runstate import RunState
 from .services.sweeper import Sweeper
 from .store.controller_store import ControllerStore
@@ -105,6 +107,7 @@ class Controller:
     jobs: JobService
     job_driver: JobDriver  # runs while leader (services/jobs.py)
     metrics: CollectorRegistry  # this process's own, never the global one (services/metrics.py)
+    rtc: RtcService  # the media plane's signalling relay (services/rtc.py)
 
     @property
     def shared_store(self) -> bool:
@@ -159,11 +162,12 @@ def build(config: ControllerConfig) -> Controller:
                               liveness=liveness.liveness,
                               max_frame_bytes=config.max_frame_bytes,
                               stored_liveness=lambda row: nodes.view(row)["liveness"])
+    rtc = RtcService(router, bus, RtcCounters(metrics))
     gateway = EdgeGateway(EdgeServices(
         store=store, registry=registry, bus=bus, monitor=monitor, admission=admission,
         config=config, node_changed=liveness.node_changed, stopping=run.is_stopping,
         controller_id=run.get_controller_id, replica_id=replica_id, router=router,
-        counters=EdgeCounters(metrics)))
+        counters=EdgeCounters(metrics), rtc=rtc))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.node_touch_interval_s,
@@ -177,7 +181,8 @@ def build(config: ControllerConfig) -> Controller:
                       cluster=cluster, monitor=monitor, peeks=peeks, admission=admission,
                       liveness=liveness, nodes=nodes,
                       commands=commands, gateway=gateway, leadership=leadership,
-                      sweeper=sweeper, jobs=jobs, job_driver=job_driver, metrics=metrics)
+                      sweeper=sweeper, jobs=jobs, job_driver=job_driver, metrics=metrics,
+                      rtc=rtc)
 
 
 async def _open_store(ctl: Controller) -> None:
@@ -304,6 +309,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
         *api_jobs.ROUTES,
+        *api_rtc.ROUTES,
         *admin_api.ROUTES,
         *api_metrics.ROUTES,
         *api_openapi.ROUTES,
@@ -316,7 +322,7 @@ def create_app(config: ControllerConfig) -> Starlette:
     app.state.edge = ctl.gateway
     app.state.browser = BrowserServices(store=ctl.store, commands=ctl.commands,
                                         nodes=ctl.nodes, bus=ctl.bus, peeks=ctl.peeks,
-                                        config=config, jobs=ctl.jobs)
+                                        config=config, jobs=ctl.jobs, rtc=ctl.rtc)
     app.state.api = api.ApiServices(
         store=ctl.store, commands=ctl.commands, nodes=ctl.nodes, router=ctl.router,
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, peeks=ctl.peeks,
@@ -335,5 +341,6 @@ def create_app(config: ControllerConfig) -> Starlette:
         outbox_frames=ctl.gateway.outbox_frames,
         require_token=config.metrics_require_token)
     app.state.jobs = ctl.jobs
+    app.state.rtc = ctl.rtc
     app.state.version = __version__
     return app

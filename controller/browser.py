@@ -50,6 +50,8 @@ from .services.jobs import JobService, job_view
 from .services.metrics import WsCounters, code_label
 from .services.nodes import NodeViews
 from .services.peek import Peeks
+from .services.rtc import MAX_REFUSED_RUN, SIGNAL_TYPES, RtcService, client_topic
+from .services.rtc_state import ClientPeers
 from .views import command_view, log_item
 from .wsproto import FRAME_MESSAGE, FrameWriter, frame_text, frame_writer, text_frame
 
@@ -66,6 +68,8 @@ TOKEN_RECHECK_S = 30.0  # a revoked or expired token's open /ws is closed within
 IDLE_TIMEOUT_S = 300.0
 SEND_TIMEOUT_S = 10.0
 MAX_TOPICS = 256  # per client, and per subscribe frame
+RTC_MAX_QUEUE = 256  # rtc frames from nodes awaiting an operator's socket (SDPs: 64 KiB)
+RTC_MAX_QUEUE_BYTES = 4 << 20
 MAX_TOPIC_CHARS = 160
 SNAPSHOT_PAGE_ITEMS = 500
 SNAPSHOT_PAGE_BYTES = 256 << 10  # items' compact JSON size per snapshot frame
@@ -108,6 +112,7 @@ class BrowserServices:
     config: ControllerConfig
     jobs: JobService | None = None  # the 'jobs' and 'job:<id>' topics (services/jobs.py)
     counters: WsCounters = field(default_factory=WsCounters)  # for /metrics
+    rtc: RtcService | None = None  # rtc.* signalling to nodes (services/rtc.py)
 
 
 class _Close(Exception):
@@ -144,17 +149,26 @@ async def browser_endpoint(ws: WebSocket) -> None:
     if writer is not None:
         sub.direct = _deliver_now(writer, sending)
     controller.counters.clients += 1
+    peers: ClientPeers | None = None  # an operator's rtc peers, and its address
+    rtc_sub = Subscriber(max_queue=RTC_MAX_QUEUE, max_bytes=RTC_MAX_QUEUE_BYTES)
     try:
         caller, token = await _hello(ws, controller)
         await _send(ws, Frame(t="welcome", b={"role": caller.role}))
         async with asyncio.TaskGroup() as tg:
             pusher = tg.create_task(_push(ws, controller.bus, sub, sending), name="ws-push")
             recheck = tg.create_task(_recheck_token(controller, token), name="ws-token")
+            rtc_pusher = None
+            if controller.rtc is not None and role_at_least(caller.role, "operator"):
+                peers = controller.rtc.open_client()
+                rtc_pusher = tg.create_task(_push_rtc(ws, controller.rtc, peers, rtc_sub,
+                                                      sending), name="ws-rtc-push")
             try:
-                await _read(ws, controller, sub, sending, caller)
+                await _read(ws, controller, sub, sending, caller, peers, rtc_sub)
             finally:
                 pusher.cancel()
                 recheck.cancel()
+                if rtc_pusher is not None:
+                    rtc_pusher.cancel()
         code, reason = CloseCode.NORMAL_CLOSURE, "bye"
     except* _Close as group:
         first = group.exceptions[0]
@@ -164,7 +178,13 @@ async def browser_endpoint(ws: WebSocket) -> None:
         code, reason = CloseCode.CONNECTION_LOST, "connection lost"
     finally:
         controller.bus.unsubscribe(sub)
+        controller.bus.unsubscribe(rtc_sub)
         controller.counters.clients -= 1
+        if peers is not None and peers.peers and controller.rtc is not None:
+            # the nodes hear that the client is gone (bounded: a router send times out)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await controller.rtc.client_gone(peers)
     controller.counters.closed[code_label(code)] += 1
     if ws.application_state != WebSocketState.DISCONNECTED:
         # Bounded: a client that does not read would hold the close (and this task) forever.
@@ -253,7 +273,8 @@ async def _recheck_token(controller: BrowserServices, token: str) -> None:
 
 
 async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
-                sending: asyncio.Lock, caller: Caller) -> None:
+                sending: asyncio.Lock, caller: Caller, peers: ClientPeers | None = None,
+                rtc_sub: Subscriber | None = None) -> None:
     while True:
         frame = await _receive(ws, IDLE_TIMEOUT_S, controller.config.max_frame_bytes)
         if frame is None:
@@ -279,6 +300,15 @@ async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
                                       b={"topics": sorted(sub.topics)}))
         elif frame.t == "ping":
             await _send(ws, Frame(t="pong", re=frame.id))
+        elif frame.t in SIGNAL_TYPES and controller.rtc is not None and peers is not None:
+            if rtc_sub is not None and not rtc_sub.topics:  # from its first rtc frame on
+                controller.bus.subscribe(rtc_sub, [client_topic(peers.address)])
+            refusal = await controller.rtc.from_client(peers, frame)
+            if refusal is not None:
+                if peers.refused_run >= MAX_REFUSED_RUN:
+                    raise _Close(CloseCode.RATE_LIMITED, "rtc signalling flood: slow down")
+                await _send(ws, Frame(t="error", re=frame.id, b={
+                    "code": refusal[0], "message": refusal[1]}))
         else:
             await _send(ws, Frame(t="error", re=frame.id, b={
                 "code": "unknown_type", "message": f"frame type {frame.t!r} is not handled"}))
@@ -308,6 +338,22 @@ def _deliver_now(writer: FrameWriter, sending: asyncio.Lock) -> Callable[[Event]
         except Exception:  # never the publisher's problem: queue it instead
             return False
     return deliver
+
+
+async def _push_rtc(ws: WebSocket, rtc: RtcService, peers: ClientPeers, sub: Subscriber,
+                    sending: asyncio.Lock) -> None:
+    """The client's rtc frames from nodes (its own bus topic), as ``rtc.*`` frames: the
+    answer to an offer comes back as ``rtc.answer`` with the same ids. Overflow closes the
+    client with 4429, as for events."""
+    while True:
+        event = await sub.get()
+        if event is None:
+            raise _Close(CloseCode.RATE_LIMITED,
+                         "rtc queue overflowed: client too slow; reconnect")
+        frame = rtc.to_client(peers, event)
+        if frame is not None:
+            async with sending:
+                await _send(ws, frame)
 
 
 async def _push(ws: WebSocket, bus: EventBus, sub: Subscriber, sending: asyncio.Lock

@@ -85,6 +85,8 @@ from .services.monitor import MonitorStore
 from .services.presence import SessionSnapshot
 from .services.registry import SessionRegistry
 from .services.router import Router
+from .services.rtc import NODE_TYPES, RtcService
+from .services.rtc_state import SessionRoutes
 from .services.topics import command_changed, io_published, log_appended
 from .store.controller_store import ControllerStore, Fenced, Poisoned
 
@@ -161,6 +163,7 @@ class EdgeServices:
     router: Router | None = None
     # frames, sessions and handshakes counted for /metrics (services/metrics.py)
     counters: EdgeCounters = field(default_factory=EdgeCounters)
+    rtc: RtcService | None = None  # the media plane's signalling relay (services/rtc.py)
 
 
 class EdgeGateway:
@@ -278,7 +281,7 @@ class EdgeConnection:
                  "opened_mono", "outbox", "pending_evt", "pending_evt_bytes", "pending_log_bytes",
                  "pending_logs",
                  "remote", "resources",
-                 "resumed", "rtc_report", "runtime", "session_id", "sidecar", "svc",
+                 "resumed", "rtc", "rtc_report", "runtime", "session_id", "sidecar", "svc",
                  "transport", "ws")
 
     def __init__(self, ws: WebSocket, services: EdgeServices) -> None:
@@ -331,6 +334,7 @@ class EdgeConnection:
         self._hello: Frame | None = None  # read before the admission slot, see run()
         # the session another replica held, fenced by this one's open (told in run())
         self._superseded: str | None = None
+        self.rtc: SessionRoutes | None = None  # whom the node may address, from its first rtc.*
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -504,6 +508,10 @@ class EdgeConnection:
         LocalProtocolError, sending nothing, for a frame over the session's cap."""
         if self.session_id is None or self.fenced or self.closing is not None:
             return False
+        if frame.t.startswith("rtc.") and self.svc.rtc is not None:
+            self.rtc = self.rtc or SessionRoutes()
+            if not self.svc.rtc.delivering(self.rtc, frame):
+                return True  # dropped and counted there (a relay frame past its window)
         data = encode_msgpack(frame, max_frame_bytes=self.max_frame)
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
@@ -878,6 +886,19 @@ class EdgeConnection:
             data["data"] = base64.urlsafe_b64encode(body.data).rstrip(b"=").decode()
         io_published(self.svc.bus, self.node_id, frame.t, data,
                      size=len(body.data) * 4 // 3 + 128 if isinstance(body, IoOutput) else 128)
+
+    @handles(*NODE_TYPES)
+    async def _on_rtc(self, frame: Frame) -> None:
+        """Class E, node -> a /ws client or another node: checked against what this
+        session may address and relayed by services/rtc.py; a refusal is an error frame
+        and the session carries on."""
+        if self.svc.rtc is None:
+            await _unhandled(self, frame)
+            return
+        self.rtc = self.rtc or SessionRoutes()
+        refusal = await self.svc.rtc.from_node(self.node_id, self.rtc, frame)
+        if refusal is not None:
+            await self._send(ErrorBody(code=refusal[0], message=refusal[1]).frame(re=frame.id))
 
     @handles("error")
     async def _on_error(self, frame: Frame) -> None:

@@ -31,12 +31,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import BadFrame
-from .frames import Body
+from .frames import Body, as_bytes
 
 MAX_SDP = 64 << 10
 MAX_CANDIDATE = 1024
 MAX_REASON = 200
 MAX_NEGOTIATION_INT = (1 << 53) - 1
+MAX_RELAY_DATA = 60 << 10  # bytes of one rtc.relay frame's data (an SCTP message's size)
+MAX_RELAY_WINDOW = 16 << 20  # the most a receiver may announce in an rtc.relay ack
+MAX_RELAY_SEQ = (1 << 53) - 1
+MAX_EXPIRES_MS = 1 << 53
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -321,3 +325,112 @@ class NodeRtcReport(Body):
             raise BadFrame("field 'at' must be a time in seconds")
         return {"peer_session_id": _ident(h, "peer_session_id"), "at": float(at),
                 "reason": _text(h, "reason", MAX_REASON, required=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class RtcLink(Body):
+    """Controller -> node only: a grant (``POST /api/v1/rtc/links``) letting this node and
+    the node ``from`` names signal each other, and relay (:class:`RtcRelay`), for the peer
+    ``peer_session_id``. ``node_id`` is the node end of the peer (the one the offer is made
+    to); the other node makes the offer. A grant not used by ``expires_at_ms`` (Unix ms)
+    lapses; one in use lasts until either end sends ``rtc.close`` or its session ends.
+    A node that does not speak the node <-> node plane may ignore it."""
+
+    TYPE: ClassVar[str] = "rtc.link"
+    node_id: str
+    peer_session_id: str
+    from_: str
+    expires_at_ms: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "peer_session_id": self.peer_session_id,
+                "from": self.from_, "expires_at_ms": self.expires_at_ms}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> RtcLink:
+        from_ = _address(b, "from")
+        if from_ is None or not from_.startswith("node:"):
+            raise BadFrame("field 'from' must be node:<node_id>")
+        expires = b.get("expires_at_ms")
+        if isinstance(expires, bool) or not isinstance(expires, int) or \
+                not 0 <= expires <= MAX_EXPIRES_MS:
+            raise BadFrame(f"field 'expires_at_ms' must be an integer 0..{MAX_EXPIRES_MS}")
+        return cls(node_id=_node_id(b), peer_session_id=_ident(b, "peer_session_id"),
+                   from_=from_, expires_at_ms=expires)
+
+
+def _seq(b: Mapping[str, Any], name: str, *, required: bool) -> int | None:
+    value = b.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 0 <= value <= MAX_RELAY_SEQ:
+        raise BadFrame(f"field {name!r} must be an integer 0..{MAX_RELAY_SEQ}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RtcRelay(Body):
+    """Node <-> node through the controller, when ICE found no direct path (``tether cp``'s
+    fallback), allowed only under an :class:`RtcLink` grant for ``peer_session_id``.
+
+    One direction's data is a stream, as ``protocol/iostream.py`` runs one: ``seq`` from 1
+    per direction, ``data`` at most :data:`MAX_RELAY_DATA` bytes (``seq`` 0: no data in
+    this frame); the receiver answers ``ack`` (every ``seq`` up to it applied) with
+    ``window`` (bytes it takes beyond ``ack``, at most :data:`MAX_RELAY_WINDOW`), in a frame
+    of its own or riding on its own data. A frame carries data, an ack, or both.
+
+    Rule (bounded): the controller lets at most ``min(window, its cap)`` bytes be in flight
+    per direction (delivered to the receiver, not yet acked; one frame always fits); a
+    frame past that, or out of order (``seq`` beyond the last delivered + 1), is dropped and
+    counted, never queued: the sender re-sends what is unacked when acks stall."""
+
+    TYPE: ClassVar[str] = "rtc.relay"
+    node_id: str
+    peer_session_id: str
+    from_: str | None = None
+    to: str | None = None
+    seq: int = 0
+    data: bytes = b""
+    ack: int | None = None
+    window: int | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"node_id": self.node_id,
+                               "peer_session_id": self.peer_session_id}
+        if self.from_ is not None:
+            out["from"] = self.from_
+        if self.to is not None:
+            out["to"] = self.to
+        if self.seq:
+            out["seq"] = self.seq
+            out["data"] = self.data
+        if self.ack is not None:
+            out["ack"] = self.ack
+            out["window"] = self.window
+        return out
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> RtcRelay:
+        seq = _seq(b, "seq", required=False) or 0
+        raw = b.get("data")
+        data = b"" if raw is None else as_bytes(raw, "data")
+        if len(data) > MAX_RELAY_DATA:
+            raise BadFrame(f"field 'data' is {len(data)} bytes, over the {MAX_RELAY_DATA}-"
+                           "byte limit")
+        if data and not seq:
+            raise BadFrame("field 'data' needs a 'seq' from 1")
+        ack = _seq(b, "ack", required=False)
+        window = b.get("window")
+        if ack is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                or not 0 <= window <= MAX_RELAY_WINDOW):
+            raise BadFrame(f"field 'window' must be an integer 0..{MAX_RELAY_WINDOW} "
+                           "beside 'ack'")
+        if ack is None and window is not None:
+            raise BadFrame("field 'window' goes with 'ack'")
+        if not seq and ack is None:
+            raise BadFrame("an rtc.relay frame carries data (seq, data), an ack (ack, "
+                           "window), or both")
+        return cls(node_id=_node_id(b), peer_session_id=_ident(b, "peer_session_id"),
+                   from_=_address(b, "from"), to=_address(b, "to"), seq=seq, data=data,
+                   ack=ack, window=window if ack is not None else None)

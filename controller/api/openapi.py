@@ -72,6 +72,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/v1/jobs"): Op("Jobs, newest first, with summaries"),
     ("GET", "/api/v1/jobs/{job_id}"): Op("One job: each node's command and state, a summary"),
     ("POST", "/api/v1/jobs/{job_id}/cancel"): Op("Cancel the job's remaining parts", 202, OPER),
+    ("POST", "/api/v1/rtc/links"): Op("Grant two nodes a peer (tether cp), for 10 min", 201,
+                                      OPER),
 }
 
 # HTTP routes that are pages, not the REST API: the dashboard (controller/web)

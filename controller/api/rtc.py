@@ -1,0 +1,39 @@
+"""REST for the media plane (docs/protocol.md "Media plane signalling"):
+``POST /api/v1/rtc/links`` grants two nodes a peer, for ``tether cp`` node to node.
+
+Body ``{"a": node_id, "b": node_id}`` (``a`` offers, ``b`` is the peer's node end),
+parsed here; anything else is 400 ``invalid_request``. Operator or above; audited like
+every mutation (api/auth.py). 201 ``{"peer_session_id", "a", "b", "expires_at"}``; 409
+``node_offline`` unless both nodes have a live session (the grant travels to each node's
+session as an ``rtc.link`` frame: services/rtc.py).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tether.protocol.errors import InvalidRequest
+
+from ..services.rtc import RtcService
+from ..views import iso
+from .routes import _json_body, _operator
+
+
+def _rtc(request: Request) -> RtcService:
+    return request.app.state.rtc  # type: ignore[no-any-return]
+
+
+async def create_link(request: Request) -> Response:
+    """POST /api/v1/rtc/links → 201 (module docstring)."""
+    await _operator(request)
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"a", "b"})
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0][:64]!r}; a link takes 'a' and 'b'")
+    link = await _rtc(request).link(body.get("a"), body.get("b"))  # type: ignore[arg-type]
+    return JSONResponse({**link, "expires_at": iso(link["expires_at"])}, status_code=201)
+
+
+ROUTES = [Route("/api/v1/rtc/links", create_link, methods=["POST"])]
