@@ -396,3 +396,11 @@ def test_the_sender_refuses_to_skip_or_finish_early() -> None:
         tx.sent(1000, 1000)
     with pytest.raises(ValueError):
         tx.done()
+
+
+def test_docs_protocol_md_shows_both_tables_as_they_are() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    assert fx.mermaid(fx.SENDER, fx.State.OFFERED) in doc
+    assert fx.mermaid(fx.RECEIVER, fx.State.SENDING) in doc
