@@ -280,6 +280,9 @@ class FileEndpoint:
                 self._on_chunk(fx.parse_chunk(message))
         except fx.FileXferError as exc:
             self._refuse(exc)
+        except Exception:  # a bug here must not take the channel (or aiortc's emitter) down
+            logger.exception("file channel message failed")
+            self._refuse(fx.FileXferError("the message could not be handled", code="internal"))
 
     def _on_chunk(self, chunk: fx.Chunk) -> None:
         inc = self._incoming.get(chunk.id)
@@ -491,7 +494,12 @@ class FileEndpoint:
                                           else "invalid_request", transfer_id=get.id))
             return
         self._outgoing.pop(get.id, None)
-        result = await self._send_path(path, fx.Offer(get.id, get.name, size, digest))
+        try:
+            result = await self._send_path(path, fx.Offer(get.id, get.name, size, digest))
+        except (OSError, fx.FileXferError) as exc:  # gone or replaced since it was hashed
+            self._refuse(fx.FileXferError(f"cannot send {get.name!r}: {exc}",
+                                          code="not_found", transfer_id=get.id))
+            return
         if not result.ok:
             logger.info("file download failed",
                         extra={"transfer_id": get.id, "code": result.error})
