@@ -36,7 +36,7 @@ from typing import Any
 from .bench_util import row
 
 CHUNK = 16 << 10
-BUFFERED_LOW = 256 << 10  # both modes: the channel's bufferedAmountLowThreshold
+BUFFERED_LOW = 0  # both modes: bufferedAmountLowThreshold, as the example leaves it
 SETUP_TIMEOUT_S = 30.0
 
 
