@@ -446,6 +446,10 @@ class FileEndpoint:
             with contextlib.suppress(OSError):
                 os.close(inc.fd)
             inc.fd = -1
+            if inc.receiver is not None and inc.receiver.offset == 0:
+                # nothing to resume: no empty .part left behind per abandoned offer
+                with contextlib.suppress(OSError):
+                    inc.part.unlink()
         if notify:
             self._send(fx.Error(tid, code, message))
         result = TransferResult(tid, inc.offer.name, "in", inc.offer.size, inc.offer.sha256,

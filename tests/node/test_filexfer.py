@@ -281,6 +281,16 @@ async def test_a_silent_peer_times_out_and_the_part_stays_for_resume(tmp_path: P
     assert part.read_bytes() == data[:10_000]
 
 
+async def test_an_offer_abandoned_before_any_byte_leaves_no_part(tmp_path: Path) -> None:
+    _a, b, ca, cb = memory_pair(tmp_path)
+    mute(cb)
+    ca.send(fx.encode_control(fx.Offer("t1", "x.bin", 4, sha(b"abcd"))))
+    await until(lambda: any('"accept"' in m for m in cb.sent if isinstance(m, str)))
+    ca.send(fx.encode_control(fx.Error("t1", "internal", "changed my mind")))
+    await until(lambda: not b.status()["transfers"])
+    assert list((tmp_path / "node").iterdir()) == []
+
+
 async def test_a_sender_whose_receiver_goes_silent_times_out(tmp_path: Path) -> None:
     a, _b, ca, _ = memory_pair(tmp_path, FileLimits(timeout_s=0.3))
     ca.tap = lambda m: isinstance(m, str) and '"offer"' in m  # the offer only

@@ -11,6 +11,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tether.protocol import filexfer as fx
 
@@ -404,3 +405,73 @@ def test_docs_protocol_md_shows_both_tables_as_they_are() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
     assert fx.mermaid(fx.SENDER, fx.State.OFFERED) in doc
     assert fx.mermaid(fx.RECEIVER, fx.State.SENDING) in doc
+
+
+class TransferModel(RuleBasedStateMachine):
+    """A sender and a receiver over an ordered channel whose deliveries, each way, happen
+    whenever hypothesis likes: the window holds, acks never run ahead of the bytes, and
+    the transfer can always move until it is verified."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytes(range(256)) * 700  # 179,200 bytes: several windows
+        offer = offer_for(self.data)
+        self.sender = fx.Sender(offer, chunk_size=7000, window=fx.MIN_WINDOW)
+        self.receiver = fx.Receiver(offer, hashlib.sha256(), 0, fx.MIN_WINDOW)
+        self.sender.receive(wire(self.receiver.accept()))
+        self.to_receiver: list[bytes | str] = []
+        self.to_sender: list[fx.Control] = []
+        self.disk = bytearray()
+
+    @rule()
+    def send_a_chunk(self) -> None:
+        nxt = self.sender.next_chunk()
+        if nxt is not None:
+            offset, length = nxt
+            self.to_receiver.append(fx.encode_chunk("t1", offset,
+                                                    self.data[offset:offset + length]))
+            self.sender.sent(offset, length)
+        elif self.sender.all_sent:
+            self.to_receiver.append(fx.encode_control(self.sender.done()))
+
+    @rule()
+    def deliver_to_the_receiver(self) -> None:
+        if not self.to_receiver:
+            return
+        message = self.to_receiver.pop(0)
+        if isinstance(message, str):
+            done = fx.parse_control(message)
+            assert isinstance(done, fx.Done)
+            self.to_sender.append(wire(self.receiver.committed(self.receiver.done(done))))
+            return
+        chunk = fx.parse_chunk(message)
+        ack = self.receiver.chunk(chunk)
+        self.disk += chunk.payload
+        if ack is not None:
+            self.to_sender.append(wire(ack))
+
+    @rule()
+    def deliver_to_the_sender(self) -> None:
+        if self.to_sender:
+            self.sender.receive(self.to_sender.pop(0))
+
+    @invariant()
+    def the_window_and_the_acks_hold(self) -> None:
+        assert self.sender.in_flight <= self.sender.window
+        assert self.sender.acked <= self.receiver.offset <= self.sender.offset
+        assert bytes(self.disk) == self.data[:self.receiver.offset]
+
+    @invariant()
+    def something_can_always_move(self) -> None:
+        if self.sender.state is fx.State.VERIFIED:
+            assert self.receiver.state is fx.State.VERIFIED and bytes(self.disk) == self.data
+            return
+        stuck = (self.sender.next_chunk() is None and not self.sender.all_sent
+                 and not self.to_receiver and not self.to_sender)
+        assert not stuck, "a deadlock: the window is full and no ack is coming"
+
+
+TransferModel.TestCase.settings = settings(max_examples=60, stateful_step_count=120,
+                                           deadline=None, database=None,
+                                           suppress_health_check=[HealthCheck.too_slow])
+test_the_transfer_model = TransferModel.TestCase
