@@ -7,7 +7,8 @@ channel").
 opens; it returns a :class:`FileEndpoint`. An endpoint is symmetric: it serves the peer's
 uploads (``offer``) and downloads (``get``) when ``serve`` is true, and its own
 :meth:`FileEndpoint.send_file` / :meth:`FileEndpoint.fetch` drive the other direction (what
-``tether cp``, the bench and the tests call).
+``tether cp``, the bench and the tests call). The transport is a :class:`FileChannel`
+(:mod:`.filechannel`); the blocking disk work is in :mod:`.filedisk`.
 
 Invariants:
 * one owner for every task: transfers started by the peer run in tasks the endpoint holds
@@ -20,8 +21,8 @@ Invariants:
   are written as they come (no queue);
 * every wait (accept, ack, verdict, the channel draining, an incoming transfer's next
   message) has ``timeout_s``; a transfer that times out or whose channel closes fails and
-  keeps its ``.part``, which the next offer of the same content resumes (its prefix is
-  re-hashed);
+  keeps its ``.part`` (unless it holds nothing), which the next offer of the same content
+  resumes (its prefix is re-hashed);
 * a received file appears under its name only after its sha256 matched: it is written to
   ``<name>.<sha256[:16]>.part`` (mode 0600, never through a symlink), fsynced, then
   renamed; a mismatch deletes the partial file.
@@ -31,22 +32,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
-import stat
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tether.protocol import filexfer as fx
 
+from .filechannel import AiortcFileChannel, FileChannel
+from .filedisk import commit, discard, hash_file, open_part
+
 logger = logging.getLogger(__name__)
 
-_READ_BLOCK = 1 << 20
 _HISTORY = 16
 
 
@@ -71,57 +72,6 @@ class FileLimits:
             raise ValueError(f"window_bytes must be {fx.MIN_WINDOW}..{fx.MAX_WINDOW}")
         if self.max_transfers < 1 or self.max_file_bytes < 0 or self.timeout_s <= 0:
             raise ValueError("max_transfers >= 1, max_file_bytes >= 0, timeout_s > 0")
-
-
-class FileChannel(Protocol):
-    """The transport a :class:`FileEndpoint` sends on: an aiortc data channel
-    (:class:`AiortcFileChannel`) or a relay. Received messages go the other way, into
-    :meth:`FileEndpoint.feed` (and the end of the channel into
-    :meth:`FileEndpoint.connection_lost`), called by whoever reads the transport."""
-
-    def send(self, message: bytes | str) -> None:
-        """Queue one message; raises ConnectionError once the channel is closed."""
-
-    @property
-    def buffered_amount(self) -> int:
-        """Bytes queued and not yet handed to the network."""
-
-    async def wait_buffered_low(self) -> None:
-        """Return once :attr:`buffered_amount` is at or below the channel's low threshold;
-        raises ConnectionError if the channel closes meanwhile."""
-
-    def close(self) -> None: ...
-
-
-class AiortcFileChannel:
-    """:class:`FileChannel` over an aiortc ``RTCDataChannel``: ``bufferedAmountLowThreshold``
-    is set to ``low_bytes`` and the ``bufferedamountlow`` event wakes the sender."""
-
-    def __init__(self, channel: Any, *, low_bytes: int) -> None:
-        self._channel = channel
-        self._low = asyncio.Event()
-        channel.bufferedAmountLowThreshold = low_bytes
-        channel.on("bufferedamountlow", self._low.set)
-        channel.on("close", self._low.set)
-
-    def send(self, message: bytes | str) -> None:
-        if self._channel.readyState != "open":
-            raise ConnectionError("the file channel is closed")
-        self._channel.send(message)
-
-    @property
-    def buffered_amount(self) -> int:
-        return int(self._channel.bufferedAmount)
-
-    async def wait_buffered_low(self) -> None:
-        while self._channel.bufferedAmount > self._channel.bufferedAmountLowThreshold:
-            if self._channel.readyState != "open":
-                raise ConnectionError("the file channel is closed")
-            self._low.clear()
-            await self._low.wait()
-
-    def close(self) -> None:
-        self._channel.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +304,7 @@ class FileEndpoint:
     async def _start_incoming(self, inc: _Incoming) -> None:
         tid = inc.offer.id
         try:
-            fd, offset, hasher = await asyncio.to_thread(_open_part, inc.part, inc.offer)
+            fd, offset, hasher = await asyncio.to_thread(open_part, inc.part, inc.offer)
         except OSError as exc:
             self._fail_incoming(tid, "internal", f"cannot open the file: {exc.strerror}",
                                 notify=True)
@@ -383,7 +333,7 @@ class FileEndpoint:
         assert inc.receiver is not None
         fd, inc.fd = inc.fd, -1
         try:
-            await asyncio.to_thread(_commit if ok else _discard, fd, inc.part, inc.final)
+            await asyncio.to_thread(commit if ok else discard, fd, inc.part, inc.final)
         except OSError as exc:
             self._fail_incoming(tid, "internal", f"cannot keep the file: {exc.strerror}",
                                 notify=True)
@@ -487,7 +437,7 @@ class FileEndpoint:
 
     async def _serve_get(self, get: fx.Get, path: Path) -> None:
         try:
-            size, digest = await asyncio.to_thread(_hash_file, path,
+            size, digest = await asyncio.to_thread(hash_file, path,
                                                    self.limits.max_file_bytes)
         except FileNotFoundError:
             self._outgoing.pop(get.id, None)
@@ -520,7 +470,7 @@ class FileEndpoint:
         tid = transfer_id or secrets.token_hex(8)
         fname = fx.safe_name(name or path.name)
         self._check_new(tid)
-        size, digest = await asyncio.to_thread(_hash_file, path, fx.MAX_SIZE)
+        size, digest = await asyncio.to_thread(hash_file, path, fx.MAX_SIZE)
         return await self._send_path(path, fx.Offer(tid, fname, size, digest, offset))
 
     async def _send_path(self, path: Path, offer: fx.Offer) -> TransferResult:
@@ -642,64 +592,3 @@ def attach_file_channel(channel: Any, workspace: Path, limits: FileLimits | None
     channel.on("message", endpoint.feed)
     channel.on("close", endpoint.connection_lost)
     return endpoint
-
-
-# -- blocking file work (run in a thread) --------------------------------------------------
-
-def _open_part(part: Path, offer: fx.Offer) -> tuple[int, int, Any]:
-    """Open (or create) the partial file, choose the resume offset, hash the kept prefix
-    and cut anything after it. Never follows a symlink; created 0600."""
-    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        offset = fx.resume_offset(offer, os.fstat(fd).st_size)
-        hasher = hashlib.sha256()
-        pos = 0
-        while pos < offset:
-            block = os.pread(fd, min(_READ_BLOCK, offset - pos), pos)
-            if not block:
-                break
-            hasher.update(block)
-            pos += len(block)
-        os.ftruncate(fd, pos)
-        return fd, pos, hasher
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _commit(fd: int, part: Path, final: Path) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if final.is_dir() and not final.is_symlink():
-        raise IsADirectoryError(21, "a directory has that name", str(final))
-    os.replace(part, final)
-    dfd = os.open(part.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _discard(fd: int, part: Path, final: Path) -> None:
-    del final
-    os.close(fd)
-    part.unlink(missing_ok=True)
-
-
-def _hash_file(path: Path, max_bytes: int) -> tuple[int, str]:
-    """Size and sha256 of a regular file (not through a symlink), at most ``max_bytes``."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(21, "not a regular file", str(path))
-        if st.st_size > max_bytes:
-            raise ValueError(f"{st.st_size} bytes is over the {max_bytes}-byte limit")
-        hasher = hashlib.sha256()
-        while block := os.read(fd, _READ_BLOCK):
-            hasher.update(block)
-        return st.st_size, hasher.hexdigest()
-    finally:
-        os.close(fd)
