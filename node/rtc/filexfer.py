@@ -153,8 +153,11 @@ class FileEndpoint:
         active += [{"id": o.sender.id, "name": o.sender.offer_msg.name, "direction": "out",
                     "size": o.sender.size, "offset": o.sender.offset,
                     "state": o.sender.state.value} for o in self._outgoing.values()]
+        # state/bytes_in/bytes_out/errors_total/last_error: the shape of a peer's subflow
+        # in node.rtc (docs/protocol.md), so the peer runtime can report it as is
         return {"state": self.state, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                "errors": self.errors, "last_error": self.last_error, "transfers": active,
+                "errors_total": self.errors, "last_error": self.last_error,
+                "transfers": active,
                 "completed": [{"id": r.id, "name": r.name, "direction": r.direction,
                                "ok": r.ok, "size": r.size, "error": r.error}
                               for r in self.completed]}

@@ -132,7 +132,8 @@ async def test_an_upload_lands_under_its_name_with_its_sha256(tmp_path: Path) ->
     assert b.completed[-1].ok and b.bytes_in == len(data) and a.bytes_out == len(data)
     assert oct((tmp_path / "node" / "up.bin").stat().st_mode & 0o777) == "0o600"
     status = b.status()
-    assert status["state"] == "open" and status["errors"] == 0 and not status["transfers"]
+    assert status["state"] == "open" and status["errors_total"] == 0
+    assert not status["transfers"] and status["completed"][-1]["ok"]
 
 
 async def test_a_download_comes_from_the_node_workspace(tmp_path: Path) -> None:
