@@ -163,10 +163,14 @@ class FileEndpoint:
                               for r in self.completed]}
 
     def connection_lost(self) -> None:
-        """The channel closed: every transfer fails (partial files stay, to be resumed)."""
+        """The channel closed: every transfer fails (partial files stay, to be resumed) and
+        the endpoint's tasks are cancelled (nothing they do can reach the peer any more),
+        so the channel's lifetime bounds theirs even if the caller dropped the endpoint."""
         if self.state == "closed":
             return
         self.state = "closed"
+        for task in self._tasks:
+            task.cancel()
         for tid in list(self._incoming):
             self._fail_incoming(tid, "connection_lost", "the file channel closed", notify=False)
         for out in self._outgoing.values():
@@ -180,8 +184,6 @@ class FileEndpoint:
     def close(self) -> None:
         """Close the channel and cancel the endpoint's tasks (:meth:`aclose` awaits them)."""
         self.connection_lost()
-        for task in self._tasks:
-            task.cancel()
         with contextlib.suppress(Exception):
             self.channel.close()
 
@@ -306,8 +308,13 @@ class FileEndpoint:
 
     async def _start_incoming(self, inc: _Incoming) -> None:
         tid = inc.offer.id
+        opening = self._loop.run_in_executor(None, open_part, inc.part, inc.offer)
         try:
-            fd, offset, hasher = await asyncio.to_thread(open_part, inc.part, inc.offer)
+            # shielded: a cancelled wait must still close the descriptor the thread opens
+            fd, offset, hasher = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)
+            raise
         except OSError as exc:
             self._fail_incoming(tid, "internal", f"cannot open the file: {exc.strerror}",
                                 notify=True)
@@ -580,6 +587,11 @@ class FileEndpoint:
                                   message=str(exc) or code)
         finally:
             self._waiters.pop(tid, None)
+
+
+def _close_opened(opening: asyncio.Future[tuple[int, int, Any]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        os.close(opening.result()[0])
 
 
 def attach_file_channel(channel: Any, workspace: Path, limits: FileLimits | None = None,

@@ -450,3 +450,36 @@ async def test_a_wrong_sha256_over_aiortc_is_refused_and_not_renamed(
     assert pair.node.completed[-1].error == "sha256_mismatch"
     assert not (tmp_path / "node" / "lie.bin").exists()
     assert not list((tmp_path / "node").glob("*.part"))
+
+
+async def test_a_closed_channel_cancels_the_endpoints_tasks_and_leaks_no_descriptor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from tether.node.rtc import filexfer as node_fx
+
+    release = threading.Event()
+    real_open_part = node_fx.open_part
+
+    def slow_open_part(part: Path, offer: fx.Offer) -> Any:
+        release.wait(10)
+        return real_open_part(part, offer)
+
+    monkeypatch.setattr(node_fx, "open_part", slow_open_part)
+    _a, b, ca, cb = memory_pair(tmp_path)
+    mute(cb)
+    part = tmp_path / "node" / fx.part_name("x.bin", sha(b"abcd"))
+
+    def part_open() -> bool:
+        return any(os.path.realpath(f"/proc/self/fd/{fd}") == str(part)
+                   for fd in os.listdir("/proc/self/fd"))
+
+    ca.send(fx.encode_control(fx.Offer("t1", "x.bin", 4, sha(b"abcd"))))
+    await until(lambda: bool(b._tasks))
+    b.connection_lost()  # the channel closed while the part was being opened
+    tasks = list(b._tasks)
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(t.cancelled() for t in tasks)
+    await until(lambda: part.exists())  # the thread did open it ...
+    await until(lambda: not part_open())  # ... and its descriptor was closed
