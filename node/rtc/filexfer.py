@@ -12,7 +12,8 @@ uploads (``offer``) and downloads (``get``) when ``serve`` is true, and its own
 
 Invariants:
 * one owner for every task: transfers started by the peer run in tasks the endpoint holds
-  and cancels on :meth:`FileEndpoint.close` (awaited by :meth:`FileEndpoint.aclose`);
+  and cancels when the channel closes or on :meth:`FileEndpoint.close` (awaited by
+  :meth:`FileEndpoint.aclose`);
   :meth:`send_file` and :meth:`fetch` run in the caller's task;
 * bounded: at most ``max_transfers`` transfers per channel (both directions), each file at
   most ``max_file_bytes``; a sender has at most the accepted window unacknowledged and the
