@@ -75,9 +75,9 @@ def test_bench_tiny_writes_the_pinned_json_shape(tmp_path: Path) -> None:
     assert len(tp["runs"]) == 3 and tp["value"] == max(tp["runs"])  # credited with its best
     media = {(r["system"], r["metric"]): r for r in report["results"]
              if r["benchmark"] == "media"}
-    assert media[("aiortc-raw", "mb_per_s")]["value"] > 0  # the same bytes, both ways
-    assert media[("tether-file", "mb_per_s")]["bytes"] == media[("aiortc-raw", "mb_per_s")][
-        "bytes"] == 1 << 20
+    raw, tether = media[("aiortc-raw", "mb_per_s")], media[("tether-file", "mb_per_s")]
+    assert raw["value"] > 0 and tether["value"] > 0  # measured, not left null
+    assert raw["bytes"] == tether["bytes"] == 1 << 20  # the same bytes in both modes
     storm = {r["metric"]: r for r in report["results"] if r["benchmark"] == "reconnect_storm"}
     assert storm["lost"]["value"] == 0 and storm["duplicate_sessions"]["value"] == 0
     assert storm["nodes"]["value"] > 0 and storm["nodes"]["zero_loss"]["ok"]
