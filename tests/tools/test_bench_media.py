@@ -19,6 +19,7 @@ async def test_the_media_rows_measure_raw_aiortc_and_the_file_subflow_on_the_sam
     assert raw["buffered_low_bytes"] == tether["buffered_low_bytes"]
     ratio = by_key[("tether-file", "ratio_to_aiortc_raw")]["value"]
     assert ratio == round(tether["value"] / raw["value"], 3)
+    assert by_key[("tether-file", "ratio_to_aiortc_raw")]["cpu_ratio"] > 0
     later = [r for r in rows if r["value"] is None]
     assert {(r["system"], r["metric"]) for r in later} == {
         ("tether-relay", "mb_per_s"), ("tether", "rss_kib_per_peer"),
