@@ -50,7 +50,9 @@ CHANNEL_LABEL = "file"
 MAX_CONTROL_BYTES = 4096
 MAX_CHUNK = 60 << 10  # payload; with the header, below aiortc's 64 KiB SCTP message cap
 DEFAULT_CHUNK = 16 << 10
-DEFAULT_WINDOW = 1 << 20
+# above aiortc's SCTP receive window (1 MiB), so SCTP's own limit binds first, as it does
+# for a bare channel; the receiver buffers nothing, so a larger window costs no memory here
+DEFAULT_WINDOW = 4 << 20
 MIN_WINDOW = MAX_CHUNK  # a window smaller than one chunk could never move
 MAX_WINDOW = 64 << 20
 MAX_SIZE = 1 << 50  # what the wire admits; the receiver's own limit is lower
