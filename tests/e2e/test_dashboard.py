@@ -434,6 +434,15 @@ def test_the_node_page_web_terminal_runs_a_shell_resizes_and_returns_the_exit_co
     run("echo web-$((40+2))")
     expect(screen).to_contain_text("web-42", timeout=WAIT_MS)
 
+    # 24-bit colour under the strict CSP (js/terminal.js styleCellsThroughCssom): the cell
+    # has its exact colour, and no CSP violation is reported (checked at the end).
+    expect(host).to_have_attribute("data-truecolor", "cssom")
+    run(r"printf '\033[38;2;255;0;128mTRUE\033[48;2;0;128;255mCOLOR\033[0m\n'")
+    true_cell = screen.locator("span", has_text=re.compile("^TRUE$")).last
+    expect(true_cell).to_have_css("color", "rgb(255, 0, 128)", timeout=WAIT_MS)
+    expect(screen.locator("span", has_text=re.compile("^COLOR$")).last).to_have_css(
+        "background-color", "rgb(0, 128, 255)")
+
     # The remote pty has the browser's size, and follows the window when it shrinks.
     size = host.get_attribute("data-size")
     assert size and re.fullmatch(r"\d+x\d+", size), size
