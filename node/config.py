@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tether.protocol.iostream import LEASE_S
+
 # Class A uplink frames in flight before an ack: enough to keep the controller's group
 # commit busy (1,024 x 100 B frames is ~30 ms of flow at the benchmarked rate).
 EVT_WINDOW = 1024
@@ -25,6 +27,9 @@ class NodeConfig:
     status_port: int = 0  # 0: ephemeral; the URL is written to runtime.status.url
     max_outbox: int = 100_000  # past it, new class A work is refused (queue_class_a)
     policy_path: Path | None = None  # default: <state-dir>/policy.json if it exists
+    # an io stream (shell, exec --stdin) that heard nothing of the operator's side this
+    # long is hung up; over the controller's keepalive period (10 s) by design
+    io_lease_s: float = LEASE_S
 
     @property
     def db_path(self) -> Path:
