@@ -40,8 +40,14 @@ sysdeps:
 	  else echo "missing system packages:$$missing (not root: install them for the tests that drive them)"; fi; \
 	fi
 
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist): most of its time is spent
+# waiting on controllers, nodes and servers it started, so more workers than cores pay.
+# Work-stealing keeps a worker busy while another sits in a long test. One process, to
+# debug: make test PYTEST_WORKERS=0 (or plain .venv/bin/pytest, which stays serial).
+PYTEST_WORKERS ?= 4
+
 test: lint sysdeps
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 bench: $(BIN)/.installed
 	$(BIN)/tether bench --out bench-results.json

@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-port", type=int, default=0,
                      help="0 picks a free port (written to <state-dir>/runtime.status.url)")
     add_rtc_arguments(run)
+    run.add_argument("--io-lease-s", type=float, default=60.0,
+                     help="hang up a shell or exec --stdin whose operator side sent nothing "
+                          "(not even a keepalive, every 10 s) for this long (default 60)")
     for verb, help_text in (("stop", "stop the runtime and the sidecar (goodbye)"),
                             ("restart", "restart only the runtime; the session stays")):
         p = node.add_parser(verb, help=help_text)
@@ -614,6 +617,7 @@ def _node(args: argparse.Namespace, verb: str) -> int:
                                    policy_path=args.policy,
                                    status_host=args.status_host,
                                    status_port=args.status_port,
+                                   io_lease_s=args.io_lease_s,
                                    **rtc_config(args)))
     if verb == "publish":
         return op.node_publish(args)

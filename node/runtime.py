@@ -465,7 +465,8 @@ class NodeRuntime:
             args = command["args"]
             runner: ExecRunner | ShellRunner
             if kind == "shell":
-                runner = ShellRunner(command_id, args, io=IoChannel(command_id, self.link.send),
+                runner = ShellRunner(command_id, args, io=IoChannel(command_id, self.link.send,
+                                                                   lease_s=self.config.io_lease_s),
                                      policy=self.policy, kill_grace_s=self.config.kill_grace_s)
             else:
                 runner = ExecRunner(command_id, args, logs=self.logs,
@@ -473,7 +474,8 @@ class NodeRuntime:
                                     kill_grace_s=self.config.kill_grace_s,
                                     policy=self.policy,
                                     max_output_bytes=self.policy.max_output_bytes,
-                                    io=IoChannel(command_id, self.link.send)
+                                    io=IoChannel(command_id, self.link.send,
+                                                 lease_s=self.config.io_lease_s)
                                     if args.get("stdin") is True else None)
             self.runners[command_id] = runner
             try:
