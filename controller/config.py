@@ -73,6 +73,7 @@ class ControllerConfig:
     # the browser's RTCPeerConnection (none: host candidates only), the TURN username and
     # credential (given to every operator's browser: use short-lived TURN credentials)
     rtc_ice_servers: tuple[str, ...] = ()
+    rtc_host_addresses: tuple[str, ...] = ()  # the page trickles only these host candidates
     rtc_ice_username: str | None = None
     rtc_ice_credential: str | None = None
 

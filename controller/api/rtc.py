@@ -8,8 +8,9 @@ every mutation (api/auth.py). 201 ``{"peer_session_id", "a", "b", "expires_at"}`
 session as an ``rtc.link`` frame: services/rtc.py).
 
 ``GET /api/v1/rtc/config`` (operator or above: it may hold a TURN credential) answers the
-dashboard's ICE servers, ``{"ice_servers": [RTCIceServer...]}`` (``--rtc-ice-server``;
-empty by default: the browser offers host candidates only).
+dashboard's ICE settings, ``{"ice_servers": [RTCIceServer...], "host_addresses": [IP...]}``
+(``--rtc-ice-server``, empty by default: the browser offers host candidates only;
+``--rtc-host-address``: the page trickles only host candidates from these, none: all).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ async def create_link(request: Request) -> Response:
     return JSONResponse({**link, "expires_at": iso(link["expires_at"])}, status_code=201)
 
 
+def page_config(config: ControllerConfig) -> dict[str, object]:
+    """What ``GET /api/v1/rtc/config`` answers, computed once from the settings."""
+    return {"ice_servers": ice_servers(config),
+            "host_addresses": list(config.rtc_host_addresses)}
+
+
 def ice_servers(config: ControllerConfig) -> list[dict[str, object]]:
     """The browser's ``RTCConfiguration.iceServers`` from the controller's settings: one
     entry per URL, TURN entries with the username and credential when set."""
@@ -57,7 +64,8 @@ def ice_servers(config: ControllerConfig) -> list[dict[str, object]]:
 async def rtc_config(request: Request) -> Response:
     """GET /api/v1/rtc/config → 200 (module docstring)."""
     await _operator(request)
-    return JSONResponse({"ice_servers": getattr(request.app.state, "rtc_ice_servers", [])})
+    return JSONResponse(getattr(request.app.state, "rtc_page_config",
+                                {"ice_servers": [], "host_addresses": []}))
 
 
 ROUTES = [Route("/api/v1/rtc/links", create_link, methods=["POST"]),

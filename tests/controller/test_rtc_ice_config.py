@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tether.cli.controller_rtc import add_rtc_arguments, rtc_config
-from tether.controller.api.rtc import ice_servers
+from tether.controller.api.rtc import ice_servers, page_config
 from tether.controller.config import ControllerConfig
 
 
@@ -38,6 +38,17 @@ def test_turn_servers_carry_the_username_and_credential_and_stun_servers_do_not(
          "credential": "s3cret"}]
 
 
+def test_the_page_may_be_kept_to_host_candidates_from_listed_addresses(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    settings = parse("--rtc-host-address", "127.0.0.1", "--rtc-host-address", "::1")
+    assert page_config(ControllerConfig(**settings))[  # type: ignore[arg-type]
+        "host_addresses"] == ["127.0.0.1", "::1"]
+    with pytest.raises(SystemExit) as exited:
+        parse("--rtc-host-address", "localhost")
+    assert exited.value.code == 2
+    assert "must be an IP address" in capsys.readouterr().err
+
+
 def test_the_environment_lists_ice_servers_when_no_flag_does(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TETHER_RTC_ICE_SERVERS", "stun:a.example:3478, stun:b.example")
@@ -58,7 +69,8 @@ def test_a_bad_ice_server_url_is_a_usage_error(url: str,
 async def test_the_rtc_config_is_served_to_operators_and_refused_to_viewers(
         api: httpx.AsyncClient) -> None:
     resp = await api.get("/api/v1/rtc/config")
-    assert (resp.status_code, resp.json()) == (200, {"ice_servers": []})
+    assert (resp.status_code, resp.json()) == (200, {"ice_servers": [],
+                                                     "host_addresses": []})
     token = (await api.post("/api/v1/tokens", json={"role": "viewer"})).json()["token"]
     viewer = await api.get("/api/v1/rtc/config",
                            headers={"Authorization": f"Bearer {token}"})
