@@ -11,6 +11,7 @@ import { ApiError, call, enc, get, post } from "./api.js";
 import { Spark } from "./chart.js";
 import { h, replace, setText } from "./dom.js";
 import { ago, bytes, ms, parseTime, text } from "./format.js";
+import { RtcPanel } from "./rtcpanel.js";
 import { SplitError, split } from "./shlex.js";
 import { WebTerminal } from "./terminal.js";
 
@@ -77,6 +78,7 @@ export function mountNode(root, live, nodeId) {
   const monitor = h("div", { class: "monitor" });
   const commands = h("div");
   const monitorData = new Map(); // topic -> packets
+  const rtc = new RtcPanel(); // the node's media plane (node.rtc), text only
 
   const disableBtn = h("button", { type: "button", dataset: { action: "disable" } }, "Disable");
   const enableBtn = h("button", { type: "button", dataset: { action: "enable" } }, "Enable");
@@ -102,6 +104,7 @@ export function mountNode(root, live, nodeId) {
       h("a", { href: "#/", class: "back" }, "← Fleet"),
       h("h1", null, nodeId), badge, since, enabledTag,
       h("span", { class: "spacer" }),
+      h("a", { href: `#/node/${enc(nodeId)}/media`, class: "button", dataset: { nav: "media" } }, "Media"),
       disableBtn, enableBtn, deleteBtn, actionMsg),
     h("div", { class: "grid" },
       section("Node", info),
@@ -113,6 +116,7 @@ export function mountNode(root, live, nodeId) {
       terminal.el,
       section("Apps", apps),
       section("Monitor", monitor),
+      section("rtc", rtc.el),
       section("Recent commands", commands),
       section("Sessions", sessions),
       section("Events", events)));
@@ -160,6 +164,7 @@ export function mountNode(root, live, nodeId) {
     ]));
     renderResources(view.resources);
     renderApps(view.apps);
+    rtc.render(view.rtc);
   }
 
   function renderResources(r) {
@@ -363,6 +368,7 @@ export function mountNode(root, live, nodeId) {
     },
     event(kind, data, atMs) {
       if (kind === "resources.updated") { renderResources(data && data.resources); return; }
+      if (kind === "rtc.updated") { rtc.render(data && data.rtc); return; }
       if (data && typeof data.liveness === "string") setLiveness(data.liveness, atMs);
       if (kind === "session.opened" || kind === "session.closed" || kind === "runtime.changed") {
         reloadNode();
