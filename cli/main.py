@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-dead-letters-per-node", type=int, default=1000,
                        help="poison frames kept per node with their reason; past it the "
                             "oldest are deleted (all are counted)")
+    serve.add_argument("--audit-max-age-days", type=float, default=400.0,
+                       help="audit records older than this are pruned, hourly (default "
+                            "400; 0 keeps them whatever their age)")
+    serve.add_argument("--max-audit-records", type=int, default=1_000_000,
+                       help="audit records kept; past it the oldest are pruned, hourly "
+                            "(default 1,000,000; 0: no limit)")
     serve.add_argument("--min-hello-timeout-s", type=float, default=3.0,
                        help="under pressure the hello deadline tightens, never below this")
     serve.add_argument("--hello-pressure-at", type=int, default=2048,
@@ -427,6 +433,8 @@ def dispatch(args: argparse.Namespace) -> int:
             max_monitor_bytes_per_node=args.max_monitor_bytes_per_node,
             max_monitor_bytes_total=args.max_monitor_bytes_total,
             max_dead_letters_per_node=args.max_dead_letters_per_node,
+            audit_max_age_days=args.audit_max_age_days,
+            max_audit_records=args.max_audit_records,
             max_pending_evt_bytes=args.max_pending_evt_bytes,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes,

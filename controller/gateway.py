@@ -65,6 +65,7 @@ from tether.protocol.frames import (
     IoOutput,
     LogChunk,
     MonitorPacket,
+    NodeEvent,
     NodeResources,
     RuntimeState,
     Welcome,
@@ -72,6 +73,7 @@ from tether.protocol.frames import (
     valid_node_id,
 )
 from tether.protocol.handshake import Action
+from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import NodeRtcReport
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import Verdict
@@ -1058,6 +1060,10 @@ class EdgeConnection:
         for effect in effects:
             if effect.applied:
                 command_changed(self.svc.bus, effect.command_id, effect.state, self.node_id)
+        health = [b for _, b in batch if isinstance(b, NodeEvent) and b.kind == HEALTH_KIND]
+        if health:  # stored with the batch: push the latest (protocol/health.py)
+            self.svc.bus.publish(f"node:{self.node_id}", "health.updated",
+                                 {"node_id": self.node_id, "health": dict(health[-1].data)})
 
     async def _downlink_run(self) -> None:
         """Passes until no wake-up arrived during the last one, then end."""

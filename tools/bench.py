@@ -18,7 +18,8 @@ its row (``value: null`` with a ``note``), never an invented figure. Benchmarks:
 * ``cluster``: three replicas on PostgreSQL and NATS behind HAProxy, simulated nodes dialling
   it: sessions held, acked ``node.event`` throughput, seconds from a replica's kill -9 until
   its nodes are online elsewhere, and frames lost; see :mod:`tether.tools.cluster`;
-* ``media``: not yet (the media plane lands in a later issue); the row says so.
+* ``media``: a file over a WebRTC data channel between two processes on loopback, bare
+  aiortc beside the ``file`` subflow (and its ratio); see :mod:`tether.tools.bench_media`.
 
 Sizes: ``--quick`` (under 2 minutes), the default full run, or ``--tiny`` (seconds; the
 test suite checks the pinned JSON shape with it). Output: a table, and ``--out FILE`` /
@@ -56,6 +57,7 @@ from tether.protocol.frames import Frame
 from .bench_dashboard import PAGE_PLANS, run_fleet_page
 from .bench_fleet import FleetPlan, run_fleet
 from .bench_flood import run_flood
+from .bench_media import MEDIA_PLANS, run_media
 from .bench_util import ControllerProcess, peer_port, percentile, row, spawn_peer
 from .cluster import ClusterPlan, run_cluster
 
@@ -472,9 +474,12 @@ def run(args: argparse.Namespace) -> int:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 results += runner.run(run_fleet_page(root, page))
         if "media" in suites:
-            results.append(row("media", "tether", "file_mb_per_s", None, "MB/s",
-                               note="not yet: the media plane (WebRTC file channel) lands "
-                                    "in a later issue"))
+            media = MEDIA_PLANS[size]
+            print(f"bench: a {media.file_bytes >> 20} MiB file over a WebRTC data channel, "
+                  f"aiortc bare and the file subflow, {media.runs} run(s) each ...",
+                  file=sys.stderr)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                results += runner.run(run_media(root, media))
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(root)
