@@ -19,6 +19,8 @@ from . import operator as op
 from .client import CliError
 from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
+from .controller_rtc import add_rtc_arguments as add_controller_rtc_arguments
+from .controller_rtc import rtc_config as controller_rtc_config
 from .errors import JsonErrorParser, print_error
 from .helptext import fill_help
 from .node_rtc import add_rtc_arguments, rtc_config, rtc_lines
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-require-token", action="store_true",
                        help="GET /metrics only with a valid operator token (any role); "
                             "open to whoever reaches the port by default")
+    add_controller_rtc_arguments(serve)
 
     jt = nouns.add_parser("join-token", help="join tokens for enrolling nodes").add_subparsers(
         dest="verb", required=True)
@@ -439,7 +442,8 @@ def dispatch(args: argparse.Namespace) -> int:
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes,
             downlink_check_s=args.downlink_check_s,
-            metrics_require_token=args.metrics_require_token))
+            metrics_require_token=args.metrics_require_token,
+            **controller_rtc_config(args)))
     if admin_cli.handles(noun, verb):
         return admin_cli.run(args)
     if noun == "join-token":

@@ -344,5 +344,6 @@ def create_app(config: ControllerConfig) -> Starlette:
         require_token=config.metrics_require_token)
     app.state.jobs = ctl.jobs
     app.state.rtc = ctl.rtc
+    app.state.rtc_page_config = api_rtc.page_config(config)
     app.state.version = __version__
     return app

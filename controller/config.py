@@ -73,6 +73,13 @@ class ControllerConfig:
     # GET /metrics: open to whoever reaches the port (scrapers), or only with a valid
     # operator token of any role (docs/security.md)
     metrics_require_token: bool = False
+    # The dashboard's media page (api/rtc.py GET /api/v1/rtc/config): STUN/TURN URLs for
+    # the browser's RTCPeerConnection (none: host candidates only), the TURN username and
+    # credential (given to every operator's browser: use short-lived TURN credentials)
+    rtc_ice_servers: tuple[str, ...] = ()
+    rtc_host_addresses: tuple[str, ...] = ()  # the page trickles only these host candidates
+    rtc_ice_username: str | None = None
+    rtc_ice_credential: str | None = None
 
     @property
     def store_quotas(self) -> StoreQuotas:

@@ -904,7 +904,12 @@ class EdgeConnection:
 
     @handles("error")
     async def _on_error(self, frame: Frame) -> None:
-        """Logged, never answered (two peers must not trade errors)."""
+        """Never answered (two peers must not trade errors). A node's error about a
+        ``/ws`` client's rtc frame goes back to that client when this session may
+        address it (services/rtc.py ``error_from_node``); any other is logged."""
+        if self.svc.rtc is not None and self.rtc is not None and \
+                self.svc.rtc.error_from_node(self.node_id, self.rtc, frame):
+            return
         logger.warning("node reported an error", extra={
             "node_id": self.node_id, "code": excerpt(frame.b.get("code"), 64),
             "detail": excerpt(frame.b.get("message"), 200)})

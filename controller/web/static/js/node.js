@@ -12,6 +12,7 @@ import { ApiError, call, enc, get, post } from "./api.js";
 import { Spark } from "./chart.js";
 import { h, replace, setText } from "./dom.js";
 import { ago, bytes, ms, parseTime, text } from "./format.js";
+import { RtcPanel } from "./rtcpanel.js";
 import { SplitError, split } from "./shlex.js";
 import { WebTerminal } from "./terminal.js";
 
@@ -118,6 +119,7 @@ export function mountNode(root, live, nodeId) {
   const monitor = h("div", { class: "monitor" });
   const commands = h("div");
   const monitorData = new Map(); // topic -> packets
+  const rtc = new RtcPanel(); // the node's media plane (node.rtc), text only
 
   const disableBtn = h("button", { type: "button", dataset: { action: "disable" } }, "Disable");
   const enableBtn = h("button", { type: "button", dataset: { action: "enable" } }, "Enable");
@@ -143,6 +145,7 @@ export function mountNode(root, live, nodeId) {
       h("a", { href: "#/", class: "back" }, "← Fleet"),
       h("h1", null, nodeId), badge, since, enabledTag,
       h("span", { class: "spacer" }),
+      h("a", { href: `#/node/${enc(nodeId)}/media`, class: "button", dataset: { nav: "media" } }, "Media"),
       disableBtn, enableBtn, deleteBtn, actionMsg),
     h("div", { class: "grid" },
       section("Node", info),
@@ -155,6 +158,7 @@ export function mountNode(root, live, nodeId) {
       terminal.el,
       section("Apps", apps),
       section("Monitor", monitor),
+      section("rtc", rtc.el),
       section("Recent commands", commands),
       section("Sessions", sessions),
       section("Events", events)));
@@ -202,6 +206,7 @@ export function mountNode(root, live, nodeId) {
     ]));
     renderResources(view.resources);
     renderApps(view.apps);
+    rtc.render(view.rtc);
     if ("health" in view) renderHealthInto(health, view.health); // lists and actions leave it out
   }
 
@@ -406,6 +411,7 @@ export function mountNode(root, live, nodeId) {
     },
     event(kind, data, atMs) {
       if (kind === "resources.updated") { renderResources(data && data.resources); return; }
+      if (kind === "rtc.updated") { rtc.render(data && data.rtc); return; }
       if (kind === "health.updated") { renderHealthInto(health, data && data.health); return; }
       if (data && typeof data.liveness === "string") setLiveness(data.liveness, atMs);
       if (kind === "session.opened" || kind === "session.closed" || kind === "runtime.changed") {
