@@ -4,6 +4,8 @@ order, drops are said on stderr with exit code 3, and binary output comes back b
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -104,10 +106,14 @@ def test_output_past_the_controllers_per_command_cap_is_counted_and_a_failure_ke
 
 def test_a_cli_cut_off_from_the_live_stream_fills_in_over_rest_and_loses_nothing(
         make_controller: Callable[..., ControllerProc], tmp_path: Path) -> None:
-    # the CLI is cut off (4429) again and again
+    # The CLI is cut off (4429): it is stopped (SIGSTOP) while the output streams, so the
+    # socket's buffers fill, the controller's transport pauses and its queue of 2 overflows;
+    # a burst a reading client takes is not enough since events go straight to the socket
+    # while it takes more (browser.py).
     ctl = make_controller("ctl-slow", extra=[*FAST, "--ws-max-queue", "2"])
     node = NodeProc(tmp_path / "n-cut", "n-cut")
     go = tmp_path / "go"
+    lines = 1_000_000  # ~7 MB of output: more than the kernel holds for a stopped reader
     try:
         node.enroll(ctl)
         node.start()
@@ -115,14 +121,22 @@ def test_a_cli_cut_off_from_the_live_stream_fills_in_over_rest_and_loses_nothing
         # done before it attached would all come over REST, with nothing live to cut off.
         proc = subprocess.Popen(tether_cmd(
             "exec", "--url", ctl.url, "--token", ctl.token, "n-cut", "--", "sh", "-c",
-            f"while [ ! -e {go} ]; do sleep 0.05; done; seq 1 200000"),
+            f"while [ ! -e {go} ]; do sleep 0.05; done; seq 1 {lines}"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             api = ctl.api()
-            wait_until(lambda: api.get("/api/v1/diag").json()["ws"]["subscribers"] >= 1,
+            # two subscribers: the exec's io stream (Ctrl-C) and its live output on /ws;
+            # stopped before the second, the CLI would be closed mid-handshake instead
+            wait_until(lambda: api.get("/api/v1/diag").json()["ws"]["subscribers"] >= 2,
                        what="the CLI to follow the live stream")
-            go.touch()
-            stdout, stderr = proc.communicate(timeout=120)
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                go.touch()
+                wait_until(lambda: api.get("/api/v1/diag").json()["ws"]["cut_off_total"] >= 1,
+                           timeout_s=120, what="the stopped CLI to be cut off")
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            stdout, stderr = proc.communicate(timeout=180)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -130,8 +144,8 @@ def test_a_cli_cut_off_from_the_live_stream_fills_in_over_rest_and_loses_nothing
         # the node may not be online yet when exec submits: then exec says so, only that
         said = [line for line in stderr.decode().splitlines()
                 if not line.startswith("n-cut is offline; the command is queued")]
-        assert (proc.returncode, said) == (0, [])
-        assert stdout == "".join(f"{i}\n" for i in range(1, 200001)).encode()
+        assert (proc.returncode, said) == (0, []), said
+        assert stdout == "".join(f"{i}\n" for i in range(1, lines + 1)).encode()
         diag = ctl.api().get("/api/v1/diag").json()
         assert diag["ws"]["cut_off_total"] >= 1  # it was cut off, and still got every line
     finally:
