@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -246,6 +247,8 @@ async def run_node_media(root: Path, source: Path, *, peers: int, cycles: int
     from tether.node.rtc.ice import install_host_allowlist
 
     install_host_allowlist(["127.0.0.1"])  # this process's peers: loopback only
+    for name in ("aioice", "aiortc"):  # their per-check INFO lines would bury the table
+        logging.getLogger(name).setLevel(logging.WARNING)
     a = _Node(root, "relay-a", NO_HOST)
     b = _Node(root, "relay-b", "127.0.0.1")
     try:
