@@ -244,9 +244,11 @@ class Peer:
         else:
             channel.close()  # an unknown subflow: closed, the peer stays
 
-    def _attach_file(self, channel: RTCDataChannel) -> None:
+    def _attach_file(self, channel: RTCDataChannel, *, serve: bool = True) -> None:
         """Serve ``channel`` as the ``file`` subflow; an endpoint it replaces is closed
-        (its tasks end with it: filexfer's ``close`` cancels them)."""
+        (its tasks end with it: filexfer's ``close`` cancels them). ``serve`` false (the
+        channel this node opened, node <-> node): the endpoint only sends, so the node it
+        opened the peer to cannot fetch this node's files."""
         flow = self.subflows["file"]
         flow.set("open")
         channel.on("close", lambda: self._channel_closed(channel, flow))
@@ -254,7 +256,10 @@ class Peer:
         if old is not None:
             old.close()
         try:
-            self.file = self.manager.file_hook(channel, self.manager.workspace_dir)
+            self.file = (self.manager.file_hook(channel, self.manager.workspace_dir)
+                         if serve else
+                         attach_file_channel(channel, self.manager.workspace_dir,
+                                             serve=False))
         except Exception as exc:
             flow.error(f"file channel failed to start: {exc}")
             channel.close()
@@ -433,7 +438,7 @@ class Peer:
         pc.addTransceiver("audio", direction="recvonly")
         for label in ("control", "file"):
             self.channels[label] = pc.createDataChannel(label)
-        self._attach_file(self.channels["file"])
+        self._attach_file(self.channels["file"], serve=False)
         self.used.append(negotiation_id)
         self.local_offer = negotiation_id
         await pc.setLocalDescription(await pc.createOffer())
