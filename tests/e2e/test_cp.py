@@ -83,6 +83,12 @@ def test_cp_uploads_to_and_downloads_from_a_node(
     down = result_of(cp(controller, "cp-n:there.bin", str(back)))
     assert down["sha256"] == sha(local) and sha(back) == sha(local)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tether-cp-")]
+    # with no host candidate here ICE cannot connect, and here <-> node has no relay
+    run = cp(controller, str(local), "cp-n:never.bin", "--rtc-host-address", "192.0.2.1",
+             "--ice-timeout", "2")
+    assert run.returncode == 1 and "ICE found no direct path" in run.stderr
+    assert "relay is for node to node only" in run.stderr
+    assert not (node.state_dir / "workspace" / "never.bin").exists()
 
 
 def test_a_file_send_of_a_file_outside_the_workspace_is_refused_by_the_node(
