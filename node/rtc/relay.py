@@ -32,7 +32,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,12 +244,18 @@ class RelayManager:
                 channel.shut()
             self.channels.clear()
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
-        if self._tg is None:
-            if asyncio.iscoroutine(coro):
-                coro.close()
-            return
-        self._tg.create_task(_quiet(coro))
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the manager's group (errors logged by nobody: a lost ack or
+        close is recovered by the stream's re-send or the grant's end); dropped when the
+        group is gone or shutting down."""
+        wrapped = _quiet(coro)
+        try:
+            if self._tg is None:
+                raise RuntimeError("not running")
+            self._tg.create_task(wrapped)
+        except RuntimeError:
+            wrapped.close()
+            coro.close()
 
     async def send(self, body: RtcRelay | RtcClose) -> bool:
         return await self._send(body.frame())
@@ -316,9 +322,13 @@ class RelayManager:
         return channel.endpoint
 
     def drop(self, peer_session_id: str) -> None:
+        """End the channel: its pump is cancelled and its endpoint closed, the endpoint's
+        tasks awaited in the manager's group."""
         channel = self.channels.pop(peer_session_id, None)
         if channel is not None:
             channel.shut()
+            if channel.endpoint is not None:
+                self.spawn(channel.endpoint.aclose())
 
     async def close(self, peer_session_id: str, reason: str) -> None:
         """End the relay for this peer and tell the other node (``rtc.close``: the
@@ -389,7 +399,7 @@ class RelayManager:
                 "channels": [c.status() for c in self.channels.values()]}
 
 
-async def _quiet(coro: Awaitable[Any]) -> None:
+async def _quiet(coro: Coroutine[Any, Any, Any]) -> None:
     with contextlib.suppress(Exception):
         await coro
 
