@@ -52,7 +52,8 @@ from .store import NodeStore
 
 logger = logging.getLogger(__name__)
 
-CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io", "rtc")
+CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io", "rtc",
+                "file.send")
 RTC_REPORT_MIN_S = 1.0  # node.rtc reports are coalesced: at most one a second
 
 
