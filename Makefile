@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick clean sysdeps
+.PHONY: demo test lint bench bench-quick clean sysdeps test-media-netns
 
 # System packages the test suite drives for real (a CONNECT proxy, an MQTT broker, the
 # cluster's PostgreSQL and NATS, HAProxy in front of its replicas, nginx to check the doc's
@@ -40,8 +40,20 @@ sysdeps:
 	  else echo "missing system packages:$$missing (not root: install them for the tests that drive them)"; fi; \
 	fi
 
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist): most of its time is spent
+# waiting on controllers, nodes and servers it started, so more workers than cores pay.
+# Work-stealing keeps a worker busy while another sits in a long test. One process, to
+# debug: make test PYTEST_WORKERS=0 (or plain .venv/bin/pytest, which stays serial).
+PYTEST_WORKERS ?= 4
+
 test: lint sysdeps
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
+
+# The dashboard's media test in a network namespace holding only lo (root, util-linux's
+# unshare, iproute2's ip): Chromium then has no address but 127.0.0.1 to offer, and the test
+# asserts both ends of the selected candidate pair are 127.0.0.1.
+test-media-netns: $(BIN)/.installed
+	unshare -n sh -c 'ip link set lo up && $(BIN)/pytest tests/e2e/test_dashboard_media.py'
 
 bench: $(BIN)/.installed
 	$(BIN)/tether bench --out bench-results.json

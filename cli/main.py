@@ -19,6 +19,8 @@ from . import operator as op
 from .client import CliError
 from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
+from .controller_rtc import add_rtc_arguments as add_controller_rtc_arguments
+from .controller_rtc import rtc_config as controller_rtc_config
 from .cp import add_cp_parser
 from .errors import JsonErrorParser, print_error
 from .helptext import fill_help
@@ -113,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-dead-letters-per-node", type=int, default=1000,
                        help="poison frames kept per node with their reason; past it the "
                             "oldest are deleted (all are counted)")
+    serve.add_argument("--audit-max-age-days", type=float, default=400.0,
+                       help="audit records older than this are pruned, hourly (default "
+                            "400; 0 keeps them whatever their age)")
+    serve.add_argument("--max-audit-records", type=int, default=1_000_000,
+                       help="audit records kept; past it the oldest are pruned, hourly "
+                            "(default 1,000,000; 0: no limit)")
     serve.add_argument("--min-hello-timeout-s", type=float, default=3.0,
                        help="under pressure the hello deadline tightens, never below this")
     serve.add_argument("--hello-pressure-at", type=int, default=2048,
@@ -145,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-require-token", action="store_true",
                        help="GET /metrics only with a valid operator token (any role); "
                             "open to whoever reaches the port by default")
+    add_controller_rtc_arguments(serve)
 
     jt = nouns.add_parser("join-token", help="join tokens for enrolling nodes").add_subparsers(
         dest="verb", required=True)
@@ -184,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--status-port", type=int, default=0,
                      help="0 picks a free port (written to <state-dir>/runtime.status.url)")
     add_rtc_arguments(run)
+    run.add_argument("--io-lease-s", type=float, default=60.0,
+                     help="hang up a shell or exec --stdin whose operator side sent nothing "
+                          "(not even a keepalive, every 10 s) for this long (default 60)")
     for verb, help_text in (("stop", "stop the runtime and the sidecar (goodbye)"),
                             ("restart", "restart only the runtime; the session stays")):
         p = node.add_parser(verb, help=help_text)
@@ -427,11 +439,14 @@ def dispatch(args: argparse.Namespace) -> int:
             max_monitor_bytes_per_node=args.max_monitor_bytes_per_node,
             max_monitor_bytes_total=args.max_monitor_bytes_total,
             max_dead_letters_per_node=args.max_dead_letters_per_node,
+            audit_max_age_days=args.audit_max_age_days,
+            max_audit_records=args.max_audit_records,
             max_pending_evt_bytes=args.max_pending_evt_bytes,
             allowed_origins=tuple(args.allowed_origin), ws_max_queue=args.ws_max_queue,
             ws_max_queue_bytes=args.ws_max_queue_bytes,
             downlink_check_s=args.downlink_check_s,
-            metrics_require_token=args.metrics_require_token))
+            metrics_require_token=args.metrics_require_token,
+            **controller_rtc_config(args)))
     if admin_cli.handles(noun, verb):
         return admin_cli.run(args)
     if noun == "join-token":
@@ -613,6 +628,7 @@ def _node(args: argparse.Namespace, verb: str) -> int:
                                    policy_path=args.policy,
                                    status_host=args.status_host,
                                    status_port=args.status_port,
+                                   io_lease_s=args.io_lease_s,
                                    **rtc_config(args)))
     if verb == "publish":
         return op.node_publish(args)

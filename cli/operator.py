@@ -115,7 +115,8 @@ def nodes_show(args: argparse.Namespace) -> int:
                        ("capabilities", caps),
                        ("labels", node.get("labels")),
                        ("resources", _resources_line(_map(node.get("resources")))),
-                       ("apps", _apps_line(node.get("apps")))]:
+                       ("apps", _apps_line(node.get("apps"))),
+                       ("ready", _ready_line(node.get("health")))]:
         print(f"{key:<13} {human(value)}")
     return 0
 
@@ -132,6 +133,15 @@ def _runtime_line(runtime: object) -> object:
         return runtime
     parts = [runtime.get("state"), runtime.get("version")]
     return " ".join(human(p) for p in parts if p is not None) or None
+
+
+def _ready_line(health: object) -> str | None:
+    """``yes``, or ``no: <reasons>``, from the node's last health report (None: none yet)."""
+    if not isinstance(health, dict) or not isinstance(health.get("ready"), bool):
+        return None
+    reasons = health.get("reasons")
+    why = "; ".join(human(r) for r in reasons) if isinstance(reasons, list) else ""
+    return "yes" if health["ready"] else f"no: {why}" if why else "no"
 
 
 def _apps_line(apps: object) -> str | None:

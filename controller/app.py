@@ -172,7 +172,9 @@ def build(config: ControllerConfig) -> Controller:
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.node_touch_interval_s,
                       downlink_check_s=config.downlink_check_s,
-                      is_leader=lambda: leadership.is_leader)
+                      is_leader=lambda: leadership.is_leader,
+                      audit_max_age_s=config.audit_max_age_s,
+                      max_audit_records=config.audit_max_records)
     jobs = JobService(store, commands, bus, view=nodes.view)
     job_driver = JobDriver(jobs, store, is_leader=lambda: leadership.is_leader)
     jobs.wake = job_driver.wake
@@ -342,5 +344,6 @@ def create_app(config: ControllerConfig) -> Starlette:
         require_token=config.metrics_require_token)
     app.state.jobs = ctl.jobs
     app.state.rtc = ctl.rtc
+    app.state.rtc_page_config = api_rtc.page_config(config)
     app.state.version = __version__
     return app

@@ -52,6 +52,7 @@ from .services.nodes import NodeViews
 from .services.peek import Peeks
 from .services.rtc import MAX_REFUSED_RUN, SIGNAL_TYPES, RtcService, client_topic
 from .services.rtc_state import ClientPeers
+from .services.tokenwatch import until_token_invalid
 from .views import command_view, log_item
 from .wsproto import FRAME_MESSAGE, FrameWriter, frame_text, frame_writer, text_frame
 
@@ -64,7 +65,6 @@ HELLO_TIMEOUT_S = 10.0
 # Frames any role may send; every other frame changes something and needs ``operator``
 # (deny by default: a frame type added later is guarded until it is listed here).
 READ_ONLY_FRAMES = frozenset({"subscribe", "ping"})
-TOKEN_RECHECK_S = 30.0  # a revoked or expired token's open /ws is closed within this
 IDLE_TIMEOUT_S = 300.0
 SEND_TIMEOUT_S = 10.0
 MAX_TOPICS = 256  # per client, and per subscribe frame
@@ -259,17 +259,10 @@ async def _hello(ws: WebSocket, controller: BrowserServices) -> tuple[Caller, st
 
 
 async def _recheck_token(controller: BrowserServices, token: str) -> None:
-    """Close the client with 4401 within ``TOKEN_RECHECK_S`` of its token being revoked
-    or expiring (one store read per client per period; a store outage is not a reason to
-    drop clients, so only a definite answer closes)."""
-    while True:
-        await asyncio.sleep(TOKEN_RECHECK_S)
-        try:
-            caller, why = await controller.store.operator_caller(token)
-        except Exception:  # the store is unreachable: judge again next period
-            continue
-        if caller is None:
-            raise _Close(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
+    """Close the client with 4401 once its token is revoked or expires
+    (services/tokenwatch.py: within ``TOKEN_RECHECK_S``, as the shell sockets)."""
+    why = await until_token_invalid(controller.store, token)
+    raise _Close(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
 
 
 async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,

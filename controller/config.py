@@ -51,6 +51,10 @@ class ControllerConfig:
     max_monitor_bytes_per_node: int = 4 << 20  # monitor packets in memory: oldest dropped
     max_monitor_bytes_total: int = 256 << 20  # and for all nodes together
     max_dead_letters_per_node: int = 1000  # poison frames kept with their reason: oldest go
+    # The audit log's retention, applied hourly by the leader's sweeper (0: no bound of
+    # that kind): records older than this many days, and all but the newest this many.
+    audit_max_age_days: float = 400.0
+    max_audit_records: int = 1_000_000
     max_pending_evt_frames: int = 4096  # per session, then reading pauses
     max_pending_evt_bytes: int = 8 << 20  # and their bytes on the wire: then reading pauses
     cmd_window: int = 256  # unacked downlink frames in flight per session
@@ -69,6 +73,13 @@ class ControllerConfig:
     # GET /metrics: open to whoever reaches the port (scrapers), or only with a valid
     # operator token of any role (docs/security.md)
     metrics_require_token: bool = False
+    # The dashboard's media page (api/rtc.py GET /api/v1/rtc/config): STUN/TURN URLs for
+    # the browser's RTCPeerConnection (none: host candidates only), the TURN username and
+    # credential (given to every operator's browser: use short-lived TURN credentials)
+    rtc_ice_servers: tuple[str, ...] = ()
+    rtc_host_addresses: tuple[str, ...] = ()  # the page trickles only these host candidates
+    rtc_ice_username: str | None = None
+    rtc_ice_credential: str | None = None
 
     @property
     def store_quotas(self) -> StoreQuotas:
@@ -78,6 +89,14 @@ class ControllerConfig:
                            log_bytes_per_command=self.max_log_bytes_per_command,
                            log_bytes_per_node=self.max_log_bytes_per_node,
                            node_log_bytes_per_node=self.max_node_log_bytes_per_node)
+
+    @property
+    def audit_max_age_s(self) -> float | None:
+        return self.audit_max_age_days * 86400 if self.audit_max_age_days > 0 else None
+
+    @property
+    def audit_max_records(self) -> int | None:
+        return self.max_audit_records if self.max_audit_records > 0 else None
 
     @property
     def node_touch_interval_s(self) -> float:

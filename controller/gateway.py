@@ -65,6 +65,7 @@ from tether.protocol.frames import (
     IoOutput,
     LogChunk,
     MonitorPacket,
+    NodeEvent,
     NodeResources,
     RuntimeState,
     Welcome,
@@ -72,6 +73,7 @@ from tether.protocol.frames import (
     valid_node_id,
 )
 from tether.protocol.handshake import Action
+from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import NodeRtcReport
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import Verdict
@@ -902,7 +904,12 @@ class EdgeConnection:
 
     @handles("error")
     async def _on_error(self, frame: Frame) -> None:
-        """Logged, never answered (two peers must not trade errors)."""
+        """Never answered (two peers must not trade errors). A node's error about a
+        ``/ws`` client's rtc frame goes back to that client when this session may
+        address it (services/rtc.py ``error_from_node``); any other is logged."""
+        if self.svc.rtc is not None and self.rtc is not None and \
+                self.svc.rtc.error_from_node(self.node_id, self.rtc, frame):
+            return
         logger.warning("node reported an error", extra={
             "node_id": self.node_id, "code": excerpt(frame.b.get("code"), 64),
             "detail": excerpt(frame.b.get("message"), 200)})
@@ -1053,6 +1060,10 @@ class EdgeConnection:
         for effect in effects:
             if effect.applied:
                 command_changed(self.svc.bus, effect.command_id, effect.state, self.node_id)
+        health = [b for _, b in batch if isinstance(b, NodeEvent) and b.kind == HEALTH_KIND]
+        if health:  # stored with the batch: push the latest (protocol/health.py)
+            self.svc.bus.publish(f"node:{self.node_id}", "health.updated",
+                                 {"node_id": self.node_id, "health": dict(health[-1].data)})
 
     async def _downlink_run(self) -> None:
         """Passes until no wake-up arrived during the last one, then end."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tether.protocol.iostream import LEASE_S
+
 # Class A uplink frames in flight before an ack: enough to keep the controller's group
 # commit busy (1,024 x 100 B frames is ~30 ms of flow at the benchmarked rate).
 EVT_WINDOW = 1024
@@ -38,6 +40,9 @@ class NodeConfig:
     # file.send: how long ICE may take to connect before the relay takes over
     rtc_ice_timeout_s: float = 10.0
     workspace_path: Path | None = None  # default: <state-dir>/workspace (the file channel's)
+    # an io stream (shell, exec --stdin) that heard nothing of the operator's side this
+    # long is hung up; over the controller's keepalive period (10 s) by design
+    io_lease_s: float = LEASE_S
 
     @property
     def db_path(self) -> Path:

@@ -3,7 +3,8 @@
 Readiness is derived from explicit signals only (transport state from the sidecar, the age
 of the last heartbeat_ack, outbox depth and age, store health, executor load); the node is
 never "ready" while a fresh incident says otherwise. The matrix says which operations are
-allowed now and, when one is not, why.
+allowed now and, when one is not, why. :func:`health_report` is what the controller is
+told of both (the node page's readiness tree and incidents).
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.protocol.errors import incident_for_close
+from tether.protocol.health import (
+    MAX_CLASS_CHARS,
+    MAX_DETAIL_CHARS,
+    MAX_MESSAGE_CHARS,
+    MAX_REASON_CHARS,
+    MAX_REASONS,
+    HealthCheck,
+    HealthIncident,
+    NodeHealth,
+    clip,
+)
 from tether.protocol.liveness import Freshness, authority_freshness
 
 INCIDENT_FRESH_S = 30.0  # an incident this recent keeps the node from being ready
@@ -123,3 +135,47 @@ def degraded_matrix(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "apply_bundles": rule(store_ok and fresh, "controller authority is not fresh"
                               if store_ok else "store unhealthy"),
     }
+
+
+REPORT_INCIDENTS = 10  # the newest incidents a health report carries
+
+
+def health_report(tree: dict[str, Any], incidents: Incidents, now: float) -> dict[str, Any]:
+    """The readiness tree and the newest incidents as the controller gets them (``node.event``
+    kind ``health``, :class:`~tether.protocol.health.NodeHealth`): each check's state and
+    why, without the values that move on every sample (ages, depths, running counts), so a
+    report changes only when the node's state does. Texts are clipped to the report's
+    bounds; the result always passes ``NodeHealth.from_map``."""
+    store = tree["store"]
+    outbox_full = bool(store["outbox"]["full"])
+    checks = {
+        "transport": HealthCheck(tree["transport"]["ok"], tree["transport"]["state"],
+                                 _detail(tree["transport"].get("detail"))),
+        "control_authority": HealthCheck(tree["control_authority"]["ok"],
+                                         tree["control_authority"]["state"]),
+        "store": HealthCheck(store["ok"], store["state"], _detail(store.get("error"))),
+        "outbox": HealthCheck(not outbox_full, "full" if outbox_full else "ok",
+                              f"{store['outbox']['max']} frames at most"
+                              if outbox_full else None),
+        "executors": HealthCheck(tree["executors"]["ok"], tree["executors"]["state"]),
+    }
+    recent = list(incidents.items)[-REPORT_INCIDENTS:]
+    report = NodeHealth(
+        at_ms=int(now * 1000), ready=bool(tree["ready"]),
+        reasons=tuple(clip(str(r), MAX_REASON_CHARS) for r in tree["reasons"][:MAX_REASONS]),
+        checks=checks,
+        incidents=tuple(HealthIncident(
+            at_ms=max(0, int(i["at"] * 1000)), klass=clip(str(i["class"]), MAX_CLASS_CHARS),
+            message=clip(str(i["message"]), MAX_MESSAGE_CHARS),
+            close_code=_close_code(i.get("close_code"))) for i in recent),
+        incidents_total=sum(incidents.counts.values()))
+    return NodeHealth.from_map(report.to_map()).to_map()
+
+
+def _detail(value: object) -> str | None:
+    return None if value is None else clip(str(value), MAX_DETAIL_CHARS)
+
+
+def _close_code(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) \
+        and 0 <= value <= 65535 else None

@@ -31,6 +31,7 @@ from tether.protocol.frames import (
     IoSignal,
     Welcome,
 )
+from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import RTC_BODIES
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
 
@@ -45,13 +46,21 @@ from .link import LinkStopped, ReconnectNeeded, SidecarLink, SidecarRefused
 from .logbuf import LogBuffer
 from .monitor import MonitorBuffer
 from .policy import Policy
-from .readiness import Incidents, Signals, degraded_matrix, incident_class, readiness
+from .readiness import (
+    Incidents,
+    Signals,
+    degraded_matrix,
+    health_report,
+    incident_class,
+    readiness,
+)
 from .resources import sample as sample_resources
 from .sidecar_proc import ensure_sidecar
 from .store import NodeStore
 
 logger = logging.getLogger(__name__)
 
+HEALTH_CHECK_S = 2.0  # how often the health report is judged for a change (class A when it did)
 CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io", "rtc",
                 "file.send")
 RTC_REPORT_MIN_S = 1.0  # node.rtc reports are coalesced: at most one a second
@@ -135,6 +144,7 @@ class NodeRuntime:
                            tg.create_task(self._status_loop(), name="node-status"),
                            tg.create_task(self._resources_loop(), name="node-resources"),
                            tg.create_task(self._apps_report_loop(), name="node-apps"),
+                           tg.create_task(self._health_report_loop(), name="node-health"),
                            tg.create_task(serve_loopback(
                                health_app(self), host=self.config.status_host,
                                port=self.config.status_port,
@@ -512,7 +522,8 @@ class NodeRuntime:
             args = command["args"]
             runner: ExecRunner | ShellRunner
             if kind == "shell":
-                runner = ShellRunner(command_id, args, io=IoChannel(command_id, self.link.send),
+                runner = ShellRunner(command_id, args, io=IoChannel(command_id, self.link.send,
+                                                                   lease_s=self.config.io_lease_s),
                                      policy=self.policy, kill_grace_s=self.config.kill_grace_s)
             else:
                 runner = ExecRunner(command_id, args, logs=self.logs,
@@ -520,7 +531,8 @@ class NodeRuntime:
                                     kill_grace_s=self.config.kill_grace_s,
                                     policy=self.policy,
                                     max_output_bytes=self.policy.max_output_bytes,
-                                    io=IoChannel(command_id, self.link.send)
+                                    io=IoChannel(command_id, self.link.send,
+                                                 lease_s=self.config.io_lease_s)
                                     if args.get("stdin") is True else None)
             self.runners[command_id] = runner
             try:
@@ -601,6 +613,24 @@ class NodeRuntime:
         self._apps_dirty.clear()
         self._outbox_grew(await self.store.append_event(
             "node.event", {"kind": "apps", "data": self.apps.table()}))
+
+    async def _health_report_loop(self) -> None:
+        """The readiness tree and the newest incidents reach the controller as a class A
+        ``node.event`` kind ``health`` (readiness.py ``health_report``) when they changed,
+        judged every ``HEALTH_CHECK_S`` while a session is up: what happened offline goes
+        in the first report after it, and nothing piles up in the outbox meanwhile."""
+        last: dict[str, Any] | None = None
+        while True:
+            await self.link.connected.wait()
+            report = health_report(self.readiness(), self.incidents, time.time())
+            state = {k: v for k, v in report.items() if k != "at_ms"}
+            if state != last:
+                try:
+                    await self.emit_event(HEALTH_KIND, report)
+                    last = state
+                except Exception as exc:  # the store: already a readiness fact; next time
+                    logger.warning("health report not queued", extra={"detail": str(exc)})
+            await asyncio.sleep(HEALTH_CHECK_S)
 
     async def _control(self, control_id: str, kind: str, args: dict[str, Any]) -> None:
         """cancel / pause / resume ``args.command_id``; the control command itself succeeds

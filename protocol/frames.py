@@ -46,6 +46,7 @@ from .fields import (
     seconds,
     version_text,
 )
+from .health import HEALTH_KIND, NodeHealth
 from .values import INT64_MAX, int_in, number_in, plain_map, text
 
 PROTOCOL_VERSION = 1
@@ -586,8 +587,11 @@ class NodeEvent(Body):
         if kind is None:
             raise BadFrame("body field 'kind' is required")
         data = b.get("data")
-        return cls(kind=bounded_text(kind, "kind", max_len=MAX_KIND_LEN),
-                   data={} if data is None else plain_data(data, "data"))
+        kind = bounded_text(kind, "kind", max_len=MAX_KIND_LEN)
+        data = {} if data is None else plain_data(data, "data")
+        if kind == HEALTH_KIND:  # the node's readiness report: its own rules (health.py)
+            data = NodeHealth.from_map(data).to_map()
+        return cls(kind=kind, data=data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,9 @@ node_id}``, ``credit {bytes}``, ``output {data}``, ``signalled {signal, delivere
 (keepalive), ``pong``.
 
 Rule 1 (auth): the role comes from ``routes._operator`` (operator or above), from the
-header or the hello's token alike; a browser's ``Origin`` is checked as on ``/ws``.
+header or the hello's token alike; a browser's ``Origin`` is checked as on ``/ws``. As on
+``/ws``, a socket whose token is revoked or expires is closed with 4401 within
+``TOKEN_RECHECK_S`` (services/tokenwatch.py), and a shell it opened is hung up.
 Rule 2 (bounded): the client may have at most ``CLIENT_WINDOW`` bytes of input not yet
 acked by the node; the server grants it in ``credit`` frames as the node acks, and a client
 past it is closed with 4429. Output is acked to the node only once written to the client
@@ -74,7 +76,9 @@ from tether.protocol.iostream import DEFAULT_WINDOW, KEEPALIVE_S, IoSender
 
 from ..browser import _origin_allowed
 from ..services.events import Subscriber
+from ..services.tokenwatch import until_token_invalid
 from ..services.topics import io_topic
+from .auth import bearer_token
 from .routes import ApiServices, _operator
 
 logger = logging.getLogger(__name__)
@@ -176,7 +180,8 @@ async def _receive(ws: WebSocket, timeout_s: float | None) -> Frame | None:
         raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
 
-async def _authenticate(ws: WebSocket) -> str:
+async def _authenticate(ws: WebSocket) -> tuple[str, str]:
+    """(the caller as the audit log names it, its token); raises as ``_operator`` does."""
     token: str | None = None
     if not ws.headers.get("authorization"):
         frame = await _receive(ws, HELLO_TIMEOUT_S)
@@ -185,7 +190,16 @@ async def _authenticate(ws: WebSocket) -> str:
         if frame.t != "hello" or not isinstance(frame.b.get("token"), str):
             raise _Close(CloseCode.PROTOCOL_ERROR, "expected hello {token} first")
         token = frame.b["token"]
-    return await _operator(_http_view(ws, token))
+    actor = await _operator(_http_view(ws, token))
+    if token is None:  # _operator found it in the header
+        token = bearer_token(ws.headers.get("authorization", "")) or ""
+    return actor, token
+
+
+async def _watch_token(api: ApiServices, token: str) -> None:
+    """Rule 1: 4401 once the token is no longer valid."""
+    why = await until_token_invalid(api.store, token)
+    raise _Close(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
 
 
 async def _accept(ws: WebSocket) -> bool:
@@ -216,7 +230,7 @@ async def _serve(ws: WebSocket, *, shell: bool) -> None:
     api: ApiServices = ws.app.state.api
     stream: _Stream | None = None
     try:
-        actor = await _authenticate(ws)
+        actor, token = await _authenticate(ws)
         await _send_plain(ws, "welcome", {"actor": actor})
         stream = await (_open_shell(ws, api, actor) if shell
                         else _attach(ws, api, actor))
@@ -233,8 +247,9 @@ async def _serve(ws: WebSocket, *, shell: bool) -> None:
                 tasks = [tg.create_task(_from_client(stream)),
                          tg.create_task(_from_node(stream)),
                          tg.create_task(_tick(stream))]
+                watch = tg.create_task(_watch_token(api, token))  # ends only by raising
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in tasks:
+                for task in [*tasks, watch]:
                     task.cancel()
         if stream.final is not None:
             await stream.send("exit", stream.final)

@@ -74,6 +74,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/api/v1/jobs/{job_id}/cancel"): Op("Cancel the job's remaining parts", 202, OPER),
     ("POST", "/api/v1/rtc/links"): Op("Grant two nodes a peer (tether cp), for 10 min", 201,
                                       OPER),
+    ("GET", "/api/v1/rtc/config"): Op("The dashboard's ICE servers (--rtc-ice-server)", 200,
+                                      OPER),
 }
 
 # HTTP routes that are pages, not the REST API: the dashboard (controller/web)

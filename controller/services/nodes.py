@@ -44,14 +44,20 @@ class NodeViews:
 
     async def view_one(self, row: NodeRecord) -> dict[str, Any]:
         """:meth:`view`, with the live session of a node another replica holds, read from
-        that replica (one peek, bounded by the router's timeout) when it answers."""
+        that replica (one peek, bounded by the router's timeout) when it answers, and the
+        node's last health report (``health``: readiness tree and recent incidents, None
+        when it never sent one; stored, so every replica has it). Lists leave ``health``
+        out: it is up to 32 KiB a node."""
+        view = None
         if self._remote_session is not None and self._held_elsewhere(row) \
                 and self._presence.snapshot(row.node_id) is None:
             peeked = await self._remote_session(row.node_id)
             if peeked is not None and peeked.session is not None \
                     and peeked.session.session_id is not None:
-                return self._view(row, peeked.session, peeked.replica_id)
-        return self.view(row)
+                view = self._view(row, peeked.session, peeked.replica_id)
+        view = self.view(row) if view is None else view
+        view["health"] = row.health or None
+        return view
 
     def view(self, row: NodeRecord) -> dict[str, Any]:
         return self._view(row, self._presence.snapshot(row.node_id), None)

@@ -44,6 +44,7 @@ from tether.protocol.rtc import (
     parse_rtc,
     with_route,
 )
+from tether.protocol.rtc_error import RtcError
 
 from .bus import EventBus
 from .events import Event
@@ -146,8 +147,10 @@ class RtcService:
         if refusal is not None:
             return self._refuse(refusal[0], *refusal)
         opened = client.opened(body)
+        # The client's frame id rides on: a node's error about it answers with it as
+        # ``re``, and comes back to this client as its answer (error_from_node).
         failed = await self._to_node(body.node_id,
-                                     with_route(body, from_=client.address).frame())
+                                     with_route(body, from_=client.address).frame(id=frame.id))
         if failed is not None:
             if opened:
                 client.peers.pop(body.peer_session_id, None)
@@ -161,6 +164,8 @@ class RtcService:
     def to_client(self, client: ClientPeers, event: Event) -> Frame | None:
         """An event of the client's topic as the frame to send it; None (dropped, counted)
         for one that is not for a peer this client has open with that node."""
+        if event.kind == RtcError.TYPE:
+            return self._error_to_client(client, event)
         try:
             body = parse_rtc(event.kind, event.data)
         except BadFrame:
@@ -170,6 +175,28 @@ class RtcService:
             self._refuse("not_for_client", "forbidden", "")
             return None
         return body.frame()
+
+    def _error_to_client(self, client: ClientPeers, event: Event) -> Frame | None:
+        """A node's error (:meth:`error_from_node`) as the client's ``error`` frame, ``re``
+        its own frame id; None (dropped, counted) unless it is about a peer this client
+        has open with that node. ``rtc_unknown_peer`` and ``unavailable`` mean the node
+        holds no such peer: the client's record of it ends (its slot is free again)."""
+        data = event.data if isinstance(event.data, dict) else {}
+        re = data.get("re")
+        try:
+            error = RtcError.from_body(data.get("error", {}))
+        except BadFrame:
+            self._refuse("bad_frame", "bad_frame", "")
+            return None
+        peer = client.peers.get(error.peer_session_id)
+        if peer is None or peer.node_id != error.node_id \
+                or error.from_ != f"node:{error.node_id}":
+            self._refuse("not_for_client", "forbidden", "")
+            return None
+        if error.code in ("rtc_unknown_peer", "unavailable"):
+            del client.peers[error.peer_session_id]
+        body = dataclasses.replace(error, to=None).to_body()
+        return Frame(t="error", re=re if isinstance(re, str) else None, b=body)
 
     async def client_gone(self, client: ClientPeers) -> None:
         """The client's connection ended: each node it had a peer with gets ``rtc.close``
@@ -239,6 +266,33 @@ class RtcService:
                     f"the frame is over the frame cap {to!r} announced"))
         self.counters.relayed.labels(frame.t).inc()
         return None
+
+    def error_from_node(self, node_id: str, routes: SessionRoutes, frame: Frame) -> bool:
+        """A node's ``error`` frame: True when it was about a client's peer and is relayed
+        to that client (published on its topic, ``re`` kept: the client's own frame id).
+        False when it is not for a client (no ``to: client:<id>``, no ``peer_session_id``,
+        a body that does not parse: the caller logs it) or when the node may not address
+        that client (Rule 1 of services/rtc_state.py: counted ``forbidden``, never
+        relayed, never answered: two peers must not trade errors)."""
+        b = frame.b
+        to = b.get("to") if isinstance(b, dict) else None
+        if not (isinstance(to, str) and to.startswith("client:")
+                and isinstance(b.get("peer_session_id"), str)):
+            return False
+        try:
+            error = RtcError.from_body(b)
+        except BadFrame:
+            self._refuse("bad_frame", "bad_frame", "")
+            return False
+        if error.node_id != node_id or error.to is None or \
+                not routes.may_report(error.to, error.peer_session_id):
+            self._refuse("forbidden", "forbidden", "")
+            return False
+        out = dataclasses.replace(error, from_=f"node:{node_id}", to=None)
+        self._bus.publish(client_topic(error.to), RtcError.TYPE,
+                          {"re": frame.re, "error": out.to_body()})
+        self.counters.relayed.labels(RtcError.TYPE).inc()
+        return True
 
     async def link(self, a: str, b: str) -> dict[str, object]:
         """Grant nodes ``a`` and ``b`` a peer (``a`` offers, ``b`` is its node end): an

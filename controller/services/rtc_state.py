@@ -242,6 +242,12 @@ class SessionRoutes:
             del self.grants[body.peer_session_id]
         return None
 
+    def may_report(self, to: str, peer_session_id: str) -> bool:
+        """Whether this node may send an ``error`` about peer ``peer_session_id`` to the
+        client ``to``: the route of Rule 1 (a frame of that client for that peer reached
+        this session). Nothing is learnt or ended here."""
+        return to.startswith("client:") and (to, peer_session_id) in self.clients
+
     def relay_acked(self, body: RtcRelay) -> None:
         """This node (the receiver) acked data of the relay ``body`` names."""
         grant = self.grants.get(body.peer_session_id)

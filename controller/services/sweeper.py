@@ -5,7 +5,8 @@ Each tick: queued commands past their deadline expire (pushed); live sessions si
 ago turn offline (pushed); every ``touch_interval_s`` the last-seen times of sessions that
 heard something are written; every ``downlink_check_s`` the sessions with downlink frames
 they were not woken for are woken (a lost nudge: a cluster's nudge travels over NATS and can
-be lost while everything stays connected); hourly, old idempotency keys are pruned. A tick
+be lost while everything stays connected); hourly, old idempotency keys and audit records
+past their retention (``audit_max_age_s``, ``max_audit_records``) are pruned. A tick
 that fails is logged and the next one tries again. It also measures the event loop's lag:
 how late its sleep ended.
 
@@ -15,7 +16,7 @@ or timer per session: a session whose frames are pending is woken, and its own d
 reads them. A nudge lost is thus healed within ``downlink_check_s`` plus a sweep.
 
 In a cluster every replica runs a sweeper, split in two. The fleet-wide duties (command
-expiry, idempotency-key pruning) run only while ``is_leader()`` (services/leader.py: one
+expiry, idempotency-key and audit pruning) run only while ``is_leader()`` (services/leader.py: one
 replica at a time, handed over when it dies; they are idempotent, so a handover that
 overlaps does no harm). The duties about this replica's own sessions (idle expiry, touch,
 its nodes turning offline, the downlink check of its sessions) run on every replica.
@@ -67,6 +68,9 @@ class SweepStore(Protocol):
 
     async def prune_idempotency_keys(self, *, older_than_s: float = ...) -> int: ...
 
+    async def prune_audit(self, *, older_than_s: float | None,
+                          keep_max: int | None) -> int: ...
+
     async def touch_nodes(self, seen: dict[str, Touch]) -> None: ...
 
     async def downlink_pending(self) -> dict[str, tuple[int, int]]: ...
@@ -100,12 +104,15 @@ class Sweeper:
                  *, expire_closed: Callable[[], object], sweep_interval_s: float,
                  touch_interval_s: float, downlink_check_s: float = 5.0,
                  is_leader: Callable[[], bool] = lambda: True,
+                 audit_max_age_s: float | None = None, max_audit_records: int | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._bus = bus
         self._sessions = sessions
         self._expire_closed = expire_closed
         self._is_leader = is_leader
+        self.audit_max_age_s = audit_max_age_s  # None: audit records are kept whatever
+        self.max_audit_records = max_audit_records  # their age / however many there are
         self.sweep_interval_s = sweep_interval_s
         self.touch_interval_s = touch_interval_s
         self.downlink_check_s = downlink_check_s
@@ -151,12 +158,24 @@ class Sweeper:
         self._expire_closed()
         if leader and self._tick % hourly == 0:
             await self._store.prune_idempotency_keys()
+            await self.prune_audit()
         if self._tick % touch_every == 0:
             seen, marks = changed_since_touch(self._sessions, self._touched, now_mono)
             await self._store.touch_nodes(seen)
             self._touched = marks  # only once written: a failed touch is tried again
         if self._tick % downlink_every == 0:
             await self.check_downlinks()
+
+    async def prune_audit(self) -> int:
+        """Apply the audit log's retention (nothing when neither bound is set); returns
+        how many records went."""
+        if self.audit_max_age_s is None and self.max_audit_records is None:
+            return 0
+        pruned = await self._store.prune_audit(older_than_s=self.audit_max_age_s,
+                                               keep_max=self.max_audit_records)
+        if pruned:
+            logger.info("audit records past their retention pruned", extra={"count": pruned})
+        return pruned
 
     async def check_downlinks(self) -> int:
         """Wake each session the store holds downlink frames for that it has not sent (one

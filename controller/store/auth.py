@@ -251,6 +251,25 @@ class AuthTransactions(StoreBase):
             return [AuditRecord.from_row(r) for r in rows]
         return await self.driver.read(fn)
 
+    async def prune_audit(self, *, older_than_s: float | None,
+                          keep_max: int | None) -> int:
+        """Delete audit records older than ``older_than_s`` and all but the newest
+        ``keep_max`` (None: no bound of that kind); returns how many went. Called hourly by
+        the leader's sweeper (services/sweeper.py); idempotent, so two replicas pruning at
+        once during a leader handover do no harm."""
+        async def fn(tx: Tx) -> int:
+            pruned = 0
+            if older_than_s is not None:
+                pruned += await tx.execute("DELETE FROM audit_log WHERE at < $1",
+                                           wall_now() - older_than_s)
+            if keep_max is not None:
+                # the id of the newest record that goes (none: NULL, nothing deleted)
+                pruned += await tx.execute(
+                    "DELETE FROM audit_log WHERE id <= (SELECT id FROM audit_log "
+                    "ORDER BY id DESC LIMIT 1 OFFSET $1)", keep_max)
+            return pruned
+        return await self.driver.write(fn)
+
 
 async def add_caller_audit(tx: Tx, caller: Caller, action: str, target: str | None,
                            detail: Any) -> None:

@@ -430,7 +430,7 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                 elif isinstance(body, NodeEvent):
                     kind, data = peer_text(body.kind), dict(body.data)
                     self._node_event(node_id, kind, data, now, events)
-                    if kind in ("policy", "apps"):  # the latest report is the node's view
+                    if kind in ("policy", "apps", "health"):  # the latest is the node's view
                         await tx.execute(f"UPDATE nodes SET {kind}=$1 WHERE node_id=$2",
                                          json.dumps(data, allow_nan=False), node_id)
                 else:  # a typed class A body this version records but does not interpret

@@ -21,7 +21,7 @@ import logging
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .sql import Row
@@ -138,10 +138,12 @@ class NodeRecord:
     apps: dict[str, Any]
     dead_letters_total: int
     current_replica: str | None = None  # the replica holding current_session, if named
+    # the node's last health report (protocol/health.py, as checked on arrival); {} when none
+    health: dict[str, Any] = field(default_factory=dict)
 
     COLUMNS = ("node_id, labels, enabled, created_at, current_session, last_seen_at, "
                "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
-               "capabilities, policy, apps, dead_letters_total, current_replica")
+               "capabilities, policy, apps, dead_letters_total, current_replica, health")
 
     @classmethod
     def from_row(cls, row: Row) -> NodeRecord:
@@ -155,7 +157,8 @@ class NodeRecord:
                    sidecar=_map(row["sidecar"]), capabilities=_list(row["capabilities"]),
                    policy=loads(row["policy"]), apps=_map(row["apps"]),
                    dead_letters_total=_count(row["dead_letters_total"]),
-                   current_replica=_text(row["current_replica"]))
+                   current_replica=_text(row["current_replica"]),
+                   health=_map(row["health"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,6 +222,11 @@ SQLITE_MIGRATIONS = [
     ALTER TABLE audit_log ADD COLUMN role TEXT;
     ALTER TABLE audit_log ADD COLUMN status INTEGER
     """,
+    # 11: the node's health (readiness tree and recent incidents) as it last reported it
+    # (node.event kind "health", protocol/health.py)
+    """
+    ALTER TABLE nodes ADD COLUMN health TEXT
+    """,
 ]
 
 MIGRATIONS = SQLITE_MIGRATIONS  # the name callers used before there were two dialects
@@ -345,5 +350,9 @@ POSTGRES_MIGRATIONS = [
     ALTER TABLE audit_log ADD COLUMN token_id TEXT;
     ALTER TABLE audit_log ADD COLUMN role TEXT;
     ALTER TABLE audit_log ADD COLUMN status BIGINT
+    """,
+    # 6: = SQLITE_MIGRATIONS 11 (the node's health)
+    """
+    ALTER TABLE nodes ADD COLUMN health TEXT
     """,
 ]

@@ -21,6 +21,7 @@ PATTERN_WIDTH = 320
 PATTERN_HEIGHT = 240
 PATTERN_FPS = 15
 VIDEO_CLOCK = 90_000
+LOOP_WAIT_S = 1 / PATTERN_FPS
 
 # Eight bars (white, yellow, cyan, green, magenta, red, blue, black) as (Y, U, V).
 _BARS = ((235, 128, 128), (210, 16, 146), (170, 166, 16), (145, 54, 34),
@@ -80,11 +81,77 @@ class TestPatternTrack(VideoStreamTrack):
         return frame
 
 
+class LoopbackTrack(VideoStreamTrack):
+    """``loopback`` mode's one video track, kept on the sender for the peer's life: the
+    other end's video while :meth:`follow` is given it (its offer sends video: the camera
+    is on), the test pattern otherwise (camera off, or not yet). Switching never changes
+    the sender's track: aiortc's sender waits in ``recv`` of the track it holds, and a
+    relayed track stopped under it would leave that wait hanging, or end the sender.
+
+    Rule: ``recv`` never waits on the other end's video longer than one pattern frame
+    (:data:`LOOP_WAIT_S`) before looking at the mode again, and the frames' ``pts`` are
+    this track's own clock, so the two sources' timestamps never go back. The relayed
+    video is subscribed unbuffered (the latest frame only): nothing queues here, through
+    the relay that already reads that track (two relays reading one track would each get
+    a share of its frames)."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pattern = TestPatternTrack()
+        self._received: MediaStreamTrack | None = None
+        self._source: MediaStreamTrack | None = None
+        self._t0 = time.monotonic()
+
+    @property
+    def looping(self) -> bool:
+        return self._source is not None
+
+    def follow(self, received: MediaStreamTrack | None, relay: MediaRelay) -> None:
+        """Loop ``received`` back through ``relay`` (None: send the pattern). Idempotent."""
+        if received is self._received:
+            return
+        old, self._received = self._source, received
+        self._source = None if received is None else relay.subscribe(received,
+                                                                      buffered=False)
+        if old is not None:
+            old.stop()
+        if received is None:
+            self._pattern = TestPatternTrack()  # a fresh clock: no burst to catch up
+
+    async def recv(self) -> av.VideoFrame:
+        while True:
+            source = self._source
+            if source is None:
+                frame = await self._pattern.recv()
+                break
+            try:
+                async with asyncio.timeout(LOOP_WAIT_S):
+                    frame = await source.recv()
+                break
+            except TimeoutError:
+                continue  # the camera may have stopped: look at the mode again
+            except Exception:  # MediaStreamError: the other end's track ended
+                if self._source is source:
+                    self._received = self._source = None
+                    self._pattern = TestPatternTrack()
+        frame.pts = int((time.monotonic() - self._t0) * VIDEO_CLOCK)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        return frame
+
+    def stop(self) -> None:
+        if self._source is not None:
+            self._source.stop()
+        super().stop()
+
+
 class VideoSource:
     """Hands out the track the video transceiver sends, per the node's setting:
-    ``pattern`` (default), ``loopback`` (what the peer sends, relayed back; the pattern
-    until it sends something), or anything else: a file or device for ``MediaPlayer``
-    (``format`` and ``options`` as ``MediaPlayer`` takes them, e.g. ``v4l2``)."""
+    ``pattern`` (default), ``loopback`` (:class:`LoopbackTrack`: what the peer sends,
+    relayed back, while its offers send video; the pattern otherwise), or anything else:
+    a file or device for ``MediaPlayer`` (``format`` and ``options`` as ``MediaPlayer``
+    takes them, e.g. ``v4l2``)."""
 
     def __init__(self, setting: str = "pattern", *, player_format: str | None = None,
                  player_options: dict[str, str] | None = None) -> None:
@@ -95,8 +162,8 @@ class VideoSource:
         self._player: MediaPlayer | None = None
 
     def track(self, received: MediaStreamTrack | None) -> MediaStreamTrack:
-        if self.setting == "loopback" and received is not None:
-            return self._relay.subscribe(received)
+        if self.setting == "loopback":
+            return LoopbackTrack()  # the peer has it follow what it receives
         if self.setting not in ("pattern", "loopback"):
             if self._player is None:
                 self._player = MediaPlayer(self.setting, format=self._format,
@@ -114,6 +181,8 @@ class VideoSource:
 
 
 def describe(track: Any) -> str:
+    if isinstance(track, LoopbackTrack):
+        return "loopback" if track.looping else "pattern"
     if isinstance(track, TestPatternTrack):
         return "pattern"
     return "source" if track is not None else "none"

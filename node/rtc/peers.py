@@ -66,7 +66,7 @@ from tether.protocol.rtc import (
 from .control import CommandDispatcher, ControlChannel
 from .filexfer import FileEndpoint, attach_file_channel
 from .ice import IceSettings
-from .media import TestPatternTrack, VideoSource
+from .media import LoopbackTrack, TestPatternTrack, VideoSource, describe
 from .subflow import Subflow, new_subflows
 
 logger = logging.getLogger(__name__)
@@ -327,8 +327,11 @@ class Peer:
             if kind == "video" and may_send:
                 if transceiver.sender.track is None:
                     transceiver.sender.replaceTrack(self._video_track(flow))
-                flow.detail["sending"] = "pattern" if isinstance(
-                    transceiver.sender.track, TestPatternTrack) else "source"
+                if isinstance(transceiver.sender.track, LoopbackTrack):
+                    # loopback mode: the other end's video while this offer sends it
+                    transceiver.sender.track.follow(
+                        self.received.get("video") if may_receive else None, self._relay)
+                flow.detail["sending"] = describe(transceiver.sender.track)
             elif kind == "audio" and may_send and self.manager.video.setting == "loopback" \
                     and "audio" in self.received:
                 if transceiver.sender.track is None:

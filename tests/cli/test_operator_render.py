@@ -25,6 +25,7 @@ HOSTILE_NODE: dict[str, Any] = {
     "resources": {"cpu_percent": ESC + "[1A", "memory": 5, "disk": {"free": "lots"}},
     "apps": {"web": 5, "db": [1], "x": {"state": 7, "restarts": "many"}, "": None,
              ESC + "[2J": {"state": "running", "restarts": 0}},
+    "health": {"ready": False, "reasons": [ESC + "[2J", 5, {"x": ESC}]},
 }
 HOSTILE_COMMAND: dict[str, Any] = {
     "command_id": "c_1", "node_id": "evil", "kind": "exec", "args": {"argv": [ESC + "c"]},

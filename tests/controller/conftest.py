@@ -321,6 +321,21 @@ async def serve_in_process(config: Any) -> AsyncIterator[InProcess]:
             await task
 
 
+async def enroll_identity(controller: ControllerProc, node_id: str) -> Identity:
+    """``node_id`` enrolled with a fresh key on ``controller`` (a process), for tests
+    outside this directory that play a raw node."""
+    ident = Identity(node_id, generate_private_key())
+    async with httpx.AsyncClient(base_url=controller.url, timeout=NET_TIMEOUT_S) as http:
+        resp = await http.post("/api/v1/join-tokens", json={"uses": 1}, headers={
+            "Authorization": f"Bearer {controller.token}"})
+        assert resp.status_code == 201, resp.text
+        resp = await http.post("/v1/edge/enroll", json={
+            "join_token": resp.json()["token"], "node_id": node_id,
+            "public_key": ident.public_b64})
+        assert resp.status_code == 201, resp.text
+    return ident
+
+
 async def enroll_in_process(served: InProcess, *node_ids: str) -> list[Identity]:
     """Enroll ``node_ids`` with fresh keys through the served controller's REST API."""
     token = served.controller.config.admin_token_path.read_text().strip()

@@ -68,15 +68,18 @@ def test_hostile_stored_values_never_make_the_view_fail() -> None:
               "current_session": "s_other", "current_replica": "r-a",
               "last_seen_at": NOW - 5, "closed_at": None, "closed_by_goodbye": 0,
               "runtime_state": "attached", "runtime_version": "0.1.0", "sidecar": "{}",
-              "capabilities": "[]", "policy": None, "apps": "{}", "dead_letters_total": 0}
+              "capabilities": "[]", "policy": None, "apps": "{}", "dead_letters_total": 0,
+              "health": None}
     for bad in ({"last_seen_at": None}, {"last_seen_at": True}, {"last_seen_at": "x"},
                 {"last_seen_at": float("nan")}, {"current_session": 5},
                 {"runtime_state": None}, {"labels": "{not json"}, {"labels": "[1]"},
-                {"capabilities": '{"a": 1}'}, {"closed_at": "soon"}, {"apps": "\ud800"}):
+                {"capabilities": '{"a": 1}'}, {"closed_at": "soon"}, {"apps": "\ud800"},
+                {"health": "[1"}, {"health": "7"}):
         view = views.view(NodeRecord.from_row({**stored, **bad}))
         assert view["liveness"] in {"online", "stale", "offline", "degraded"}, bad
         assert isinstance(view["labels"], dict) and isinstance(view["apps"], dict)
         assert isinstance(view["capabilities"], list)
+        assert NodeRecord.from_row({**stored, **bad}).health == {}
 
 
 LIVE = SessionSnapshot(node_id="n1", session_id="s_other", last_frame_age_s=1.0,
@@ -111,7 +114,7 @@ async def test_one_nodes_view_is_judged_from_the_store_when_the_owner_does_not_a
 
     one = NodeViews(HeldElsewhere(), TH, replica_id="r-b", wall=lambda: NOW,
                     remote_session=silent)
-    assert await one.view_one(row()) == views.view(row())
+    assert await one.view_one(row()) == {**views.view(row()), "health": None}
 
 
 class HeldHere:

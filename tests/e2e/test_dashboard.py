@@ -124,7 +124,7 @@ def test_an_operator_drives_the_fleet_from_a_real_browser(
     page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
 
     # A node comes online while the operator watches.
-    make_node("web-a")
+    node_a = make_node("web-a")
     row_a = page.locator('[data-node-id="web-a"]')
     expect(row_a).to_have_attribute("data-liveness", "online", timeout=WAIT_MS)
     node_b = make_node("web-b")
@@ -142,6 +142,16 @@ def test_an_operator_drives_the_fleet_from_a_real_browser(
     expect(output).to_contain_text("hello", timeout=WAIT_MS)
     expect(page.locator(".console [data-state]")).to_have_attribute("data-state", "succeeded",
                                                                     timeout=WAIT_MS)
+    # The readiness tree, then an incident, live: its sidecar dies and the runtime starts
+    # another (the page stays; the report comes over node:<id>).
+    tree = page.locator("[data-readiness-tree]")
+    expect(tree.locator('[data-check="transport"]')).to_have_attribute("data-ok", "true",
+                                                                       timeout=WAIT_MS)
+    node_a.kill_sidecar9()
+    expect(page.locator('[data-incidents] [data-incident-class="transport"]').first
+           ).to_contain_text("sidecar went away", timeout=WAIT_MS)
+    expect(tree.locator('[data-check="transport"]')).to_have_attribute("data-ok", "true",
+                                                                       timeout=WAIT_MS)
     shoot(page, tmp_path, "node")
     # Output is text, never markup: a node's bytes cannot run script here.
     argv.fill("""echo '<img src=x onerror="window.__pwned=1">'""")
@@ -424,6 +434,15 @@ def test_the_node_page_web_terminal_runs_a_shell_resizes_and_returns_the_exit_co
     run("echo web-$((40+2))")
     expect(screen).to_contain_text("web-42", timeout=WAIT_MS)
 
+    # 24-bit colour under the strict CSP (js/terminal.js styleCellsThroughCssom): the cell
+    # has its exact colour, and no CSP violation is reported (checked at the end).
+    expect(host).to_have_attribute("data-truecolor", "cssom")
+    run(r"printf '\033[38;2;255;0;128mTRUE\033[48;2;0;128;255mCOLOR\033[0m\n'")
+    true_cell = screen.locator("span", has_text=re.compile("^TRUE$")).last
+    expect(true_cell).to_have_css("color", "rgb(255, 0, 128)", timeout=WAIT_MS)
+    expect(screen.locator("span", has_text=re.compile("^COLOR$")).last).to_have_css(
+        "background-color", "rgb(0, 128, 255)")
+
     # The remote pty has the browser's size, and follows the window when it shrinks.
     size = host.get_attribute("data-size")
     assert size and re.fullmatch(r"\d+x\d+", size), size
@@ -460,4 +479,72 @@ def test_the_node_page_web_terminal_runs_a_shell_resizes_and_returns_the_exit_co
     expect(refused).to_have_attribute("data-terminal-state", "refused", timeout=WAIT_MS)
     expect(watcher.locator(".webterm")).to_contain_text(re.compile("4403|forbidden"))
     assert not errors, errors
+    context.close()
+
+
+HOSTILE_HEALTH = {
+    "at_ms": 1_700_000_000_000, "ready": False,
+    "reasons": ['<img src=x onerror="window.__pwned=1">'],
+    "checks": {"store": {"ok": False, "state": "<b>error</b>",
+                         "detail": '<img src=x onerror="window.__pwned=2">'}},
+    "incidents": [{"at_ms": 1_700_000_000_000, "class": "<i>transport</i>",
+                   "message": '<script>window.__pwned=3</script>', "close_code": 1006}],
+    "incidents_total": 1}
+
+
+def send_health(controller: ControllerProc, node_id: str, report: dict[str, Any]) -> None:
+    """Enroll ``node_id`` and send ``report`` as a raw node would (node.event kind health),
+    on a loop of its own in a thread of its own (sync Playwright owns this one)."""
+    import asyncio
+
+    from tether.protocol.frames import Frame
+
+    from ..controller.conftest import Edge, Identity, enroll_identity
+
+    async def run() -> None:
+        ident: Identity = await enroll_identity(controller, node_id)
+        edge = Edge(controller.url)
+        try:
+            client = await edge.session(ident)
+            await client.send(Frame(t="node.event", s="evt", q=1, id="h1",
+                                    b={"kind": "health", "data": report}))
+            assert (await client.recv_type("edge.ack")).b["acks"]["evt"] == 1
+        finally:
+            await edge.aclose()
+
+    failed: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _capture(failed, lambda: asyncio.run(run())))
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and not failed, failed
+
+
+def _capture(failed: list[BaseException], fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except BaseException as exc:  # handed to the test's thread, which raises it
+        failed.append(exc)
+
+
+def test_a_nodes_readiness_and_incidents_show_as_text_whatever_they_hold(
+        browser: Any, controller: ControllerProc, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    send_health(controller, "web-x", HOSTILE_HEALTH)
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    sign_in(page, controller)
+    page.goto(controller.url + "/#/node/web-x")
+    store = page.locator('[data-readiness-tree] [data-check="store"]')
+    expect(store).to_have_attribute("data-ok", "false", timeout=WAIT_MS)
+    expect(store).to_contain_text('<b>error</b>')
+    expect(store).to_contain_text('<img src=x onerror="window.__pwned=2">')
+    incident = page.locator("[data-incidents] tbody tr")
+    expect(incident).to_contain_text("<script>window.__pwned=3</script>")
+    expect(incident).to_have_attribute("data-incident-class", "<i>transport</i>")
+    expect(page.locator("[data-ready]")).to_have_attribute("data-ready", "false")
+    main = page.locator("main")
+    assert main.locator("img").count() == 0 and main.locator("script").count() == 0
+    assert main.locator("b").count() == 0 and main.locator("i").count() == 0
+    assert page.evaluate("window.__pwned") is None
     context.close()

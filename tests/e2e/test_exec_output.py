@@ -107,15 +107,31 @@ def test_a_cli_cut_off_from_the_live_stream_fills_in_over_rest_and_loses_nothing
     # the CLI is cut off (4429) again and again
     ctl = make_controller("ctl-slow", extra=[*FAST, "--ws-max-queue", "2"])
     node = NodeProc(tmp_path / "n-cut", "n-cut")
+    go = tmp_path / "go"
     try:
         node.enroll(ctl)
         node.start()
-        out = run_exec(ctl, "n-cut", "seq", "1", "200000")
+        # The output starts once the CLI follows the live stream (a /ws subscriber): a seq
+        # done before it attached would all come over REST, with nothing live to cut off.
+        proc = subprocess.Popen(tether_cmd(
+            "exec", "--url", ctl.url, "--token", ctl.token, "n-cut", "--", "sh", "-c",
+            f"while [ ! -e {go} ]; do sleep 0.05; done; seq 1 200000"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            api = ctl.api()
+            wait_until(lambda: api.get("/api/v1/diag").json()["ws"]["subscribers"] >= 1,
+                       what="the CLI to follow the live stream")
+            go.touch()
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         # the node may not be online yet when exec submits: then exec says so, only that
-        said = [line for line in out.stderr.decode().splitlines()
+        said = [line for line in stderr.decode().splitlines()
                 if not line.startswith("n-cut is offline; the command is queued")]
-        assert (out.returncode, said) == (0, [])
-        assert out.stdout == "".join(f"{i}\n" for i in range(1, 200001)).encode()
+        assert (proc.returncode, said) == (0, [])
+        assert stdout == "".join(f"{i}\n" for i in range(1, 200001)).encode()
         diag = ctl.api().get("/api/v1/diag").json()
         assert diag["ws"]["cut_off_total"] >= 1  # it was cut off, and still got every line
     finally:

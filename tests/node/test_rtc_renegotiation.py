@@ -110,7 +110,7 @@ async def test_loopback_sends_back_what_the_browser_sends(tmp_path: Path) -> Non
         await browser.negotiate()
         await until(lambda: browser.frames_in >= 5)
         video = manager.status()["peers"][0]["subflows"]["video"]
-        assert video["sending"] == "source" and video["frames_in"] >= 1
+        assert video["sending"] == "loopback" and video["frames_in"] >= 1
         assert video["bytes_in"] > 0
     finally:
         await manager.close()

@@ -141,3 +141,21 @@ async def test_tokens_from_before_ids_get_their_id_from_their_hash(tmp_path: Pat
         assert caller == Caller(token_id="tk_" + digest[:16], name="admin", role="admin")
     finally:
         await driver.close()
+
+
+async def test_the_audit_log_is_pruned_by_age_and_by_count(store: ControllerStore) -> None:
+    for status in range(200, 206):
+        await store.record_request(ADMIN, "POST /api/v1/x", None, status)
+
+    async def age_first_two(tx: Tx) -> None:  # the two oldest are 10 days old
+        await tx.execute("UPDATE audit_log SET at = at - 864000 WHERE id IN "
+                         "(SELECT id FROM audit_log ORDER BY id LIMIT 2)")
+    await store.driver.write(age_first_two)
+    assert await store.prune_audit(older_than_s=None, keep_max=None) == 0
+    assert await store.prune_audit(older_than_s=5 * 86400, keep_max=None) == 2
+    assert [a.status for a in await store.audit_page(before=None, limit=10)] == \
+        [205, 204, 203, 202]
+    assert await store.prune_audit(older_than_s=5 * 86400, keep_max=3) == 1
+    assert [a.status for a in await store.audit_page(before=None, limit=10)] == \
+        [205, 204, 203]
+    assert await store.prune_audit(older_than_s=5 * 86400, keep_max=3) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tether.controller.store.controller_store import ControllerStore
 from tether.controller.store.records import Poisoned
+from tether.protocol.health import HEALTH_KIND, HealthCheck, HealthIncident, NodeHealth
 
 from .conftest import QUOTAS
 from .helpers import enrolled, event, evt, hello, status
@@ -130,3 +131,22 @@ async def test_logs_are_paged_in_order_and_bounded_per_command_and_per_node(
     assert usage["node_logs"]["items"] == len(newest)
     assert usage["node_logs"]["pruned_items"] == 30 - len(newest)
     assert (await store.get_command(cid)).log_bytes == 30
+
+
+async def test_the_latest_health_report_becomes_the_nodes_health(
+        store: ControllerStore) -> None:
+    await enrolled(store)
+    assert (await store.get_node("n1")).health == {}  # type: ignore[union-attr]
+    opened = await hello(store)
+    first = NodeHealth(at_ms=1, ready=False, reasons=("transport",),
+                       checks={"transport": HealthCheck(False, "disconnected", "<b>x</b>")})
+    second = NodeHealth(at_ms=2, ready=True, checks={"transport": HealthCheck(True, "up")},
+                        incidents=(HealthIncident(1, "transport", "lost", 1006),),
+                        incidents_total=1)
+    await store.apply_evt(node_id="n1", session_id=opened.session_id, frames=[
+        evt(1, event(HEALTH_KIND, **first.to_map())),
+        evt(2, event(HEALTH_KIND, **second.to_map())), evt(3, event("other", x=1))])
+    node = await store.get_node("n1")
+    assert node is not None and node.health == second.to_map()
+    assert NodeHealth.from_map(node.health) == second
+    assert [n.health for n in await store.list_nodes()] == [second.to_map()]

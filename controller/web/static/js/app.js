@@ -1,5 +1,5 @@
 // The dashboard's shell: sign-in, theme, and a router over the URL fragment
-// (#/ fleet, #/node/<id>, #/commands). Each page gets a Live connection of its own, closed
+// (#/ fleet, #/node/<id>, #/node/<id>/media, #/commands). Each page gets a Live connection of its own, closed
 // when the page is left: /ws has no unsubscribe, so this keeps a tab's topics to the page
 // it shows.
 
@@ -8,6 +8,7 @@ import { mountCommands } from "./commands.js";
 import { h, replace } from "./dom.js";
 import { mountFleet } from "./fleet.js";
 import { Live } from "./live.js";
+import { mountMedia } from "./media.js";
 import { mountNode } from "./node.js";
 
 const TOKEN_KEY = "tether.token"; // sessionStorage: the tab's session only
@@ -102,7 +103,8 @@ function route() {
   const root = h("div", { class: "page" });
   replace(app, root);
   let unmount;
-  if (parts[0] === "node" && parts[1]) unmount = mountNode(root, live, parts[1]);
+  if (parts[0] === "node" && parts[1] && parts[2] === "media") unmount = mountMedia(root, live, parts[1]);
+  else if (parts[0] === "node" && parts[1]) unmount = mountNode(root, live, parts[1]);
   else if (parts[0] === "commands") unmount = mountCommands(root, live, parts[1]);
   else unmount = mountFleet(root, live);
   page = { live, unmount };

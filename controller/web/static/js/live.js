@@ -7,6 +7,7 @@
 const SUBPROTOCOL = "tether.v1.json";
 const PING_EVERY_MS = 60_000;
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
+const RTC_ID = "rtc-"; // the ids of frames sendRtc sends
 
 function backoff(attempt) {
   const base = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
@@ -45,6 +46,7 @@ export class Live {
     this.nextId = 1;
     this.timer = null;
     this.pinger = null;
+    this.rtcHandlers = new Set(); // the media page's: rtc.* frames, and errors about them
   }
 
   connect() {
@@ -67,6 +69,11 @@ export class Live {
     let frame;
     try { frame = JSON.parse(text); } catch { return; }
     const b = frame.b || {};
+    if (typeof frame.t === "string" && (frame.t.startsWith("rtc.") || (frame.t === "error"
+        && typeof frame.re === "string" && frame.re.startsWith(RTC_ID)))) {
+      for (const fn of this.rtcHandlers) fn(frame);
+      return;
+    }
     if (frame.t === "welcome") {
       this.ready = true;
       this.attempt = 0;
@@ -105,6 +112,9 @@ export class Live {
 
   closedBy(ws, ev) {
     if (ws !== this.ws) return;
+    // The controller closes this connection's peers with their nodes (rtc.close): tell
+    // the media page, whose peer is over even if its media still flows for a moment.
+    for (const fn of this.rtcHandlers) fn({ t: "ws.closed", b: {} });
     clearInterval(this.pinger);
     this.ready = false;
     this.pending.clear();
@@ -131,6 +141,22 @@ export class Live {
       this.inflight.set(id, batch);
       this.send({ t: "subscribe", id, b: { topics: batch } });
     }
+  }
+
+  /** fn(frame) gets every rtc.* frame, every error answering a frame sendRtc sent, and
+   *  {t: "ws.closed"} when the connection drops. Returns a function that stops it. */
+  onRtc(fn) {
+    this.rtcHandlers.add(fn);
+    return () => this.rtcHandlers.delete(fn);
+  }
+
+  /** Send one rtc.* frame; its id (an error about it answers with re = id), or null when
+   *  the connection is not live. */
+  sendRtc(t, b) {
+    if (!this.ready) return null;
+    const id = `${RTC_ID}${this.nextId++}`;
+    this.send({ t, id, b });
+    return id;
   }
 
   /** handler: {snapshot(data, topic), event(kind, data, at_ms, topic)}. The snapshot comes

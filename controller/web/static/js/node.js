@@ -1,8 +1,9 @@
 // The node page: state and actions (disable, enable, delete), resources as live charts,
-// apps (restart), the command console (exec, streamed output, cancel/pause/resume),
-// monitor packets live, recent commands, session history and the node's events.
+// the readiness tree and recent incidents, apps (restart), the command console (exec,
+// streamed output, cancel/pause/resume), monitor packets live, recent commands, session
+// history and the node's events.
 //
-// Live data: `node:<id>` (liveness, sessions, runtime, resources), `monitor:<id>`,
+// Live data: `node:<id>` (liveness, sessions, runtime, resources, health), `monitor:<id>`,
 // `commands:<id>`, and per console command `command:<cid>` and `logs:<cid>`. Session
 // history and events are read over REST when the page opens and again when a session
 // opens or closes (an event says so; nothing polls).
@@ -11,6 +12,7 @@ import { ApiError, call, enc, get, post } from "./api.js";
 import { Spark } from "./chart.js";
 import { h, replace, setText } from "./dom.js";
 import { ago, bytes, ms, parseTime, text } from "./format.js";
+import { RtcPanel } from "./rtcpanel.js";
 import { SplitError, split } from "./shlex.js";
 import { WebTerminal } from "./terminal.js";
 
@@ -21,6 +23,45 @@ const FINAL = new Set(["succeeded", "failed", "cancelled", "rejected", "expired"
 
 function section(title, ...children) {
   return h("section", { class: "card" }, h("h2", null, title), ...children);
+}
+
+/** The node's health report (docs/protocol.md, node.event kind "health"): the readiness
+ * tree (each check's state and why) and the newest incidents first. Every value is the
+ * node's and goes through h() as text or a data attribute, never as markup. */
+function renderHealthInto(el, report) {
+  if (!report || typeof report !== "object") {
+    replace(el, h("p", { class: "muted" }, "No readiness report from this node yet."));
+    return;
+  }
+  const ready = report.ready === true;
+  const checks = report.checks && typeof report.checks === "object" ? Object.entries(report.checks) : [];
+  const incidents = Array.isArray(report.incidents) ? report.incidents.slice().reverse() : [];
+  const reasons = Array.isArray(report.reasons) ? report.reasons : [];
+  const at = typeof report.at_ms === "number" ? report.at_ms : null;
+  replace(el,
+    h("div", { class: "console-bar" },
+      h("span", { class: `badge ${ready ? "online" : "failed"}`, dataset: { ready: String(ready) } }, ready ? "ready" : "not ready"),
+      h("span", { class: "muted" }, at ? `reported ${ago(at)} ago` : ""),
+      reasons.length ? h("span", { class: "muted" }, reasons.map(String).join(" · ")) : null),
+    h("ul", { class: "tree", dataset: { readinessTree: "" } }, checks.map(([name, c]) => {
+      const check = c && typeof c === "object" ? c : {};
+      return h("li", { dataset: { check: name, ok: String(check.ok === true) } },
+        h("span", { class: `badge ${check.ok === true ? "online" : "failed"}` }, text(check.state)), " ",
+        h("strong", null, name),
+        check.detail !== undefined && check.detail !== null ? h("span", { class: "muted" }, ` — ${String(check.detail)}`) : null);
+    })),
+    incidents.length ? h("table", { dataset: { incidents: "" } },
+      h("thead", null, h("tr", null, ["Time", "Class", "Message", "Code"].map((c) => h("th", null, c)))),
+      h("tbody", null, incidents.map((i) => {
+        const item = i && typeof i === "object" ? i : {};
+        const when = typeof item.at_ms === "number" ? new Date(item.at_ms) : null;
+        return h("tr", { dataset: { incidentClass: text(item.class) } },
+          h("td", { class: "muted" }, when && !Number.isNaN(when.getTime()) ? when.toISOString() : "—"),
+          h("td", null, text(item.class)), h("td", null, text(item.message)), h("td", null, text(item.close_code)));
+      })))
+      : h("p", { class: "muted", dataset: { incidents: "" } }, "No incidents."),
+    typeof report.incidents_total === "number" && report.incidents_total > incidents.length
+      ? h("p", { class: "muted" }, `${report.incidents_total} incidents since the runtime started`) : null);
 }
 
 function kv(pairs) {
@@ -72,11 +113,13 @@ export function mountNode(root, live, nodeId) {
   const charts = { cpu: new Spark("CPU"), memory: new Spark("Memory"), disk: new Spark("Disk") };
   const load = h("p", { class: "muted" });
   const apps = h("div");
+  const health = h("div");
   const sessions = h("div");
   const events = h("div");
   const monitor = h("div", { class: "monitor" });
   const commands = h("div");
   const monitorData = new Map(); // topic -> packets
+  const rtc = new RtcPanel(); // the node's media plane (node.rtc), text only
 
   const disableBtn = h("button", { type: "button", dataset: { action: "disable" } }, "Disable");
   const enableBtn = h("button", { type: "button", dataset: { action: "enable" } }, "Enable");
@@ -102,10 +145,12 @@ export function mountNode(root, live, nodeId) {
       h("a", { href: "#/", class: "back" }, "← Fleet"),
       h("h1", null, nodeId), badge, since, enabledTag,
       h("span", { class: "spacer" }),
+      h("a", { href: `#/node/${enc(nodeId)}/media`, class: "button", dataset: { nav: "media" } }, "Media"),
       disableBtn, enableBtn, deleteBtn, actionMsg),
     h("div", { class: "grid" },
       section("Node", info),
       section("Resources", h("div", { class: "sparks" }, charts.cpu.el, charts.memory.el, charts.disk.el), load),
+      section("Readiness and incidents", health),
       h("section", { class: "card wide console" }, h("h2", null, "Console"),
         form,
         h("div", { class: "console-bar" }, cmdState, cmdInfo, h("span", { class: "spacer" }), pauseBtn, resumeBtn, cancelBtn),
@@ -113,6 +158,7 @@ export function mountNode(root, live, nodeId) {
       terminal.el,
       section("Apps", apps),
       section("Monitor", monitor),
+      section("rtc", rtc.el),
       section("Recent commands", commands),
       section("Sessions", sessions),
       section("Events", events)));
@@ -160,6 +206,8 @@ export function mountNode(root, live, nodeId) {
     ]));
     renderResources(view.resources);
     renderApps(view.apps);
+    rtc.render(view.rtc);
+    if ("health" in view) renderHealthInto(health, view.health); // lists and actions leave it out
   }
 
   function renderResources(r) {
@@ -363,6 +411,8 @@ export function mountNode(root, live, nodeId) {
     },
     event(kind, data, atMs) {
       if (kind === "resources.updated") { renderResources(data && data.resources); return; }
+      if (kind === "rtc.updated") { rtc.render(data && data.rtc); return; }
+      if (kind === "health.updated") { renderHealthInto(health, data && data.health); return; }
       if (data && typeof data.liveness === "string") setLiveness(data.liveness, atMs);
       if (kind === "session.opened" || kind === "session.closed" || kind === "runtime.changed") {
         reloadNode();

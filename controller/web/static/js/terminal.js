@@ -73,6 +73,30 @@ function redirectStyleElements() {
   };
 }
 
+/** xterm's DOM renderer gives a cell a 24-bit colour (and a minimum-contrast one) with
+ * setAttribute("style", "color:#rrggbb") (DomRendererRowFactory._addStyle, its only inline
+ * style). This page's CSP (style-src 'self', no 'unsafe-inline') refuses style attributes,
+ * so such cells fell back to the default colour, with a CSP report per cell. The same
+ * declarations set through CSSOM (style.cssText) are not inline markup and the CSP allows
+ * them, so the row factory's _addStyle is swapped for one that does that. Only xterm's row
+ * factory changes and the CSP stays as it is: what goes in is what xterm formats from the
+ * colour's numbers, never text from the node. Returns whether it applied: a later xterm
+ * that renders otherwise leaves host.dataset.truecolor "fallback" (the browser test reads
+ * it) rather than breaking the terminal. */
+function styleCellsThroughCssom(term) {
+  const core = term._core;
+  const factory = core && core._renderService && core._renderService._renderer
+    && core._renderService._renderer.value && core._renderService._renderer.value._rowFactory;
+  const proto = factory && Object.getPrototypeOf(factory);
+  if (!proto || typeof proto._addStyle !== "function") return false;
+  if (!proto._addStyle.cssom) {
+    const addStyle = function _addStyle(el, declaration) { el.style.cssText += `${declaration};`; };
+    addStyle.cssom = true;
+    proto._addStyle = addStyle;
+  }
+  return true;
+}
+
 function toBase64url(bytes) {
   let s = "";
   for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
@@ -124,6 +148,7 @@ export class WebTerminal {
     const fit = new mods.FitAddon();
     term.loadAddon(fit);
     term.open(this.host);
+    this.host.dataset.truecolor = styleCellsThroughCssom(term) ? "cssom" : "fallback";
     this.term = term;
     this.fit = fit;
     this.refit();
