@@ -18,9 +18,11 @@ Rules:
 2. The node end of the grant serves: the first data for a granted peer opens a channel
    whose endpoint takes uploads into the workspace (``serve``: true). The end that
    opens a relay (:meth:`RelayManager.open`) serves nothing.
-3. Bounded: at most :data:`MAX_CHANNELS` channels; a channel queues at most one message
-   beyond the relay window (the endpoint waits for ``buffered_amount`` to drain);
-   received data is fed to the endpoint as it arrives (nothing queued).
+3. Bounded: at most :data:`MAX_CHANNELS` channels; the endpoint sends a chunk only once
+   the channel's queue is empty (``buffered_amount`` 0, its ``bufferedamountlow`` rule), so
+   a channel queues at most one chunk beyond the relay window, plus control messages
+   (at most 4 KiB each, one per ack the incoming data earns); received data is fed to
+   the endpoint as it arrives (nothing queued).
 4. Every task (a channel's pump and re-send timer) is owned by the manager's task group
    (:meth:`RelayManager.run`), cancelled when its channel closes.
 """
