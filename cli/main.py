@@ -21,6 +21,7 @@ from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
 from .controller_rtc import add_rtc_arguments as add_controller_rtc_arguments
 from .controller_rtc import rtc_config as controller_rtc_config
+from .cp import add_cp_parser
 from .errors import JsonErrorParser, print_error
 from .helptext import fill_help
 from .node_rtc import add_rtc_arguments, rtc_config, rtc_lines
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("argv", nargs=argparse.REMAINDER, help="-- ARGV: what to run instead")
     _operator_flags(sh, table=False)
 
+    add_cp_parser(nouns, _operator_flags)
+
     cmds = nouns.add_parser("commands", help="inspect and cancel commands").add_subparsers(
         dest="verb", required=True)
     cshow = cmds.add_parser("show", help="a command: its args, state, exit code, timeline")
@@ -472,6 +475,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return jobs_command(args)
     if noun == "shell":
         return op.shell_command(args)
+    if noun == "cp":
+        from .cp import cp_command
+
+        return cp_command(args, op.api_from)
     if noun == "commands" and verb == "list":
         return commands_list(args)
     if noun == "commands":

@@ -27,6 +27,12 @@ def add_rtc_arguments(run: argparse.ArgumentParser) -> None:
                           "file or device for aiortc's MediaPlayer")
     run.add_argument("--max-rtc-peers", type=int, default=16,
                      help="WebRTC peers open at once; one more is refused")
+    run.add_argument("--rtc-ice-timeout", type=float,
+                     default=float(os.environ.get("TETHER_RTC_ICE_TIMEOUT", "10")),
+                     metavar="SECONDS",
+                     help="file.send (tether cp node to node): how long ICE may take to "
+                          "connect before the controller's relay takes over (default 10; "
+                          "env TETHER_RTC_ICE_TIMEOUT)")
 
 
 def _usage(message: str) -> NoReturn:
@@ -53,10 +59,13 @@ def rtc_config(args: argparse.Namespace) -> dict[str, Any]:
         _usage(exc.message)
     if not 1 <= args.max_rtc_peers <= 1024:
         _usage("--max-rtc-peers must be 1..1024")
+    if not 0 < args.rtc_ice_timeout <= 600:
+        _usage("--rtc-ice-timeout must be more than 0 and at most 600 seconds")
     return {"rtc_host_addresses": hosts, "rtc_stun": stun, "rtc_turn": turn,
             "rtc_turn_username": args.rtc_turn_username,
             "rtc_turn_credential": os.environ.get("TETHER_RTC_TURN_CREDENTIAL"),
-            "rtc_video": args.rtc_video, "max_rtc_peers": args.max_rtc_peers}
+            "rtc_video": args.rtc_video, "max_rtc_peers": args.max_rtc_peers,
+            "rtc_ice_timeout_s": args.rtc_ice_timeout}
 
 
 def rtc_lines(rtc: Any) -> list[str]:

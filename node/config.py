@@ -37,6 +37,8 @@ class NodeConfig:
     rtc_turn_credential: str | None = None
     rtc_video: str = "pattern"  # pattern | loopback | a file or device for MediaPlayer
     max_rtc_peers: int = 16
+    # file.send: how long ICE may take to connect before the relay takes over
+    rtc_ice_timeout_s: float = 10.0
     workspace_path: Path | None = None  # default: <state-dir>/workspace (the file channel's)
     # an io stream (shell, exec --stdin) that heard nothing of the operator's side this
     # long is hung up; over the controller's keepalive period (10 s) by design

@@ -30,6 +30,9 @@ for, and the exec runner runs exactly the plan it judged:
 5. Every exec runs under a timeout when the policy has ``max_timeout_s``: the one sent (at
    most the max), else ``default_timeout_s``, else the max. A ``timeout_s`` that is not a
    finite positive number is refused.
+6. A ``file.send`` reads only a file inside the node's workspace (symlinks and ``..``
+   resolved), or beneath a ``file_read_allow`` entry (:meth:`Policy.file_source`); it is a
+   kind like any other for ``deny_kinds`` / ``allow_kinds``.
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ class Policy:
     default_timeout_s: float | None = None
     max_timeout_s: float | None = None
     max_output_bytes: int | None = None  # per command; past it output is dropped, counted
+    # absolute directories a file.send may read beside the workspace (rule 6); None: none
+    file_read_allow: tuple[str, ...] | None = None
     source: str = field(default="default", compare=False)
 
     @classmethod
@@ -185,7 +190,7 @@ class Policy:
             raise PolicyError(f"policy {source} must be a JSON object")
         known = {"allow_kinds", "deny_kinds", "exec_allow", "exec_env_allow",
                  "exec_cwd_allow", "max_concurrent", "default_timeout_s", "max_timeout_s",
-                 "max_output_bytes"}
+                 "max_output_bytes", "file_read_allow"}
         unknown = set(raw) - known
         if unknown:
             raise PolicyError(f"policy {source}: unknown field(s) {sorted(unknown)}; "
@@ -220,13 +225,19 @@ class Policy:
             if not entry.startswith("/"):
                 raise PolicyError(f"policy {source}: exec_cwd_allow entry {entry!r} must be "
                                   "an absolute path")
+        file_read_allow = names("file_read_allow")
+        for entry in file_read_allow or ():
+            if not entry.startswith("/"):
+                raise PolicyError(f"policy {source}: file_read_allow entry {entry!r} must "
+                                  "be an absolute path")
         policy = cls(allow_kinds=names("allow_kinds"), deny_kinds=names("deny_kinds") or (),
                      exec_allow=exec_allow, exec_env_allow=names("exec_env_allow") or (),
                      exec_cwd_allow=exec_cwd_allow,
                      max_concurrent=number("max_concurrent", int),
                      default_timeout_s=number("default_timeout_s", float),
                      max_timeout_s=number("max_timeout_s", float),
-                     max_output_bytes=number("max_output_bytes", int), source=source)
+                     max_output_bytes=number("max_output_bytes", int),
+                     file_read_allow=file_read_allow, source=source)
         if policy.default_timeout_s and policy.max_timeout_s and \
                 policy.default_timeout_s > policy.max_timeout_s:
             raise PolicyError(f"policy {source}: default_timeout_s exceeds max_timeout_s")
@@ -329,6 +340,19 @@ class Policy:
             if listed is not None and _same_program(path, listed):
                 return True
         return False
+
+    def file_source(self, src: Any, workspace: Path) -> Path:
+        """The file a ``file.send`` reads (rule 6): ``src`` relative to the workspace, or
+        absolute; every symlink and ``..`` resolved, it must be the workspace or beneath
+        it, or beneath a ``file_read_allow`` entry. Raises :class:`Refused`."""
+        if not isinstance(src, str) or not src or not _no_nul(src):
+            raise Refused("file.send 'src' must be a file path")
+        real = os.path.realpath(os.path.join(workspace, src))
+        roots = (str(workspace), *(self.file_read_allow or ()))
+        if not _within(real, roots):
+            raise Refused(f"src {src[:200]!r} is outside the workspace"
+                          + (" and file_read_allow" if self.file_read_allow else ""))
+        return Path(real)
 
     def effective_timeout(self, args: Mapping[str, Any]) -> float | None:
         """The timeout an exec with ``args`` runs under (rule 5); None when ``timeout_s``

@@ -61,7 +61,8 @@ from .store import NodeStore
 logger = logging.getLogger(__name__)
 
 HEALTH_CHECK_S = 2.0  # how often the health report is judged for a change (class A when it did)
-CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io", "rtc")
+CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io", "rtc",
+                "file.send")
 RTC_REPORT_MIN_S = 1.0  # node.rtc reports are coalesced: at most one a second
 
 
@@ -114,6 +115,9 @@ class NodeRuntime:
         self._rtc_tasks: list[asyncio.Task[None]] = []
         self._rtc_dirty = asyncio.Event()
         self.rtc_ignored_total = 0  # rtc.* frames other than the four signalling ones
+        # node/rtc/relay.py's RelayManager (grants and the relay's file channels), made on
+        # the first rtc.link / rtc.relay / file.send; its task runs in the task group.
+        self.relay: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -284,11 +288,15 @@ class NodeRuntime:
                 self._note_evt_ack(n)
         elif t in IO_BODIES:
             await self._on_io(frame)
+        elif t == "rtc.close" and await self._relay_closed(frame):
+            pass
         elif t in RTC_BODIES:
             await self._on_rtc(frame)
+        elif t == "rtc.link":
+            (await self._ensure_relay()).on_link(frame)
+        elif t == "rtc.relay":
+            await (await self._ensure_relay()).receive(frame, on_first=self._relay_opened)
         elif t.startswith("rtc."):
-            # rtc.link (a node <-> node grant) and rtc.relay belong to the file subflow's
-            # node <-> node path; a node without it ignores them (docs/protocol.md)
             self.rtc_ignored_total += 1
         elif t == "error":
             logger.warning("controller reported an error", extra={
@@ -326,11 +334,51 @@ class NodeRuntime:
     async def _on_rtc(self, frame: Frame) -> None:
         """Class E ``rtc.*`` (docs/protocol.md "Media plane (node side)"): to the peer
         runtime, which parses it once and answers ``error`` for what it refuses."""
+        if self.rtc is None and (self._tg is None or not self.accepting):
+            await self.link.send(ErrorBody(code="unavailable", message="the node is "
+                                           "stopping").frame(re=frame.id))
+            return
+        await (await self._ensure_rtc()).receive(frame)
+
+    async def _ensure_relay(self) -> Any:
+        """The RelayManager, started in the task group on first use (no aiortc needed)."""
+        if self.relay is None:
+            from .rtc.relay import RelayManager
+
+            assert self._tg is not None
+            self.relay = RelayManager(node_id=self.identity.node_id, send=self.link.send,
+                                      workspace_dir=self.config.workspace_dir)
+            self._rtc_tasks.append(self._tg.create_task(self.relay.run(), name="node-relay"))
+        await self.relay.ready.wait()
+        return self.relay
+
+    async def _relay_opened(self, peer_session_id: str) -> None:
+        """The relay took over a peer: this node's WebRTC peer of that id (which found no
+        path) is closed without an rtc.close, which would end the grant."""
+        peer = self.rtc.peers.get(peer_session_id) if self.rtc is not None else None
+        if peer is not None:
+            await self.rtc.finish(peer, "the relay took over (no direct path)",
+                                  background=True)
+
+    async def _relay_closed(self, frame: Frame) -> bool:
+        """An rtc.close ending a relay here; True when nothing else is owed it (no WebRTC
+        peer of that id is left to close)."""
+        if self.relay is None:
+            return False
+        from tether.protocol.rtc import RtcClose
+
+        try:
+            body = RtcClose.from_body(frame.b)
+        except BadFrame:
+            return False
+        if not self.relay.on_close(body):
+            return False
+        return self.rtc is None or body.peer_session_id not in self.rtc.peers
+
+    async def _ensure_rtc(self) -> Any:
+        """The RtcManager, made and started on first use (aiortc loads only then)."""
         if self.rtc is None:
-            if self._tg is None or not self.accepting:
-                await self.link.send(ErrorBody(code="unavailable", message="the node is "
-                                               "stopping").frame(re=frame.id))
-                return
+            assert self._tg is not None
             from .rtc.control import CommandDispatcher
             from .rtc.ice import IceSettings, TurnServer, install_host_allowlist
             from .rtc.media import VideoSource
@@ -350,20 +398,19 @@ class NodeRuntime:
                                              apps_table=self.apps.table),
                 ice=ice, video=VideoSource(cfg.rtc_video), workspace_dir=cfg.workspace_dir,
                 max_peers=cfg.max_rtc_peers, on_change=self._rtc_dirty.set)
-            self._rtc_tasks = [self._tg.create_task(self.rtc.run(), name="node-rtc"),
-                               self._tg.create_task(self._rtc_report_loop(),
-                                                    name="node-rtc-report")]
-            await self.rtc.ready.wait()
-        await self.rtc.receive(frame)
+            self._rtc_tasks += [self._tg.create_task(self.rtc.run(), name="node-rtc"),
+                                self._tg.create_task(self._rtc_report_loop(),
+                                                     name="node-rtc-report")]
+        await self.rtc.ready.wait()
+        return self.rtc
 
     async def _stop_rtc(self) -> None:
         """Every peer closed (the other ends told), then the rtc tasks cancelled and
         awaited: aiortc's own tasks end with their connections."""
-        if self.rtc is None:
-            return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.config.drain_timeout_s):
-                await self.rtc.close()
+        if self.rtc is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.config.drain_timeout_s):
+                    await self.rtc.close()
         for task in self._rtc_tasks:
             task.cancel()
         await asyncio.gather(*self._rtc_tasks, return_exceptions=True)
@@ -426,7 +473,7 @@ class NodeRuntime:
                 continue
             batch, self.pending_cmd = self.pending_cmd, []
             try:
-                applied = await self.store.apply_downlink(batch, self.policy.check)
+                applied = await self.store.apply_downlink(batch, self._check_command)
             except BaseException:
                 self.cmd.rollback()
                 raise
@@ -437,6 +484,13 @@ class NodeRuntime:
                 self._spawn(command)
             for control_id, kind, args in applied.to_control:
                 self._spawn({"command_id": control_id, "kind": kind, "args": args})
+
+    def _check_command(self, kind: str, args: Any) -> str | None:
+        """The node's policy, and for ``file.send`` its source rule (policy rule 6)."""
+        from .filesend import check_file_send
+
+        return self.policy.check(kind, args) or check_file_send(
+            self.policy, self.config.workspace_dir, kind, dict(args))
 
     def _outbox_grew(self, last: int | None) -> None:
         if last is not None and last > self.evt.last:
@@ -454,6 +508,9 @@ class NodeRuntime:
             return
         if kind.startswith("app."):
             await self._app_command(command_id, kind, command["args"])
+            return
+        if kind == "file.send":
+            await self._file_send(command_id, command["args"])
             return
         async with self._exec_slots:
             if not self.accepting:
@@ -486,6 +543,33 @@ class NodeRuntime:
             self._outbox_grew(await self.store.finish_command(
                 command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error,
                 result=dict(outcome.result) if outcome.result else None))
+
+    async def _file_send(self, command_id: str, args: dict[str, Any]) -> None:
+        """``file.send`` (node/filesend.py): direct, else through the relay."""
+        from .filesend import FileSendFailed, run_file_send
+
+        if not self.accepting:
+            return  # stays 'delivered'; runs after the next start
+        started = await self.store.start_command(command_id)
+        if started is None:
+            return
+        self._outbox_grew(started)
+        try:
+            result = await run_file_send(
+                args=args, policy=self.policy, workspace=self.config.workspace_dir,
+                rtc=self._ensure_rtc, relay=await self._ensure_relay(),
+                ice_timeout_s=self.config.rtc_ice_timeout_s)
+        except FileSendFailed as exc:
+            self._outbox_grew(await self.store.finish_command(
+                command_id, "failed", error=f"{exc.code}: {exc.message}"))
+            return
+        except Exception as exc:  # aiortc, disk: the command fails, the node lives
+            logger.exception("file.send failed", extra={"command_id": command_id})
+            self._outbox_grew(await self.store.finish_command(
+                command_id, "failed", error=f"internal: {type(exc).__name__}: {exc}"))
+            return
+        self._outbox_grew(await self.store.finish_command(command_id, "succeeded",
+                                                          exit_code=0, result=result))
 
     async def _app_command(self, command_id: str, kind: str, args: dict[str, Any]) -> None:
         started = await self.store.start_command(command_id)
@@ -709,6 +793,7 @@ class NodeRuntime:
             "monitor": {"buffered": len(self.monitor),
                         "dropped_total": self.monitor.dropped_total},
             "rtc": self.rtc.status() if self.rtc is not None else {"peers": []},
+            "relay": self.relay.status() if self.relay is not None else None,
         }
 
     def _write_status(self) -> None:

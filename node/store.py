@@ -61,7 +61,8 @@ MIGRATIONS = [
 MAX_REJECT_ERROR_CHARS = 1024  # the error of a bad cmd.deliver's rejected status
 
 APP_KINDS = frozenset({"app.start", "app.stop", "app.restart", "app.status"})
-KNOWN_KINDS = frozenset({"exec", "shell", "diag.ping", *CONTROL_KINDS, *APP_KINDS})
+KNOWN_KINDS = frozenset({"exec", "shell", "diag.ping", "file.send", *CONTROL_KINDS,
+                         *APP_KINDS})
 
 
 def _ms() -> int:

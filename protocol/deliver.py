@@ -18,6 +18,7 @@ every reconnect, and every later command stayed queued behind it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from .codec import encode_msgpack
 from .errors import BadFrame, LocalProtocolError, TetherError
 from .fields import ARGS_LIMITS as FIELD_ARGS_LIMITS
 from .fields import MAX_ID_LEN
-from .frames import MAX_TERM_SIZE, CmdDeliver
+from .frames import MAX_TERM_SIZE, CmdDeliver, valid_node_id
 from .values import INT64_MAX, Limits, int_in, number_in, plain_map, plain_size, text, text_map
 
 MAX_KIND_LEN = 64
@@ -67,6 +68,8 @@ def command_args(kind: str, value: object) -> dict[str, Any]:
         _shell_args(args)
     elif kind in ("cancel", "pause", "resume"):
         text(args.get("command_id"), "command_id", min_len=1, max_len=MAX_ID_LEN)
+    elif kind == "file.send":
+        file_send_args(args)
     size = plain_size(args)
     if size > FIELD_ARGS_LIMITS.max_bytes:
         raise CommandTooLarge(f"args are {size} bytes as JSON, over the "
@@ -100,6 +103,30 @@ def _exec_args(args: Mapping[str, Any]) -> None:
         number_in(args["timeout_s"], "timeout_s", 0.001, MAX_TIMEOUT_S)
     if args.get("stdin") is not None and not isinstance(args["stdin"], bool):
         raise BadFrame("field 'stdin' must be a boolean (true: the process reads io.input)")
+
+
+_PEER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def file_send_args(args: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``file.send`` (``tether cp`` node to node): ``peer_session_id`` (the granted peer,
+    ``[A-Za-z0-9_.:-]{1,64}``), ``to_node`` (a node id), ``src`` (a path, judged by the
+    node's policy), ``dst`` (optional: the file name at ``to_node``; the node checks it
+    as a filexfer name). Raises BadFrame naming the field; returns ``args``."""
+    unknown = sorted(set(args) - {"peer_session_id", "to_node", "src", "dst"})
+    if unknown:
+        raise BadFrame(f"file.send takes peer_session_id, to_node, src, dst; not "
+                       f"{unknown[0][:64]!r}")
+    psid = args.get("peer_session_id")
+    if not isinstance(psid, str) or not _PEER_ID.fullmatch(psid):
+        raise BadFrame("field 'peer_session_id' must be 1-64 characters of [A-Za-z0-9_.:-]")
+    to_node = args.get("to_node")
+    if not isinstance(to_node, str) or not valid_node_id(to_node):
+        raise BadFrame("field 'to_node' must be a node id")
+    _no_nul(text(args.get("src"), "src", min_len=1, max_len=MAX_PATH_LEN), "src")
+    if args.get("dst") is not None:
+        _no_nul(text(args["dst"], "dst", min_len=1, max_len=255), "dst")
+    return args
 
 
 MAX_TERM_LEN = 64

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .bench_rtc_nodes import run_node_media
 from .bench_util import row
 
 CHUNK = 16 << 10
@@ -46,10 +47,12 @@ class MediaPlan:
 
     file_bytes: int
     runs: int
+    peers: int = 10  # open at once for rss_kib_per_peer (tools/bench_rtc_nodes.py)
+    cycles: int = 200  # peers opened and closed in a row for the flat-RSS check
 
 
-MEDIA_PLANS = {"tiny": MediaPlan(file_bytes=1 << 20, runs=1),
-               "quick": MediaPlan(file_bytes=32 << 20, runs=2),
+MEDIA_PLANS = {"tiny": MediaPlan(file_bytes=1 << 20, runs=1, peers=2, cycles=3),
+               "quick": MediaPlan(file_bytes=32 << 20, runs=2, cycles=50),
                "full": MediaPlan(file_bytes=128 << 20, runs=3)}
 
 
@@ -278,10 +281,7 @@ async def run_media(root: Path, plan: MediaPlan, *,
             # the same ratio in CPU per byte (both ends, credited runs): what the load on a
             # shared box cannot move
             cpu_ratio=round(sum(cpu("raw").values()) / sum(cpu("file").values()), 3)),
-        row("media", "tether-relay", "mb_per_s", None, "MB/s",
-            note=later + "the file channel through the controller's rtc relay"),
-        row("media", "tether", "rss_kib_per_peer", None, "KiB",
-            note=later + "the node's RSS per open peer with 10 peers (node peer runtime)"),
+        *await run_node_media(root, source, peers=plan.peers, cycles=plan.cycles),
         row("media", "tether", "first_frame_ms", None, "ms",
             note=later + "offer to the browser's first decoded test-pattern frame"),
     ]

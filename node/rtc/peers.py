@@ -64,6 +64,7 @@ from tether.protocol.rtc import (
 )
 
 from .control import CommandDispatcher, ControlChannel
+from .filexfer import FileEndpoint, attach_file_channel
 from .ice import IceSettings
 from .media import LoopbackTrack, TestPatternTrack, VideoSource, describe
 from .subflow import Subflow, new_subflows
@@ -83,26 +84,15 @@ LINGER_S = 60.0
 
 SendFrame = Callable[[Frame], Awaitable[bool]]
 # attach_file_channel(channel, workspace_dir): serves a ``file`` data channel
-# (node/rtc/filexfer.py, the file subflow). It owns the channel from then on.
-FileHook = Callable[[RTCDataChannel, Path], None]
+# (node/rtc/filexfer.py, the file subflow) and returns its endpoint, which the peer owns:
+# closed, and its tasks awaited, when the peer's connection is replaced or the peer closes.
+FileHook = Callable[[RTCDataChannel, Path], FileEndpoint]
 
 
 def default_file_hook() -> FileHook:
-    """``node.rtc.filexfer.attach_file_channel`` when that module exists, else a stub
-    that closes the channel (the other end sees it close at once)."""
-    try:
-        from . import filexfer  # type: ignore[attr-defined]
-    except ImportError:
-        filexfer = None
-    hook = getattr(filexfer, "attach_file_channel", None)
-    if hook is not None:
-        return hook  # type: ignore[no-any-return]
-
-    def unavailable(channel: RTCDataChannel, workspace_dir: Path) -> None:
-        logger.warning("file channel refused: this node has no file transfer yet")
-        channel.close()
-
-    return unavailable
+    """``node.rtc.filexfer.attach_file_channel``: the node serves uploads into and
+    downloads from its workspace."""
+    return attach_file_channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +148,7 @@ class Peer:
         self.close_reason: str | None = None
         self.channels: dict[str, RTCDataChannel] = {}
         self.control: ControlChannel | None = None
+        self.file: FileEndpoint | None = None  # the file subflow's endpoint (owned)
         self.received: dict[str, MediaStreamTrack] = {}
         self._relay = MediaRelay()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -176,6 +167,7 @@ class Peer:
         """A new connection for this peer session (rule 2), recording why."""
         old, self.pc = self.pc, self._new_pc()
         self._stop_tasks()
+        await self.close_file()
         await _close_pc(old)
         self.connections_total += 1
         self.state_since = time.monotonic()
@@ -248,16 +240,51 @@ class Peer:
                                           spawn=self.spawn)
             channel.on("close", lambda: self._channel_closed(channel, flow))
         elif label == "file":
-            flow = self.subflows["file"]
-            flow.set("open")
-            channel.on("close", lambda: self._channel_closed(channel, flow))
-            try:
-                self.manager.file_hook(channel, self.manager.workspace_dir)
-            except Exception as exc:
-                flow.error(f"file channel failed to start: {exc}")
-                channel.close()
+            self._attach_file(channel)
         else:
             channel.close()  # an unknown subflow: closed, the peer stays
+
+    def _attach_file(self, channel: RTCDataChannel, *, serve: bool = True) -> None:
+        """Serve ``channel`` as the ``file`` subflow; an endpoint it replaces is closed
+        (its tasks end with it: filexfer's ``close`` cancels them). ``serve`` false (the
+        channel this node opened, node <-> node): the endpoint only sends, so the node it
+        opened the peer to cannot fetch this node's files."""
+        flow = self.subflows["file"]
+        flow.set("open")
+        channel.on("close", lambda: self._channel_closed(channel, flow))
+        old, self.file = self.file, None
+        if old is not None:
+            old.close()
+        try:
+            self.file = (self.manager.file_hook(channel, self.manager.workspace_dir)
+                         if serve else
+                         attach_file_channel(channel, self.manager.workspace_dir,
+                                             serve=False))
+        except Exception as exc:
+            flow.error(f"file channel failed to start: {exc}")
+            channel.close()
+
+    async def close_file(self) -> None:
+        """Close the file subflow's endpoint and await its tasks (its counts are kept in
+        the subflow)."""
+        endpoint, self.file = self.file, None
+        if endpoint is not None:
+            self._sync_file(endpoint)
+            await endpoint.aclose()
+
+    def _sync_file(self, endpoint: FileEndpoint | None = None) -> None:
+        """Copy the file endpoint's bytes, errors and transfers into the ``file``
+        subflow (what status() and the node.rtc report show)."""
+        endpoint = endpoint or self.file
+        if endpoint is None:
+            return
+        flow = self.subflows["file"]
+        view = endpoint.status()
+        flow.bytes_in, flow.bytes_out = view["bytes_in"], view["bytes_out"]
+        flow.errors_total = view["errors_total"]
+        flow.last_error = view["last_error"]
+        flow.detail["transfers"] = view["transfers"]
+        flow.detail["completed"] = view["completed"]
 
     def _channel_closed(self, channel: RTCDataChannel, flow: Subflow) -> None:
         if self.channels.get(channel.label) is channel:
@@ -414,6 +441,7 @@ class Peer:
         pc.addTransceiver("audio", direction="recvonly")
         for label in ("control", "file"):
             self.channels[label] = pc.createDataChannel(label)
+        self._attach_file(self.channels["file"], serve=False)
         self.used.append(negotiation_id)
         self.local_offer = negotiation_id
         await pc.setLocalDescription(await pc.createOffer())
@@ -437,6 +465,7 @@ class Peer:
 
     def status(self) -> dict[str, Any]:
         pc = self.pc
+        self._sync_file()
         return {"peer_session_id": self.peer_session_id, "remote": self.remote,
                 "state": self.state, "ice_state": pc.iceConnectionState,
                 "signaling_state": pc.signalingState, "candidate_pair": _pair_type(pc),
@@ -560,6 +589,7 @@ class RtcManager:
         for peer in [*self.peers.values(), *self._closing]:
             with contextlib.suppress(Exception):
                 await _close_pc(peer.pc)
+                await peer.close_file()
         self.peers.clear()
         self._closing.clear()
 
@@ -701,6 +731,7 @@ class RtcManager:
         # Also when the worker never ran (cancelled before its first step): aiortc's own
         # tasks end only with the connection.
         await asyncio.shield(_close_pc(peer.pc))
+        await peer.close_file()
         await peer.wait_tasks()
         self._closing.discard(peer)
 
@@ -721,6 +752,7 @@ class RtcManager:
         the controller, within that body's bounds."""
         peers = []
         for peer in list(self.peers.values())[:MAX_REPORT_PEERS]:
+            peer._sync_file()
             peers.append({
                 "peer_session_id": peer.peer_session_id, "remote": peer.remote,
                 "state": peer.state, "ice_state": peer.pc.iceConnectionState,

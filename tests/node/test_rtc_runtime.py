@@ -45,8 +45,10 @@ async def test_rtc_frames_reach_the_peer_runtime_and_show_outside_readiness(
             await runtime.on_frame(Frame(t="rtc.offer", id="x", b={"node_id": "n1"}))
             assert link.of("error")[-1].b["code"] == "bad_frame"
             assert link.of("error")[-1].re == "x"
-            await runtime.on_frame(Frame(t="rtc.link", b={"node_id": "n1"}))  # ignored
-            assert runtime.rtc_ignored_total == 1 and len(link.of("error")) == 1
+            # a grant the controller could not have built: dropped, counted, not answered
+            await runtime.on_frame(Frame(t="rtc.link", b={"node_id": "n1"}))
+            assert runtime.relay.refused_total == 1 and len(link.of("error")) == 1
+            assert not runtime.relay.grants
             await browser.negotiate()
             await until(lambda: browser.control.readyState == "open")
             reply = await browser.ask({"id": 1, "kind": "status"})
