@@ -35,7 +35,8 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import IO, Any, NamedTuple
 
-from .errors import ERROR_TABLE, ErrorSpec, TetherError
+from .errors import ERROR_TABLE, BadFrame, ErrorSpec, TetherError
+from .keys import check_ed25519_public_key
 from .signing import verify_strict
 
 FORMAT = 1
@@ -68,7 +69,8 @@ REJECT_CODES = frozenset({
     "bad_manifest",  # the manifest or signatures.json breaks a rule (Rule 1)
     "bad_layout",  # the bundle file or app.tar.gz breaks the tar rules (Rule 3)
     "bad_signature",  # a trusted key's signature does not verify, too few left (Rule 2)
-    "untrusted_key",  # fewer than k trusted keys signed at all (Rule 2)
+    "untrusted_key",  # no trusted key signed at all (Rule 2)
+    "threshold_not_met",  # some trusted keys signed, fewer than k (Rule 2)
     "sha256_mismatch",  # app.tar.gz or a file in it has another sha256 than the manifest
     "size_mismatch",  # ... or another size
     "bundle_expired",  # now >= expires_at
@@ -439,7 +441,8 @@ def verify_signatures(manifest_bytes: bytes, signatures: Iterable[Signature],
     """Rule 2 over ``manifest_bytes`` (the canonical manifest as read). ``trusted_keys`` are
     raw 32-byte public keys; ``threshold`` >= 1 (ValueError otherwise, a caller's bug).
     Code when not ok: ``bad_signature`` when a trusted key's signature failed, else
-    ``untrusted_key``. Never raises for hostile signatures."""
+    ``threshold_not_met`` when some trusted key signed, else ``untrusted_key``. Never raises
+    for hostile signatures."""
     if type(threshold) is not int or threshold < 1:
         raise ValueError(f"the threshold is an integer >= 1, got {threshold!r}")
     trusted = {key_id(k): k for k in trusted_keys}
@@ -457,7 +460,8 @@ def verify_signatures(manifest_bytes: bytes, signatures: Iterable[Signature],
         else:
             invalid.append(s.key_id)
     ok = len(valid) >= threshold
-    code = None if ok else "bad_signature" if invalid else "untrusted_key"
+    code = (None if ok else "bad_signature" if invalid else "threshold_not_met" if valid
+            else "untrusted_key")
     text = (f"{len(valid)} of the required {threshold} trusted signatures verified"
             + (f"; bad signatures by {', '.join(invalid)}" if invalid else "")
             + (f"; untrusted keys {', '.join(unknown)}" if unknown else ""))
@@ -678,3 +682,69 @@ def check_activation(manifest: Manifest, now: datetime, runner_version: str,
             and not allow_rollback):
         return "downgrade"
     return None
+
+
+# --- a node's trusted publishers --------------------------------------------------------------
+
+TRUSTED_PUBLISHERS_FILE = "trusted-publishers.json"
+MAX_TRUSTED_KEYS = 64
+MAX_TRUSTED_BYTES = 64 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedPublishers:
+    """The publisher keys a node trusts (raw 32-byte Ed25519 keys, each once, in the order
+    added) and the threshold k: at least k of them must sign a bundle. The node's
+    ``<state-dir>/trusted-publishers.json`` holds it (:func:`trusted_publishers_json`)."""
+
+    keys: tuple[bytes, ...] = ()
+    threshold: int = 1
+
+    def __post_init__(self) -> None:
+        if type(self.threshold) is not int or not 1 <= self.threshold <= MAX_TRUSTED_KEYS:
+            raise _bad(f"the threshold is an integer in 1..{MAX_TRUSTED_KEYS}")
+        if len(self.keys) > MAX_TRUSTED_KEYS:
+            raise _bad(f"a node trusts at most {MAX_TRUSTED_KEYS} publisher keys")
+        for raw in self.keys:
+            check_ed25519_public_key(raw)  # Rules 1-3 of .keys, before any verification
+        if len({key_id(k) for k in self.keys}) != len(self.keys):
+            raise _bad("each publisher key is trusted once")
+
+
+def parse_trusted_publishers(raw: bytes) -> TrustedPublishers:
+    """``trusted-publishers.json``: ``{"threshold": k, "keys": [{"key_id", "public_key"}]}``
+    with ``public_key`` the standard base64 of the raw 32-byte key and ``key_id`` its id
+    (checked). Raises ``bad_manifest`` naming the rule broken."""
+    obj = _load_json(raw, TRUSTED_PUBLISHERS_FILE, MAX_TRUSTED_BYTES)
+    if not isinstance(obj, dict) or set(obj) != {"threshold", "keys"}:
+        raise _bad(f"{TRUSTED_PUBLISHERS_FILE} is exactly {{threshold, keys}}")
+    items = obj["keys"]
+    if not isinstance(items, list):
+        raise _bad("keys is a list")
+    keys: list[bytes] = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"key_id", "public_key"}:
+            raise _bad("a trusted key is exactly {key_id, public_key}")
+        try:
+            key = base64.b64decode(item["public_key"], validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise _bad("public_key is the standard base64 of 32 raw bytes") from None
+        try:
+            check_ed25519_public_key(key)
+        except BadFrame as exc:
+            raise _bad(exc.message) from None
+        if item["key_id"] != key_id(key):
+            raise _bad(f"key_id {item['key_id']!r} is not the id of its public_key")
+        keys.append(key)
+    try:
+        return TrustedPublishers(tuple(keys), obj["threshold"])
+    except BadFrame as exc:
+        raise _bad(exc.message) from None
+
+
+def trusted_publishers_json(trusted: TrustedPublishers) -> bytes:
+    """The file :func:`parse_trusted_publishers` reads (indented: operators read it)."""
+    return json.dumps({"threshold": trusted.threshold,
+                       "keys": [{"key_id": key_id(k),
+                                 "public_key": base64.b64encode(k).decode()}
+                                for k in trusted.keys]}, indent=2).encode() + b"\n"
