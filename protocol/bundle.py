@@ -99,7 +99,6 @@ class BundleError(TetherError):
     HTTP it answers 400 like ``invalid_request`` (the code itself stays in the body)."""
 
     def __init__(self, code: str, message: str) -> None:
-        assert code in REJECT_CODES, code
         super().__init__(message, code=code)
 
     @property
@@ -593,7 +592,9 @@ def verify_payload(payload: IO[bytes], manifest: Manifest, *,
     same size (checked from the header, before any byte is read, so a huge member declared
     costs nothing) and sha256; every listed file present. ``sink(path, entry, chunk)``, when
     given, receives each file's bytes in order (an empty chunk opens a file) so that the
-    node can extract while checking; it must discard everything when this raises.
+    node can extract while checking; it must discard everything when this raises. A
+    file's mode is the manifest's, whatever its header says. Call it only after the
+    signatures and :func:`check_payload` hold: tar extended headers are read into memory.
     Raises ``bad_layout``, ``size_mismatch`` or ``sha256_mismatch``."""
     seen: set[str] = set()
     dirs = 0
