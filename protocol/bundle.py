@@ -79,6 +79,7 @@ REJECT_CODES = frozenset({
     "downgrade",  # version below the highest activated, without an explicit rollback
     "wrong_kind",  # e.g. a runtime bundle offered as an app
     "bad_app",  # tether-app.toml breaks a rule (protocol/appspec.py)
+    "policy_mismatch",  # the node's policy refuses a kind or executable it needs
 })
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -749,3 +750,19 @@ def trusted_publishers_json(trusted: TrustedPublishers) -> bytes:
                        "keys": [{"key_id": key_id(k),
                                  "public_key": base64.b64encode(k).decode()}
                                 for k in trusted.keys]}, indent=2).encode() + b"\n"
+
+
+def policy_mismatch(policy: Policy, *, kind_allowed: Callable[[str], bool],
+                    executable_allowed: Callable[[str], bool]) -> str | None:
+    """Why the node's own policy cannot run what ``policy`` (a manifest's) needs, or None:
+    the first kind or executable the node's predicates refuse. The node rejects the bundle
+    with ``policy_mismatch`` and this text; how a relative executable (one inside the
+    bundle) is judged is the node's predicate's business."""
+    for kind in policy.kinds:
+        if not kind_allowed(kind):
+            return f"the bundle needs command kind {kind!r}, which this node's policy refuses"
+    for executable in policy.executables:
+        if not executable_allowed(executable):
+            return (f"the bundle runs {executable!r}, which this node's policy does not "
+                    "allow")
+    return None

@@ -42,6 +42,7 @@ from tether.protocol.bundle import (
     parse_manifest,
     parse_signatures,
     parse_trusted_publishers,
+    policy_mismatch,
     read_bundle,
     signatures_json,
     signed_message,
@@ -608,5 +609,58 @@ def test_every_code_a_bundle_is_refused_with_is_a_stable_code_the_docs_name() ->
     assert raised | returned <= REJECT_CODES
     assert returned == {"wrong_kind", "bundle_expired", "bundle_not_yet_valid",
                         "runner_too_old", "downgrade"}
+    assert "policy_mismatch" in REJECT_CODES  # the node raises it with policy_mismatch()
     docs = (root / "docs" / "protocol.md").read_text().split("## Bundles", 1)[1]
     assert [c for c in sorted(REJECT_CODES) if f"`{c}`" not in docs] == []
+
+
+def _checked(raw: bytes, trusted: list[bytes]) -> tuple[bytes, bytes]:
+    """The whole pipeline a node runs; (manifest bytes, app.tar.gz) or BundleError."""
+    parts = read_bundle(raw)
+    result = verify_signatures(parts.manifest_bytes, parts.signatures, trusted)
+    if not result.ok:
+        raise BundleError(result.code or "bad_signature", result.message)
+    payload = open_payload(raw, parts).read()
+    check_payload(len(payload), hashlib.sha256(payload).hexdigest(), parts.manifest)
+    verify_payload(io.BytesIO(payload), parts.manifest)
+    return parts.manifest_bytes, payload
+
+
+_GOOD_KEY = Ed25519PrivateKey.generate()
+_GOOD_PAYLOAD = app_tar()
+_GOOD_MANIFEST = manifest_for(_GOOD_PAYLOAD)
+_GOOD = bundle_bytes(canonical(_GOOD_MANIFEST), signatures_json(
+    [sign(_GOOD_KEY, _GOOD_MANIFEST)]), _GOOD_PAYLOAD)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, len(_GOOD) - 1), st.integers(1, 255))
+def test_any_byte_of_a_bundle_changed_is_refused_or_changes_nothing_that_runs(
+        position: int, xor: int) -> None:
+    """Integrity end to end: a flipped byte either fails a check with a stable code, or
+    lands where nothing is read (tar padding), and what the node would run is unchanged."""
+    raw = bytearray(_GOOD)
+    raw[position] ^= xor
+    try:
+        got = _checked(bytes(raw), [public_key_raw(_GOOD_KEY)])
+    except BundleError as exc:
+        assert exc.code in REJECT_CODES
+    else:
+        assert got == (canonical(_GOOD_MANIFEST), _GOOD_PAYLOAD)
+
+
+def test_a_refused_bundle_answers_400_over_http_with_its_own_code() -> None:
+    exc = BundleError("sha256_mismatch", "x")
+    assert exc.code == "sha256_mismatch" and exc.http_status == 400
+
+
+def test_a_policy_mismatch_names_the_first_kind_or_executable_the_node_refuses() -> None:
+    policy = manifest_for(b"x").policy  # kinds ("exec",), executables ("bin/run",)
+    assert policy_mismatch(policy, kind_allowed=lambda k: True,
+                           executable_allowed=lambda e: True) is None
+    why = policy_mismatch(policy, kind_allowed=lambda k: k != "exec",
+                          executable_allowed=lambda e: True)
+    assert why is not None and "'exec'" in why
+    why = policy_mismatch(policy, kind_allowed=lambda k: True,
+                          executable_allowed=lambda e: e.startswith("/"))
+    assert why is not None and "'bin/run'" in why
