@@ -16,6 +16,7 @@ from tether.protocol.errors import TetherError
 
 from . import admin as admin_cli
 from . import operator as op
+from .bundle import add_bundle_parser, add_trust_parser
 from .client import CliError
 from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--state-dir", type=Path,
                         default=Path(_env("STATE_DIR", ".tether/node") or ""))
     status.add_argument("--json", action="store_true")
+    add_trust_parser(node, Path(_env("STATE_DIR", ".tether/node") or ""))
 
     nodes = nouns.add_parser("nodes", help="the fleet").add_subparsers(dest="verb",
                                                                         required=True)
@@ -283,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _operator_flags(sh, table=False)
 
     add_cp_parser(nouns, _operator_flags)
+    add_bundle_parser(nouns)
 
     cmds = nouns.add_parser("commands", help="inspect and cancel commands").add_subparsers(
         dest="verb", required=True)
@@ -475,6 +478,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return jobs_command(args)
     if noun == "shell":
         return op.shell_command(args)
+    if noun == "bundle":
+        from .bundle import bundle_command
+
+        return bundle_command(args)
     if noun == "cp":
         from .cp import cp_command
 
@@ -632,6 +639,10 @@ def _node(args: argparse.Namespace, verb: str) -> int:
                                    **rtc_config(args)))
     if verb == "publish":
         return op.node_publish(args)
+    if verb == "trust":
+        from .bundle import trust_command
+
+        return trust_command(args)
     if verb in ("stop", "restart"):
         from tether.node.control import restart_node, stop_node
 
