@@ -44,10 +44,19 @@ sysdeps:
 # waiting on controllers, nodes and servers it started, so more workers than cores pay.
 # Work-stealing keeps a worker busy while another sits in a long test. One process, to
 # debug: make test PYTEST_WORKERS=0 (or plain .venv/bin/pytest, which stays serial).
+# Then test-media-netns, where it can run (root, unshare -n allowed: CI); else a line says
+# why it was skipped.
 PYTEST_WORKERS ?= 4
 
 test: lint sysdeps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "skipped test-media-netns: not root (unshare -n needs root; CI runs it as root)"; \
+	elif ! command -v unshare >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then \
+	  echo "skipped test-media-netns: no unshare (util-linux) or ip (iproute2) on PATH"; \
+	elif ! unshare -n true 2>/dev/null; then \
+	  echo "skipped test-media-netns: this machine refuses 'unshare -n' (a container without CAP_SYS_ADMIN?)"; \
+	else $(MAKE) --no-print-directory test-media-netns; fi
 
 # The dashboard's media test in a network namespace holding only lo (root, util-linux's
 # unshare, iproute2's ip): Chromium then has no address but 127.0.0.1 to offer, and the test

@@ -18,6 +18,7 @@ from .client import Api, CliError, resolve_token, resolve_url
 from .output import EXIT_OUTPUT_DROPPED, OutputWriter, dropped_line, follow
 from .remote_io import Detached, exec_attached, run_shell
 from .render import human
+from .rtc_show import rtc_show_lines
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -118,6 +119,8 @@ def nodes_show(args: argparse.Namespace) -> int:
                        ("apps", _apps_line(node.get("apps"))),
                        ("ready", _ready_line(node.get("health")))]:
         print(f"{key:<13} {human(value)}")
+    for line in rtc_show_lines(node.get("rtc")):  # escaped and clipped there
+        print(line)
     return 0
 
 

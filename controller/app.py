@@ -341,7 +341,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         ctl.metrics, api=app.state.api, edge=ctl.gateway.services.counters,
         ws=app.state.browser.counters,
         outbox_frames=ctl.gateway.outbox_frames,
-        require_token=config.metrics_require_token)
+        require_token=config.metrics_require_token, sessions=ctl.registry.all)
     app.state.jobs = ctl.jobs
     app.state.rtc = ctl.rtc
     app.state.rtc_page_config = api_rtc.page_config(config)

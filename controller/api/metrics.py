@@ -14,7 +14,7 @@ valid operator token of any role is required (``Authorization: Bearer``), else 4
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,6 +28,8 @@ from tether.protocol.errors import AuthError
 
 from ..services.metrics import EdgeCounters, WsCounters
 from ..services.probe import StoreFigures
+from ..services.registry import LiveSession
+from ..services.rtc_metrics import rtc_figures
 from .routes import ApiServices
 
 # The classic text format every Prometheus version scrapes (generate_latest writes it)
@@ -63,17 +65,20 @@ class ScrapeCollector(Collector):
     figures are the last :attr:`figures` the route read, see :func:`metrics`)."""
 
     def __init__(self, api: ApiServices, edge: EdgeCounters, ws: WsCounters,
-                 outbox_frames: Callable[[], tuple[int, int]]) -> None:
+                 outbox_frames: Callable[[], tuple[int, int]],
+                 sessions: Callable[[], Iterable[LiveSession]] = tuple) -> None:
         self._api = api
         self._edge = edge
         self._ws = ws
         self._outbox_frames = outbox_frames
+        self._sessions = sessions
         self.figures = StoreFigures(up=False)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._in_memory()
         yield from self._edge_counts()
         yield from self._from_store(self.figures)
+        yield from self._rtc()
         ctl = self._api
         for name, kind, value in ctl.nats_samples() if ctl.nats_samples is not None else ():
             yield (_counter if kind == "counter" else _gauge)(name, "NATS (nats_metrics.py)",
@@ -158,6 +163,20 @@ class ScrapeCollector(Collector):
                      "Downlink frames sent to the nodes here and not yet acked",
                      downlink_unacked)
 
+    def _rtc(self) -> Iterator[Metric]:
+        """The media plane of the nodes held here (services/rtc_metrics.py: fixed label
+        sets, every series present)."""
+        figures = rtc_figures(s.snapshot().rtc for s in self._sessions())
+        yield _by_label(GaugeMetricFamily(
+            "tether_rtc_peers", "WebRTC peer sessions of the nodes on this replica, by state",
+            labels=["state"]), dict(figures.peers))
+        subflows = GaugeMetricFamily(
+            "tether_rtc_subflows", "WebRTC subflows of those peers, by subflow and state "
+            "(degraded or failed: that subflow alone is hurt)", labels=["subflow", "state"])
+        for (name, state), value in sorted(figures.subflows.items()):
+            subflows.add_metric([name, state], value)
+        yield subflows
+
     @staticmethod
     def _from_store(figures: StoreFigures) -> Iterator[Metric]:
         yield _gauge("tether_store_up", "1 when the store answered the last read",
@@ -192,9 +211,12 @@ class MetricsServices:
     @classmethod
     def build(cls, registry: CollectorRegistry, *, api: ApiServices, edge: EdgeCounters,
               ws: WsCounters, outbox_frames: Callable[[], tuple[int, int]],
-              require_token: bool = False) -> MetricsServices:
-        """Register the scrape collector in ``registry`` (once per process)."""
-        collector = ScrapeCollector(api, edge, ws, outbox_frames)
+              require_token: bool = False,
+              sessions: Callable[[], Iterable[LiveSession]] = tuple) -> MetricsServices:
+        """Register the scrape collector in ``registry`` (once per process). ``sessions``:
+        the node sessions this replica holds (their ``node.rtc`` reports feed the
+        ``tether_rtc_*`` gauges)."""
+        collector = ScrapeCollector(api, edge, ws, outbox_frames, sessions)
         registry.register(collector)
         return cls(registry=registry, collector=collector, api=api,
                    require_token=require_token)
