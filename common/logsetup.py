@@ -43,5 +43,6 @@ def setup_logging(*, fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.error", "websockets", "httpx", "httpcore"):
+    # aioice logs every ICE candidate pair check at INFO: a line per check per peer
+    for noisy in ("uvicorn.error", "websockets", "httpx", "httpcore", "aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
