@@ -16,6 +16,13 @@ from tether.protocol.errors import TetherError
 
 from . import admin as admin_cli
 from . import operator as op
+from .bundle_remote import (
+    REMOTE_VERBS,
+    add_controller_bundle_arguments,
+    add_remote_bundle_verbs,
+    bundle_remote_command,
+    controller_bundle_config,
+)
 from .client import CliError
 from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
@@ -154,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="GET /metrics only with a valid operator token (any role); "
                             "open to whoever reaches the port by default")
     add_controller_rtc_arguments(serve)
+    add_controller_bundle_arguments(serve)
 
     jt = nouns.add_parser("join-token", help="join tokens for enrolling nodes").add_subparsers(
         dest="verb", required=True)
@@ -307,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         jp.add_argument("job_id")
         _operator_flags(jp)
 
+    # the bundle group (b15-serve made it; cli/bundle.py adds its local verbs to it)
+    bundle = nouns.add_parser("bundle", help="signed app bundles").add_subparsers(
+        dest="verb", required=True)
+    add_remote_bundle_verbs(bundle, _operator_flags)
+
     logs = nouns.add_parser(
         "logs", help="a command's output",
         epilog="exit status: 0 (with --follow, the command's own); 3 when the command "
@@ -446,7 +459,7 @@ def dispatch(args: argparse.Namespace) -> int:
             ws_max_queue_bytes=args.ws_max_queue_bytes,
             downlink_check_s=args.downlink_check_s,
             metrics_require_token=args.metrics_require_token,
-            **controller_rtc_config(args)))
+            **controller_rtc_config(args), **controller_bundle_config(args)))
     if admin_cli.handles(noun, verb):
         return admin_cli.run(args)
     if noun == "join-token":
@@ -469,6 +482,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return op.nodes_list(args) if verb == "list" else op.nodes_show(args)
     if noun == "exec":
         return op.exec_command(args)
+    if noun == "bundle" and verb in REMOTE_VERBS:
+        return bundle_remote_command(args)
     if noun == "jobs":
         from .jobs import jobs_command
 
