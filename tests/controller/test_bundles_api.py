@@ -5,6 +5,7 @@ downloading as itself, with hostile node headers refused."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -20,7 +21,7 @@ from tether.protocol.signing import generate_private_key
 
 from ..helpers import FAST, ControllerProc
 from .bundlefiles import make_bundle, members, tar_of
-from .conftest import NET_TIMEOUT_S, Identity, assert_error
+from .conftest import NET_TIMEOUT_S, Identity, assert_error, eventually
 
 MAX_BUNDLE = 4 << 20
 # random, so gzip keeps its size: the file spans two 1 MiB chunks of the store
@@ -169,6 +170,30 @@ async def test_a_viewer_lists_but_cannot_publish_or_download_and_a_revoked_token
     assert_error(await anon.get(file_url("web", 1)), 401, "unauthorized")
     audit = (await api.get("/api/v1/audit")).json()["items"]
     assert any(a["action"] == "POST /api/v1/bundles" and a["status"] == 403 for a in audit)
+    assert any(a["action"] == "bundle.publish" and a["target"] == "web/2" for a in audit)
+
+
+async def test_a_client_that_leaves_mid_upload_stores_nothing_and_the_next_publish_works(
+        controller: ControllerProc, api: httpx.AsyncClient,
+        publish: Callable[[bytes], Awaitable[httpx.Response]]) -> None:
+    raw = make_bundle("web", 1)
+    for _ in range(3):  # more than the publishes a replica runs at once (2)
+        _, writer = await asyncio.open_connection("127.0.0.1", controller.port)
+        writer.write(f"POST /api/v1/bundles HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: Bearer {controller.token}\r\n"
+                     f"Content-Type: application/octet-stream\r\n"
+                     f"Content-Length: {len(raw)}\r\n\r\n".encode() + raw[:len(raw) // 2])
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def published() -> bool:  # 429 while the server has not yet seen them leave
+        resp = await publish(raw)
+        assert resp.status_code in (201, 429), resp.text
+        return resp.status_code == 201
+    await eventually(published, what="a publish once the cut uploads were let go")
+    items = (await api.get("/api/v1/bundles")).json()["items"]
+    assert [(b["name"], b["version"], b["size"]) for b in items] == [("web", 1, len(raw))]
 
 
 async def test_ranges_give_the_first_bytes_the_middle_a_suffix_and_416_past_the_end(
