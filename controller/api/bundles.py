@@ -182,6 +182,8 @@ async def download_bundle(request: Request) -> Response:
     if wanted is not None:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{record.size}"
+    if request.method == "HEAD":  # the headers alone: no chunk is read
+        return Response(status_code=status, headers=headers, media_type="application/x-tar")
     return StreamingResponse(service.read(record, start, end), status_code=status,
                              headers=headers, media_type="application/x-tar")
 

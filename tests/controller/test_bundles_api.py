@@ -219,6 +219,9 @@ async def test_ranges_give_the_first_bytes_the_middle_a_suffix_and_416_past_the_
         assert got.headers["content-range"] == f"bytes */{size}"
     whole = await api.get(url)
     assert whole.status_code == 200 and whole.content == BIG
+    head = await api.head(url, headers={"Range": "bytes=0-9"})
+    assert head.status_code == 206 and head.content == b""
+    assert head.headers["content-range"] == f"bytes 0-9/{size}"
 
 
 async def test_a_node_downloads_as_itself_with_a_range(
