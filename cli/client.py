@@ -102,10 +102,11 @@ class Api:
 
     def request(self, method: str, path: str, *, json: Any = None,
                 headers: dict[str, str] | None = None,
-                params: dict[str, Any] | None = None) -> Any:
+                params: dict[str, Any] | None = None, content: Any = None) -> Any:
         try:
             with self._client() as client:
-                resp = client.request(method, path, json=json, headers=headers, params=params)
+                resp = client.request(method, path, json=json, headers=headers, params=params,
+                                      content=content)
         except httpx.ConnectError as exc:
             if isinstance(exc.__context__, ssl.SSLCertVerificationError) or "CERTIFICATE" in \
                     str(exc).upper() or "pin" in str(exc):

@@ -17,6 +17,13 @@ from tether.protocol.errors import TetherError
 from . import admin as admin_cli
 from . import operator as op
 from .bundle import add_bundle_parser, add_trust_parser
+from .bundle_remote import (
+    REMOTE_VERBS,
+    add_controller_bundle_arguments,
+    add_remote_bundle_verbs,
+    bundle_remote_command,
+    controller_bundle_config,
+)
 from .client import CliError
 from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
@@ -155,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="GET /metrics only with a valid operator token (any role); "
                             "open to whoever reaches the port by default")
     add_controller_rtc_arguments(serve)
+    add_controller_bundle_arguments(serve)
 
     jt = nouns.add_parser("join-token", help="join tokens for enrolling nodes").add_subparsers(
         dest="verb", required=True)
@@ -285,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     _operator_flags(sh, table=False)
 
     add_cp_parser(nouns, _operator_flags)
-    add_bundle_parser(nouns)
+    # one bundle group: the local verbs (cli/bundle.py) and the controller's (bundle_remote)
+    add_remote_bundle_verbs(add_bundle_parser(nouns), _operator_flags)
 
     cmds = nouns.add_parser("commands", help="inspect and cancel commands").add_subparsers(
         dest="verb", required=True)
@@ -449,7 +458,7 @@ def dispatch(args: argparse.Namespace) -> int:
             ws_max_queue_bytes=args.ws_max_queue_bytes,
             downlink_check_s=args.downlink_check_s,
             metrics_require_token=args.metrics_require_token,
-            **controller_rtc_config(args)))
+            **controller_rtc_config(args), **controller_bundle_config(args)))
     if admin_cli.handles(noun, verb):
         return admin_cli.run(args)
     if noun == "join-token":
@@ -472,6 +481,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return op.nodes_list(args) if verb == "list" else op.nodes_show(args)
     if noun == "exec":
         return op.exec_command(args)
+    if noun == "bundle" and verb in REMOTE_VERBS:
+        return bundle_remote_command(args)
     if noun == "jobs":
         from .jobs import jobs_command
 

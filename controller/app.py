@@ -25,6 +25,7 @@ from tether.common import __version__
 from tether.protocol.errors import StoreError
 
 from .api import admin as admin_api
+from .api import bundles as api_bundles
 from .api import io as io_api
 from .api import jobs as api_jobs
 from .api import metrics as api_metrics
@@ -37,6 +38,7 @@ from .config import ControllerConfig
 from .gateway import EdgeGateway, EdgeServices, edge_endpoint, edge_session
 from .services.admin_token import ensure_admin_token
 from .services.admission import Admission, HelloGate
+from .services.bundles import BundleService
 from .services.bus import EventBus, LocalBus
 from .services.commands import CommandService
 from .services.jobs import JobDriver, JobService
@@ -108,6 +110,7 @@ class Controller:
     job_driver: JobDriver  # runs while leader (services/jobs.py)
     metrics: CollectorRegistry  # this process's own, never the global one (services/metrics.py)
     rtc: RtcService  # the media plane's signalling relay (services/rtc.py)
+    bundles: BundleService  # published bundles, in the store (services/bundles.py)
 
     @property
     def shared_store(self) -> bool:
@@ -178,13 +181,16 @@ def build(config: ControllerConfig) -> Controller:
     jobs = JobService(store, commands, bus, view=nodes.view)
     job_driver = JobDriver(jobs, store, is_leader=lambda: leadership.is_leader)
     jobs.wake = job_driver.wake
+    bundles = BundleService(store, max_bundle_bytes=config.max_bundle_bytes,
+                            max_total_bytes=config.max_bundle_bytes_total or None,
+                            chunk_bytes=config.bundle_chunk_bytes)
     return Controller(config=config, run=run, replica_id=replica_id, driver=driver,
                       store=store, registry=registry, router=router, bus=bus,
                       cluster=cluster, monitor=monitor, peeks=peeks, admission=admission,
                       liveness=liveness, nodes=nodes,
                       commands=commands, gateway=gateway, leadership=leadership,
                       sweeper=sweeper, jobs=jobs, job_driver=job_driver, metrics=metrics,
-                      rtc=rtc)
+                      rtc=rtc, bundles=bundles)
 
 
 async def _open_store(ctl: Controller) -> None:
@@ -311,6 +317,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
         *api_jobs.ROUTES,
+        *api_bundles.ROUTES,
         *api_rtc.ROUTES,
         *admin_api.ROUTES,
         *api_metrics.ROUTES,
@@ -344,6 +351,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         require_token=config.metrics_require_token, sessions=ctl.registry.all)
     app.state.jobs = ctl.jobs
     app.state.rtc = ctl.rtc
+    app.state.bundles = ctl.bundles
     app.state.rtc_page_config = api_rtc.page_config(config)
     app.state.version = __version__
     return app

@@ -80,6 +80,12 @@ class ControllerConfig:
     rtc_host_addresses: tuple[str, ...] = ()  # the page trickles only these host candidates
     rtc_ice_username: str | None = None
     rtc_ice_credential: str | None = None
+    # Bundles (services/bundles.py, docs/operations.md "Bundles"): one file at most this
+    # big (a publish over it is 413, nothing stored), all of them together at most this
+    # (0: no quota); stored in the database in chunks of bundle_chunk_bytes
+    max_bundle_bytes: int = 256 << 20
+    max_bundle_bytes_total: int = 8 << 30
+    bundle_chunk_bytes: int = 1 << 20
 
     @property
     def store_quotas(self) -> StoreQuotas:

@@ -143,6 +143,7 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "command_not_paused": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "node_offline": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "job_done": ErrorSpec(_C.PROTOCOL_ERROR, 409),
+    "range_not_satisfiable": ErrorSpec(_C.PROTOCOL_ERROR, 416),  # a bundle download's Range
     # rtc.*: a stale or superseded negotiation_id, or an unknown peer_session_id; the
     # message is never applied (an error frame; the session and the peer stay)
     "rtc_stale": ErrorSpec(_C.PROTOCOL_ERROR, 409),

@@ -76,6 +76,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                       OPER),
     ("GET", "/api/v1/rtc/config"): Op("The dashboard's ICE servers (--rtc-ice-server)", 200,
                                       OPER),
+    ("POST", "/api/v1/bundles"): Op("Publish a bundle file (the body, octet-stream)", 201,
+                                    OPER),
+    ("GET", "/api/v1/bundles"): Op("Published bundles, newest first, paged by ?before="),
+    ("GET", "/api/v1/bundles/{name}/{version}"): Op("One bundle: metadata and manifest"),
+    ("GET", "/api/v1/bundles/{name}/{version}/file"): Op(
+        "The bundle file, with Range (also for a node: Authorization: Tether-Node)",
+        auth=OPER),
 }
 
 # HTTP routes that are pages, not the REST API: the dashboard (controller/web)

@@ -50,6 +50,7 @@ from .base import (
     wall_now,
 )
 from .budgets import EventBatch
+from .bundles import BundleTransactions
 from .commands import CommandTransactions
 from .jobs import JobTransactions
 from .logs import LogTransactions
@@ -78,7 +79,7 @@ _MOVE_EVT_CURSOR = "UPDATE stream_cursors SET applied=$1 WHERE node_id=$2 AND st
 
 
 class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
-                      AuthTransactions):
+                      AuthTransactions, BundleTransactions):
     """The store (:class:`~tether.controller.store.interface.Store`) over one SQL driver
     (see :class:`~tether.controller.store.base.StoreBase` for its construction)."""
 
