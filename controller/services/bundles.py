@@ -16,30 +16,27 @@ Bounds: ``max_concurrent_publishes`` publishes at once per replica (past it: 429
 ``rate_limited``), each holding one temporary file of at most ``max_bundle_bytes`` and one
 chunk in memory; a download holds one chunk in memory at a time.
 
-:func:`inspect_bundle` is the one function to point at ``protocol/bundle.py``'s
-``read_bundle``/``parse_manifest`` once that module lands: until then, it applies the rules
-of the fixed format itself (:func:`parse_manifest`).
+:func:`inspect_bundle` applies the format's rules from ``protocol/bundle.py`` (one parser for
+the controller, the CLI and the node).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import json
 import re
-import tarfile
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
-from tether.common.bodies import BodyTooLarge, loads_strict
+from tether.common.bodies import BodyTooLarge
+from tether.protocol.bundle import BundleError, check_payload, open_payload, read_bundle
 from tether.protocol.errors import InvalidRequest, TetherError
-from tether.protocol.values import INT64_MAX
 
 from ..store.bundles import DEFAULT_CHUNK_BYTES, BundleRecord, NewBundle
 
@@ -75,122 +72,29 @@ class BundleInfo:
     app_size: int
 
 
-def canonical(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
-
-
-def _field(manifest: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = manifest.get(name)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise BundleRefused(f"manifest field {name!r} is missing or of the wrong type")
-    return value
-
-
-def parse_manifest(raw: bytes) -> dict[str, Any]:
-    """The manifest, with the rules the controller relies on (until ``protocol/bundle.py``
-    lands: then this is its ``parse_manifest``). Raises BundleRefused."""
-    try:
-        manifest = loads_strict(raw)
-    except InvalidRequest as exc:
-        raise BundleRefused(f"manifest.json is not JSON: {exc.message}") from None
-    if not isinstance(manifest, dict):
-        raise BundleRefused("manifest.json must be a JSON object")
-    if canonical(manifest) != raw:
-        raise BundleRefused("manifest.json is not in canonical form (sorted keys, no "
-                            "spaces, UTF-8): rebuild it with 'tether bundle build'")
-    if manifest.get("format") != 1 or isinstance(manifest.get("format"), bool):
-        raise BundleRefused("manifest 'format' must be 1")
-    if NAME_RE.fullmatch(_field(manifest, "name", str)) is None:
-        raise BundleRefused("manifest 'name' must match [a-z0-9][a-z0-9-]{0,62}")
-    if _field(manifest, "kind", str) not in ("app", "runtime"):
-        raise BundleRefused("manifest 'kind' must be 'app' or 'runtime'")
-    if not 1 <= _field(manifest, "version", int) <= INT64_MAX:
-        raise BundleRefused("manifest 'version' must be an integer from 1")
-    if _HEX64.fullmatch(_field(manifest, "sha256", str)) is None:
-        raise BundleRefused("manifest 'sha256' must be 64 lowercase hex digits")
-    if _field(manifest, "size", int) < 0:
-        raise BundleRefused("manifest 'size' must be an integer from 0")
-    _field(manifest, "files", dict)
-    _field(manifest, "policy", dict)
-    for name in ("min_runner_version", "created_at", "expires_at"):
-        _field(manifest, name, str)
-    return manifest
-
-
-def parse_signatures(raw: bytes) -> tuple[str, ...]:
-    """The key ids of signatures.json (1 to :data:`MAX_SIGNATURES` well-formed entries).
-    Raises BundleRefused."""
-    try:
-        sigs = loads_strict(raw)
-    except InvalidRequest as exc:
-        raise BundleRefused(f"signatures.json is not JSON: {exc.message}") from None
-    if not isinstance(sigs, list) or not 1 <= len(sigs) <= MAX_SIGNATURES:
-        raise BundleRefused(f"signatures.json must be a list of 1 to {MAX_SIGNATURES} "
-                            "signatures: sign the bundle with 'tether bundle build --key'")
-    key_ids = []
-    for item in sigs:
-        if not isinstance(item, dict) or set(item) != {"key_id", "sig"} \
-                or not isinstance(item["key_id"], str) or not isinstance(item["sig"], str) \
-                or _KEY_ID.fullmatch(item["key_id"]) is None:
-            raise BundleRefused("each signature must be {\"key_id\": <16 hex>, \"sig\": "
-                                "<base64 of 64 bytes>}")
-        try:
-            sig = base64.b64decode(item["sig"], validate=True)
-        except (binascii.Error, ValueError):
-            raise BundleRefused("a signature's 'sig' is not valid base64") from None
-        if len(sig) != 64:
-            raise BundleRefused("a signature's 'sig' must be 64 bytes (Ed25519)")
-        key_ids.append(item["key_id"])
-    return tuple(key_ids)
-
-
 def inspect_bundle(file: IO[bytes]) -> BundleInfo:
-    """Check a bundle file (a seekable binary file at its start) against the fixed format:
-    exactly the members :data:`MEMBERS`, in order, regular files; the manifest; the
-    signatures' shape; app.tar.gz's size and sha256 against the manifest's. Reads the app
-    in bounded pieces. Raises BundleRefused. Blocking: run it in a thread."""
+    """Check a bundle file (a seekable binary file at its start) at the boundary with the
+    format's own rules (``protocol/bundle.py``: the tar layout, the canonical manifest, the
+    signatures' shape), then hash app.tar.gz in bounded pieces against the manifest's size
+    and sha256. Signatures are not verified (the module docstring says why). Raises
+    BundleRefused naming the format's code. Blocking: run it in a thread."""
     try:
-        with tarfile.open(fileobj=file, mode="r:") as tar:
-            found: dict[str, bytes] = {}
-            app_sha, app_size = hashlib.sha256(), 0
-            for want in MEMBERS:
-                member = tar.next()
-                if member is None or member.name != want or not member.isreg():
-                    got = "nothing" if member is None else repr(member.name[:64])
-                    raise BundleRefused(f"a bundle is a tar of {', '.join(MEMBERS)} in "
-                                        f"that order, regular files only; found {got} "
-                                        f"where {want} goes")
-                data = tar.extractfile(member)
-                assert data is not None  # a regular file always has its data
-                if want == "app.tar.gz":
-                    while piece := data.read(_READ_BYTES):
-                        app_sha.update(piece)
-                        app_size += len(piece)
-                    continue
-                bound = MAX_MANIFEST_BYTES if want == "manifest.json" else MAX_SIGNATURES_BYTES
-                if member.size > bound:
-                    raise BundleRefused(f"{want} is over {bound} bytes")
-                found[want] = data.read(bound + 1)
-            extra = tar.next()
-            if extra is not None:
-                raise BundleRefused(f"a bundle holds only {', '.join(MEMBERS)}; found "
-                                    f"{extra.name[:64]!r} after them")
-    except BundleRefused:
-        raise
-    except (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError) as exc:
-        raise BundleRefused(f"the file is not an uncompressed tar ({type(exc).__name__}); "
-                            "build it with 'tether bundle build'") from None
-    manifest = parse_manifest(found["manifest.json"])
-    key_ids = parse_signatures(found["signatures.json"])
-    if manifest["size"] != app_size or manifest["sha256"] != app_sha.hexdigest():
-        raise BundleRefused(f"app.tar.gz is {app_size} bytes with sha256 "
-                            f"{app_sha.hexdigest()}; the manifest says {manifest['size']} "
-                            f"bytes with sha256 {manifest['sha256']}")
-    return BundleInfo(name=manifest["name"], version=manifest["version"],
-                      kind=manifest["kind"], manifest=found["manifest.json"],
-                      signatures=found["signatures.json"], key_ids=key_ids,
-                      app_sha256=manifest["sha256"], app_size=app_size)
+        parts = read_bundle(file)
+        app_sha, app_size = hashlib.sha256(), 0
+        payload = open_payload(file, parts)
+        while piece := payload.read(_READ_BYTES):
+            app_sha.update(piece)
+            app_size += len(piece)
+        check_payload(app_size, app_sha.hexdigest(), parts.manifest)
+    except BundleError as exc:
+        raise BundleRefused(f"{exc.code}: {exc.message}") from None
+    manifest = parts.manifest
+    signatures = json.dumps([{"key_id": s.key_id, "sig": base64.b64encode(s.sig).decode()}
+                             for s in parts.signatures], separators=(",", ":")).encode()
+    return BundleInfo(name=manifest.name, version=manifest.version, kind=manifest.kind,
+                      manifest=parts.manifest_bytes, signatures=signatures,
+                      key_ids=tuple(s.key_id for s in parts.signatures),
+                      app_sha256=manifest.sha256, app_size=app_size)
 
 
 class BundleStore(Protocol):
