@@ -198,8 +198,15 @@ class JobService:
         if await self._store.set_job_part(job.job_id, node_id, state="submitted",
                                           command_id=command.command_id):
             return 1
-        # the part was cancelled while its command was being submitted
-        await self._cancel_command(command.command_id, job.actor)
+        # The part is no longer releasing. Either the job was cancelled while its command
+        # was being submitted (cancel that command), or another release of the same part
+        # (the create request's and the driver's tick overlap: a releasing part is
+        # everyone's to finish) recorded it first with the same command, the submit being
+        # idempotent per job and node: then that command is the part's, and stays.
+        part = next((p for p in (await self._store.get_job(job.job_id)).parts
+                     if p.node_id == node_id), None)
+        if part is None or part.command_id != command.command_id:
+            await self._cancel_command(command.command_id, job.actor)
         return 0
 
     async def cancel(self, job_id: str, *, actor: str) -> JobRecord:
