@@ -5,6 +5,8 @@ connection's life — released after the accept, and the connection works on as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -18,6 +20,23 @@ from tether.controller.wsproto import (
     frame_writer,
     text_frame,
 )
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, **config: Any) -> AsyncIterator[int]:
+    """``app`` on a real uvicorn with LeanWebSocketProtocol on loopback: yields its port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
+                                           ws=LeanWebSocketProtocol, lifespan="off",
+                                           log_level="warning", **config))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def test_the_handshake_is_released_and_the_connection_still_echoes_and_closes() -> None:
@@ -35,15 +54,7 @@ async def test_the_handshake_is_released_and_the_connection_still_echoes_and_clo
         await send({"type": "websocket.send", "bytes": message["bytes"] * 2})
         await send({"type": "websocket.close", "code": 4401, "reason": "bye"})
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=LeanWebSocketProtocol,
-                            lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(app) as port:
         async with connect(f"ws://127.0.0.1:{port}/",
                            subprotocols=["tether.v1.msgpack"]) as ws:  # type: ignore[list-item]
             assert ws.subprotocol == "tether.v1.msgpack"
@@ -56,9 +67,6 @@ async def test_the_handshake_is_released_and_the_connection_still_echoes_and_clo
                 assert exc.rcvd is not None and exc.rcvd.code == 4401
         assert seen["before"] == (True, True)
         assert seen["after"] == (None, None)
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_prebuilt_frames_reach_the_client_in_order_with_the_ordinary_sends() -> None:
@@ -82,15 +90,7 @@ async def test_prebuilt_frames_reach_the_client_in_order_with_the_ordinary_sends
         await send({"type": "websocket.close", "code": 1000})
         seen["after_close"] = writer.write_frame(text_frame("late"))
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=LeanWebSocketProtocol,
-                            lifespan="off", log_level="warning", ws_per_message_deflate=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(app, ws_per_message_deflate=False) as port:
         got = []
         async with connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
             try:
@@ -100,9 +100,6 @@ async def test_prebuilt_frames_reach_the_client_in_order_with_the_ordinary_sends
                 pass
         assert got == ["one", "two", "x" * 70_000, "é" * 200]
         assert seen == {"direct": True, "direct2": True, "after_close": False}
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_no_frame_writer_is_offered_on_a_compressed_connection() -> None:
@@ -119,21 +116,10 @@ async def test_no_frame_writer_is_offered_on_a_compressed_connection() -> None:
         await send({"type": "websocket.send", "text": "plain"})
         await send({"type": "websocket.close", "code": 1000})
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=LeanWebSocketProtocol,
-                            lifespan="off", log_level="warning", ws_per_message_deflate=True)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(app, ws_per_message_deflate=True) as port:
         async with connect(f"ws://127.0.0.1:{port}/", compression="deflate") as ws:
             assert await ws.recv() == "plain"
         assert offered == [None]
-    finally:
-        server.should_exit = True
-        await task
 
 
 def test_frame_text_reads_back_what_text_frame_built_at_every_length_form() -> None:
