@@ -55,7 +55,7 @@ def test_a_malformed_node_header_is_refused(header: str) -> None:
     ("GET", PATH, None, NOW + WINDOW_MS + 1),  # stale
     ("GET", PATH, None, NOW - WINDOW_MS - 1),  # from the future
     ("GET", PATH, b"\x00" * 32, NOW),  # a small-order key
-])
+], ids=["another-method", "another-path", "another-key", "stale", "future", "small-order-key"])
 def test_a_signature_for_anything_else_does_not_verify(method: str, path: str,
                                                        key_raw: bytes | None,
                                                        now: int) -> None:
