@@ -23,7 +23,6 @@ that part is skipped, saying so, after everything else was checked.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -151,11 +150,8 @@ def test_an_operator_sees_the_node_sends_the_camera_and_uploads_while_toggling_i
     source.write_bytes(payload)
     page.locator('[data-media="file"]').set_input_files(str(source))
     upload_state = page.locator("[data-upload-state]")
-    has_file_subflow = importlib.util.find_spec("tether.node.rtc.filexfer") is not None
-    if has_file_subflow:
-        page.locator('[data-media="upload"]').click()
-        expect(upload_state).to_have_attribute("data-upload-state", "sending",
-                                               timeout=WAIT_MS)
+    page.locator('[data-media="upload"]').click()
+    expect(upload_state).to_have_attribute("data-upload-state", "sending", timeout=WAIT_MS)
     for _ in range(2):
         page.locator('[data-media="camera-on"]').click()
         expect(frame_size).to_have_attribute("data-frame-size", CAMERA_SIZE, timeout=WAIT_MS)
@@ -182,9 +178,6 @@ def test_an_operator_sees_the_node_sends_the_camera_and_uploads_while_toggling_i
     assert peers[0]["candidate_pair"] in ("host", "prflx")
     assert not errors, errors
 
-    if not has_file_subflow:
-        pytest.skip("the node has no file subflow (node/rtc/filexfer.py, branch rtc-file): "
-                    "the upload was not exercised")
     expect(upload_state).to_have_attribute("data-upload-state", "verified", timeout=120_000)
     lines = log_text(page)
     uploaded = next(i for i, line in enumerate(lines) if "uploaded upload.bin" in line)
