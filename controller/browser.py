@@ -30,11 +30,9 @@ from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from tether.protocol.codec import JSON_SUBPROTOCOL, MAX_FRAME_BYTES, decode_json, encode_json
+from tether.protocol.codec import JSON_SUBPROTOCOL, MAX_FRAME_BYTES, encode_json
 from tether.protocol.errors import (
-    BadFrame,
     CloseCode,
-    FrameTooLarge,
     LocalProtocolError,
     NotFound,
     close_reason,
@@ -43,6 +41,7 @@ from tether.protocol.frames import Frame, valid_node_id
 
 from .config import ControllerConfig
 from .domain.roles import Caller, role_at_least
+from .jsonws import WsClose, receive_json
 from .services.bus import EventBus
 from .services.commands import CommandService
 from .services.events import Event, Subscriber, data_size
@@ -115,12 +114,6 @@ class BrowserServices:
     rtc: RtcService | None = None  # rtc.* signalling to nodes (services/rtc.py)
 
 
-class _Close(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
 def _origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
     origin = ws.headers.get("origin")
     if origin is None:  # not a browser: operator tools authenticate with the token alone
@@ -170,9 +163,9 @@ async def browser_endpoint(ws: WebSocket) -> None:
                 if rtc_pusher is not None:
                     rtc_pusher.cancel()
         code, reason = CloseCode.NORMAL_CLOSURE, "bye"
-    except* _Close as group:
+    except* WsClose as group:
         first = group.exceptions[0]
-        code, reason = ((first.code, first.reason) if isinstance(first, _Close)
+        code, reason = ((first.code, first.reason) if isinstance(first, WsClose)
                         else (CloseCode.INTERNAL_ERROR, ""))
     except* (OSError, RuntimeError, WebSocketDisconnect):  # the client went away mid-send
         code, reason = CloseCode.CONNECTION_LOST, "connection lost"
@@ -201,7 +194,7 @@ async def _send(ws: WebSocket, frame: Frame) -> None:
         async with asyncio.timeout(SEND_TIMEOUT_S):
             await ws.send_text(text)
     except TimeoutError:  # a client that does not read is too slow (§9): 4429
-        raise _Close(CloseCode.RATE_LIMITED,
+        raise WsClose(CloseCode.RATE_LIMITED,
                      "client is not reading: too slow; reconnect and resubscribe") from None
 
 
@@ -218,43 +211,23 @@ async def _send_frame(ws: WebSocket, frame: bytes) -> None:
             else:
                 await ws.send_text(frame_text(frame))
     except TimeoutError:  # a client that does not read is too slow (§9): 4429
-        raise _Close(CloseCode.RATE_LIMITED,
+        raise WsClose(CloseCode.RATE_LIMITED,
                      "client is not reading: too slow; reconnect and resubscribe") from None
-
-
-async def _receive(ws: WebSocket, timeout_s: float, max_bytes: int) -> Frame | None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            msg = await ws.receive()
-    except TimeoutError:
-        raise _Close(CloseCode.TIMEOUT, f"nothing received for {timeout_s:g} s") from None
-    if msg["type"] == "websocket.disconnect":
-        return None
-    text = msg.get("text")
-    if text is None:
-        raise _Close(CloseCode.PROTOCOL_ERROR,
-                     f"binary frames are not allowed on {JSON_SUBPROTOCOL}")
-    try:
-        return decode_json(text, max_frame_bytes=max_bytes)
-    except FrameTooLarge as exc:
-        raise _Close(CloseCode.FRAME_TOO_LARGE, exc.message) from None
-    except BadFrame as exc:
-        raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
 
 
 async def _hello(ws: WebSocket, controller: BrowserServices) -> tuple[Caller, str]:
     """The caller and its token. Every valid token may subscribe (``viewer`` and up);
     a frame that changes anything must check ``role_at_least(caller.role, ...)``."""
-    frame = await _receive(ws, HELLO_TIMEOUT_S, controller.config.max_frame_bytes)
+    frame = await receive_json(ws, HELLO_TIMEOUT_S, controller.config.max_frame_bytes)
     if frame is None:
-        raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
+        raise WsClose(CloseCode.NORMAL_CLOSURE, "closed before hello")
     if frame.t != "hello":
-        raise _Close(CloseCode.PROTOCOL_ERROR, f"expected hello first, got {frame.t!r}")
+        raise WsClose(CloseCode.PROTOCOL_ERROR, f"expected hello first, got {frame.t!r}")
     token = frame.b.get("token")
     caller, why = (await controller.store.operator_caller(token) if isinstance(token, str)
                    else (None, "not text"))
     if caller is None:
-        raise _Close(CloseCode.AUTH_FAILED, f"operator token is not valid ({why})")
+        raise WsClose(CloseCode.AUTH_FAILED, f"operator token is not valid ({why})")
     return caller, token
 
 
@@ -262,14 +235,14 @@ async def _recheck_token(controller: BrowserServices, token: str) -> None:
     """Close the client with 4401 once its token is revoked or expires
     (services/tokenwatch.py: within ``TOKEN_RECHECK_S``, as the shell sockets)."""
     why = await until_token_invalid(controller.store, token)
-    raise _Close(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
+    raise WsClose(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
 
 
 async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
                 sending: asyncio.Lock, caller: Caller, peers: ClientPeers | None = None,
                 rtc_sub: Subscriber | None = None) -> None:
     while True:
-        frame = await _receive(ws, IDLE_TIMEOUT_S, controller.config.max_frame_bytes)
+        frame = await receive_json(ws, IDLE_TIMEOUT_S, controller.config.max_frame_bytes)
         if frame is None:
             return
         if frame.t not in READ_ONLY_FRAMES and not role_at_least(caller.role, "operator"):
@@ -299,7 +272,7 @@ async def _read(ws: WebSocket, controller: BrowserServices, sub: Subscriber,
             refusal = await controller.rtc.from_client(peers, frame)
             if refusal is not None:
                 if peers.refused_run >= MAX_REFUSED_RUN:
-                    raise _Close(CloseCode.RATE_LIMITED, "rtc signalling flood: slow down")
+                    raise WsClose(CloseCode.RATE_LIMITED, "rtc signalling flood: slow down")
                 await _send(ws, Frame(t="error", re=frame.id, b={
                     "code": refusal[0], "message": refusal[1]}))
         else:
@@ -341,7 +314,7 @@ async def _push_rtc(ws: WebSocket, rtc: RtcService, peers: ClientPeers, sub: Sub
     while True:
         event = await sub.get()
         if event is None:
-            raise _Close(CloseCode.RATE_LIMITED,
+            raise WsClose(CloseCode.RATE_LIMITED,
                          "rtc queue overflowed: client too slow; reconnect")
         frame = rtc.to_client(peers, event)
         if frame is not None:
@@ -354,7 +327,7 @@ async def _push(ws: WebSocket, bus: EventBus, sub: Subscriber, sending: asyncio.
     while True:
         event = await sub.get()
         if event is None:
-            raise _Close(CloseCode.RATE_LIMITED,
+            raise WsClose(CloseCode.RATE_LIMITED,
                          "event queue overflowed: client too slow; reconnect and resubscribe")
         async with sending:
             try:

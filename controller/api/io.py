@@ -49,13 +49,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from tether.protocol.codec import JSON_SUBPROTOCOL, decode_json, encode_json
+from tether.protocol.codec import JSON_SUBPROTOCOL, encode_json
 from tether.protocol.deliver import command_args
 from tether.protocol.errors import (
     BadFrame,
     CloseCode,
     Conflict,
-    FrameTooLarge,
     LocalProtocolError,
     NotFound,
     TetherError,
@@ -75,6 +74,7 @@ from tether.protocol.frames import (
 from tether.protocol.iostream import DEFAULT_WINDOW, KEEPALIVE_S, IoSender
 
 from ..browser import _origin_allowed
+from ..jsonws import WsClose, receive_json
 from ..services.events import Subscriber
 from ..services.tokenwatch import until_token_invalid
 from ..services.topics import io_topic
@@ -90,12 +90,6 @@ POLL_S = 10.0
 TICK_S = 0.5
 SHELL_TTL_S = 30.0  # a shell not delivered by then expires instead of starting late
 MAX_CLIENT_FRAME = 256 << 10  # one client frame: 64 KiB of input is ~88 KiB as base64
-
-
-class _Close(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
 
 
 @dataclass(eq=False)
@@ -141,7 +135,7 @@ class _Stream:
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await self.ws.send_text(text)
             except TimeoutError:
-                raise _Close(CloseCode.RATE_LIMITED, "client is not reading: too slow"
+                raise WsClose(CloseCode.RATE_LIMITED, "client is not reading: too slow"
                              ) from None
 
     async def to_router(self, frame: Frame) -> bool:
@@ -160,35 +154,15 @@ def _http_view(ws: WebSocket, token: str | None) -> Request:
     return Request({**ws.scope, "type": "http", "headers": headers})
 
 
-async def _receive(ws: WebSocket, timeout_s: float | None) -> Frame | None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            msg = await ws.receive()
-    except TimeoutError:
-        raise _Close(CloseCode.TIMEOUT, f"nothing received for {timeout_s:g} s") from None
-    if msg["type"] == "websocket.disconnect":
-        return None
-    text = msg.get("text")
-    if text is None:
-        raise _Close(CloseCode.PROTOCOL_ERROR,
-                     f"binary frames are not allowed on {JSON_SUBPROTOCOL}")
-    try:
-        return decode_json(text, max_frame_bytes=MAX_CLIENT_FRAME)
-    except FrameTooLarge as exc:
-        raise _Close(CloseCode.FRAME_TOO_LARGE, exc.message) from None
-    except BadFrame as exc:
-        raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
-
-
 async def _authenticate(ws: WebSocket) -> tuple[str, str]:
     """(the caller as the audit log names it, its token); raises as ``_operator`` does."""
     token: str | None = None
     if not ws.headers.get("authorization"):
-        frame = await _receive(ws, HELLO_TIMEOUT_S)
+        frame = await receive_json(ws, HELLO_TIMEOUT_S, MAX_CLIENT_FRAME)
         if frame is None:
-            raise _Close(CloseCode.NORMAL_CLOSURE, "closed before hello")
+            raise WsClose(CloseCode.NORMAL_CLOSURE, "closed before hello")
         if frame.t != "hello" or not isinstance(frame.b.get("token"), str):
-            raise _Close(CloseCode.PROTOCOL_ERROR, "expected hello {token} first")
+            raise WsClose(CloseCode.PROTOCOL_ERROR, "expected hello {token} first")
         token = frame.b["token"]
     actor = await _operator(_http_view(ws, token))
     if token is None:  # _operator found it in the header
@@ -199,7 +173,7 @@ async def _authenticate(ws: WebSocket) -> tuple[str, str]:
 async def _watch_token(api: ApiServices, token: str) -> None:
     """Rule 1: 4401 once the token is no longer valid."""
     why = await until_token_invalid(api.store, token)
-    raise _Close(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
+    raise WsClose(CloseCode.AUTH_FAILED, f"operator token is no longer valid ({why})")
 
 
 async def _accept(ws: WebSocket) -> bool:
@@ -256,9 +230,9 @@ async def _serve(ws: WebSocket, *, shell: bool) -> None:
             code, reason = CloseCode.NORMAL_CLOSURE, "exited"
         else:
             code, reason = CloseCode.NORMAL_CLOSURE, "bye"
-    except* _Close as group:
+    except* WsClose as group:
         first = group.exceptions[0]
-        code, reason = ((first.code, first.reason) if isinstance(first, _Close)
+        code, reason = ((first.code, first.reason) if isinstance(first, WsClose)
                         else (CloseCode.INTERNAL_ERROR, ""))
     except* TetherError as group:
         err = group.exceptions[0]
@@ -288,15 +262,15 @@ async def _open_shell(ws: WebSocket, api: ApiServices, actor: str) -> _Stream:
     """The ``open`` frame, checked as a submit's args are, then the ``shell`` command (only
     to an online node: a shell that waits in a queue helps nobody)."""
     node_id = ws.path_params["node_id"]
-    frame = await _receive(ws, HELLO_TIMEOUT_S)
+    frame = await receive_json(ws, HELLO_TIMEOUT_S, MAX_CLIENT_FRAME)
     if frame is None:
-        raise _Close(CloseCode.NORMAL_CLOSURE, "closed before open")
+        raise WsClose(CloseCode.NORMAL_CLOSURE, "closed before open")
     if frame.t != "open":
-        raise _Close(CloseCode.PROTOCOL_ERROR, f"expected open, got {frame.t!r}")
+        raise WsClose(CloseCode.PROTOCOL_ERROR, f"expected open, got {frame.t!r}")
     try:
         args = command_args("shell", dict(frame.b))
     except BadFrame as exc:
-        raise _Close(CloseCode.PROTOCOL_ERROR, exc.message) from None
+        raise WsClose(CloseCode.PROTOCOL_ERROR, exc.message) from None
     # Online as the node views judge it (the stored row when another replica holds the
     # session), not as this replica's memory alone does.
     row = await api.store.get_node(node_id)
@@ -339,7 +313,7 @@ async def _check_done(stream: _Stream) -> None:
 
 async def _from_client(stream: _Stream) -> None:
     while True:
-        frame = await _receive(stream.ws, None)
+        frame = await receive_json(stream.ws, None, MAX_CLIENT_FRAME)
         if frame is None:
             return
         try:
@@ -358,7 +332,7 @@ async def _client_frame(stream: _Stream, frame: Frame) -> None:
         if len(data) > MAX_IO_DATA or not isinstance(eof, bool):
             raise BadFrame(f"input is at most {MAX_IO_DATA} bytes of data and an eof flag")
         if stream.pending_bytes + stream.to_node.unacked_bytes + len(data) > CLIENT_WINDOW:
-            raise _Close(CloseCode.RATE_LIMITED, "input over the credit granted: too fast")
+            raise WsClose(CloseCode.RATE_LIMITED, "input over the credit granted: too fast")
         if data:
             stream.pending.append(data)
             stream.pending_bytes += len(data)

@@ -145,7 +145,7 @@ def test_the_markdown_has_a_row_for_every_code() -> None:
 # --- no bare close codes -------------------------------------------------------------------
 
 SCANNED = ("controller", "sidecar", "node", "tools", "cli")
-CLOSE_CALLS = {"close", "_Close", "_LocalClose", "_close_ws", "LinkStopped"}
+CLOSE_CALLS = {"close", "_Close", "WsClose", "_LocalClose", "_close_ws", "LinkStopped"}
 STATUS_CALLS = {"error_response", "JSONResponse", "Response"}
 
 
