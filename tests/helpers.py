@@ -6,6 +6,7 @@ readiness condition, and torn down by the fixture that made it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import ssl
@@ -40,6 +41,18 @@ def wait_until(predicate: Callable[[], T], *, timeout_s: float = 20.0,
         time.sleep(POLL_S)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}"
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+async def until(cond: Callable[[], object], timeout_s: float = 30.0,
+                what: str = "condition") -> None:
+    """The event loop's ``wait_until``: yield until ``cond()`` is truthy (checked every
+    10 ms); fail after ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not cond():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}") from None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ from tether.controller.services.bus import LocalBus
 from tether.controller.services.jobs import JobService
 from tether.controller.store.controller_store import ControllerStore
 
+from ..helpers import until
 from .store_contract.conftest import QUOTAS, open_driver
 from .store_contract.helpers import enrolled
 
@@ -60,10 +61,6 @@ async def _job(store: ControllerStore, nodes: list[str]) -> Any:
                                   actor="admin", parts=[(n, "pending") for n in nodes])
 
 
-async def _until(cond: Any) -> None:
-    async with asyncio.timeout(10):
-        while not cond():
-            await asyncio.sleep(0)
 
 
 async def test_two_releases_of_the_same_part_at_once_keep_its_command(
@@ -74,9 +71,9 @@ async def test_two_releases_of_the_same_part_at_once_keep_its_command(
                       view=lambda row: {"liveness": "online"})
     job = await _job(store, nodes)
     first = asyncio.create_task(jobs.release(job))
-    await _until(lambda: commands.waiting == 2)  # both parts claimed and being submitted
+    await until(lambda: commands.waiting == 2)  # both parts claimed and being submitted
     second = asyncio.create_task(jobs.release(job))  # claims the same releasing parts
-    await _until(lambda: commands.waiting == 4)
+    await until(lambda: commands.waiting == 4)
     commands.gate.set()
     assert sorted([await first, await second]) == [0, 2]
     assert commands.cancelled == []  # the part's own command is never cancelled
@@ -92,7 +89,7 @@ async def test_a_part_cancelled_while_its_command_is_submitted_cancels_that_comm
                       view=lambda row: {"liveness": "online"})
     job = await _job(store, nodes)
     release = asyncio.create_task(jobs.release(job))
-    await _until(lambda: commands.waiting == 1)
+    await until(lambda: commands.waiting == 1)
     await store.cancel_job(job.job_id, actor="admin")
     commands.gate.set()
     assert await release == 0

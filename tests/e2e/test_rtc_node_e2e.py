@@ -17,16 +17,12 @@ from websockets.asyncio.client import ClientConnection
 from tether.node.rtc.ice import install_host_allowlist
 
 from ..controller.conftest import browser_connect, json_recv
-from ..helpers import ControllerProc, NodeProc
+from ..helpers import ControllerProc, NodeProc, until
 
 NODE = "n-media"
 WAIT_S = 30.0
 
 
-async def until(cond: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.05)
 
 
 async def reply(ws: ClientConnection, frame_id: str) -> dict[str, Any]:

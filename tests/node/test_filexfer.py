@@ -25,6 +25,8 @@ from tether.node.rtc.filexfer import (
 )
 from tether.protocol import filexfer as fx
 
+from ..helpers import until
+
 FAST = FileLimits(timeout_s=5.0)
 
 
@@ -32,10 +34,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def until(cond: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 class MemoryChannel:

@@ -5,10 +5,11 @@ keepalives, re-sends and the lease."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from tether.node.iochannel import IoChannel
 from tether.protocol.frames import MAX_IO_DATA, Frame, IoAck, IoInput, IoOutput
+
+from ..helpers import until
 
 
 class Link:
@@ -23,10 +24,6 @@ class Link:
         return [f.b["seq"] for f in self.sent if f.t == "io.ack"]
 
 
-async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.05)
 
 
 def inp(seq: int, data: bytes = b"x", eof: bool = False) -> IoInput:

@@ -20,6 +20,8 @@ from tether.node.rtc.peers import RtcManager
 from tether.protocol.frames import Frame
 from tether.protocol.rtc import NodeRtcReport
 
+from ..helpers import until
+
 NODE = "n1"
 CLIENT = "client:c1"
 
@@ -47,10 +49,6 @@ class Link:
                 await self.wake.wait()
 
 
-async def until(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.05)
 
 
 class Browser:
