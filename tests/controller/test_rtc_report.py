@@ -64,8 +64,11 @@ async def test_the_latest_report_is_served_under_rtc_and_a_failed_subflow_leaves
     {"peers": [{**PEER, "negotiations_total": -1}]},
     {"history": [{"peer_session_id": "p", "at": "yesterday", "reason": "x"}]},
     {"history": [{"peer_session_id": "p", "at": 1.0, "reason": "x" * 100_000}]},
+    {"history": [{"peer_session_id": "p", "at": float("nan"), "reason": "x"}]},
+    {"peers": [{**PEER, "negotiations_total": 1 << 63}]},  # msgpack carries no 2^64
+    {"history": [{"peer_session_id": "p", "at": 1.0, "reason": b"bytes, not text"}]},
 ], ids=["peers-text", "script-state", "bad-id", "unknown-subflow", "too-many", "negative",
-        "bad-at", "huge-reason"])
+        "bad-at", "huge-reason", "nan-at", "count-2^63", "bytes-reason"])
 async def test_a_hostile_report_gets_bad_frame_and_keeps_what_was_served(
         edge: Edge, enroll: Enroll, api: httpx.AsyncClient, body: dict[str, Any]) -> None:
     ident = await enroll()
