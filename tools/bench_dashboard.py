@@ -143,12 +143,12 @@ async def run_fleet_page(root: Path, plan: PagePlan) -> list[dict[str, Any]]:
                 await browser.close()
                 listener.cancel()
     samples = _latencies(changes, seen)
-    common = {"nodes": plan.nodes, "rounds": plan.rounds, "samples": len(samples)}
+    common = {"nodes": plan.nodes, "rounds": plan.rounds, "samples": len(samples),
+              **({} if samples else {"note": "unavailable: no change reached the DOM"})}
     return [row("fleet_page", "tether", "first_paint_ms", round(first_paint_ms, 1), "ms",
                 nodes=plan.nodes, note="sign-in click to every node counted and the first "
                 "rows painted"),
             row("fleet_page", "tether", "liveness_to_dom_p50_ms", percentile(samples, 50), "ms",
                 **common),
             row("fleet_page", "tether", "liveness_to_dom_p99_ms", percentile(samples, 99), "ms",
-                **common, **({} if samples else {
-                    "note": "unavailable: no change reached the DOM"}))]
+                **common)]
