@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ class Database:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(10):
                         await self._queue.join()
-            self._writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+            await cancel_and_wait(self._writer_task)
             self._writer_task = None
         loop = asyncio.get_running_loop()
         if self._wconn is not None:

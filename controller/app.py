@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from tether.common import __version__
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import StoreError
 
 from .api import admin as admin_api
@@ -264,9 +265,7 @@ async def stop(ctl: Controller, sweeper: asyncio.Task[None] | None) -> None:
     ctl.run.stopping = True
     await ctl.job_driver.stop()  # started after the sweeper: stopped before it
     if sweeper is not None:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        await cancel_and_wait(sweeper)
     await ctl.leadership.stop()
     await ctl.gateway.close_sessions()
     if ctl.cluster is not None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import TetherError
 
 from .executors.exec import ExecRunner
@@ -173,9 +174,7 @@ class AppSupervisor:
         runner = self._runners.get(name)
         if runner is not None:
             runner.cancel()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         self._set(name, state="stopped", pid=None)
         return True
 

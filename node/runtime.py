@@ -17,6 +17,7 @@ from typing import Any
 
 from tether.common import __version__
 from tether.common.loopback_http import serve_loopback
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import BadFrame, RemoteProtocolError
 from tether.protocol.frames import (
@@ -221,9 +222,7 @@ class NodeRuntime:
                             await asyncio.sleep(0.02)
             await self.link.goodbye("node stopping")
         self.link.stop()
-        link_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await link_task
+        await cancel_and_wait(link_task)
 
     def publish_monitor(self, topic: str, data: dict[str, Any]) -> int:
         """Queue a monitor packet (class C: bounded, oldest dropped and counted)."""

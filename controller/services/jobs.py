@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import Conflict, InvalidRequest, NotFound, TetherError
 from tether.protocol.frames import TERMINAL_STATES
 
@@ -282,9 +283,7 @@ class JobDriver:
         """Cancel and await the task started by :meth:`start`."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def run(self) -> None:
         """Until cancelled. A failing tick is logged and the next one tries again."""

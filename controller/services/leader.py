@@ -20,9 +20,10 @@ while another replica already does, so every singleton duty must be safe to run 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
+
+from tether.common.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,7 @@ class Leadership:
         by the lock's own timeouts)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._lock is not None:
             self._leader = False
             await self._lock.release()

@@ -41,6 +41,7 @@ import nats
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.backoff import backoff_delays
 
 logger = logging.getLogger(__name__)
@@ -210,9 +211,7 @@ class NatsLink:
             except Exception:  # the pump's own failure, logged once here by its owner
                 logger.exception("nats pump failed")
             if not self._pump.done():
-                self._pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._pump
+                await cancel_and_wait(self._pump)
             self._pump = None
         if self.nc.is_connected:
             try:

@@ -64,6 +64,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.classes import DeliveryClass, delivery_class
 from tether.protocol.codec import MAX_FRAME_BYTES, decode_msgpack, encode_msgpack
 from tether.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -171,9 +172,7 @@ class NatsRouter:
     async def close(self) -> None:
         """Stop the reconciler and unsubscribe (bounded; the link's drain ends them anyway)."""
         if self._reconciler is not None:
-            self._reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
+            await cancel_and_wait(self._reconciler)
             self._reconciler = None
         subs = list(self._subs.values())
         if self._rescan_sub is not None:

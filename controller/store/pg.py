@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import StoreError
 
 from .sql import Row, Tx
@@ -176,9 +177,7 @@ class PostgresDriver:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.command_timeout_s):
                         await self._queue.join()
-            self._writer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+            await cancel_and_wait(self._writer_task)
             self._writer_task = None
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()

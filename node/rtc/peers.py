@@ -49,6 +49,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import candidate_from_sdp
 
+from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import BadFrame
 from tether.protocol.frames import Frame
 from tether.protocol.rtc import (
@@ -724,9 +725,7 @@ class RtcManager:
 
     async def _teardown(self, peer: Peer, worker: asyncio.Task[None] | None) -> None:
         if worker is not None and worker is not asyncio.current_task():
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            await cancel_and_wait(worker)
         peer._stop_tasks()
         # Also when the worker never ran (cancelled before its first step): aiortc's own
         # tasks end only with the connection.

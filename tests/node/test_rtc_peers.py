@@ -104,7 +104,8 @@ class Browser:
         reader = getattr(self, "_reader", None)
         if reader is not None:
             reader.cancel()
-        await self.pc.close()
+        async with asyncio.timeout(20):  # aiortc's close has been seen to hang: fail, not wedge
+            await self.pc.close()
 
 
 @pytest.fixture
