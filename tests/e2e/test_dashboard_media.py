@@ -154,7 +154,13 @@ def test_an_operator_sees_the_node_sends_the_camera_and_uploads_while_toggling_i
     expect(upload_state).to_have_attribute("data-upload-state", "sending", timeout=WAIT_MS)
     for _ in range(2):
         page.locator('[data-media="camera-on"]').click()
-        expect(frame_size).to_have_attribute("data-frame-size", CAMERA_SIZE, timeout=WAIT_MS)
+        try:
+            expect(frame_size).to_have_attribute("data-frame-size", CAMERA_SIZE,
+                                                 timeout=WAIT_MS)
+        except AssertionError as exc:  # which end kept the old size: say it in the failure
+            view = controller.api().get(f"/api/v1/nodes/{NODE}").json()
+            raise AssertionError(f"{exc}\npage log: {log_text(page)}\nnode rtc: "
+                                 f"{view.get('rtc')}") from None
         if _ == 0:
             page.screenshot(path=str(tmp_path / "media.png"))
             if os.environ.get("TETHER_DOCS_SCREENSHOTS") == "1":

@@ -153,10 +153,22 @@ export class MediaPeer {
     if (this.camera) return;
     const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
     this.camera = stream;
-    await this.video.sender.replaceTrack(stream.getVideoTracks()[0]);
+    const track = stream.getVideoTracks()[0];
+    // The operator checks what the camera shows: keep its resolution and let the frame
+    // rate give way when the machine is busy (Chromium's default halves the resolution
+    // under CPU load, and the node loops back whatever arrives).
+    track.contentHint = "detail";
+    await this.video.sender.replaceTrack(track);
     this.video.direction = "sendrecv";
     this.onChange();
     await this.negotiate();
+    try {
+      const params = this.video.sender.getParameters();
+      params.degradationPreference = "maintain-resolution";
+      await this.video.sender.setParameters(params);
+    } catch (err) {
+      this.log(`camera: the resolution may drop under load (${err.message})`);
+    }
   }
 
   /** Rule 2: the camera off, the transceiver back to receive only, new round. */
