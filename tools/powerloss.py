@@ -14,6 +14,11 @@ How (decision and limits are in docs/reliability.md, "Power loss"):
   file's size (the last state that reached the disk). The log is written with plain
   ``os.write`` before the data write, so it survives a ``kill -9`` of the writer (the page
   cache of this host is not what is being simulated).
+* In another process: :func:`child_env` gives it an environment whose ``PYTHONPATH`` starts
+  with a directory holding a ``sitecustomize`` that calls :func:`install` at interpreter
+  start, so every Python process started with it (``tether node run``, the runtime it
+  supervises, anything they spawn with the inherited environment) runs its stores through
+  the shim with no change to their code.
 * :func:`power_loss` is then run, with the writer dead, on the directory: it plays each undo
   log backwards and cuts the file to its synced size, leaving exactly what had been fsynced
   (``-shm`` files, which are rebuilt from the WAL on the next open, are removed). That is
@@ -294,13 +299,42 @@ def install() -> None:
     _installed = True
 
 
+SITECUSTOMIZE = '''\
+# Written by tether.tools.powerloss.child_env: the power-loss shim in every Python process
+# started with this directory on PYTHONPATH (issue 16). Not for production.
+from tether.tools import powerloss
+powerloss.install()
+'''
+
+
+def child_env(env: dict[str, str], site_dir: Path) -> dict[str, str]:
+    """Return a copy of ``env`` under which Python processes install the shim at start.
+
+    Writes ``site_dir/sitecustomize.py`` and puts ``site_dir`` first on ``PYTHONPATH``.
+    (Python imports one ``sitecustomize``, the first found; this interpreter has none of
+    its own, which :func:`child_env` checks so that it never shadows one silently.)
+    """
+    try:
+        import sitecustomize  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise PowerLossError("this Python already has a sitecustomize module; the power-loss "
+                             "shim would shadow it")
+    site_dir.mkdir(parents=True, exist_ok=True)
+    (site_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    paths = [str(site_dir), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 # -- after the crash ------------------------------------------------------------------------------
 
 
 def power_loss(directory: Path) -> list[Path]:
     """Drop every write not fsynced, for each file under ``directory`` with an undo log.
 
-    The process that wrote them must be dead (or never touch these files again). Returns
+    The process that wrote them must be dead, and nothing may have opened the store since
+    (closing a WAL connection checkpoints, writing behind the undo logs' back). Returns
     the files rolled back. Afterwards no undo log remains (the disk is what it is, as after
     a reboot), and ``-shm`` files are removed.
     """

@@ -125,6 +125,29 @@ def test_kill_9_mid_stream_then_power_loss_keeps_a_prefix_and_fsync_keeps_every_
         assert kept == [1, 2, 3]
 
 
+def test_a_child_started_with_child_env_runs_through_the_shim_untouched(
+        tmp_path: Path) -> None:
+    # Plain sqlite3, no install() call: only the environment arms the shim.
+    script = ("import sqlite3, os, sys\n"
+              "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "c.execute('PRAGMA journal_mode=WAL')\n"
+              "c.execute('CREATE TABLE t (v INTEGER PRIMARY KEY)')\n"
+              "c.execute('INSERT INTO t VALUES (1)')\n"
+              "c.execute('PRAGMA synchronous=OFF')\n"
+              "c.execute('INSERT INTO t VALUES (2)')\n"
+              "os._exit(0)\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    env = powerloss.child_env({"PATH": "/usr/bin:/bin"}, tmp_path / "site")
+    proc = subprocess.run([sys.executable, "-c", script, str(data / "s.db")], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    # (Nothing may open the store between the kill and the power loss: closing a WAL
+    # connection checkpoints, which would write behind the undo logs' back.)
+    assert data / "s.db-wal" in powerloss.power_loss(data)
+    assert rows(data / "s.db") == [1]
+
+
 def test_power_loss_on_a_directory_without_undo_logs_changes_nothing(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "plain.db")
     conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
