@@ -8,9 +8,13 @@ delivery applied once, a replay after an epoch bump, a gap later repaired).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tether.tools.soak.checker import VIOLATION_KINDS, Violation, check
 from tether.tools.soak.history import (
@@ -111,6 +115,21 @@ def test_a_gap_later_repaired_passes() -> None:
         Applied(N, "cmd", 3, 2, "s2"),          # re-sent from the cursor at the next hello
         Applied(N, "cmd", 3, 3, "s2"),
         Acked(N, "cmd", 3, 3, "s2"),
+    ]
+    assert check(history) == []
+
+
+def test_a_gap_repaired_by_a_frame_skipped_for_its_idempotency_key_passes() -> None:
+    # Found by the link model below: after an epoch bump, q=1 (applied in the old epoch)
+    # arrives after q=2; the gap closes when q=1 is skipped by its key, not applied.
+    history: list[Record] = [
+        Append(N, "evt", "f1", 1, 1), Applied(N, "evt", 1, 1, "s1"),
+        Append(N, "evt", "f2", 1, 2),
+        EpochStart(N, "evt", 2),
+        Append(N, "evt", "f1", 2, 1), Append(N, "evt", "f2", 2, 2),
+        Gap(N, "evt", 2, q=2, applied=0),
+        Duplicate(N, "evt", 2, 1, "s3"), Applied(N, "evt", 2, 2, "s3"),
+        Acked(N, "evt", 2, 2), Drained(),
     ]
     assert check(history) == []
 
@@ -385,3 +404,173 @@ def test_a_bad_line_is_refused_with_its_line_number(line: str, message: str) -> 
     with pytest.raises(HistoryError, match=message) as raised:
         parse_lines([line])
     assert str(raised.value).startswith("line 1:")
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def test_the_command_line_exits_1_and_prints_each_violation(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join(to_json(r) for r in [Append(N, "evt", "f1", 7, 1),
+                                                    Acked(N, "evt", 7, 1)]) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "tether.tools.soak", "check", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert [json.loads(line)["kind"] for line in proc.stdout.splitlines()] == ["lost_acked"]
+    assert "2 records, 1 violations (lost_acked 1)" in proc.stderr
+
+
+def test_the_command_line_exits_0_on_a_clean_history_and_2_on_a_bad_one(
+        tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text("\n".join(to_json(r) for r in evt_frames(3)) + "\n")
+    bad.write_text('{"ev": "append"}\n')
+    run = [sys.executable, "-m", "tether.tools.soak", "check"]
+    ok = subprocess.run([*run, str(good)], capture_output=True, text=True, timeout=60,
+                        check=False)
+    assert (ok.returncode, ok.stdout) == (0, "")
+    broken = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert broken.returncode == 2
+    assert "line 1" in broken.stderr
+
+
+# -- a model of a correct sender and receiver over a bad link -------------------------------
+
+
+class LinkModel:
+    """One stream of one node, as PROTOCOL.md §3 runs it, recording its history.
+
+    The link loses and re-delivers frames; connections drop (the sender resends from the
+    receiver's cursor, exchanged at the hello); the sender may start a new epoch and
+    re-sequence its unacked frames; the receiver skips a frame whose id it applied before
+    (the idempotency key), which still moves its cursor. Every history it makes is legal.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.epoch, self.session, self.frames = 1, 1, 0
+        self.outbox: list[tuple[str, int]] = []     # (frame id, q) unacked, in order
+        self.position = 0                            # next index of outbox to send
+        self.cursor = 0
+        self.applied_ids: set[str] = set()
+        self.records.append(Claimed(N, "r1", "s1"))
+
+    def append(self) -> None:
+        self.frames += 1
+        q = self.outbox[-1][1] + 1 if self.outbox else self.cursor_base() + 1
+        frame_id = f"f{self.frames}"
+        self.outbox.append((frame_id, q))
+        self.records.append(Append(N, "evt", frame_id, self.epoch, q))
+
+    def cursor_base(self) -> int:
+        # Sequences continue after the last one acked (or appended) in this epoch.
+        acked = [r.q for r in self.records
+                 if isinstance(r, (Acked, Append)) and r.epoch == self.epoch]
+        return max(acked, default=0)
+
+    def send(self, lost: bool) -> None:
+        if self.position >= len(self.outbox):
+            return
+        frame_id, q = self.outbox[self.position]
+        self.position += 1
+        self.records.append(Sent(N, "evt", self.epoch, q, f"s{self.session}"))
+        if not lost:
+            self.receive(frame_id, q)
+
+    def receive(self, frame_id: str, q: int) -> None:
+        session = f"s{self.session}"
+        if q <= self.cursor:
+            self.records.append(Duplicate(N, "evt", self.epoch, q, session))
+        elif q > self.cursor + 1:
+            self.records.append(Gap(N, "evt", self.epoch, q, self.cursor))
+        elif frame_id in self.applied_ids:
+            self.cursor = q
+            self.records.append(Duplicate(N, "evt", self.epoch, q, session))
+        else:
+            self.cursor = q
+            self.applied_ids.add(frame_id)
+            self.records.append(Applied(N, "evt", self.epoch, q, session, "r1"))
+
+    def redeliver_old(self) -> None:
+        if self.cursor:
+            self.receive("?", self.cursor)
+
+    def ack(self) -> None:
+        self.records.append(Acked(N, "evt", self.epoch, self.cursor, f"s{self.session}"))
+        done = sum(1 for _, q in self.outbox if q <= self.cursor)
+        self.outbox = self.outbox[done:]
+        self.position = max(0, self.position - done)
+
+    def reconnect(self) -> None:
+        self.session += 1
+        self.records.append(Claimed(N, "r1", f"s{self.session}"))
+        self.ack()                  # the cursors exchanged at the hello
+        self.position = 0           # resend every unacked frame from the cursor
+
+    def new_epoch(self) -> None:
+        self.epoch += 1
+        self.session += 1
+        self.records += [Claimed(N, "r1", f"s{self.session}"), EpochStart(N, "evt", self.epoch)]
+        self.cursor = 0
+        self.outbox = [(frame_id, q) for q, (frame_id, _) in enumerate(self.outbox, start=1)]
+        self.records += [Append(N, "evt", frame_id, self.epoch, q) for frame_id, q in self.outbox]
+        self.position = 0
+
+    def drain(self) -> list[Record]:
+        self.reconnect()
+        while self.outbox:
+            self.send(lost=False)
+            self.ack()
+        self.records.append(Drained())
+        return self.records
+
+
+ACTIONS = st.lists(st.sampled_from(["append", "append", "send", "send", "lose", "ack",
+                                    "redeliver", "reconnect", "epoch"]), max_size=60)
+
+
+def run_model(actions: list[str]) -> list[Record]:
+    model = LinkModel()
+    for action in actions:
+        if action == "append":
+            model.append()
+        elif action in ("send", "lose"):
+            model.send(lost=action == "lose")
+        elif action == "ack":
+            model.ack()
+        elif action == "redeliver":
+            model.redeliver_old()
+        elif action == "reconnect":
+            model.reconnect()
+        else:
+            model.new_epoch()
+    return model.drain()
+
+
+@given(ACTIONS)
+@settings(max_examples=500, deadline=None)
+def test_every_history_of_a_correct_peer_over_a_bad_link_passes(actions: list[str]) -> None:
+    assert check(run_model(actions)) == []
+
+
+@given(ACTIONS, st.data())
+@settings(max_examples=200, deadline=None)
+def test_dropping_the_apply_of_an_acked_frame_is_always_caught(
+        actions: list[str], data: st.DataObject) -> None:
+    history = run_model(["append", *actions])
+    applies = [i for i, r in enumerate(history) if isinstance(r, Applied)]
+    victim = data.draw(st.sampled_from(applies))
+    assert "lost_acked" in kinds(check(history[:victim] + history[victim + 1:]))
+
+
+@given(ACTIONS, st.data())
+@settings(max_examples=200, deadline=None)
+def test_applying_a_frame_twice_is_always_caught(actions: list[str],
+                                                 data: st.DataObject) -> None:
+    history = run_model(["append", *actions])
+    applies = [i for i, r in enumerate(history) if isinstance(r, Applied)]
+    victim = data.draw(st.sampled_from(applies))
+    later = data.draw(st.integers(victim + 1, len(history)))
+    replayed = [*history[:later], history[victim], *history[later:]]
+    assert "duplicate_apply" in kinds(check(replayed))

@@ -110,7 +110,9 @@ class _Checker:
         self.gaps: list[tuple[int, Gap]] = []
         self.store_lost_at: dict[StreamKey, int] = {}
         self.epoch_started_at: dict[StreamKey, list[int]] = defaultdict(list)
-        self.applied_q_at: dict[tuple[str, str, int, int], list[int]] = defaultdict(list)
+        # Where each (node, stream, epoch, q) moved the receiver's cursor: an apply, or a
+        # frame skipped by its idempotency key.
+        self.advanced_at: dict[SlotKey, list[int]] = defaultdict(list)
         self.owner: dict[str, tuple[str | None, str | None]] = {}
         self.fenced: dict[str, set[str]] = defaultdict(set)
         self.sessions: dict[str, list[str]] = defaultdict(list)
@@ -161,6 +163,7 @@ class _Checker:
         cursor_key = (r.node, r.stream, r.epoch)
         if r.q == self.cursor.get(cursor_key, 0) + 1:
             self.cursor[cursor_key] = r.q
+            self.advanced_at[(r.node, r.stream, r.epoch, r.q)].append(index)
 
     def on_Applied(self, index: int, r: Applied) -> None:
         stream_key = (r.node, r.stream)
@@ -190,7 +193,7 @@ class _Checker:
                      f"{frame_id} applied at q={r.q} with the cursor at {cursor}: it skipped "
                      f"q={cursor + 1}..{r.q - 1} (epoch {r.epoch})")
         self.cursor[cursor_key] = max(cursor, r.q)
-        self.applied_q_at[(r.node, r.stream, r.epoch, r.q)].append(index)
+        self.advanced_at[(r.node, r.stream, r.epoch, r.q)].append(index)
         key = (r.node, r.stream, frame_id)
         self.applies[key] += 1
         if self.applies[key] == 2 and r.q > cursor:
@@ -297,7 +300,7 @@ class _Checker:
         for index, gap in self.gaps:
             stream_key = (gap.node, gap.stream)
             next_q = (gap.node, gap.stream, gap.epoch, gap.applied + 1)
-            repaired = any(i > index for i in self.applied_q_at.get(next_q, ()))
+            repaired = any(i > index for i in self.advanced_at.get(next_q, ()))
             new_epoch = any(i > index for i in self.epoch_started_at.get(stream_key, ()))
             if not (repaired or new_epoch):
                 self.add("unrepaired_gap", gap.node, gap.stream, gap.applied + 1,
