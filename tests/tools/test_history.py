@@ -38,6 +38,7 @@ from tether.tools.soak.history import (
     Sent,
     load,
     parse_lines,
+    stream,
     to_json,
 )
 
@@ -574,3 +575,22 @@ def test_applying_a_frame_twice_is_always_caught(actions: list[str],
     later = data.draw(st.integers(victim + 1, len(history)))
     replayed = [*history[:later], history[victim], *history[later:]]
     assert "duplicate_apply" in kinds(check(replayed))
+
+
+def test_streaming_merges_files_in_the_same_order_as_loading(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(to_json(r) for r in [
+        Append(N, "evt", "f1", 7, 1, t_ns=10), Append(N, "evt", "f2", 7, 2),   # no clock: 10
+        Acked(N, "evt", 7, 2, t_ns=40)]) + "\n")
+    b.write_text("\n".join(to_json(r) for r in [
+        Applied(N, "evt", 7, 1, "s1", t_ns=10), Applied(N, "evt", 7, 2, "s1", t_ns=30)]) + "\n")
+    assert list(stream(a, b)) == load(a, b)
+    assert [r.ev for r in stream(a, b)] == ["append", "append", "applied", "applied", "acked"]
+    assert check(stream(a, b)) == []
+
+
+def test_streaming_refuses_a_file_out_of_clock_order(tmp_path: Path) -> None:
+    path = tmp_path / "h.jsonl"
+    path.write_text(to_json(Drained(t_ns=20)) + "\n" + to_json(Drained(t_ns=10)) + "\n")
+    with pytest.raises(HistoryError, match="line 2: t_ns 10 is earlier"):
+        list(stream(path))

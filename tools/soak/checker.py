@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from tether.protocol.frames import TERMINAL_STATES
@@ -342,10 +342,12 @@ class _Checker:
                          f"{where} ended {first_terminal} yet ran {ran} time(s)")
 
 
-def check(records: Sequence[Record]) -> list[Violation]:
+def check(records: Iterable[Record]) -> list[Violation]:
     """Check a whole history; return every violation found (empty: all promises kept).
 
-    ``records`` must be in event order (as :func:`tools.soak.history.load` returns them).
+    ``records`` must be in event order (as :func:`tools.soak.history.load` returns them, or
+    :func:`tools.soak.history.stream` yields them). One pass; memory grows with the number of
+    frames and commands, not of records.
     """
     checker = _Checker()
     for index, record in enumerate(records):

@@ -50,9 +50,10 @@ appended frame must have been delivered.
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -293,6 +294,39 @@ def load(*paths: Path) -> list[Record]:
     for path in paths:
         lines.extend(path.read_text().splitlines())
     return parse_lines(lines)
+
+
+def _file_records(path: Path, file_index: int) -> Iterator[tuple[int, int, int, Record]]:
+    last = 0
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                (record,) = parse_lines([line])
+            except HistoryError as exc:
+                raise HistoryError(f"{path}: line {number}: {str(exc).split(': ', 1)[1]}") \
+                    from None
+            if record.t_ns is not None:
+                if record.t_ns < last:
+                    raise HistoryError(f"{path}: line {number}: t_ns {record.t_ns} is earlier "
+                                       f"than the line before ({last}); use load(), which "
+                                       "sorts in memory")
+                last = record.t_ns
+            yield last, file_index, number, record
+
+
+def stream(*paths: Path) -> Iterator[Record]:
+    """Merge history files lazily, for histories too big to hold as records.
+
+    The same order as :func:`load` when each file is in ``t_ns`` order (one
+    :class:`HistoryWriter` per file makes it so); a file that is not raises
+    :class:`HistoryError` when the reader reaches the line.
+    """
+    merged = heapq.merge(*(_file_records(path, index) for index, path in enumerate(paths)),
+                         key=lambda item: (item[0], item[1], item[2]))
+    for _, _, _, record in merged:
+        yield record
 
 
 class HistoryWriter:
