@@ -139,6 +139,14 @@ def parse(spec: str) -> dict[str, Action]:
     return actions
 
 
+def spec(points: dict[str, str]) -> str:
+    """The ``TETHER_FAILPOINTS`` value arming ``points`` (name -> action), checked first, so a
+    test that builds a child's environment fails at once on a typo, not in the child."""
+    value = ";".join(f"{name}={action}" for name, action in points.items())
+    parse(value)
+    return value
+
+
 def _exit_code(name: str, text: str) -> int:
     if "." in text or not 1 <= int(text) <= 255:
         raise FailpointError(f"failpoint {name!r}: exit code must be an integer 1..255, "

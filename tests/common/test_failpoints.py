@@ -146,6 +146,13 @@ def test_parse_reads_several_points_with_spaces_and_a_trailing_separator() -> No
     }
 
 
+def test_spec_builds_the_variable_and_refuses_a_typo_before_any_child_starts() -> None:
+    value = failpoints.spec({"outbox.after_append": "crash@3", "gateway.before_ack": "stall:1"})
+    assert value == "outbox.after_append=crash@3;gateway.before_ack=stall:1"
+    with pytest.raises(FailpointError, match=r"unknown failpoint 'outbox\.append'"):
+        failpoints.spec({"outbox.append": "crash"})
+
+
 def test_an_empty_or_missing_variable_leaves_everything_unarmed() -> None:
     for spec in (None, "", " ; "):
         proc = run_child(spec, "fp.hit('outbox.after_append')\nprint(fp.ARMED)")
