@@ -74,7 +74,8 @@ KNOWN_POINTS: dict[str, str] = {
     "gateway.after_apply_before_commit": "controller: evt frames were applied inside the "
                                          "transaction that moves the evt cursor, before COMMIT",
     "store.mid_migration": "any SQLite or PostgreSQL store: inside a migration's transaction, "
-                           "after its first statement",
+                           "after each of its statements (@N picks the Nth statement of "
+                           "the run), before COMMIT",
     "bundles.mid_activation": "node: during a bundle's activation, between moving the new "
                               "version in and recording it as active",
     "gateway.mid_claim": "controller (cluster): the hello's ownership claim (owner_epoch "

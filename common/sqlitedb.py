@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tether.common import failpoints
 from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import StoreError
 
@@ -171,6 +172,8 @@ class Database:
             try:
                 for statement in _split_sql(script):
                     conn.execute(statement)
+                    if failpoints.ARMED:  # after each statement, inside the transaction
+                        failpoints.hit("store.mid_migration")
                 conn.execute(f"PRAGMA user_version={number}")
                 conn.execute("COMMIT")
             except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -206,3 +207,51 @@ def test_every_call_site_in_the_code_base_names_a_registered_point() -> None:
                 names[name] = str(path.relative_to(REPO))
     unknown = {name: where for name, where in names.items() if name not in KNOWN_POINTS}
     assert not unknown, f"failpoint call sites with unregistered names: {unknown}"
+
+
+# -- crashed through: the points placed so far ----------------------------------------------
+
+MIGRATING = r"""
+import asyncio, sys
+from pathlib import Path
+from tether.common.sqlitedb import Database
+
+async def main():
+    db = Database(Path(sys.argv[1]), migrations=[
+        "CREATE TABLE a (x INTEGER); CREATE TABLE b (y INTEGER)",
+        "CREATE TABLE c (z INTEGER)"])
+    await db.open()
+    await db.close()
+    print("migrated", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def store_state(path: Path) -> tuple[int, list[str]]:
+    conn = sqlite3.connect(path)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = [name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return version, tables
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("nth, committed", [
+    (1, (0, [])),              # after CREATE TABLE a: migration 1 rolled back whole
+    (2, (0, [])),              # after CREATE TABLE b, before user_version and COMMIT
+    (3, (1, ["a", "b"])),      # inside migration 2: migration 1 stays committed
+])
+def test_a_crash_in_the_middle_of_a_migration_leaves_the_last_whole_version_then_resumes(
+        tmp_path: Path, nth: int, committed: tuple[int, list[str]]) -> None:
+    db = tmp_path / "s.db"
+    body = (f"import sys\nsys.argv = ['child', {str(db)!r}]\n"
+            f"exec(compile({MIGRATING!r}, 'child', 'exec'))")
+    crashed = run_child(f"store.mid_migration=crash@{nth}", body)
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    assert store_state(db) == committed
+    resumed = run_child(None, body)
+    assert resumed.returncode == 0, resumed.stderr
+    assert store_state(db) == (2, ["a", "b", "c"])
