@@ -23,6 +23,7 @@ that part is skipped, saying so, after everything else was checked.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -159,8 +160,10 @@ def test_an_operator_sees_the_node_sends_the_camera_and_uploads_while_toggling_i
                                                  timeout=WAIT_MS)
         except AssertionError as exc:  # which end kept the old size: say it in the failure
             view = controller.api().get(f"/api/v1/nodes/{NODE}").json()
+            local = json.loads((node.state_dir / "status.json").read_text()).get("rtc")
             raise AssertionError(f"{exc}\npage log: {log_text(page)}\nnode rtc: "
-                                 f"{view.get('rtc')}") from None
+                                 f"{view.get('rtc')}\nthe node's own: {local}\nnode log: "
+                                 f"{node.log()[-3000:]}") from None
         if _ == 0:
             page.screenshot(path=str(tmp_path / "media.png"))
             if os.environ.get("TETHER_DOCS_SCREENSHOTS") == "1":
