@@ -192,6 +192,20 @@ def rollout_view(r: RolloutRecord, *, with_nodes: bool = True,
     return out
 
 
+def facts_of(r: RolloutRecord, rows: dict[str, NodeRecord],
+             connected: Callable[[NodeRecord], bool]) -> list[NodeFacts]:
+    """What ``decide`` needs of each node: its shown state, and whether it is ready
+    (healthy, running the rollout's version by its last report, connected now)."""
+    facts = []
+    for n in r.nodes:
+        row = rows.get(n.node_id)
+        ready = (n.state == "healthy" and row is not None
+                 and active_version(row, r.bundle) == r.version and connected(row))
+        facts.append(NodeFacts(node_id=n.node_id, ring=n.ring, pos=n.pos, state=n.state,
+                               ready=ready, reason=n.shown_reason))
+    return facts
+
+
 class RolloutService:
     """Creates, pauses, resumes, aborts and reads rollouts, and publishes them.
     ``view(row)`` is a node's API view (services/nodes.py: its session and ``liveness``
@@ -272,10 +286,20 @@ class RolloutService:
 
     async def get_view(self, rollout_id: str) -> dict[str, Any]:
         """``GET /api/v1/rollouts/{id}``: with each node's ``active`` version and whether it
-        is connected now."""
+        is connected now, and for a running rollout ``waiting``: why its ring has not
+        advanced (``protocol/rollout.py`` :func:`decide`), or None."""
         r = await self.store.get_rollout(rollout_id)
         rows = {row.node_id: row for row in await self.store.list_nodes()}
-        return rollout_view(r, rows=rows, connected=self.connected)
+        view = rollout_view(r, rows=rows, connected=self.connected)
+        if r.state == "running":  # what the ring waits for, as the engine judges it now
+            spec = spec_from_json(r.spec)
+            d = decide(ring=r.ring, rings=len(spec.rings),
+                       nodes=facts_of(r, rows, self.connected),
+                       max_unavailable=spec.max_unavailable,
+                       failure_threshold=spec.failure_threshold,
+                       accepted_failures=r.accepted_failures)
+            view["waiting"] = None if d.waiting is None else dict(d.waiting)
+        return view
 
     async def list_rollouts(self, *, limit: int) -> list[RolloutRecord]:
         return await self.store.list_rollouts(limit=limit)
@@ -310,6 +334,7 @@ class RolloutDriver:
         self.tick_s = tick_s
         self._wake = asyncio.Event()
         self._seen: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._cancel_asked: dict[str, set[str]] = {}  # per rollout: commands asked once
         self._failures = RoundFailures(
             logger, failed="rollout engine tick failed; the next one retries",
             store_down="rollout engine waits: the store is unavailable")
@@ -361,22 +386,14 @@ class RolloutDriver:
                         "rollout_id": r.rollout_id, "detail": exc.message[:200]})
         for gone in set(self._seen) - live:
             del self._seen[gone]
-
-    def _facts(self, r: RolloutRecord, rows: dict[str, NodeRecord]) -> list[NodeFacts]:
-        facts = []
-        for n in r.nodes:
-            row = rows.get(n.node_id)
-            ready = (n.state == "healthy" and row is not None
-                     and active_version(row, r.bundle) == r.version
-                     and self._svc.connected(row))
-            facts.append(NodeFacts(node_id=n.node_id, ring=n.ring, pos=n.pos, state=n.state,
-                                   ready=ready, reason=n.shown_reason))
-        return facts
+        for gone in set(self._cancel_asked) - live:
+            del self._cancel_asked[gone]
 
     async def _drive(self, r: RolloutRecord, rows: dict[str, NodeRecord]) -> None:
         spec = spec_from_json(r.spec)
         if r.state == "running":
-            d = decide(ring=r.ring, rings=len(spec.rings), nodes=self._facts(r, rows),
+            d = decide(ring=r.ring, rings=len(spec.rings),
+                       nodes=facts_of(r, rows, self._svc.connected),
                        max_unavailable=spec.max_unavailable,
                        failure_threshold=spec.failure_threshold,
                        accepted_failures=r.accepted_failures)
@@ -432,14 +449,21 @@ class RolloutDriver:
     async def _cancel_queued(self, r: RolloutRecord) -> None:
         """Offers of a stopped rollout that no node has received are cancelled, and their
         nodes ``skipped`` (an offline node must not get them on its return)."""
+        asked = self._cancel_asked.setdefault(r.rollout_id, set())
         for n in r.nodes:
             if n.stored == "offering" or (n.stored == "offered" and n.command_id is None):
                 await self._store.skip_rollout_offer(r.rollout_id, n.node_id)
-            elif n.stored == "offered" and n.command_state == "queued":
+            elif (n.stored in ("offered", "skipped") and n.command_state == "queued"
+                    and n.command_id not in asked):
                 assert n.command_id is not None
+                asked.add(n.command_id)
                 with contextlib.suppress(Conflict, NotFound):  # delivered meanwhile
-                    await self._svc.commands.control(n.command_id, "cancel", actor=r.actor)
-                    await self._store.skip_rollout_offer(r.rollout_id, n.node_id)
+                    row = await self._svc.commands.control(n.command_id, "cancel",
+                                                           actor=r.actor)
+                    # not yet sent: cancelled now; sent but not acked: the node decides,
+                    # and its report (or the command's end) gives the node's state
+                    if row.state == "cancelled":
+                        await self._store.skip_rollout_offer(r.rollout_id, n.node_id)
 
     async def _rollback(self, r: RolloutRecord, spec: RolloutSpec,
                         rows: dict[str, NodeRecord]) -> None:
