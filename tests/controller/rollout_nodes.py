@@ -14,7 +14,7 @@ import httpx
 from tether.common.tasks import cancel_and_wait
 from tether.protocol.frames import Ack, CmdStatus, Frame
 from tether.protocol.signing import generate_private_key, public_key_raw
-from tether.protocol.update import UPDATE_KIND, BundleStatus
+from tether.protocol.update import UPDATE_KIND, BundleStatus, parse_bundle_status
 
 from .bundlefiles import make_bundle
 from .conftest import Edge, EdgeClient, Identity, b64url, eventually
@@ -81,6 +81,7 @@ class PlayedNode:
                           at_ms=1_700_000_000_000, code=code, reason=reason,
                           rollout_id=args["rollout_id"], active=active,
                           last_known_good=lkg)
+        parse_bundle_status(st.body())  # a test's own mistake fails here, not as poison
         await self._send_evt("bundle.status", st.body())
 
     async def end(self, offer: dict[str, Any], state: str, error: str | None = None) -> None:

@@ -383,3 +383,24 @@ async def test_an_unpublished_version_a_missing_node_and_a_second_rollout_are_re
     assert (await anon.post("/api/v1/rollouts", json={})).status_code == 401
     assert (await api.get("/api/v1/rollouts/r_nope")).status_code == 404
     assert (await api.post("/api/v1/rollouts/r_nope/pause")).status_code == 404
+
+
+async def test_on_failure_pause_pauses_with_the_why_and_resume_accepts_that_failure(
+        api: httpx.AsyncClient, edge: Edge, three: list[PlayedNode]) -> None:
+    n1, n2 = three[0], three[1]
+    await n1.connect(edge)
+    await n2.connect(edge)
+    rid = (await start(api, rings=[{"name": "one", "nodes": ["n1", "n2"]}],
+                       on_failure="pause"))["rollout_id"]
+    o1 = await n1.offer()
+    await n1.report(o1, "rejected", active=1, lkg=None, code="bundle_expired",
+                    reason="the manifest expired")
+    paused = await rollout_when(api, rid, "paused", lambda v: v["state"] == "paused")
+    assert paused["why"]["check"] == "failure_threshold" and paused["why"]["nodes"] == ["n1"]
+    assert node_state(paused, "n2") == "pending" and await commands_of(api, "n2") == []
+    resumed = (await api.post(f"/api/v1/rollouts/{rid}/resume")).json()
+    assert resumed["state"] == "running" and resumed["accepted_failures"] == 1
+    o2 = await n2.offer()
+    await n2.update(o2, previous=1)
+    done = await rollout_when(api, rid, "completed", lambda v: v["state"] == "completed")
+    assert done["counts"] == {"healthy": 1, "rejected": 1}
