@@ -61,6 +61,9 @@ def add_rollout_parser(nouns: Any, operator_flags: Callable[..., None]) -> None:
     start.add_argument("--max-failed-starts", type=int, default=None,
                        help="failed starts within probation after which a node rolls "
                             "back on its own (default 3)")
+    start.add_argument("--force", action="store_true",
+                       help="a runtime bundle: update even while live media runs (else "
+                            "the node defers it)")
     operator_flags(start)
     listing = group.add_parser("list", help="recent rollouts, newest first")
     listing.add_argument("--limit", type=int, default=50, help="at most this many")
@@ -80,6 +83,8 @@ def start_body(args: argparse.Namespace) -> dict[str, Any]:
         "selector": parse_labels(args.selector), "rings": [parse_ring(r) for r in args.ring],
         "max_unavailable": args.max_unavailable, "probation_s": args.probation_s,
         "failure_threshold": args.failure_threshold, "on_failure": args.on_failure}
+    if args.force:
+        body["force"] = True
     if args.max_failed_starts is not None:
         body["max_failed_starts"] = args.max_failed_starts
     return body

@@ -54,7 +54,8 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _RING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _FIELDS = frozenset({"bundle", "version", "selector", "rings", "max_unavailable",
-                     "probation_s", "failure_threshold", "on_failure", "max_failed_starts"})
+                     "probation_s", "failure_threshold", "on_failure", "max_failed_starts",
+                     "force"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class RolloutSpec:
     failure_threshold: int = 0
     on_failure: str = "halt"
     max_failed_starts: int = DEFAULT_FAILURE_THRESHOLD
+    force: bool = False  # the offer's: a runtime update even while live media runs
 
     def to_json(self) -> dict[str, Any]:
         """What the store keeps of the request, and :func:`spec_from_json` reads back."""
@@ -94,7 +96,7 @@ class RolloutSpec:
                 "rings": [r.to_json() for r in self.rings],
                 "max_unavailable": self.max_unavailable, "probation_s": self.probation_s,
                 "failure_threshold": self.failure_threshold, "on_failure": self.on_failure,
-                "max_failed_starts": self.max_failed_starts}
+                "max_failed_starts": self.max_failed_starts, "force": self.force}
 
 
 def _ring(value: object, i: int) -> Ring:
@@ -149,6 +151,9 @@ def parse_rollout(body: object) -> RolloutSpec:
         raise BadFrame("field 'rings' names a ring twice")
     if sum(len(r.nodes or ()) for r in parsed) > MAX_ROLLOUT_NODES:
         raise BadFrame(f"field 'rings' lists more than {MAX_ROLLOUT_NODES} nodes")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadFrame("field 'force' must be a boolean")
     on_failure = body.get("on_failure", "halt")
     if on_failure not in ON_FAILURE:
         raise BadFrame(f"field 'on_failure' must be one of {', '.join(ON_FAILURE)}")
@@ -163,7 +168,8 @@ def parse_rollout(body: object) -> RolloutSpec:
                                  MAX_FAILURES_TOLERATED),
         on_failure=str(on_failure),
         max_failed_starts=int_in(body.get("max_failed_starts", DEFAULT_FAILURE_THRESHOLD),
-                                 "max_failed_starts", 1, MAX_FAILURE_THRESHOLD))
+                                 "max_failed_starts", 1, MAX_FAILURE_THRESHOLD),
+        force=force)
 
 
 def spec_from_json(value: Mapping[str, Any]) -> RolloutSpec:

@@ -177,7 +177,7 @@ def rollout_view(r: RolloutRecord, *, with_nodes: bool = True,
                  "name": current.get("name") if isinstance(current, dict) else None},
         "counts": r.counts,
         **{k: spec.get(k) for k in ("max_unavailable", "probation_s", "failure_threshold",
-                                    "on_failure", "max_failed_starts")},
+                                    "on_failure", "max_failed_starts", "force")},
         "accepted_failures": r.accepted_failures, "actor": r.actor,
         "created_at": iso(r.created_at), "updated_at": iso(r.updated_at),
         "finished_at": iso(r.finished_at),
@@ -406,8 +406,9 @@ class RolloutDriver:
                         "rollout_id": r.rollout_id, "state": state,
                         "detail": str(d.trip)[:300]})
             elif d.advance is not None:
-                await self._store.advance_rollout(r.rollout_id, from_ring=r.ring,
-                                                  rings=len(spec.rings))
+                if await self._store.advance_rollout(r.rollout_id, from_ring=r.ring,
+                                                     rings=len(spec.rings)):
+                    self.wake()  # the next ring's first offers: now, not a tick later
             elif d.offer or any(n.stored == "offering" for n in r.nodes):
                 await self._offer(r, spec, d.offer)
             r = await self._store.get_rollout(r.rollout_id)
@@ -428,7 +429,7 @@ class RolloutDriver:
         offer = UpdateOffer(name=r.bundle, version=r.version, kind=r.kind, sha256=r.sha256,
                             size=r.size, rollout_id=r.rollout_id, rollback=False,
                             probation_s=spec.probation_s,
-                            failure_threshold=spec.max_failed_starts)
+                            failure_threshold=spec.max_failed_starts, force=spec.force)
         for i in range(0, len(claimed), SUBMIT_CONCURRENCY):
             await asyncio.gather(*(self._submit(r, node_id, offer, f"rollout:{r.rollout_id}")
                                    for node_id in claimed[i:i + SUBMIT_CONCURRENCY]))
@@ -492,7 +493,7 @@ class RolloutDriver:
                                 sha256=previous.sha256, size=previous.size,
                                 rollout_id=r.rollout_id, rollback=True,
                                 probation_s=spec.probation_s,
-                                failure_threshold=spec.max_failed_starts)
+                                failure_threshold=spec.max_failed_starts, force=spec.force)
             try:
                 command, _ = await self._svc.commands.submit(
                     n.node_id, kind=UPDATE_KIND, args=offer.args(), ttl_s=None,

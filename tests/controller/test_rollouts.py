@@ -340,7 +340,7 @@ HOSTILE: list[tuple[dict[str, Any], str]] = [
     ({"probation_s": -1}, "probation_s"), ({"probation_s": 1e9}, "probation_s"),
     ({"failure_threshold": -1}, "failure_threshold"),
     ({"on_failure": "explode"}, "on_failure"),
-    ({"max_failed_starts": 0}, "max_failed_starts"),
+    ({"max_failed_starts": 0}, "max_failed_starts"), ({"force": "yes"}, "force"),
     ({"surprise": 1}, "surprise"),
 ]
 

@@ -51,7 +51,7 @@ def test_a_request_parses_with_its_defaults_and_round_trips_through_json() -> No
     {"rings": [{"name": f"r{i}", "nodes": [f"n{i}-{j}" for j in range(5_001)]}
                for i in range(2)]},
     {"failure_threshold": 1.5}, {"probation_s": float("inf")}, {"on_failure": None},
-    {"max_failed_starts": 101},
+    {"max_failed_starts": 101}, {"force": 1},
 ])
 def test_a_hostile_value_is_refused_naming_what(change: dict[str, Any]) -> None:
     with pytest.raises(BadFrame) as err:
