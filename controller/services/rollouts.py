@@ -42,7 +42,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from tether.common.tasks import cancel_and_wait
-from tether.protocol.errors import Conflict, InvalidRequest, NotFound, TetherError
+from tether.protocol.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    StoreError,
+    TetherError,
+)
 from tether.protocol.rollout import (
     FAILED,
     IN_FLIGHT,
@@ -382,6 +388,8 @@ class RolloutDriver:
                 try:
                     await self._drive(r, rows)
                 except TetherError as exc:  # e.g. the store refused one write: next tick
+                    if isinstance(exc, StoreError) and exc.code == "unavailable":
+                        raise  # an outage: logged once by RoundFailures, not per rollout
                     logger.warning("rollout step failed; the next tick retries", extra={
                         "rollout_id": r.rollout_id, "detail": exc.message[:200]})
         for gone in set(self._seen) - live:
