@@ -101,9 +101,14 @@ async def test_a_poison_bundle_status_and_a_fenced_session_change_nothing(
 
 async def test_a_report_naming_the_rollout_moves_its_node_and_its_rollback(
         store: ControllerStore) -> None:
-    for n in ("n1", "n2"):
+    for n in ("n1", "n2", "n3"):
         await enrolled(store, n)
     rid = await rollout(store, [("n1", 0), ("n2", 1)])
+    outsider = await hello(store, "n3")  # not part of it: its claims change nothing there
+    await store.apply_evt(node_id="n3", session_id=outsider.session_id,
+                          frames=[evt(1, report("failed", rollout_id=rid, code="start_failed",
+                                                active=1))])
+    assert [n.node_id for n in (await store.get_rollout(rid)).nodes] == ["n1", "n2"]
     opened = await hello(store, "n1")
     await store.apply_evt(node_id="n1", session_id=opened.session_id, frames=[
         evt(1, report("downloading", rollout_id=rid, active=1)),
