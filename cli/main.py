@@ -34,6 +34,7 @@ from .errors import JsonErrorParser, print_error
 from .helptext import fill_help
 from .node_rtc import add_rtc_arguments, rtc_config, rtc_lines
 from .render import human
+from .rollout import add_rollout_parser
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -293,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _operator_flags(sh, table=False)
 
     add_cp_parser(nouns, _operator_flags)
+    add_rollout_parser(nouns, _operator_flags)
     # one bundle group: the local verbs (cli/bundle.py) and the controller's (bundle_remote)
     add_remote_bundle_verbs(add_bundle_parser(nouns), _operator_flags)
 
@@ -483,6 +485,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return op.exec_command(args)
     if noun == "bundle" and verb in REMOTE_VERBS:
         return bundle_remote_command(args)
+    if noun == "rollout":
+        from .rollout import rollout_command
+
+        return rollout_command(args)
     if noun == "jobs":
         from .jobs import jobs_command
 

@@ -117,6 +117,7 @@ def nodes_show(args: argparse.Namespace) -> int:
                        ("labels", node.get("labels")),
                        ("resources", _resources_line(_map(node.get("resources")))),
                        ("apps", _apps_line(node.get("apps"))),
+                       ("bundles", _bundles_line(node.get("bundles"))),
                        ("ready", _ready_line(node.get("health")))]:
         print(f"{key:<13} {human(value)}")
     for line in rtc_show_lines(node.get("rtc")):  # escaped and clipped there
@@ -145,6 +146,15 @@ def _ready_line(health: object) -> str | None:
     reasons = health.get("reasons")
     why = "; ".join(human(r) for r in reasons) if isinstance(reasons, list) else ""
     return "yes" if health["ready"] else f"no: {why}" if why else "no"
+
+
+def _bundles_line(bundles: object) -> str | None:
+    """``web 3 healthy (last-known-good 2)``, one per bundle name, from the node's view."""
+    line = ", ".join(f"{human(name)} {human(_map(b).get('active'))} "
+                     f"{human(_map(b).get('state'))}"
+                     f" (last-known-good {human(_map(b).get('last_known_good'))})"
+                     for name, b in _map(bundles).items())
+    return line or None
 
 
 def _apps_line(apps: object) -> str | None:

@@ -31,6 +31,7 @@ from .api import io as io_api
 from .api import jobs as api_jobs
 from .api import metrics as api_metrics
 from .api import openapi as api_openapi
+from .api import rollouts as api_rollouts
 from .api import routes as api
 from .api import rtc as api_rtc
 from .api.auth import AuditMiddleware
@@ -56,6 +57,7 @@ from .services.peek import LocalPeek, Peeks, RemotePeek
 from .services.probe import CachedStoreFigures, DriverProbe
 from .services.registry import SessionRegistry
 from .services.replica import redact_url, stable_replica_id
+from .services.rollouts import RolloutDriver, RolloutService
 from .services.router import LocalRouter, Router
 from .services.rtc import RtcCounters, RtcService
 from .services.runstate import RunState
@@ -112,6 +114,8 @@ class Controller:
     metrics: CollectorRegistry  # this process's own, never the global one (services/metrics.py)
     rtc: RtcService  # the media plane's signalling relay (services/rtc.py)
     bundles: BundleService  # published bundles, in the store (services/bundles.py)
+    rollouts: RolloutService  # rollouts of bundles (services/rollouts.py)
+    rollout_driver: RolloutDriver  # the rollout engine, runs while leader
 
     @property
     def shared_store(self) -> bool:
@@ -167,11 +171,14 @@ def build(config: ControllerConfig) -> Controller:
                               max_frame_bytes=config.max_frame_bytes,
                               stored_liveness=lambda row: nodes.view(row)["liveness"])
     rtc = RtcService(router, bus, RtcCounters(metrics))
+    rollouts = RolloutService(store, commands, bus, view=nodes.view)
+    rollout_driver = RolloutDriver(rollouts, is_leader=lambda: leadership.is_leader)
+    rollouts.wake = rollout_driver.wake
     gateway = EdgeGateway(EdgeServices(
         store=store, registry=registry, bus=bus, monitor=monitor, admission=admission,
         config=config, node_changed=liveness.node_changed, stopping=run.is_stopping,
         controller_id=run.get_controller_id, replica_id=replica_id, router=router,
-        counters=EdgeCounters(metrics), rtc=rtc))
+        counters=EdgeCounters(metrics), rtc=rtc, bundle_reported=rollout_driver.wake))
     sweeper = Sweeper(store, bus, gateway.connections, expire_closed=liveness.expire,
                       sweep_interval_s=config.sweep_interval_s,
                       touch_interval_s=config.node_touch_interval_s,
@@ -191,7 +198,8 @@ def build(config: ControllerConfig) -> Controller:
                       liveness=liveness, nodes=nodes,
                       commands=commands, gateway=gateway, leadership=leadership,
                       sweeper=sweeper, jobs=jobs, job_driver=job_driver, metrics=metrics,
-                      rtc=rtc, bundles=bundles)
+                      rtc=rtc, bundles=bundles, rollouts=rollouts,
+                      rollout_driver=rollout_driver)
 
 
 async def _open_store(ctl: Controller) -> None:
@@ -250,6 +258,7 @@ async def start(ctl: Controller) -> asyncio.Task[None]:
     await ctl.leadership.start()
     sweeper = asyncio.create_task(ctl.sweeper.run(), name="liveness-sweeper")
     ctl.job_driver.start()
+    ctl.rollout_driver.start()
     logger.info("controller started", extra={
         "controller_id": ctl.run.controller_id, "replica_id": ctl.replica_id,
         "data_dir": str(ctl.config.data_dir),
@@ -263,6 +272,7 @@ async def stop(ctl: Controller, sweeper: asyncio.Task[None] | None) -> None:
     session with 1001, close NATS (router, bus, link), then close the store: the reverse
     of :func:`start`."""
     ctl.run.stopping = True
+    await ctl.rollout_driver.stop()
     await ctl.job_driver.stop()  # started after the sweeper: stopped before it
     if sweeper is not None:
         await cancel_and_wait(sweeper)
@@ -316,6 +326,7 @@ def create_app(config: ControllerConfig) -> Starlette:
         Route("/v1/edge/enroll", api.enroll, methods=["POST"]),
         *api.ROUTES,
         *api_jobs.ROUTES,
+        *api_rollouts.ROUTES,
         *api_bundles.ROUTES,
         *api_rtc.ROUTES,
         *admin_api.ROUTES,
@@ -330,7 +341,8 @@ def create_app(config: ControllerConfig) -> Starlette:
     app.state.edge = ctl.gateway
     app.state.browser = BrowserServices(store=ctl.store, commands=ctl.commands,
                                         nodes=ctl.nodes, bus=ctl.bus, peeks=ctl.peeks,
-                                        config=config, jobs=ctl.jobs, rtc=ctl.rtc)
+                                        config=config, jobs=ctl.jobs, rtc=ctl.rtc,
+                                        rollouts=ctl.rollouts)
     app.state.api = api.ApiServices(
         store=ctl.store, commands=ctl.commands, nodes=ctl.nodes, router=ctl.router,
         bus=ctl.bus, presence=ctl.registry, monitor=ctl.monitor, peeks=ctl.peeks,
@@ -351,6 +363,7 @@ def create_app(config: ControllerConfig) -> Starlette:
     app.state.jobs = ctl.jobs
     app.state.rtc = ctl.rtc
     app.state.bundles = ctl.bundles
+    app.state.rollouts = ctl.rollouts
     app.state.rtc_page_config = api_rtc.page_config(config)
     app.state.version = __version__
     return app

@@ -49,6 +49,7 @@ from .services.jobs import JobService, job_view
 from .services.metrics import WsCounters, code_label
 from .services.nodes import NodeViews
 from .services.peek import Peeks
+from .services.rollouts import RolloutService, rollout_view
 from .services.rtc import MAX_REFUSED_RUN, SIGNAL_TYPES, RtcService, client_topic
 from .services.rtc_state import ClientPeers
 from .services.tokenwatch import until_token_invalid
@@ -74,11 +75,11 @@ SNAPSHOT_PAGE_ITEMS = 500
 SNAPSHOT_PAGE_BYTES = 256 << 10  # items' compact JSON size per snapshot frame
 MAX_SNAPSHOT_ITEM_BYTES = MAX_FRAME_BYTES - (16 << 10)  # larger: left out, counted
 NODE_TOPICS = ("node", "commands", "monitor")  # <kind>:<node_id>
-COMMAND_TOPICS = ("command", "logs", "job")  # <kind>:<command_id or job_id>
+COMMAND_TOPICS = ("command", "logs", "job", "rollout")  # <kind>:<command/job/rollout id>
 COMMAND_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 TOPICS_HELP = ("topics must be a list of at most 256 of 'nodes', 'node:<id>', "
                "'command:<id>', 'commands:<node_id>', 'logs:<id>', 'monitor:<id>', "
-               "'jobs' or 'job:<id>'")
+               "'jobs', 'job:<id>', 'rollouts' or 'rollout:<id>'")
 
 
 def topic_error(topic: object) -> str | None:
@@ -87,7 +88,7 @@ def topic_error(topic: object) -> str | None:
         return f"a topic must be text, not {type(topic).__name__}"
     if len(topic) > MAX_TOPIC_CHARS:
         return f"a topic is at most {MAX_TOPIC_CHARS} characters, got {len(topic)}"
-    if topic in ("nodes", "jobs"):
+    if topic in ("nodes", "jobs", "rollouts"):
         return None
     kind, sep, key = topic.partition(":")
     if sep and kind in NODE_TOPICS and valid_node_id(key):
@@ -112,6 +113,8 @@ class BrowserServices:
     jobs: JobService | None = None  # the 'jobs' and 'job:<id>' topics (services/jobs.py)
     counters: WsCounters = field(default_factory=WsCounters)  # for /metrics
     rtc: RtcService | None = None  # rtc.* signalling to nodes (services/rtc.py)
+    # the 'rollouts' and 'rollout:<id>' topics (services/rollouts.py)
+    rollouts: RolloutService | None = None
 
 
 def _origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
@@ -427,6 +430,14 @@ async def _snapshot_pages(controller: BrowserServices, topic: str
                 yield {"items": part}, omitted
         elif kind == "job" and controller.jobs is not None:
             one = job_view(await controller.jobs.get(key))
+            too_large = data_size(one) > MAX_SNAPSHOT_ITEM_BYTES
+            yield (None, 1) if too_large else (one, 0)
+        elif topic == "rollouts" and controller.rollouts is not None:
+            listed = await controller.rollouts.list_rollouts(limit=100)
+            for part, omitted in _split(rollout_view(r, with_nodes=False) for r in listed):
+                yield {"items": part}, omitted
+        elif kind == "rollout" and controller.rollouts is not None:
+            one = await controller.rollouts.get_view(key)
             too_large = data_size(one) > MAX_SNAPSHOT_ITEM_BYTES
             yield (None, 1) if too_large else (one, 0)
         elif kind == "commands":

@@ -55,6 +55,7 @@ from tether.protocol.frames import (
     PROTOCOL_VERSION,
     Ack,
     Body,
+    BundleStatusReport,
     Challenge,
     ErrorBody,
     Frame,
@@ -91,6 +92,7 @@ from .services.rtc import NODE_TYPES, RtcService
 from .services.rtc_state import SessionRoutes
 from .services.topics import command_changed, io_published, log_appended
 from .store.controller_store import ControllerStore, Fenced, Poisoned
+from .store.rollouts import bundle_entry
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +168,8 @@ class EdgeServices:
     # frames, sessions and handshakes counted for /metrics (services/metrics.py)
     counters: EdgeCounters = field(default_factory=EdgeCounters)
     rtc: RtcService | None = None  # the media plane's signalling relay (services/rtc.py)
+    # wakes this process's rollout engine after a bundle.status (services/rollouts.py)
+    bundle_reported: Callable[[], None] = lambda: None
 
 
 class EdgeGateway:
@@ -1064,6 +1068,13 @@ class EdgeConnection:
         if health:  # stored with the batch: push the latest (protocol/health.py)
             self.svc.bus.publish(f"node:{self.node_id}", "health.updated",
                                  {"node_id": self.node_id, "health": dict(health[-1].data)})
+        bundles = {b.status.name: b.status for _, b in batch
+                   if isinstance(b, BundleStatusReport)}
+        if bundles:  # stored with the batch (store/rollouts.py): push each name's latest
+            self.svc.bus.publish(f"node:{self.node_id}", "bundle.updated", {
+                "node_id": self.node_id, "bundles": {name: bundle_entry(st)
+                                                     for name, st in bundles.items()}})
+            self.svc.bundle_reported()
 
     async def _downlink_run(self) -> None:
         """Passes until no wake-up arrived during the last one, then end."""

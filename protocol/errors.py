@@ -143,6 +143,8 @@ ERROR_TABLE: dict[str, ErrorSpec] = {
     "command_not_paused": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "node_offline": ErrorSpec(_C.PROTOCOL_ERROR, 409),
     "job_done": ErrorSpec(_C.PROTOCOL_ERROR, 409),
+    "rollout_running": ErrorSpec(_C.PROTOCOL_ERROR, 409),  # one rollout of a bundle at a time
+    "rollout_state": ErrorSpec(_C.PROTOCOL_ERROR, 409),  # a pause/resume/abort its state refuses
     "range_not_satisfiable": ErrorSpec(_C.PROTOCOL_ERROR, 416),  # a bundle download's Range
     # rtc.*: a stale or superseded negotiation_id, or an unknown peer_session_id; the
     # message is never applied (an error frame; the session and the peer stay)

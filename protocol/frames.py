@@ -47,6 +47,7 @@ from .fields import (
     version_text,
 )
 from .health import HEALTH_KIND, NodeHealth
+from .update import BundleStatus, parse_bundle_status
 from .values import INT64_MAX, int_in, number_in, plain_map, text
 
 PROTOCOL_VERSION = 1
@@ -793,6 +794,22 @@ class IoSignal(Body):
         return cls(command_id=_command_ref(b), signal=str(sig))
 
 
+@dataclass(frozen=True, slots=True)
+class BundleStatusReport(Body):
+    """A node's ``bundle.status`` (class A on ``evt``): one step of a bundle update, by the
+    rules of ``protocol/update.py`` (docs/protocol.md "Bundle updates on the session")."""
+
+    TYPE: ClassVar[str] = "bundle.status"
+    status: BundleStatus
+
+    def to_body(self) -> dict[str, Any]:
+        return self.status.body()
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> BundleStatusReport:
+        return cls(parse_bundle_status(b))
+
+
 IO_BODIES: dict[str, type[Body]] = {
     cls.TYPE: cls for cls in (IoInput, IoOutput, IoAck, IoResize, IoSignal)}
 
@@ -801,7 +818,8 @@ BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (Challenge, Hello, Welcome, Heartbeat, HeartbeatAck, Ack, Resume, RuntimeState,
                 Goodbye, ErrorBody, CmdDeliver, CmdStatus, LogChunk, NodeEvent, MonitorPacket,
-                NodeResources, IoInput, IoOutput, IoAck, IoResize, IoSignal)
+                NodeResources, IoInput, IoOutput, IoAck, IoResize, IoSignal,
+                BundleStatusReport)
 }
 
 

@@ -72,6 +72,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/api/v1/jobs"): Op("Jobs, newest first, with summaries"),
     ("GET", "/api/v1/jobs/{job_id}"): Op("One job: each node's command and state, a summary"),
     ("POST", "/api/v1/jobs/{job_id}/cancel"): Op("Cancel the job's remaining parts", 202, OPER),
+    ("POST", "/api/v1/rollouts"): Op("Start a rollout of a published bundle version, ring "
+                                     "by ring", 202, OPER),
+    ("GET", "/api/v1/rollouts"): Op("Rollouts, newest first, with counts"),
+    ("GET", "/api/v1/rollouts/{rollout_id}"): Op("One rollout: its state, why, rings, nodes"),
+    ("POST", "/api/v1/rollouts/{rollout_id}/pause"): Op("Pause: no new offers", 202, OPER),
+    ("POST", "/api/v1/rollouts/{rollout_id}/resume"): Op("Resume, accepting the failures so "
+                                                         "far", 202, OPER),
+    ("POST", "/api/v1/rollouts/{rollout_id}/abort"): Op("Stop for good", 202, OPER),
     ("POST", "/api/v1/rtc/links"): Op("Grant two nodes a peer (tether cp), for 10 min", 201,
                                       OPER),
     ("GET", "/api/v1/rtc/config"): Op("The dashboard's ICE servers (--rtc-ice-server)", 200,

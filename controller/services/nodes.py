@@ -128,6 +128,8 @@ class NodeViews:
             "capabilities": row.capabilities,
             "policy": row.policy,
             "apps": row.apps,
+            # {name: {"active", "last_known_good", "state", ...}}: its bundle.status reports
+            "bundles": row.bundles,
             "enrolled_at": iso(row.created_at),
         }
 

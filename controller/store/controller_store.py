@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.errors import AuthError, Conflict, NotFound, StoreError
-from tether.protocol.frames import TERMINAL_STATES, Body, CmdStatus, Frame, NodeEvent
+from tether.protocol.frames import (
+    TERMINAL_STATES,
+    Body,
+    BundleStatusReport,
+    CmdStatus,
+    Frame,
+    NodeEvent,
+)
 
 from ..domain.commands import cmd_epoch_fits, on_status
 from ..domain.streams import evt_epoch_at_hello, from_stored, to_stored
@@ -65,6 +72,7 @@ from .records import (
     Touch,
     loads,
 )
+from .rollouts import RolloutTransactions, apply_bundle_status
 from .sql import Tx
 
 __all__ = ["ControllerStore", "Fenced", "LogPage", "Poisoned", "SessionOpened",
@@ -79,7 +87,7 @@ _MOVE_EVT_CURSOR = "UPDATE stream_cursors SET applied=$1 WHERE node_id=$2 AND st
 
 
 class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
-                      AuthTransactions, BundleTransactions):
+                      AuthTransactions, BundleTransactions, RolloutTransactions):
     """The store (:class:`~tether.controller.store.interface.Store`) over one SQL driver
     (see :class:`~tether.controller.store.base.StoreBase` for its construction)."""
 
@@ -434,6 +442,9 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                     if kind in ("policy", "apps", "health"):  # the latest is the node's view
                         await tx.execute(f"UPDATE nodes SET {kind}=$1 WHERE node_id=$2",
                                          json.dumps(data, allow_nan=False), node_id)
+                elif isinstance(body, BundleStatusReport):  # store/rollouts.py
+                    await apply_bundle_status(tx, node_id, body.status, now)
+                    self._node_event(node_id, "bundle.status", body.to_body(), now, events)
                 else:  # a typed class A body this version records but does not interpret
                     self._node_event(node_id, peer_text(frame.t), body.to_body(), now, events)
             await self._flush(tx, node_id, events)

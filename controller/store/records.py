@@ -140,10 +140,13 @@ class NodeRecord:
     current_replica: str | None = None  # the replica holding current_session, if named
     # the node's last health report (protocol/health.py, as checked on arrival); {} when none
     health: dict[str, Any] = field(default_factory=dict)
+    # its bundles as its bundle.status reports left them (store/rollouts.py); {} when none
+    bundles: dict[str, Any] = field(default_factory=dict)
 
     COLUMNS = ("node_id, labels, enabled, created_at, current_session, last_seen_at, "
                "closed_at, closed_by_goodbye, runtime_state, runtime_version, sidecar, "
-               "capabilities, policy, apps, dead_letters_total, current_replica, health")
+               "capabilities, policy, apps, dead_letters_total, current_replica, health, "
+               "bundles")
 
     @classmethod
     def from_row(cls, row: Row) -> NodeRecord:
@@ -158,7 +161,7 @@ class NodeRecord:
                    policy=loads(row["policy"]), apps=_map(row["apps"]),
                    dead_letters_total=_count(row["dead_letters_total"]),
                    current_replica=_text(row["current_replica"]),
-                   health=_map(row["health"]))
+                   health=_map(row["health"]), bundles=_map(row["bundles"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ HOSTILE_NODE: dict[str, Any] = {
     "apps": {"web": 5, "db": [1], "x": {"state": 7, "restarts": "many"}, "": None,
              ESC + "[2J": {"state": "running", "restarts": 0}},
     "health": {"ready": False, "reasons": [ESC + "[2J", 5, {"x": ESC}]},
+    "bundles": {ESC + "[2J": {"active": ESC + "]0;pwn\x07", "state": 5}, "web": 5},
 }
 HOSTILE_COMMAND: dict[str, Any] = {
     "command_id": "c_1", "node_id": "evil", "kind": "exec", "args": {"argv": [ESC + "c"]},

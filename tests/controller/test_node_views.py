@@ -69,17 +69,18 @@ def test_hostile_stored_values_never_make_the_view_fail() -> None:
               "last_seen_at": NOW - 5, "closed_at": None, "closed_by_goodbye": 0,
               "runtime_state": "attached", "runtime_version": "0.1.0", "sidecar": "{}",
               "capabilities": "[]", "policy": None, "apps": "{}", "dead_letters_total": 0,
-              "health": None}
+              "health": None, "bundles": None}
     for bad in ({"last_seen_at": None}, {"last_seen_at": True}, {"last_seen_at": "x"},
                 {"last_seen_at": float("nan")}, {"current_session": 5},
                 {"runtime_state": None}, {"labels": "{not json"}, {"labels": "[1]"},
                 {"capabilities": '{"a": 1}'}, {"closed_at": "soon"}, {"apps": "\ud800"},
-                {"health": "[1"}, {"health": "7"}):
+                {"health": "[1"}, {"health": "7"}, {"bundles": "[1"}):
         view = views.view(NodeRecord.from_row({**stored, **bad}))
         assert view["liveness"] in {"online", "stale", "offline", "degraded"}, bad
         assert isinstance(view["labels"], dict) and isinstance(view["apps"], dict)
         assert isinstance(view["capabilities"], list)
         assert NodeRecord.from_row({**stored, **bad}).health == {}
+        assert view["bundles"] == {}
 
 
 LIVE = SessionSnapshot(node_id="n1", session_id="s_other", last_frame_age_s=1.0,

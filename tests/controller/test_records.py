@@ -23,6 +23,7 @@ NODE: dict[str, Any] = {
     "runtime_state": "ready", "runtime_version": "1", "sidecar": '{"v": 1}',
     "capabilities": '["exec"]', "policy": None, "apps": None, "dead_letters_total": 0,
     "current_replica": None, "health": '{"ready": true}',
+    "bundles": '{"web": {"active": 2}}',
 }
 
 
@@ -31,17 +32,17 @@ def test_a_node_record_decodes_its_json_and_types_its_columns() -> None:
     assert node.labels == {"a": "b"} and node.capabilities == ["exec"]
     assert node.enabled is True and node.closed_by_goodbye is False
     assert node.policy is None and node.apps == {} and node.sidecar == {"v": 1}
-    assert node.health == {"ready": True}
+    assert node.health == {"ready": True} and node.bundles == {"web": {"active": 2}}
 
 
 def test_anything_stored_reads_as_a_safe_default_never_an_exception() -> None:
     spoiled = {**NODE, "labels": "{not json", "capabilities": '{"a": 1}', "policy": "[1",
                "apps": "7", "created_at": "yesterday", "last_seen_at": float("nan"),
                "runtime_state": 5, "sidecar": b"\xff", "dead_letters_total": None,
-               "health": "[1"}
+               "health": "[1", "bundles": "[2"}
     node = NodeRecord.from_row(spoiled)
     assert (node.labels, node.capabilities, node.policy, node.apps, node.sidecar,
-            node.health) == ({}, [], None, {}, {}, {})
+            node.health, node.bundles) == ({}, [], None, {}, {}, {}, {})
     assert (node.created_at, node.last_seen_at, node.runtime_state) == (None, None, None)
     assert node.dead_letters_total == 0
     event = NodeEventRecord.from_row({"id": 3, "kind": "k\udc80", "data": '{"x": NaN}',

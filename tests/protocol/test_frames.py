@@ -17,6 +17,7 @@ from tether.protocol.frames import (
     STATUS_STATES,
     Ack,
     Body,
+    BundleStatusReport,
     Challenge,
     CmdDeliver,
     CmdStatus,
@@ -47,6 +48,7 @@ from tether.protocol.frames import (
     parse_body,
     valid_node_id,
 )
+from tether.protocol.update import BUNDLE_STATES, BundleStatus
 
 PROPERTY = settings(max_examples=150, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -139,6 +141,15 @@ BODY_STRATEGIES: dict[type[Body], st.SearchStrategy[Any]] = {
                         rows=st.integers(1, 4096), cols=st.integers(1, 4096)),
     IoSignal: st.builds(IoSignal, command_id=st.text(min_size=1, max_size=16),
                         signal=st.sampled_from(["INT", "TERM", "HUP", "QUIT", "KILL"])),
+    # protocol/update.py's own tests cover its rules; here: a valid one of each state
+    BundleStatusReport: st.builds(
+        BundleStatusReport, st.builds(
+            BundleStatus, name=st.from_regex(r"[a-z0-9][a-z0-9-]{0,8}", fullmatch=True),
+            version=st.integers(1, 2**53), at_ms=non_negative.filter(lambda v: v <= 2**53),
+            state=st.sampled_from([s for s in BUNDLE_STATES
+                                   if s not in ("rejected", "failed", "rolled_back")]),
+            reason=text, active=st.none() | st.integers(1, 99),
+            last_known_good=st.none() | st.integers(1, 99))),
 }
 any_body = st.one_of(*BODY_STRATEGIES.values())
 
@@ -273,6 +284,9 @@ VALID: dict[type[Body], dict[str, Any]] = {
     IoAck: {"command_id": "c-1", "seq": 0, "window": 262144},
     IoResize: {"command_id": "c-1", "rows": 24, "cols": 80},
     IoSignal: {"command_id": "c-1", "signal": "INT"},
+    BundleStatusReport: {"name": "web", "version": 2, "state": "rolled_back", "at_ms": 1,
+                         "code": "start_failed", "reason": "exited 3 times",
+                         "rollout_id": "r_1", "active": 1, "last_known_good": None},
 }
 
 REQUIRED: dict[type[Body], list[str]] = {
@@ -297,6 +311,7 @@ REQUIRED: dict[type[Body], list[str]] = {
     IoAck: ["command_id", "seq", "window"],
     IoResize: ["command_id", "rows", "cols"],
     IoSignal: ["command_id", "signal"],
+    BundleStatusReport: ["name", "version", "state", "at_ms"],
 }
 
 BAD_ACKS = [["evt"], {"evt": -1}, {"evt": "1"}, {"evt": True}, {"evt": 1.0}, {1: 1}, "evt"]
@@ -380,7 +395,10 @@ def test_a_missing_required_field_is_a_bad_frame_naming_the_field(
     assert name in info.value.message
 
 
-@pytest.mark.parametrize("cls", list(VALID), ids=lambda c: c.__name__)
+# bundle.status keeps protocol/update.py's rules, where a null 'kind' or 'reason' is not
+# an absent one (tests/protocol/test_update.py)
+@pytest.mark.parametrize("cls", [c for c in VALID if c is not BundleStatusReport],
+                         ids=lambda c: c.__name__)
 def test_optional_fields_may_be_absent_or_nil(cls: type[Body]) -> None:
     required = REQUIRED[cls]
     minimal = {k: v for k, v in VALID[cls].items() if k in required}
