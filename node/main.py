@@ -63,6 +63,10 @@ def run_node(config: NodeConfig) -> int:
     try:
         with new_runner() as runner:
             code = runner.run(_main(config))
+        if code == RESTART and config.supervised:
+            from .supervisor import EXIT_RESTART
+
+            return EXIT_RESTART  # the supervisor starts the active slot's runtime
         if code == RESTART:
             logger.info("runtime restarting", extra={"pid": os.getpid()})
             os.execv(sys.executable, [sys.executable, "-m", "tether.cli.main", *sys.argv[1:]])
