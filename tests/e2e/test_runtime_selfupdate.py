@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from tether.common import __version__
 from tether.node import slots
 from tether.node.selfupdate import SelfUpdate
 from tether.protocol.bundle import read_bundle
+from tether.protocol.frames import Frame
+from tether.protocol.local import encode_local
 from tether.protocol.selfupdate import UpdateRecord
 from tether.protocol.update import BundleStatus, UpdateOffer
 
@@ -193,3 +196,32 @@ def test_a_supervisor_killed_mid_update_decides_it_by_the_pointer_when_it_starts
     wait_until(lambda: _reported(node, decided), what="the runtime to report")
     wait_until(lambda: controller.api().liveness("rt-kill") == "online", what="online")
     assert slots.read_pointer(node.state_dir).slot == "base"
+
+
+def _local_update(node: NodeProc, body: dict[str, Any]) -> bytes:
+    """A supervisor's local.update to the node's sidecar; the sidecar's answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(node.state_dir / "sidecar.sock"))
+        sock.sendall(encode_local(Frame(t="local.update", b=body)))
+        return sock.recv(256)
+
+
+def test_the_sidecar_ignores_a_hostile_local_update_and_forgets_one_past_its_deadline(
+        controller: ControllerProc, make_node: Any) -> None:
+    node = make_node("rt-local")
+    api = controller.api()
+    for body in ({"update": {"stage": "exploding"}}, {"update": {"stage": "replay",
+                                                                "age_s": float("nan")}},
+                 {"update": "updating"}, {"update": {"stage": "replay", "slot": "../x"}}):
+        assert _local_update(node, body)  # answered, and the runtime stays attached
+    assert api.node("rt-local")["runtime"] == {"state": "attached", "version": __version__}
+    assert api.liveness("rt-local") == "online"
+    # a supervisor that dies mid-stage: the sidecar shows it only until its deadline
+    _local_update(node, {"update": {"stage": "readiness", "version": "9.9.9",
+                                    "deadline_s": 0.5}})
+    wait_until(lambda: api.liveness("rt-local") == "updating", what="updating")
+    assert api.node("rt-local")["runtime"]["update"]["stage"] == "readiness"
+    # the next heartbeat (every 0.5 s with the test settings) no longer has it
+    wait_until(lambda: api.liveness("rt-local") == "online", timeout_s=30,
+               what="the stage to be forgotten after its deadline")
