@@ -157,6 +157,12 @@ class SelfUpdate:
             ids.add(record.request.command_id)
         return frozenset(ids)
 
+    def handed_over(self, command_id: str) -> bool:
+        """Rule 3: the ``update.now`` command ``command_id`` belongs to the supervisor now
+        (its request is written): the bundle plane must neither report its attempt
+        ``interrupted`` when this runtime stops nor finish the command."""
+        return command_id in self.keep_running()
+
     async def report_once(self) -> bool:
         """Rule 3: report the decided record if nobody has; True when it reported."""
         record = await asyncio.to_thread(slots.read_record, self.state_dir)

@@ -59,6 +59,7 @@ from . import slots
 logger = logging.getLogger(__name__)
 
 EXIT_RESTART = 75  # a supervised runtime asks to be started again (EX_TEMPFAIL)
+EXIT_STOPPED = 78  # a supervised runtime stopped for good: refused, or a final close code
 MAX_RESTART_DELAY_S = 30.0
 
 
@@ -94,9 +95,10 @@ class Supervisor:
     # -- the process ------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Until SIGTERM/SIGINT (forwarded: the runtime says goodbye) or the runtime stops
-        for good (exit 0 or 1, which the supervisor returns)."""
+        """Until SIGTERM/SIGINT (forwarded: the runtime says goodbye; 0) or the runtime stops
+        for good (0 after a goodbye, 1 when refused or closed for good, EXIT_STOPPED)."""
         slots.runtime_dir(self.state_dir).mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
         self._resume()
         self._start(slots.read_pointer(self.state_dir).slot)
         while True:
@@ -125,6 +127,23 @@ class Supervisor:
             self._begin(request)
         return True
 
+    def _stop_orphan(self) -> None:
+        """A runtime left by a supervisor that died (kill -9) is stopped as for an update
+        (SIGHUP: it detaches, the session stays), so that this one starts its own."""
+        pid = read_pid(self.state_dir / "runtime.pid")
+        if pid is None:
+            return
+        logger.warning("stopping the runtime a previous supervisor left", extra={"pid": pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + self.config.stop_timeout_s
+        while time.monotonic() < deadline:
+            if read_pid(self.state_dir / "runtime.pid") != pid:
+                return
+            time.sleep(self.config.poll_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
     def _runtime_exited(self, code: int) -> bool:
         self.proc = None
         self._close_log()
@@ -132,9 +151,9 @@ class Supervisor:
             logger.info("runtime asked to restart", extra={"slot": self.proc_slot})
             self._start(slots.read_pointer(self.state_dir).slot)
             return True
-        if code in (0, 1):
+        if code in (0, EXIT_STOPPED):
             logger.info("runtime stopped", extra={"exit_code": code})
-            self.exit_code = code
+            self.exit_code = 0 if code == 0 else 1
             return False
         logger.error("runtime crashed; starting it again",
                      extra={"exit_code": code, "delay_s": self._restart_delay})
@@ -194,6 +213,9 @@ class Supervisor:
         record = slots.read_record(self.state_dir)
         if record is None or record.outcome is not None:
             return
+        if record.candidate_pid is not None and _is_runtime(record.candidate_pid):
+            with contextlib.suppress(ProcessLookupError):  # a candidate that never attached
+                os.kill(record.candidate_pid, signal.SIGKILL)
         pointer = slots.read_pointer(self.state_dir)
         decided = resolve_interrupted(record, pointer, _now_ms(),
                                       "the supervisor stopped during the update")
@@ -211,6 +233,7 @@ class Supervisor:
         self._notify(UpdateInfo())
 
     def _begin(self, request: UpdateRequest) -> None:
+        self._restart_at = None  # a crashed runtime is replaced by the candidate
         pointer = slots.read_pointer(self.state_dir)
         record = UpdateRecord(request=request, previous=pointer, stage="applying",
                               stage_started_ms=0, deadline_ms=0)
@@ -376,6 +399,15 @@ class Supervisor:
         except OSError as exc:
             logger.warning("could not tell the sidecar the update stage",
                            extra={"detail": str(exc)})
+
+
+def _is_runtime(pid: int) -> bool:
+    """``pid`` runs a supervised runtime (its command line says so): not a reused pid."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"node\0run\0--supervised" in cmdline
 
 
 def run_supervisor(config: SupervisorConfig) -> int:

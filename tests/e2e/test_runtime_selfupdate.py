@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import pytest
 from tether.cli.bundle import keygen, load_private_key
 from tether.cli.bundle_runtime import build_runtime_bundle
 from tether.common import __version__
+from tether.common.procfile import read_pid
 from tether.node import slots
 from tether.node.selfupdate import SelfUpdate
 from tether.protocol.bundle import read_bundle
@@ -187,8 +186,8 @@ def test_a_supervisor_killed_mid_update_decides_it_by_the_pointer_when_it_starts
                and r.stage == "attaching", what="the candidate to start")
     record = slots.read_record(node.state_dir)
     assert record is not None and record.candidate_pid is not None
-    node.kill9()  # the supervisor; its candidate hangs on
-    os.kill(record.candidate_pid, signal.SIGKILL)
+    pid = record.candidate_pid
+    node.kill9()  # the supervisor; its candidate hangs on, orphaned
     node.start()
     decided = _decided(node, timeout_s=20)
     assert (decided.outcome, decided.failed_stage) == ("rolled_back", "attaching")
@@ -196,6 +195,15 @@ def test_a_supervisor_killed_mid_update_decides_it_by_the_pointer_when_it_starts
     wait_until(lambda: _reported(node, decided), what="the runtime to report")
     wait_until(lambda: controller.api().liveness("rt-kill") == "online", what="online")
     assert slots.read_pointer(node.state_dir).slot == "base"
+    wait_until(lambda: not _alive(pid), what="the orphaned candidate gone")
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, exited but not reaped, does not)."""
+    try:
+        return b"State:\tZ" not in Path(f"/proc/{pid}/status").read_bytes()
+    except OSError:
+        return False
 
 
 def _local_update(node: NodeProc, body: dict[str, Any]) -> bytes:
@@ -225,3 +233,19 @@ def test_the_sidecar_ignores_a_hostile_local_update_and_forgets_one_past_its_dea
     # the next heartbeat (every 0.5 s with the test settings) no longer has it
     wait_until(lambda: api.liveness("rt-local") == "online", timeout_s=30,
                what="the stage to be forgotten after its deadline")
+
+
+def test_a_supervisor_started_again_takes_over_from_the_runtime_its_predecessor_left(
+        controller: ControllerProc, make_node: Any) -> None:
+    node = _supervised(make_node, controller, "rt-orphan")
+    api = controller.api()
+    session = api.node("rt-orphan")["session"]
+    old = int((node.state_dir / "runtime.pid").read_text())
+    node.kill9()  # the supervisor only: its runtime runs on, orphaned
+    assert _alive(old)
+    node.start()
+    wait_until(lambda: not _alive(old), what="the orphaned runtime to stop")
+    wait_until(lambda: read_pid(node.state_dir / "runtime.pid") not in (None, old),
+               what="the new supervisor's runtime")
+    wait_until(lambda: api.liveness("rt-orphan") == "online", what="online")
+    assert api.node("rt-orphan")["session"]["opened_at"] == session["opened_at"]

@@ -82,6 +82,7 @@ async def test_an_update_waits_deferred_while_media_runs_then_installs_when_it_e
             request.rollout_id) == ("a", "9.9.9", "cmd-7", 3, "r1")
     assert slots.slot_version(tmp_path / "runtime" / "slots" / "a") == "9.9.9"
     assert h.updater.keep_running() == {"cmd-7"}
+    assert h.updater.handed_over("cmd-7") and not h.updater.handed_over("cmd-8")
 
 
 async def test_force_installs_at_once_while_media_runs(
