@@ -24,6 +24,7 @@ from .bundle_remote import (
     bundle_remote_command,
     controller_bundle_config,
 )
+from .bundle_runtime import add_build_runtime_parser, build_runtime_command
 from .client import CliError
 from .commands import add_commands_list_parser, commands_list
 from .context import add_context_parser, context_command
@@ -35,6 +36,7 @@ from .helptext import fill_help
 from .node_rtc import add_rtc_arguments, rtc_config, rtc_lines
 from .render import human
 from .rollout import add_rollout_parser
+from .supervise import add_supervise_parser, supervise_command
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--io-lease-s", type=float, default=60.0,
                      help="hang up a shell or exec --stdin whose operator side sent nothing "
                           "(not even a keepalive, every 10 s) for this long (default 60)")
+    run.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    add_supervise_parser(node, Path(_env("STATE_DIR", ".tether/node") or ""))
     for verb, help_text in (("stop", "stop the runtime and the sidecar (goodbye)"),
                             ("restart", "restart only the runtime; the session stays")):
         p = node.add_parser(verb, help=help_text)
@@ -239,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     nlist.add_argument("-l", "--label", action="append",
                        help="only nodes with this label, KEY=VALUE (repeatable: all must hold)")
     nlist.add_argument("--liveness", action="append",
-                       choices=["online", "degraded", "stale", "offline"],
+                       choices=["online", "degraded", "updating", "stale", "offline"],
                        help="only nodes in this liveness state (repeatable: any of them)")
     _operator_flags(nlist)
     show = nodes.add_parser("show", help="one node")
@@ -261,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run on every node with this label, KEY=VALUE (repeatable), as a "
                          "job: output prefixed with each node's id, then a summary table")
     ex.add_argument("--liveness", action="append",
-                    choices=["online", "degraded", "stale", "offline"],
+                    choices=["online", "degraded", "updating", "stale", "offline"],
                     help="with -l: only nodes in this liveness state (repeatable)")
     ex.add_argument("--max-in-flight", type=int,
                     help="with -l: at most this many nodes running it at once")
@@ -296,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_cp_parser(nouns, _operator_flags)
     add_rollout_parser(nouns, _operator_flags)
     # one bundle group: the local verbs (cli/bundle.py) and the controller's (bundle_remote)
-    add_remote_bundle_verbs(add_bundle_parser(nouns), _operator_flags)
+    bundle_verbs = add_bundle_parser(nouns)
+    add_remote_bundle_verbs(bundle_verbs, _operator_flags)
+    add_build_runtime_parser(bundle_verbs)
 
     cmds = nouns.add_parser("commands", help="inspect and cancel commands").add_subparsers(
         dest="verb", required=True)
@@ -495,6 +501,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return jobs_command(args)
     if noun == "shell":
         return op.shell_command(args)
+    if noun == "bundle" and verb == "build-runtime":
+        return build_runtime_command(args)
     if noun == "bundle":
         from .bundle import bundle_command
 
@@ -653,7 +661,10 @@ def _node(args: argparse.Namespace, verb: str) -> int:
                                    status_host=args.status_host,
                                    status_port=args.status_port,
                                    io_lease_s=args.io_lease_s,
+                                   supervised=args.supervised,
                                    **rtc_config(args)))
+    if verb == "supervise":
+        return supervise_command(args)
     if verb == "publish":
         return op.node_publish(args)
     if verb == "trust":

@@ -136,6 +136,10 @@ def _runtime_line(runtime: object) -> object:
     if not isinstance(runtime, dict):
         return runtime
     parts = [runtime.get("state"), runtime.get("version")]
+    update = _map(runtime.get("update"))  # a runtime self-update in progress
+    if update:
+        parts += ["(updating:", update.get("stage"), "->", update.get("version"),
+                  f"slot {human(update.get('slot'))})"]
     return " ".join(human(p) for p in parts if p is not None) or None
 
 

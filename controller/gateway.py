@@ -288,7 +288,7 @@ class EdgeConnection:
                  "pending_logs",
                  "remote", "resources",
                  "resumed", "rtc", "rtc_report", "runtime", "session_id", "sidecar", "svc",
-                 "transport", "ws")
+                 "transport", "update", "ws")
 
     def __init__(self, ws: WebSocket, services: EdgeServices) -> None:
         self.ws = ws
@@ -310,6 +310,8 @@ class EdgeConnection:
         self.rtc_report: Mapping[str, Any] = _NO_RTC
         self.outbox: dict[str, Any] = {}
         self.transport: dict[str, Any] = {}
+        # heartbeat `update`: a runtime self-update in progress (its stage), else empty
+        self.update: Mapping[str, Any] = {}
         self.resumed = False
         # parsed once, on arrival; a body that broke the value rules is Poisoned
         self.pending_evt: list[tuple[Frame, Body | Poisoned]] = []
@@ -538,7 +540,7 @@ class EdgeConnection:
             remote=self.remote, resumed=self.resumed, max_frame=self.max_frame,
             sidecar=self.sidecar, outbox=self.outbox, transport=self.transport,
             resources=self.resources, logs_dropped_total=self.logs_dropped_total,
-            rtc=self.rtc_report)
+            rtc=self.rtc_report, update=self.update)
 
     def wake_downlink(self) -> None:
         """There may be downlink work (commands queued, acks to record, errors to send)."""
@@ -809,6 +811,11 @@ class EdgeConnection:
         transport = hb.transport.to_map()
         if transport:
             self.transport = transport
+        update = hb.update.to_map()
+        if update != self.update:  # shown as liveness `updating` (protocol/liveness.py)
+            self.update = update
+            self.svc.node_changed(self.node_id, "runtime.changed",
+                                  {**self.runtime, "update": update or None})
         self._saw_cmd_ack(hb.acks.get(CMD_STREAM))
         await self._send(HeartbeatAck(time_ms=_now_ms(),
                                       acks={EVT_STREAM: self.core.evt.applied}).frame(re=frame.id))

@@ -43,6 +43,9 @@ class NodeConfig:
     # an io stream (shell, exec --stdin) that heard nothing of the operator's side this
     # long is hung up; over the controller's keepalive period (10 s) by design
     io_lease_s: float = LEASE_S
+    # started by `tether node supervise` (node/supervisor.py): a restart exits for the
+    # supervisor to start the active slot, and runtime bundles can be installed
+    supervised: bool = False
 
     @property
     def db_path(self) -> Path:

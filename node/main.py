@@ -63,6 +63,12 @@ def run_node(config: NodeConfig) -> int:
     try:
         with new_runner() as runner:
             code = runner.run(_main(config))
+        if config.supervised and code in (RESTART, 1):
+            from .supervisor import EXIT_RESTART, EXIT_STOPPED
+
+            # for the supervisor: start the active slot's runtime again, or stop for good
+            # (a crash, an uncaught exception, exits 1 and is started again)
+            return EXIT_RESTART if code == RESTART else EXIT_STOPPED
         if code == RESTART:
             logger.info("runtime restarting", extra={"pid": os.getpid()})
             os.execv(sys.executable, [sys.executable, "-m", "tether.cli.main", *sys.argv[1:]])

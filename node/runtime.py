@@ -35,6 +35,7 @@ from tether.protocol.frames import (
 from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import RTC_BODIES
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
+from tether.protocol.update import BundleStatus
 
 from .apps import AppError, AppSupervisor, load_apps
 from .config import NodeConfig
@@ -56,6 +57,7 @@ from .readiness import (
     readiness,
 )
 from .resources import sample as sample_resources
+from .selfupdate import SelfUpdate
 from .sidecar_proc import ensure_sidecar
 from .store import NodeStore
 
@@ -119,6 +121,12 @@ class NodeRuntime:
         # node/rtc/relay.py's RelayManager (grants and the relay's file channels), made on
         # the first rtc.link / rtc.relay / file.send; its task runs in the task group.
         self.relay: Any = None
+        # runtime self-update (node/selfupdate.py): the installer node/bundles.py calls for
+        # a runtime bundle, and the report of an update decided while this runtime ran
+        self.selfupdate = SelfUpdate(
+            state_dir=config.state_dir, supervised=config.supervised,
+            report=self._report_bundle, finish=self._finish_update,
+            media=lambda: self.rtc.status() if self.rtc is not None else None)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -133,7 +141,7 @@ class NodeRuntime:
             self._evt_acked_on_disk = state.evt_acked
             self.cmd = StreamReceiver(epoch=state.cmd_epoch, applied=state.cmd_applied)
             self.session_id = state.session_id
-            to_run = await self.store.recover()
+            to_run = await self.store.recover(keep=self.selfupdate.keep_running())
             self._outbox_grew(await self.store.append_event(
                 "node.event", {"kind": "policy", "data": self.policy.summary()}))
             self.evt.outbox_holds((await self.store.stream_state()).evt_last)
@@ -146,6 +154,8 @@ class NodeRuntime:
                            tg.create_task(self._resources_loop(), name="node-resources"),
                            tg.create_task(self._apps_report_loop(), name="node-apps"),
                            tg.create_task(self._health_report_loop(), name="node-health"),
+                           tg.create_task(self.selfupdate.report_loop(),
+                                          name="node-selfupdate"),
                            tg.create_task(serve_loopback(
                                health_app(self), host=self.config.status_host,
                                port=self.config.status_port,
@@ -223,6 +233,15 @@ class NodeRuntime:
             await self.link.goodbye("node stopping")
         self.link.stop()
         await cancel_and_wait(link_task)
+
+    async def _report_bundle(self, status: BundleStatus) -> None:
+        """A ``bundle.status`` (class A) into the outbox."""
+        self._outbox_grew(await self.store.append_event("bundle.status", status.body()))
+
+    async def _finish_update(self, command_id: str, ok: bool, error: str | None,
+                             result: dict[str, Any] | None) -> None:
+        self._outbox_grew(await self.store.finish_command(
+            command_id, "succeeded" if ok else "failed", error=error, result=result))
 
     def publish_monitor(self, topic: str, data: dict[str, Any]) -> int:
         """Queue a monitor packet (class C: bounded, oldest dropped and counted)."""

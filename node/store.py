@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -555,13 +555,16 @@ class NodeStore:
             return None if row is None else str(row[0])
         return await self.db.read(fn)
 
-    async def recover(self) -> list[dict[str, Any]]:
-        """At start: ``running`` rows become failed/interrupted (never re-run);
+    async def recover(self, keep: Collection[str] = ()) -> list[dict[str, Any]]:
+        """At start: ``running`` rows become failed/interrupted (never re-run), except those
+        in ``keep`` (a runtime self-update's command, finished by node/selfupdate.py);
         ``delivered`` rows (cancels included) are returned to run, in delivery order."""
         def fn(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             for (command_id,) in conn.execute(
                     "SELECT command_id FROM commands WHERE state IN ('running', 'paused')"
                     ).fetchall():
+                if command_id in keep:
+                    continue
                 self._finish(conn, command_id, "failed",
                              error="interrupted: the runtime stopped while it ran")
             return [{"command_id": r[0], "kind": r[1], "args": json.loads(r[2])}

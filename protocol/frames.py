@@ -47,6 +47,7 @@ from .fields import (
     version_text,
 )
 from .health import HEALTH_KIND, NodeHealth
+from .selfupdate import UpdateInfo
 from .update import BundleStatus, parse_bundle_status
 from .values import INT64_MAX, int_in, number_in, plain_map, text
 
@@ -360,12 +361,15 @@ class Heartbeat(Body):
     acks: Mapping[str, int] = field(default_factory=dict)
     # Addition (docs/protocol.md): the sidecar's view of the link (rtt_ms, reconnects, ...).
     transport: TransportInfo = field(default_factory=TransportInfo)
+    # Addition (docs/protocol.md): a runtime self-update in progress (its stage), else empty.
+    update: UpdateInfo = field(default_factory=UpdateInfo)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runtime", RuntimeInfo.coerce(self.runtime, "runtime"))
         object.__setattr__(self, "outbox", OutboxInfo.coerce(self.outbox, "outbox"))
         object.__setattr__(self, "transport",
                            TransportInfo.coerce(self.transport, "transport"))
+        object.__setattr__(self, "update", UpdateInfo.coerce(self.update, "update"))
 
     def to_body(self) -> dict[str, Any]:
         out = {"uptime_s": self.uptime_s, "runtime": self.runtime.to_map(),
@@ -373,6 +377,9 @@ class Heartbeat(Body):
         transport = self.transport.to_map()
         if transport:
             out["transport"] = transport
+        update = self.update.to_map()
+        if update:
+            out["update"] = update
         return out
 
     @classmethod
@@ -381,7 +388,8 @@ class Heartbeat(Body):
                    runtime=RuntimeInfo.from_map(b.get("runtime"), "runtime"),
                    outbox=OutboxInfo.from_map(b.get("outbox"), "outbox"),
                    acks=_int_map(b.get("acks"), "acks"),
-                   transport=TransportInfo.from_map(b.get("transport"), "transport"))
+                   transport=TransportInfo.from_map(b.get("transport"), "transport"),
+                   update=UpdateInfo.from_map(b.get("update"), "update"))
 
 
 @dataclass(frozen=True, slots=True)

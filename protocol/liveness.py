@@ -12,6 +12,7 @@ from enum import StrEnum
 class Liveness(StrEnum):
     ONLINE = "online"
     DEGRADED = "degraded"
+    UPDATING = "updating"  # a runtime self-update in progress (heartbeat `update`)
     STALE = "stale"
     OFFLINE = "offline"
 
@@ -30,18 +31,22 @@ class Thresholds:
 
 def liveness(*, session_open: bool, last_frame_age_s: float | None, runtime_state: str | None,
              closed_age_s: float | None, closed_by_goodbye: bool,
-             thresholds: Thresholds) -> Liveness:
+             thresholds: Thresholds, updating: bool = False) -> Liveness:
     """The liveness of one node.
 
     * open session: ``stale`` after ``stale_after_s`` with no frame, else ``degraded`` when the
       runtime is reported ``detached`` or ``restarting``, else ``online`` (a session that
-      never reported a runtime state, ``None``, counts as attached);
+      never reported a runtime state, ``None``, counts as attached); ``updating`` rather
+      than either while the sidecar reports a runtime self-update in progress
+      (``updating``: heartbeat ``update``), the runtime being replaced on purpose;
     * no session: ``stale`` for ``offline_after_s`` after a close that was not a goodbye,
       otherwise ``offline`` (never connected, goodbye, or long gone).
     """
     if session_open:
         if last_frame_age_s is not None and last_frame_age_s >= thresholds.stale_after_s:
             return Liveness.STALE
+        if updating:
+            return Liveness.UPDATING
         if runtime_state not in (None, "attached"):
             return Liveness.DEGRADED
         return Liveness.ONLINE

@@ -10,6 +10,8 @@ Local frame types (``local.*``) never reach the controller; every other frame is
 * sidecar -> runtime: ``local.attached`` {sidecar}; ``local.refused`` {reason};
   ``local.session`` {connected, welcome?}; ``local.stopped`` {code, reason} (a final close
   code: the node must stop).
+* supervisor -> sidecar: ``local.update`` {update} (a runtime self-update's stage, for the
+  heartbeats), alone on its own connection.
 
 :class:`LocalDecoder` is incremental (bytes in, frames out) and bounded.
 """
@@ -36,6 +38,7 @@ from .fields import (
     req_field,
 )
 from .frames import Body, Frame
+from .selfupdate import UpdateInfo
 from .values import INT64_MAX, int_in
 
 HEADER = struct.Struct(">I")
@@ -227,7 +230,29 @@ class LocalReconnect(Body):
         return cls(epoch=req_field(b, "epoch", _epoch))
 
 
+@dataclass(frozen=True, slots=True)
+class LocalUpdate(Body):
+    """The supervisor's word on a runtime self-update (protocol/selfupdate.py), sent as the
+    only frame of its own short connection (never ``local.attach``): ``update`` is what the
+    sidecar puts in its heartbeats until the next ``local.update`` or until ``deadline_s``
+    passed (so a supervisor that died cannot leave a node ``updating`` for ever); an empty
+    ``update`` ends it."""
+
+    TYPE: ClassVar[str] = "local.update"
+    update: UpdateInfo = field(default_factory=UpdateInfo)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "update", UpdateInfo.coerce(self.update, "update"))
+
+    def to_body(self) -> dict[str, Any]:
+        return {"update": self.update.to_map()}
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> LocalUpdate:
+        return cls(update=UpdateInfo.from_map(b.get("update"), "update"))
+
+
 LOCAL_BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls for cls in (LocalAttach, LocalState, LocalDetach, LocalGoodbye,
-                              LocalReconnect)
+                              LocalReconnect, LocalUpdate)
 }

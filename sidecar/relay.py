@@ -7,6 +7,9 @@ which stops sending downlink frames until ``edge.resume`` names the runtime's cu
 Rule 2: only one runtime is attached at a time; a second one gets ``local.refused``.
 Rule 3: the hello the sidecar sends is built from what the runtime last said at attach
 (epoch, cursor, session id), updated by the acks the runtime sends through it.
+Rule 5: a connection whose first frame is ``local.update`` is the supervisor's, not a
+runtime's: its update stage goes into the heartbeats (``update``) until replaced, ended, or
+``deadline_s`` (+ :data:`UPDATE_GRACE_S`) passed.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from tether.protocol.local import (
     LocalGoodbye,
     LocalReconnect,
     LocalState,
+    LocalUpdate,
     encode_local,
     peek_type,
 )
+from tether.protocol.selfupdate import UpdateInfo
 
 from .config import SidecarConfig
 from .status import status_app
@@ -45,6 +50,7 @@ from .transport import ControllerLink, HelloState, LinkStatus, LinkStopped, TlsO
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
+UPDATE_GRACE_S = 5.0  # a reported update stage outlives its deadline by this, no more
 
 
 class RuntimeConn:
@@ -101,6 +107,11 @@ class Sidecar:
         self._on_status = on_status
         self._status_wake = asyncio.Event()
         self._forward_status = False
+        # A runtime self-update the supervisor reported (local.update): its stage, since
+        # when (monotonic) and until when it may be shown (Rule 5).
+        self.update = UpdateInfo()
+        self._update_since = 0.0
+        self._update_until = 0.0
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -203,6 +214,12 @@ class Sidecar:
                     return None
                 frames = decoder.feed(data)
         first = frames[0]
+        if first.t == LocalUpdate.TYPE:  # the supervisor, not a runtime (Rule 5)
+            await self._on_update(first)
+            # after the heartbeat went: the supervisor signals the runtime only then
+            writer.write(encode_local(Frame(t="local.updated", b={})))
+            await writer.drain()
+            return None
         conn = RuntimeConn(writer, first.b.get("pid"), decoder)
         if first.t != "local.attach":
             await conn.send(Frame(t="local.refused", b={"reason": "send local.attach first"}))
@@ -341,7 +358,41 @@ class Sidecar:
                                   "version": self.runtime_version},
                          outbox=self.outbox, acks={CMD_STREAM: self.cmd_applied},
                          transport={"rtt_ms": st.rtt_ms, "reconnects": st.reconnects,
-                                    "clock_offset_ms": st.clock_offset_ms})
+                                    "clock_offset_ms": st.clock_offset_ms},
+                         update=self.update_view())
+
+    # -- runtime self-update (the supervisor's local.update) ---------------------------------
+
+    async def _on_update(self, frame: Frame) -> None:
+        """Rule 5: the supervisor's ``local.update`` (its own short connection, parsed once
+        here) replaces the update shown in heartbeats, and a heartbeat goes at once so the
+        controller shows ``updating`` before the runtime detaches (the supervisor waits for
+        ``local.updated``, sent after it). Bad ones are ignored."""
+        try:
+            body = LocalUpdate.parse(frame)
+        except BadFrame as exc:
+            logger.warning("supervisor sent a bad local.update; ignored",
+                           extra={"detail": exc.message})
+            return
+        now = time.monotonic()
+        update = body.update
+        if update.stage != self.update.stage:
+            self._update_since = now
+        self.update = update
+        self._update_until = now + (update.deadline_s or 0.0) + UPDATE_GRACE_S
+        logger.info("runtime update stage", extra={"stage": update.stage,
+                                                    "version": update.version})
+        self._publish()
+        await self.link.heartbeat_now()
+
+    def update_view(self) -> UpdateInfo:
+        """The update in progress, with its age; empty once ended or past its deadline."""
+        now = time.monotonic()
+        if self.update.stage is None or now > self._update_until:
+            return UpdateInfo()
+        return UpdateInfo(stage=self.update.stage, version=self.update.version,
+                          slot=self.update.slot, deadline_s=self.update.deadline_s,
+                          age_s=round(now - self._update_since, 3))
 
     async def on_welcome(self, welcome: Welcome) -> None:
         self.welcome = welcome
@@ -376,6 +427,7 @@ class Sidecar:
                 "updated_at": time.time(), "transport": self.transport_view(),
                 "runtime": {"state": self.runtime_state,
                             "pid": self.runtime.pid if self.runtime else None},
+                "update": self.update_view().to_map() or None,
                 "cursors": {"cmd_applied": self.cmd_applied, "evt_acked": self.evt_acked}}
 
     def _link_status_changed(self, status: LinkStatus) -> None:

@@ -496,6 +496,16 @@ class ControllerLink:
             await self.send(self.handler.heartbeat_body().frame(id=hb_id))
             await asyncio.sleep(period)
 
+    async def heartbeat_now(self) -> bool:
+        """An extra heartbeat now (what it carries changed), besides the periodic ones;
+        False when there is no session (the next one's first heartbeat carries it)."""
+        if not self.connected.is_set():
+            return False
+        self._hb_counter += 1
+        hb_id = f"hb{self._hb_counter}"
+        self._hb_sent[hb_id] = time.monotonic()
+        return await self.send(self.handler.heartbeat_body().frame(id=hb_id))
+
     def _on_heartbeat_ack(self, frame: Frame) -> None:
         sent = self._hb_sent.pop(frame.re or "", None)
         try:

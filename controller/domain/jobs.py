@@ -36,8 +36,8 @@ from tether.protocol.frames import TERMINAL_STATES
 
 MAX_JOB_NODES = 10_000  # nodes in one job: its rows are written in one transaction
 OFFLINE_POLICIES = ("queue", "fail", "skip")
-REACHABLE = frozenset({"online", "degraded"})
-LIVENESS_STATES = ("online", "degraded", "stale", "offline")
+REACHABLE = frozenset({"online", "degraded", "updating"})
+LIVENESS_STATES = ("online", "degraded", "updating", "stale", "offline")
 JOB_STATES = ("running", "done", "cancelled")
 
 # stored part states that end a part without a command

@@ -56,7 +56,8 @@ class NodeLiveness:
         if live is not None:
             return liveness(session_open=True, last_frame_age_s=live.last_frame_age_s,
                             runtime_state=live.runtime.get("state"), closed_age_s=None,
-                            closed_by_goodbye=False, thresholds=th).value
+                            closed_by_goodbye=False, thresholds=th,
+                            updating=bool(live.update)).value
         closed = self._recently_closed.get(node_id)
         if closed is None:
             return Liveness.OFFLINE.value

@@ -81,7 +81,10 @@ class NodeViews:
             runtime = dict(live_session.runtime)
             live = liveness(session_open=True, last_frame_age_s=age,
                             runtime_state=runtime.get("state"), closed_age_s=None,
-                            closed_by_goodbye=False, thresholds=th)
+                            closed_by_goodbye=False, thresholds=th,
+                            updating=bool(live_session.update))
+            if live_session.update:  # a runtime self-update: its stage, version, slot
+                runtime["update"] = dict(live_session.update)
             session = {"session_id": live_session.session_id,
                        "opened_at": iso(live_session.opened_at),
                        "remote": live_session.remote, "resumed": live_session.resumed,

@@ -60,6 +60,7 @@ from tether.protocol.fields import (
 )
 from tether.protocol.frames import MonitorPacket, NodeResources
 from tether.protocol.rtc import NodeRtcReport
+from tether.protocol.selfupdate import UpdateInfo
 from tether.protocol.values import number_in, text
 
 from .monitor import MonitorStore
@@ -187,7 +188,8 @@ def session_map(session: SessionSnapshot) -> dict[str, Any]:
             "runtime": dict(session.runtime), "sidecar": dict(session.sidecar),
             "outbox": dict(session.outbox), "transport": dict(session.transport),
             "resources": dict(session.resources),
-            "logs_dropped_total": session.logs_dropped_total, "rtc": dict(session.rtc)}
+            "logs_dropped_total": session.logs_dropped_total, "rtc": dict(session.rtc),
+            "update": dict(session.update)}
 
 
 def encode_reply(peek: NodePeek, *, max_bytes: int = MAX_REPLY_BYTES) -> bytes:
@@ -242,8 +244,9 @@ def parse_reply(payload: bytes, *, node_id: str, max_bytes: int = MAX_REPLY_BYTE
 
 
 def _session_of(value: object, node_id: str) -> SessionSnapshot:
-    # "rtc" may be missing: a replica of an older release does not send it
-    if not isinstance(value, dict) or set(value) - {"rtc"} != _SESSION_KEYS - {"rtc"}:
+    # "rtc" and "update" may be missing: a replica of an older release does not send them
+    optional = {"rtc", "update"}
+    if not isinstance(value, dict) or set(value) - optional != _SESSION_KEYS - optional:
         raise BadFrame("session must be a map of the snapshot's fields")
     session_id = value["session_id"]
     if session_id is not None:
@@ -267,7 +270,8 @@ def _session_of(value: object, node_id: str) -> SessionSnapshot:
         transport=TransportInfo.from_map(value["transport"], "transport").to_map(),
         resources=NodeResources.from_body(_map(value["resources"], "resources")).to_body(),
         logs_dropped_total=nonneg_int(value["logs_dropped_total"], "logs_dropped_total"),
-        rtc=_rtc_of(value.get("rtc")))
+        rtc=_rtc_of(value.get("rtc")),
+        update=UpdateInfo.from_map(value.get("update"), "update").to_map())
 
 
 def _rtc_of(value: object) -> dict[str, Any]:

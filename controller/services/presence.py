@@ -36,6 +36,7 @@ class SessionSnapshot:
     resources: Mapping[str, Any] = field(default_factory=dict)
     logs_dropped_total: int = 0
     rtc: Mapping[str, Any] = field(default_factory=dict)  # the node's last node.rtc report
+    update: Mapping[str, Any] = field(default_factory=dict)  # heartbeat `update`, if any
 
 
 class Presence(Protocol):

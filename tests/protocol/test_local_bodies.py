@@ -64,7 +64,7 @@ def test_what_the_runtime_sends_parses_and_round_trips() -> None:
     assert LocalGoodbye.from_body({}).reason == ""
     assert LocalReconnect.from_body({"epoch": 9}).epoch == 9
     assert set(LOCAL_BODY_TYPES) == {"local.attach", "local.state", "local.detach",
-                                     "local.goodbye", "local.reconnect"}
+                                     "local.goodbye", "local.reconnect", "local.update"}
 
 
 @settings(max_examples=200, deadline=None, database=None)

@@ -14,7 +14,7 @@ import { ago, bytes, ms, parseTime, pct } from "./format.js";
 
 const ROW_H = 44; // px, fixed: the virtual list places rows by index
 const OVERSCAN = 8;
-const STATES = ["online", "degraded", "stale", "offline"];
+const STATES = ["online", "degraded", "updating", "stale", "offline"];
 const VIEWS_KEY = "tether.views";
 const COLUMNS_KEY = "tether.columns";
 const MAX_REFRESH_IN_FLIGHT = 4;

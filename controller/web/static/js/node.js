@@ -193,7 +193,8 @@ export function mountNode(root, live, nodeId) {
     const labelChips = Object.entries(view.labels || {}).map(([k, v]) => h("span", { class: "chip" }, `${k}=${v}`));
     replace(info, kv([
       ["Labels", labelChips.length ? labelChips : "—"],
-      ["Runtime", `${text(view.runtime && view.runtime.version)} · ${text(view.runtime && view.runtime.state)}`],
+      ["Runtime", `${text(view.runtime && view.runtime.version)} · ${text(view.runtime && view.runtime.state)}` +
+        (view.runtime && view.runtime.update ? ` · updating: ${text(view.runtime.update.stage)} → ${text(view.runtime.update.version)}` : "")],
       ["Sidecar", text(t.sidecar && t.sidecar.version)],
       ["Session", view.session ? `${text(view.session.session_id)}${view.session.resumed ? " (resumed)" : ""}` : "none"],
       ["Remote", text(view.session && view.session.remote)],
