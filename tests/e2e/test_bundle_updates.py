@@ -1,0 +1,137 @@
+"""The node's bundle plane end to end (issue 15): a real controller and node on loopback;
+bundles built with cli/bundle.py, published through the operator API, offered as
+``update.now``; outcomes read from the command's state and the node's own status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tether.cli.bundle import build, keygen, load_private_key, load_public_key, trust
+from tether.protocol.frames import TERMINAL_STATES
+
+from ..helpers import Api, ControllerProc, NodeProc, wait_until
+
+OCTETS = {"Content-Type": "application/octet-stream"}
+STEADY = "#!/bin/sh\necho hello-from-{name}-{version}\nexec sleep 120\n"
+CRASH = "#!/bin/sh\necho dying-at-once\nexit 7\n"
+
+
+def make_key(tmp_path: Path, name: str) -> tuple[Any, Path]:
+    keygen(tmp_path / name)
+    return load_private_key(tmp_path / name), Path(f"{tmp_path / name}.pub")
+
+
+def bundle(tmp_path: Path, key: Any, name: str, version: int, script: str,
+           restart: str = "always") -> Path:
+    root = tmp_path / f"src-{name}-{version}-{restart}"
+    root.mkdir()
+    (root / "tether-app.toml").write_text(f'argv = ["./run"]\nrestart = "{restart}"\n')
+    run = root / "run"
+    run.write_text(script.format(name=name, version=version))
+    run.chmod(0o755)
+    out = tmp_path / f"{name}-{version}.bundle"
+    build(root, name=name, version=version, key=key, out=out, min_runner_version="0.0.1")
+    return out
+
+
+def publish(api: Api, path: Path) -> dict[str, Any]:
+    resp = api.post("/api/v1/bundles", content=path.read_bytes(), headers=OCTETS)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def offer(api: Api, node_id: str, published: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    args = {"name": published["name"], "version": published["version"], "kind": "app",
+            "sha256": published["sha256"], "size": published["size"], "probation_s": 2.0,
+            "failure_threshold": 2, **extra}
+    cmd = api.submit(node_id, "update.now", args)
+    return wait_until(lambda: (c := api.command(cmd["command_id"]))["state"]
+                      in TERMINAL_STATES and c, timeout_s=60, what="update.now to end")
+
+
+def bundles(node: NodeProc) -> dict[str, Any]:
+    url = (node.state_dir / "runtime.status.url").read_text().strip()
+    return httpx.get(url + "/status", timeout=5).json()["bundles"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def node(controller: ControllerProc, tmp_path: Path) -> Any:
+    n = NodeProc(tmp_path / "n-b", "n-b")
+    n.enroll(controller)
+    n.start()
+    wait_until(lambda: controller.api().liveness("n-b") == "online", what="online")
+    yield n
+    n.cleanup()
+
+
+def test_an_offer_runs_turns_healthy_rolls_back_a_crashing_version_and_refuses_downgrades(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
+    api = controller.api()
+    key, pub = make_key(tmp_path, "pub")
+    trust(node.state_dir, load_public_key(pub), None)
+
+    v1 = publish(api, bundle(tmp_path, key, "web", 1, STEADY))
+    done = offer(api, "n-b", v1)
+    assert done["state"] == "succeeded", done
+    assert done["result"] == {"name": "web", "version": 1, "state": "healthy"}
+    assert bundles(node)["web"] == {"active": 1, "last_known_good": None, "state": "healthy",
+                                    "version": 1, "reason": "up for 2 s"}
+    wait_until(lambda: "hello-from-web-1" in "".join(
+        i["data"] for i in api.get("/api/v1/nodes/n-b/logs",
+                                   params={"source": "web"}).json()["items"]),
+        what="the app's output in the logs")
+
+    v2 = publish(api, bundle(tmp_path, key, "web", 2, CRASH, restart="on-failure"))
+    failed = offer(api, "n-b", v2)
+    assert failed["state"] == "failed"
+    assert failed["error"].startswith("rolled_back: start_failed: "), failed
+    view = bundles(node)["web"]
+    assert (view["active"], view["state"], view["version"]) == (1, "rolled_back", 2)
+    assert node.state_dir.joinpath("bundles", "web", "state.json").read_text().count(
+        '"highest": 2') == 1
+    wait_until(lambda: api.node("n-b")["apps"]["web"]["state"] == "running",
+               what="the last known good running again")
+
+    down = offer(api, "n-b", v1)
+    assert down["state"] == "failed" and down["error"].startswith("rejected: downgrade: ")
+    back = offer(api, "n-b", v1, rollback=True)
+    assert back["state"] == "succeeded", back
+
+
+def test_untrusted_keys_bad_args_and_a_wrong_sha_are_refused_before_anything_runs(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
+    api = controller.api()
+    _key, pub = make_key(tmp_path, "pub")
+    other, _ = make_key(tmp_path, "other")
+    published = publish(api, bundle(tmp_path, other, "web", 1, STEADY))
+    none_trusted = offer(api, "n-b", published)
+    assert none_trusted["error"].startswith("rejected: untrusted_key: this node trusts no")
+    trust(node.state_dir, load_public_key(pub), None)
+    wrong_key = offer(api, "n-b", published)
+    assert wrong_key["error"].startswith("rejected: untrusted_key: "), wrong_key
+    wrong_sha = offer(api, "n-b", {**published, "sha256": "0" * 64})
+    assert wrong_sha["error"].startswith("rejected: sha256_mismatch: "), wrong_sha
+    bad = offer(api, "n-b", {**published, "size": -5})
+    assert bad["state"] == "rejected" and "'size'" in bad["error"], bad
+    assert "web" not in api.node("n-b")["apps"]
+    assert not any(node.state_dir.joinpath("bundles", "web").glob("v*"))
+
+
+def test_a_runtime_restart_restores_the_active_bundle_app(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
+    api = controller.api()
+    key, pub = make_key(tmp_path, "pub")
+    trust(node.state_dir, load_public_key(pub), None)
+    assert offer(api, "n-b", publish(api, bundle(tmp_path, key, "svc", 3, STEADY)),
+                 probation_s=0.5)["state"] == "succeeded"
+    node.terminate()
+    node.start()
+    wait_until(lambda: (node.state_dir / "runtime.status.url").exists()
+               and bundles(node).get("svc", {}).get("active") == 3, timeout_s=30,
+               what="the bundle restored")
+    wait_until(lambda: api.node("n-b")["apps"].get("svc", {}).get("state") == "running",
+               timeout_s=30, what="its app running again")
