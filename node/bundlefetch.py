@@ -154,19 +154,23 @@ async def _fetch(client: httpx.AsyncClient, url: str, headers: dict[str, str], p
         else:
             return resp.status_code
         fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o600)
+        over = False
         try:
             os.ftruncate(fd, have)
             os.lseek(fd, have, os.SEEK_SET)
             async for chunk in resp.aiter_bytes(CHUNK):
                 if have + len(chunk) > size:
-                    os.ftruncate(fd, 0)
-                    raise DownloadFailed("size_mismatch", f"the controller sent more than "
-                                         f"the offer's {size} bytes")
+                    over = True
+                    break
                 os.write(fd, chunk)
                 have += len(chunk)
             os.fsync(fd)
         finally:
             os.close(fd)
+        if over:
+            _drop(part)  # nothing of another file is kept to resume from
+            raise DownloadFailed("size_mismatch", f"the controller sent more than the "
+                                 f"offer's {size} bytes")
         if have < size:
             raise httpx.ReadError(f"the body ended after {have} of {size} bytes")
         return resp.status_code
