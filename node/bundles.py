@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, NoReturn, Protocol
+from typing import IO, Any, NoReturn, Protocol, TypeVar
 
 from tether.common import __version__
 from tether.common.tasks import cancel_and_wait
@@ -80,6 +80,7 @@ from .executors.exec import ExecOutcome
 from .policy import Policy, Refused
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_DOWNLOADS = 2  # attempts downloading or checking at once (Rule 3)
 MAX_ATTEMPTS = 64  # names with an unfinished attempt; past it an offer fails at once
@@ -289,6 +290,20 @@ class BundleDisk:
             if entry.name.startswith("v") and entry.name not in keep:
                 _remove(entry)
         self.step("pruned")
+
+
+def bundles_on_disk(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """What ``state.json`` files say, for ``tether node status`` without a runtime."""
+    disk = BundleDisk(state_dir / "bundles")
+    out: dict[str, dict[str, Any]] = {}
+    for name in disk.names():
+        st = disk.load(name)
+        out[name] = {"active": st.active.version if st.active else None,
+                     "last_known_good": st.last_known_good.version
+                     if st.last_known_good else None,
+                     "state": st.last.get("state"), "version": st.last.get("version"),
+                     "reason": st.last.get("reason", "")}
+    return out
 
 
 class _Unpacker:
@@ -632,7 +647,7 @@ class BundleManager:
         try:
             lock = self._locks.setdefault(offer.name, asyncio.Lock())
             async with lock:
-                slot = await self._activate(offer, verified, part)
+                slot = await _whole(self._activate(offer, verified, part))
         finally:
             part.unlink(missing_ok=True)
         await self._report(offer, "activated", reason=f"started from {slot.dir}")
@@ -777,22 +792,41 @@ class BundleManager:
         detail = {"failed_starts": failed, "exit_codes": exits[-DETAIL_EXITS:],
                   "log_tail": tail, **extra}
         async with self._locks.setdefault(name, asyncio.Lock()):
-            await self.apps.remove(name)
-            st = await asyncio.to_thread(self.disk.load, name)
-            lkg = st.last_known_good
-            if lkg is not None:
-                st.active, st.last_known_good = lkg, None
-            else:
-                st.active = None
-            await asyncio.to_thread(self.disk.save, name, st)
-            await asyncio.to_thread(self.disk.prune, name)
-            if lkg is not None:
-                try:
-                    await self._start_app(name, lkg)
-                except (BundleError, OSError) as exc:
-                    reason += f"; the last known good cannot start: {exc}"
+            lkg = await _whole(self._roll_back(name))
         if lkg is None:
             raise AttemptFailed("failed", code, f"{reason}; no last known good: stopped",
                                 detail)
         raise AttemptFailed("rolled_back", code, f"{reason}; back on version {lkg.version}",
                             detail)
+
+    async def _roll_back(self, name: str) -> Slot | None:
+        """The last known good active again and started (None: there was none, the name
+        has no active version now); the failed version's directory pruned."""
+        await self.apps.remove(name)
+        st = await asyncio.to_thread(self.disk.load, name)
+        lkg = st.last_known_good
+        if lkg is not None:
+            st.active, st.last_known_good = lkg, None
+        else:
+            st.active = None
+        await asyncio.to_thread(self.disk.save, name, st)
+        await asyncio.to_thread(self.disk.prune, name)
+        if lkg is not None:
+            try:
+                await self._start_app(name, lkg)
+            except (BundleError, OSError) as exc:
+                logger.error("the last known good cannot start", extra={
+                    "bundle": name, "detail": str(exc)[:200]})
+        return lkg
+
+
+async def _whole(coro: Awaitable[T]) -> T:
+    """Run a switch (activation or rollback) to its end even when the caller is cancelled
+    (a newer offer, the runtime stopping): the caller's cancellation is raised after it, so
+    the name is left on one whole version with its app started."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
