@@ -4,6 +4,7 @@ bundles built with cli/bundle.py, published through the operator API, offered as
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,98 @@ def test_a_runtime_restart_restores_the_active_bundle_app(
                what="the bundle restored")
     wait_until(lambda: api.node("n-b")["apps"].get("svc", {}).get("state") == "running",
                timeout_s=30, what="its app running again")
+
+
+def test_a_failing_health_check_rolls_back_and_a_newer_offer_supersedes_an_unfinished_one(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
+    api = controller.api()
+    key, pub = make_key(tmp_path, "pub")
+    trust(node.state_dir, load_public_key(pub), None)
+    assert offer(api, "n-b", publish(api, bundle(tmp_path, key, "web", 1, STEADY)),
+                 probation_s=0.5)["state"] == "succeeded"
+
+    root = tmp_path / "src-sick"
+    root.mkdir()
+    (root / "tether-app.toml").write_text('argv = ["./run"]\nrestart = "always"\n'
+                                          '[health]\nargv = ["./check"]\ninterval_s = 0.3\n')
+    for name, text in (("run", STEADY.format(name="web", version=2)),
+                       ("check", "#!/bin/sh\necho unwell >&2\nexit 3\n")):
+        (root / name).write_text(text)
+        (root / name).chmod(0o755)
+    build(root, name="web", version=2, key=key, out=tmp_path / "sick.bundle",
+          min_runner_version="0.0.1")
+    sick = offer(api, "n-b", publish(api, tmp_path / "sick.bundle"), probation_s=10.0)
+    assert sick["error"].startswith("rolled_back: health_failed: the health check exited 3")
+    assert bundles(node)["web"]["active"] == 1
+
+    slow = publish(api, bundle(tmp_path, key, "web", 3, STEADY))
+    first = api.submit("n-b", "update.now", {
+        "name": "web", "version": 3, "sha256": slow["sha256"], "size": slow["size"],
+        "probation_s": 600.0})
+    wait_until(lambda: bundles(node)["web"]["state"] == "activated", what="v3 on probation")
+    newer = offer(api, "n-b", publish(api, bundle(tmp_path, key, "web", 4, STEADY)),
+                  probation_s=0.5)
+    assert newer["state"] == "succeeded", newer
+    superseded = api.command(first["command_id"])
+    assert superseded["state"] == "failed"
+    assert superseded["error"].startswith("failed: superseded: version 4 was offered")
+    assert bundles(node)["web"]["active"] == 4
+
+
+def test_a_runtime_bundle_is_refused_on_a_node_without_a_supervisor(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
+    api = controller.api()
+    key, pub = make_key(tmp_path, "pub")
+    trust(node.state_dir, load_public_key(pub), None)
+    root = tmp_path / "src-rt"
+    root.mkdir()
+    (root / "tether-app.toml").write_text('argv = ["./run"]\n')
+    (root / "run").write_text("#!/bin/sh\n")
+    build(root, name="tether-runtime", version=5, key=key, out=tmp_path / "rt.bundle",
+          min_runner_version="0.0.1", kind="runtime")
+    done = offer(api, "n-b", publish(api, tmp_path / "rt.bundle"), kind="runtime")
+    assert done["error"] == ("rejected: wrong_kind: this node runs without a supervisor")
+    as_app = offer(api, "n-b", publish(api, tmp_path / "rt.bundle"))
+    assert as_app["error"].startswith("rejected: wrong_kind: the bundle is of kind 'runtime'")
+
+
+def test_kill_9_of_the_runtime_during_activation_leaves_a_whole_old_or_new_version(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
+    api = controller.api()
+    key, pub = make_key(tmp_path, "pub")
+    trust(node.state_dir, load_public_key(pub), None)
+    assert offer(api, "n-b", publish(api, bundle(tmp_path, key, "web", 1, STEADY)),
+                 probation_s=0.2)["state"] == "succeeded"
+    root = tmp_path / "src-many"
+    (root / "data").mkdir(parents=True)
+    (root / "tether-app.toml").write_text('argv = ["./run"]\nrestart = "always"\n')
+    (root / "run").write_text(STEADY.format(name="web", version=2))
+    (root / "run").chmod(0o755)
+    for i in range(3000):  # many fsynced files: the unpack lasts long enough to be caught
+        (root / "data" / f"f{i}").write_text(f"file {i}\n" * 20)
+    build(root, name="web", version=2, key=key, out=tmp_path / "many.bundle",
+          min_runner_version="0.0.1")
+    v2 = publish(api, tmp_path / "many.bundle")
+    cmd = api.submit("n-b", "update.now", {"name": "web", "version": 2,
+                                           "sha256": v2["sha256"], "size": v2["size"]})
+    web = node.state_dir / "bundles" / "web"
+    wait_until(lambda: any(p.name.startswith((".stage-", "v2-")) for p in web.iterdir()),
+               timeout_s=60, what="the unpack to begin")
+    node.kill9()
+    node.start()
+    view = wait_until(lambda: (node.state_dir / "runtime.status.url").exists()
+                      and bundles(node).get("web"), timeout_s=30, what="restored")
+    assert view["active"] in (1, 2)
+    entries = {p.name for p in web.iterdir()}
+    active = [p for p in web.iterdir() if p.name.startswith("v")]
+    assert not any(e.startswith(".") for e in entries) and len(active) in (1, 2)
+    state = json.loads((web / "state.json").read_text())
+    live = web / state["active"]["dir"]
+    if view["active"] == 2:
+        assert len(list((live / "data").iterdir())) == 3000
+    assert f"hello-from-web-{view['active']}" in (live / "run").read_text()
+    wait_until(lambda: api.node("n-b")["apps"].get("web", {}).get("state") == "running",
+               what="the active version running")
+    ended = wait_until(lambda: (c := api.command(cmd["command_id"]))["state"]
+                       in TERMINAL_STATES and c, what="the interrupted command to end")
+    assert ended["state"] == "failed" and "interrupted" in ended["error"]
