@@ -323,3 +323,41 @@ def test_the_download_url_is_the_http_override_else_node_json() -> None:
     assert source_url(None, "https://ctl/") == "https://ctl"
     assert source_url("ws://x", "wss://ctl/v1/edge/connect") == "https://ctl"
     assert json.dumps(source_url(None, "http://a:1")) == '"http://a:1"'
+
+
+# --- hostile offers ------------------------------------------------------------------------
+
+GOOD_ARGS = {"name": "web", "version": 2, "sha256": "a" * 64, "size": 10}
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    ({}, "name"), ({**GOOD_ARGS, "name": "../etc"}, "name"),
+    ({**GOOD_ARGS, "version": 0}, "version"), ({**GOOD_ARGS, "version": True}, "version"),
+    ({**GOOD_ARGS, "sha256": "A" * 64}, "sha256"), ({**GOOD_ARGS, "size": 2**41}, "size"),
+    ({**GOOD_ARGS, "kind": "kernel"}, "kind"),
+    ({**GOOD_ARGS, "probation_s": -1}, "probation_s"),
+    ({**GOOD_ARGS, "failure_threshold": 0}, "failure_threshold"),
+    ({**GOOD_ARGS, "rollback": "yes"}, "rollback"),
+    ({**GOOD_ARGS, "rollout_id": "x" * 65}, "rollout_id")])
+async def test_a_bad_offer_is_rejected_when_applied_naming_its_field_and_never_runs(
+        tmp_path: Path, args: dict[str, Any], field: str) -> None:
+    from tether.node.store import NodeStore
+    from tether.protocol.frames import CmdDeliver
+
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    try:
+        frame = CmdDeliver(command_id="u1", kind="update.now", args=args,
+                           created_ms=1).frame(s="cmd", q=1)
+        applied = await store.apply_downlink([frame])
+        assert applied.to_run == []
+        (status,) = [f.b for f in await store.outbox_after(0, 10)]
+        assert status["state"] == "rejected"
+        assert status["error"].startswith("bad update.now args: ")
+        assert f"'{field}'" in status["error"]
+        good = CmdDeliver(command_id="u2", kind="update.now", args=GOOD_ARGS,
+                          created_ms=1).frame(s="cmd", q=2)
+        assert [c["command_id"] for c in (await store.apply_downlink([good])).to_run] \
+            == ["u2"]
+    finally:
+        await store.close()
