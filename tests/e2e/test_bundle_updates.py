@@ -231,3 +231,32 @@ def test_kill_9_of_the_runtime_during_activation_leaves_a_whole_old_or_new_versi
     ended = wait_until(lambda: (c := api.command(cmd["command_id"]))["state"]
                        in TERMINAL_STATES and c, what="the interrupted command to end")
     assert ended["state"] == "failed" and "interrupted" in ended["error"]
+
+
+def test_offline_the_app_keeps_running_and_its_reports_wait_in_the_outbox(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path) -> None:
+    api = controller.api()
+    key, pub = make_key(tmp_path, "pub")
+    trust(node.state_dir, load_public_key(pub), None)
+    published = publish(api, bundle(tmp_path, key, "web", 1, STEADY))
+    cmd = api.submit("n-b", "update.now", {
+        "name": "web", "version": 1, "sha256": published["sha256"],
+        "size": published["size"], "probation_s": 3.0})
+    wait_until(lambda: bundles(node).get("web", {}).get("state") == "activated",
+               what="the app on probation")
+    controller.terminate()
+
+    def status() -> dict[str, Any]:
+        url = (node.state_dir / "runtime.status.url").read_text().strip()
+        return httpx.get(url + "/status", timeout=5).json()  # type: ignore[no-any-return]
+    offline = wait_until(lambda: (s := status())["bundles"]["web"]["state"] == "healthy"
+                         and not s["readiness"]["ready"] and s, timeout_s=30,
+                         what="healthy while the controller is away")
+    assert offline["apps"]["web"]["state"] == "running"
+    assert offline["outbox"]["depth"] > 0  # the reports and the command's end, queued
+    controller.start()
+    api = controller.api()
+    done = wait_until(lambda: (c := api.command(cmd["command_id"]))["state"]
+                      in TERMINAL_STATES and c, timeout_s=60, what="the backlog synced")
+    assert done["state"] == "succeeded"
+    assert api.node("n-b")["apps"]["web"]["state"] == "running"
