@@ -622,6 +622,10 @@ class BundleManager:
         except AttemptFailed as exc:
             status = await self._report(offer, exc.state, code=exc.code, reason=exc.reason,
                                         detail=exc.detail)
+        except Exception as exc:  # a bug or the disk: the attempt fails, the node lives
+            logger.exception("bundle attempt failed", extra={"bundle": offer.name})
+            status = await self._report(offer, "failed", code="activation_failed",
+                                        reason=f"internal: {type(exc).__name__}: {exc}")
         await asyncio.to_thread(self._clear_attempt, offer.name, attempt.command_id)
         return status
 
@@ -713,6 +717,11 @@ class BundleManager:
         next_check = loop.time() + health.interval_s if health else None
         failed = 0
         exits: list[int | None] = []
+        for _ in range(500):  # the supervisor's task has not run yet: let it spawn (<= 10 s)
+            app_state = self.apps.states.get(name)
+            if app_state is None or app_state.state != "stopped" or not queue.empty():
+                break
+            await asyncio.sleep(0.02)
         try:
             while True:
                 if failed >= offer.failure_threshold:

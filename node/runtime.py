@@ -597,7 +597,13 @@ class NodeRuntime:
         if started is None:
             return
         self._outbox_grew(started)
-        end = await self.bundles.run(command_id, parse_update_offer(args))
+        try:
+            end = await self.bundles.run(command_id, parse_update_offer(args))
+        except Exception as exc:  # a bug or the disk: the command fails, the node lives
+            logger.exception("update.now failed", extra={"command_id": command_id})
+            self._outbox_grew(await self.store.finish_command(
+                command_id, "failed", error=f"internal: {type(exc).__name__}: {exc}"))
+            return
         ok = end.state == "healthy"
         self._outbox_grew(await self.store.finish_command(
             command_id, "succeeded" if ok else "failed",

@@ -43,6 +43,7 @@ def make(tmp_path: Path, key: Any, version: int = 2, *, name: str = "web",
     root.mkdir()
     (root / "tether-app.toml").write_text(toml)
     (root / "run").write_text(f"#!/bin/sh\necho {body}\n")
+    (root / "run").chmod(0o755)
     (root / "lib").mkdir()
     (root / "lib" / "data.txt").write_text(body * 100)
     out = tmp_path / f"{root.name}.bundle"
@@ -206,8 +207,9 @@ FILE = os.urandom(300_000)
 class Server:
     """A tiny HTTP/1.1 server whose answers a test scripts, request by request."""
 
-    def __init__(self, script: list[str]) -> None:
+    def __init__(self, script: list[str], data: bytes = FILE) -> None:
         self.script = script
+        self.data = data
         self.requests: list[dict[str, str]] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -220,18 +222,18 @@ class Server:
             self.requests.append(headers)
             how = self.script[min(len(self.requests), len(self.script)) - 1]
             start = int(headers.get("range", "bytes=0-")[6:].rstrip("-") or 0)
-            body, status = FILE[start:], 206 if "range" in headers else 200
+            body, status = self.data[start:], 206 if "range" in headers else 200
             if how == "full":
-                body, status = FILE, 200
+                body, status = self.data, 200
             elif how == "cut":
                 status = 200 if start == 0 else 206
             elif how == "oversize":
-                body, status = FILE + b"x" * 1000, 200
+                body, status = self.data + b"x" * 1000, 200
             elif how == "garbage":
-                body, status = bytes(len(FILE)), 200
+                body, status = bytes(len(self.data)), 200
             elif how.isdigit():
                 body, status = b"no", int(how)
-            extra = f"Content-Range: bytes {start}-{len(FILE) - 1}/{len(FILE)}\r\n" \
+            extra = f"Content-Range: bytes {start}-{len(self.data) - 1}/{len(self.data)}\r\n" \
                 if status == 206 else ""
             writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n{extra}"
                          "Connection: close\r\n\r\n".encode())
@@ -245,8 +247,8 @@ class Server:
 async def serve() -> AsyncIterator[Callable[[list[str]], Any]]:
     servers: list[asyncio.Server] = []
 
-    async def start(script: list[str]) -> tuple[Server, Source]:
-        s = Server(script)
+    async def start(script: list[str], data: bytes = FILE) -> tuple[Server, Source]:
+        s = Server(script, data)
         srv = await asyncio.start_server(s.handle, "127.0.0.1", 0)
         servers.append(srv)
         port = srv.sockets[0].getsockname()[1]
@@ -361,3 +363,53 @@ async def test_a_bad_offer_is_rejected_when_applied_naming_its_field_and_never_r
             == ["u2"]
     finally:
         await store.close()
+
+
+# --- the manager: reports, probation, rollback ----------------------------------------------
+
+
+async def test_an_attempt_reports_each_step_and_a_crashing_version_rolls_back_with_figures(
+        serve: Any, tmp_path: Path, keys: dict[str, Any]) -> None:
+    from tether.node.apps import AppSupervisor
+    from tether.node.bundles import BundleManager
+    from tether.node.logbuf import LogBuffer
+    from tether.protocol.update import BundleStatus, parse_bundle_status
+
+    state = tmp_path / "state"
+    trust(state, keys["good.pub"], None)
+    good = make(tmp_path, keys["good"], 1, toml='argv = ["./run"]\nrestart = "always"\n',
+                body="up; exec sleep 60")
+    (tmp_path / "crash").mkdir()
+    bad = make(tmp_path / "crash", keys["good"], 2,
+               toml='argv = ["sh", "-c", "echo boom-$0; exit 5"]\nrestart = "on-failure"\n')
+    sent: list[BundleStatus] = []
+
+    async def emit(status: BundleStatus) -> None:
+        assert parse_bundle_status(status.body()) == status
+        sent.append(status)
+    apps = AppSupervisor({}, logs=LogBuffer(), pids_path=state / "apps.pids.json",
+                         on_output=lambda: None, on_change=lambda table: None)
+    async with asyncio.TaskGroup() as tg:
+        apps.start_all(tg)
+        sources: list[Source] = []
+        manager = BundleManager(state_dir=state, apps=apps, policy=Policy(),
+                                source=lambda: sources[-1], emit=emit, now=lambda: NOW)
+        for path, version in ((good, 1), (bad, 2)):
+            sources.append((await serve(["full"], path.read_bytes()))[1])
+            end = await manager.run(f"c{version}", offer_for(
+                path, version=version, probation_s=0.0 if version == 1 else 30.0,
+                failure_threshold=2))
+            if version == 1:
+                assert end.state == "healthy", end
+                assert apps.states["web"].state == "running"
+        await apps.stop_all()
+    assert [s.state for s in sent] == ["downloading", "verified", "activated", "healthy",
+                                       "downloading", "verified", "activated",
+                                       "rolled_back"]
+    assert (end.code, end.active, end.last_known_good) == ("start_failed", 1, None)
+    assert end.detail["failed_starts"] == 2 and end.detail["exit_codes"] == [5, 5]
+    assert "boom-" in "".join(end.detail["log_tail"])
+    assert manager.status()["web"] == {"active": 1, "last_known_good": None,
+                                       "state": "rolled_back", "version": 2,
+                                       "reason": end.reason}
+    assert manager.disk.load("web").highest == 2
