@@ -4,7 +4,10 @@ bundles built with cli/bundle.py, published through the operator API, offered as
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +263,101 @@ def test_offline_the_app_keeps_running_and_its_reports_wait_in_the_outbox(
                       in TERMINAL_STATES and c, timeout_s=60, what="the backlog synced")
     assert done["state"] == "succeeded"
     assert api.node("n-b")["apps"]["web"]["state"] == "running"
+
+
+class CuttingProxy:
+    """A TCP proxy on loopback (its own loop, in a thread) in front of the controller: the
+    first bundle download without a ``Range`` is cut after ``cut_after`` bytes of the
+    answer; everything else (the sidecar's session, later requests) flows untouched."""
+
+    def __init__(self, port: int, cut_after: int) -> None:
+        self.upstream, self.cut_after = port, cut_after
+        self.heads: list[str] = []
+        self.cut = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+            return
+        text = head.decode("latin-1")
+        self.heads.append(text)
+        limit = None
+        if "/file " in text.split("\r\n")[0] and "range:" not in text.lower() \
+                and not self.cut:
+            self.cut, limit = 1, self.cut_after
+        up_writer.write(head)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                       budget: int | None) -> None:
+            try:
+                while data := await src.read(65536):
+                    if budget is not None:
+                        data = data[:budget]
+                        budget -= len(data)
+                    dst.write(data)
+                    await dst.drain()
+                    if budget == 0:
+                        break
+            except OSError:
+                pass
+            finally:
+                dst.close()
+                up_writer.close()
+                writer.close()
+        await asyncio.gather(pipe(reader, up_writer, None),
+                             pipe(up_reader, writer, limit))
+
+
+def test_a_download_cut_in_the_middle_resumes_with_range_and_verifies(
+        controller: ControllerProc, tmp_path: Path) -> None:
+    proxy = CuttingProxy(controller.port, cut_after=400_000)
+    node = NodeProc(tmp_path / "n-cut", "n-cut",
+                    extra=["--controller-url", f"http://127.0.0.1:{proxy.port}"])
+    try:
+        node.enroll(controller)
+        node.start()
+        api = controller.api()
+        wait_until(lambda: api.liveness("n-cut") == "online", what="online via the proxy")
+        key, pub = make_key(tmp_path, "pub")
+        trust(node.state_dir, load_public_key(pub), None)
+        root = tmp_path / "src-big"
+        root.mkdir()
+        (root / "tether-app.toml").write_text('argv = ["./run"]\nrestart = "always"\n')
+        (root / "run").write_text(STEADY.format(name="big", version=1))
+        (root / "run").chmod(0o755)
+        (root / "blob").write_bytes(os.urandom(2_000_000))
+        build(root, name="big", version=1, key=key, out=tmp_path / "big.bundle",
+              min_runner_version="0.0.1")
+        done = offer(api, "n-cut", publish(api, tmp_path / "big.bundle"), probation_s=0.5)
+        assert done["state"] == "succeeded", done
+        assert proxy.cut == 1
+        ranged = [h for h in proxy.heads if "/file " in h and "range: bytes=" in h.lower()]
+        assert len(ranged) == 1, proxy.heads
+        live = node.state_dir / "bundles" / "big"
+        (active,) = [p for p in live.iterdir() if p.name.startswith("v1-")]
+        assert (active / "blob").read_bytes() == (root / "blob").read_bytes()
+    finally:
+        node.cleanup()
+        proxy.close()
