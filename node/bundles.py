@@ -483,6 +483,8 @@ class BundleManager:
         self._exits: dict[str, asyncio.Queue[ExecOutcome]] = {}
         self._view: dict[str, dict[str, Any]] = {}
         self._owned: set[str] = set()  # apps this manager declared (bundle names)
+        # Offers recovered at start wait for restore's clean-up of the same directories.
+        self._restored = asyncio.Event()
         apps.on_exit = self._on_exit
 
     # -- status -------------------------------------------------------------------------
@@ -531,7 +533,16 @@ class BundleManager:
 
     async def restore(self) -> None:
         """At start (after the supervisor's ``start_all``): Rule 1's clean-up, the active
-        apps started again, interrupted attempts reported ``failed`` ``interrupted``."""
+        apps started again, interrupted attempts reported ``failed`` ``interrupted``.
+        Attempts (:meth:`run`) wait for it."""
+        try:
+            await self._restore()
+        except Exception:  # the node starts even with a damaged bundles directory
+            logger.exception("restoring the bundles failed")
+        finally:
+            self._restored.set()
+
+    async def _restore(self) -> None:
         await asyncio.to_thread(self.disk.clear_downloads)
         for name in await asyncio.to_thread(self.disk.names):
             st, interrupted = await asyncio.to_thread(self.disk.restore, name)
@@ -574,6 +585,7 @@ class BundleManager:
     async def run(self, command_id: str, offer: UpdateOffer) -> BundleStatus:
         """Run the offer to its terminal status (healthy, rejected, failed, rolled_back).
         A newer offer for the same name supersedes this one (``failed`` ``superseded``)."""
+        await self._restored.wait()
         old = self._attempts.get(offer.name)
         if old is not None and old.task is not None:
             old.superseded_by = offer.version

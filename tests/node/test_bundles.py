@@ -394,6 +394,7 @@ async def test_an_attempt_reports_each_step_and_a_crashing_version_rolls_back_wi
         sources: list[Source] = []
         manager = BundleManager(state_dir=state, apps=apps, policy=Policy(),
                                 source=lambda: sources[-1], emit=emit, now=lambda: NOW)
+        await manager.restore()  # nothing there yet: attempts wait for it
         for path, version in ((good, 1), (bad, 2)):
             sources.append((await serve(["full"], path.read_bytes()))[1])
             end = await manager.run(f"c{version}", offer_for(
