@@ -244,19 +244,20 @@ def test_offline_the_app_keeps_running_and_its_reports_wait_in_the_outbox(
     published = publish(api, bundle(tmp_path, key, "web", 1, STEADY))
     cmd = api.submit("n-b", "update.now", {
         "name": "web", "version": 1, "sha256": published["sha256"],
-        "size": published["size"], "probation_s": 3.0})
+        "size": published["size"], "probation_s": 20.0})  # outlasts the stop
     wait_until(lambda: bundles(node).get("web", {}).get("state") == "activated",
                what="the app on probation")
     controller.terminate()
+    assert bundles(node)["web"]["state"] == "activated"  # its outcome comes offline
 
     def status() -> dict[str, Any]:
         url = (node.state_dir / "runtime.status.url").read_text().strip()
         return httpx.get(url + "/status", timeout=5).json()  # type: ignore[no-any-return]
+    # the reports and the command's end wait in the outbox (depth > 0)
     offline = wait_until(lambda: (s := status())["bundles"]["web"]["state"] == "healthy"
-                         and not s["readiness"]["ready"] and s, timeout_s=30,
-                         what="healthy while the controller is away")
+                         and not s["readiness"]["ready"] and s["outbox"]["depth"] > 0
+                         and s, timeout_s=30, what="healthy while the controller is away")
     assert offline["apps"]["web"]["state"] == "running"
-    assert offline["outbox"]["depth"] > 0  # the reports and the command's end, queued
     controller.start()
     api = controller.api()
     done = wait_until(lambda: (c := api.command(cmd["command_id"]))["state"]
