@@ -728,6 +728,10 @@ def _print_node_status(status: dict[str, Any]) -> None:
     _line(f"commands    {human(status.get('commands')) if status.get('commands') else 'none'}")
     for text in rtc_lines(status.get("rtc")):
         _line(text)
+    for name, b in sorted((status.get("bundles") or {}).items()):
+        _line(f"bundle      {name}  active {b.get('active') or '-'}  last known good "
+              f"{b.get('last_known_good') or '-'}  {b.get('state') or ''} "
+              f"{b.get('version') or ''}  {b.get('reason') or ''}".rstrip())
     for inc in (status.get("live_incidents") or [])[-5:]:
         _line(f"incident    [{inc['class']}] {inc['message']}")
     for inc in (status.get("incidents") or [])[:5]:

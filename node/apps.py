@@ -22,21 +22,24 @@ import os
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import TetherError
 
-from .executors.exec import ExecRunner
+from .executors.exec import ExecOutcome, ExecRunner
 from .logbuf import LogBuffer
 
 logger = logging.getLogger(__name__)
 
 RESTART_POLICIES = ("always", "on-failure", "never")
 STABLE_AFTER_S = 60.0  # an app that ran this long starts its backoff from the base again
+TAIL_LINES = 20  # an app's last output lines kept (a bundle's rollback report names them)
+TAIL_LINE_CHARS = 200
 
 
 class AppError(TetherError):
@@ -125,6 +128,24 @@ class AppSupervisor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, ExecRunner] = {}
         self._tg: asyncio.TaskGroup | None = None
+        # Told of every exit of an app's process (node/bundles.py's probation counts them).
+        self.on_exit: Callable[[str, ExecOutcome], None] | None = None
+        self.tails: dict[str, deque[str]] = {}
+
+    def put(self, spec: AppSpec) -> None:
+        """Declare ``spec`` at run time (an app from a bundle, node/bundles.py), replacing
+        a declaration of that name; the caller stops the old one first."""
+        self.specs[spec.name] = spec
+        self.states.setdefault(spec.name, AppState())
+
+    async def remove(self, name: str) -> None:
+        """Stop ``name`` and forget its declaration (a bundle's app being replaced)."""
+        if name in self.specs:
+            await self.stop(name)
+            del self.specs[name]
+            self.states.pop(name, None)
+            self.tails.pop(name, None)
+            self.on_change(self.table())
 
     def reap_previous(self) -> int:
         """Kill the process groups a previous runtime left; returns how many were alive."""
@@ -192,9 +213,11 @@ class AppSupervisor:
         delay = spec.backoff_s
         while True:
             started = time.monotonic()
+            tail = self.tails.setdefault(name, deque(maxlen=TAIL_LINES))
             runner = ExecRunner(None, {"argv": list(spec.argv), "env": spec.env,
                                        "cwd": spec.cwd},
-                                logs=self.logs, on_output=self.on_output, source=name)
+                                logs=cast(LogBuffer, _Tail(self.logs, tail)),
+                                on_output=self.on_output, source=name)
             self._runners[name] = runner
             run = asyncio.ensure_future(runner.run())
             try:
@@ -211,6 +234,8 @@ class AppSupervisor:
                 self._runners.pop(name, None)
             code = outcome.exit_code
             failed = outcome.state != "succeeded"
+            if self.on_exit is not None:
+                self.on_exit(name, outcome)
             if spec.restart == "never" or (spec.restart == "on-failure" and not failed):
                 self._set(name, state="exited", pid=None, exit_code=code)
                 self._record_pids()
@@ -239,3 +264,17 @@ class AppSupervisor:
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(pids))
             tmp.replace(self.pids_path)
+
+
+class _Tail:
+    """An app's output on its way to the log buffer (``add``, all an app's runner calls),
+    its last lines kept in ``lines``."""
+
+    def __init__(self, logs: LogBuffer, lines: deque[str]) -> None:
+        self.logs, self.lines = logs, lines
+
+    def add(self, command_id: str | None, source: str, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.lines.append(line[:TAIL_LINE_CHARS])
+        self.logs.add(command_id, source, data)

@@ -35,9 +35,11 @@ from tether.protocol.frames import (
 from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import RTC_BODIES
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
-from tether.protocol.update import BundleStatus
+from tether.protocol.update import UPDATE_KIND, BundleStatus, parse_update_offer
 
 from .apps import AppError, AppSupervisor, load_apps
+from .bundlefetch import Source, source_url
+from .bundles import BundleManager
 from .config import NodeConfig
 from .executors.exec import ExecOutcome, ExecRunner
 from .executors.shell import ShellRunner
@@ -95,6 +97,11 @@ class NodeRuntime:
                                   on_output=self._uplink_wake.set,
                                   on_change=lambda table: self._apps_dirty.set())
         self._apps_dirty = asyncio.Event()
+        self.bundles = BundleManager(
+            state_dir=config.state_dir, apps=self.apps, policy=self.policy,
+            emit=self._emit_bundle_status, source=lambda: Source(
+                source_url(config.controller_url, identity.controller_url),
+                identity.node_id, identity.key, identity.transport))
         self.max_concurrent = self.policy.max_concurrent or config.max_concurrent
         self._exec_slots = asyncio.Semaphore(self.max_concurrent)
         self.runners: dict[str, ExecRunner | ShellRunner] = {}
@@ -127,6 +134,7 @@ class NodeRuntime:
             state_dir=config.state_dir, supervised=config.supervised,
             report=self._report_bundle, finish=self._finish_update,
             media=lambda: self.rtc.status() if self.rtc is not None else None)
+        self.bundles.installer = self.selfupdate
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -168,6 +176,7 @@ class NodeRuntime:
                     logger.info("stopped apps the previous runtime left running",
                                 extra={"count": reaped})
                 self.apps.start_all(tg)
+                await self.bundles.restore()
                 link_task = tg.create_task(self._run_link(), name="node-link")
                 stopper = tg.create_task(stop.wait(), name="node-stop")
                 await asyncio.wait({link_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -202,6 +211,7 @@ class NodeRuntime:
     async def _shutdown(self, link_task: asyncio.Task[None]) -> None:
         self.accepting = False
         await self._stop_rtc()
+        await self.bundles.stop()
         await self.apps.stop_all()  # a new runtime starts them again (never adopts)
         await self._report_apps()
         for runner in list(self.runners.values()):
@@ -255,6 +265,11 @@ class NodeRuntime:
         q = await self.store.append_event("node.event", {"kind": kind, "data": data})
         self._outbox_grew(q)
         return q
+
+    async def _emit_bundle_status(self, status: BundleStatus) -> None:
+        """A ``bundle.status`` (class A on ``evt``), queued as ``node.event`` is."""
+        self._outbox_grew(await self.store.append_event("bundle.status", status.body()))
+        self._status_dirty.set()
 
     # -- LinkHandler ----------------------------------------------------------------------
 
@@ -530,6 +545,9 @@ class NodeRuntime:
         if kind == "file.send":
             await self._file_send(command_id, command["args"])
             return
+        if kind == UPDATE_KIND:
+            await self._update(command_id, command["args"])
+            return
         async with self._exec_slots:
             if not self.accepting:
                 return  # stays 'delivered'; runs after the next start
@@ -588,6 +606,31 @@ class NodeRuntime:
             return
         self._outbox_grew(await self.store.finish_command(command_id, "succeeded",
                                                           exit_code=0, result=result))
+
+    async def _update(self, command_id: str, args: dict[str, Any]) -> None:
+        """``update.now`` (node/bundles.py): succeeded once the version is healthy, else
+        failed with ``<state>: <code>: <reason>``."""
+        if not self.accepting:
+            return  # stays 'delivered'; runs after the next start
+        started = await self.store.start_command(command_id)
+        if started is None:
+            return
+        self._outbox_grew(started)
+        try:
+            end = await self.bundles.run(command_id, parse_update_offer(args))
+        except Exception as exc:  # a bug or the disk: the command fails, the node lives
+            logger.exception("update.now failed", extra={"command_id": command_id})
+            self._outbox_grew(await self.store.finish_command(
+                command_id, "failed", error=f"internal: {type(exc).__name__}: {exc}"))
+            return
+        if end is None:  # a runtime bundle: the supervisor has it (node/selfupdate.py)
+            return
+        ok = end.state == "healthy"
+        self._outbox_grew(await self.store.finish_command(
+            command_id, "succeeded" if ok else "failed",
+            error=None if ok else f"{end.state}: {end.code}: {end.reason}",
+            result={"name": end.name, "version": end.version, "state": end.state}
+            if ok else None))
 
     async def _app_command(self, command_id: str, kind: str, args: dict[str, Any]) -> None:
         started = await self.store.start_command(command_id)
@@ -806,6 +849,7 @@ class NodeRuntime:
             "cmd": {"epoch": self.cmd.epoch, "applied": self.cmd.applied},
             "running": sorted(self.runners),
             "apps": self.apps.table(),
+            "bundles": self.bundles.status(),
             "logs": {"buffered": len(self.logs), "dropped_total": self.logs.dropped_total,
                      "waiting_bytes": self.logs.waiting_bytes},
             "monitor": {"buffered": len(self.monitor),

@@ -3,7 +3,7 @@ runtime bundle into the inactive slot and hand it to the supervisor (node/superv
 after the replacement, report how it ended.
 
 The bundle plane (node/bundles.py) calls :meth:`SelfUpdate.install` for a bundle of kind
-``runtime`` once every check passed (the :class:`RuntimeInstaller` protocol). Then:
+``runtime`` once every check passed (node/bundles.py's ``RuntimeInstaller`` protocol). Then:
 
 Rule 1 (deferral): while live media runs (a WebRTC peer ``connected``) and the offer is not
 ``force``, the install waits: ``bundle.status deferred`` with the reason, then a look every
@@ -30,7 +30,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from tether.protocol.bundle import Manifest
 from tether.protocol.selfupdate import UpdateRecord, UpdateRequest
@@ -43,15 +43,6 @@ logger = logging.getLogger(__name__)
 MAX_DEFER_S = 3600.0
 DEFER_POLL_S = 1.0
 REPORT_POLL_S = 0.5
-
-
-class RuntimeInstaller(Protocol):
-    """What node/bundles.py calls for a ``runtime`` bundle after every check passed.
-    Raises :class:`InstallFailed` (its code a bundle.status failure code) when nothing
-    changed; returns once the supervisor has the request (the runtime stops soon after)."""
-
-    async def install(self, offer: UpdateOffer, manifest: Manifest, bundle_file: Path, *,
-                      command_id: str | None = None) -> None: ...
 
 
 class InstallFailed(Exception):
@@ -156,6 +147,11 @@ class SelfUpdate:
                 record.request.update_id != self._reported():
             ids.add(record.request.command_id)
         return frozenset(ids)
+
+    def promoted_version(self, name: str) -> int | None:
+        """The bundle version the active slot holds when bundle ``name`` filled it."""
+        pointer = slots.read_pointer(self.state_dir)
+        return pointer.bundle_version if pointer.name == name else None
 
     def handed_over(self, command_id: str) -> bool:
         """Rule 3: the ``update.now`` command ``command_id`` belongs to the supervisor now

@@ -16,6 +16,8 @@ import httpx
 
 from tether.common.procfile import read_pid
 
+from .bundles import bundles_on_disk
+
 
 def _get_json(url_file: Path, path: str) -> dict[str, Any] | None:
     """GET a loopback status endpoint whose URL a process wrote; None if it is not there."""
@@ -42,7 +44,9 @@ def node_status(state_dir: Path) -> dict[str, Any]:
         out.update(live=True, readiness=live["readiness"], matrix=live["matrix"],
                    transport=live["transport"], sidecar=live["sidecar"],
                    live_incidents=live["incidents"], logs=live.get("logs"),
-                   rtc=live.get("rtc"))
+                   rtc=live.get("rtc"), bundles=live.get("bundles"))
+    else:
+        out["bundles"] = bundles_on_disk(state_dir)
     sidecar = _get_json(state_dir / "sidecar.status.url", "/status")
     if sidecar is not None:
         out["sidecar_process"] = {"pid": sidecar["pid"], "version": sidecar["version"],

@@ -36,6 +36,7 @@ from tether.protocol.frames import (
 )
 from tether.protocol.local import frame_local
 from tether.protocol.streams import MAX_EPOCH
+from tether.protocol.update import UPDATE_KIND, parse_update_offer
 
 from .outbox_tail import OutboxTail
 
@@ -62,11 +63,21 @@ MAX_REJECT_ERROR_CHARS = 1024  # the error of a bad cmd.deliver's rejected statu
 
 APP_KINDS = frozenset({"app.start", "app.stop", "app.restart", "app.status"})
 KNOWN_KINDS = frozenset({"exec", "shell", "diag.ping", "file.send", *CONTROL_KINDS,
-                         *APP_KINDS})
+                         *APP_KINDS, UPDATE_KIND})
 
 
 def _ms() -> int:
     return int(time.time() * 1000)
+
+
+def _bad_offer(args: Mapping[str, Any]) -> str | None:
+    """Why ``update.now`` args break the contract (protocol/update.py), naming the field;
+    such an offer is rejected here, before anything is fetched."""
+    try:
+        parse_update_offer(args)
+    except BadFrame as exc:
+        return exc.message
+    return None
 
 
 def _fit_error(error: str | None) -> str | None:
@@ -442,6 +453,8 @@ class NodeStore:
                     state, error = "rejected", f"unknown command kind {cmd.kind!r}"
                 elif cmd.deadline_ms is not None and cmd.deadline_ms <= received_ms:
                     state, error = "expired", "deadline passed before it reached the node"
+                elif cmd.kind == UPDATE_KIND and (bad := _bad_offer(cmd.args)) is not None:
+                    state, error = "rejected", f"bad update.now args: {bad}"
                 conn.execute(
                     "INSERT INTO commands (command_id, q, kind, args, state, deadline_ms, "
                     "created_ms, received_ms, error) VALUES (?,?,?,?,?,?,?,?,?)",

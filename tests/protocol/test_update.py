@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tether.protocol.errors import BadFrame
@@ -102,6 +102,7 @@ def test_unknown_keys_are_dropped_and_every_state_parses() -> None:
         assert parse_bundle_status(status(state=state, code=code)).state == state
 
 
+@settings(deadline=None)  # a loaded CI box: the examples, not their speed
 @given(st.dictionaries(st.sampled_from(["name", "version", "sha256", "size", "kind",
                                         "rollout_id", "rollback", "probation_s",
                                         "failure_threshold", "force", "state", "at_ms",
