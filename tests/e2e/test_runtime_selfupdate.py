@@ -249,3 +249,67 @@ def test_a_supervisor_started_again_takes_over_from_the_runtime_its_predecessor_
                what="the new supervisor's runtime")
     wait_until(lambda: api.liveness("rt-orphan") == "online", what="online")
     assert api.node("rt-orphan")["session"]["opened_at"] == session["opened_at"]
+
+
+def _offer_runtime(api: Api, node: NodeProc, bundle: Path, pub: Path,
+                   node_id: str) -> dict[str, Any]:
+    """The whole path: the bundle published, its key trusted on the node, offered as
+    ``update.now``; returns the command once it ended."""
+    from tether.cli.bundle import load_public_key, trust
+    from tether.protocol.frames import TERMINAL_STATES
+
+    trust(node.state_dir, load_public_key(pub), None)
+    resp = api.post("/api/v1/bundles", content=bundle.read_bytes(),
+                    headers={"Content-Type": "application/octet-stream"})
+    assert resp.status_code == 201, resp.text
+    published = resp.json()
+    cmd = api.submit(node_id, "update.now", {
+        "name": published["name"], "version": published["version"], "kind": "runtime",
+        "sha256": published["sha256"], "size": published["size"]})
+    return wait_until(lambda: (c := api.command(cmd["command_id"]))["state"]
+                      in TERMINAL_STATES and c, timeout_s=120, what="update.now to end")
+
+
+def test_update_now_of_a_runtime_bundle_promotes_it_on_the_same_session(
+        tmp_path: Path, controller: ControllerProc, make_node: Any, key: Path) -> None:
+    node = _supervised(make_node, controller, "rt-offer")
+    api = controller.api()
+    session = api.node("rt-offer")["session"]
+    bundle = tmp_path / "runtime-2.bundle"
+    build_runtime_bundle(bundle, name="tether-runtime", version=2,
+                         key=load_private_key(key), runtime_version=NEW_VERSION)
+
+    done = _offer_runtime(api, node, bundle, Path(f"{key}.pub"), "rt-offer")
+    assert done["state"] == "succeeded", done
+    assert done["result"] == {"name": "tether-runtime", "version": 2, "state": "healthy"}
+    wait_until(lambda: api.node("rt-offer")["runtime"].get("version") == NEW_VERSION,
+               what="the new runtime version")
+    view = wait_until(lambda: (v := api.node("rt-offer"))["bundles"].get(
+        "tether-runtime", {}).get("state") == "healthy" and v, what="bundles healthy")
+    assert view["session"]["session_id"] == session["session_id"]
+    assert view["session"]["opened_at"] == session["opened_at"]
+
+
+def test_update_now_of_a_runtime_that_crashes_fails_with_the_recovery_metadata(
+        tmp_path: Path, controller: ControllerProc, make_node: Any, key: Path) -> None:
+    node = _supervised(make_node, controller, "rt-offer-bad")
+    api = controller.api()
+    bundle = tmp_path / "runtime-crash.bundle"
+    build_runtime_bundle(bundle, name="tether-runtime", version=2,
+                         key=load_private_key(key), runtime_version=NEW_VERSION,
+                         broken="crash")
+
+    done = _offer_runtime(api, node, bundle, Path(f"{key}.pub"), "rt-offer-bad")
+    assert done["state"] == "failed", done
+    assert done["error"].startswith("rolled_back: update_failed: "), done
+    view = wait_until(lambda: (v := api.node("rt-offer-bad"))["bundles"].get(
+        "tether-runtime", {}).get("state") == "rolled_back" and v, what="bundles rolled back")
+    assert view["runtime"]["version"] == __version__
+    assert slots.read_pointer(node.state_dir).slot == "base"
+    events = api.get("/api/v1/nodes/rt-offer-bad/events").json()["items"]
+    rolled = [e for e in events if e.get("kind") == "bundle.status"
+              and e["data"].get("state") == "rolled_back"]
+    assert rolled, events
+    detail = rolled[-1]["data"]["detail"]
+    assert detail["stage"] == "attaching" and detail["slot"] == "a"
+    assert detail["backup_path"] and detail["log_tail"]
