@@ -134,7 +134,8 @@ class NodeRuntime:
             state_dir=config.state_dir, supervised=config.supervised,
             report=self._report_bundle, finish=self._finish_update,
             media=lambda: self.rtc.status() if self.rtc is not None else None)
-        self.bundles.installer = self.selfupdate
+        if config.supervised:  # else a runtime bundle is refused before anything runs
+            self.bundles.installer = self.selfupdate
 
     # -- lifecycle ------------------------------------------------------------------------
 
