@@ -22,7 +22,11 @@ and they apply to live connections from their next chunk on):
   forwards nothing more and closes both sockets (FIN). One-shot per connection.
 * ``blackhole``: bytes in that direction are read and dropped (accept and swallow, never
   answer). With both directions blackholed, a new connection is accepted and never dialled
-  upstream until healed. Dropped bytes are gone, as in-flight bytes are in a partition.
+  upstream until healed. Dropped bytes are gone, as in-flight bytes are in a partition; and
+  since TCP never resumes a stream with a hole in it (a partition ends either in a
+  retransmission that loses nothing or in a dead connection), a connection that lost bytes
+  is reset (RST both ways) when its blackhole is lifted: the peers see the connection die,
+  never a silent gap inside a live one.
 * ``slow_close_s``: when the source ends its stream (EOF), the proxy holds the close that
   long before passing it on: the peer sees a half-dead connection for that time.
 * ``duplicate``: the next chunk in that direction is preceded by the bytes of an earlier
@@ -160,6 +164,7 @@ class _Conn:
         self.cut_base: dict[str, tuple[int, int]] = {}  # direction -> (generation, bytes)
         self.dup_done: dict[str, int] = {}               # direction -> generation
         self.history: dict[str, list[bytes]] = {"up": [], "down": []}
+        self.lost = False  # a blackhole dropped some of its bytes
         self.closed = asyncio.Event()
 
     def writer(self, direction: str) -> asyncio.StreamWriter | None:
@@ -212,18 +217,25 @@ class FaultProxy:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {sorted(FAULT_NAMES)}")
         targets = _directions(direction)
         new = {d: replace(self.faults[d], **changes) for d in targets}
+        lifted = any(self.faults[d].blackhole and not new[d].blackhole for d in targets)
         for d in targets:
             self.faults[d] = new[d]
             if "cut_after" in changes or "duplicate" in changes:
                 self._generation[d] += 1
         self._sync_healed()
+        if lifted:
+            self._reset_lossy()
 
     def clear(self, direction: str = "both") -> None:
         """Every fault of ``direction`` off (a clean pipe again)."""
+        lifted = False
         for d in _directions(direction):
+            lifted = lifted or self.faults[d].blackhole
             self.faults[d] = Faults()
             self._generation[d] += 1
         self._sync_healed()
+        if lifted:
+            self._reset_lossy()
 
     def blackhole(self) -> None:
         """Both directions swallow bytes; new connections are accepted and left silent."""
@@ -232,6 +244,14 @@ class FaultProxy:
     def heal(self) -> None:
         """Every fault off, both directions."""
         self.clear("both")
+
+    def _reset_lossy(self) -> None:
+        # A stream with a hole in it cannot go on (module docstring, blackhole).
+        for conn in [c for c in self._conns if c.lost]:
+            for d in DIRECTIONS:
+                _abort_with_rst(conn.writer(d))
+            conn.closed.set()
+            self.stats.resets += 1
 
     def reset(self, direction: str = "both") -> int:
         """Abort every live connection: an RST (``SO_LINGER`` 0) to the side(s) ``direction``
@@ -333,6 +353,7 @@ class FaultProxy:
             faults = self.faults[direction]
             if faults.blackhole:
                 getattr(self.stats, direction).dropped_bytes += len(data)
+                conn.lost = True
                 continue  # dropped on the floor
             delay = faults.latency_s
             if faults.jitter_s:
@@ -360,6 +381,7 @@ class FaultProxy:
             faults = self.faults[direction]  # it may have changed while this chunk waited
             if faults.blackhole:
                 stats.dropped_bytes += len(data)
+                conn.lost = True
                 continue
             generation = self._generation[direction]
             if faults.duplicate and conn.dup_done.get(direction) != generation:
@@ -527,6 +549,14 @@ class ProxyControl:
 
     def set(self, direction: str, **faults: Any) -> dict[str, Any]:
         return self.request("set", direction=direction, **faults)
+
+    def _reset_lossy(self) -> None:
+        # A stream with a hole in it cannot go on (module docstring, blackhole).
+        for conn in [c for c in self._conns if c.lost]:
+            for d in DIRECTIONS:
+                _abort_with_rst(conn.writer(d))
+            conn.closed.set()
+            self.stats.resets += 1
 
     def reset(self, direction: str = "both") -> int:
         return int(self.request("reset", direction=direction)["reset"])

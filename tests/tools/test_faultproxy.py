@@ -148,6 +148,18 @@ async def test_a_blackhole_in_one_direction_swallows_only_that_direction() -> No
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 1)
         assert proxy.stats.down.dropped_bytes > 0 and proxy.stats.up.bytes > 0
+        proxy.clear("down")  # TCP never resumes a stream with a hole: the connection dies
+        with pytest.raises(ConnectionClosedError):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert proxy.stats.resets == 1
+
+
+async def test_lifting_a_blackhole_that_lost_nothing_keeps_the_connection() -> None:
+    async with proxied() as (proxy, port), connect(ws_url(port)) as ws:
+        proxy.set("down", blackhole=True)
+        proxy.clear("down")
+        assert await roundtrip(ws, "still here") == "still here"
+        assert proxy.stats.resets == 0
 
 
 async def test_a_slow_close_holds_the_close_before_passing_it_on() -> None:
