@@ -46,3 +46,13 @@ def test_a_series_too_short_in_the_second_half_is_skipped_not_judged() -> None:
     short = series("rss_bytes", 1e6, seconds=20)
     violations, checked = flat_violations([short], run_s=120)
     assert violations == [] and checked[0]["skipped"]
+
+
+def test_a_dip_and_a_return_to_an_earlier_level_is_not_a_leak() -> None:
+    s = Series("replica", 1)
+    levels = [32] * 5 + [17] * 10 + [23] * 10 + [31] * 10  # reconnects after kills
+    for i, v in enumerate(levels):
+        s.add("fds", float(i * 2), float(v))
+    violations, checked = flat_violations([s], run_s=70)
+    assert violations == []
+    assert checked[0]["above_first_half_peak"] is False

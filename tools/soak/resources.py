@@ -9,8 +9,11 @@ The check (:func:`flat_violations`, pure): for each series (one process *incarna
 restart starts a new series, since a kill resets its memory — or one store), a least-squares
 slope over the samples in the second half of the run, when that half holds at least
 :data:`MIN_SAMPLES` samples spanning :data:`MIN_SPAN_S` seconds. A slope past the bound of
-:data:`BOUNDS` (per minute) whose growth over that half also passes :data:`MIN_GROWTH` is a
-violation with the figure. The bounds are generous on
+:data:`BOUNDS` (per minute) whose growth over that half also passes :data:`MIN_GROWTH`, and
+whose last value is above the first half's peak, is a violation with the figure. (A leak keeps
+climbing past every earlier level; a process that reconnects after a kill of PostgreSQL or
+NATS dips and comes back to a level it had held before, which a slope over a short window
+alone would call growth.) The bounds are generous on
 purpose: a soak of minutes sees warm-up (imports, caches, SQLite page cache) and data kept by
 design (commands and events in the store, within the retention caps); what they catch is a
 leak that grows for as long as the soak runs.
@@ -95,7 +98,9 @@ def flat_violations(series: Iterable[Series], run_s: float) -> tuple[list[dict[s
             checked.append(entry)
             growth = slope * (late[-1][0] - late[0][0]) / 60.0
             entry["growth"] = round(growth, 1)
-            if slope > bound and growth > MIN_GROWTH[metric]:
+            early_peak = max((v for t, v in points if t < half), default=late[0][1])
+            entry["above_first_half_peak"] = late[-1][1] > early_peak
+            if slope > bound and growth > MIN_GROWTH[metric] and late[-1][1] > early_peak:
                 violations.append({"kind": "resource_growth", **entry,
                                    "detail": f"{s.name} {metric} grows {slope:,.0f}/min over "
                                              f"the second half, past {bound:,.0f}/min"})
