@@ -50,9 +50,18 @@ def test_a_series_too_short_in_the_second_half_is_skipped_not_judged() -> None:
 
 def test_a_dip_and_a_return_to_an_earlier_level_is_not_a_leak() -> None:
     s = Series("replica", 1)
-    levels = [32] * 5 + [17] * 10 + [23] * 10 + [31] * 10  # reconnects after kills
+    levels = [32] * 10 + [17] * 10 + [23] * 10 + [31] * 10  # reconnects after kills
     for i, v in enumerate(levels):
         s.add("fds", float(i * 2), float(v))
-    violations, checked = flat_violations([s], run_s=70)
+    violations, checked = flat_violations([s], run_s=80)
     assert violations == []
     assert checked[0]["above_first_half_peak"] is False
+
+
+def test_a_process_restarted_late_is_not_judged_on_its_start_up() -> None:
+    s = Series("runtime", 2)
+    s.add("fds", 36.0, 3.0)  # sampled while it was opening its files
+    for t in range(38, 120, 2):
+        s.add("fds", float(t), 21.0 if t != 56 else 29.0)
+    violations, _ = flat_violations([s], run_s=120)
+    assert violations == []

@@ -6,8 +6,9 @@ Asyncio task counts are taken where a process exposes them (a ``tasks`` figure o
 or diag endpoint); none does yet, so the report says so instead of inventing a curve.
 
 The check (:func:`flat_violations`, pure): for each series (one process *incarnation* — a
-restart starts a new series, since a kill resets its memory — or one store), a least-squares
-slope over the samples in the second half of the run, when that half holds at least
+restart starts a new series, since a kill resets its memory — or one store), past its first
+:data:`WARMUP_S` seconds (a process starting up), a least-squares slope over the samples
+in the second half of the run, when that half holds at least
 :data:`MIN_SAMPLES` samples spanning :data:`MIN_SPAN_S` seconds. A slope past the bound of
 :data:`BOUNDS` (per minute) whose growth over that half also passes :data:`MIN_GROWTH`, and
 whose last value is above the first half's peak, is a violation with the figure. (A leak keeps
@@ -29,6 +30,7 @@ from pathlib import Path
 import psutil
 
 MIN_SAMPLES = 8
+WARMUP_S = 10.0  # each series' first seconds (a process starting up) are not judged
 MIN_SPAN_S = 20.0
 # per minute, over the run's second half
 BOUNDS: dict[str, float] = {
@@ -87,6 +89,8 @@ def flat_violations(series: Iterable[Series], run_s: float) -> tuple[list[dict[s
             bound = BOUNDS.get(metric)
             if bound is None:
                 continue
+            born = points[0][0] if points else 0.0
+            points = [(t, v) for t, v in points if t >= born + WARMUP_S]  # start-up is no leak
             late = [(t, v) for t, v in points if t >= half]
             entry: dict[str, object] = {"name": s.name, "pid": s.pid, "metric": metric,
                                         "bound_per_min": bound, "samples": len(late)}
