@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-quick clean sysdeps test-media-netns
+.PHONY: demo test lint bench bench-quick clean sysdeps test-media-netns soak
 
 # System packages the test suite drives for real (a CONNECT proxy, an MQTT broker, the
 # cluster's PostgreSQL and NATS, HAProxy in front of its replicas, nginx to check the doc's
@@ -69,6 +69,18 @@ bench: $(BIN)/.installed
 
 bench-quick: $(BIN)/.installed
 	$(BIN)/tether bench --quick --out bench-results.json
+
+# The long fault-injecting soak (issue 16, docs/reliability.md): SOAK_S seconds of random
+# faults and kill -9s, then the history checker; writes soak-report.json here and fails when
+# it found violations. SOAK_CLUSTER=1: two replicas on PostgreSQL + NATS (killed too).
+# SOAK_SEED replays a run's decisions (the seed is in every report).
+SOAK_S ?= 1800
+SOAK_CLUSTER ?=
+SOAK_SEED ?=
+
+soak: $(BIN)/.installed sysdeps
+	$(BIN)/python -m tether.tools.soak run --seconds $(SOAK_S) --report soak-report.json \
+	  $(if $(SOAK_CLUSTER),--cluster) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 clean:
 	rm -rf $(VENV) .tether .pytest_cache .ruff_cache .mypy_cache .hypothesis

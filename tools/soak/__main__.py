@@ -1,4 +1,6 @@
 """``python -m tether.tools.soak check HISTORY.jsonl...``: run the history checker on files.
+``python -m tether.tools.soak run --seconds S [--cluster] [--seed N] [--report FILE]``: the
+fault-injecting soak (:mod:`tether.tools.soak.driver`; exit 1 when it found violations).
 
 Prints each violation as one JSON object per line on stdout, then a one-line summary on
 stderr; exit 0 when the promises held, 1 when any violation was found, 2 on a usage error or
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .checker import check
+from .driver import add_arguments, run_from_args
 from .history import HistoryError, load
 
 
@@ -22,7 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check_parser = sub.add_parser("check", help="check history files (merged by t_ns)")
     check_parser.add_argument("paths", nargs="+", type=Path)
+    run_parser = sub.add_parser("run", help="the fault-injecting soak; writes a report")
+    add_arguments(run_parser)
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return run_from_args(args)
     try:
         records = load(*args.paths)
     except (OSError, HistoryError) as exc:

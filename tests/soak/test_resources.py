@@ -1,0 +1,67 @@
+"""The "resources stay flat" check: a slope over the run's second half, judged on rate and
+growth together, one series per process incarnation."""
+
+from __future__ import annotations
+
+from tether.tools.soak.resources import BOUNDS, Series, flat_violations, slope_per_min
+
+
+def series(metric: str, per_s: float, *, seconds: int = 120, base: float = 100.0,
+           noise: float = 0.0) -> Series:
+    s = Series("p", 1)
+    for t in range(0, seconds, 2):
+        s.add(metric, float(t), base + per_s * t + (noise if t % 4 else -noise))
+    return s
+
+
+def test_the_slope_is_per_minute() -> None:
+    assert slope_per_min([(0.0, 0.0), (30.0, 1.0), (60.0, 2.0)]) == 2.0
+    assert slope_per_min([(5.0, 1.0), (5.0, 9.0)]) == 0.0
+
+
+def test_a_steady_leak_is_a_violation_with_its_figure() -> None:
+    leak = series("fds", 1.0)  # one descriptor a second
+    violations, checked = flat_violations([leak], run_s=120)
+    assert [v["metric"] for v in violations] == ["fds"]
+    assert violations[0]["slope_per_min"] == 60.0
+    assert "60/min" in str(violations[0]["detail"])
+    assert checked[0]["bound_per_min"] == BOUNDS["fds"]
+
+
+def test_a_flat_curve_with_noise_and_a_warm_up_passes() -> None:
+    warm = Series("p", 1)
+    for t in range(0, 120, 2):
+        warm.add("rss_bytes", float(t), 50e6 if t < 40 else 80e6 + (1e6 if t % 4 else 0))
+    noisy_fds = series("fds", 0.0, noise=2.0)
+    violations, _ = flat_violations([warm, noisy_fds], run_s=120)
+    assert violations == []
+
+
+def test_a_fast_rate_that_grows_little_is_noise_on_a_short_run() -> None:
+    violations, _ = flat_violations([series("fds", 3 / 60, seconds=60)], run_s=60)
+    assert violations == []
+
+
+def test_a_series_too_short_in_the_second_half_is_skipped_not_judged() -> None:
+    short = series("rss_bytes", 1e6, seconds=20)
+    violations, checked = flat_violations([short], run_s=120)
+    assert violations == [] and checked[0]["skipped"]
+
+
+def test_a_dip_and_a_return_to_an_earlier_level_is_not_a_leak() -> None:
+    s = Series("replica", 1)
+    levels = [32] * 10 + [17] * 10 + [23] * 10 + [31] * 10  # reconnects after kills
+    for i, v in enumerate(levels):
+        s.add("fds", float(i * 2), float(v))
+    violations, checked = flat_violations([s], run_s=80)
+    assert violations == []
+    assert checked[0]["above_first_half_peak"] is False
+
+
+def test_a_process_restarted_late_is_not_judged_on_its_start_up() -> None:
+    s = Series("runtime", 2)
+    s.add("fds", 36.0, 3.0)  # sampled while it was opening its files
+    for t in range(38, 120, 2):
+        s.add("fds", float(t), 21.0 if t != 56 else 29.0)
+    violations, _ = flat_violations([s], run_s=120)
+    assert violations == []
