@@ -77,6 +77,10 @@ def test_deploy_from_a_to_b_stops_a_only_after_b_is_healthy_and_never_when_b_fai
     update = api.command(report["update"]["command_id"])
     stop = api.command(report["stop"]["command_id"])
     assert (update["node_id"], stop["node_id"]) == ("n-b", "n-a")
+    audited = {(x["action"], x["target"]) for x in api.get(
+        "/api/v1/audit", params={"limit": 1000}).json()["items"]}
+    assert {("command.submit", update["command_id"]),
+            ("command.submit", stop["command_id"])} <= audited
     b_done = at(update["timeline"][-1]["at"])
     assert update["timeline"][-1]["state"] == "succeeded"
     assert at(stop["created_at"]) >= b_done  # the stop was created after B's success
