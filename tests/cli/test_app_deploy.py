@@ -4,6 +4,7 @@ usage errors before anything is sent, and Rule 1/Rule 2 of the order of the comm
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import pytest
@@ -167,3 +168,29 @@ def test_a_target_healthy_but_not_connected_is_not_enough_to_stop_the_source() -
         deploy(api, args_of("web", "--to", "b", "--from", "a", "--timeout-s", "5"),
                lambda line: None, sleep=lambda s: None, clock=lambda: float(next(ticks)))
     assert [body["kind"] for _, body in api.posts] == ["update.now"]
+
+
+def test_the_cli_prints_progress_and_the_command_ids_and_exits_1_naming_the_reason(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.cli import app_deploy
+    from tether.cli.main import main
+
+    api = FakeApi()
+    api.node("a", bundles={"web": {"active": 2}})
+    api.node("b")
+    api.publish("web", 2)
+    monkeypatch.setattr(app_deploy, "api_from", lambda args: api)
+    assert main(["app", "deploy", "web", "--to", "b", "--from", "a"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == ("deployed web version 2 to b, stopped on a (update.now c_1, "
+                       "bundle.stop c_2)")
+    assert "b: web version 2 healthy and connected" in out
+
+    api.outcomes = [{"state": "failed", "error": "rolled_back: start_failed: exited 7"}]
+    assert main(["app", "deploy", "web", "--to", "b", "--from", "a", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["update"]["error"] == "rolled_back: start_failed: exited 7"
+    error = json.loads(captured.err.splitlines()[-1])["error"]
+    assert error["code"] == "deploy_failed"
+    assert "b: failed: rolled_back: start_failed: exited 7; a's copy is left running" \
+        in error["message"]
