@@ -16,6 +16,7 @@ from tether.protocol.errors import TetherError
 
 from . import admin as admin_cli
 from . import operator as op
+from .app_deploy import add_app_parser
 from .bundle import add_bundle_parser, add_trust_parser
 from .bundle_remote import (
     REMOTE_VERBS,
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cp_parser(nouns, _operator_flags)
     add_rollout_parser(nouns, _operator_flags)
+    add_app_parser(nouns, _operator_flags)
     # one bundle group: the local verbs (cli/bundle.py) and the controller's (bundle_remote)
     bundle_verbs = add_bundle_parser(nouns)
     add_remote_bundle_verbs(bundle_verbs, _operator_flags)
@@ -495,6 +497,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from .rollout import rollout_command
 
         return rollout_command(args)
+    if noun == "app":
+        from .app_deploy import app_command
+
+        return app_command(args)
     if noun == "jobs":
         from .jobs import jobs_command
 

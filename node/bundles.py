@@ -22,9 +22,13 @@ Rule 3 (bounded): a name keeps at most two version directories, the active one a
 last known good; an attempt per name at a time (a newer offer supersedes an unfinished
 one), at most :data:`MAX_DOWNLOADS` downloading and checking at once.
 Rule 4 (restart): the runtime never adopts processes (node/apps.py): a restart starts the
-active version's app again; an attempt the restart interrupted ends ``failed``
+active version's app again (unless ``bundle.stop`` marked the name ``stopped``: Rule 5);
+an attempt the restart interrupted ends ``failed``
 ``interrupted`` (its command too, by the store's recovery). An attempt past its switch
 leaves the new version active (it is whole), unconfirmed: its probation is not resumed.
+Rule 5 (stopped for good): ``bundle.stop`` writes ``stopped: true`` into ``state.json``
+(the commit point) before it stops the app: from then on no restart starts it (the app is
+declared, shown ``stopped``); the next switch (a later ``update.now``) clears the mark.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from tether.protocol.update import (
     MAX_REASON_CHARS,
     REJECT_CODES,
     BundleStatus,
+    BundleStop,
     UpdateOffer,
     parse_bundle_status,
 )
@@ -88,6 +93,7 @@ MAX_ATTEMPTS = 64  # names with an unfinished attempt; past it an offer fails at
 MAX_HEALTH_TIMEOUT_S = 30.0
 DETAIL_LINES = 10
 DETAIL_EXITS = 10
+STOPPED_REASON = "stopped by bundle.stop; a later offer starts it again"
 _CHUNK = 1 << 16
 
 
@@ -113,6 +119,10 @@ class RuntimeInstaller(Protocol):
 
 class _HandedOver(Exception):
     """A runtime bundle's attempt ends in this runtime: the supervisor has it."""
+
+
+class StopRefused(Exception):
+    """A ``bundle.stop`` that changes nothing: the message says why and what to do."""
 
 
 class AttemptFailed(Exception):
@@ -157,12 +167,14 @@ class NameState:
     highest: int | None = None
     attempt: dict[str, Any] | None = None  # the unfinished attempt: version, command_id
     last: dict[str, Any] = field(default_factory=dict)  # state, version, reason
+    stopped: bool = False  # Rule 5: bundle.stop; no start restores the app
 
     def as_dict(self) -> dict[str, Any]:
         return {"active": self.active.as_dict() if self.active else None,
                 "last_known_good": self.last_known_good.as_dict()
                 if self.last_known_good else None,
-                "highest": self.highest, "attempt": self.attempt, "last": self.last}
+                "highest": self.highest, "attempt": self.attempt, "last": self.last,
+                "stopped": self.stopped}
 
     @classmethod
     def parse(cls, raw: Any) -> NameState:
@@ -173,7 +185,7 @@ class NameState:
         return cls(Slot.parse(raw.get("active")), Slot.parse(raw.get("last_known_good")),
                    highest if isinstance(highest, int) and not isinstance(highest, bool)
                    else None, attempt if isinstance(attempt, dict) else None,
-                   last if isinstance(last, dict) else {})
+                   last if isinstance(last, dict) else {}, raw.get("stopped") is True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -292,6 +304,7 @@ class BundleDisk:
             st.last_known_good = st.active
         st.active = slot
         st.highest = max(st.highest or 0, slot.version)
+        st.stopped = False  # Rule 5: an offered version runs again
         self.save(name, st)
         self.step("switched")
         return st
@@ -316,7 +329,8 @@ def bundles_on_disk(state_dir: Path) -> dict[str, dict[str, Any]]:
         out[name] = {"active": st.active.version if st.active else None,
                      "last_known_good": st.last_known_good.version
                      if st.last_known_good else None,
-                     "state": st.last.get("state"), "version": st.last.get("version"),
+                     "state": "stopped" if st.stopped else st.last.get("state"),
+                     "version": st.last.get("version"),
                      "reason": st.last.get("reason", "")}
     return out
 
@@ -564,9 +578,11 @@ class BundleManager:
             last = st.last
             self._note(name, st, last.get("state"), last.get("version"),
                        str(last.get("reason", "")))
+            if st.stopped and st.active is not None:  # Rule 5
+                self._note(name, st, "stopped", st.active.version, STOPPED_REASON)
             if st.active is not None:
                 try:
-                    await self._start_app(name, st.active)
+                    await self._start_app(name, st.active, start=not st.stopped)
                 except (BundleError, OSError) as exc:
                     logger.error("a bundle's app cannot start", extra={
                         "bundle": name, "detail": str(exc)[:200]})
@@ -582,12 +598,41 @@ class BundleManager:
                                        reason="the runtime stopped during the attempt; the "
                                        "node is on a whole version")
 
-    async def _start_app(self, name: str, slot: Slot) -> None:
+    async def _start_app(self, name: str, slot: Slot, *, start: bool = True) -> None:
+        """Declare the slot's app to the supervisor and (``start``) start it."""
         d = self.disk.version_dir(name, slot)
         app = parse_app_toml(await asyncio.to_thread((d / APP_TOML).read_bytes))
         self._owned.add(name)
         self.apps.put(app_spec(name, d, app))
-        self.apps.start(name)
+        if start:
+            self.apps.start(name)
+
+    # -- bundle.stop ----------------------------------------------------------------------
+
+    async def stop_app(self, stop: BundleStop) -> dict[str, Any]:
+        """``bundle.stop`` (Rule 5): the name marked ``stopped`` in ``state.json`` first
+        (the commit point: a crash after it leaves the app stopped at the next start),
+        then its app stopped. Idempotent. Returns the command's result ``{name, version,
+        state: "stopped", was_running}``. Raises :class:`StopRefused` when the name has no
+        active version here or an offer of it is unfinished (nothing changed)."""
+        await self._restored.wait()
+        name = stop.name
+        attempt = self._attempts.get(name)
+        if attempt is not None:
+            raise StopRefused(f"an update of bundle {name!r} to version "
+                              f"{attempt.offer.version} is in progress; stop it after it "
+                              "ends")
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            st = await asyncio.to_thread(self.disk.load, name)
+            if st.active is None:
+                raise StopRefused(f"no version of bundle {name!r} is active on this node")
+            if not st.stopped:
+                st.stopped = True
+                await asyncio.to_thread(self.disk.save, name, st)
+            was_running = name in self.apps.specs and await self.apps.stop(name)
+        self._note(name, st, "stopped", st.active.version, STOPPED_REASON)
+        return {"name": name, "version": st.active.version, "state": "stopped",
+                "was_running": was_running}
 
     async def stop(self) -> None:
         """Cancel every unfinished attempt (the runtime is stopping): each ends

@@ -35,7 +35,13 @@ from tether.protocol.frames import (
 from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import RTC_BODIES
 from tether.protocol.streams import StreamReceiver, StreamRegressed, StreamSender, Verdict
-from tether.protocol.update import UPDATE_KIND, BundleStatus, parse_update_offer
+from tether.protocol.update import (
+    BUNDLE_STOP_KIND,
+    UPDATE_KIND,
+    BundleStatus,
+    parse_bundle_stop,
+    parse_update_offer,
+)
 
 from .apps import AppError, AppSupervisor, load_apps
 from .bundlefetch import Source, source_url
@@ -549,6 +555,9 @@ class NodeRuntime:
         if kind == UPDATE_KIND:
             await self._update(command_id, command["args"])
             return
+        if kind == BUNDLE_STOP_KIND:
+            await self._bundle_stop(command_id, command["args"])
+            return
         async with self._exec_slots:
             if not self.accepting:
                 return  # stays 'delivered'; runs after the next start
@@ -632,6 +641,32 @@ class NodeRuntime:
             error=None if ok else f"{end.state}: {end.code}: {end.reason}",
             result={"name": end.name, "version": end.version, "state": end.state}
             if ok else None))
+
+    async def _bundle_stop(self, command_id: str, args: dict[str, Any]) -> None:
+        """``bundle.stop`` (node/bundles.py Rule 5): succeeded with ``{name, version,
+        state: "stopped", was_running}``, else failed saying why (nothing changed). Its
+        args were checked when applied (node/store.py)."""
+        from .bundles import StopRefused
+
+        if not self.accepting:
+            return  # stays 'delivered'; runs after the next start
+        started = await self.store.start_command(command_id)
+        if started is None:
+            return
+        self._outbox_grew(started)
+        try:
+            result = await self.bundles.stop_app(parse_bundle_stop(args))
+        except StopRefused as exc:
+            self._outbox_grew(await self.store.finish_command(command_id, "failed",
+                                                              error=str(exc)))
+            return
+        except Exception as exc:  # a bug or the disk: the command fails, the node lives
+            logger.exception("bundle.stop failed", extra={"command_id": command_id})
+            self._outbox_grew(await self.store.finish_command(
+                command_id, "failed", error=f"internal: {type(exc).__name__}: {exc}"))
+            return
+        self._outbox_grew(await self.store.finish_command(command_id, "succeeded",
+                                                          result=result))
 
     async def _app_command(self, command_id: str, kind: str, args: dict[str, Any]) -> None:
         started = await self.store.start_command(command_id)

@@ -36,7 +36,12 @@ from tether.protocol.frames import (
 )
 from tether.protocol.local import frame_local
 from tether.protocol.streams import MAX_EPOCH
-from tether.protocol.update import UPDATE_KIND, parse_update_offer
+from tether.protocol.update import (
+    BUNDLE_STOP_KIND,
+    UPDATE_KIND,
+    parse_bundle_stop,
+    parse_update_offer,
+)
 
 from .outbox_tail import OutboxTail
 
@@ -63,7 +68,7 @@ MAX_REJECT_ERROR_CHARS = 1024  # the error of a bad cmd.deliver's rejected statu
 
 APP_KINDS = frozenset({"app.start", "app.stop", "app.restart", "app.status"})
 KNOWN_KINDS = frozenset({"exec", "shell", "diag.ping", "file.send", *CONTROL_KINDS,
-                         *APP_KINDS, UPDATE_KIND})
+                         *APP_KINDS, UPDATE_KIND, BUNDLE_STOP_KIND})
 
 
 def _ms() -> int:
@@ -75,6 +80,15 @@ def _bad_offer(args: Mapping[str, Any]) -> str | None:
     such an offer is rejected here, before anything is fetched."""
     try:
         parse_update_offer(args)
+    except BadFrame as exc:
+        return exc.message
+    return None
+
+
+def _bad_stop(args: Mapping[str, Any]) -> str | None:
+    """Why ``bundle.stop`` args break the contract, naming the field (rejected here)."""
+    try:
+        parse_bundle_stop(args)
     except BadFrame as exc:
         return exc.message
     return None
@@ -455,6 +469,8 @@ class NodeStore:
                     state, error = "expired", "deadline passed before it reached the node"
                 elif cmd.kind == UPDATE_KIND and (bad := _bad_offer(cmd.args)) is not None:
                     state, error = "rejected", f"bad update.now args: {bad}"
+                elif cmd.kind == BUNDLE_STOP_KIND and (bad := _bad_stop(cmd.args)) is not None:
+                    state, error = "rejected", f"bad bundle.stop args: {bad}"
                 conn.execute(
                     "INSERT INTO commands (command_id, q, kind, args, state, deadline_ms, "
                     "created_ms, received_ms, error) VALUES (?,?,?,?,?,?,?,?,?)",

@@ -30,6 +30,10 @@ from .errors import BadFrame
 from .values import Limits, int_in, number_in, plain, text
 
 UPDATE_KIND = "update.now"
+# Stops a bundle's app for good (docs/protocol.md "Stopping a bundle's app"): the node
+# marks the name stopped in its state.json, so no runtime start restores it, until a later
+# ``update.now`` of the name activates a version again.
+BUNDLE_STOP_KIND = "bundle.stop"
 
 BUNDLE_STATES = ("downloading", "verified", "deferred", "activated", "healthy", "rejected",
                  "failed", "rolled_back")
@@ -139,6 +143,25 @@ def parse_update_offer(args: object) -> UpdateOffer:
 
 
 @dataclass(frozen=True, slots=True)
+class BundleStop:
+    """``bundle.stop`` args: stop the app of bundle ``name`` and keep it stopped across
+    runtime restarts (its versions stay on disk; a later offer starts it again)."""
+
+    name: str
+
+    def args(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+def parse_bundle_stop(args: object) -> BundleStop:
+    """``bundle.stop`` args by Rule 1 (unknown keys dropped, Rule 2); :class:`BadFrame`
+    names the field."""
+    a = _map(args, "bundle.stop args")
+    return BundleStop(name=_match(a.get("name"), "name", _NAME,
+                                  "a bundle name ([a-z0-9][a-z0-9-]{0,62})"))
+
+
+@dataclass(frozen=True, slots=True)
 class BundleStatus:
     """One step of one attempt (Rule 3). ``version`` is the version the step is about;
     ``active`` and ``last_known_good`` what the node runs and keeps after it (None: none);
@@ -202,5 +225,6 @@ def parse_bundle_status(body: object) -> BundleStatus:
         detail=MappingProxyType(plain(detail, "detail", DETAIL_LIMITS)))
 
 
-__all__ = ["BUNDLE_STATES", "CODES", "FAILURE_CODES", "TERMINAL_STATES", "UPDATE_KIND",
-           "BundleStatus", "UpdateOffer", "parse_bundle_status", "parse_update_offer"]
+__all__ = ["BUNDLE_STATES", "BUNDLE_STOP_KIND", "CODES", "FAILURE_CODES", "TERMINAL_STATES",
+           "UPDATE_KIND", "BundleStatus", "BundleStop", "UpdateOffer", "parse_bundle_status",
+           "parse_bundle_stop", "parse_update_offer"]

@@ -414,3 +414,94 @@ async def test_an_attempt_reports_each_step_and_a_crashing_version_rolls_back_wi
                                        "state": "rolled_back", "version": 2,
                                        "reason": end.reason}
     assert manager.disk.load("web").highest == 2
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    ({}, "name"), ({"name": "../web"}, "name"), ({"name": 5}, "name"),
+    ({"name": "x" * 70}, "name")])
+async def test_bad_bundle_stop_args_are_rejected_when_applied_naming_the_field(
+        tmp_path: Path, args: dict[str, Any], field: str) -> None:
+    from tether.node.store import NodeStore
+    from tether.protocol.frames import CmdDeliver
+
+    store = NodeStore(tmp_path / "n.db")
+    await store.open()
+    try:
+        frame = CmdDeliver(command_id="s1", kind="bundle.stop", args=args,
+                           created_ms=1).frame(s="cmd", q=1)
+        assert (await store.apply_downlink([frame])).to_run == []
+        (status,) = [f.b for f in await store.outbox_after(0, 10)]
+        assert status["state"] == "rejected"
+        assert status["error"].startswith("bad bundle.stop args: ")
+        assert f"'{field}'" in status["error"]
+        denied = CmdDeliver(command_id="s2", kind="bundle.stop", args={"name": "web"},
+                            created_ms=1).frame(s="cmd", q=2)
+        applied = await store.apply_downlink(
+            [denied], lambda kind, a: Policy(deny_kinds=("bundle.stop",)).check(kind, a))
+        assert applied.to_run == []
+        last = [f.b for f in await store.outbox_after(0, 10)][-1]
+        assert last["state"] == "rejected" and "deny_kinds" in last["error"]
+    finally:
+        await store.close()
+
+
+async def test_a_stopped_bundle_stays_stopped_across_a_restart_until_a_new_offer(
+        serve: Any, tmp_path: Path, keys: dict[str, Any]) -> None:
+    from tether.node.apps import AppSupervisor
+    from tether.node.bundles import BundleManager, StopRefused, bundles_on_disk
+    from tether.node.logbuf import LogBuffer
+    from tether.protocol.update import BundleStatus, BundleStop
+
+    state = tmp_path / "state"
+    trust(state, keys["good.pub"], None)
+    steady = 'argv = ["./run"]\nrestart = "always"\n'
+    v1 = make(tmp_path, keys["good"], 1, toml=steady, body="up; exec sleep 60")
+    v2 = make(tmp_path, keys["good"], 2, toml=steady, body="up; exec sleep 60")
+
+    async def emit(status: BundleStatus) -> None:
+        pass
+
+    def manager_for(apps: AppSupervisor, sources: list[Source]) -> BundleManager:
+        return BundleManager(state_dir=state, apps=apps, policy=Policy(),
+                             source=lambda: sources[-1], emit=emit, now=lambda: NOW)
+
+    def supervisor() -> AppSupervisor:
+        return AppSupervisor({}, logs=LogBuffer(), pids_path=state / "apps.pids.json",
+                             on_output=lambda: None, on_change=lambda table: None)
+
+    apps = supervisor()
+    async with asyncio.TaskGroup() as tg:
+        apps.start_all(tg)
+        sources = [(await serve(["full"], v1.read_bytes()))[1]]
+        manager = manager_for(apps, sources)
+        await manager.restore()
+        with pytest.raises(StopRefused, match="no version of bundle 'web' is active"):
+            await manager.stop_app(BundleStop("web"))
+        end = await manager.run("c1", offer_for(v1, version=1, probation_s=0.0))
+        assert end is not None and end.state == "healthy"
+        assert apps.states["web"].state == "running"
+        result = await manager.stop_app(BundleStop("web"))
+        assert result == {"name": "web", "version": 1, "state": "stopped",
+                          "was_running": True}
+        assert apps.states["web"].state == "stopped"
+        assert manager.status()["web"]["state"] == "stopped"
+        again = await manager.stop_app(BundleStop("web"))  # idempotent
+        assert again["was_running"] is False
+        await apps.stop_all()
+    assert manager.disk.load("web").stopped is True
+    assert bundles_on_disk(state)["web"]["state"] == "stopped"
+
+    apps = supervisor()  # a runtime restart: the app is declared, not started
+    async with asyncio.TaskGroup() as tg:
+        apps.start_all(tg)
+        sources = [(await serve(["full"], v2.read_bytes()))[1]]
+        manager = manager_for(apps, sources)
+        await manager.restore()
+        assert apps.states["web"].state == "stopped"
+        assert "web" not in apps._tasks
+        assert manager.status()["web"]["state"] == "stopped"
+        end = await manager.run("c2", offer_for(v2, version=2, probation_s=0.0))
+        assert end is not None and end.state == "healthy"
+        assert apps.states["web"].state == "running"
+        await apps.stop_all()
+    assert manager.disk.load("web").stopped is False

@@ -118,3 +118,21 @@ def test_any_value_parses_or_is_a_bad_frame_never_another_error(body: dict[str, 
             parse(body)
         except BadFrame:
             pass
+
+
+@pytest.mark.parametrize("args", [
+    None, [], "web", {}, {"name": None}, {"name": 7}, {"name": ""}, {"name": "../etc"},
+    {"name": "Web"}, {"name": "a" * 64}, {"name": "web\x00"}, {"name": ["web"]}])
+def test_bundle_stop_args_off_the_rules_are_refused_naming_the_field(args: object) -> None:
+    from tether.protocol.update import parse_bundle_stop
+
+    with pytest.raises(BadFrame) as info:
+        parse_bundle_stop(args)
+    assert "'name'" in info.value.message or "map" in info.value.message
+
+
+def test_bundle_stop_args_round_trip_and_unknown_keys_are_dropped() -> None:
+    from tether.protocol.update import BundleStop, parse_bundle_stop
+
+    assert parse_bundle_stop({"name": "web", "extra": 1}) == BundleStop("web")
+    assert parse_bundle_stop(BundleStop("web-2").args()) == BundleStop("web-2")
