@@ -65,8 +65,11 @@ class Fleet:
 
     def until(self, rollout_id: str, what: str, cond: Any, timeout_s: float = 90
               ) -> dict[str, Any]:
-        return wait_until(lambda: (v := self.view(rollout_id)) and cond(v) and v,
-                          timeout_s=timeout_s, what=what)
+        try:
+            return wait_until(lambda: (v := self.view(rollout_id)) and cond(v) and v,
+                              timeout_s=timeout_s, what=what)
+        except AssertionError as exc:  # say where the rollout stood
+            raise AssertionError(f"{exc}; the rollout: {self.view(rollout_id)}") from None
 
     def updates(self, node_id: str, version: int | None = None) -> list[dict[str, Any]]:
         """The ``update.now`` commands ``node_id`` was given (of ``version``), oldest first."""
