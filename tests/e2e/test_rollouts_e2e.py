@@ -3,7 +3,12 @@
 with cli/bundle.py and published through the operator API (as tests/e2e/test_bundle_updates.py
 does); rollouts started with ``tether rollout start`` or ``POST /api/v1/rollouts``. The
 order of things is read from what the controller recorded (the commands' timelines, the
-rollout's view), never from timing."""
+rollout's view), never from timing.
+
+The happy path and the automatic rollback run on both backends (``both_backends``: the
+engine's compare-and-set moves and the node rows it judges by live in the store); the
+vanished node and the rollback offers, the same engine on the same store code, on SQLite
+only, for their cost (three node processes each)."""
 
 from __future__ import annotations
 
@@ -148,6 +153,7 @@ def test_three_nodes_in_two_rings_all_end_healthy_and_ring_two_waits_for_ring_on
         assert at(later["created_at"]) >= healthy_at, (node_id, later, canary)
 
 
+@pytest.mark.both_backends
 def test_a_version_whose_app_exits_at_once_rolls_back_ring_one_and_never_reaches_ring_two(
         fleet: Fleet) -> None:
     fleet.start(*NODES)
@@ -210,3 +216,35 @@ def test_a_ring_one_node_that_turned_healthy_and_vanished_holds_the_ring_until_i
     # ring 2 was offered only once n-a was connected again, whenever we looked above
     assert at(late["created_at"]) > back_at > ended_at(n_b_offer), (late, sessions)
     assert done["nodes"]["n-c"]["state"] == "healthy"
+
+
+# healthy on every node but n-b, where it exits at once (its cwd is inside the node's
+# state dir, tmp_path/<node id>/bundles/...)
+CRASH_ON_N_B = ('#!/bin/sh\ncase "$PWD" in */n-b/*) echo dying-on-n-b; exit 7;; esac\n'
+                'echo hello-from-{name}-{version}\nexec sleep 120\n')
+
+
+def test_on_failure_rollback_returns_the_rings_healthy_nodes_to_their_last_known_good(
+        fleet: Fleet) -> None:
+    fleet.start(*NODES)
+    roll_v1_everywhere(fleet)
+    fleet.publish(2, CRASH_ON_N_B, restart="on-failure")
+    rid = fleet.rollout(  # one at a time, in list order: n-a turns healthy, then n-b fails
+        version=2, rings=[{"name": "canary", "nodes": ["n-a", "n-b"]},
+                          {"name": "rest", "nodes": ["n-c"]}],
+        max_unavailable=1, probation_s=1, on_failure="rollback")["rollout_id"]
+
+    halted = fleet.until(rid, "halted and rolled back", lambda v: v["state"] == "halted"
+                         and v["finished_at"] is not None)
+    assert halted["why"]["nodes"] == ["n-b"], halted["why"]
+    assert halted["why"]["reasons"]["n-b"].startswith("rolled_back: start_failed: ")
+    a, b = halted["nodes"]["n-a"], halted["nodes"]["n-b"]
+    assert a["state"] == "healthy" and a["rollback"]["version"] == 1, a
+    assert a["rollback"]["state"] == "healthy" and a["active"] == 1, a
+    assert "rollback" not in b and b["active"] == 1, b  # it rolled back by itself
+    back = fleet.api.command(a["rollback"]["command_id"])
+    assert back["state"] == "succeeded" and back["args"]["rollback"] is True, back
+    for node_id in ("n-a", "n-b"):
+        assert bundles(fleet.nodes[node_id])["web"]["active"] == 1
+        wait_until(lambda n=node_id: fleet.app_running(n), what=f"v1 again on {node_id}")
+    assert fleet.updates("n-c", 2) == [] and halted["nodes"]["n-c"]["state"] == "skipped"
