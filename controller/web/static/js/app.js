@@ -1,5 +1,5 @@
 // The dashboard's shell: sign-in, theme, and a router over the URL fragment
-// (#/ fleet, #/node/<id>, #/node/<id>/media, #/commands). Each page gets a Live connection of its own, closed
+// (#/ fleet, #/node/<id>, #/node/<id>/media, #/commands, #/rollouts, #/rollout/<id>). Each page gets a Live connection of its own, closed
 // when the page is left: /ws has no unsubscribe, so this keeps a tab's topics to the page
 // it shows.
 
@@ -10,6 +10,7 @@ import { mountFleet } from "./fleet.js";
 import { Live } from "./live.js";
 import { mountMedia } from "./media.js";
 import { mountNode } from "./node.js";
+import { mountRollout, mountRollouts } from "./rollouts.js";
 
 const TOKEN_KEY = "tether.token"; // sessionStorage: the tab's session only
 const THEME_KEY = "tether.theme"; // localStorage: a preference, not a secret
@@ -106,6 +107,8 @@ function route() {
   if (parts[0] === "node" && parts[1] && parts[2] === "media") unmount = mountMedia(root, live, parts[1]);
   else if (parts[0] === "node" && parts[1]) unmount = mountNode(root, live, parts[1]);
   else if (parts[0] === "commands") unmount = mountCommands(root, live, parts[1]);
+  else if (parts[0] === "rollouts") unmount = mountRollouts(root, live);
+  else if (parts[0] === "rollout" && parts[1]) unmount = mountRollout(root, live, parts[1]);
   else unmount = mountFleet(root, live);
   page = { live, unmount };
   live.connect();
