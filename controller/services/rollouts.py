@@ -157,6 +157,14 @@ def node_view(n: RolloutNode, rollout: RolloutRecord,
     return out
 
 
+def ring_head(r: RolloutRecord) -> dict[str, Any]:
+    """The current ring as the view, the list and every event show it: index and name."""
+    rings = r.spec.get("rings") if isinstance(r.spec.get("rings"), list) else []
+    current = rings[r.ring] if isinstance(rings, list) and 0 <= r.ring < len(rings) else None
+    return {"index": r.ring,
+            "name": current.get("name") if isinstance(current, dict) else None}
+
+
 def rollout_view(r: RolloutRecord, *, with_nodes: bool = True,
                  rows: dict[str, NodeRecord] | None = None,
                  connected: Callable[[NodeRecord], bool] | None = None) -> dict[str, Any]:
@@ -174,14 +182,11 @@ def rollout_view(r: RolloutRecord, *, with_nodes: bool = True,
         ring_views.append({**(ring if isinstance(ring, dict) else {}), "index": i,
                            "stage": stage,
                            **({"size": sizes.get(i, 0)} if with_nodes else {})})
-    current = rings[r.ring] if 0 <= r.ring < len(rings) else None
     out: dict[str, Any] = {
         "rollout_id": r.rollout_id, "state": r.state, "why": r.why,
         "bundle": r.bundle, "version": r.version, "kind": r.kind,
         "selector": spec.get("selector", {}), "rings": ring_views,
-        "ring": {"index": r.ring,
-                 "name": current.get("name") if isinstance(current, dict) else None},
-        "counts": r.counts,
+        "ring": ring_head(r), "counts": r.counts,
         **{k: spec.get(k) for k in ("max_unavailable", "probation_s", "failure_threshold",
                                     "on_failure", "max_failed_starts", "force")},
         "accepted_failures": r.accepted_failures, "actor": r.actor,
@@ -317,7 +322,7 @@ class RolloutService:
         """``rollout.updated`` on ``rollout:<id>`` (the nodes in ``changed``, at most
         :data:`EVENT_NODES` an event) and on ``rollouts`` (module docstring)."""
         head = {"rollout_id": r.rollout_id, "state": r.state, "why": r.why,
-                "ring": r.ring, "counts": r.counts, "bundle": r.bundle,
+                "ring": ring_head(r), "counts": r.counts, "bundle": r.bundle,
                 "version": r.version}
         nodes = [n for n in r.nodes if n.node_id in changed]
         for i in range(0, max(1, len(nodes)), EVENT_NODES):

@@ -231,7 +231,8 @@ async def test_pause_holds_the_next_ring_resume_releases_it_and_abort_stops_for_
         if frame["t"] == "event" and frame["b"]["data"].get("nodes", {}).get(
                 "n1", {}).get("state") == "healthy":
             break
-    assert frame["b"]["data"]["state"] == "paused" and frame["b"]["data"]["ring"] == 0
+    data = frame["b"]["data"]
+    assert data["state"] == "paused" and data["ring"]["index"] == 0  # the view's shape
     assert await commands_of(api, "n2") == []  # ... and offered nothing more
     await ws.close()
     resumed = await api.post(f"/api/v1/rollouts/{rid}/resume")

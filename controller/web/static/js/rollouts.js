@@ -38,7 +38,7 @@ function counts(view) {
 function mergeHead(view, head) {
   const out = { ...view };
   for (const k of ["state", "why", "counts", "bundle", "version"]) if (k in head) out[k] = head[k];
-  if (typeof head.ring === "number") out.ring = { index: head.ring, name: ringName(out, head.ring) };
+  if (head.ring && typeof head.ring === "object") out.ring = head.ring;
   if (Array.isArray(out.rings) && out.ring) {
     out.rings = out.rings.map((r, i) => ({ ...r, stage: i < out.ring.index || out.state === "completed"
       ? "done" : i === out.ring.index ? "current" : "waiting" }));
