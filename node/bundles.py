@@ -466,15 +466,19 @@ def _exe_allowed(policy: Policy, executable: str) -> bool:
 
 def app_spec(name: str, bundle_dir: Path, app: BundleApp) -> AppSpec:
     """The supervisor's declaration of a bundle's app: relative program paths resolve
-    inside ``bundle_dir``, which is also its working directory."""
+    inside ``bundle_dir``, which is also its working directory. Both are absolute: a
+    relative state dir (``--state-dir n-a``) would make the program's path relative to the
+    working directory it names, and the exec fail (127)."""
+    bundle_dir = bundle_dir.absolute()
     return AppSpec(name=name, argv=_resolve(app.argv, bundle_dir), env=dict(app.env),
                    cwd=str(bundle_dir), restart=app.restart)
 
 
 def _resolve(argv: tuple[str, ...], bundle_dir: Path) -> tuple[str, ...]:
+    """A relative program path (``./run``) as an absolute path inside ``bundle_dir``."""
     prog = argv[0]
     if "/" in prog and not prog.startswith("/"):
-        prog = str(bundle_dir / prog)
+        prog = str(bundle_dir.absolute() / prog)
     return (prog, *argv[1:])
 
 
@@ -875,7 +879,7 @@ class BundleManager:
         timeout = min(max(health.interval_s, 1.0), MAX_HEALTH_TIMEOUT_S)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *_resolve(health.argv, bundle_dir), cwd=bundle_dir,
+                *_resolve(health.argv, bundle_dir), cwd=bundle_dir.absolute(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:

@@ -505,3 +505,25 @@ async def test_a_stopped_bundle_stays_stopped_across_a_restart_until_a_new_offer
         assert apps.states["web"].state == "running"
         await apps.stop_all()
     assert manager.disk.load("web").stopped is False
+
+
+def test_a_bundle_app_under_a_relative_state_dir_starts_from_its_own_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tether node run --state-dir n-a`: the bundle's directory is relative, and so was
+    the program's path, which the exec then looked up from inside that directory (127)."""
+    import subprocess
+
+    from tether.node.bundles import app_spec
+    from tether.protocol.appspec import AppSpec as BundleApp
+
+    monkeypatch.chdir(tmp_path)
+    version_dir = Path("n-a", "bundles", "web", "v1-abc")
+    version_dir.mkdir(parents=True)
+    (version_dir / "run.sh").write_text("#!/bin/sh\necho started-in \"$(pwd)\"\n")
+    (version_dir / "run.sh").chmod(0o755)
+    spec = app_spec("web", version_dir, BundleApp(argv=("./run.sh",)))
+    assert Path(spec.argv[0]).is_absolute() and Path(str(spec.cwd)).is_absolute()
+    done = subprocess.run(spec.argv, cwd=spec.cwd, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done
+    assert done.stdout.strip() == f"started-in {(tmp_path / version_dir).resolve()}"
