@@ -362,3 +362,71 @@ def test_a_download_cut_in_the_middle_resumes_with_range_and_verifies(
     finally:
         node.cleanup()
         proxy.close()
+
+
+def _rewrite(src: Path, out: Path, manifest_bytes: bytes | None = None,
+             signatures: Any = None) -> Path:
+    """``src`` with its manifest bytes or signatures replaced, payload untouched: what a
+    compromised controller (or a mirror) could serve."""
+    from tether.cli.bundle import write_bundle
+    from tether.protocol.bundle import open_payload, read_bundle
+
+    with src.open("rb") as f:
+        parts = read_bundle(f)
+        payload = open_payload(f, parts)
+        write_bundle(out, manifest_bytes if manifest_bytes is not None else parts.manifest_bytes,
+                     signatures if signatures is not None else parts.signatures,
+                     payload, parts.payload_size)
+    return out
+
+
+@pytest.mark.parametrize("case", ["tampered", "wrong_key", "expired", "runner_too_new"])
+def test_a_bundle_the_controller_publishes_is_still_refused_by_the_node_with_its_reason(
+        controller: ControllerProc, node: NodeProc, tmp_path: Path, case: str) -> None:
+    """Issue 15 "Done when": each rejected before anything runs, the reason reported; the
+    controller takes each of these files (it checks layout and hashes, never signatures:
+    the node's trust is the publisher's key, not the controller)."""
+    from datetime import UTC, datetime, timedelta
+
+    from tether.protocol.bundle import Signature, read_bundle
+
+    api = controller.api()
+    key, pub = make_key(tmp_path, "pub")
+    other, _ = make_key(tmp_path, "other")
+    trust(node.state_dir, load_public_key(pub), None)
+    good = bundle(tmp_path, key, "web", 1, STEADY)
+    with good.open("rb") as f:
+        parts = read_bundle(f)
+    if case == "tampered":  # one byte of the signed manifest: the expiry ten years on
+        raw = parts.manifest_bytes
+        at = raw.index(b'"expires_at":"') + len(b'"expires_at":"') + 2
+        path = _rewrite(good, tmp_path / "tampered.bundle",
+                        manifest_bytes=raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:])
+        code = "bad_signature"
+    elif case == "wrong_key":  # the trusted key's id on another key's signature
+        from tether.protocol.bundle import signed_message
+
+        forged = Signature(parts.signatures[0].key_id,
+                           other.sign(signed_message(parts.manifest_bytes)))
+        path = _rewrite(good, tmp_path / "forged.bundle", signatures=(forged,))
+        code = "bad_signature"
+    else:
+        root = tmp_path / f"src-{case}"
+        root.mkdir()
+        (root / "tether-app.toml").write_text('argv = ["./run"]\n')
+        (root / "run").write_text(STEADY.format(name="web", version=1))
+        (root / "run").chmod(0o755)
+        path = tmp_path / f"{case}.bundle"
+        if case == "expired":
+            build(root, name="web", version=1, key=key, out=path, min_runner_version="0.0.1",
+                  now=datetime.now(UTC) - timedelta(days=3), expires_in_days=1)
+            code = "bundle_expired"
+        else:
+            build(root, name="web", version=1, key=key, out=path, min_runner_version="99.0.0")
+            code = "runner_too_old"
+    done = offer(api, "n-b", publish(api, path))
+    assert done["state"] == "failed" and done["error"].startswith(f"rejected: {code}: "), done
+    assert "web" not in api.node("n-b")["apps"]
+    assert not any(node.state_dir.joinpath("bundles", "web").glob("v*"))
+    reported = wait_until(lambda: api.node("n-b")["bundles"].get("web"), what="bundles")
+    assert reported["state"] == "rejected" and reported.get("code", code) == code, reported
