@@ -879,7 +879,7 @@ class BundleManager:
         timeout = min(max(health.interval_s, 1.0), MAX_HEALTH_TIMEOUT_S)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *_resolve(health.argv, bundle_dir), cwd=bundle_dir.absolute(),
+                *_resolve(health.argv, bundle_dir), cwd=os.path.abspath(bundle_dir),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
