@@ -877,9 +877,10 @@ class BundleManager:
     async def _health_check(self, health: HealthSpec, bundle_dir: Path) -> str | None:
         """None when the check exits 0 within its timeout; else what went wrong."""
         timeout = min(max(health.interval_s, 1.0), MAX_HEALTH_TIMEOUT_S)
+        check = app_spec("health", bundle_dir, BundleApp(argv=health.argv))
         try:
             proc = await asyncio.create_subprocess_exec(
-                *_resolve(health.argv, bundle_dir), cwd=os.path.abspath(bundle_dir),
+                *check.argv, cwd=check.cwd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
