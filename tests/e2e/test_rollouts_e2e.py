@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tether.cli.bundle import load_public_key, trust
+from tether.protocol.frames import TERMINAL_STATES
 
 from ..helpers import Api, ControllerProc, NodeProc, tether_cmd, wait_until
 from .test_bundle_updates import CRASH, STEADY, bundle, bundles, make_key, publish
@@ -108,6 +109,17 @@ def ended_at(command: dict[str, Any]) -> datetime:
     return at(end)
 
 
+def healthy_reported_at(fleet: Fleet, node_id: str, rollout_id: str) -> datetime:
+    """When the controller applied ``node_id``'s ``healthy`` bundle.status for the
+    rollout (the node's event, stored in the same transaction the engine then reads)."""
+    events = fleet.api.get(f"/api/v1/nodes/{node_id}/events",
+                           params={"limit": 1000}).json()["items"]
+    (when,) = [e["at"] for e in events if e["kind"] == "bundle.status"
+               and e["data"].get("rollout_id") == rollout_id
+               and e["data"].get("state") == "healthy"]
+    return at(when)
+
+
 def roll_v1_everywhere(fleet: Fleet) -> None:
     """Version 1 on every app=web node, through a one-ring rollout."""
     fleet.publish(1)
@@ -144,11 +156,14 @@ def test_three_nodes_in_two_rings_all_end_healthy_and_ring_two_waits_for_ring_on
         wait_until(lambda n=node_id: fleet.app_running(n), what=f"the app on {node_id}")
     assert fleet.updates("n-other") == []
 
-    (canary,) = fleet.updates("n-a")
+    # each command ends with a cmd.status queued just after its healthy bundle.status
+    (canary,) = wait_until(lambda: (u := fleet.updates("n-a")) and all(
+        c["state"] in TERMINAL_STATES for c in u) and u, what="n-a's offer to end")
     assert canary["state"] == "succeeded" and canary["args"]["rollout_id"] == rid
-    healthy_at = ended_at(canary)  # the command ends when the version turned healthy
+    healthy_at = healthy_reported_at(fleet, "n-a", rid)  # what the engine acts on
     for node_id in ("n-b", "n-c"):
-        (later,) = fleet.updates(node_id)
+        (later,) = wait_until(lambda n=node_id: (u := fleet.updates(n)) and all(
+            c["state"] in TERMINAL_STATES for c in u) and u, what=f"{node_id}'s offer")
         assert later["state"] == "succeeded"
         assert at(later["created_at"]) >= healthy_at, (node_id, later, canary)
 
@@ -242,7 +257,9 @@ def test_on_failure_rollback_returns_the_rings_healthy_nodes_to_their_last_known
     assert a["state"] == "healthy" and a["rollback"]["version"] == 1, a
     assert a["rollback"]["state"] == "healthy" and a["active"] == 1, a
     assert "rollback" not in b and b["active"] == 1, b  # it rolled back by itself
-    back = fleet.api.command(a["rollback"]["command_id"])
+    # the command ends with the cmd.status queued after the healthy bundle.status
+    back = wait_until(lambda: (c := fleet.api.command(a["rollback"]["command_id"]))[
+        "state"] in TERMINAL_STATES and c, what="the rollback offer to end")
     assert back["state"] == "succeeded" and back["args"]["rollback"] is True, back
     for node_id in ("n-a", "n-b"):
         assert bundles(fleet.nodes[node_id])["web"]["active"] == 1
