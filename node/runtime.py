@@ -590,16 +590,25 @@ class NodeRuntime:
                 command_id, outcome.state, exit_code=outcome.exit_code, error=outcome.error,
                 result=dict(outcome.result) if outcome.result else None))
 
+    async def _begin(self, command_id: str) -> bool:
+        """Commit ``running`` before a command starts (at most once: after a crash it is
+        reported interrupted, never started again). False when it must not start now: the
+        runtime is stopping (it stays 'delivered' and runs after the next start) or it
+        already ran."""
+        if not self.accepting:
+            return False
+        started = await self.store.start_command(command_id)
+        if started is None:
+            return False
+        self._outbox_grew(started)
+        return True
+
     async def _file_send(self, command_id: str, args: dict[str, Any]) -> None:
         """``file.send`` (node/filesend.py): direct, else through the relay."""
         from .filesend import FileSendFailed, run_file_send
 
-        if not self.accepting:
-            return  # stays 'delivered'; runs after the next start
-        started = await self.store.start_command(command_id)
-        if started is None:
+        if not await self._begin(command_id):
             return
-        self._outbox_grew(started)
         try:
             result = await run_file_send(
                 args=args, policy=self.policy, workspace=self.config.workspace_dir,
@@ -620,12 +629,8 @@ class NodeRuntime:
     async def _update(self, command_id: str, args: dict[str, Any]) -> None:
         """``update.now`` (node/bundles.py): succeeded once the version is healthy, else
         failed with ``<state>: <code>: <reason>``."""
-        if not self.accepting:
-            return  # stays 'delivered'; runs after the next start
-        started = await self.store.start_command(command_id)
-        if started is None:
+        if not await self._begin(command_id):
             return
-        self._outbox_grew(started)
         try:
             end = await self.bundles.run(command_id, parse_update_offer(args))
         except Exception as exc:  # a bug or the disk: the command fails, the node lives
@@ -648,12 +653,8 @@ class NodeRuntime:
         args were checked when applied (node/store.py)."""
         from .bundles import StopRefused
 
-        if not self.accepting:
-            return  # stays 'delivered'; runs after the next start
-        started = await self.store.start_command(command_id)
-        if started is None:
+        if not await self._begin(command_id):
             return
-        self._outbox_grew(started)
         try:
             result = await self.bundles.stop_app(parse_bundle_stop(args))
         except StopRefused as exc:

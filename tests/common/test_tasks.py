@@ -9,7 +9,9 @@ import pytest
 from tether.common.tasks import cancel_and_wait
 
 
-async def _slow_to_die(release: asyncio.Event, dying: asyncio.Event) -> None:
+async def _slow_to_die(release: asyncio.Event, dying: asyncio.Event,
+                       started: asyncio.Event) -> None:
+    started.set()
     try:
         await asyncio.Event().wait()
     except asyncio.CancelledError:
@@ -19,9 +21,9 @@ async def _slow_to_die(release: asyncio.Event, dying: asyncio.Event) -> None:
 
 
 async def test_the_owner_cancelled_during_the_wait_is_cancelled_not_left_running() -> None:
-    release, dying = asyncio.Event(), asyncio.Event()
-    child = asyncio.ensure_future(_slow_to_die(release, dying))
-    await asyncio.sleep(0)
+    release, dying, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    child = asyncio.ensure_future(_slow_to_die(release, dying, started))
+    await started.wait()  # cancelled before its first step, it would never clean up
     after: list[str] = []
 
     async def owner() -> None:
@@ -43,13 +45,16 @@ async def test_the_tasks_own_cancellation_ends_there_and_its_failure_is_raised()
     assert never.cancelled()
     await cancel_and_wait(None)
 
+    started = asyncio.Event()
+
     async def fails_on_cancel() -> None:
+        started.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             raise RuntimeError("cleanup broke") from None
 
     failing = asyncio.ensure_future(fails_on_cancel())
-    await asyncio.sleep(0)
+    await started.wait()
     with pytest.raises(RuntimeError, match="cleanup broke"):
         await cancel_and_wait(failing)
