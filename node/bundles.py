@@ -819,6 +819,9 @@ class BundleManager:
         self._exits[name] = queue
         loop = asyncio.get_running_loop()
         deadline = loop.time() + offer.probation_s
+        # A restart within probation extends it until the new run has been up for
+        # probation_s, by at most failure_threshold more probations.
+        last_call = deadline + offer.probation_s * offer.failure_threshold
         health = app.health
         next_check = loop.time() + health.interval_s if health else None
         failed = 0
@@ -836,7 +839,11 @@ class BundleManager:
                                             f"{offer.probation_s:g} s", failed, exits)
                 now = loop.time()
                 if now >= deadline:
-                    break
+                    short = self._short_of_uptime(name, offer.probation_s)
+                    if short <= 0 or now >= last_call:
+                        break
+                    deadline = min(last_call, now + short)  # it restarted within probation
+                    continue
                 wake = min(deadline, next_check) if next_check is not None else deadline
                 try:
                     async with asyncio.timeout(max(0.0, wake - now)):
@@ -863,9 +870,21 @@ class BundleManager:
             await self._fail(offer, "start_failed", "the app is not running at the end "
                                     f"of its probation ({state.state if state else 'gone'})",
                                     failed, exits)
+        if self._short_of_uptime(name, offer.probation_s) > 0:
+            await self._fail(offer, "start_failed", "the app never stayed up for "
+                                    f"{offer.probation_s:g} s without a restart", failed,
+                                    exits)
         st = await asyncio.to_thread(self._confirm, name, slot)
         self._note(name, st, "healthy", offer.version, "")
         return await self._report(offer, "healthy", reason=f"up for {offer.probation_s:g} s")
+
+    def _short_of_uptime(self, name: str, probation_s: float) -> float:
+        """Seconds the app's current run still lacks to have been up for ``probation_s``;
+        0 when it has, or when it is not running (the caller fails that case)."""
+        state = self.apps.states.get(name)
+        if state is None or state.state != "running":
+            return 0.0
+        return max(0.0, probation_s - (time.time() - state.since))
 
     def _confirm(self, name: str, slot: Slot) -> NameState:
         st = self.disk.load(name)

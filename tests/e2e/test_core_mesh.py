@@ -21,8 +21,10 @@ from ..helpers import Api, ControllerProc, NodeProc, tether_cmd, wait_until
 pytestmark = pytest.mark.both_backends  # tests/e2e/conftest.py: SQLite, PostgreSQL + NATS
 
 
-def marker_command(marker: Path, tag: str) -> dict[str, object]:
-    return {"argv": ["sh", "-c", f"echo {tag} >> {marker}"]}
+def marker_command(marker: Path, tag: str, gate: Path | None = None) -> dict[str, object]:
+    """Append ``tag`` to ``marker``; with ``gate``, only once that file exists."""
+    wait = f"while [ ! -e {gate} ]; do sleep 0.05; done; " if gate else ""
+    return {"argv": ["sh", "-c", f"{wait}echo {tag} >> {marker}"]}
 
 
 def counts(api: Api, node_id: str) -> dict[str, int]:
@@ -49,7 +51,7 @@ def assert_exactly_once(api: Api, node_id: str, marker: Path, tags: list[str]) -
     by_tag = {}
     for cmd in all_commands(api, node_id):
         argv = cmd["args"]["argv"]  # type: ignore[index]
-        by_tag[argv[2].split()[1]] = cmd
+        by_tag[argv[2].split("echo ")[-1].split()[0]] = cmd
     assert set(by_tag) == set(tags)
     for tag in tags:
         cmd = by_tag[tag]
@@ -62,12 +64,21 @@ def assert_exactly_once(api: Api, node_id: str, marker: Path, tags: list[str]) -
 
 def start_marked_stream(api: Api, node_id: str, marker: Path, prefix: str,
                         count: int = 200) -> list[str]:
-    """Submit ``count`` marker commands and return once 20 of them are terminal."""
+    """Submit ``count`` marker commands and return once 20 of them are terminal.
+
+    Those from the 40th on wait for ``marker`` + ".gate" (the caller creates it after its
+    kill), so the kill lands mid-stream however loaded the box is."""
     tags = [f"{prefix}{i}" for i in range(count)]
-    for tag in tags:
-        api.submit(node_id, "exec", marker_command(marker, tag))
+    gate = marker.with_name(marker.name + ".gate")
+    for i, tag in enumerate(tags):
+        api.submit(node_id, "exec", marker_command(marker, tag, gate if i >= 40 else None))
     wait_until(lambda: terminal_count(api, node_id) >= 20, what="20 commands done")
     return tags
+
+
+def open_gate(marker: Path) -> None:
+    """Let the gated commands of :func:`start_marked_stream` run."""
+    marker.with_name(marker.name + ".gate").touch()
 
 
 def test_a_command_queued_while_the_node_is_offline_runs_when_it_connects(
@@ -95,6 +106,7 @@ def test_kill_9_of_the_node_runtime_mid_stream_loses_no_status_and_runs_nothing_
     tags = start_marked_stream(api, "n-crash", marker, "k")
     node.kill9()
     assert terminal_count(api, "n-crash") < 200, "the kill came too late to prove anything"
+    open_gate(marker)
     node.start()
     wait_until(lambda: terminal_count(api, "n-crash") == 200, timeout_s=90,
                what="all 200 commands terminal after the restart")
@@ -110,6 +122,7 @@ def test_kill_9_of_the_controller_mid_stream_loses_no_status_and_runs_nothing_tw
     done_before_kill = terminal_count(api, "n-ctl")
     controller.kill9()
     assert done_before_kill < 200, "the kill came too late to prove anything"
+    open_gate(marker)
     controller.start()  # same port and data dir
     api = controller.api()
     wait_until(lambda: terminal_count(api, "n-ctl") == 200, timeout_s=90,

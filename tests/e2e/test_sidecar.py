@@ -17,6 +17,7 @@ from .test_core_mesh import (
     all_commands,
     assert_exactly_once,
     marker_command,
+    open_gate,
     start_marked_stream,
     terminal_count,
 )
@@ -107,6 +108,7 @@ def test_kill_9_of_the_sidecar_mid_stream_loses_nothing_and_the_new_session_resu
     tags = start_marked_stream(api, "n-side", marker, "s")
     node.kill_sidecar9()
     assert terminal_count(api, "n-side") < 200, "the kill came too late to prove anything"
+    open_gate(marker)
     wait_until(lambda: node.sidecar_pid() not in (None, old_sidecar),
                what="the runtime to bring a new sidecar up")
     wait_until(lambda: terminal_count(api, "n-side") == 200, timeout_s=90,

@@ -416,6 +416,65 @@ async def test_an_attempt_reports_each_step_and_a_crashing_version_rolls_back_wi
     assert manager.disk.load("web").highest == 2
 
 
+async def run_alone(serve: Any, state: Path, bundle: Path, **offer: Any
+                    ) -> tuple[Any, dict[str, Any]]:
+    """One offer applied by a fresh manager and supervisor; its end and the app's state
+    (as_dict, with ``up_s``: how long its current run had been up; {} once removed) at
+    that end."""
+    import time
+
+    from tether.node.apps import AppSupervisor
+    from tether.node.bundles import BundleManager
+    from tether.node.logbuf import LogBuffer
+    from tether.protocol.update import BundleStatus
+
+    async def emit(status: BundleStatus) -> None:
+        pass
+    apps = AppSupervisor({}, logs=LogBuffer(), pids_path=state / "apps.pids.json",
+                         on_output=lambda: None, on_change=lambda table: None)
+    async with asyncio.TaskGroup() as tg:
+        apps.start_all(tg)
+        source = (await serve(["full"], bundle.read_bytes()))[1]
+        manager = BundleManager(state_dir=state, apps=apps, policy=Policy(),
+                                source=lambda: source, emit=emit, now=lambda: NOW)
+        await manager.restore()
+        end = await manager.run("c1", offer_for(bundle, version=1, **offer))
+        st = apps.states.get("web")  # gone when it failed without a last known good
+        app = {**st.as_dict(), "up_s": time.time() - st.since} if st else {}
+        await apps.stop_all()
+    return end, app
+
+
+async def test_a_restart_within_probation_extends_it_until_the_new_run_has_been_up_for_it(
+        serve: Any, tmp_path: Path, keys: dict[str, Any]) -> None:
+    """Fails its first start, then stays up: healthy only once the second run has been up
+    for the whole probation, not at the first deadline (when it had been up for less)."""
+    state = tmp_path / "state"
+    trust(state, keys["good.pub"], None)
+    once = tmp_path / "crashed-once"
+    bundle = make(tmp_path, keys["good"], 1, toml=(
+        f'argv = ["sh", "-c", "[ -e {once} ] && exec sleep 60; touch {once}; exit 3"]\n'
+        'restart = "on-failure"\n'))
+    end, app = await run_alone(serve, state, bundle, probation_s=1.0, failure_threshold=3)
+    assert end.state == "healthy", end
+    assert (app["state"], app["restarts"], app["exit_code"]) == ("running", 1, 3), app
+    assert app["up_s"] >= 1.0, app
+
+
+@pytest.mark.parametrize("restart", ["always", "on-failure"])
+async def test_an_app_that_never_stays_up_for_its_probation_fails_to_start(
+        serve: Any, tmp_path: Path, keys: dict[str, Any], restart: str) -> None:
+    """Exits 0 at once, so no start counts as failed: with restart=always it is restarted
+    forever and never up long enough (the extensions end); with on-failure it stays down."""
+    state = tmp_path / "state"
+    trust(state, keys["good.pub"], None)
+    bundle = make(tmp_path, keys["good"], 1, toml=(
+        f'argv = ["sh", "-c", "exit 0"]\nrestart = "{restart}"\n'))
+    end, app = await run_alone(serve, state, bundle, probation_s=0.5, failure_threshold=2)
+    assert (end.state, end.code, app) == ("failed", "start_failed", {}), end
+    assert end.detail["failed_starts"] == 0 and set(end.detail["exit_codes"]) == {0}, end
+
+
 @pytest.mark.parametrize(("args", "field"), [
     ({}, "name"), ({"name": "../web"}, "name"), ({"name": 5}, "name"),
     ({"name": "x" * 70}, "name")])
