@@ -287,6 +287,11 @@ def test_diag_route_and_controller_through_a_blackholed_route_say_traffic_is_swa
 def test_diag_route_to_a_node_whose_sidecar_is_frozen_names_the_hop_that_did_not_answer(
         controller: ControllerProc, make_node: Callable[..., NodeProc]) -> None:
     node = make_node("n-frozen")
+    # the sidecar's runtime-attached report can trail the session: without it the summary
+    # rightly blames a runtime it does not know about
+    api = controller.api()
+    wait_until(lambda: (api.node("n-frozen").get("runtime") or {}).get("state") == "attached",
+               what="the controller to know the runtime is attached")
     sidecar = node.sidecar_pid()
     assert sidecar is not None
     os.kill(sidecar, signal.SIGSTOP)  # the session stays open; nothing comes back over it
