@@ -31,6 +31,7 @@ from typing import Any
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from tether.common import failpoints
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM, FRAME_STREAM, delivery_class
 from tether.protocol.codec import (
     BATCH_TYPE,
@@ -78,6 +79,7 @@ from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import NodeRtcReport
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import Verdict
+from tether.tools.soak import recorder
 
 from .config import ControllerConfig
 from .services.admission import Admission
@@ -441,6 +443,9 @@ class EdgeConnection:
                 counters.sessions_closed[code_label(effect.code)] += 1
         if self.node_id:
             self.svc.registry.release(self.node_id, self)
+        if recorder.ARMED and self.session_id is not None:
+            recorder.record("fenced", node=self.node_id, session=self.session_id,
+                            replica=self.svc.replica_id)
         for effect in effects:
             if isinstance(effect, End):
                 await self._record_end(effect)
@@ -472,6 +477,9 @@ class EdgeConnection:
         """A newer session took this node: fence, end the core's session (no frame read
         after this is handled), then close with 4409; ``_finish`` records the end."""
         self.fenced = True
+        if recorder.ARMED and self.session_id is not None:
+            recorder.record("fenced", node=self.node_id, session=self.session_id,
+                            replica=self.svc.replica_id)
         self.core.closed(CloseCode.SUPERSEDED, "superseded by a newer session", by_peer=False)
         self.closing = _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         await self._close_ws(CloseCode.SUPERSEDED, "superseded by a newer session")
@@ -705,6 +713,14 @@ class EdgeConnection:
             runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
             labels=dict(hello.labels), max_frame=self.max_frame,
             replica_id=self.svc.replica_id)
+        if recorder.ARMED:  # the ownership compare-and-set committed
+            recorder.record("claimed", node=self.node_id, replica=self.svc.replica_id or "",
+                            session=opened.session_id)
+            if opened.cmd_epoch_rotated:
+                recorder.record("epoch", node=self.node_id, stream="cmd",
+                                epoch=opened.cmd_epoch)
+        if failpoints.ARMED:  # claimed; the old owner not yet told
+            failpoints.hit("gateway.after_claim")
         if self.fenced:  # superseded while opening
             raise _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         if (opened.superseded_session is not None
@@ -1057,6 +1073,13 @@ class EdgeConnection:
         except BaseException:
             self.core.evt.rollback()
             raise
+        if recorder.ARMED:  # committed: effects and cursor
+            for frame, _ in batch:
+                recorder.record("applied", node=self.node_id, stream="evt",
+                                epoch=self.core.evt.epoch or 0, q=frame.q or 0,
+                                session=self.session_id or "", replica=self.svc.replica_id)
+        if failpoints.ARMED:  # committed; the edge.ack not yet sent
+            failpoints.hit("gateway.before_ack")
         self.svc.counters.apply_seconds.observe(time.monotonic() - first_mono)
         evt = self.core.evt
         evt.committed(batch[-1][0].q or 0)
@@ -1102,6 +1125,9 @@ class EdgeConnection:
         if n is not None:
             delivered = await self.svc.store.ack_cmd(self.node_id, self.session_id or "",
                                                      core.cmd_epoch, n)
+            if recorder.ARMED:
+                recorder.record("acked", node=self.node_id, stream="cmd",
+                                epoch=core.cmd_epoch, q=n, session=self.session_id)
             core.stored_cmd_ack(n)
             for command_id in delivered:
                 command_changed(self.svc.bus, command_id, "delivered", self.node_id)
@@ -1116,11 +1142,24 @@ class EdgeConnection:
             if self.fenced:
                 break
             core.cmd_sending(q)  # before the send: the node may ack it before this returns
+            if recorder.ARMED:  # sequenced in the store; recorded at its first send here
+                self._record_cmd_append(q, data)
             await self._send_bytes(data)
             self.svc.counters.frames_out["cmd.deliver"] += 1
         if (core.cmd_sent_to_store() is not None and self._tg is not None
                 and (self._note_task is None or self._note_task.done())):
             self._note_task = self._tg.create_task(self._note_run(), name="edge-note-sent")
+
+    def _record_cmd_append(self, q: int, data: bytes) -> None:
+        """History (recorder armed): ``append`` of a ``cmd.deliver`` about to be sent, its
+        frame id the command id. Recorded at the send rather than where it was sequenced
+        (the store's ``_dispatch``): every frame a node can apply or ack is sent first."""
+        try:
+            command_id = decode_msgpack(data).b.get("command_id")
+        except Exception:
+            return
+        recorder.record("append", node=self.node_id, stream="cmd", frame_id=str(command_id),
+                        epoch=self.core.cmd_epoch, q=q)
 
     async def _note_run(self) -> None:
         """Record the sent mark until it is current, off the delivery path (a crash before

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from tether.common import failpoints
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import EVT_STREAM
 from tether.protocol.codec import encode_sequenced
@@ -37,6 +38,7 @@ from tether.protocol.frames import (
 from tether.protocol.local import frame_local
 from tether.protocol.streams import MAX_EPOCH
 from tether.protocol.update import UPDATE_KIND, parse_update_offer
+from tether.tools.soak import recorder
 
 from .outbox_tail import OutboxTail
 
@@ -153,6 +155,12 @@ class NodeStore:
         self.tail = OutboxTail()
         self._appends: _Appends | None = None
         self._append_writes: set[asyncio.Task[None]] = set()  # owned: close() awaits them
+        # History recorder only (tools/soak/recorder.py): the evt epoch, and the frame id of
+        # each re-sequenced row (new q -> the id of its first append), so that a frame keeps
+        # one id across epochs within this process.
+        self._rec_epoch = 0
+        self._rec_ids: dict[int, str] = {}
+        self.rec_node = ""  # the node's id, set by the runtime (recorder records only)
 
     def _forget_evt_last(self) -> None:
         self._evt_last_w = None
@@ -169,6 +177,7 @@ class NodeStore:
 
     async def open(self) -> StreamState:
         await self.db.open()
+        created: list[int] = []  # the evt epoch of a store created by this open
 
         def fn(conn: sqlite3.Connection) -> StreamState:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -177,11 +186,17 @@ class NodeStore:
                         "evt_acked": 0, "cmd_epoch": None, "cmd_applied": 0,
                         "session_id": None}
                 conn.executemany("INSERT INTO meta VALUES (?,?)", list(meta.items()))
+                created.append(int(meta["evt_epoch"]))
             return StreamState(int(meta["evt_epoch"]), self._read_evt_last(conn),
                                int(meta["evt_acked"]),
                                None if meta["cmd_epoch"] is None else int(meta["cmd_epoch"]),
                                int(meta["cmd_applied"]), meta["session_id"])
-        return await self.db.write(fn)
+        state = await self.db.write(fn)
+        self._rec_epoch = state.evt_epoch
+        if recorder.ARMED and created:  # a new store: what an older one held is lost
+            recorder.record("epoch", node=self.rec_node, stream="evt", epoch=created[0],
+                            reason="sender_store_lost")
+        return state
 
     async def close(self) -> None:
         """Finish the writes queued (appends included), then close the database."""
@@ -224,8 +239,18 @@ class NodeStore:
                 self._fresh_w = []
         result, fresh, generation = await self.db.write(run, savepoint=savepoint)
         if fresh:
+            if recorder.ARMED:
+                self._record_appends([q for q, _, _ in fresh])
             self.tail.add(fresh, generation)
         return result
+
+    def _record_appends(self, qs: Sequence[int]) -> None:
+        """History (recorder armed): ``append`` for outbox rows just committed, each under
+        its first (epoch, q) as frame id (or the id it kept through a re-sequencing)."""
+        for q in qs:
+            recorder.record("append", node=self.rec_node, stream="evt",
+                            frame_id=self._rec_ids.get(q, f"{self._rec_epoch}.{q}"),
+                            epoch=self._rec_epoch, q=q)
 
     def _status(self, conn: sqlite3.Connection, status: CmdStatus) -> int:
         return self._append(conn, status.TYPE, status.to_body())
@@ -267,6 +292,11 @@ class NodeStore:
                         "the write of this event was cancelled (the node is stopping); it "
                         "may or may not be in the outbox", code="unavailable"))
             raise
+        if recorder.ARMED:
+            self._record_appends(range(q0, q0 + sum(not isinstance(b, Exception)
+                                                    for b in packed)))
+        if failpoints.ARMED:  # committed; no caller told, nothing sent
+            failpoints.hit("outbox.after_append")
         q = q0
         tail = self.tail
         for (t, _), future, body in zip(group.rows, group.futures, packed, strict=True):
@@ -344,6 +374,9 @@ class NodeStore:
         cursor. With ``epoch``, nothing happens unless it is still the store's ``evt`` epoch
         (an ack heard before :meth:`rotate_evt_epoch` must not delete re-sequenced rows);
         returns whether the ack was recorded."""
+        if failpoints.ARMED:  # the ack read; the acked rows still in the outbox
+            failpoints.hit("outbox.after_ack_before_delete")
+
         def fn(conn: sqlite3.Connection) -> bool:
             if epoch is not None:
                 current = conn.execute("SELECT value FROM meta WHERE key='evt_epoch'"
@@ -356,20 +389,28 @@ class NodeStore:
             return True
         if not await self.db.write(fn):
             return False
+        if recorder.ARMED:
+            recorder.record("acked", node=self.rec_node, stream="evt", epoch=self._rec_epoch,
+                            q=n)
+            for q in [q for q in self._rec_ids if q <= n]:
+                del self._rec_ids[q]
         self.tail.drop_through(n)
         return True
 
     async def rotate_evt_epoch(self) -> StreamState:
         """The controller's cursor does not fit this epoch (it lost or restored its store):
         start a new epoch and re-sequence every unacked frame from 1, in order."""
+        moved: list[tuple[int, int]] = []  # (new epoch, old q) per row, for the recorder
+
         def fn(conn: sqlite3.Connection) -> int:
-            rows = conn.execute("SELECT t, body, created_at FROM uplink_outbox ORDER BY q"
+            rows = conn.execute("SELECT t, body, created_at, q FROM uplink_outbox ORDER BY q"
                                 ).fetchall()
             conn.execute("DELETE FROM uplink_outbox")
             conn.executemany("INSERT INTO uplink_outbox VALUES (?,?,?,?)",
                              [(i, r[0], r[1], r[2]) for i, r in enumerate(rows, start=1)])
-            conn.execute("UPDATE meta SET value=? WHERE key='evt_epoch'",
-                         (secrets.randbelow(MAX_EPOCH) + 1,))
+            new_epoch = secrets.randbelow(MAX_EPOCH) + 1
+            conn.execute("UPDATE meta SET value=? WHERE key='evt_epoch'", (new_epoch,))
+            moved[:] = [(new_epoch, r[3]) for r in rows]
             conn.execute("UPDATE meta SET value=? WHERE key='evt_last'", (len(rows),))
             conn.execute("UPDATE meta SET value=0 WHERE key='evt_acked'")
             self._evt_last_w = len(rows)
@@ -380,7 +421,15 @@ class NodeStore:
         # Rule 2); should the write fail, nothing is cached for good, which is only slower.
         self.tail.reset(None)
         self.tail.reset(await self.db.write(fn))
-        return await self.stream_state()
+        state = await self.stream_state()
+        old_epoch, self._rec_epoch = self._rec_epoch, state.evt_epoch
+        if recorder.ARMED:
+            recorder.record("epoch", node=self.rec_node, stream="evt", epoch=state.evt_epoch)
+            ids = {new_q: self._rec_ids.get(old_q, f"{old_epoch}.{old_q}")
+                   for new_q, (_, old_q) in enumerate(moved, start=1)}
+            self._rec_ids = ids
+            self._record_appends(list(ids))
+        return state
 
     async def stream_state(self) -> StreamState:
         def fn(conn: sqlite3.Connection) -> StreamState:
@@ -411,11 +460,16 @@ class NodeStore:
                 return False
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_epoch'", (cmd_epoch,))
             conn.execute("UPDATE meta SET value=0 WHERE key='cmd_applied'")
+            reset.append(True)
             if old is not None:
                 self._incident(conn, "protocol",
                                f"controller started a new cmd epoch ({old} -> {cmd_epoch})")
             return old is not None
-        return await self.db.write(fn)
+        reset: list[bool] = []
+        rotated = await self.db.write(fn)
+        if recorder.ARMED and reset:  # this receiver's cmd cursor starts at 0 in the epoch
+            recorder.record("epoch", node=self.rec_node, stream="cmd", epoch=cmd_epoch)
+        return rotated
 
     async def apply_downlink(self, frames: Sequence[Frame],
                              check: Callable[[str, Mapping[str, Any]], str | None]
@@ -426,15 +480,24 @@ class NodeStore:
         transaction; unknown kinds, and commands ``check`` (the policy) refuses, are
         ``rejected`` with the reason; past-deadline commands ``expired``."""
         received_ms = _ms()
+        seen: list[tuple[str, int, str | None]] = []  # recorder: (applied|duplicate, q, id)
 
         def fn(conn: sqlite3.Connection) -> Applied:
             to_run: list[dict[str, Any]] = []
             to_control: list[tuple[str, str, dict[str, Any]]] = []
             now = time.time()
+            seen.clear()  # (a closure run again starts over)
             for frame in frames:
+                if recorder.ARMED:
+                    body = frame.b if isinstance(frame.b, Mapping) else {}
+                    command_id = body.get("command_id")
+                    seen.append(("applied", frame.q or 0,
+                                 command_id if isinstance(command_id, str) else None))
                 if frame.k is not None:  # PROTOCOL.md §2: a key is applied at most once
                     if conn.execute("INSERT OR IGNORE INTO idempotency_keys VALUES (?,?)",
                                     (frame.k, now)).rowcount == 0:
+                        if recorder.ARMED:
+                            seen[-1] = ("duplicate", *seen[-1][1:])
                         continue
                 try:
                     cmd = CmdDeliver.parse(frame)
@@ -444,6 +507,8 @@ class NodeStore:
                     continue
                 if conn.execute("SELECT 1 FROM commands WHERE command_id=?",
                                 (cmd.command_id,)).fetchone():
+                    if recorder.ARMED:
+                        seen[-1] = ("duplicate", *seen[-1][1:])
                     continue  # the same command under a new epoch: applied already
                 state, error = "delivered", None
                 rule = check(cmd.kind, cmd.args)
@@ -473,10 +538,23 @@ class NodeStore:
                                    "args": dict(cmd.args)})
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_applied'", (frames[-1].q,))
             conn.execute("DELETE FROM idempotency_keys WHERE at < ?", (now - 2 * 86400,))
+            if recorder.ARMED:
+                meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
+                                         "('cmd_epoch', 'session_id')").fetchall())
+                where[:] = [int(meta.get("cmd_epoch") or 0), str(meta.get("session_id"))]
+            if failpoints.ARMED:  # applied, cursor moved, not committed
+                failpoints.hit("inbox.after_apply_before_commit")
             last = self._evt_last_w
             return Applied(to_run, to_control,
                            self._read_evt_last(conn) if last is None else last)
-        return await self._write(fn)
+        where: list[Any] = []
+        applied = await self._write(fn)
+        if recorder.ARMED and where:
+            epoch, session = where
+            for kind, q, command_id in seen:
+                recorder.record(kind, node=self.rec_node, stream="cmd", epoch=epoch, q=q,
+                                session=session, frame_id=command_id)
+        return applied
 
     def _reject_malformed(self, conn: sqlite3.Connection, frame: Frame, exc: Exception,
                           received_ms: int) -> None:

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tether.common import failpoints
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.errors import AuthError, Conflict, NotFound, StoreError
@@ -308,6 +309,8 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                     node_id, replica_id, owner_epoch, claimed):
                 raise StoreError(f"node {node_id!r} was claimed by another hello meanwhile; "
                                  "the node retries", code="unavailable")
+            if failpoints.ARMED:  # the claim written, not committed
+                failpoints.hit("gateway.mid_claim")
             await self._flush(tx, node_id, events)
             await self._dispatch(tx, node_id, now, max_frame)
             return SessionOpened(session_id=session_id, resumed=resumed, cmd_epoch=cmd_epoch,
@@ -449,6 +452,8 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                     self._node_event(node_id, peer_text(frame.t), body.to_body(), now, events)
             await self._flush(tx, node_id, events)
             await tx.execute(_MOVE_EVT_CURSOR, frames[-1][0].q, node_id)
+            if failpoints.ARMED:  # effects and cursor written, not committed
+                failpoints.hit("gateway.after_apply_before_commit")
             return effects
         applied = await self.driver.write(fn)
         self._observe(latencies)
