@@ -157,10 +157,16 @@ class NodeStore:
         self._append_writes: set[asyncio.Task[None]] = set()  # owned: close() awaits them
         # History recorder only (tools/soak/recorder.py): the evt epoch, and the frame id of
         # each re-sequenced row (new q -> the id of its first append), so that a frame keeps
-        # one id across epochs within this process.
+        # one id across epochs within this process. Records of what a write closure did wait
+        # in _rec_pending_w (writer thread) and are written right after the COMMIT, in the
+        # writer thread, before any caller hears of it: a crash after that COMMIT (another
+        # closure's failpoint, kill -9) cannot leave a committed frame unrecorded.
         self._rec_epoch = 0
         self._rec_ids: dict[int, str] = {}
+        self._rec_pending_w: list[dict[str, Any]] = []
         self.rec_node = ""  # the node's id, set by the runtime (recorder records only)
+        if recorder.ARMED:
+            self.db.on_commit = self._rec_committed
 
     def _forget_evt_last(self) -> None:
         self._evt_last_w = None
@@ -234,23 +240,33 @@ class NodeStore:
             self._fresh_w = []
             try:
                 result = fn(conn)
+                if recorder.ARMED:
+                    for q, _, _ in self._fresh_w:
+                        self._rec_append_w(q)
                 return result, self._fresh_w, self._generation_w
             finally:
                 self._fresh_w = []
         result, fresh, generation = await self.db.write(run, savepoint=savepoint)
         if fresh:
-            if recorder.ARMED:
-                self._record_appends([q for q, _, _ in fresh])
+            if failpoints.ARMED:  # committed (a command's status); nothing sent
+                failpoints.hit("outbox.after_append")
             self.tail.add(fresh, generation)
         return result
 
-    def _record_appends(self, qs: Sequence[int]) -> None:
-        """History (recorder armed): ``append`` for outbox rows just committed, each under
+    def _rec_append_w(self, q: int) -> None:
+        """Writer thread, recorder armed: ``append`` of outbox row ``q`` once committed, under
         its first (epoch, q) as frame id (or the id it kept through a re-sequencing)."""
-        for q in qs:
-            recorder.record("append", node=self.rec_node, stream="evt",
-                            frame_id=self._rec_ids.get(q, f"{self._rec_epoch}.{q}"),
-                            epoch=self._rec_epoch, q=q)
+        self._rec_pending_w.append({
+            "ev": "append", "node": self.rec_node, "stream": "evt", "epoch": self._rec_epoch,
+            "frame_id": self._rec_ids.get(q, f"{self._rec_epoch}.{q}"), "q": q})
+
+    def _rec_committed(self, committed: bool) -> None:
+        """Writer thread (``Database.on_commit``): write the records of a committed batch;
+        forget those of one rolled back."""
+        pending, self._rec_pending_w = self._rec_pending_w, []
+        if committed:
+            for fields in pending:
+                recorder.record(fields.pop("ev"), **fields)
 
     def _status(self, conn: sqlite3.Connection, status: CmdStatus) -> int:
         return self._append(conn, status.TYPE, status.to_body())
@@ -292,9 +308,6 @@ class NodeStore:
                         "the write of this event was cancelled (the node is stopping); it "
                         "may or may not be in the outbox", code="unavailable"))
             raise
-        if recorder.ARMED:
-            self._record_appends(range(q0, q0 + sum(not isinstance(b, Exception)
-                                                    for b in packed)))
         if failpoints.ARMED:  # committed; no caller told, nothing sent
             failpoints.hit("outbox.after_append")
         q = q0
@@ -329,6 +342,9 @@ class NodeStore:
             params.append((last + 1 + len(params), t, data, now))
         conn.executemany("INSERT INTO uplink_outbox VALUES (?,?,?,?)", params)
         self._evt_last_w = last + len(params)
+        if recorder.ARMED:
+            for q in range(last + 1, last + 1 + len(params)):
+                self._rec_append_w(q)
         return last + 1, packed, self._generation_w
 
     def encoded_run(self, first: int, last: int) -> list[bytes]:
@@ -392,16 +408,14 @@ class NodeStore:
         if recorder.ARMED:
             recorder.record("acked", node=self.rec_node, stream="evt", epoch=self._rec_epoch,
                             q=n)
-            for q in [q for q in self._rec_ids if q <= n]:
-                del self._rec_ids[q]
+            self._rec_ids = {q: i for q, i in self._rec_ids.items() if q > n}  # (one swap:
+            # the writer thread may be reading the old dict)
         self.tail.drop_through(n)
         return True
 
     async def rotate_evt_epoch(self) -> StreamState:
         """The controller's cursor does not fit this epoch (it lost or restored its store):
         start a new epoch and re-sequence every unacked frame from 1, in order."""
-        moved: list[tuple[int, int]] = []  # (new epoch, old q) per row, for the recorder
-
         def fn(conn: sqlite3.Connection) -> int:
             rows = conn.execute("SELECT t, body, created_at, q FROM uplink_outbox ORDER BY q"
                                 ).fetchall()
@@ -410,7 +424,14 @@ class NodeStore:
                              [(i, r[0], r[1], r[2]) for i, r in enumerate(rows, start=1)])
             new_epoch = secrets.randbelow(MAX_EPOCH) + 1
             conn.execute("UPDATE meta SET value=? WHERE key='evt_epoch'", (new_epoch,))
-            moved[:] = [(new_epoch, r[3]) for r in rows]
+            old_epoch, self._rec_epoch = self._rec_epoch, new_epoch
+            if recorder.ARMED:  # every unacked frame keeps its id under its new number
+                self._rec_pending_w.append({"ev": "epoch", "node": self.rec_node,
+                                            "stream": "evt", "epoch": new_epoch})
+                self._rec_ids = {i: self._rec_ids.get(r[3], f"{old_epoch}.{r[3]}")
+                                 for i, r in enumerate(rows, start=1)}
+                for i in self._rec_ids:
+                    self._rec_append_w(i)
             conn.execute("UPDATE meta SET value=? WHERE key='evt_last'", (len(rows),))
             conn.execute("UPDATE meta SET value=0 WHERE key='evt_acked'")
             self._evt_last_w = len(rows)
@@ -421,15 +442,7 @@ class NodeStore:
         # Rule 2); should the write fail, nothing is cached for good, which is only slower.
         self.tail.reset(None)
         self.tail.reset(await self.db.write(fn))
-        state = await self.stream_state()
-        old_epoch, self._rec_epoch = self._rec_epoch, state.evt_epoch
-        if recorder.ARMED:
-            recorder.record("epoch", node=self.rec_node, stream="evt", epoch=state.evt_epoch)
-            ids = {new_q: self._rec_ids.get(old_q, f"{old_epoch}.{old_q}")
-                   for new_q, (_, old_q) in enumerate(moved, start=1)}
-            self._rec_ids = ids
-            self._record_appends(list(ids))
-        return state
+        return await self.stream_state()
 
     async def stream_state(self) -> StreamState:
         def fn(conn: sqlite3.Connection) -> StreamState:
@@ -460,16 +473,14 @@ class NodeStore:
                 return False
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_epoch'", (cmd_epoch,))
             conn.execute("UPDATE meta SET value=0 WHERE key='cmd_applied'")
-            reset.append(True)
+            if recorder.ARMED:  # this receiver's cmd cursor starts at 0 in the epoch
+                self._rec_pending_w.append({"ev": "epoch", "node": self.rec_node,
+                                            "stream": "cmd", "epoch": cmd_epoch})
             if old is not None:
                 self._incident(conn, "protocol",
                                f"controller started a new cmd epoch ({old} -> {cmd_epoch})")
             return old is not None
-        reset: list[bool] = []
-        rotated = await self.db.write(fn)
-        if recorder.ARMED and reset:  # this receiver's cmd cursor starts at 0 in the epoch
-            recorder.record("epoch", node=self.rec_node, stream="cmd", epoch=cmd_epoch)
-        return rotated
+        return await self.db.write(fn)
 
     async def apply_downlink(self, frames: Sequence[Frame],
                              check: Callable[[str, Mapping[str, Any]], str | None]
@@ -541,20 +552,17 @@ class NodeStore:
             if recorder.ARMED:
                 meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
                                          "('cmd_epoch', 'session_id')").fetchall())
-                where[:] = [int(meta.get("cmd_epoch") or 0), str(meta.get("session_id"))]
+                self._rec_pending_w.extend({
+                    "ev": kind, "node": self.rec_node, "stream": "cmd", "q": q,
+                    "epoch": int(meta.get("cmd_epoch") or 0),
+                    "session": str(meta.get("session_id")), "frame_id": command_id}
+                    for kind, q, command_id in seen)
             if failpoints.ARMED:  # applied, cursor moved, not committed
                 failpoints.hit("inbox.after_apply_before_commit")
             last = self._evt_last_w
             return Applied(to_run, to_control,
                            self._read_evt_last(conn) if last is None else last)
-        where: list[Any] = []
-        applied = await self._write(fn)
-        if recorder.ARMED and where:
-            epoch, session = where
-            for kind, q, command_id in seen:
-                recorder.record(kind, node=self.rec_node, stream="cmd", epoch=epoch, q=q,
-                                session=session, frame_id=command_id)
-        return applied
+        return await self._write(fn)
 
     def _reject_malformed(self, conn: sqlite3.Connection, frame: Frame, exc: Exception,
                           received_ms: int) -> None:

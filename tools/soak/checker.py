@@ -19,8 +19,9 @@ one was broken:
    sequence (or a new epoch) never came; ``undelivered``: after ``drained``, a frame
    appended and never applied (unless its sender's store was lost and it was unacked).
 5. **Fencing** — ``apply_from_fenced``: an ``evt`` apply (the controller's) arriving on a
-   session that was fenced (superseded by a later claim, or closed); ``apply_without_ownership``: an ``evt`` apply
-   by a replica that did not own the node at that moment.
+   session that was fenced (superseded by a later claim, or closed);
+   ``apply_without_ownership``: an ``evt`` apply by a replica that did not own the node at
+   that moment.
 6. **Commands** — ``command_not_terminal`` (last state seen not terminal),
    ``terminal_state_changed``, ``state_regressed``, ``executed_twice`` (more than one marker),
    ``succeeded_without_effect`` (succeeded, no marker), ``effect_without_execution``
