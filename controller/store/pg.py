@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from tether.common import failpoints
 from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import StoreError
 
@@ -246,6 +247,8 @@ class PostgresDriver:
                 for number, script in enumerate(self.migrations[version:], start=version + 1):
                     # No arguments: the simple protocol, so a script may hold many statements.
                     await conn.execute(script, timeout=self.migrate_timeout_s)
+                    if failpoints.ARMED:  # a script run, the transaction open (@N: the Nth)
+                        failpoints.hit("store.mid_migration")
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                         number, time.time())

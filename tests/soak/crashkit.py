@@ -29,7 +29,7 @@ from tether.tools.soak.history import (
     load,
 )
 
-from ..helpers import FAST, Api, ControllerProc, NodeProc, wait_until
+from ..helpers import FAST, Api, ControllerProc, NodeProc, Proc, tether_cmd, wait_until
 
 NODE_ID = "crash-n1"
 
@@ -78,6 +78,18 @@ class Rig:
         self.controller.env = self._env(self.controller_env if armed else {})
         self.controller.start()
         self.api = self.controller.api()
+
+    def start_controller_to_crash(self) -> int:
+        """Start the controller armed, expecting it to die before it listens (a failpoint
+        on its way up); returns its exit code."""
+        ctl = self.controller
+        ctl.env = self._env(self.controller_env)
+        ctl.argv = tether_cmd("controller", "serve", "--data-dir", str(ctl.data_dir),
+                              "--port", str(ctl.port), *ctl.extra)
+        Proc.start(ctl)
+        wait_until(lambda: not ctl.alive(), timeout_s=30, what="the controller to crash")
+        assert ctl.proc is not None
+        return ctl.proc.wait(10)
 
     def enroll(self) -> None:
         self.node.enroll(self.controller)
