@@ -443,9 +443,6 @@ class EdgeConnection:
                 counters.sessions_closed[code_label(effect.code)] += 1
         if self.node_id:
             self.svc.registry.release(self.node_id, self)
-        if recorder.ARMED and self.session_id is not None:
-            recorder.record("fenced", node=self.node_id, session=self.session_id,
-                            replica=self.svc.replica_id)
         for effect in effects:
             if isinstance(effect, End):
                 await self._record_end(effect)
@@ -466,6 +463,10 @@ class EdgeConnection:
                                                    session_id=self.session_id,
                                                    close_code=code, reason=reason,
                                                    goodbye=end.goodbye)
+                if recorder.ARMED:  # the store's fence from here on (a superseded session
+                    # is fenced by the newer one's claim, which records ``claimed``)
+                    recorder.record("fenced", node=self.node_id, session=self.session_id,
+                                    replica=self.svc.replica_id)
         self.svc.node_changed(self.node_id, "session.closed",
                               {"session_id": self.session_id, "close_code": code,
                                "reason": reason})
@@ -477,9 +478,6 @@ class EdgeConnection:
         """A newer session took this node: fence, end the core's session (no frame read
         after this is handled), then close with 4409; ``_finish`` records the end."""
         self.fenced = True
-        if recorder.ARMED and self.session_id is not None:
-            recorder.record("fenced", node=self.node_id, session=self.session_id,
-                            replica=self.svc.replica_id)
         self.core.closed(CloseCode.SUPERSEDED, "superseded by a newer session", by_peer=False)
         self.closing = _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         await self._close_ws(CloseCode.SUPERSEDED, "superseded by a newer session")
@@ -1067,17 +1065,12 @@ class EdgeConnection:
                         log_appended(self.svc.bus, row.command_id, row)
             if not batch:
                 return
-            effects = await self.svc.store.apply_evt(node_id=self.node_id,
-                                                     session_id=self.session_id or "",
-                                                     frames=batch)
+            effects = await self.svc.store.apply_evt(
+                node_id=self.node_id, session_id=self.session_id or "", frames=batch,
+                on_commit=self._evt_applied_recorder(batch) if recorder.ARMED else None)
         except BaseException:
             self.core.evt.rollback()
             raise
-        if recorder.ARMED:  # committed: effects and cursor
-            for frame, _ in batch:
-                recorder.record("applied", node=self.node_id, stream="evt",
-                                epoch=self.core.evt.epoch or 0, q=frame.q or 0,
-                                session=self.session_id or "", replica=self.svc.replica_id)
         if failpoints.ARMED:  # committed; the edge.ack not yet sent
             failpoints.hit("gateway.before_ack")
         self.svc.counters.apply_seconds.observe(time.monotonic() - first_mono)
@@ -1149,6 +1142,20 @@ class EdgeConnection:
         if (core.cmd_sent_to_store() is not None and self._tg is not None
                 and (self._note_task is None or self._note_task.done())):
             self._note_task = self._tg.create_task(self._note_run(), name="edge-note-sent")
+
+    def _evt_applied_recorder(self, batch: list[tuple[Frame, Body | Poisoned]]
+                              ) -> Callable[[], None]:
+        """History (recorder armed): ``applied`` per frame of ``batch``, written by the
+        store's writer right after the COMMIT (a session cancelled while its batch
+        commits, its node gone, must not leave a committed apply unrecorded)."""
+        node, epoch, session = self.node_id, self.core.evt.epoch or 0, self.session_id or ""
+        qs, replica = [frame.q or 0 for frame, _ in batch], self.svc.replica_id
+
+        def record() -> None:
+            for q in qs:
+                recorder.record("applied", node=node, stream="evt", epoch=epoch, q=q,
+                                session=session, replica=replica)
+        return record
 
     def _record_cmd_append(self, q: int, data: bytes) -> None:
         """History (recorder armed): ``append`` of a ``cmd.deliver`` about to be sent, its
