@@ -84,7 +84,6 @@ class NodeRuntime:
         self.config = config
         self.identity = identity
         self.store = NodeStore(config.db_path, durability=config.durability)
-        self.store.rec_node = identity.node_id  # names the node in history records
         self.logs = LogBuffer(max_chunks=config.max_log_chunks)
         self.monitor = MonitorBuffer()
         self.link = SidecarLink(socket_path=config.socket_path, handler=self,
@@ -152,6 +151,7 @@ class NodeRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set or the link ends for good; then drain, flush, say
         goodbye. The store is closed on the way out whatever happens."""
+        self.store.rec_node = self.identity.node_id  # names the node in history records
         state = await self.store.open()
         try:
             self.evt_epoch = state.evt_epoch
