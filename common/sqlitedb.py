@@ -64,6 +64,9 @@ class Database:
         # Called in the writer thread after any rollback (of one closure's savepoint or of a
         # whole batch): a store that caches state between closures drops it here.
         self.on_rollback: Callable[[], None] | None = None
+        # Called in the writer thread right after each batch's COMMIT (True) or its whole
+        # ROLLBACK (False), before any caller hears of it (the soak's history recorder).
+        self.on_commit: Callable[[bool], None] | None = None
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"db-w-{self.path.stem}")
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix=f"db-r-{self.path.stem}")
         self._wconn: sqlite3.Connection | None = None
@@ -271,7 +274,11 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._rolled_back()
+            if self.on_commit is not None:
+                self.on_commit(False)
             raise
+        if self.on_commit is not None:
+            self.on_commit(True)
         return outcomes
 
     def _rolled_back(self) -> None:

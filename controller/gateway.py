@@ -31,6 +31,7 @@ from typing import Any
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from tether.common import failpoints
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM, FRAME_STREAM, delivery_class
 from tether.protocol.codec import (
     BATCH_TYPE,
@@ -78,6 +79,7 @@ from tether.protocol.health import HEALTH_KIND
 from tether.protocol.rtc import NodeRtcReport
 from tether.protocol.signing import verify_hello
 from tether.protocol.streams import Verdict
+from tether.tools.soak import recorder
 
 from .config import ControllerConfig
 from .services.admission import Admission
@@ -461,6 +463,10 @@ class EdgeConnection:
                                                    session_id=self.session_id,
                                                    close_code=code, reason=reason,
                                                    goodbye=end.goodbye)
+                if recorder.ARMED:  # the store's fence from here on (a superseded session
+                    # is fenced by the newer one's claim, which records ``claimed``)
+                    recorder.record("fenced", node=self.node_id, session=self.session_id,
+                                    replica=self.svc.replica_id)
         self.svc.node_changed(self.node_id, "session.closed",
                               {"session_id": self.session_id, "close_code": code,
                                "reason": reason})
@@ -705,6 +711,14 @@ class EdgeConnection:
             runtime=self.runtime, sidecar=self.sidecar, capabilities=hello.capabilities,
             labels=dict(hello.labels), max_frame=self.max_frame,
             replica_id=self.svc.replica_id)
+        if recorder.ARMED:  # the ownership compare-and-set committed
+            recorder.record("claimed", node=self.node_id, replica=self.svc.replica_id or "",
+                            session=opened.session_id)
+            if opened.cmd_epoch_rotated:
+                recorder.record("epoch", node=self.node_id, stream="cmd",
+                                epoch=opened.cmd_epoch)
+        if failpoints.ARMED:  # claimed; the old owner not yet told
+            failpoints.hit("gateway.after_claim")
         if self.fenced:  # superseded while opening
             raise _Close(CloseCode.SUPERSEDED, "superseded by a newer session")
         if (opened.superseded_session is not None
@@ -1051,12 +1065,14 @@ class EdgeConnection:
                         log_appended(self.svc.bus, row.command_id, row)
             if not batch:
                 return
-            effects = await self.svc.store.apply_evt(node_id=self.node_id,
-                                                     session_id=self.session_id or "",
-                                                     frames=batch)
+            effects = await self.svc.store.apply_evt(
+                node_id=self.node_id, session_id=self.session_id or "", frames=batch,
+                on_commit=self._evt_applied_recorder(batch) if recorder.ARMED else None)
         except BaseException:
             self.core.evt.rollback()
             raise
+        if failpoints.ARMED:  # committed; the edge.ack not yet sent
+            failpoints.hit("gateway.before_ack")
         self.svc.counters.apply_seconds.observe(time.monotonic() - first_mono)
         evt = self.core.evt
         evt.committed(batch[-1][0].q or 0)
@@ -1102,6 +1118,9 @@ class EdgeConnection:
         if n is not None:
             delivered = await self.svc.store.ack_cmd(self.node_id, self.session_id or "",
                                                      core.cmd_epoch, n)
+            if recorder.ARMED:
+                recorder.record("acked", node=self.node_id, stream="cmd",
+                                epoch=core.cmd_epoch, q=n, session=self.session_id)
             core.stored_cmd_ack(n)
             for command_id in delivered:
                 command_changed(self.svc.bus, command_id, "delivered", self.node_id)
@@ -1116,11 +1135,38 @@ class EdgeConnection:
             if self.fenced:
                 break
             core.cmd_sending(q)  # before the send: the node may ack it before this returns
+            if recorder.ARMED:  # sequenced in the store; recorded at its first send here
+                self._record_cmd_append(q, data)
             await self._send_bytes(data)
             self.svc.counters.frames_out["cmd.deliver"] += 1
         if (core.cmd_sent_to_store() is not None and self._tg is not None
                 and (self._note_task is None or self._note_task.done())):
             self._note_task = self._tg.create_task(self._note_run(), name="edge-note-sent")
+
+    def _evt_applied_recorder(self, batch: list[tuple[Frame, Body | Poisoned]]
+                              ) -> Callable[[], None]:
+        """History (recorder armed): ``applied`` per frame of ``batch``, written by the
+        store's writer right after the COMMIT (a session cancelled while its batch
+        commits, its node gone, must not leave a committed apply unrecorded)."""
+        node, epoch, session = self.node_id, self.core.evt.epoch or 0, self.session_id or ""
+        qs, replica = [frame.q or 0 for frame, _ in batch], self.svc.replica_id
+
+        def record() -> None:
+            for q in qs:
+                recorder.record("applied", node=node, stream="evt", epoch=epoch, q=q,
+                                session=session, replica=replica)
+        return record
+
+    def _record_cmd_append(self, q: int, data: bytes) -> None:
+        """History (recorder armed): ``append`` of a ``cmd.deliver`` about to be sent, its
+        frame id the command id. Recorded at the send rather than where it was sequenced
+        (the store's ``_dispatch``): every frame a node can apply or ack is sent first."""
+        try:
+            command_id = decode_msgpack(data).b.get("command_id")
+        except Exception:
+            return
+        recorder.record("append", node=self.node_id, stream="cmd", frame_id=str(command_id),
+                        epoch=self.core.cmd_epoch, q=q)
 
     async def _note_run(self) -> None:
         """Record the sent mark until it is current, off the delivery path (a crash before

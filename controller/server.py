@@ -17,6 +17,7 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.common.http_deadlines import deadline_protocol
+from tether.tools.soak import recorder
 
 from .app import Controller, StartError, create_app, edge_fast_path
 from .config import ControllerConfig
@@ -143,6 +144,7 @@ def raise_file_limit() -> int:
 
 def serve(config: ControllerConfig) -> int:
     """Serve until SIGTERM/SIGINT (uvicorn handles both gracefully); exit code."""
+    recorder.set_role("controller")  # names this process's history file (soak)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
     (config.data_dir / "controller.url").unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from tether.common.procfile import new_runner, read_pid
+from tether.tools.soak import recorder
 
 from .config import NodeConfig
 from .identity import load_identity
@@ -54,6 +55,7 @@ RESTART = -1  # run_node re-executes itself: the new code and a fresh runtime, s
 def run_node(config: NodeConfig) -> int:
     """Run until SIGTERM/SIGINT (goodbye, clean exit 0) or a final close code (exit 1).
     SIGHUP restarts only the runtime (re-exec, same pid): the sidecar keeps the session."""
+    recorder.set_role("runtime")  # names this process's history file (soak)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     other = read_pid(config.pid_path)
     if other is not None and other != os.getpid():

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from tether.common import __version__
+from tether.common import __version__, failpoints
 from tether.common.loopback_http import serve_loopback
 from tether.common.tasks import cancel_and_wait
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
@@ -71,6 +71,14 @@ from .store import NodeStore
 
 logger = logging.getLogger(__name__)
 
+
+def _activation_step(label: str) -> None:
+    """The bundle plane's step hook (node/bundles.py ``BundleDisk``): ``placed`` is where
+    the new version is moved in and ``state.json`` does not name it yet, the failpoint
+    ``bundles.mid_activation``."""
+    if failpoints.ARMED and label == "placed":
+        failpoints.hit("bundles.mid_activation")
+
 HEALTH_CHECK_S = 2.0  # how often the health report is judged for a change (class A when it did)
 CAPABILITIES = ("exec", "diag.ping", "cancel", "pause", "resume", "apps", "shell", "io", "rtc",
                 "file.send")
@@ -107,7 +115,8 @@ class NodeRuntime:
             state_dir=config.state_dir, apps=self.apps, policy=self.policy,
             emit=self._emit_bundle_status, source=lambda: Source(
                 source_url(config.controller_url, identity.controller_url),
-                identity.node_id, identity.key, identity.transport))
+                identity.node_id, identity.key, identity.transport),
+            step=_activation_step)
         self.max_concurrent = self.policy.max_concurrent or config.max_concurrent
         self._exec_slots = asyncio.Semaphore(self.max_concurrent)
         self.runners: dict[str, ExecRunner | ShellRunner] = {}
@@ -148,6 +157,7 @@ class NodeRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set or the link ends for good; then drain, flush, say
         goodbye. The store is closed on the way out whatever happens."""
+        self.store.rec_node = self.identity.node_id  # names the node in history records
         state = await self.store.open()
         try:
             self.evt_epoch = state.evt_epoch
@@ -807,6 +817,8 @@ class NodeRuntime:
             self.evt.mark_sent(before + len(encoded))  # first: the ack may come back first
             if not await self.link.send_encoded(encoded):  # the link is gone: send again
                 self.evt.rewind_to(before)  # (unless a reconnect rewound it further)
+            elif failpoints.ARMED:  # handed to the sidecar; no ack seen yet
+                failpoints.hit("outbox.after_send")
 
     async def _acked_loop(self) -> None:
         """Records the controller's ``evt`` cursor and drops acked outbox rows, off the

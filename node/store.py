@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from tether.common import failpoints
 from tether.common.sqlitedb import Database
 from tether.protocol.classes import EVT_STREAM
 from tether.protocol.codec import encode_sequenced
@@ -42,6 +43,7 @@ from tether.protocol.update import (
     parse_bundle_stop,
     parse_update_offer,
 )
+from tether.tools.soak import recorder
 
 from .outbox_tail import OutboxTail
 
@@ -167,6 +169,18 @@ class NodeStore:
         self.tail = OutboxTail()
         self._appends: _Appends | None = None
         self._append_writes: set[asyncio.Task[None]] = set()  # owned: close() awaits them
+        # History recorder only (tools/soak/recorder.py): the evt epoch, and the frame id of
+        # each re-sequenced row (new q -> the id of its first append), so that a frame keeps
+        # one id across epochs within this process. Records of what a write closure did wait
+        # in _rec_pending_w (writer thread) and are written right after the COMMIT, in the
+        # writer thread, before any caller hears of it: a crash after that COMMIT (another
+        # closure's failpoint, kill -9) cannot leave a committed frame unrecorded.
+        self._rec_epoch = 0
+        self._rec_ids: dict[int, str] = {}
+        self._rec_pending_w: list[dict[str, Any]] = []
+        self.rec_node = ""  # the node's id, set by the runtime (recorder records only)
+        if recorder.ARMED:
+            self.db.on_commit = self._rec_committed
 
     def _forget_evt_last(self) -> None:
         self._evt_last_w = None
@@ -183,6 +197,7 @@ class NodeStore:
 
     async def open(self) -> StreamState:
         await self.db.open()
+        created: list[int] = []  # the evt epoch of a store created by this open
 
         def fn(conn: sqlite3.Connection) -> StreamState:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -191,11 +206,17 @@ class NodeStore:
                         "evt_acked": 0, "cmd_epoch": None, "cmd_applied": 0,
                         "session_id": None}
                 conn.executemany("INSERT INTO meta VALUES (?,?)", list(meta.items()))
+                created.append(int(meta["evt_epoch"]))
             return StreamState(int(meta["evt_epoch"]), self._read_evt_last(conn),
                                int(meta["evt_acked"]),
                                None if meta["cmd_epoch"] is None else int(meta["cmd_epoch"]),
                                int(meta["cmd_applied"]), meta["session_id"])
-        return await self.db.write(fn)
+        state = await self.db.write(fn)
+        self._rec_epoch = state.evt_epoch
+        if recorder.ARMED and created:  # a new store: what an older one held is lost
+            recorder.record("epoch", node=self.rec_node, stream="evt", epoch=created[0],
+                            reason="sender_store_lost")
+        return state
 
     async def close(self) -> None:
         """Finish the writes queued (appends included), then close the database."""
@@ -233,13 +254,33 @@ class NodeStore:
             self._fresh_w = []
             try:
                 result = fn(conn)
+                if recorder.ARMED:
+                    for q, _, _ in self._fresh_w:
+                        self._rec_append_w(q)
                 return result, self._fresh_w, self._generation_w
             finally:
                 self._fresh_w = []
         result, fresh, generation = await self.db.write(run, savepoint=savepoint)
         if fresh:
+            if failpoints.ARMED:  # committed (a command's status); nothing sent
+                failpoints.hit("outbox.after_append")
             self.tail.add(fresh, generation)
         return result
+
+    def _rec_append_w(self, q: int) -> None:
+        """Writer thread, recorder armed: ``append`` of outbox row ``q`` once committed, under
+        its first (epoch, q) as frame id (or the id it kept through a re-sequencing)."""
+        self._rec_pending_w.append({
+            "ev": "append", "node": self.rec_node, "stream": "evt", "epoch": self._rec_epoch,
+            "frame_id": self._rec_ids.get(q, f"{self._rec_epoch}.{q}"), "q": q})
+
+    def _rec_committed(self, committed: bool) -> None:
+        """Writer thread (``Database.on_commit``): write the records of a committed batch;
+        forget those of one rolled back."""
+        pending, self._rec_pending_w = self._rec_pending_w, []
+        if committed:
+            for fields in pending:
+                recorder.record(fields.pop("ev"), **fields)
 
     def _status(self, conn: sqlite3.Connection, status: CmdStatus) -> int:
         return self._append(conn, status.TYPE, status.to_body())
@@ -281,6 +322,8 @@ class NodeStore:
                         "the write of this event was cancelled (the node is stopping); it "
                         "may or may not be in the outbox", code="unavailable"))
             raise
+        if failpoints.ARMED:  # committed; no caller told, nothing sent
+            failpoints.hit("outbox.after_append")
         q = q0
         tail = self.tail
         for (t, _), future, body in zip(group.rows, group.futures, packed, strict=True):
@@ -313,6 +356,9 @@ class NodeStore:
             params.append((last + 1 + len(params), t, data, now))
         conn.executemany("INSERT INTO uplink_outbox VALUES (?,?,?,?)", params)
         self._evt_last_w = last + len(params)
+        if recorder.ARMED:
+            for q in range(last + 1, last + 1 + len(params)):
+                self._rec_append_w(q)
         return last + 1, packed, self._generation_w
 
     def encoded_run(self, first: int, last: int) -> list[bytes]:
@@ -358,6 +404,9 @@ class NodeStore:
         cursor. With ``epoch``, nothing happens unless it is still the store's ``evt`` epoch
         (an ack heard before :meth:`rotate_evt_epoch` must not delete re-sequenced rows);
         returns whether the ack was recorded."""
+        if failpoints.ARMED:  # the ack read; the acked rows still in the outbox
+            failpoints.hit("outbox.after_ack_before_delete")
+
         def fn(conn: sqlite3.Connection) -> bool:
             if epoch is not None:
                 current = conn.execute("SELECT value FROM meta WHERE key='evt_epoch'"
@@ -370,6 +419,11 @@ class NodeStore:
             return True
         if not await self.db.write(fn):
             return False
+        if recorder.ARMED:
+            recorder.record("acked", node=self.rec_node, stream="evt", epoch=self._rec_epoch,
+                            q=n)
+            self._rec_ids = {q: i for q, i in self._rec_ids.items() if q > n}  # (one swap:
+            # the writer thread may be reading the old dict)
         self.tail.drop_through(n)
         return True
 
@@ -377,13 +431,21 @@ class NodeStore:
         """The controller's cursor does not fit this epoch (it lost or restored its store):
         start a new epoch and re-sequence every unacked frame from 1, in order."""
         def fn(conn: sqlite3.Connection) -> int:
-            rows = conn.execute("SELECT t, body, created_at FROM uplink_outbox ORDER BY q"
+            rows = conn.execute("SELECT t, body, created_at, q FROM uplink_outbox ORDER BY q"
                                 ).fetchall()
             conn.execute("DELETE FROM uplink_outbox")
             conn.executemany("INSERT INTO uplink_outbox VALUES (?,?,?,?)",
                              [(i, r[0], r[1], r[2]) for i, r in enumerate(rows, start=1)])
-            conn.execute("UPDATE meta SET value=? WHERE key='evt_epoch'",
-                         (secrets.randbelow(MAX_EPOCH) + 1,))
+            new_epoch = secrets.randbelow(MAX_EPOCH) + 1
+            conn.execute("UPDATE meta SET value=? WHERE key='evt_epoch'", (new_epoch,))
+            old_epoch, self._rec_epoch = self._rec_epoch, new_epoch
+            if recorder.ARMED:  # every unacked frame keeps its id under its new number
+                self._rec_pending_w.append({"ev": "epoch", "node": self.rec_node,
+                                            "stream": "evt", "epoch": new_epoch})
+                self._rec_ids = {i: self._rec_ids.get(r[3], f"{old_epoch}.{r[3]}")
+                                 for i, r in enumerate(rows, start=1)}
+                for i in self._rec_ids:
+                    self._rec_append_w(i)
             conn.execute("UPDATE meta SET value=? WHERE key='evt_last'", (len(rows),))
             conn.execute("UPDATE meta SET value=0 WHERE key='evt_acked'")
             self._evt_last_w = len(rows)
@@ -425,6 +487,9 @@ class NodeStore:
                 return False
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_epoch'", (cmd_epoch,))
             conn.execute("UPDATE meta SET value=0 WHERE key='cmd_applied'")
+            if recorder.ARMED:  # this receiver's cmd cursor starts at 0 in the epoch
+                self._rec_pending_w.append({"ev": "epoch", "node": self.rec_node,
+                                            "stream": "cmd", "epoch": cmd_epoch})
             if old is not None:
                 self._incident(conn, "protocol",
                                f"controller started a new cmd epoch ({old} -> {cmd_epoch})")
@@ -440,15 +505,24 @@ class NodeStore:
         transaction; unknown kinds, and commands ``check`` (the policy) refuses, are
         ``rejected`` with the reason; past-deadline commands ``expired``."""
         received_ms = _ms()
+        seen: list[tuple[str, int, str | None]] = []  # recorder: (applied|duplicate, q, id)
 
         def fn(conn: sqlite3.Connection) -> Applied:
             to_run: list[dict[str, Any]] = []
             to_control: list[tuple[str, str, dict[str, Any]]] = []
             now = time.time()
+            seen.clear()  # (a closure run again starts over)
             for frame in frames:
+                if recorder.ARMED:
+                    body = frame.b if isinstance(frame.b, Mapping) else {}
+                    command_id = body.get("command_id")
+                    seen.append(("applied", frame.q or 0,
+                                 command_id if isinstance(command_id, str) else None))
                 if frame.k is not None:  # PROTOCOL.md §2: a key is applied at most once
                     if conn.execute("INSERT OR IGNORE INTO idempotency_keys VALUES (?,?)",
                                     (frame.k, now)).rowcount == 0:
+                        if recorder.ARMED:
+                            seen[-1] = ("duplicate", *seen[-1][1:])
                         continue
                 try:
                     cmd = CmdDeliver.parse(frame)
@@ -458,6 +532,8 @@ class NodeStore:
                     continue
                 if conn.execute("SELECT 1 FROM commands WHERE command_id=?",
                                 (cmd.command_id,)).fetchone():
+                    if recorder.ARMED:
+                        seen[-1] = ("duplicate", *seen[-1][1:])
                     continue  # the same command under a new epoch: applied already
                 state, error = "delivered", None
                 rule = check(cmd.kind, cmd.args)
@@ -489,6 +565,16 @@ class NodeStore:
                                    "args": dict(cmd.args)})
             conn.execute("UPDATE meta SET value=? WHERE key='cmd_applied'", (frames[-1].q,))
             conn.execute("DELETE FROM idempotency_keys WHERE at < ?", (now - 2 * 86400,))
+            if recorder.ARMED:
+                meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
+                                         "('cmd_epoch', 'session_id')").fetchall())
+                self._rec_pending_w.extend({
+                    "ev": kind, "node": self.rec_node, "stream": "cmd", "q": q,
+                    "epoch": int(meta.get("cmd_epoch") or 0),
+                    "session": str(meta.get("session_id")), "frame_id": command_id}
+                    for kind, q, command_id in seen)
+            if failpoints.ARMED:  # applied, cursor moved, not committed
+                failpoints.hit("inbox.after_apply_before_commit")
             last = self._evt_last_w
             return Applied(to_run, to_control,
                            self._read_evt_last(conn) if last is None else last)

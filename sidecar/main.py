@@ -15,6 +15,7 @@ import signal
 
 from tether.common.identity import load_identity
 from tether.common.procfile import new_runner, read_pid
+from tether.tools.soak import recorder
 
 from .config import SidecarConfig
 from .relay import Sidecar, write_status_file
@@ -38,6 +39,7 @@ async def _main(config: SidecarConfig) -> int:
 
 
 def run_sidecar(config: SidecarConfig) -> int:
+    recorder.set_role("sidecar")  # names this process's history file (soak)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(config.state_dir / "sidecar.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:

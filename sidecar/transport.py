@@ -31,7 +31,7 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
 
-from tether.common import __version__
+from tether.common import __version__, failpoints
 from tether.protocol.backoff import backoff_delays
 from tether.protocol.codec import (
     BATCH_OVERHEAD,
@@ -62,6 +62,7 @@ from tether.protocol.frames import (
 from tether.protocol.handshake import Action, State
 from tether.protocol.session import NODE_HANDLE, Close, End, NodeSession
 from tether.protocol.signing import sign_hello
+from tether.tools.soak import recorder
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class ControllerLink:
         self._welcome: Welcome | None = None
         self._hb_sent: dict[str, float] = {}
         self._hb_counter = 0
+        self._hello_epoch = 0
         self.connected = asyncio.Event()
 
     # -- public API -------------------------------------------------------------------
@@ -243,7 +245,25 @@ class ControllerLink:
                     await ws.send(message)
         except (websockets.ConnectionClosed, TimeoutError, OSError):
             return False
+        if recorder.ARMED or failpoints.ARMED:
+            self._sent_class_a(payloads, welcome.session_id)
         return True
+
+    def _sent_class_a(self, payloads: Sequence[bytes], session_id: str) -> None:
+        """Soak instruments (armed only): a ``sent`` record per class A ``evt`` frame just
+        written to the socket, then the failpoint ``sidecar.after_send``."""
+        evt = []
+        for payload in payloads:
+            with contextlib.suppress(Exception):
+                frame = decode_msgpack(payload, max_frame_bytes=self.max_frame_bytes)
+                if frame.s == "evt" and frame.q is not None:
+                    evt.append(frame.q)
+        if recorder.ARMED:
+            for q in evt:
+                recorder.record("sent", node=self.node_id, stream="evt",
+                                epoch=self._hello_epoch, q=q, session=session_id)
+        if evt and failpoints.ARMED:
+            failpoints.hit("sidecar.after_send")
 
     async def goodbye(self, reason: str) -> None:
         """Say goodbye (the node goes offline at once) and stop reconnecting."""
@@ -456,6 +476,7 @@ class ControllerLink:
         if 1 not in challenge.protocols:
             _refuse(core, CloseCode.UNSUPPORTED_PROTOCOL, "controller does not speak protocol 1")
         hs = await self.handler.hello_state()
+        self._hello_epoch = hs.epoch  # the evt epoch of this session (history records)
         sig = sign_hello(self.key, challenge.nonce, challenge.controller_id, self.node_id)
         hello = Hello(node_id=self.node_id, sig=sig, epoch=hs.epoch,
                       acks={"cmd": hs.cmd_applied}, session_id=hs.session_id,

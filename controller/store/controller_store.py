@@ -26,9 +26,10 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tether.common import failpoints
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.codec import MAX_FRAME_BYTES
 from tether.protocol.errors import AuthError, Conflict, NotFound, StoreError
@@ -308,6 +309,8 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                     node_id, replica_id, owner_epoch, claimed):
                 raise StoreError(f"node {node_id!r} was claimed by another hello meanwhile; "
                                  "the node retries", code="unavailable")
+            if failpoints.ARMED:  # the claim written, not committed
+                failpoints.hit("gateway.mid_claim")
             await self._flush(tx, node_id, events)
             await self._dispatch(tx, node_id, now, max_frame)
             return SessionOpened(session_id=session_id, resumed=resumed, cmd_epoch=cmd_epoch,
@@ -409,7 +412,8 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
     # -- uplink (evt stream) -----------------------------------------------------------------
 
     async def apply_evt(self, *, node_id: str, session_id: str,
-                        frames: Sequence[tuple[Frame, Body | Poisoned]]
+                        frames: Sequence[tuple[Frame, Body | Poisoned]],
+                        on_commit: Callable[[], None] | None = None
                         ) -> list[StatusEffect]:
         """Apply consecutive ``evt`` frames (each with its body, parsed and validated by the
         gateway on arrival) and move the cursor, in one transaction. A :class:`Poisoned`
@@ -417,7 +421,9 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
 
         Contract: every value in a typed body fits the store (the value rules of
         ``protocol/frames.py``), so nothing here fails because of what a peer sent.
-        Cost: the batch's node events are one ``executemany`` and one budget charge."""
+        Cost: the batch's node events are one ``executemany`` and one budget charge.
+        ``on_commit`` runs right after the COMMIT, even when this call was cancelled
+        meanwhile (:meth:`Tx.after_commit`)."""
         latencies: Latencies = []
 
         async def fn(tx: Tx) -> list[StatusEffect]:
@@ -449,6 +455,10 @@ class ControllerStore(CommandTransactions, LogTransactions, JobTransactions,
                     self._node_event(node_id, peer_text(frame.t), body.to_body(), now, events)
             await self._flush(tx, node_id, events)
             await tx.execute(_MOVE_EVT_CURSOR, frames[-1][0].q, node_id)
+            if on_commit is not None:
+                tx.after_commit(on_commit)
+            if failpoints.ARMED:  # effects and cursor written, not committed
+                failpoints.hit("gateway.after_apply_before_commit")
             return effects
         applied = await self.driver.write(fn)
         self._observe(latencies)

@@ -18,7 +18,7 @@ Contract, for every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from tether.protocol.codec import MAX_FRAME_BYTES
@@ -120,7 +120,8 @@ class Store(Protocol):
 
     # -- uplink (evt stream), dead letters, budgets
     async def apply_evt(self, *, node_id: str, session_id: str,
-                        frames: Sequence[tuple[Frame, Body | Poisoned]]
+                        frames: Sequence[tuple[Frame, Body | Poisoned]],
+                        on_commit: Callable[[], None] | None = None
                         ) -> list[StatusEffect]: ...
 
     async def dead_letters(self, node_id: str, *, limit: int = 100

@@ -39,10 +39,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from tether.common import failpoints
 from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import StoreError
 
-from .sql import Row, Tx
+from .sql import Row, Tx, run_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,10 @@ class PgTx:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+        self.callbacks: list[Callable[[], None]] = []  # after_commit, for the whole batch
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
 
     async def execute(self, sql: str, *args: Any) -> int:
         return rows_changed(await self._conn.execute(sql, *args))
@@ -246,6 +251,8 @@ class PostgresDriver:
                 for number, script in enumerate(self.migrations[version:], start=version + 1):
                     # No arguments: the simple protocol, so a script may hold many statements.
                     await conn.execute(script, timeout=self.migrate_timeout_s)
+                    if failpoints.ARMED:  # a script run, the transaction open (@N: the Nth)
+                        failpoints.hit("store.mid_migration")
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                         number, time.time())
@@ -368,12 +375,14 @@ class PostgresDriver:
         for index, fn in enumerate(fns):
             if index:
                 await conn.execute("RELEASE SAVEPOINT op; SAVEPOINT op")
+            mark = len(tx.callbacks)
             try:
                 result = await fn(tx)
             except Exception as exc:
                 if is_connection_error(exc):
                     raise  # the whole batch is lost: every caller hears unavailable
                 await conn.execute("ROLLBACK TO SAVEPOINT op")
+                del tx.callbacks[mark:]  # rolled back with its work
                 outcomes.append((False, exc))
             else:
                 outcomes.append((True, result))
@@ -382,6 +391,7 @@ class PostgresDriver:
         if status != "COMMIT":
             raise StoreError(f"postgresql ended the batch with {status}, not COMMIT",
                              code="unavailable")
+        run_callbacks(tx.callbacks)
         return outcomes
 
     def _unavailable(self, what: str, exc: BaseException) -> StoreError:

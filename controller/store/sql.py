@@ -24,8 +24,11 @@ Contract of a driver:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -57,6 +60,14 @@ class Tx(Protocol):
         """The first column of the first row, or None when there is no row."""
         ...
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` right after the COMMIT that holds this function's effects, in
+        the driver's writer (SQLite: its thread; PostgreSQL: its task), before any caller
+        hears of the result, and whether or not the caller still waits; never when this
+        function's work was rolled back. It must not block or raise (an exception is
+        logged). For observers that must see every commit, e.g. the soak's recorder."""
+        ...
+
 
 TxFn = Callable[[Tx], Awaitable[T]]
 
@@ -75,6 +86,16 @@ class SqlDriver(Protocol):
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T: ...
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T: ...
+
+
+def run_callbacks(callbacks: Iterable[Callable[[], None]]) -> None:
+    """Run :meth:`Tx.after_commit` callbacks of a committed batch; one that raises is
+    logged and the others still run (the commit is done whatever an observer does)."""
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("an after-commit callback failed")
 
 
 def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from tether.common.sqlitedb import Database
 
-from .sql import Row, Tx, run_to_completion
+from .sql import Row, Tx, run_callbacks, run_to_completion
 
 T = TypeVar("T")
 
@@ -45,10 +45,14 @@ class SqliteTx:
     ``async``: nothing here suspends, so :func:`run_to_completion` can drive it)."""
 
     dialect = "sqlite"
-    __slots__ = ("conn",)
+    __slots__ = ("callbacks", "conn")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.callbacks: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
 
     async def execute(self, sql: str, *args: Any) -> int:
         return self.conn.execute(sqlite_sql(sql), args).rowcount
@@ -76,6 +80,14 @@ class SqliteDriver:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # after_commit callbacks of the functions run in the open batch (writer thread)
+        self._after_commit: list[Callable[[], None]] = []
+        db.on_commit = self._committed
+
+    def _committed(self, committed: bool) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        if committed:
+            run_callbacks(callbacks)
 
     async def open(self) -> None:
         await self.db.open()
@@ -100,7 +112,10 @@ class SqliteDriver:
 
     async def write(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         def closure(conn: sqlite3.Connection) -> T:
-            return run_to_completion(fn(SqliteTx(conn)))  # type: ignore[arg-type]
+            tx = SqliteTx(conn)
+            result = run_to_completion(fn(tx))  # type: ignore[arg-type]
+            self._after_commit.extend(tx.callbacks)  # (a function that raised adds none)
+            return result
         return await self.db.write(closure)
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:

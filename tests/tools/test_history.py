@@ -280,8 +280,17 @@ def test_an_apply_from_a_fenced_connection_is_reported() -> None:
 
 def test_a_claim_by_a_new_session_fences_the_old_one_even_on_the_same_replica() -> None:
     history: list[Record] = [Claimed(N, "r1", "s1"), Claimed(N, "r1", "s2"),
-                             Append(N, "cmd", "c1", 3, 1), Applied(N, "cmd", 3, 1, "s1")]
+                             Append(N, "evt", "f1", 7, 1), Applied(N, "evt", 7, 1, "s1", "r1")]
     assert kinds(check(history)) == ["apply_from_fenced"]
+
+
+def test_a_node_committing_a_cmd_batch_after_its_session_closed_is_no_fencing_violation(
+        ) -> None:
+    # the sidecar died with the batch read: the controller closed s1, the node applied
+    # what it had read (in cursor order, once), under the session it still knew
+    history: list[Record] = [Claimed(N, "r1", "s1"), Append(N, "cmd", "c1", 3, 1),
+                             Fenced(N, "s1", "r1"), Applied(N, "cmd", 3, 1, "s1")]
+    assert check(history) == []
 
 
 def test_an_apply_by_a_replica_that_lost_ownership_is_reported() -> None:

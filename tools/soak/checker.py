@@ -18,9 +18,10 @@ one was broken:
 4. **No gap left unrepaired** — ``unrepaired_gap``: a ``gap`` after which the stream's next
    sequence (or a new epoch) never came; ``undelivered``: after ``drained``, a frame
    appended and never applied (unless its sender's store was lost and it was unacked).
-5. **Fencing** — ``apply_from_fenced``: an apply arriving on a session that was fenced
-   (superseded by a later claim, or closed); ``apply_without_ownership``: an ``evt`` apply
-   by a replica that did not own the node at that moment.
+5. **Fencing** — ``apply_from_fenced``: an ``evt`` apply (the controller's) arriving on a
+   session that was fenced (superseded by a later claim, or closed);
+   ``apply_without_ownership``: an ``evt`` apply by a replica that did not own the node at
+   that moment.
 6. **Commands** — ``command_not_terminal`` (last state seen not terminal),
    ``terminal_state_changed``, ``state_regressed``, ``executed_twice`` (more than one marker),
    ``succeeded_without_effect`` (succeeded, no marker), ``effect_without_execution``
@@ -211,6 +212,12 @@ class _Checker:
             self.last_order[stream_key] = (order, frame_id)
 
     def _check_fencing(self, r: Applied, frame_id: str) -> None:
+        # Fencing is the controller's (PROTOCOL.md §4): it must not apply what a fenced
+        # connection sent. A node applies ``cmd`` frames from its one link, in cursor order,
+        # and may commit a batch read before the controller closed that session; its
+        # cursor and idempotency keys (the checks above) are what keep that safe.
+        if r.stream != "evt":
+            return
         if r.session in self.fenced[r.node]:
             self.add("apply_from_fenced", r.node, r.stream, r.q,
                      f"{frame_id} applied from session {r.session}, fenced earlier")

@@ -67,9 +67,11 @@ from .checker import check
 from .history import (
     Acked,
     Append,
+    Applied,
     CmdState,
     CmdSubmit,
     Drained,
+    Duplicate,
     Effect,
     HistoryError,
     HistoryWriter,
@@ -314,7 +316,17 @@ class Soak:
 
         async def framed(frame: Frame) -> None:
             before, dups = set(sim.applied_commands), sim.duplicate_commands
+            cursor = (sim.cmd.epoch, sim.cmd.applied)
             await on_frame(frame)
+            if (frame.t == "cmd.deliver" and frame.q is not None
+                    and (sim.cmd.epoch, sim.cmd.applied) == (cursor[0], frame.q) != cursor):
+                # the controller records the cmd stream's append and ack (recorder hooks):
+                # the sim, its receiver, records each frame that moved its cursor
+                command_id = str(frame.b.get("command_id"))
+                self._write((Applied if command_id in sim.applied_commands - before
+                             else Duplicate)(node=sim.node_id, stream="cmd",
+                                             epoch=sim.cmd.epoch or 0, q=frame.q,
+                                             session=sim.session_id or ""))
             for command_id in sim.applied_commands - before:
                 self._write(Marker(command_id=command_id))
             if sim.duplicate_commands > dups:

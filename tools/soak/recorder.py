@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ _DIR = os.environ.get(ENV_VAR, "")
 ARMED: bool = bool(_DIR)
 _role = "proc"
 _writer: HistoryWriter | None = None
+_lock = threading.Lock()  # a store's writer thread records too (one line at a time)
 
 
 def set_role(role: str) -> None:
@@ -59,11 +61,12 @@ def record(kind: str, **fields: Any) -> None:
         return
     rec = parse_record({"ev": kind, **fields})
     try:
-        if _writer is None:
-            path = Path(_DIR)
-            path.mkdir(parents=True, exist_ok=True)
-            _writer = HistoryWriter(path / f"{_role}-{os.getpid()}.jsonl")
-        _writer.write(rec)
+        with _lock:
+            if _writer is None:
+                path = Path(_DIR)
+                path.mkdir(parents=True, exist_ok=True)
+                _writer = HistoryWriter(path / f"{_role}-{os.getpid()}.jsonl")
+            _writer.write(rec)
     except OSError as exc:
         ARMED = False
         print(f"tether: history recorder off: {exc}", file=sys.stderr)
