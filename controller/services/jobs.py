@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import Conflict, InvalidRequest, NotFound, TetherError
 from tether.protocol.frames import TERMINAL_STATES
 
@@ -53,7 +52,7 @@ from ..store.records import NodeRecord
 from ..views import iso
 from .bus import EventBus
 from .commands import CommandService
-from .failures import RoundFailures
+from .driver import LeaderDriver
 
 logger = logging.getLogger(__name__)
 
@@ -250,61 +249,26 @@ class JobService:
         self._bus.publish("jobs", "job.updated", head)
 
 
-class JobDriver:
-    """The job driver (module docstring): every ``tick_s``, or sooner when woken, while
-    ``is_leader()``, looks after every unfinished job. Its only memory is what it last
-    published per part (for events) and which commands it asked to cancel; both are
-    rebuilt from nothing after a restart (at worst an event or a cancel is repeated)."""
+class JobDriver(LeaderDriver):
+    """The job driver (module docstring; the loop is :class:`LeaderDriver`'s): looks after
+    every unfinished job. Its only memory is what it last published per part (for events)
+    and which commands it asked to cancel; both are rebuilt from nothing after a restart
+    (at worst an event or a cancel is repeated)."""
 
     def __init__(self, jobs: JobService, store: JobStore, *, is_leader: Callable[[], bool],
                  tick_s: float = 0.5) -> None:
+        super().__init__(name="job driver", is_leader=is_leader, tick_s=tick_s,
+                         logger=logger)
         self._jobs = jobs
         self._store = store
-        self._is_leader = is_leader
-        self.tick_s = tick_s
-        self._wake = asyncio.Event()
         self._seen: dict[str, dict[str, tuple[str | None, str]]] = {}
         self._cancel_asked: dict[str, set[str]] = {}
-        self._failures = RoundFailures(
-            logger, failed="job driver tick failed; the next one retries",
-            store_down="job driver waits: the store is unavailable")
-        self.ticks_total = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        """Start :meth:`run` in a task this driver owns (:meth:`stop` ends it)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="job-driver")
-
-    async def stop(self) -> None:
-        """Cancel and await the task started by :meth:`start`."""
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait(task)
-
-    async def run(self) -> None:
-        """Until cancelled. A failing tick is logged and the next one tries again."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tick_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            if not self._is_leader():
-                self._seen.clear()  # another replica publishes meanwhile
-                continue
-            try:
-                await self.tick()
-            except Exception as exc:
-                self._failures.failed(exc)
-            else:
-                self._failures.succeeded()
+    def forget(self) -> None:
+        self._seen.clear()
 
     async def tick(self) -> None:
         """One pass over the unfinished jobs (see the class)."""
-        self.ticks_total += 1
         live: set[str] = set()
         for job in await self._store.unfinished_jobs():
             live.add(job.job_id)

@@ -41,7 +41,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from tether.common.tasks import cancel_and_wait
 from tether.protocol.errors import (
     Conflict,
     InvalidRequest,
@@ -66,7 +65,7 @@ from ..store.records import CommandRecord, NodeRecord
 from ..store.rollouts import RolloutNode, RolloutRecord
 from ..views import iso
 from .bus import EventBus
-from .failures import RoundFailures
+from .driver import LeaderDriver
 
 logger = logging.getLogger(__name__)
 
@@ -332,59 +331,25 @@ class RolloutService:
         self._bus.publish("rollouts", "rollout.updated", head)
 
 
-class RolloutDriver:
-    """The engine (module docstring): every ``tick_s``, or sooner when woken, while
-    ``is_leader()``, looks after every unfinished rollout. Its only memory is what it last
-    published, rebuilt from nothing after a restart (at worst an event is repeated)."""
+class RolloutDriver(LeaderDriver):
+    """The engine (module docstring; the loop is :class:`LeaderDriver`'s): looks after
+    every unfinished rollout. Its only memory is what it last published, rebuilt from
+    nothing after a restart (at worst an event is repeated)."""
 
     def __init__(self, rollouts: RolloutService, *, is_leader: Callable[[], bool],
                  tick_s: float = 0.5) -> None:
+        super().__init__(name="rollout engine", is_leader=is_leader, tick_s=tick_s,
+                         logger=logger)
         self._svc = rollouts
         self._store = rollouts.store
-        self._is_leader = is_leader
-        self.tick_s = tick_s
-        self._wake = asyncio.Event()
         self._seen: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._cancel_asked: dict[str, set[str]] = {}  # per rollout: commands asked once
-        self._failures = RoundFailures(
-            logger, failed="rollout engine tick failed; the next one retries",
-            store_down="rollout engine waits: the store is unavailable")
-        self.ticks_total = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        """Start :meth:`run` in a task this driver owns (:meth:`stop` ends it)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name="rollout-engine")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait(task)
-
-    async def run(self) -> None:
-        """Until cancelled. A failing tick is logged and the next one tries again."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tick_s):
-                    await self._wake.wait()
-            self._wake.clear()
-            if not self._is_leader():
-                self._seen.clear()  # another replica publishes meanwhile
-                continue
-            try:
-                await self.tick()
-            except Exception as exc:
-                self._failures.failed(exc)
-            else:
-                self._failures.succeeded()
+    def forget(self) -> None:
+        self._seen.clear()
 
     async def tick(self) -> None:
         """One pass over the unfinished rollouts."""
-        self.ticks_total += 1
         rollouts = await self._store.unfinished_rollouts()
         live = {r.rollout_id for r in rollouts}
         if rollouts:
