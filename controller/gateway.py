@@ -714,6 +714,10 @@ class EdgeConnection:
         if recorder.ARMED:  # the ownership compare-and-set committed
             recorder.record("claimed", node=self.node_id, replica=self.svc.replica_id or "",
                             session=opened.session_id)
+            # the cursor as of the claim, which fenced every older session: applies a
+            # killed replica committed and never recorded
+            recorder.record("recovered", node=self.node_id, stream="evt", epoch=hello.epoch,
+                            cursor=opened.evt_applied)
             if opened.cmd_epoch_rotated:
                 recorder.record("epoch", node=self.node_id, stream="cmd",
                                 epoch=opened.cmd_epoch)

@@ -198,9 +198,13 @@ class NodeStore:
     async def open(self) -> StreamState:
         await self.db.open()
         created: list[int] = []  # the evt epoch of a store created by this open
+        unacked: list[int] = []  # recorder only: the outbox's rows
 
         def fn(conn: sqlite3.Connection) -> StreamState:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if recorder.ARMED:
+                unacked.extend(q for (q,) in conn.execute(
+                    "SELECT q FROM uplink_outbox ORDER BY q"))
             if "evt_epoch" not in meta:
                 meta = {"evt_epoch": secrets.randbelow(MAX_EPOCH) + 1, "evt_last": 0,
                         "evt_acked": 0, "cmd_epoch": None, "cmd_applied": 0,
@@ -216,6 +220,13 @@ class NodeStore:
         if recorder.ARMED and created:  # a new store: what an older one held is lost
             recorder.record("epoch", node=self.rec_node, stream="evt", epoch=created[0],
                             reason="sender_store_lost")
+        elif recorder.ARMED:  # what a kill between a COMMIT and its records left unrecorded
+            if state.cmd_epoch is not None:
+                recorder.record("recovered", node=self.rec_node, stream="cmd",
+                                epoch=state.cmd_epoch, cursor=state.cmd_applied)
+            for q in unacked:
+                recorder.record("pending", node=self.rec_node, stream="evt",
+                                epoch=state.evt_epoch, q=q, frame_id=f"{state.evt_epoch}.{q}")
         return state
 
     async def close(self) -> None:

@@ -34,7 +34,9 @@ from tether.tools.soak.history import (
     HistoryWriter,
     Marker,
     OwnershipLost,
+    Pending,
     Record,
+    Recovered,
     Sent,
     load,
     parse_lines,
@@ -149,6 +151,41 @@ def test_a_takeover_by_another_replica_passes_when_only_the_owner_applies() -> N
         Acked(N, "evt", 7, 2, "s2"),
     ]
     assert check(history) == []
+
+
+def test_applies_committed_by_a_process_killed_before_recording_them_are_recovered() -> None:
+    # the runtime committed c2 and was killed before its `applied`; the store it reopens
+    # says its cursor is at 2, and the controller reads the ack of c2 from the next hello
+    history: list[Record] = [
+        Append(N, "cmd", "c1", 3, 1), Applied(N, "cmd", 3, 1, "s1"),
+        Append(N, "cmd", "c2", 3, 2), Recovered(N, "cmd", 3, 2),
+        Acked(N, "cmd", 3, 2), Append(N, "cmd", "c3", 3, 3), Applied(N, "cmd", 3, 3, "s2"),
+        Acked(N, "cmd", 3, 3)]
+    assert check(history) == []
+    without = [r for r in history if not isinstance(r, Recovered)]
+    assert sorted(kinds(check(without))) == ["lost_acked", "out_of_order"]
+
+
+def test_a_late_record_of_a_recovered_apply_confirms_it() -> None:
+    # replica r1 committed f2 and recorded it after r2's claim had read the cursor
+    history: list[Record] = [
+        Claimed(N, "r1", "s1"), Append(N, "evt", "f1", 7, 1), Append(N, "evt", "f2", 7, 2),
+        Applied(N, "evt", 7, 1, "s1", "r1"), Claimed(N, "r2", "s2"),
+        Recovered(N, "evt", 7, 2), Applied(N, "evt", 7, 2, "s1", "r1"),
+        Acked(N, "evt", 7, 2)]
+    assert check(history) == []
+
+
+def test_a_frame_the_sender_found_unrecorded_in_its_store_is_appended_once() -> None:
+    # killed between the outbox COMMIT and its `append`: the reopened store names it; a
+    # slot already named keeps its first id (a re-sequenced frame's)
+    history: list[Record] = [
+        Append(N, "evt", "f1", 7, 1), Pending(N, "evt", "7.1", 7, 1),
+        Pending(N, "evt", "7.2", 7, 2), Applied(N, "evt", 7, 1, "s1"),
+        Applied(N, "evt", 7, 2, "s1"), Acked(N, "evt", 7, 2)]
+    assert check(history) == []
+    without = [r for r in history if not isinstance(r, Pending)]
+    assert sorted(kinds(check(without))) == ["ack_unknown_frame", "unknown_frame"]
 
 
 def test_commands_terminal_and_run_at_most_once_pass() -> None:
@@ -305,6 +342,20 @@ def test_an_apply_by_the_old_owner_after_a_takeover_is_reported() -> None:
     assert kinds(check(history)) == ["apply_without_ownership"]
 
 
+def test_a_recovered_cursor_does_not_hide_a_second_apply() -> None:
+    history: list[Record] = [
+        Append(N, "cmd", "c1", 3, 1), Recovered(N, "cmd", 3, 1),
+        Applied(N, "cmd", 3, 1, "s1"), Applied(N, "cmd", 3, 1, "s2")]
+    assert kinds(check(history)) == ["duplicate_apply"]
+
+
+def test_a_recovered_cursor_of_an_older_epoch_recovers_nothing() -> None:
+    history: list[Record] = [
+        Append(N, "cmd", "c1", 3, 1), EpochStart(N, "cmd", 4), Recovered(N, "cmd", 3, 1),
+        Acked(N, "cmd", 3, 1)]
+    assert kinds(check(history)) == ["lost_acked"]
+
+
 def test_a_command_left_running_is_not_terminal() -> None:
     assert kinds(check(command("a", "queued", "running", markers=0))) == [
         "command_not_terminal"]
@@ -371,7 +422,8 @@ def test_violations_are_machine_readable() -> None:
 
 def test_records_round_trip_through_json_lines() -> None:
     history = evt_frames(2) + command("a", "succeeded") + [
-        EpochStart(N, "cmd", 4, cursor=2, reason="x"), Claimed(N, "r1", "s1"), Drained()]
+        EpochStart(N, "cmd", 4, cursor=2, reason="x"), Claimed(N, "r1", "s1"), Drained(),
+        Recovered(N, "evt", 7, 2), Pending(N, "evt", "7.3", 7, 3)]
     lines = [to_json(record) for record in history]
     assert parse_lines(lines) == history
 

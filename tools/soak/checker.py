@@ -30,6 +30,11 @@ one was broken:
    never appended (the controller must refuse that, docs/protocol.md §3);
    ``unknown_frame``: an apply whose frame no ``append`` names.
 
+A ``recovered`` cursor stands in for the ``applied`` records of frames a killed process
+committed and never recorded (applied there, once, unfenced: the claim or the store's open
+that read it had fenced every older writer); a later ``applied`` of such a frame is its
+writer's late record and confirms it. A ``pending`` frame names a slot no ``append`` named.
+
 Ownership is checked only for nodes with at least one ``claimed`` record (a single
 controller's history need not record claims); fencing by ``fenced`` records always.
 """
@@ -58,7 +63,9 @@ from .history import (
     Gap,
     Marker,
     OwnershipLost,
+    Pending,
     Record,
+    Recovered,
 )
 
 VIOLATION_KINDS = (
@@ -114,6 +121,7 @@ class _Checker:
         # Where each (node, stream, epoch, q) moved the receiver's cursor: an apply, or a
         # frame skipped by its idempotency key.
         self.advanced_at: dict[SlotKey, list[int]] = defaultdict(list)
+        self.recovered_slots: set[SlotKey] = set()  # applied by a recovered cursor only
         self.owner: dict[str, tuple[str | None, str | None]] = {}
         self.fenced: dict[str, set[str]] = defaultdict(set)
         self.sessions: dict[str, list[str]] = defaultdict(list)
@@ -166,7 +174,29 @@ class _Checker:
             self.cursor[cursor_key] = r.q
             self.advanced_at[(r.node, r.stream, r.epoch, r.q)].append(index)
 
+    def on_Pending(self, index: int, r: Pending) -> None:
+        if (r.node, r.stream, r.epoch, r.q) not in self.slot_frame:
+            self.on_Append(index, Append(r.node, r.stream, r.frame_id, r.epoch, r.q))
+
+    def on_Recovered(self, index: int, r: Recovered) -> None:
+        # The durable cursor is ahead of the applies recorded: the frames in between were
+        # committed by a process that died before recording them (or that records them
+        # later: on_Applied takes such a record as a confirmation, not a second apply).
+        if self.epoch.get((r.node, r.stream), r.epoch) != r.epoch:
+            return  # another epoch began since; its own records judge it
+        for q in range(self.cursor.get((r.node, r.stream, r.epoch), 0) + 1, r.cursor + 1):
+            self.recovered_slots.add((r.node, r.stream, r.epoch, q))
+            self._apply(index, Applied(r.node, r.stream, r.epoch, q, session=""),
+                        fencing=False)
+
     def on_Applied(self, index: int, r: Applied) -> None:
+        slot = (r.node, r.stream, r.epoch, r.q)
+        if slot in self.recovered_slots:  # the late record of an apply recovered above
+            self.recovered_slots.discard(slot)
+            return
+        self._apply(index, r, fencing=True)
+
+    def _apply(self, index: int, r: Applied, *, fencing: bool) -> None:
         stream_key = (r.node, r.stream)
         frame_id = self.slot_frame.get((r.node, r.stream, r.epoch, r.q))
         if r.frame_id is not None and frame_id is not None and r.frame_id != frame_id:
@@ -178,7 +208,8 @@ class _Checker:
             self.add("unknown_frame", r.node, r.stream, r.q,
                      f"applied epoch {r.epoch} q={r.q}, which no append names")
             return
-        self._check_fencing(r, frame_id)
+        if fencing:
+            self._check_fencing(r, frame_id)
         current = self.epoch.setdefault(stream_key, r.epoch)
         if r.epoch != current:
             self.add("stale_epoch_apply", r.node, r.stream, r.q,

@@ -29,6 +29,15 @@ that both ends record for the same frame and that survives re-sequencing, e.g. t
                the stream's first (which is implicit, cursor 0). ``reason``
                ``sender_store_lost`` exempts unacked frames appended before it from the
                "delivered by the end" check.
+``recovered``  the receiver's durable cursor, read where nothing can move it meanwhile (a
+               runtime's store opening; a controller's claim, which fences every older
+               session): every frame up to ``cursor`` in ``epoch`` is applied. It stands in
+               for the ``applied`` records a process killed between a COMMIT and its record
+               never wrote (one fsync's window); a late ``applied`` of such a frame
+               confirms it.
+``pending``    the sender found (``epoch``, ``q``) unacked in its store when it opened it,
+               as ``frame_id``: an ``append`` for a slot no ``append`` named yet (the same
+               window on the sending side), ignored for a slot already named.
 ``effect``     a final audit: ``frame_id``'s effect is present ``count`` times in the
                receiver's store. Once any ``effect`` exists for (node, stream), a frame
                of that stream without one counts as 0.
@@ -146,6 +155,25 @@ class EpochStart(Record):
 
 
 @dataclass(frozen=True)
+class Recovered(Record):
+    ev: ClassVar[str] = "recovered"
+    node: str
+    stream: str
+    epoch: int
+    cursor: int
+
+
+@dataclass(frozen=True)
+class Pending(Record):
+    ev: ClassVar[str] = "pending"
+    node: str
+    stream: str
+    frame_id: str
+    epoch: int
+    q: int
+
+
+@dataclass(frozen=True)
 class Effect(Record):
     ev: ClassVar[str] = "effect"
     node: str
@@ -204,9 +232,9 @@ class Drained(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.ev: cls for cls in (Append, Sent, Applied, Duplicate, Gap, Acked, EpochStart, Effect,
-                            Claimed, Fenced, OwnershipLost, CmdSubmit, CmdState, Marker,
-                            Drained)
+    cls.ev: cls for cls in (Append, Sent, Applied, Duplicate, Gap, Acked, EpochStart,
+                            Recovered, Pending, Effect, Claimed, Fenced, OwnershipLost,
+                            CmdSubmit, CmdState, Marker, Drained)
 }
 _INT_FIELDS = frozenset({"t_ns", "epoch", "q", "applied", "cursor", "count"})
 
