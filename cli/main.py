@@ -620,7 +620,8 @@ def _diag(args: argparse.Namespace, verb: str) -> int:
             f"{st['writes_total']} writes in {st['batches_total']} batches",
             f"/ws         {w['subscribers']} subscribers, {w['cut_off_total']} cut off, "
             f"{w['events_published_total']} events",
-            f"event loop  lag {lp['lag_ms']} ms (max {lp['lag_max_ms']} ms)"]
+            f"event loop  lag {lp['lag_ms']} ms (max {lp['lag_max_ms']} ms)"
+            + (f", {lp['tasks']} tasks" if lp.get("tasks") is not None else "")]
         cluster = info.get("cluster") or {}
         if cluster.get("nats") is not None:
             n = cluster["nats"]

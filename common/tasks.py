@@ -21,3 +21,16 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     await asyncio.wait([task])
     if not task.cancelled():
         task.result()
+
+
+def live_tasks() -> int | None:
+    """How many tasks of the running event loop have not finished (``asyncio.all_tasks()``),
+    the figure a task leak grows; None when called outside a running loop.
+
+    Call it from the loop's own thread (a status handler, a metrics collector run by one):
+    ``all_tasks`` reads the running loop's set, so from another thread it sees nothing.
+    """
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop
+        return None

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tether.common.tasks import live_tasks
+
 if TYPE_CHECKING:
     from .runtime import NodeRuntime
 
@@ -69,6 +71,11 @@ class NodeCollector(Collector):
         yield CounterMetricFamily("tether_node_monitor_dropped_total",
                                   "Monitor packets dropped over the buffer's bound",
                                   value=rt.monitor.dropped_total)
+        tasks = live_tasks()  # None when scraped off the loop (a test calling collect)
+        if tasks is not None:
+            yield GaugeMetricFamily("tether_node_asyncio_tasks",
+                                    "asyncio tasks alive in the runtime (flat when nothing "
+                                    "leaks)", value=tasks)
         yield from self._rtc(rt.rtc.status() if rt.rtc is not None else {"peers": []})
 
     @staticmethod

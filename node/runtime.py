@@ -17,7 +17,7 @@ from typing import Any
 
 from tether.common import __version__, failpoints
 from tether.common.loopback_http import serve_loopback
-from tether.common.tasks import cancel_and_wait
+from tether.common.tasks import cancel_and_wait, live_tasks
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import BadFrame, RemoteProtocolError
 from tether.protocol.frames import (
@@ -905,6 +905,7 @@ class NodeRuntime:
                         "dropped_total": self.monitor.dropped_total},
             "rtc": self.rtc.status() if self.rtc is not None else {"peers": []},
             "relay": self.relay.status() if self.relay is not None else None,
+            "event_loop": {"tasks": live_tasks()},  # a task leak grows it (the soak judges it)
         }
 
     def _write_status(self) -> None:

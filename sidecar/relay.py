@@ -26,6 +26,7 @@ from typing import Any
 from tether.common import __version__
 from tether.common.identity import Identity
 from tether.common.loopback_http import serve_loopback
+from tether.common.tasks import live_tasks
 from tether.protocol.classes import CMD_STREAM, EVT_STREAM
 from tether.protocol.errors import BadFrame, TetherError
 from tether.protocol.frames import Frame, Heartbeat, Resume, RuntimeState, Welcome
@@ -428,7 +429,8 @@ class Sidecar:
                 "runtime": {"state": self.runtime_state,
                             "pid": self.runtime.pid if self.runtime else None},
                 "update": self.update_view().to_map() or None,
-                "cursors": {"cmd_applied": self.cmd_applied, "evt_acked": self.evt_acked}}
+                "cursors": {"cmd_applied": self.cmd_applied, "evt_acked": self.evt_acked},
+                "event_loop": {"tasks": live_tasks()}}  # a task leak grows it (the soak)
 
     def _link_status_changed(self, status: LinkStatus) -> None:
         self._publish()

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tether.common.tasks import live_tasks
 from tether.protocol.errors import AuthError
 
 from ..services.metrics import EdgeCounters, WsCounters
@@ -133,6 +134,10 @@ class ScrapeCollector(Collector):
                      int(ctl.is_leader()))
         yield _counter("tether_downlink_wakes_total", "Sessions woken by the downlink check",
                        ctl.loop_lag.downlink_wakes_total)
+        tasks = live_tasks()  # collect() runs on the loop's thread, in the /metrics route
+        if tasks is not None:
+            yield _gauge("tether_asyncio_tasks", "asyncio tasks alive in this process "
+                         "(flat when nothing leaks)", tasks)
 
     def _edge_counts(self) -> Iterator[Metric]:
         edge = self._edge

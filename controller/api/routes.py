@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from tether.common import __version__
 from tether.common.bodies import read_json_object
+from tether.common.tasks import live_tasks
 from tether.protocol.deliver import command_args, command_kind
 from tether.protocol.errors import (
     BadFrame,
@@ -471,7 +472,8 @@ async def diag(request: Request) -> Response:
                "events_published_total": bus.published_total,
                "unencodable_total": bus.unencodable_total},
         "event_loop": {"lag_ms": ctl.loop_lag.loop_lag_ms,
-                       "lag_max_ms": ctl.loop_lag.loop_lag_max_ms},
+                       "lag_max_ms": ctl.loop_lag.loop_lag_max_ms,
+                       "tasks": live_tasks()},  # a task leak grows it (the soak judges it)
         "cluster": {"leader": ctl.is_leader(),
                     "downlink_wakes_total": ctl.loop_lag.downlink_wakes_total,
                     "nats": None if ctl.nats_samples is None else {

@@ -3,7 +3,16 @@ growth together, one series per process incarnation."""
 
 from __future__ import annotations
 
-from tether.tools.soak.resources import BOUNDS, Series, flat_violations, slope_per_min
+import os
+import random
+
+from tether.tools.soak.resources import (
+    BOUNDS,
+    Sampler,
+    Series,
+    flat_violations,
+    slope_per_min,
+)
 
 
 def series(metric: str, per_s: float, *, seconds: int = 120, base: float = 100.0,
@@ -65,3 +74,38 @@ def test_a_process_restarted_late_is_not_judged_on_its_start_up() -> None:
         s.add("fds", float(t), 21.0 if t != 56 else 29.0)
     violations, _ = flat_violations([s], run_s=120)
     assert violations == []
+
+
+def test_a_task_count_that_follows_sessions_and_requests_is_flat() -> None:
+    rng = random.Random(16)
+    s = Series("controller", 1)
+    for t in range(0, 600, 2):  # ten minutes: reconnect storms dip it, requests add a few
+        dip = -30 if 200 <= t < 220 or 450 <= t < 470 else 0
+        s.add("tasks", float(t), 90.0 + dip + rng.randint(-8, 8))
+    violations, checked = flat_violations([s], run_s=600)
+    assert violations == [], violations
+    assert checked[0]["metric"] == "tasks" and "slope_per_min" in checked[0]
+
+
+def test_a_task_leaked_every_second_is_a_violation_with_its_figure() -> None:
+    leak = series("tasks", 1.0, base=80.0, noise=5.0)
+    violations, _ = flat_violations([leak], run_s=120)
+    assert [v["metric"] for v in violations] == ["tasks"]
+    assert 55 < float(str(violations[0]["slope_per_min"])) < 65
+    assert "tasks grows" in str(violations[0]["detail"])
+
+
+def test_a_task_leaked_every_second_fails_even_the_one_minute_ci_soak() -> None:
+    violations, _ = flat_violations([series("tasks", 1.0, seconds=60, noise=3.0)], run_s=60)
+    assert [v["metric"] for v in violations] == ["tasks"]
+
+
+def test_a_reported_task_count_joins_the_curve_of_its_incarnation() -> None:
+    sampler = Sampler()
+    sampler.process("me", os.getpid())
+    sampler.tasks("me", os.getpid(), 7)
+    sampler.tasks("me", 1, 3)  # another incarnation of the same process name
+    mine = sampler.series[("me", os.getpid())]
+    assert set(mine.points) == {"rss_bytes", "fds", "tasks"}
+    assert mine.points["tasks"][0][1] == 7.0
+    assert [v for _, v in sampler.series[("me", 1)].points["tasks"]] == [3.0]

@@ -60,6 +60,12 @@ def test_a_ci_sized_soak_injects_every_fault_and_kill_and_finds_no_violation(
     assert set(report["kills_by_kind"]) == set(kill_kinds), report["kills_by_kind"]
     assert report["drain"]["commands_pending"] == 0
     assert report["resources"]["curves"], "no resource was sampled"
+    # every process kind reported its asyncio tasks, and some curve was long enough to judge
+    tasks = report["resources"]["tasks"]
+    kinds = {t["name"].rsplit("/", 1)[-1] if "/" in t["name"] else "controller" for t in tasks}
+    assert kinds == {"controller", "runtime", "sidecar"}, tasks
+    assert any(s["metric"] == "tasks" and "slope_per_min" in s
+               for s in report["resources"]["slopes"]), report["resources"]["slopes"]
 
 
 def test_a_soak_that_injected_nothing_is_a_violation(tmp_path: Path) -> None:

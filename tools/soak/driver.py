@@ -19,8 +19,9 @@ What runs (all on loopback, under ``--root`` or a temporary directory):
   proxy and direction, for 1-4 s) and a killer (about every ``--kill-every`` s: ``kill -9`` of
   a node runtime, a sidecar, both, the controller; in cluster mode a replica, PostgreSQL or
   NATS; each restarted after 0.5-3 s, a sidecar by its runtime);
-* a sampler: RSS and fds of every process, SQLite sizes of every store, every ``--sample-every``
-  s (:mod:`tether.tools.soak.resources`).
+* a sampler: RSS and fds of every process, SQLite sizes of every store, and the asyncio task
+  count each controller, runtime and sidecar reports (``event_loop.tasks`` of its diag or
+  status endpoint), every ``--sample-every`` s (:mod:`tether.tools.soak.resources`).
 
 Every random choice comes from one ``random.Random(seed)``; the seed is in the report. The
 same seed replays the same *sequence* of decisions (which fault, where, which kill, which
@@ -90,6 +91,7 @@ FAULT_KINDS = ("latency", "bandwidth", "slice", "cut", "reset", "blackhole", "sl
 SINGLE_KILLS = ("runtime", "sidecar", "node", "controller")
 CLUSTER_KILLS = ("runtime", "sidecar", "node", "replica", "postgres", "nats")
 MAX_VIOLATIONS_IN_REPORT = 500
+TASKS_TIMEOUT_S = 2.0  # a task count not answered by then is not sampled this round
 
 
 @dataclass
@@ -141,6 +143,7 @@ class Soak:
         self.fleet: Fleet | None = None
         self.writer: HistoryWriter | None = None
         self.http: httpx.AsyncClient | None = None
+        self.local_http: httpx.AsyncClient | None = None  # the nodes' loopback /status
         self.tally = _Tally()
         self.sampler = Sampler()
         self.submitted: dict[str, str] = {}     # command id -> node
@@ -162,6 +165,8 @@ class Soak:
             await self._start_servers()
             self.http = await stack.enter_async_context(httpx.AsyncClient(
                 timeout=10, headers={"Authorization": f"Bearer {self.controllers[0].token}"}))
+            self.local_http = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=TASKS_TIMEOUT_S))
             await self._start_nodes()
             self.fleet = await stack.enter_async_context(Fleet(
                 await self._proxy("sims", self.controllers[0]), self.controllers[0].token,
@@ -502,7 +507,47 @@ class Soak:
     async def _sampler_loop(self) -> None:
         while not self.stop.is_set():
             self._sample()
+            await self._sample_tasks()
             await self._pause(self.cfg.sample_every_s)
+
+    async def _sample_tasks(self) -> None:
+        """Every process's asyncio task count, asked of all at once (each bounded by
+        :data:`TASKS_TIMEOUT_S`): the controllers' ``/api/v1/diag``, each node's runtime and
+        sidecar ``/status`` (their loopback URLs are in the node's state dir)."""
+        assert self.http is not None and self.local_http is not None
+        probes = [self._tasks_of(ctl.name, self.http, ctl.url + "/api/v1/diag",
+                                 lambda ctl=ctl: ctl.pid)
+                  for ctl in self.controllers if ctl.alive]
+        for node in self.nodes:
+            for role, pid in (("runtime", lambda n=node: n.pid),
+                              ("sidecar", lambda n=node: n.sidecar_pid())):
+                url = node.status_url(role)
+                if url is not None:
+                    probes.append(self._tasks_of(f"{node.node_id}/{role}", self.local_http,
+                                                 url + "/status", pid))
+        await asyncio.gather(*probes)
+
+    async def _tasks_of(self, name: str, client: httpx.AsyncClient, url: str,
+                        pid_now: Callable[[], int | None]) -> None:
+        """One process's ``event_loop.tasks``, filed under the incarnation that answered:
+        the pid its answer names (runtime, sidecar) and the one running before and after
+        the request (a controller restarted meanwhile is not sampled: its answer could be
+        either's). Nothing is filed when it does not answer in time (killed, restarting)."""
+        pid = pid_now()
+        if pid is None:
+            return
+        try:
+            async with asyncio.timeout(TASKS_TIMEOUT_S):
+                resp = await client.get(url)
+            body = resp.json()
+        except (httpx.HTTPError, TimeoutError, ValueError):
+            return
+        loop = body.get("event_loop") if resp.status_code == 200 and isinstance(body, dict) \
+            else None
+        tasks = loop.get("tasks") if isinstance(loop, dict) else None
+        if (isinstance(tasks, int) and not isinstance(tasks, bool)
+                and body.get("pid", pid) == pid == pid_now()):
+            self.sampler.tasks(name, pid, tasks)
 
     def _sample(self) -> None:
         s = self.sampler
@@ -651,9 +696,12 @@ class Soak:
             "kill_log": self.tally.kill_log, "fault_log": self.tally.fault_log,
             "resources": {
                 "bounds_per_min": BOUNDS, "slopes": slopes,
-                "tasks": None,
-                "tasks_note": "asyncio task counts are not exposed by the controller's "
-                              "/api/v1/diag nor the runtime's /status yet; no curve",
+                # per incarnation: what its curve (in ``curves``, metric ``tasks``) spans
+                "tasks": [{"name": s.name, "pid": s.pid, "samples": len(pts),
+                           "first": pts[0][1], "last": pts[-1][1],
+                           "max": max(v for _, v in pts)}
+                          for s in self.sampler.series.values()
+                          if (pts := s.points.get("tasks"))],
                 "curves": [s.as_dict() for s in self.sampler.series.values()],
             },
             "root": str(self.root),

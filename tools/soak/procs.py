@@ -140,6 +140,15 @@ class Node(_Child):
                                 "--controller-url", self.controller_url,
                                 "--max-concurrent", "4"))
 
+    def status_url(self, role: str) -> str | None:
+        """The loopback base URL of the ``runtime``'s or ``sidecar``'s status endpoint, as
+        its last start wrote it (a stale file names a dead incarnation: check the pid its
+        ``/status`` answers with)."""
+        try:
+            return (self.state_dir / f"{role}.status.url").read_text().strip() or None
+        except OSError:
+            return None
+
     def sidecar_pid(self) -> int | None:
         try:
             pid = int((self.state_dir / "sidecar.pid").read_text().strip())

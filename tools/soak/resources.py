@@ -2,8 +2,10 @@
 
 Sampled from outside (psutil): each process's RSS and open file descriptors, and the size of
 each SQLite store (the ``*.db``, ``*.db-wal`` and ``*.db-shm`` files of a data or state dir).
-Asyncio task counts are taken where a process exposes them (a ``tasks`` figure on its status
-or diag endpoint); none does yet, so the report says so instead of inventing a curve.
+Asyncio task counts (``tasks``) are what each process says of itself: ``event_loop.tasks``
+(``len(asyncio.all_tasks())`` on its loop) in the controller's ``GET /api/v1/diag`` and in the
+runtime's and the sidecar's loopback ``GET /status``; the driver reads them and files each
+under the incarnation (pid) that answered (:meth:`Sampler.tasks`).
 
 The check (:func:`flat_violations`, pure): for each series (one process *incarnation* — a
 restart starts a new series, since a kill resets its memory — or one store), past its first
@@ -37,6 +39,7 @@ BOUNDS: dict[str, float] = {
     "rss_bytes": 4 * 1024 * 1024,   # 4 MiB/min: 120 MiB over a 30-minute soak
     "fds": 2.0,                     # a descriptor leaked every 30 s
     "sqlite_bytes": 8 * 1024 * 1024,  # 8 MiB/min: a WAL never checkpointed, a table never trimmed
+    "tasks": 6.0,                   # a task leaked every 10 s (a leak per request, per reconnect)
 }
 # and the growth that slope predicts over the second half must pass this too: on a short run
 # the rate alone is noise (one fd opened in 20 s reads as 3/min); a leak passes both.
@@ -44,6 +47,9 @@ MIN_GROWTH: dict[str, float] = {
     "rss_bytes": 32 * 1024 * 1024,
     "fds": 8.0,
     "sqlite_bytes": 64 * 1024 * 1024,
+    # a controller's tasks follow its sessions and requests (a few per node connected), so a
+    # reconnect storm moves them by tens; a task a second leaks 30 in half a 1-minute run
+    "tasks": 20.0,
 }
 SQLITE_SUFFIXES = (".db", ".db-wal", ".db-shm")
 
@@ -145,6 +151,12 @@ class Sampler:
         t = self.now()
         s.add("rss_bytes", t, float(rss))
         s.add("fds", t, float(fds))
+
+    def tasks(self, name: str, pid: int, count: int) -> None:
+        """A task count that the process ``pid`` reported (into the series that holds its
+        RSS: one curve per incarnation)."""
+        s = self.series.setdefault((name, pid), Series(name, pid))
+        s.add("tasks", self.now(), float(count))
 
     def store(self, name: str, directory: Path) -> None:
         s = self.series.setdefault((name, None), Series(name, None))
