@@ -241,8 +241,8 @@ class SimNode:
             if self.owed_since is None:
                 self.owed_since = time.monotonic()
             if not await self.link.send(self.outbox[q]):
-                # the link is gone: sent again next session (never skipping past a cursor a
-                # reconnect rewound meanwhile, which ``max(before, acked)`` used to do)
+                # the link is gone: sent again next session (``rewind_to`` never moves the
+                # cursor forward past one a reconnect rewound meanwhile)
                 self.evt.rewind_to(before)
                 return
 
