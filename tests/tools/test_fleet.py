@@ -3,7 +3,8 @@ controller process on loopback: a connection that stalls silently behind a black
 (tools/faultproxy.py) is caught by the ack timeout, aborted and redialled after a jittered
 backoff, and nothing acked is lost; a controller restored from a backup (its cursors behind
 the node's: a new ``cmd`` epoch, an ``evt`` cursor that does not fit) is followed into new
-epochs without an exception, as the real runtime follows it."""
+epochs without an exception, as the real runtime follows it; a node that gets a final
+close code stops alone, the fleet goes on."""
 
 from __future__ import annotations
 
@@ -142,3 +143,21 @@ async def test_a_controller_restored_from_a_backup_is_followed_into_new_epochs(
         assert await held_events(http, sim.node_id) == [0, 1, 2, 6, 7]
         assert sim.duplicate_commands == 0 and sim.stopped is None
         assert sim.evt_epochs == 2
+
+
+async def test_a_node_disabled_by_the_operator_stops_alone_and_the_fleet_goes_on(
+        controller: ControllerProc) -> None:
+    http = httpx.AsyncClient(base_url=controller.url, timeout=NET_TIMEOUT_S,
+                             headers={"Authorization": f"Bearer {controller.token}"})
+    async with http, Fleet(controller.url, controller.token, prefix="dis", seed=3,
+                           connect_timeout_s=2) as fleet:
+        gone, kept = await fleet.add(2)
+        await fleet.wait_online(timeout_s=30)
+        resp = await http.post(f"/api/v1/nodes/{gone.node_id}/disable")
+        resp.raise_for_status()
+        await until(lambda: gone.stopped is not None, NET_TIMEOUT_S, "the disabled node to stop")
+        assert gone.stopped is not None and gone.stopped.code == 4403  # final: no redial
+        await emit(kept, 0, 1)
+        await until(lambda: kept.evt.acked == kept.evt.last == 2, NET_TIMEOUT_S,
+                    "the other node's events acked")
+        assert kept.welcomed.is_set() and kept.stopped is None
