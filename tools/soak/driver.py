@@ -74,6 +74,7 @@ from .history import (
     Drained,
     Duplicate,
     Effect,
+    EpochStart,
     HistoryError,
     HistoryWriter,
     Marker,
@@ -298,9 +299,13 @@ class Soak:
 
     def _instrument(self, sim: SimNode) -> None:
         """Record a simulated node's ``evt`` frames as it appends them and reads acks, and
-        each command it applies as a marker (by wrapping its methods on the instance)."""
+        each command it applies as a marker (by wrapping its methods on the instance); its
+        epochs as a real node's store records them: a new ``cmd`` epoch seen in a welcome
+        (the cursor starts at 0), a new ``evt`` epoch with every unacked frame appended
+        again under its new number (its frame id kept)."""
         queue, on_frame, on_welcome = sim._queue, sim.on_frame, sim.on_welcome
-        acked = [sim.evt.acked]
+        rotate = sim.rotate_evt_epoch
+        acked = [(sim.epoch, sim.evt.acked)]
 
         def frame_id(frame: Frame) -> str:
             if frame.t == "node.event":
@@ -314,10 +319,19 @@ class Soak:
                                epoch=sim.epoch, q=q))
 
         def note_acks() -> None:
-            if sim.evt.acked > acked[0]:
-                acked[0] = sim.evt.acked
-                self._write(Acked(node=sim.node_id, stream="evt", epoch=sim.epoch,
-                                  q=sim.evt.acked))
+            if sim.epoch != acked[0][0] or sim.evt.acked > acked[0][1]:
+                acked[0] = (sim.epoch, sim.evt.acked)
+                if sim.evt.acked:
+                    self._write(Acked(node=sim.node_id, stream="evt", epoch=sim.epoch,
+                                      q=sim.evt.acked))
+
+        def rotated() -> None:
+            rotate()
+            self._write(EpochStart(node=sim.node_id, stream="evt", epoch=sim.epoch))
+            for q, frame in sorted(sim.outbox.items()):
+                self._write(Append(node=sim.node_id, stream="evt", frame_id=frame_id(frame),
+                                   epoch=sim.epoch, q=q))
+            acked[0] = (sim.epoch, 0)
 
         async def framed(frame: Frame) -> None:
             before, dups = set(sim.applied_commands), sim.duplicate_commands
@@ -339,12 +353,19 @@ class Soak:
             note_acks()
 
         async def welcomed(welcome: Any) -> None:
-            await on_welcome(welcome)
-            note_acks()
+            cmd_epoch = sim.cmd.epoch
+            try:
+                await on_welcome(welcome)  # raises ReconnectNeeded after an evt rotation
+            finally:
+                if sim.cmd.epoch != cmd_epoch:  # as node/store.py set_session records it
+                    self._write(EpochStart(node=sim.node_id, stream="cmd",
+                                           epoch=sim.cmd.epoch or 0))
+                note_acks()
 
         setattr(sim, "_queue", queued)  # noqa: B010 - an instance override, on purpose
         setattr(sim, "on_frame", framed)  # noqa: B010
         setattr(sim, "on_welcome", welcomed)  # noqa: B010
+        setattr(sim, "rotate_evt_epoch", rotated)  # noqa: B010
 
     # -- the loops -------------------------------------------------------------------------
 
