@@ -24,9 +24,11 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 
 from tether.common import failpoints
@@ -75,6 +77,10 @@ class ProxyThread:
             return self.proxy.reset("both")
         return self._call(go())
 
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the proxy's loop (the test's own PostgreSQL queries too)."""
+        return self._call(coro)
+
     def close(self) -> None:
         try:
             self._call(self.proxy.close())
@@ -82,6 +88,39 @@ class ProxyThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=15)
             self.loop.close()
+
+
+async def _locked_before(dsn: str, frozen_at: datetime) -> bool:
+    """Some other backend holds a lock on ``nodes`` in a transaction begun before
+    ``frozen_at`` (wall clock: PostgreSQL runs on this host)."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+            "AND l.relation = 'nodes'::regclass AND l.granted AND a.xact_start <= $1",
+            frozen_at, timeout=10))
+    finally:
+        await conn.close()
+
+
+def _stopped(pid: int) -> bool:
+    return "State:\tT" in Path(f"/proc/{pid}/status").read_text()
+
+
+def _freeze_outside_a_transaction(proxy: ProxyThread, pid: int, dsn: str) -> None:
+    """SIGSTOP ``pid`` (replica A) while it holds no lock on ``nodes``. Frozen inside such a
+    transaction (a touch batch: a few ms every 1.5 s) it would keep the node's row locked,
+    and B's claim would wait for that lock forever instead of reaching its failpoint. A lock
+    held by a transaction begun before the freeze may also be B's, about to end: either way
+    A is woken and frozen again."""
+    for _ in range(20):
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: _stopped(pid), timeout_s=10, what="replica A stopped")
+        if not proxy.run(_locked_before(dsn, datetime.now(UTC))):
+            return
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError("replica A was inside a transaction on nodes at every freeze")
 
 
 def _replica_flags(replica_id: str, pg_dsn: str, nats_url: str) -> list[str]:
@@ -141,8 +180,8 @@ def test_a_replica_crashed_mid_takeover_loses_nothing_and_ownership_moves_on(
         wait_until(rig.all_terminal, timeout_s=30, what="the first commands terminal on A")
 
         # A frozen with the node's session open: B's hello takes over a live owner
-        os.kill(rig.controller.pid, signal.SIGSTOP)
         a_frozen = True
+        _freeze_outside_a_transaction(proxy, rig.controller.pid, pg_dsn)
         a_api, rig.api = rig.api, rig.b.api()
         rig.submit()  # queued through B: the hello that crashes sequences it (after_claim)
         rig.api = a_api
