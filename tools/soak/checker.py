@@ -16,8 +16,9 @@ one was broken:
    stream's current one (the receiver reset its cursor for the new epoch). ``misapplied``:
    the frame the receiver names is not the frame the sender appended at that (epoch, q).
 4. **No gap left unrepaired** — ``unrepaired_gap``: a ``gap`` after which the stream's next
-   sequence (or a new epoch) never came; ``undelivered``: after ``drained``, a frame
-   appended and never applied (unless its sender's store was lost and it was unacked).
+   sequence (or a new epoch) never came; ``undelivered``: a frame appended before
+   ``drained`` and never applied (unless its sender's store was lost and it was unacked);
+   one appended after it (a node still running until the end) is not the drain's promise.
 5. **Fencing** — ``apply_from_fenced``: an ``evt`` apply (the controller's) arriving on a
    session that was fenced (superseded by a later claim, or closed);
    ``apply_without_ownership``: an ``evt`` apply by a replica that did not own the node at
@@ -125,7 +126,7 @@ class _Checker:
         self.owner: dict[str, tuple[str | None, str | None]] = {}
         self.fenced: dict[str, set[str]] = defaultdict(set)
         self.sessions: dict[str, list[str]] = defaultdict(list)
-        self.drained = False
+        self.drained_at: int | None = None  # index of the last ``drained``
         self.commands: dict[str, str] = {}
         self.states: dict[str, list[CmdState]] = defaultdict(list)
         self.markers: dict[str, int] = defaultdict(int)
@@ -288,7 +289,7 @@ class _Checker:
             self.owner[r.node] = (None, None)
 
     def on_Drained(self, index: int, r: Drained) -> None:
-        self.drained = True
+        self.drained_at = index
 
     def on_CmdSubmit(self, index: int, r: CmdSubmit) -> None:
         self.commands[r.command_id] = r.node
@@ -328,7 +329,8 @@ class _Checker:
             if key in acked_frames:
                 self.add("lost_acked", node, stream, None,
                          f"{frame_id} was acked but its effect is absent")
-            elif self.drained and key in self.first_append:
+            elif (self.drained_at is not None and key in self.first_append
+                  and self.first_append[key] < self.drained_at):  # appended before it
                 lost_at = self.store_lost_at.get((node, stream))
                 if lost_at is None or self.appended_at[key] > lost_at:
                     self.add("undelivered", node, stream, None,
