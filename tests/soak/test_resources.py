@@ -76,6 +76,28 @@ def test_a_process_restarted_late_is_not_judged_on_its_start_up() -> None:
     assert violations == []
 
 
+def test_a_replica_restarted_late_climbing_back_to_its_predecessors_level_is_not_a_leak(
+        ) -> None:
+    # the cluster soak's figures: r-1 restarted at 795 s of 900 took its nodes and its
+    # pool connections back (21 -> 37 fds) after its predecessor had held 46
+    before, after = Series("r-1", 1), Series("r-1", 2)
+    for t in range(0, 790, 2):
+        before.add("fds", float(t), 46.0 if t % 100 == 0 else 40.0)
+    for i, t in enumerate(range(795, 871, 2)):
+        after.add("fds", float(t), 21.0 + i * 16 / 37)
+    violations, checked = flat_violations([before, after], run_s=900)
+    assert violations == []
+    (late,) = [c for c in checked if c["pid"] == 2]
+    assert late["above_first_half_peak"] is False
+    alone, _ = flat_violations([after], run_s=900)  # judged against its own start only
+    assert [v["metric"] for v in alone] == ["fds"]
+    leaking = Series("r-1", 3)  # past every level any incarnation held: a leak still
+    for i, t in enumerate(range(795, 871, 2)):
+        leaking.add("fds", float(t), 40.0 + i)
+    violations, _ = flat_violations([before, leaking], run_s=900)
+    assert [v["pid"] for v in violations] == [3]
+
+
 def test_a_task_count_that_follows_sessions_and_requests_is_flat() -> None:
     rng = random.Random(16)
     s = Series("controller", 1)
