@@ -74,3 +74,27 @@ def test_a_soak_that_injected_nothing_is_a_violation(tmp_path: Path) -> None:
     report = soak._report(run_s=1.0, total_s=1.0)
     assert report["violations"] >= 1
     assert "injected_nothing" in report["violations_by_kind"]
+
+
+@pytest.mark.parametrize("violations", [0, 3])
+def test_the_soak_command_exits_1_exactly_when_the_report_has_violations(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        violations: int) -> None:
+    import argparse
+
+    from tether.tools.soak import driver
+
+    report = {"seed": 1, "mode": "single", "seconds": 1.0, "frames": 5, "commands": 2,
+              "kills": 1, "faults": 1, "violations": violations,
+              "violation_list": [{"kind": "lost_acked"}] * violations}
+
+    async def fake_run(self: Soak) -> dict[str, object]:
+        return report
+    monkeypatch.setattr(driver.Soak, "run", fake_run)
+    parser = argparse.ArgumentParser()
+    driver.add_arguments(parser)
+    assert driver.run_from_args(parser.parse_args(["--seconds", "1"])) == (1 if violations
+                                                                          else 0)
+    err = capsys.readouterr().err
+    assert json.loads(err.splitlines()[0])["violations"] == violations
+    assert err.count("lost_acked") == violations
