@@ -11,6 +11,7 @@ it.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -21,7 +22,7 @@ from tether.common.tasks import cancel_and_wait
 from .failures import RoundFailures
 
 
-class LeaderDriver:
+class LeaderDriver(abc.ABC):
     """Subclasses implement :meth:`tick` (one whole pass) and :meth:`forget`."""
 
     def __init__(self, *, name: str, is_leader: Callable[[], bool], tick_s: float,
@@ -69,10 +70,10 @@ class LeaderDriver:
             else:
                 self._failures.succeeded()
 
+    @abc.abstractmethod
     async def tick(self) -> None:
         """One pass over everything the driver looks after."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forget(self) -> None:
         """Drop what was remembered of past ticks (another replica leads meanwhile)."""
-        raise NotImplementedError
